@@ -1,0 +1,227 @@
+"""The `sortrl` command line: thin commands that build `RunConfig`s and call the library.
+
+`sortrl train` takes one option per `RunConfig` field (same names, kebab-case),
+generated from the dataclass so the two never drift apart. Bad input of any
+kind ends with one line on stderr (`error: <field>: <what is allowed>`) and
+exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
+from typer.core import TyperGroup
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from sortrl.config import CHOICES, RunConfig, field_docs
+from sortrl.recipes import RECIPES, make_config
+from sortrl.registry import ConfigError
+
+
+
+class _OneLineErrors(TyperGroup):
+    """Click group whose bad-input errors are one line on stderr with exit code 2 (no usage box, no traceback)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except NoArgsIsHelpError as err:
+            err.show()
+            sys.exit(0)
+        except typer.Abort:
+            print("aborted", file=sys.stderr)
+            sys.exit(130)
+        except (ClickException, ConfigError) as err:
+            message = err.format_message() if isinstance(err, ClickException) else str(err)
+            print(f"error: {' '.join(message.split())}", file=sys.stderr)
+            sys.exit(err.exit_code if isinstance(err, ClickException) else 2)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(
+    cls=_OneLineErrors,
+    rich_markup_mode=None,
+    help="sortrl: which GRPO design choices matter, on CS336 lecture 17's sorting task, over many seeds.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+ResultsOption = Annotated[Path, typer.Option("--results", help="Results folder (runs/ inside it, figures/ beside).")]
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal and not _force_progress(),
+    )
+
+
+def _force_progress() -> bool:
+    return False
+
+
+# --- sortrl train ------------------------------------------------------
+def _train_parameters() -> list[inspect.Parameter]:
+    """One keyword option per RunConfig field (default None = not given), plus the command's own options."""
+    docs = field_docs()
+    params = []
+    for f in dataclasses.fields(RunConfig):
+        if f.name in ("seed", "recipe"):
+            continue
+        kind: Any = {"int": int, "float": float, "float | None": float, "str": str, "bool": bool}.get(f.type, str)
+        help_text = docs.get(f.name, "")
+        if f.name in CHOICES:
+            help_text += f" Choices: {', '.join(CHOICES[f.name])}."
+        help_text += f" [default: {_show_default(f.default)}]"
+        if f.name == "prompts":
+            help_text = "Prompts as JSON, e.g. '[[1,0,2],[3,2,4]]'. " + help_text
+        option = typer.Option(help=help_text, show_default=False)
+        params.append(
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind | None, option])
+        )
+    return params
+
+
+def _show_default(value: Any) -> str:
+    if isinstance(value, tuple):
+        return json.dumps([list(v) for v in value]).replace(" ", "")
+    return "off" if value is None else str(value)
+
+
+def train_command(
+    seed: Annotated[list[int] | None, typer.Option("--seed", help="Seed of a run; repeat for several (default 0).")] = None,
+    recipe: Annotated[str | None, typer.Option(help=f"Named preset ({', '.join(RECIPES)}); explicit options win.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the per-epoch metrics table here (.parquet or .csv).")] = None,
+    **fields: Any,
+) -> None:
+    """Train one configuration over one or more seeds and print each seed's final mean reward."""
+    from sortrl.train import train
+
+    given = {k: v for k, v in fields.items() if v is not None}
+    if "prompts" in given:
+        given["prompts"] = _parse_prompts(given["prompts"])
+    seeds = seed or [0]
+    configs = [make_config(recipe=recipe, **given, seed=s) for s in seeds]
+    if out is not None and out.suffix not in (".parquet", ".csv"):
+        raise ConfigError(f"out: must end in .parquet or .csv, got {out.name!r}")
+    total = sum(c.num_epochs * c.num_steps_per_epoch for c in configs)
+    with _progress() as bar:
+        task = bar.add_task("training", total=total)
+        table = train(configs, progress=lambda n: bar.advance(task, n))
+    final = table.sort_values("epoch").groupby("seed", sort=True).tail(1)
+    summary = Table(title=f"final mean reward ({configs[0].num_epochs} epochs)")
+    for name in ("seed", "mean_reward", "greedy_accuracy", "status"):
+        summary.add_column(name)
+    for _, row in final.sort_values("seed").iterrows():
+        summary.add_row(str(row["seed"]), f"{row['mean_reward']:.3f}", f"{row['greedy_accuracy']:.2f}", row["status"])
+    Console().print(summary)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        from sortrl.store import atomic_write_bytes
+
+        data = table.to_csv(index=False).encode() if out.suffix == ".csv" else table.to_parquet(index=False)
+        atomic_write_bytes(out, data)
+        console.print(f"wrote {len(table)} rows to {out}")
+
+
+def _parse_prompts(text: str) -> list[list[int]]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not (isinstance(value, list) and value and all(isinstance(p, list) for p in value)):
+        raise ConfigError(f"prompts: expected JSON like '[[1,0,2],[3,2,4]]', got {text!r}")
+    return value
+
+
+train_command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [p for p in inspect.signature(train_command).parameters.values() if p.kind != p.VAR_KEYWORD]
+    + _train_parameters()
+)
+app.command("train")(train_command)
+
+
+# --- sortrl sweep --------------------------------------------------------
+@app.command()
+def sweep(
+    grid_file: Annotated[Path, typer.Argument(help="Grid file (TOML), e.g. experiments/ablations.toml.")],
+    results: ResultsOption = Path("results"),
+    n_jobs: Annotated[int, typer.Option(help="Worker processes; -1 = one per core.")] = -1,
+    chunk_size: Annotated[int, typer.Option(help="Most runs trained as one tensor program by one worker.")] = 256,
+) -> None:
+    """Train every configuration x seed of a grid file; runs already stored are skipped (resume)."""
+    from sortrl.sweep import load_grid, run_sweep
+
+    if chunk_size < 1:
+        raise ConfigError(f"chunk-size: must be >= 1, got {chunk_size}")
+    if n_jobs == 0 or n_jobs < -1:
+        raise ConfigError(f"n-jobs: must be -1 (all cores) or >= 1, got {n_jobs}")
+    grid = load_grid(grid_file)
+    _check_results(results)
+    total = len(grid.configs())
+    with _progress() as bar:
+        task = bar.add_task(f"sweep {grid.name}", total=total)
+        outcome = run_sweep(grid, results, n_jobs=n_jobs, chunk_size=chunk_size, on_chunk=lambda n: bar.advance(task, n))
+        bar.update(task, completed=total)
+    console.print(
+        f"{grid.name}: {outcome.total} runs, {outcome.trained} trained, {outcome.skipped} already stored, "
+        f"{outcome.wall_seconds:.1f} s -> {Path(results) / 'runs' / grid.name}"
+    )
+
+
+def _check_results(results: Path) -> None:
+    """Fail early, with one line, if the results folder cannot be used."""
+    if results.exists() and not results.is_dir():
+        raise ConfigError(f"results: {results} exists and is not a folder")
+    try:
+        (results / "runs").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"results: cannot create {results / 'runs'} ({err.strerror})") from None
+
+
+# --- sortrl report -------------------------------------------------------
+@app.command()
+def report(results: ResultsOption = Path("results")) -> None:
+    """Figures, summary tables and REPORT.md from the runs stored under RESULTS/runs/."""
+    from sortrl.report import write_report
+
+    if not (results / "runs").is_dir():
+        raise ConfigError(f"results: no runs folder at {results / 'runs'}; run `sortrl sweep` first")
+    written = write_report(results)
+    for path in written:
+        console.print(f"wrote {path}")
+
+
+# --- sortrl recipes ------------------------------------------------------
+@app.command()
+def recipes() -> None:
+    """List the named presets and the fields each one sets."""
+    table = Table(title="recipes (explicit options override them)")
+    table.add_column("recipe")
+    table.add_column("sets")
+    table.add_column("source")
+    for name, recipe in RECIPES.items():
+        table.add_row(name, ", ".join(f"{k}={v}" for k, v in recipe.fields.items()), recipe.source)
+    Console(width=200).print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,266 @@
+"""`RunConfig`: everything that defines one training run, defaults = the lecture.
+
+One frozen dataclass; variants by `dataclasses.replace`. Every field that
+changes the math has a docstring (the string literal under it), in the style of
+TRL's `GRPOConfig`. `RunConfig.run_id` is a stable hash of all fields, used as
+the run's key on disk.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import hashlib
+import json
+import math
+import numbers
+import tomllib
+from dataclasses import dataclass
+from typing import Any
+
+from sortrl.deltas import DELTA_MODES
+from sortrl.losses import IMPORTANCE_SAMPLING_LEVELS, KL_ESTIMATORS, LOSS_AGG_MODES, LOSS_MODES
+from sortrl.registry import ConfigError, check_choice
+from sortrl.task import REWARDS
+
+LECTURE_PROMPTS: tuple[tuple[int, ...], ...] = ((1, 0, 2), (3, 2, 4), (1, 2, 3))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run of policy-gradient training on the sorting task (CS336 lecture 17)."""
+
+    # --- task -----------------------------------------------------------
+    prompts: tuple[tuple[int, ...], ...] = LECTURE_PROMPTS
+    """Training prompts, [batch pos]; each row is a list of numbers to sort."""
+    reward: str = "inclusion_ordering"
+    """Reward function (key of `sortrl.task.REWARDS`)."""
+    length_penalty: float = 0.0
+    """Reward minus `length_penalty * response_length` (Dr. GRPO notes' remedy for length bias)."""
+    eos: bool = False
+    """Add an end-of-sequence token (id = vocab_size): a response ends at its first EOS."""
+
+    # --- model ----------------------------------------------------------
+    embedding_dim: int = 10
+    """Width of the token embedding and of the per-position encode/decode matrices."""
+
+    # --- sampling and optimisation --------------------------------------
+    num_epochs: int = 100
+    """Outer iterations; each samples fresh responses once."""
+    num_steps_per_epoch: int = 10
+    """Inner Adam steps on the same responses (off-policy after the first)."""
+    num_responses: int = 10
+    """Responses sampled per prompt (the group size G; axis `trial`)."""
+    learning_rate: float = 1e-3
+    """Adam learning rate (betas 0.9/0.999, eps 1e-8, as torch's defaults)."""
+    seed: int = 0
+    """Seeds the run's own `torch.Generator` (weights, then one multinomial per epoch)."""
+
+    # --- advantages -------------------------------------------------------
+    deltas_mode: str = "rewards"
+    """How rewards become deltas (advantages): key of `sortrl.deltas.DELTA_MODES`."""
+    filter_zero_std_groups: bool = False
+    """DAPO dynamic sampling: prompts whose responses all got one reward leave the loss and its normaliser."""
+
+    # --- policy loss ----------------------------------------------------
+    loss_mode: str = "naive"
+    """Policy loss: key of `sortrl.losses.LOSS_MODES` (`naive`, `unclipped`, `clipped`)."""
+    epsilon: float = 0.2
+    """Clip range below 1 (`clipped`): ratio clipped to [1 - epsilon, 1 + epsilon_high]. The lecture used 0.01."""
+    epsilon_high: float | None = None
+    """Clip range above 1 (DAPO clip-higher); None means equal to `epsilon`."""
+    clip_ratio_c: float | None = None
+    """Dual-clip PPO bound (verl `clip_ratio_c`, > 1): loss of a negative-advantage term at most -A * c. None: off."""
+    importance_sampling_level: str = "token"
+    """`token` (PPO/GRPO ratio per token) or `sequence` (GSPO: one length-normalised ratio per response)."""
+    loss_agg_mode: str = "token-mean"
+    """How per-token losses are averaged (verl names); `token-mean` at fixed length is the lecture's mean."""
+
+    # --- KL penalty -----------------------------------------------------
+    kl_penalty: float = 0.0
+    """Coefficient of the KL(policy || reference) penalty added to the loss; 0 turns it off."""
+    kl_estimator: str = "k3"
+    """Per-token KL estimator (Schulman): `k1`, `k2`, `k3` (the lecture's)."""
+    compute_ref_model_period: int = 10
+    """Epochs between reference-policy refreshes; 0 keeps the initial policy as the reference."""
+
+    # --- bookkeeping ----------------------------------------------------
+    recipe: str | None = None
+    """Name of the preset (`sortrl.recipes`) this config was built from, a label only."""
+
+    def __post_init__(self) -> None:
+        _normalise(self)
+        validate(self)
+
+    # --- derived quantities -------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        """Number of number tokens: max prompt value + 1 (the lecture's rule); EOS excluded."""
+        return max(max(p) for p in self.prompts) + 1
+
+    @property
+    def num_tokens(self) -> int:
+        """Size of the model's vocabulary: `vocab_size`, plus one id when `eos` is on."""
+        return self.vocab_size + int(self.eos)
+
+    @property
+    def prompt_length(self) -> int:
+        return len(self.prompts[0])
+
+    @property
+    def response_length(self) -> int:
+        """Maximum response length (= prompt length, as in the lecture)."""
+        return self.prompt_length
+
+    @property
+    def clip_high(self) -> float:
+        """The upper clip range actually used: `epsilon_high`, else `epsilon`."""
+        return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+    @property
+    def run_id(self) -> str:
+        """Stable 16-hex-digit hash of every field (same config -> same id, on any machine)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    # --- serialisation -------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/TOML-ready dict (prompts as lists; None values kept)."""
+        out = dataclasses.asdict(self)
+        out["prompts"] = [list(p) for p in self.prompts]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Inverse of `to_dict`; unknown keys raise `ConfigError` listing the valid ones."""
+        check_fields(data)
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        return cls.from_dict(json.loads(text))
+
+    def to_toml(self) -> str:
+        """TOML text of the config (None-valued fields are left out, as TOML has no null)."""
+        lines = []
+        for key, value in self.to_dict().items():
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_toml(cls, text: str) -> RunConfig:
+        return cls.from_dict(tomllib.loads(text))
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RunConfig))
+
+CHOICES: dict[str, dict[str, Any]] = {
+    "reward": REWARDS,
+    "deltas_mode": DELTA_MODES,
+    "loss_mode": LOSS_MODES,
+    "loss_agg_mode": LOSS_AGG_MODES,
+    "kl_estimator": KL_ESTIMATORS,
+    "importance_sampling_level": IMPORTANCE_SAMPLING_LEVELS,
+}
+"""Fields whose value is a key of a registry, and that registry."""
+
+
+def field_docs() -> dict[str, str]:
+    """Each `RunConfig` field's docstring (the string literal under it), for `--help` and the docs."""
+    tree = ast.parse(inspect.getsource(RunConfig))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for stmt, nxt in zip(body, body[1:]):
+        if isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[stmt.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
+    return docs
+
+
+def check_fields(data: dict[str, Any], where: str = "RunConfig") -> None:
+    """Raise `ConfigError` if `data` has a key that is not a `RunConfig` field."""
+    unknown = sorted(set(data) - set(FIELD_NAMES))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {unknown[0]!r}; valid fields: {', '.join(FIELD_NAMES)}")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
+    return json.dumps(value)
+
+
+def _normalise(cfg: RunConfig) -> None:
+    """Coerce TOML/JSON-friendly types (lists, ints for floats) to the declared ones."""
+    set_ = object.__setattr__
+    try:
+        set_(cfg, "prompts", tuple(tuple(int(x) for x in p) for p in cfg.prompts))
+    except (TypeError, ValueError):
+        raise ConfigError("prompts: must be a list of lists of integers, e.g. [[1, 0, 2], [3, 2, 4]]") from None
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            continue
+        if f.type.startswith("float"):
+            set_(cfg, f.name, float(value))
+        elif f.type == "int" and isinstance(value, numbers.Integral):
+            set_(cfg, f.name, int(value))
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check every field; raise `ConfigError` with one line naming the bad field."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        base = f.type.split(" |")[0]
+        if base in _TYPES and not (value is None and "None" in f.type):
+            ok = isinstance(value, _TYPES[base]) and not (base != "bool" and isinstance(value, bool))
+            if not ok:
+                raise ConfigError(f"{f.name}: expected {base}, got {value!r}")
+    if not cfg.prompts or not all(cfg.prompts):
+        raise ConfigError("prompts: need at least one non-empty prompt")
+    if len({len(p) for p in cfg.prompts}) != 1:
+        raise ConfigError("prompts: all prompts must have the same length")
+    if min(min(p) for p in cfg.prompts) < 0:
+        raise ConfigError("prompts: numbers must be >= 0")
+    for name, registry in CHOICES.items():
+        check_choice(name, getattr(cfg, name), registry)
+    positive = {
+        "embedding_dim": cfg.embedding_dim,
+        "num_epochs": cfg.num_epochs,
+        "num_steps_per_epoch": cfg.num_steps_per_epoch,
+        "num_responses": cfg.num_responses,
+    }
+    for name, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{name}: must be >= 1, got {value}")
+    if not (math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0):
+        raise ConfigError(f"learning_rate: must be a finite number > 0, got {cfg.learning_rate}")
+    for name in ("epsilon", "epsilon_high", "kl_penalty", "length_penalty"):
+        value = getattr(cfg, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{name}: must be a finite number >= 0, got {value}")
+    if cfg.clip_ratio_c is not None and not (math.isfinite(cfg.clip_ratio_c) and cfg.clip_ratio_c > 1):
+        raise ConfigError(f"clip_ratio_c: must be a finite number > 1 (or unset), got {cfg.clip_ratio_c}")
+    if cfg.compute_ref_model_period < 0:
+        raise ConfigError(f"compute_ref_model_period: must be >= 0, got {cfg.compute_ref_model_period}")
+    if cfg.seed < 0:
+        raise ConfigError(f"seed: must be >= 0, got {cfg.seed}")
+    if cfg.deltas_mode in ("normalized_rewards", "rloo") and cfg.num_responses < 2:
+        raise ConfigError(f"num_responses: {cfg.deltas_mode} needs at least 2 responses per prompt, got {cfg.num_responses}")
+    if cfg.recipe is not None:
+        from sortrl.recipes import RECIPES  # late import: recipes are built from RunConfig
+
+        check_choice("recipe", cfg.recipe, RECIPES)
+    if cfg.importance_sampling_level == "sequence" and cfg.loss_mode == "naive":
+        raise ConfigError("importance_sampling_level: 'sequence' needs loss_mode 'unclipped' or 'clipped', not 'naive'")

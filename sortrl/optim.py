@@ -1,0 +1,54 @@
+"""Adam over stacked per-run parameters, with a per-run learning rate.
+
+Adam is element-wise, so one update over tensors with a leading `run` axis is
+exactly each run's own update. This follows torch's single-tensor
+`torch.optim.Adam` (the path torch takes on CPU) operation for operation, so a
+run matches the lecture's `torch.optim.Adam(model.parameters(), lr)` bit for
+bit; the only change is that the step size is a `[run]` tensor (torch's
+`addcdiv_` takes one Python number).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class Adam:
+    """Adam (Kingma & Ba 2015) with torch's defaults: betas (0.9, 0.999), eps 1e-8, no weight decay.
+
+    `params`: leaf tensors whose first axis is `run`; `lr`: `[run]` learning
+    rates (any float dtype; the step size is formed in float64, as torch forms
+    it from a Python float).
+    """
+
+    def __init__(self, params: list[Tensor], lr: Tensor, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.params = params
+        self.lr = lr.to(torch.float64)
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.step_count = 0
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self, grads: list[Tensor]) -> None:
+        """Apply one update given each parameter's gradient (same shapes as the params)."""
+        self.step_count += 1
+        t = self.step_count
+        bias_correction1 = 1 - self.beta1**t
+        bias_correction2_sqrt = (1 - self.beta2**t) ** 0.5
+        neg_step_size = (-(self.lr / bias_correction1)).to(torch.float32)
+        for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
+            m.lerp_(g, 1 - self.beta1)
+            v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
+            denom = (v.sqrt() / bias_correction2_sqrt).add_(self.eps)
+            # addcdiv_(m * s, d) == addcdiv_(m, d, value=s) bit for bit (value * t1 / t2)
+            p.addcdiv_(m * neg_step_size.view(-1, *[1] * (p.dim() - 1)), denom)
+
+    def keep(self, index: Tensor, params: list[Tensor]) -> None:
+        """Restrict the state to the runs at `index` (used to drop diverged runs); `params` are the new leaves."""
+        self.params = params
+        self.lr = self.lr[index]
+        self.exp_avg = [m[index] for m in self.exp_avg]
+        self.exp_avg_sq = [v[index] for v in self.exp_avg_sq]
