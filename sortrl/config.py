@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import inspect
 import hashlib
+import inspect
 import json
 import math
 import numbers
@@ -22,7 +22,7 @@ from typing import Any
 from sortrl.deltas import DELTA_MODES
 from sortrl.losses import IMPORTANCE_SAMPLING_LEVELS, KL_ESTIMATORS, LOSS_AGG_MODES, LOSS_MODES
 from sortrl.registry import ConfigError, check_choice
-from sortrl.task import REWARDS
+from sortrl.task import REWARDS, TASKS
 
 LECTURE_PROMPTS: tuple[tuple[int, ...], ...] = ((1, 0, 2), (3, 2, 4), (1, 2, 3))
 
@@ -32,8 +32,26 @@ class RunConfig:
     """One run of policy-gradient training on the sorting task (CS336 lecture 17)."""
 
     # --- task -----------------------------------------------------------
+    task: str = "lecture"
+    """Prompt set (key of `sortrl.task.TASKS`): `lecture` uses `prompts`; `random` draws prompts from `task_seed`."""
     prompts: tuple[tuple[int, ...], ...] = LECTURE_PROMPTS
-    """Training prompts, [batch pos]; each row is a list of numbers to sort."""
+    """Training prompts of the `lecture` task, [batch pos]; each row is a list of numbers to sort."""
+    vocab_size: int | None = None
+    """Numbers are 0 .. vocab_size-1. None: max prompt value + 1 (`lecture`, the lecture's rule) or 10 (`random`)."""
+    prompt_length: int | tuple[int, ...] = 3
+    """`random` task: numbers per prompt; a list mixes lengths in one set (shorter prompts padded and masked)."""
+    num_prompts: int = 32
+    """`random` task: training prompts (split evenly over the lengths of `prompt_length`)."""
+    num_eval_prompts: int = 16
+    """`random` task: held-out prompts, never in the training set (exact duplicates removed)."""
+    allow_repeats: bool = True
+    """`random` task: may a prompt repeat a number?"""
+    task_seed: int = 0
+    """`random` task: seeds the prompt draw, separate from `seed`, so every run of a grid sees the same prompts."""
+    prompts_per_epoch: int | None = None
+    """Prompts sampled (without replacement, from the run's generator) per epoch; None: all training prompts."""
+    eval_every: int = 1
+    """Held-out evaluation every this many epochs (and after the last); only when there are held-out prompts."""
     reward: str = "inclusion_ordering"
     """Reward function (key of `sortrl.task.REWARDS`)."""
     length_penalty: float = 0.0
@@ -95,23 +113,28 @@ class RunConfig:
 
     # --- derived quantities -------------------------------------------
     @property
-    def vocab_size(self) -> int:
-        """Number of number tokens: max prompt value + 1 (the lecture's rule); EOS excluded."""
-        return max(max(p) for p in self.prompts) + 1
+    def num_values(self) -> int:
+        """Number of number tokens (the resolved `vocab_size`); EOS excluded."""
+        if self.vocab_size is not None:
+            return self.vocab_size
+        return max(max(p) for p in self.prompts) + 1 if self.task == "lecture" else 10
 
     @property
     def num_tokens(self) -> int:
-        """Size of the model's vocabulary: `vocab_size`, plus one id when `eos` is on."""
-        return self.vocab_size + int(self.eos)
+        """Size of the model's vocabulary: `num_values`, plus one id (the EOS, = num_values) when `eos` is on."""
+        return self.num_values + int(self.eos)
 
     @property
-    def prompt_length(self) -> int:
-        return len(self.prompts[0])
+    def lengths(self) -> tuple[int, ...]:
+        """Prompt lengths of the task (one entry unless lengths are mixed)."""
+        if self.task == "lecture":
+            return (len(self.prompts[0]),)
+        return self.prompt_length if isinstance(self.prompt_length, tuple) else (self.prompt_length,)
 
     @property
     def response_length(self) -> int:
-        """Maximum response length (= prompt length, as in the lecture)."""
-        return self.prompt_length
+        """Maximum response length = longest prompt (the model decodes one token per prompt position)."""
+        return max(self.lengths)
 
     @property
     def clip_high(self) -> float:
@@ -160,6 +183,7 @@ class RunConfig:
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RunConfig))
 
 CHOICES: dict[str, dict[str, Any]] = {
+    "task": TASKS,
     "reward": REWARDS,
     "deltas_mode": DELTA_MODES,
     "loss_mode": LOSS_MODES,
@@ -202,17 +226,29 @@ def _normalise(cfg: RunConfig) -> None:
     """Coerce TOML/JSON-friendly types (lists, ints for floats) to the declared ones."""
     set_ = object.__setattr__
     try:
-        set_(cfg, "prompts", tuple(tuple(int(x) for x in p) for p in cfg.prompts))
+        set_(cfg, "prompts", tuple(tuple(_integer(x) for x in p) for p in cfg.prompts))
     except (TypeError, ValueError):
         raise ConfigError("prompts: must be a list of lists of integers, e.g. [[1, 0, 2], [3, 2, 4]]") from None
+    if isinstance(cfg.prompt_length, (list, tuple)):
+        try:
+            lengths = tuple(_integer(x) for x in cfg.prompt_length)
+        except (TypeError, ValueError):
+            raise ConfigError("prompt_length: must be an integer or a list of integers, e.g. [3, 4]") from None
+        set_(cfg, "prompt_length", lengths[0] if len(lengths) == 1 else lengths)
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             continue
         if f.type.startswith("float"):
             set_(cfg, f.name, float(value))
-        elif f.type == "int" and isinstance(value, numbers.Integral):
+        elif f.type.startswith("int") and isinstance(value, numbers.Integral):
             set_(cfg, f.name, int(value))
+
+
+def _integer(x: Any) -> int:
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        raise TypeError(x)
+    return int(x)
 
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
@@ -223,6 +259,8 @@ def validate(cfg: RunConfig) -> None:
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         base = f.type.split(" |")[0]
+        if f.name == "prompt_length":
+            continue  # int or a list of ints, checked below
         if base in _TYPES and not (value is None and "None" in f.type):
             ok = isinstance(value, _TYPES[base]) and not (base != "bool" and isinstance(value, bool))
             if not ok:
@@ -233,9 +271,21 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("prompts: all prompts must have the same length")
     if min(min(p) for p in cfg.prompts) < 0:
         raise ConfigError("prompts: numbers must be >= 0")
+    if cfg.vocab_size is not None and cfg.vocab_size < 2:
+        raise ConfigError(f"vocab_size: must be >= 2 (or unset), got {cfg.vocab_size}")
+    if cfg.task == "lecture" and cfg.num_values <= max(max(p) for p in cfg.prompts):
+        raise ConfigError(f"vocab_size: must exceed the largest prompt number, got {cfg.vocab_size}")
+    if not isinstance(cfg.prompt_length, (int, tuple)) or min(cfg.lengths) < 2:
+        raise ConfigError(f"prompt_length: must be an integer >= 2 or a list of them, got {cfg.prompt_length!r}")
+    if not cfg.allow_repeats and cfg.task == "random" and max(cfg.lengths) > cfg.num_values:
+        raise ConfigError(f"prompt_length: without repeats a prompt needs at most vocab_size={cfg.num_values} numbers")
+    if cfg.prompts_per_epoch is not None and cfg.prompts_per_epoch < 1:
+        raise ConfigError(f"prompts_per_epoch: must be >= 1 (or unset for all), got {cfg.prompts_per_epoch}")
     for name, registry in CHOICES.items():
         check_choice(name, getattr(cfg, name), registry)
     positive = {
+        "num_prompts": cfg.num_prompts,
+        "eval_every": cfg.eval_every,
         "embedding_dim": cfg.embedding_dim,
         "num_epochs": cfg.num_epochs,
         "num_steps_per_epoch": cfg.num_steps_per_epoch,
@@ -254,10 +304,13 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"clip_ratio_c: must be a finite number > 1 (or unset), got {cfg.clip_ratio_c}")
     if cfg.compute_ref_model_period < 0:
         raise ConfigError(f"compute_ref_model_period: must be >= 0, got {cfg.compute_ref_model_period}")
-    if cfg.seed < 0:
-        raise ConfigError(f"seed: must be >= 0, got {cfg.seed}")
+    for name in ("seed", "task_seed", "num_eval_prompts"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name}: must be >= 0, got {getattr(cfg, name)}")
     if cfg.deltas_mode in ("normalized_rewards", "rloo") and cfg.num_responses < 2:
-        raise ConfigError(f"num_responses: {cfg.deltas_mode} needs at least 2 responses per prompt, got {cfg.num_responses}")
+        raise ConfigError(
+            f"num_responses: {cfg.deltas_mode} needs at least 2 responses per prompt, got {cfg.num_responses}"
+        )
     if cfg.recipe is not None:
         from sortrl.recipes import RECIPES  # late import: recipes are built from RunConfig
 

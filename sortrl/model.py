@@ -24,6 +24,8 @@ from einops import einsum
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from sortrl.task import PAD
+
 Params = dict[str, Tensor]
 
 
@@ -51,13 +53,24 @@ def init_params(
     }
 
 
-def forward(params: Params, prompts: Int[Tensor, "batch pos"]) -> Float[Tensor, "run batch pos vocab"]:
+def forward(
+    params: Params, prompts: Int[Tensor, "batch pos"] | Int[Tensor, "run batch pos"], padded: bool = False
+) -> Float[Tensor, "run batch pos vocab"]:
     """Logits of every response position, for every run.
 
-    prompts [batch pos] (token ids) -> logits [run batch pos vocab] (pos = response position).
+    prompts [batch pos] (shared by all runs) or [run batch pos] (token ids) ->
+    logits [run batch pos vocab] (pos = response position). With `padded`,
+    prompt positions holding `PAD` (-1) contribute nothing to the encoding, so
+    a short prompt is encoded as if the model had only its own positions.
     """
     emb = params["embedding"]
-    embedded = emb[:, prompts]  # [run batch pos dim]
+    ids = prompts.clamp(min=0) if padded else prompts
+    if prompts.dim() == 2:
+        embedded = emb[:, ids]  # [run batch pos dim]
+    else:
+        embedded = emb[torch.arange(emb.shape[0])[:, None, None], ids]
+    if padded:
+        embedded = embedded * (prompts != PAD)[..., None]
     encoded = einsum(embedded, params["encode"], "run batch pos d1, run pos d1 d2 -> run batch d2")
     decoded = einsum(encoded, params["decode"], "run batch d2, run pos d2 d1 -> run batch pos d1")
     return einsum(decoded, emb, "run batch pos d1, run vocab d1 -> run batch pos vocab")

@@ -69,8 +69,7 @@ RECIPES: dict[str, Recipe] = {
             "loss_agg_mode": "seq-mean-token-mean",
             "kl_penalty": 0.0,
         },
-        "Zheng et al. 2025 (GSPO): sequence-level ratio, clip 3e-4/4e-4 "
-        "(TRL importance_sampling_level='sequence')",
+        "Zheng et al. 2025 (GSPO): sequence-level ratio, clip 3e-4/4e-4 (TRL importance_sampling_level='sequence')",
     ),
     "rloo": Recipe(
         {

@@ -1,21 +1,43 @@
-"""The sorting task: rewards (a registry) and the end-of-sequence mask.
+"""The sorting task: prompt sets (`TASKS`), rewards (`REWARDS`) and response masks.
 
 Every reward is vectorised over `[run batch trial pos]`: it takes the prompts
-`Int[Tensor, "batch pos"]`, the responses `Int[Tensor, "run batch trial pos"]`
+`Int[Tensor, "batch pos"]` or `Int[Tensor, "run batch pos"]` (shorter prompts
+right-padded with `PAD`), the responses `Int[Tensor, "run batch trial pos"]`
 and `content`, a `Bool[Tensor, "run batch trial pos"]` that is True for the
-tokens the reward may see (all of them without EOS; those before the first EOS
-with it), and returns `Float[Tensor, "run batch trial"]` (float32, in reward
+tokens the reward may see (those before the first EOS and within the prompt's
+length), and returns `Float[Tensor, "run batch trial"]` (float32, in reward
 points). The lecture's Python versions are `sort_distance_reward` and
 `sort_inclusion_ordering_reward` in CS336 (spring 2025) lecture 17.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from sortrl.config import RunConfig
+
+PAD = -1
+"""Fills the positions of a prompt beyond its length (never equal to a token)."""
+
+
+def _run_axis(prompts: Tensor) -> Tensor:
+    """Prompts as [run batch pos] (a view with a run axis of 1 if they had none)."""
+    return prompts if prompts.dim() == 3 else prompts[None]
+
+
+def sorted_prompts(prompts: Int[Tensor, "... pos"]) -> Int[Tensor, "... pos"]:
+    """sorted(prompt) for every prompt, padding kept at the end."""
+    big = torch.iinfo(prompts.dtype).max
+    ordered = torch.where(prompts == PAD, big, prompts).sort(dim=-1).values
+    return torch.where(ordered == big, PAD, ordered)
+
 
 RewardFn = Callable[
     [Int[Tensor, "batch pos"], Int[Tensor, "run batch trial pos"], Bool[Tensor, "run batch trial pos"]],
@@ -38,7 +60,7 @@ def inclusion_ordering_reward(
     the reward's known loophole, visible through `response_length`.
     """
     # [run batch trial prompt_pos response_pos]: is prompt token i equal to content token j?
-    match = (prompts[None, :, None, :, None] == responses[:, :, :, None, :]) & content[:, :, :, None, :]
+    match = (_run_axis(prompts)[:, :, None, :, None] == responses[:, :, :, None, :]) & content[:, :, :, None, :]
     inclusion = match.any(dim=-1).sum(dim=-1)
     ordered = (responses[..., :-1] <= responses[..., 1:]) & content[..., 1:]
     return (inclusion + ordered.sum(dim=-1)).float()
@@ -53,7 +75,7 @@ def distance_reward(
 
     reward = #{j : response[j] == sorted(prompt)[j], token j content}; range 0 .. L.
     """
-    target = prompts.sort(dim=-1).values[None, :, None, :]
+    target = sorted_prompts(_run_axis(prompts))[:, :, None, :]
     return ((responses == target) & content).sum(dim=-1).float()
 
 
@@ -67,8 +89,9 @@ def exact_match_reward(
     The 0/1 case in which, per Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like
     Training"), std normalisation changes the weighting of prompts the most.
     """
-    target = prompts.sort(dim=-1).values[None, :, None, :]
-    return ((responses == target) & content).all(dim=-1).float()
+    target = sorted_prompts(_run_axis(prompts))[:, :, None, :]
+    real = target != PAD
+    return (((responses == target) & content) | ~real).all(dim=-1).float()
 
 
 REWARDS: dict[str, RewardFn] = {
@@ -102,5 +125,65 @@ def eos_masks(
 def is_sorted_exactly(
     prompts: Int[Tensor, "batch pos"], responses: Int[Tensor, "run batch pos"]
 ) -> Bool[Tensor, "run batch"]:
-    """True where a (greedy) response equals sorted(prompt) at every position."""
-    return (responses == prompts.sort(dim=-1).values[None]).all(dim=-1)
+    """True where a (greedy) response equals sorted(prompt) at every position of the prompt."""
+    target = sorted_prompts(_run_axis(prompts))
+    return ((responses == target) | (target == PAD)).all(dim=-1)
+
+
+# --- prompt sets ---------------------------------------------------------
+class PromptSet(NamedTuple):
+    """A task's prompts: `train` [batch pos] and `eval` [batch pos] (held out), right-padded with `PAD`."""
+
+    train: Tensor
+    eval: Tensor
+
+
+def _pad(rows: list[tuple[int, ...]], width: int) -> Tensor:
+    return torch.tensor([list(r) + [PAD] * (width - len(r)) for r in rows], dtype=torch.long).view(-1, width)
+
+
+def lecture_prompts(cfg: RunConfig) -> PromptSet:
+    """The `prompts` field as the training set (the lecture's three by default); no held-out set."""
+    return PromptSet(_pad(list(cfg.prompts), cfg.response_length), _pad([], cfg.response_length))
+
+
+def random_prompts(cfg: RunConfig) -> PromptSet:
+    """`num_prompts` training and `num_eval_prompts` held-out prompts drawn from `task_seed`.
+
+    Numbers are drawn uniformly from range(vocab_size) (without repeats when
+    `allow_repeats` is off); prompts are split evenly over the lengths of
+    `prompt_length`; a held-out prompt is never equal to a training prompt.
+    Deterministic given the task fields; independent of the run's `seed`.
+    Raises `ConfigError` when there are not enough distinct prompts.
+    """
+    from sortrl.registry import ConfigError
+
+    lengths, values = cfg.lengths, cfg.num_values
+    train: list[tuple[int, ...]] = []
+    held: list[tuple[int, ...]] = []
+    for i, length in enumerate(lengths):
+        n_train = cfg.num_prompts // len(lengths) + (i < cfg.num_prompts % len(lengths))
+        n_eval = cfg.num_eval_prompts // len(lengths) + (i < cfg.num_eval_prompts % len(lengths))
+        space = values**length if cfg.allow_repeats else math.perm(values, length)
+        if n_train + n_eval > space:
+            raise ConfigError(
+                f"num_prompts: {n_train} + {n_eval} held-out prompts of length {length} exceed the "
+                f"{space} distinct prompts of vocab_size={values}"
+            )
+        # one stream per length, so the training prompts of a length do not depend on the other lengths
+        g = torch.Generator().manual_seed(cfg.task_seed * 1000 + length)
+        seen: dict[tuple[int, ...], None] = {}
+        while len(seen) < n_train + n_eval:
+            if cfg.allow_repeats:
+                row = torch.randint(values, (length,), generator=g)
+            else:
+                row = torch.randperm(values, generator=g)[:length]
+            seen.setdefault(tuple(row.tolist()), None)
+        unique = list(seen)
+        train += unique[:n_train]
+        held += unique[n_train:]
+    width = max(lengths)
+    return PromptSet(_pad(train, width), _pad(held, width))
+
+
+TASKS: dict[str, Callable[[RunConfig], PromptSet]] = {"lecture": lecture_prompts, "random": random_prompts}

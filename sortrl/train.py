@@ -26,16 +26,17 @@ gradient is the lecture's bit for bit.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from einops import rearrange, reduce
+from einops import rearrange
 from torch import Tensor
 
 from sortrl.config import FIELD_NAMES, RunConfig
@@ -43,10 +44,19 @@ from sortrl.deltas import DELTA_MODES
 from sortrl.losses import KL_ESTIMATORS, LOSS_AGG_MODES, LOSS_MODES, ClipRange
 from sortrl.model import Params, forward, init_params
 from sortrl.optim import Adam
-from sortrl.task import REWARDS, eos_masks, is_sorted_exactly
+from sortrl.task import PAD, REWARDS, TASKS, PromptSet, eos_masks, is_sorted_exactly
 
 BATCH_KEY = (
+    "task",
     "prompts",
+    "vocab_size",
+    "prompt_length",
+    "num_prompts",
+    "num_eval_prompts",
+    "allow_repeats",
+    "task_seed",
+    "prompts_per_epoch",
+    "eval_every",
     "eos",
     "embedding_dim",
     "num_epochs",
@@ -74,6 +84,9 @@ METRICS = (
     "importance_ratio",
 )
 """Per-epoch metrics (TRL names where TRL has one); see `train` for their definitions."""
+
+EVAL_METRICS = ["eval/mean_reward", "eval/greedy_accuracy"]
+"""Held-out metrics, present when the task has held-out prompts (NaN between evaluations)."""
 
 Progress = Callable[[int], None]
 
@@ -115,8 +128,9 @@ def train(configs: Sequence[RunConfig], progress: Progress | None = None) -> pd.
     frames: list[pd.DataFrame | None] = [None] * len(configs)
     for indices in batches.values():
         table = _train_batch([configs[i] for i in indices], progress)
-        for i, (_, part) in zip(indices, table.groupby("_run", sort=True)):
-            frames[i] = part.drop(columns="_run")
+        parts = dict(tuple(table.groupby("_run", sort=True)))
+        for j, i in enumerate(indices):
+            frames[i] = parts[j].drop(columns="_run")
     if not frames:
         return pd.DataFrame(columns=["run_id", "status", "diverged_epoch", *FIELD_NAMES, "epoch", "step", *METRICS])
     return pd.concat(frames, ignore_index=True)
@@ -125,13 +139,13 @@ def train(configs: Sequence[RunConfig], progress: Progress | None = None) -> pd.
 def _per_run(names: list[str], registry: dict[str, Callable[..., Tensor]], **kwargs: Any) -> Tensor:
     """Call `registry[names[r]]` for run r, one call per distinct name.
 
-    Tensor keyword arguments have a leading `run` axis and are sliced to the
-    runs of each name; other arguments are passed as they are.
+    Tensor keyword arguments with a leading `run` axis of full length are
+    sliced to the runs of each name; other arguments are passed as they are.
     """
     unique = sorted(set(names))
-    sliced = {k for k, v in kwargs.items() if isinstance(v, Tensor) and k != "prompts"}
     if len(unique) == 1:
         return registry[unique[0]](**kwargs)
+    sliced = {k for k, v in kwargs.items() if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == len(names)}
     out = None
     for name in unique:
         index = torch.tensor([r for r, n in enumerate(names) if n == name])
@@ -155,23 +169,38 @@ def _fold(values: Tensor, onehot: Tensor) -> Tensor:
     return (onehot * values[..., None]).sum(dim=2)
 
 
+EVAL_SEED_OFFSET = 1 << 40
+"""Held-out sampling uses a generator seeded `seed + EVAL_SEED_OFFSET`, never the training stream."""
+
+
+class Rollout(NamedTuple):
+    """Sampled responses of one epoch and what the reward made of them (shapes [run batch trial (pos)])."""
+
+    responses: Tensor
+    content: Tensor  # tokens the reward sees
+    action: Tensor  # tokens the policy chose (content + first EOS)
+    lengths: Tensor
+    rewards: Tensor
+
+
 class _Batch:
-    """State of one batch of runs that share `BATCH_KEY`."""
+    """Everything one batch of runs (sharing `BATCH_KEY`) carries from epoch to epoch."""
 
     def __init__(self, configs: list[RunConfig]):
         c0 = configs[0]
-        self.configs = configs
+        self.c0 = c0
         self.runs = torch.arange(len(configs))  # original index of each live run
-        self.prompts = torch.tensor(c0.prompts)
-        self.eos_id = c0.vocab_size if c0.eos else None
+        self.task = TASKS[c0.task](c0)
+        self.padded = len(c0.lengths) > 1
+        self.eos_id = c0.num_values if c0.eos else None
         self.generators = [torch.Generator().manual_seed(c.seed) for c in configs]
-        self.params: Params = init_params(
-            self.generators, c0.num_tokens, c0.embedding_dim, c0.prompt_length, c0.response_length
-        )
+        self.eval_generators = [torch.Generator().manual_seed(c.seed + EVAL_SEED_OFFSET) for c in configs]
+        width = c0.response_length
+        self.params: Params = init_params(self.generators, c0.num_tokens, c0.embedding_dim, width, width)
         self.optimizer = Adam(list(self.params.values()), torch.tensor([c.learning_rate for c in configs]))
 
-        def per_run(values: list[float | None], default: float = math.inf) -> Tensor:
-            return torch.tensor([default if v is None else v for v in values], dtype=torch.float32)
+        def per_run(values: list[float | None]) -> Tensor:
+            return torch.tensor([math.inf if v is None else v for v in values], dtype=torch.float32)
 
         self.numbers = {
             "kl_penalty": per_run([c.kl_penalty for c in configs]),
@@ -179,23 +208,23 @@ class _Batch:
             "eps_low": per_run([c.epsilon for c in configs]),
             "eps_high": per_run([c.clip_high for c in configs]),
             "dual": per_run([c.clip_ratio_c for c in configs]),
-            "filter": per_run([float(c.filter_zero_std_groups) for c in configs]).bool(),
+            "filter": torch.tensor([c.filter_zero_std_groups for c in configs]),
         }
-        self.names = {
-            key: [getattr(c, key) for c in configs] for key in ("reward", "deltas_mode", "loss_agg_mode")
-        }
+        self.names = {key: [getattr(c, key) for c in configs] for key in ("reward", "deltas_mode", "loss_agg_mode")}
         self.use_kl = any(c.kl_penalty != 0 for c in configs)
         self.ref: Params | None = None
 
     def keep(self, alive: Tensor) -> None:
         """Drop the runs where `alive` is False (they diverged)."""
         index = alive.nonzero().flatten()
+        pick = index.tolist()
         self.runs = self.runs[index]
-        self.generators = [self.generators[i] for i in index.tolist()]
+        self.generators = [self.generators[i] for i in pick]
+        self.eval_generators = [self.eval_generators[i] for i in pick]
         self.params = {k: v.detach()[index].requires_grad_() for k, v in self.params.items()}
         self.optimizer.keep(index, list(self.params.values()))
         self.numbers = {k: v[index] for k, v in self.numbers.items()}
-        self.names = {k: [v[i] for i in index.tolist()] for k, v in self.names.items()}
+        self.names = {k: [v[i] for i in pick] for k, v in self.names.items()}
         if self.ref is not None:
             self.ref = {k: v[index] for k, v in self.ref.items()}
 
@@ -204,98 +233,150 @@ class _Batch:
         n = self.numbers
         return ClipRange(n["eps_low"].view(shape), n["eps_high"].view(shape), n["dual"].view(shape))
 
+    def rollout(self, prompts: Tensor, probs: Tensor, generators: list[torch.Generator]) -> Rollout:
+        """Sample `num_responses` per prompt and score them with each run's reward (minus its length penalty)."""
+        responses = _sample(probs, generators, self.c0.num_responses)
+        content, action = eos_masks(responses, self.eos_id)
+        real = (_with_run_axis(prompts) != PAD)[:, :, None, :]  # positions within the prompt's length
+        content, action = content & real, action & real
+        lengths = content.sum(dim=-1).float()
+        rewards = _per_run(self.names["reward"], REWARDS, prompts=prompts, responses=responses, content=content)
+        rewards = rewards - self.numbers["length_penalty"][:, None, None] * lengths
+        return Rollout(responses, content, action, lengths, rewards)
+
+
+def _with_run_axis(prompts: Tensor) -> Tensor:
+    return prompts if prompts.dim() == 3 else prompts[None]
+
+
+def _metric_names(c0: RunConfig, task: PromptSet) -> list[str]:
+    names = list(METRICS)
+    if len(c0.lengths) > 1:
+        names += [f"greedy_accuracy/len={n}" for n in c0.lengths]
+    if len(task.eval):
+        names += EVAL_METRICS + ([f"eval/greedy_accuracy/len={n}" for n in c0.lengths] if len(c0.lengths) > 1 else [])
+    return names
+
+
+def _greedy(state: _Batch, prompts: Tensor, prefix: str) -> dict[str, Tensor]:
+    """Share of `prompts` the argmax policy sorts exactly, overall and per prompt length when mixed."""
+    lengths = state.c0.lengths
+    greedy = forward(state.params, prompts, state.padded).argmax(dim=-1)
+    solved = is_sorted_exactly(prompts, greedy).float()  # [run batch]
+    out = {f"{prefix}greedy_accuracy": solved.mean(dim=-1)}
+    if len(lengths) > 1:
+        size = (prompts != PAD).sum(dim=-1)
+        for n in lengths:
+            out[f"{prefix}greedy_accuracy/len={n}"] = solved[:, size == n].mean(dim=-1)
+    return out
+
 
 def _train_batch(configs: list[RunConfig], progress: Progress | None) -> pd.DataFrame:
     c0 = configs[0]
     state = _Batch(configs)
-    num_runs, num_epochs, steps = len(configs), c0.num_epochs, c0.num_steps_per_epoch
-    prompts, vocab = state.prompts, c0.num_tokens
+    num_epochs, steps, group = c0.num_epochs, c0.num_steps_per_epoch, c0.num_responses
+    train_prompts = state.task.train
+    minibatch = c0.prompts_per_epoch is not None and c0.prompts_per_epoch < len(train_prompts)
     loss_mode = LOSS_MODES[c0.loss_mode]
     kl_fn = KL_ESTIMATORS[c0.kl_estimator]
     sequence_level = c0.importance_sampling_level == "sequence"
     ratio_based = c0.loss_mode != "naive"
 
-    history = torch.full((num_epochs, len(METRICS), num_runs), math.nan)
-    diverged_epoch = torch.full((num_runs,), -1)
+    names = _metric_names(c0, state.task)
+    col = {name: i for i, name in enumerate(names)}
+    history = torch.full((num_epochs, len(names), len(configs)), math.nan)
+    diverged_epoch = torch.full((len(configs),), -1)
     step_losses = torch.zeros(len(configs))
-    col = {name: i for i, name in enumerate(METRICS)}
+
+    def record(epoch: int, values: dict[str, Tensor]) -> None:
+        for name, value in values.items():
+            history[epoch, col[name], state.runs] = value.float()
 
     for epoch in range(num_epochs + 1):
         with torch.no_grad():
-            logits = forward(state.params, prompts)  # [run batch pos vocab]
-            alive = torch.isfinite(logits).all(dim=(1, 2, 3)) & torch.isfinite(step_losses)
+            # drop runs that went non-finite during the last epoch, then measure the policy it left
+            finite = [torch.isfinite(p).flatten(1).all(dim=1) for p in state.params.values()]
+            alive = torch.stack(finite).all(dim=0) & torch.isfinite(step_losses)
             if not bool(alive.all()):
                 diverged_epoch[state.runs[~alive]] = epoch - 1
                 state.keep(alive)
-                logits = logits[alive]
-            greedy = is_sorted_exactly(prompts, logits.argmax(dim=-1)).float().mean(dim=-1)
+                if len(state.runs) == 0:
+                    break
             if epoch > 0:
-                history[epoch - 1, col["greedy_accuracy"], state.runs] = greedy
-            if epoch == num_epochs or len(state.runs) == 0:
+                record(epoch - 1, _greedy(state, train_prompts, ""))
+                if len(state.task.eval) and (epoch % c0.eval_every == 0 or epoch == num_epochs):
+                    record(epoch - 1, _evaluate(state))
+            if epoch == num_epochs:
                 break
+
+            if minibatch:  # per-run prompt minibatch, drawn before the epoch's responses
+                size, k = len(train_prompts), c0.prompts_per_epoch
+                picks = [torch.randperm(size, generator=g)[:k] for g in state.generators]
+                prompts = train_prompts[torch.stack(picks)]  # [run batch pos]
+            else:
+                prompts = train_prompts  # [batch pos], shared by every run
             if state.use_kl:
-                period = configs[0].compute_ref_model_period
+                period = c0.compute_ref_model_period
                 if (epoch == 0) if period == 0 else (epoch % period == 0):
                     state.ref = {k: v.detach().clone() for k, v in state.params.items()}
-                ref_log_probs = torch.log_softmax(forward(state.ref, prompts), dim=-1)
+                ref_log_probs = torch.log_softmax(forward(state.ref, prompts, state.padded), dim=-1)
 
-            # sample, score, and turn rewards into per-token weights
-            responses = _sample(torch.softmax(logits, dim=-1), state.generators, c0.num_responses)
-            content, action = eos_masks(responses, state.eos_id)
-            lengths = content.sum(dim=-1).float()  # [run batch trial]
-            rewards = _per_run(state.names["reward"], REWARDS, prompts=prompts, responses=responses, content=content)
-            rewards = rewards - state.numbers["length_penalty"][:, None, None] * lengths
-            deltas = _per_run(state.names["deltas_mode"], DELTA_MODES, r=rewards)
-            zero_std = (rewards == rewards[..., :1]).all(dim=-1)  # [run batch]
-            kept = ~(zero_std & state.numbers["filter"][:, None])
-            mask = (action & kept[:, :, None, None]).float()
-            omega = _per_run(state.names["loss_agg_mode"], LOSS_AGG_MODES, mask=mask, max_len=c0.response_length)
-            weights = deltas[..., None] * omega  # A_t * omega_t, [run batch trial pos]
-            onehot = F.one_hot(responses, vocab).float()  # [run batch trial pos vocab]
+            # sample and score, then fold each token's weight into [run batch pos vocab]
+            logits = forward(state.params, prompts, state.padded)  # [run batch pos vocab]
+            roll = state.rollout(prompts, torch.softmax(logits, dim=-1), state.generators)
             old_log_probs = torch.log_softmax(logits, dim=-1)
-            n_tokens = mask.sum(dim=(1, 2, 3))
+            deltas = _per_run(state.names["deltas_mode"], DELTA_MODES, r=roll.rewards)
+            zero_std = (roll.rewards == roll.rewards[..., :1]).all(dim=-1)  # [run batch]
+            kept = ~(zero_std & state.numbers["filter"][:, None])
+            mask = (roll.action & kept[:, :, None, None]).float()  # tokens in the loss
+            omega = _per_run(state.names["loss_agg_mode"], LOSS_AGG_MODES, mask=mask, max_len=c0.response_length)
+            weights = deltas[..., None] * omega  # A_t * omega_t: [run batch trial pos]
+            onehot = F.one_hot(roll.responses, c0.num_tokens).float()  # [run batch trial pos vocab]
+            n_tokens = mask.sum(dim=(1, 2, 3)).clamp(min=1)
             if sequence_level:
-                old_tok = old_log_probs[:, :, None].expand(-1, -1, c0.num_responses, -1, -1)
-                old_tok = old_tok.gather(-1, responses[..., None]).squeeze(-1)
+                old_tok = _gather(old_log_probs, roll.responses)
                 seq_weights = deltas * omega.sum(dim=-1)  # [run batch trial]
-                n_actions = action.sum(dim=-1).clamp(min=1)
-                seq_tokens = mask.sum(dim=-1)  # tokens of each response in the loss
+                n_actions = roll.action.sum(dim=-1).clamp(min=1)
             elif loss_mode.linear:
-                folded = (_fold(weights, onehot),)
+                folded = [_fold(weights, onehot)]
             else:
-                folded = (_fold(weights.clamp(min=0), onehot), _fold(weights.clamp(max=0), onehot))
-            if ratio_based and not sequence_level:
-                count_pos = _fold(mask * (deltas[..., None] > 0), onehot)
-                count_neg = _fold(mask * (deltas[..., None] < 0), onehot)
-                count_all = _fold(mask, onehot)
-            if state.use_kl:
-                kl_weights = _fold(action.float() / (prompts.shape[0] * c0.num_responses), onehot)
+                folded = [_fold(weights.clamp(min=0), onehot), _fold(weights.clamp(max=0), onehot)]
+            if ratio_based:  # per-token counts for TRL's clip fractions
+                counts = {
+                    "all": mask,
+                    "low": mask * (deltas[..., None] < 0),
+                    "high": mask * (deltas[..., None] > 0),
+                }
+                if not sequence_level:
+                    counts = {k: _fold(v, onehot) for k, v in counts.items()}
+            if state.use_kl:  # the lecture's KL: sum over positions, mean over prompts and responses
+                kl_weights = _fold(roll.action.float() / (roll.action.shape[1] * group), onehot)
 
-            # epoch metrics from the sample
             probs = torch.exp(old_log_probs)
-            entropy = -(probs * old_log_probs).sum(dim=-1)  # [run batch pos]
-            position_weight = action.float().mean(dim=2)  # share of responses that reach each position
-            sample_metrics = {
-                "mean_reward": rewards.mean(dim=(1, 2)),
-                "reward_std": rewards.std(dim=-1).mean(dim=-1),
-                "frac_reward_zero_std": zero_std.float().mean(dim=-1),
-                "response_length": lengths.mean(dim=(1, 2)),
-                "entropy": (entropy * position_weight).sum(dim=(1, 2)) / position_weight.sum(dim=(1, 2)),
-            }
+            entropy = -(probs * old_log_probs).sum(dim=-1)  # [run batch pos], nats
+            reach = roll.action.float().mean(dim=2)  # share of responses that act at each position
+            record(
+                epoch,
+                {
+                    "mean_reward": roll.rewards.mean(dim=(1, 2)),
+                    "reward_std": roll.rewards.std(dim=-1).mean(dim=-1),
+                    "frac_reward_zero_std": zero_std.float().mean(dim=-1),
+                    "response_length": roll.lengths.mean(dim=(1, 2)),
+                    "entropy": (entropy * reach).sum(dim=(1, 2)) / reach.sum(dim=(1, 2)),
+                },
+            )
 
-        clip = state.clip(4 if not sequence_level else 3)
-        sums = defaultdict(lambda: torch.zeros(len(state.runs)))
+        clip = state.clip(3 if sequence_level else 4)
+        sums: dict[str, Tensor] = defaultdict(lambda: torch.zeros(len(state.runs)))
         for _ in range(steps):
-            log_probs = torch.log_softmax(forward(state.params, prompts), dim=-1)
-            if sequence_level:
-                tok = log_probs[:, :, None].expand(-1, -1, c0.num_responses, -1, -1)
-                tok = tok.gather(-1, responses[..., None]).squeeze(-1)
-                seq_log_ratio = ((tok - old_tok) * action).sum(dim=-1) / n_actions  # [run batch trial]
-                zeros = torch.zeros_like(seq_log_ratio)
-                run_loss = loss_mode.fn(seq_log_ratio, zeros, seq_weights, clip).sum(dim=(1, 2))
+            log_probs = torch.log_softmax(forward(state.params, prompts, state.padded), dim=-1)
+            if sequence_level:  # GSPO: s = exp(mean_t log rho_t), one clipped ratio per response
+                log_ratio = ((_gather(log_probs, roll.responses) - old_tok) * roll.action).sum(dim=-1) / n_actions
+                run_loss = loss_mode.fn(log_ratio, torch.zeros_like(log_ratio), seq_weights, clip).sum(dim=(1, 2))
+                ratio = torch.exp(log_ratio.detach())[..., None]  # [run batch trial 1]
             else:
-                per_token = sum(loss_mode.fn(log_probs, old_log_probs, w, clip) for w in folded)
-                run_loss = per_token.sum(dim=(1, 2, 3))
+                run_loss = sum(loss_mode.fn(log_probs, old_log_probs, w, clip) for w in folded).sum(dim=(1, 2, 3))
+                ratio = torch.exp(log_probs.detach() - old_log_probs)  # [run batch pos vocab]
             if state.use_kl:
                 kl = (kl_weights * kl_fn(log_probs, ref_log_probs)).sum(dim=(1, 2, 3))
                 run_loss = run_loss + state.numbers["kl_penalty"] * kl
@@ -304,74 +385,79 @@ def _train_batch(configs: list[RunConfig], progress: Progress | None) -> pd.Data
             state.optimizer.step(list(grads))
             sums["loss"] += run_loss.detach()
             if ratio_based:
-                with torch.no_grad():
-                    _clip_stats(sums, log_probs, state, locals())
+                _ratio_stats(sums, ratio, counts, n_tokens, clip, c0.loss_mode == "clipped")
         step_losses = sums["loss"]
         if progress is not None:
             progress(len(state.runs) * steps)
-
         with torch.no_grad():
-            row = history[epoch]
-            for name, value in sample_metrics.items():
-                row[col[name], state.runs] = value
-            for name, value in sums.items():
-                row[col[name], state.runs] = value / steps
-            row[col["kl"], state.runs] = torch.where(
-                state.numbers["kl_penalty"] != 0, row[col["kl"], state.runs], math.nan
-            )
+            kl_on = state.numbers["kl_penalty"] != 0
+            if "kl" in sums:
+                sums["kl"] = torch.where(kl_on, sums["kl"], math.nan)
+            record(epoch, {name: value / steps for name, value in sums.items()})
 
-    return _to_frame(configs, history, diverged_epoch, steps)
+    return _to_frame(configs, names, history, diverged_epoch, steps)
 
 
-def _clip_stats(sums: dict[str, Tensor], log_probs: Tensor, state: _Batch, scope: dict[str, Any]) -> None:
-    """Accumulate TRL's clip fractions and the mean importance ratio for one inner step."""
-    eps_low, eps_high = state.numbers["eps_low"], state.numbers["eps_high"]
-    if "seq_log_ratio" in scope:  # one ratio per response, counted once per loss token
-        ratio, tokens, deltas = torch.exp(scope["seq_log_ratio"]), scope["seq_tokens"], scope["deltas"]
-        low = (ratio < 1 - eps_low[:, None, None]) & (deltas < 0)
-        high = (ratio > 1 + eps_high[:, None, None]) & (deltas > 0)
-        dims: tuple[int, ...] = (1, 2)
-        total = (tokens * ratio, tokens * low, tokens * high)
-    else:
-        ratio = torch.exp(log_probs - scope["old_log_probs"])
-        low = ratio < 1 - eps_low[:, None, None, None]
-        high = ratio > 1 + eps_high[:, None, None, None]
-        dims = (1, 2, 3)
-        total = (scope["count_all"] * ratio, scope["count_neg"] * low, scope["count_pos"] * high)
-    n_tokens = scope["n_tokens"].clamp(min=1)
-    ratio_sum, low_sum, high_sum = (t.sum(dim=dims) / n_tokens for t in total)
-    sums["importance_ratio"] += ratio_sum
-    if scope["c0"].loss_mode == "clipped":
-        sums["clip_ratio/low_mean"] += low_sum
-        sums["clip_ratio/high_mean"] += high_sum
-        sums["clip_ratio"] += low_sum + high_sum
+def _gather(log_probs: Tensor, responses: Tensor) -> Tensor:
+    """log pi(y) per sampled token: [run batch pos vocab] x [run batch trial pos] -> [run batch trial pos]."""
+    expanded = log_probs[:, :, None].expand(-1, -1, responses.shape[2], -1, -1)
+    return expanded.gather(-1, responses[..., None]).squeeze(-1)
 
 
-def _to_frame(configs: list[RunConfig], history: Tensor, diverged_epoch: Tensor, steps: int) -> pd.DataFrame:
+def _evaluate(state: _Batch) -> dict[str, Tensor]:
+    """Held-out metrics: sampled mean reward (own generator, so training's stream is untouched) and greedy accuracy."""
+    prompts = state.task.eval
+    probs = torch.softmax(forward(state.params, prompts, state.padded), dim=-1)
+    roll = state.rollout(prompts, probs, state.eval_generators)
+    out = {"eval/mean_reward": roll.rewards.mean(dim=(1, 2))}
+    out.update(_greedy(state, prompts, "eval/"))
+    return out
+
+
+def _ratio_stats(
+    sums: dict[str, Tensor], ratio: Tensor, counts: dict[str, Tensor], n_tokens: Tensor, clip: ClipRange, clipped: bool
+) -> None:
+    """Accumulate the mean importance ratio and TRL's clip fractions over the loss tokens, for one inner step.
+
+    `ratio` is per folded token [run batch pos vocab] or per response [run batch trial 1];
+    `counts` weigh it by the number of loss tokens it stands for (all / with A < 0 / with A > 0).
+    """
+    dims = tuple(range(1, ratio.dim() if ratio.shape[-1] != 1 else counts["all"].dim()))
+    share = {k: (v * ratio if k == "all" else v).sum(dim=dims) / n_tokens for k, v in counts.items()}
+    sums["importance_ratio"] += share["all"]
+    if clipped:
+        low = (counts["low"] * (ratio < 1 - clip.low)).sum(dim=dims) / n_tokens
+        high = (counts["high"] * (ratio > 1 + clip.high)).sum(dim=dims) / n_tokens
+        sums["clip_ratio/low_mean"] += low
+        sums["clip_ratio/high_mean"] += high
+        sums["clip_ratio"] += low + high
+
+
+def _to_frame(
+    configs: list[RunConfig], names: list[str], history: Tensor, diverged_epoch: Tensor, steps: int
+) -> pd.DataFrame:
     """Tidy table from history [epoch metric run]: one row per (run, epoch) the run lived through."""
     num_epochs, _, num_runs = history.shape
-    values = rearrange(history, "epoch metric run -> (run epoch) metric").numpy()
-    table = pd.DataFrame(values.astype(np.float64), columns=list(METRICS))
+    values = rearrange(history, "epoch metric run -> (run epoch) metric").numpy().astype(np.float64)
     run = np.repeat(np.arange(num_runs), num_epochs)
     epoch = np.tile(np.arange(num_epochs), num_runs)
-    config_cols: dict[str, list[Any]] = {name: [] for name in ("run_id", *FIELD_NAMES)}
-    for cfg in configs:
-        data = cfg.to_dict()
-        data["prompts"] = _prompts_text(cfg)
-        config_cols["run_id"].append(cfg.run_id)
-        for name in FIELD_NAMES:
-            config_cols[name].append(data[name])
-    head = pd.DataFrame({name: [vals[r] for r in run] for name, vals in config_cols.items()})
+    per_run: dict[str, list[Any]] = {"run_id": [c.run_id for c in configs]}
+    for name in FIELD_NAMES:
+        per_run[name] = [_cell(getattr(c, name)) for c in configs]
     died = diverged_epoch.numpy()[run]
-    head.insert(1, "status", np.where(died >= 0, "diverged", "ok"))
-    head.insert(2, "diverged_epoch", died)
-    head["epoch"] = epoch
-    head["step"] = epoch * steps
-    table = pd.concat([head, table], axis=1)
+    table = pd.DataFrame({name: [vals[r] for r in run] for name, vals in per_run.items()})
+    table.insert(1, "status", np.where(died >= 0, "diverged", "ok"))
+    table.insert(2, "diverged_epoch", died)
+    table["epoch"] = epoch
+    table["step"] = epoch * steps
+    table = pd.concat([table, pd.DataFrame(values, columns=names)], axis=1)
     table.insert(0, "_run", run)
     lived = (died < 0) | (epoch <= died)
     return table[lived].reset_index(drop=True)
 
 
-def _prompts_text(cfg: RunConfig) -> str:
-    return str([list(p) for p in cfg.prompts]).replace(" ", "")
+def _cell(value: Any) -> Any:
+    """A config value as a table cell: nested tuples (prompts) and lists as compact JSON text."""
+    if isinstance(value, tuple):
+        return json.dumps([list(v) if isinstance(v, tuple) else v for v in value], separators=(",", ":"))
+    return value
