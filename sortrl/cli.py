@@ -11,21 +11,23 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import os
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
-from typer.core import TyperGroup
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
+from typer.core import TyperGroup
 
 from sortrl.config import CHOICES, RunConfig, field_docs
 from sortrl.recipes import RECIPES, make_config
 from sortrl.registry import ConfigError
-
 
 
 class _OneLineErrors(TyperGroup):
@@ -33,6 +35,11 @@ class _OneLineErrors(TyperGroup):
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            self._run(*args, **kwargs)
+
+    def _run(self, *args: Any, **kwargs: Any) -> None:
         try:
             code = super().main(*args, **kwargs)
         except NoArgsIsHelpError as err:
@@ -46,6 +53,11 @@ class _OneLineErrors(TyperGroup):
             print(f"error: {' '.join(message.split())}", file=sys.stderr)
             sys.exit(err.exit_code if isinstance(err, ClickException) else 2)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """Show a warning (e.g. a skipped results file) as one `warning: ...` line on stderr."""
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 app = typer.Typer(
@@ -163,22 +175,43 @@ app.command("train")(train_command)
 def sweep(
     grid_file: Annotated[Path, typer.Argument(help="Grid file (TOML), e.g. experiments/ablations.toml.")],
     results: ResultsOption = Path("results"),
-    n_jobs: Annotated[int, typer.Option(help="Worker processes; -1 = one per core.")] = -1,
+    n_jobs: Annotated[
+        int, typer.Option(help="Worker processes (loky) or planned parallel chunks (dask); -1 = all.")
+    ] = -1,
     chunk_size: Annotated[int, typer.Option(help="Most runs trained as one tensor program by one worker.")] = 256,
+    backend: Annotated[
+        str, typer.Option(help="Where chunks train: loky (processes here) or dask (a Dask cluster).")
+    ] = "loky",
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Dask scheduler address (tcp://host:8786) for --backend dask; none: a local cluster."),
+    ] = None,
 ) -> None:
     """Train every configuration x seed of a grid file; runs already stored are skipped (resume)."""
-    from sortrl.sweep import load_grid, run_sweep
+    from sortrl.sweep import BACKENDS, check_scheduler, load_grid, run_sweep
 
     if chunk_size < 1:
         raise ConfigError(f"chunk-size: must be >= 1, got {chunk_size}")
     if n_jobs == 0 or n_jobs < -1:
         raise ConfigError(f"n-jobs: must be -1 (all cores) or >= 1, got {n_jobs}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend: unknown value {backend!r}; valid choices: {', '.join(BACKENDS)}")
+    if scheduler is not None:
+        check_scheduler(scheduler, backend)
     grid = load_grid(grid_file)
-    _check_results(results)
+    _check_results(results, grid.name)
     total = len(grid.configs())
     with _progress() as bar:
         task = bar.add_task(f"sweep {grid.name}", total=total)
-        outcome = run_sweep(grid, results, n_jobs=n_jobs, chunk_size=chunk_size, on_chunk=lambda n: bar.advance(task, n))
+        outcome = run_sweep(
+            grid,
+            results,
+            n_jobs=n_jobs,
+            chunk_size=chunk_size,
+            on_chunk=lambda n: bar.advance(task, n),
+            backend=backend,
+            scheduler=scheduler,
+        )
         bar.update(task, completed=total)
     console.print(
         f"{grid.name}: {outcome.total} runs, {outcome.trained} trained, {outcome.skipped} already stored, "
@@ -186,14 +219,28 @@ def sweep(
     )
 
 
-def _check_results(results: Path) -> None:
-    """Fail early, with one line, if the results folder cannot be used."""
+def _check_results(results: Path, experiment: str | None = None) -> None:
+    """Fail early, with one line, if the results folder cannot be used (not a folder, not writable, unreadable)."""
+    from sortrl.store import temporary_prefix
+
     if results.exists() and not results.is_dir():
         raise ConfigError(f"results: {results} exists and is not a folder")
+    folders = [results / "runs"] + ([results / "runs" / experiment] if experiment else [])
+    for folder in folders:
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"results: {folder} exists and is not a folder")
     try:
-        (results / "runs").mkdir(parents=True, exist_ok=True)
+        folders[-1].mkdir(parents=True, exist_ok=True)
+        for folder in folders:
+            os.listdir(folder)
+        fd, probe = tempfile.mkstemp(dir=folders[-1], prefix=temporary_prefix("probe"))
+        os.close(fd)
+        os.unlink(probe)
     except OSError as err:
-        raise ConfigError(f"results: cannot create {results / 'runs'} ({err.strerror})") from None
+        where = err.filename or folders[-1]
+        raise ConfigError(
+            f"results: cannot use {where} ({err.strerror or err}); need a readable, writable folder"
+        ) from None
 
 
 # --- sortrl report -------------------------------------------------------

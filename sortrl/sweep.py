@@ -21,14 +21,19 @@ fields override them. Grid files are only ever parsed as TOML.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
 import math
 import os
 import platform
+import re
+import socket
 import subprocess
 import sys
 import time
 import tomllib
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +44,20 @@ import pandas as pd
 from sortrl import __version__
 from sortrl.config import FIELD_NAMES, RunConfig
 from sortrl.recipes import make_config
-from sortrl.registry import ConfigError
-from sortrl.store import atomic_write_text, completed_run_ids, runs_dir, write_chunk, write_manifest
+from sortrl.registry import ConfigError, check_choice
+from sortrl.store import (
+    atomic_write_text,
+    completed_run_ids,
+    remove_stale_temporaries,
+    runs_dir,
+    write_chunk,
+    write_manifest,
+)
 from sortrl.train import batch_key, train
 
 GRID_KEYS = ("name", "seeds", "highlight_seed", "baseline", "base", "grid")
+MAX_RUNS = 1_000_000
+"""Most runs one grid file may expand to (axis values x seeds)."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +92,7 @@ def parse_grid(text: str, path: str | Path = "<grid>") -> Grid:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise _fail(path, f"not valid TOML ({err})") from None
+        raise _fail(path, _toml_problem(text, str(err))) from None
     unknown = sorted(set(data) - set(GRID_KEYS))
     if unknown:
         raise _fail(path, f"unknown key {unknown[0]!r}; valid keys: {', '.join(GRID_KEYS)}")
@@ -108,17 +122,64 @@ def parse_grid(text: str, path: str | Path = "<grid>") -> Grid:
     if both:
         raise _fail(path, f"{both[0]}: set in both [base] and [grid]; keep one")
     highlight = data.get("highlight_seed")
-    if highlight is not None and (not isinstance(highlight, int) or isinstance(highlight, bool) or highlight not in seeds):
+    if highlight is not None and (
+        not isinstance(highlight, int) or isinstance(highlight, bool) or highlight not in seeds
+    ):
         raise _fail(path, f"highlight_seed: must be one of the grid's seeds, got {highlight!r}")
+    total = len(seeds) * math.prod(len(v) for v in axes.values())
+    if total > MAX_RUNS:
+        raise _fail(path, f"grid: {total:,} runs (axis values x seeds); at most {MAX_RUNS:,} per grid file")
     grid = Grid(name, seeds, tables["base"], axes, tables["baseline"], highlight, text)
     try:  # validate every value now, so a bad grid fails before any training
-        for values in itertools.product(*axes.values()):
+        configs = [
             make_config(**tables["base"], **dict(zip(axes, values)), seed=seeds[0])
+            for values in itertools.product(*axes.values())
+        ]
     except ConfigError as err:
         raise _fail(path, str(err)) from None
     except TypeError as err:
         raise _fail(path, f"bad field value ({err})") from None
+    _check_baseline(tables["baseline"], configs, seeds, path)
     return grid
+
+
+def _plain(value: Any) -> Any:
+    return tuple(_plain(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def _check_baseline(
+    baseline: dict[str, Any], configs: list[RunConfig], seeds: tuple[int, ...], path: str | Path
+) -> None:
+    """The baseline must name a configuration the grid trains."""
+    if "seed" in baseline and baseline["seed"] not in seeds:
+        raise _fail(path, f"baseline: seed {baseline['seed']!r} is not one of the grid's seeds")
+    wanted = {k: _plain(v) for k, v in baseline.items() if k != "seed"}
+    for key, value in wanted.items():
+        values = {_plain(getattr(c, key)) for c in configs}
+        if value not in values:
+            allowed = ", ".join(sorted(repr(v) for v in values))
+            raise _fail(path, f"baseline: {key} = {value!r} is not in the grid; the grid has {allowed}")
+    if not any(all(_plain(getattr(c, k)) == v for k, v in wanted.items()) for c in configs):
+        raise _fail(path, "baseline: no configuration of the grid has all of these values together")
+
+
+def _toml_problem(text: str, message: str) -> str:
+    """One line naming what is wrong in a TOML file (tomllib's messages name no key)."""
+    where = re.search(r"\(at line (\d+), column \d+\)", message)
+    line_no = int(where[1]) if where else None
+    if "Cannot overwrite a value" in message:
+        lines = text.splitlines()
+        key = lines[line_no - 1].split("=")[0].strip() if line_no and line_no <= len(lines) else None
+        what = f"key {key!r}" if key else "a key"
+        at = f"line {line_no}: " if line_no else ""
+        return (
+            f"{at}{what} is set twice; TOML allows each key once per table (list all of an axis's values in one list)"
+        )
+    declared = re.match(r"Cannot declare \((.*)\) twice", message)
+    if declared:
+        table = ".".join(part.strip().strip("'\"") for part in declared[1].split(",") if part.strip())
+        return f"line {line_no}: table [{table}] is declared twice; TOML allows each table once"
+    return f"not valid TOML ({message})"
 
 
 def _parse_seeds(value: Any, path: str | Path) -> tuple[int, ...]:
@@ -138,15 +199,19 @@ def load_grid(path: str | Path) -> Grid:
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as err:
-        raise _fail(path, f"cannot read grid file ({err.__class__.__name__}: {getattr(err, 'strerror', err)})") from None
+        raise _fail(
+            path, f"cannot read grid file ({err.__class__.__name__}: {getattr(err, 'strerror', err)})"
+        ) from None
     return parse_grid(text, path)
 
 
 def plan_chunks(configs: list[RunConfig], chunk_size: int, n_jobs: int) -> list[list[RunConfig]]:
     """Split configs into chunks that share a batch key, at most `chunk_size` runs each.
 
-    Chunks are as even as the batch keys allow and at least `n_jobs` in number
-    when there are enough runs, so every worker gets work.
+    Chunks are as even as the batch keys allow (sizes within a batch key
+    differ by at most one) and at least `n_jobs` in number when there are
+    enough runs, so every worker gets work. The plan depends only on its
+    arguments, which is what lets a resumed sweep retrain a lost chunk whole.
     """
     groups: dict[tuple, list[RunConfig]] = {}
     for cfg in configs:
@@ -156,17 +221,31 @@ def plan_chunks(configs: list[RunConfig], chunk_size: int, n_jobs: int) -> list[
     chunks = []
     for members in groups.values():
         pieces = math.ceil(len(members) / target)
-        size = math.ceil(len(members) / pieces)
-        chunks.extend(members[i : i + size] for i in range(0, len(members), size))
+        small, extra = divmod(len(members), pieces)  # sizes differ by at most one: 16 runs by 3 -> 3,3,3,3,2,2
+        start = 0
+        for i in range(pieces):
+            size = small + (i < extra)
+            chunks.append(members[start : start + size])
+            start += size
     return chunks
 
 
-def _train_chunk(configs: list[RunConfig], threads: int) -> pd.DataFrame:
-    """Worker entry point: train one chunk with a bounded number of torch threads."""
+def _train_chunk(configs: list[RunConfig], threads: int) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Worker entry point: train one chunk with a bounded number of torch threads.
+
+    Returns the chunk's table and the worker's versions, so the client can
+    refuse results from a worker whose sortrl or torch differs from its own.
+    """
     import torch
 
     torch.set_num_threads(threads)
-    return train(configs)
+    return train(configs), _versions()
+
+
+def _versions() -> dict[str, str]:
+    import torch
+
+    return {"sortrl": __version__, "torch": torch.__version__, "host": socket.gethostname()}
 
 
 def _git_commit() -> str | None:
@@ -202,6 +281,14 @@ class SweepResult:
     wall_seconds: float
 
 
+BACKENDS = ("loky", "dask")
+"""joblib backends a sweep can run on: `loky` (processes on this machine) or `dask` (a Dask cluster)."""
+
+
+def _stamp(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
 def run_sweep(
     grid: Grid,
     results: str | Path = "results",
@@ -209,57 +296,183 @@ def run_sweep(
     chunk_size: int = 256,
     on_chunk: Callable[[int], None] | None = None,
     backend: str = "loky",
+    scheduler: str | None = None,
+    threads: int = 1,
 ) -> SweepResult:
     """Train every run of `grid` not already stored under `results/runs/<name>/`.
 
-    Chunks are trained by `n_jobs` joblib workers (-1: one per core), each
-    with `cores // n_jobs` torch threads; each finished chunk is written
-    atomically as it arrives, so an interrupted sweep resumes where it
-    stopped. `on_chunk` is called with the number of runs in each stored chunk.
-    """
-    import joblib
+    The grid's runs are split into chunks by `plan_chunks` (the plan depends
+    only on the grid, `chunk_size` and the number of workers, not on what is
+    stored, so a resumed sweep trains each missing run with the batch-mates it
+    would have had). Chunks are trained by joblib workers: `backend="loky"`
+    uses `n_jobs` processes here (-1: one per core); `backend="dask"` uses
+    the Dask cluster at `scheduler` (an address such as ``tcp://host:8786``),
+    or a `LocalCluster` of `n_jobs` one-thread workers on this machine if none
+    is given. Each chunk trains with `threads` torch threads (default 1: the
+    tensors are too small for intra-op threads to pay, and on a busy machine
+    they cost several times over; parallelism comes from chunks).
 
+    Workers return their tables to this process, which writes each chunk
+    atomically as it arrives (workers need no access to `results`), so a sweep
+    killed at any moment resumes where it stopped. `manifest.json` says
+    `running` while the sweep runs and `complete` (or `interrupted`/`failed`)
+    at its end; every state is also appended to `manifests.jsonl`.
+    `on_chunk` is called with the number of runs in each stored chunk.
+    """
+    check_choice("backend", backend, dict.fromkeys(BACKENDS))
+    if scheduler is not None:
+        check_scheduler(scheduler, backend)
     start = time.time()
     folder = runs_dir(results, grid.name)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "grid.toml", grid.text)
-    configs = grid.configs()
+    remove_stale_temporaries(folder)
+    configs = list({c.run_id: c for c in grid.configs()}.values())
     done = completed_run_ids(folder)
-    todo = list({c.run_id: c for c in configs if c.run_id not in done}.values())
-    cores = os.cpu_count() or 1
-    workers = cores if n_jobs < 1 else n_jobs
-    chunks = plan_chunks(todo, chunk_size, workers)
-    threads = max(1, cores // max(1, min(workers, len(chunks) or 1)))
-    for table in _map_chunks(chunks, workers, threads, backend):
-        write_chunk(folder, table)
-        if on_chunk is not None:
-            on_chunk(table["run_id"].nunique())
+    missing = [c for c in configs if c.run_id not in done]
+    stored = {c.run_id for c in configs} & done
+    manifest: dict[str, Any] = {
+        **environment(),
+        "experiment": grid.name,
+        "grid": grid.text,
+        "runs": len(configs),
+        "skipped": len(configs) - len(missing),
+        "to_train": len(missing),
+        "trained": 0,
+        "chunk_size": chunk_size,
+        "threads": threads,
+        "backend": backend,
+        "scheduler": scheduler,
+        "sweep_id": uuid.uuid4().hex[:12],
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "argv": sys.argv,
+        "status": "running",
+        "started": _stamp(start),
+        "finished": None,
+        "wall_seconds": None,
+    }
+    trained, announced = 0, False
+    try:
+        with _pool(backend, scheduler, n_jobs, threads, bool(missing)) as pool:
+            chunks = [
+                [c for c in chunk if c.run_id not in done] for chunk in plan_chunks(configs, chunk_size, pool.workers)
+            ]
+            chunks = [chunk for chunk in chunks if chunk]
+            manifest["n_jobs"] = pool.workers
+            atomic_write_text(folder / "grid.toml", grid.text)
+            write_manifest(folder, manifest)
+            announced = True
+            local = _versions()
+            for table, versions in pool.map(chunks):
+                if (versions["sortrl"], versions["torch"]) != (local["sortrl"], local["torch"]):
+                    raise ConfigError(
+                        f"scheduler: worker on {versions['host']} runs sortrl {versions['sortrl']} with torch "
+                        f"{versions['torch']}, this machine sortrl {local['sortrl']} with torch {local['torch']}; "
+                        "install the same versions on every worker"
+                    )
+                write_chunk(folder, table)
+                ids = set(table["run_id"].unique())
+                stored |= ids
+                trained += len(ids)
+                if on_chunk is not None:
+                    on_chunk(len(ids))
+    except BaseException as err:
+        if announced:  # the `running` manifest is on disk: replace it with what happened
+            end = time.time()
+            status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            error = " ".join(str(err).split())[:300] or err.__class__.__name__
+            manifest.update(status=status, error=error, trained=trained, missing=len(configs) - len(stored))
+            manifest.update(finished=_stamp(end), wall_seconds=round(end - start, 3))
+            with contextlib.suppress(OSError):
+                write_manifest(folder, manifest)
+        raise
     end = time.time()
-    write_manifest(
-        folder,
-        {
-            **environment(),
-            "experiment": grid.name,
-            "grid": grid.text,
-            "runs": len(configs),
-            "trained": len(todo),
-            "skipped": len(configs) - len(todo),
-            "n_jobs": workers,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(end)),
-            "wall_seconds": round(end - start, 3),
-            "argv": sys.argv,
-        },
-    )
-    return SweepResult(grid.name, len(configs), len(configs) - len(todo), len(todo), end - start)
+    manifest.update(trained=trained, missing=len(configs) - len(stored), finished=_stamp(end))
+    manifest.update(status="complete" if len(stored) == len(configs) else "incomplete")
+    manifest["wall_seconds"] = round(end - start, 3)
+    write_manifest(folder, manifest)
+    remove_stale_temporaries(folder)
+    return SweepResult(grid.name, len(configs), len(configs) - len(missing), trained, end - start)
 
 
-def _map_chunks(chunks: list[list[RunConfig]], workers: int, threads: int, backend: str) -> Iterator[pd.DataFrame]:
+@dataclass
+class _Pool:
+    """Where chunks are trained: `workers` parallel slots and a `map` yielding (table, versions) per chunk."""
+
+    workers: int
+    map: Callable[[list[list[RunConfig]]], Iterator[tuple[pd.DataFrame, dict[str, str]]]]
+
+
+@contextlib.contextmanager
+def _pool(backend: str, scheduler: str | None, n_jobs: int, threads: int, needed: bool) -> Iterator[_Pool]:
+    cores = os.cpu_count() or 1
+    if backend == "loky" or not needed:
+        workers = cores if n_jobs < 1 else n_jobs
+        yield _Pool(workers, lambda chunks: _map_loky(chunks, workers, threads))
+        return
+    with _dask_client(scheduler, cores if n_jobs < 1 else n_jobs) as client:
+        workers = n_jobs if n_jobs >= 1 else max(1, sum(client.nthreads().values()))
+        yield _Pool(workers, lambda chunks: _map_dask(chunks, client, threads))
+
+
+def _map_loky(chunks: list[list[RunConfig]], workers: int, threads: int) -> Iterator[tuple[pd.DataFrame, dict]]:
     import joblib
 
     if workers == 1 or len(chunks) <= 1:
         for chunk in chunks:
             yield _train_chunk(chunk, threads)
         return
-    parallel = joblib.Parallel(n_jobs=workers, backend=backend, return_as="generator_unordered")
+    parallel = joblib.Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered")
     yield from parallel(joblib.delayed(_train_chunk)(chunk, threads) for chunk in chunks)
+
+
+def _map_dask(chunks: list[list[RunConfig]], client: Any, threads: int) -> Iterator[tuple[pd.DataFrame, dict]]:
+    import joblib
+
+    if not chunks:
+        return
+    with joblib.parallel_config(backend="dask", client=client):
+        parallel = joblib.Parallel(return_as="generator_unordered")
+        yield from parallel(joblib.delayed(_train_chunk)(chunk, threads) for chunk in chunks)
+
+
+def check_scheduler(scheduler: str, backend: str = "dask") -> None:
+    """Raise `ConfigError` unless `scheduler` looks like a Dask scheduler address and the backend is dask."""
+    if backend != "dask":
+        raise ConfigError(f"scheduler: only used with backend 'dask', not {backend!r}")
+    if not re.fullmatch(r"((\w+://)?[\w.\-\[\]:]+:\d+|inproc://\S+)", scheduler):
+        raise ConfigError(f"scheduler: expected a Dask scheduler address such as tcp://host:8786, got {scheduler!r}")
+
+
+DASK_MISSING = "backend: 'dask' needs the optional extra dask[distributed] (pip install 'sortrl[dask]')"
+
+
+@contextlib.contextmanager
+def _dask_client(scheduler: str | None, local_workers: int, timeout: float = 30) -> Iterator[Any]:
+    """A `distributed.Client` of the cluster at `scheduler`, or of a new `LocalCluster` (closed on exit)."""
+    try:
+        import distributed
+    except ImportError:
+        raise ConfigError(DASK_MISSING) from None
+    if scheduler is None:
+        cluster = distributed.LocalCluster(
+            n_workers=local_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+        with cluster, distributed.Client(cluster) as client:
+            yield client
+        return
+    try:
+        client = distributed.Client(scheduler, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError, ValueError, TypeError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise ConfigError(f"scheduler: cannot connect to {scheduler} ({err.__class__.__name__}: {reason})") from None
+    with client:
+        try:
+            client.wait_for_workers(1, timeout=timeout)
+        except (TimeoutError, OSError):
+            raise ConfigError(f"scheduler: no Dask worker joined {scheduler} within {timeout:g} s") from None
+        yield client

@@ -1,0 +1,350 @@
+"""The command line: good runs work; every bad input is exit code 2 and one `error:` line naming the field."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from sortrl.cli import app
+from sortrl.config import RunConfig
+from sortrl.recipes import RECIPES
+from sortrl.store import load_runs, read_manifest, runs_dir
+from sortrl.sweep import MAX_RUNS
+
+runner = CliRunner()
+
+TINY_BASE = "num_epochs = 3\nnum_steps_per_epoch = 2\n"
+GOOD_GRID = f"""name = "tiny"
+seeds = 2
+[base]
+{TINY_BASE}
+[grid]
+deltas_mode = ["rewards", "centered_rewards"]
+"""
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *needles: str) -> str:
+    """Exit code 2, nothing but one `error: ...` line on stderr naming every needle, no traceback."""
+    err = result.stderr
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+# --- good runs --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_train_writes_a_table(tmp_path, suffix):
+    out = tmp_path / "sub" / f"x{suffix}"
+    result = invoke("train", "--num-epochs", 3, "--num-steps-per-epoch", 2, "--seed", 0, "--seed", 1, "--out", out)
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(out) if suffix == ".parquet" else pd.read_csv(out)
+    assert sorted(table.seed.unique()) == [0, 1] and len(table) == 2 * 3
+    assert set(table.status) == {"ok"} and table.mean_reward.notna().all()
+    assert "final mean reward" in result.stdout
+
+
+def test_sweep_then_rerun_skips_everything(tmp_path):
+    grid = tmp_path / "tiny.toml"
+    grid.write_text(GOOD_GRID)
+    results = tmp_path / "results"
+    first = invoke("sweep", grid, "--results", results, "--n-jobs", 1, "--chunk-size", 2)
+    assert first.exit_code == 0, first.output
+    assert "4 runs, 4 trained, 0 already stored" in first.stderr
+    table = load_runs(results)
+    second = invoke("sweep", grid, "--results", results, "--n-jobs", 1)
+    assert second.exit_code == 0, second.output
+    assert "4 runs, 0 trained, 4 already stored" in second.stderr
+    assert load_runs(results).equals(table)
+    assert read_manifest(runs_dir(results, "tiny"))["status"] == "complete"
+
+
+def test_skipped_files_are_one_line_warnings(tmp_path):
+    grid = tmp_path / "tiny.toml"
+    grid.write_text(GOOD_GRID)
+    results = tmp_path / "results"
+    assert invoke("sweep", grid, "--results", results, "--n-jobs", 1).exit_code == 0
+    (runs_dir(results, "tiny") / "chunk-0000.parquet").write_bytes(b"junk")
+    result = invoke("sweep", grid, "--results", results, "--n-jobs", 1)
+    assert result.exit_code == 0
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 1 and "chunk-0000.parquet" in warned[0], result.stderr
+    assert "Traceback" not in result.stderr and "UserWarning" not in result.stderr
+
+
+def test_recipes_lists_every_recipe():
+    result = invoke("recipes")
+    assert result.exit_code == 0
+    for name in RECIPES:
+        assert name in result.stdout
+
+
+@pytest.mark.slow
+def test_sweep_on_a_local_dask_cluster(tmp_path):
+    """`--backend dask` without --scheduler starts a LocalCluster here; results equal the loky backend's."""
+    grid = tmp_path / "tiny.toml"
+    grid.write_text(GOOD_GRID)
+    dask = invoke("sweep", grid, "--results", tmp_path / "dask", "--backend", "dask", "--n-jobs", 2, "--chunk-size", 2)
+    assert dask.exit_code == 0, dask.output
+    loky = invoke("sweep", grid, "--results", tmp_path / "loky", "--n-jobs", 1, "--chunk-size", 2)
+    assert loky.exit_code == 0, loky.output
+    assert load_runs(tmp_path / "dask").equals(load_runs(tmp_path / "loky"))
+    assert read_manifest(runs_dir(tmp_path / "dask", "tiny"))["backend"] == "dask"
+
+
+# --- sweep: bad options and folders ---------------------------------------------------------
+
+
+@pytest.fixture
+def grid_file(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(GOOD_GRID)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("options", "needles"),
+    [
+        (["--n-jobs", "0"], ["n-jobs", "-1", ">= 1"]),
+        (["--n-jobs", "-5"], ["n-jobs"]),
+        (["--n-jobs", "many"], ["--n-jobs", "integer"]),
+        (["--chunk-size", "0"], ["chunk-size", ">= 1"]),
+        (["--chunk-size", "1.5"], ["--chunk-size", "integer"]),
+        (["--backend", "spark"], ["backend", "loky, dask"]),
+        (["--scheduler", "tcp://127.0.0.1:8786"], ["scheduler", "backend 'dask'"]),
+        (["--backend", "dask", "--scheduler", "my laptop"], ["scheduler", "tcp://host:8786"]),
+        (["--frobnicate"], ["--frobnicate"]),
+    ],
+)
+def test_sweep_bad_options(grid_file, tmp_path, options, needles):
+    assert_one_line_error(invoke("sweep", grid_file, "--results", tmp_path / "r", *options), *needles)
+
+
+def test_sweep_missing_grid_file(tmp_path):
+    assert_one_line_error(invoke("sweep", tmp_path / "nope.toml"), "nope.toml", "cannot read grid file")
+
+
+def test_sweep_grid_file_is_a_folder(tmp_path):
+    assert_one_line_error(invoke("sweep", tmp_path), "cannot read grid file")
+
+
+def test_sweep_without_a_grid_file():
+    assert_one_line_error(invoke("sweep"), "grid_file")
+
+
+@pytest.mark.parametrize("where", ["results", "results/runs", "results/runs/tiny"])
+def test_results_path_that_is_a_file(grid_file, tmp_path, where):
+    path = tmp_path / where
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("not a folder")
+    assert_one_line_error(invoke("sweep", grid_file, "--results", tmp_path / "results"), "results", "not a folder")
+
+
+def test_unwritable_results_folder(grid_file, tmp_path, monkeypatch):
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "results" / "runs" / "tiny"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    assert_one_line_error(invoke("sweep", grid_file, "--results", tmp_path / "results"), "results", "Permission denied")
+
+
+def test_unreadable_results_folder(grid_file, tmp_path, monkeypatch):
+    real = os.listdir
+
+    def denied(path="."):
+        if str(path).endswith("runs"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "listdir", denied)
+    assert_one_line_error(invoke("sweep", grid_file, "--results", tmp_path / "results"), "results", "Permission denied")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes any folder")
+def test_results_folder_without_permissions(grid_file, tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    results.chmod(0)
+    try:
+        assert_one_line_error(invoke("sweep", grid_file, "--results", results), "results")
+    finally:
+        results.chmod(0o755)
+
+
+# --- grid files: every field, bad values --------------------------------------------------
+
+
+def grid(top: str = 'name = "g"\nseeds = 2\n', base: str = TINY_BASE, axes: str = 'deltas_mode = ["rewards"]\n') -> str:
+    return f"{top}[base]\n{base}[grid]\n{axes}"
+
+
+GRID_CASES = {
+    "not toml": ("name = \n", ["not valid TOML"]),
+    "duplicate axis": (grid(axes='loss_mode = ["naive"]\nloss_mode = ["clipped"]\n'), ["'loss_mode' is set twice"]),
+    "duplicate table": (grid() + "[grid]\nkl_penalty = [0.0]\n", ["table [grid] is declared twice"]),
+    "duplicate top key": ('name = "a"\nname = "b"\n', ["'name' is set twice"]),
+    "unknown top key": (grid() + "", None),
+    "name missing": (grid(top="seeds = 2\n"), ["name", "letters, digits"]),
+    "name wrong type": (grid(top="name = 3\n"), ["name"]),
+    "name with a slash": (grid(top='name = "../x"\n'), ["name"]),
+    "seeds zero": (grid(top='name = "g"\nseeds = 0\n'), ["seeds", ">= 1"]),
+    "seeds negative": (grid(top='name = "g"\nseeds = -3\n'), ["seeds", ">= 1"]),
+    "seeds text": (grid(top='name = "g"\nseeds = "many"\n'), ["seeds", "list of integers"]),
+    "seeds float": (grid(top='name = "g"\nseeds = 2.5\n'), ["seeds"]),
+    "seeds bool": (grid(top='name = "g"\nseeds = true\n'), ["seeds"]),
+    "seeds empty list": (grid(top='name = "g"\nseeds = []\n'), ["seeds"]),
+    "seeds list with text": (grid(top='name = "g"\nseeds = [1, "a"]\n'), ["seeds"]),
+    "seeds list repeated": (grid(top='name = "g"\nseeds = [1, 1]\n'), ["seeds", "distinct"]),
+    "seeds list negative": (grid(top='name = "g"\nseeds = [-1, 2]\n'), ["seeds", ">= 0"]),
+    "seeds nested list": (grid(top='name = "g"\nseeds = [[1, 2]]\n'), ["seeds"]),
+    "highlight_seed not a seed": (grid(top='name = "g"\nseeds = 2\nhighlight_seed = 7\n'), ["highlight_seed"]),
+    "highlight_seed text": (grid(top='name = "g"\nseeds = 2\nhighlight_seed = "a"\n'), ["highlight_seed"]),
+    "base not a table": ('name = "g"\nbase = 3\n', ["base", "table"]),
+    "grid not a table": ('name = "g"\ngrid = [1]\n', ["grid", "table"]),
+    "baseline not a table": ('name = "g"\nbaseline = "rewards"\n', ["baseline", "table"]),
+    "unknown field in base": (grid(base="learning_rat = 0.1\n"), ["[base]", "'learning_rat'", "valid fields"]),
+    "unknown field as axis": (grid(axes="lr = [0.1]\n"), ["[grid]", "'lr'", "valid fields"]),
+    "unknown field in baseline": (grid() + "", None),
+    "seed in base": (grid(base="seed = 3\n"), ["seed", "top-level 'seeds'"]),
+    "seed as axis": (grid(axes="seed = [1, 2]\n"), ["seed", "top-level 'seeds'"]),
+    "empty axis": (grid(axes="deltas_mode = []\n"), ["deltas_mode", "non-empty list"]),
+    "axis not a list": (grid(axes='deltas_mode = "rewards"\n'), ["deltas_mode", "non-empty list"]),
+    "axis repeats a value": (grid(axes='deltas_mode = ["rewards", "rewards"]\n'), ["deltas_mode", "twice"]),
+    "field in base and grid": (grid(base='deltas_mode = "rewards"\n'), ["deltas_mode", "both"]),
+    "baseline not in grid": (
+        'name = "g"\nbaseline = { deltas_mode = "max_rewards" }\n' + "[grid]\ndeltas_mode = ['rewards']\n",
+        ["baseline", "deltas_mode", "'rewards'"],
+    ),
+    "baseline field unknown": ('name = "g"\nbaseline = { lr = 1 }\n', ["[baseline]", "'lr'"]),
+    "too many runs": (grid(top=f'name = "g"\nseeds = {MAX_RUNS + 1}\n'), ["runs", "at most"]),
+    "unknown recipe": (grid(base='recipe = "ppo"\n'), ["recipe", "'ppo'", "grpo"]),
+}
+GRID_CASES["unknown top key"] = (grid(top='name = "g"\nseed = 3\n'), ["unknown key 'seed'", "valid keys"])
+GRID_CASES["unknown field in baseline"] = (grid(top='name = "g"\nbaseline = { deltas = "rewards" }\n'), ["'deltas'"])
+
+OUT_OF_RANGE = {  # a bad value of every field that has a range or a registry
+    "task": '"chess"',
+    "prompts": "[[1, 2], [3]]",
+    "vocab_size": "1",
+    "num_prompts": "0",
+    "num_eval_prompts": "-1",
+    "task_seed": "-1",
+    "prompts_per_epoch": "0",
+    "eval_every": "0",
+    "reward": '"speed"',
+    "length_penalty": "-1.0",
+    "embedding_dim": "0",
+    "num_epochs": "0",
+    "num_steps_per_epoch": "0",
+    "num_responses": "0",
+    "learning_rate": "-0.1",
+    "deltas_mode": '"advantage"',
+    "loss_mode": '"ppo"',
+    "epsilon": "-0.1",
+    "epsilon_high": "-1.0",
+    "clip_ratio_c": "0.5",
+    "importance_sampling_level": '"word"',
+    "loss_agg_mode": '"mean"',
+    "kl_penalty": "-1.0",
+    "kl_estimator": '"k9"',
+    "compute_ref_model_period": "-1",
+}
+RANDOM_TASK_OUT_OF_RANGE = {"prompt_length": "1"}  # only the random task reads prompt_length
+
+
+def wrong_type(field: dataclasses.Field) -> str:
+    return "3" if field.type.startswith("str") else '"yes"' if field.type == "bool" else '"abc"'
+
+
+FIELDS = [f for f in dataclasses.fields(RunConfig) if f.name != "seed"]
+for f in FIELDS:
+    GRID_CASES[f"{f.name}: wrong type in base"] = (grid(base=f"{f.name} = {wrong_type(f)}\n", axes=""), [f.name])
+    GRID_CASES[f"{f.name}: wrong type on an axis"] = (grid(base="", axes=f"{f.name} = [{wrong_type(f)}]\n"), [f.name])
+for name, value in OUT_OF_RANGE.items():
+    GRID_CASES[f"{name}: out of range"] = (grid(base=f"{name} = {value}\n", axes=""), [name])
+for name, value in RANDOM_TASK_OUT_OF_RANGE.items():
+    GRID_CASES[f"{name}: out of range"] = (grid(base=f'task = "random"\n{name} = {value}\n', axes=""), [name])
+
+
+def test_every_field_has_a_bad_value_case():
+    ranged = set(OUT_OF_RANGE) | set(RANDOM_TASK_OUT_OF_RANGE)
+    bools = {f.name for f in FIELDS if f.type == "bool"}
+    assert {f.name for f in FIELDS} - ranged - bools <= {"recipe"}  # recipe: see "unknown recipe"
+
+
+@pytest.mark.parametrize("case", list(GRID_CASES))
+def test_bad_grid_file(tmp_path, case):
+    text, needles = GRID_CASES[case]
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    line = assert_one_line_error(invoke("sweep", path, "--results", tmp_path / "r"), "bad.toml", *needles)
+    assert not (tmp_path / "r" / "runs").exists() or not any((tmp_path / "r" / "runs").iterdir()), line
+
+
+def test_grid_files_are_never_evaluated(tmp_path):
+    """A grid that smuggles Python or a pickle is just a bad TOML value."""
+    path = tmp_path / "evil.toml"
+    path.write_text(grid(base="num_epochs = \"__import__('os').system('touch pwned')\"\n", axes=""))
+    assert_one_line_error(invoke("sweep", path, "--results", tmp_path / "r"), "num_epochs", "expected int")
+    assert not (tmp_path / "pwned").exists() and not os.path.exists("pwned")
+    path.write_bytes(b"\x80\x04\x95\x00\x00")  # a pickle header is not UTF-8 TOML
+    assert_one_line_error(invoke("sweep", path, "--results", tmp_path / "r"), "evil.toml")
+
+
+# --- sortrl train: bad values ---------------------------------------------------------------
+
+TRAIN_CASES = {
+    "unknown deltas mode": (["--deltas-mode", "advantage"], ["deltas_mode", "'advantage'", "centered_rewards"]),
+    "unknown loss mode": (["--loss-mode", "ppo"], ["loss_mode", "clipped"]),
+    "unknown reward": (["--reward", "speed"], ["reward", "inclusion_ordering"]),
+    "unknown kl estimator": (["--kl-estimator", "k9"], ["kl_estimator", "k3"]),
+    "unknown recipe": (["--recipe", "ppo"], ["recipe", "grpo"]),
+    "negative learning rate": (["--learning-rate", "-1"], ["learning_rate", "> 0"]),
+    "learning rate text": (["--learning-rate", "fast"], ["--learning-rate", "number"]),
+    "no responses": (["--num-responses", "0"], ["num_responses", ">= 1"]),
+    "normalized with one response": (
+        ["--deltas-mode", "normalized_rewards", "--num-responses", "1"],
+        ["num_responses", "normalized_rewards", "2"],
+    ),
+    "epochs text": (["--num-epochs", "ten"], ["--num-epochs", "integer"]),
+    "negative seed": (["--seed", "-1"], ["seed", ">= 0"]),
+    "prompts not json": (["--prompts", "1,0,2"], ["prompts", "[[1,0,2],[3,2,4]]"]),
+    "prompts ragged": (["--prompts", "[[1,2],[3]]"], ["prompts", "same length"]),
+    "prompts empty": (["--prompts", "[]"], ["prompts"]),
+    "prompts negative": (["--prompts", "[[-1,2]]"], ["prompts", ">= 0"]),
+    "prompts text": (["--prompts", '[["a","b"]]'], ["prompts", "integers"]),
+    "out suffix": (["--out", "x.txt"], ["out", ".parquet or .csv", "x.txt"]),
+    "unknown option": (["--learning-rat", "0.1"], ["--learning-rat"]),
+    "bool option with a value": (["--eos", "yes"], []),
+}
+
+
+@pytest.mark.parametrize("case", list(TRAIN_CASES))
+def test_bad_train_options(tmp_path, case):
+    options, needles = TRAIN_CASES[case]
+    result = invoke("train", "--num-epochs", 2, "--num-steps-per-epoch", 1, *options)
+    assert_one_line_error(result, *needles)
+    assert not (tmp_path / "x.txt").exists()

@@ -1,0 +1,221 @@
+"""Results on disk: atomic chunks, schema versions, and loading that skips (and names) anything it cannot trust."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sortrl.config import RunConfig
+from sortrl.store import (
+    HISTORY,
+    SCHEMA_KEY,
+    SCHEMA_VERSION,
+    StoreWarning,
+    _host,
+    append_history,
+    atomic_write_bytes,
+    completed_run_ids,
+    load_runs,
+    read_history,
+    read_manifest,
+    remove_stale_temporaries,
+    runs_dir,
+    write_chunk,
+    write_manifest,
+)
+from sortrl.train import train
+
+
+@pytest.fixture(scope="module")
+def tables():
+    """Two real `train` tables of two runs each (4 epochs)."""
+    configs = [RunConfig(num_epochs=4, num_steps_per_epoch=2, seed=s) for s in range(4)]
+    table = train(configs)
+    ids = [c.run_id for c in configs]
+    return table[table.run_id.isin(ids[:2])].reset_index(drop=True), table[table.run_id.isin(ids[2:])].reset_index(
+        drop=True
+    )
+
+
+@pytest.fixture
+def folder(tmp_path):
+    out = runs_dir(tmp_path, "exp")
+    out.mkdir(parents=True)
+    return out
+
+
+def no_warnings():
+    """Context in which any warning fails the test (a clean folder must load silently)."""
+    manager = warnings.catch_warnings()
+    manager.__enter__()
+    warnings.simplefilter("error")
+    return manager
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_round_trip_carries_the_schema_version(folder, tables):
+    first, second = tables
+    path = write_chunk(folder, first)
+    write_chunk(folder, second)
+    assert path.name.startswith("chunk-") and path.suffix == ".parquet"
+    assert pq.read_schema(path).metadata[SCHEMA_KEY] == SCHEMA_VERSION.encode()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = load_runs(folder.parent.parent)
+        done = completed_run_ids(folder)
+    expected = pd.concat(tables).sort_values(["run_id", "epoch"]).reset_index(drop=True)
+    assert loaded.drop(columns="experiment").equals(expected)
+    assert set(loaded.experiment) == {"exp"}
+    assert done == set(expected.run_id)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
+def test_same_runs_give_the_same_file_name(folder, tables):
+    assert write_chunk(folder, tables[0]) == write_chunk(folder, tables[0].iloc[::-1])
+    assert len(list(folder.glob("chunk-*.parquet"))) == 1
+
+
+def test_duplicate_runs_in_two_chunks_load_once(folder, tables):
+    first, second = tables
+    write_chunk(folder, first)
+    write_chunk(folder, pd.concat([first, second]))  # another chunking of overlapping runs
+    loaded = load_runs(folder.parent.parent)
+    assert not loaded.duplicated(["run_id", "epoch"]).any()
+    assert set(loaded.run_id) == set(first.run_id) | set(second.run_id)
+    assert len(loaded) == len(first) + len(second)
+
+
+def _other_schema(path, table, version):
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    metadata = dict(arrow.schema.metadata or {})
+    if version is None:
+        metadata.pop(SCHEMA_KEY, None)
+    else:
+        metadata[SCHEMA_KEY] = version.encode()
+    pq.write_table(arrow.replace_schema_metadata(metadata), path)
+
+
+BAD_FILES = {
+    "other schema version": lambda path, table: _other_schema(path, table, "0"),
+    "foreign parquet (no schema key)": lambda path, table: _other_schema(path, table, None),
+    "truncated": lambda path, table: path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2]),
+    "garbage bytes": lambda path, table: path.write_bytes(b"PAR1 this is not parquet at all PAR1"),
+    "empty file": lambda path, table: path.write_bytes(b""),
+    "no run_id column": lambda path, table: pq.write_table(
+        pa.table({"epoch": [0, 1]}).replace_schema_metadata({SCHEMA_KEY: SCHEMA_VERSION.encode()}), path
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_FILES))
+def test_bad_chunk_is_named_skipped_and_not_counted_as_done(folder, tables, kind):
+    good, bad = tables
+    write_chunk(folder, good)
+    path = write_chunk(folder, bad)
+    BAD_FILES[kind](path, bad)
+    with pytest.warns(StoreWarning, match=path.name):
+        loaded = load_runs(folder.parent.parent)
+    with pytest.warns(StoreWarning, match=path.name):
+        done = completed_run_ids(folder)
+    assert set(loaded.run_id) == set(good.run_id)  # never a crash, never a silent mix
+    assert done == set(good.run_id)  # so a sweep trains the bad chunk's runs again
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "results.parquet", "chunk-1234.csv", "chunk-dir.parquet"])
+def test_foreign_files_are_named_and_skipped(folder, tables, name):
+    write_chunk(folder, tables[0])
+    path = folder / name
+    if name == "chunk-dir.parquet":
+        path.mkdir()
+    else:
+        write_chunk(folder, tables[1]).rename(path)  # even a valid table under a foreign name is not a result
+    with pytest.warns(StoreWarning, match=name):
+        loaded = load_runs(folder.parent.parent)
+    assert set(loaded.run_id) == set(tables[0].run_id)
+
+
+def test_stray_file_in_runs_root_is_named(tmp_path, folder, tables):
+    write_chunk(folder, tables[0])
+    (tmp_path / "runs" / "stray.parquet").write_bytes(b"x")
+    with pytest.warns(StoreWarning, match="stray.parquet"):
+        loaded = load_runs(tmp_path)
+    assert set(loaded.run_id) == set(tables[0].run_id)
+
+
+def test_temporaries_are_never_results(folder, tables):
+    """A complete chunk under a temporary name (a writer killed before its rename) is ignored, silently."""
+    write_chunk(folder, tables[0])
+    leftover = write_chunk(folder, tables[1])
+    leftover.rename(folder / f".{leftover.name}.tmp-{_host()}-{dead_pid()}-abc123")
+    (folder / ".DS_Store").write_bytes(b"x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = load_runs(folder.parent.parent)
+        done = completed_run_ids(folder)
+    assert set(loaded.run_id) == done == set(tables[0].run_id)
+
+
+def test_failed_write_leaves_no_temporary(folder, monkeypatch):
+    def boom(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_bytes(folder / "chunk-x.parquet", b"data")
+    assert list(folder.iterdir()) == []
+
+
+def test_remove_stale_temporaries(folder):
+    host = _host()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        dead = folder / f".chunk-a.parquet.tmp-{host}-{dead_pid()}-x1"
+        alive = folder / f".chunk-b.parquet.tmp-{host}-{live.pid}-x2"
+        other_host_new = folder / ".chunk-c.parquet.tmp-elsewhere-1-x3"
+        other_host_old = folder / ".chunk-d.parquet.tmp-elsewhere-1-x4"
+        not_ours = folder / ".hidden-user-file"
+        for path in (dead, alive, other_host_new, other_host_old, not_ours):
+            path.write_bytes(b"partial")
+        day_ago = time.time() - 2 * 24 * 3600
+        os.utime(other_host_old, (day_ago, day_ago))
+        removed = remove_stale_temporaries(folder)
+    finally:
+        live.kill()
+        live.wait()
+    assert sorted(removed) == sorted([dead, other_host_old])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in (alive, other_host_new, not_ours))
+
+
+def test_manifest_is_latest_and_history_keeps_every_sweep(folder):
+    write_manifest(folder, {"sweep_id": "a", "status": "running", "host": _host(), "pid": os.getpid()})
+    assert read_manifest(folder)["status"] == "running"  # this process is alive
+    write_manifest(folder, {"sweep_id": "a", "status": "complete"})
+    write_manifest(folder, {"sweep_id": "b", "status": "running", "host": _host(), "pid": dead_pid()})
+    assert read_manifest(folder)["status"] == "interrupted"  # its process is gone: not a misleading "running"
+    assert json.loads((folder / "manifest.json").read_text())["sweep_id"] == "b"
+    with open(folder / HISTORY, "a") as handle:
+        handle.write('{"sweep_id": "c", "stat')  # a torn last line is skipped
+    append_history(folder, {"sweep_id": "d"})
+    assert [m["sweep_id"] for m in read_history(folder)] == ["a", "a", "b", "d"]
+
+
+def test_missing_or_corrupt_manifest_reads_none(folder):
+    assert read_manifest(folder) is None
+    (folder / "manifest.json").write_text("{not json")
+    assert read_manifest(folder) is None
+    assert read_history(folder) == []
