@@ -17,3 +17,40 @@ torch.set_num_threads(1)
 def tiny():
     """Keyword overrides for a fast run (lecture task, few epochs)."""
     return {"num_epochs": 6, "num_steps_per_epoch": 3}
+
+
+@pytest.fixture
+def engine_spy(monkeypatch):
+    """Record what `sortrl.train` feeds its optimizer and samples, without changing either.
+
+    Returns a namespace with `steps` (one `(params_before, grads)` pair of
+    `{"embedding","encode","decode"}` dicts per inner step), `responses` (each
+    `_sample` result, [run batch trial pos]) and `optimizers` (the Adam objects).
+    """
+    import importlib
+    from types import SimpleNamespace
+
+    engine = importlib.import_module("sortrl.train")  # `sortrl.train` the attribute is the function
+    log = SimpleNamespace(steps=[], responses=[], optimizers=[])
+    names = ("embedding", "encode", "decode")
+
+    class SpyAdam(engine.Adam):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            log.optimizers.append(self)
+
+        def step(self, grads):
+            before = {n: p.detach().clone() for n, p in zip(names, self.params)}
+            log.steps.append((before, {n: g.detach().clone() for n, g in zip(names, grads)}))
+            super().step(grads)
+
+    real_sample = engine._sample
+
+    def spy_sample(*args, **kwargs):
+        out = real_sample(*args, **kwargs)
+        log.responses.append(out.clone())
+        return out
+
+    monkeypatch.setattr(engine, "Adam", SpyAdam)
+    monkeypatch.setattr(engine, "_sample", spy_sample)
+    return log
