@@ -1,0 +1,50 @@
+"""The analysis notebooks run top to bottom on a small results set and agree with the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from test_report import TINY  # the tiny lecture-like grid (tests/ is on sys.path under pytest)
+
+from sortrl.report import write_report
+from sortrl.sweep import parse_grid, run_sweep
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    run_sweep(parse_grid(TINY), root, n_jobs=1)
+    write_report(root)
+    return root
+
+
+def _run(name: str, results: Path, monkeypatch) -> str:
+    """Execute notebook `name` in a fresh python3 kernel; return its printed text."""
+    monkeypatch.setenv("SORTRL_RESULTS", str(results))
+    monkeypatch.delenv("SORTRL_EXPERIMENT", raising=False)
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    client = NotebookClient(
+        notebook, kernel_name="python3", timeout=60, resources={"metadata": {"path": str(NOTEBOOKS)}}
+    )
+    client.execute()  # raises CellExecutionError, with the traceback, if a cell fails
+    outputs = [o for cell in notebook.cells for o in cell.get("outputs", [])]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "no figure was shown"
+    return "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+
+
+def test_explore_notebook_rebuilds_a_report_figure(results, monkeypatch):
+    text = _run("01-explore-results.ipynb", results, monkeypatch)
+    assert "this notebook: tiny" in text
+    assert "18 runs" in text and "diverged runs: 0" in text
+    assert f"same bytes as {results / 'figures' / 'tiny_reward_curves.png'}: True" in text
+
+
+def test_statistics_notebook_uses_the_report_numbers(results, monkeypatch):
+    text = _run("02-statistics.ipynb", results, monkeypatch)
+    assert "comparing 'centered_rewards' (n=6) with 'rewards' (n=6)" in text
+    assert "P(centered_rewards > rewards) = " in text and "95% CI [" in text

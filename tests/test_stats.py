@@ -1,0 +1,98 @@
+"""sortrl.stats on cases small enough to compute by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sortrl import stats
+
+
+def test_iqm_averages_the_middle_half():
+    # 8 values: the lowest 2 and highest 2 are dropped, the mean of 2, 3, 4, 5 is 3.5
+    assert stats.iqm(np.array([0.0, 1, 2, 3, 4, 5, 6, 100])) == pytest.approx(3.5)
+    # an outlier seed moves the mean but not the IQM
+    assert stats.iqm(np.array([1.0, 1, 1, 1, 1, 1, 1, -50])) == pytest.approx(1.0)
+
+
+def test_iqm_is_batched_over_leading_axes():
+    scores = np.array([[0.0, 1, 2, 3], [10, 11, 12, 13]])  # [step run]: middle two of each row
+    assert np.allclose(stats.iqm(scores), [1.5, 11.5])
+
+
+def test_probability_of_improvement_disjoint_and_identical():
+    low, high = np.array([1.0, 2.0, 3.0]), np.array([4.0, 5.0])
+    assert stats.probability_of_improvement(high, low) == 1.0
+    assert stats.probability_of_improvement(low, high) == 0.0
+    same = np.array([1.0, 2.0, 3.0])
+    assert stats.probability_of_improvement(same, same) == 0.5
+
+
+def test_probability_of_improvement_counts_ties_half():
+    # pairs (x, y): (1,1) tie -> 0.5, (1,2) loss, (3,1) win, (3,2) win -> 2.5 / 4
+    assert stats.probability_of_improvement(np.array([1.0, 3.0]), np.array([1.0, 2.0])) == pytest.approx(0.625)
+
+
+def test_bootstrap_ci_brackets_the_estimate_and_is_reproducible():
+    x = np.array([3.1, 2.7, 3.9, 3.3, 2.2, 3.6, 3.0, 4.1, 2.9, 3.4])
+    for statistic in (stats.mean, stats.iqm):
+        low, high = stats.bootstrap_ci([x], statistic, seed=0)
+        assert low < statistic(x) < high
+        assert (low, high) == stats.bootstrap_ci([x], statistic, seed=0)
+    assert stats.bootstrap_ci([x], stats.mean, seed=0) != stats.bootstrap_ci([x], stats.mean, seed=1)
+
+
+def test_bootstrap_ci_two_samples_and_degenerate_cases():
+    x, y = np.array([5.0, 6, 7, 8]), np.array([1.0, 2, 3, 4])
+    low, high = stats.bootstrap_ci([x, y], stats.probability_of_improvement, seed=0)
+    assert low == high == 1.0  # every resample keeps x above y
+    low, high = stats.bootstrap_ci([x, y], stats.mean_difference, seed=0)
+    assert low < 4.0 < high
+    assert stats.bootstrap_ci([np.full(5, 2.0)], stats.mean) == (2.0, 2.0)
+    low, high = stats.bootstrap_ci([np.array([1.0])], stats.mean)
+    assert math.isnan(low) and math.isnan(high)
+
+
+def test_bootstrap_ci_batched_over_steps():
+    scores = np.array([[1.0, 2, 3, 4, 5], [10, 10, 10, 10, 10]])  # [step run]
+    low, high = stats.bootstrap_ci([scores], stats.mean, seed=0)
+    assert low.shape == high.shape == (2,)
+    assert low[0] < 3 < high[0] and low[1] == high[1] == 10
+
+
+def test_performance_profile_on_a_tiny_array():
+    scores = np.array([1.0, 2.0, 3.0, 4.0])
+    taus = np.array([0.0, 2.0, 2.5, 4.0, 5.0])
+    assert stats.performance_profile(scores, taus).tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
+    low, high = stats.performance_profile_ci(scores, taus, seed=0)
+    assert low.shape == (5,) and np.all(low <= stats.performance_profile(scores, taus))
+    assert low[0] == high[0] == 1.0 and low[-1] == high[-1] == 0.0
+
+
+def _runs(epochs: dict[str, list[float]]) -> pd.DataFrame:
+    rows = [
+        {"run_id": run, "epoch": epoch, "mean_reward": value}
+        for run, values in epochs.items()
+        for epoch, value in enumerate(values)
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_final_scores_average_the_last_tenth_of_epochs():
+    # 100 epochs: the last 10 (values 90..99) average to 94.5; 30 epochs: the last 3 (27, 28, 29) -> 28
+    runs = _runs({"a": list(range(100)), "b": list(range(30)), "c": [7.0, 1.0, 2.0, 3.0, 9.0]})
+    final = stats.final_scores(runs)
+    assert final["a"] == pytest.approx(94.5)
+    assert final["b"] == pytest.approx(28.0)
+    assert final["c"] == pytest.approx(9.0)  # 5 epochs: at least the last one
+
+
+def test_final_scores_skip_epochs_without_a_value():
+    # held-out metrics are NaN between evaluations: the last 10% of the evaluated epochs count
+    values = [math.nan if epoch % 5 else float(epoch) for epoch in range(100)]  # evaluated at 0, 5, ..., 95
+    final = stats.final_scores(_runs({"a": values}))
+    assert final["a"] == pytest.approx(np.mean([90.0, 95.0]))  # 20 evaluations -> the last 2
+    assert stats.final_scores(_runs({"a": [1.0, 2.0, 3.0]}), fraction=0)["a"] == 3.0  # the last value
