@@ -254,6 +254,11 @@ def _integer(x: Any) -> int:
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
+def _prompts_per_epoch(cfg: RunConfig) -> int:
+    total = len(cfg.prompts) if cfg.task == "lecture" else cfg.num_prompts
+    return total if cfg.prompts_per_epoch is None else min(total, cfg.prompts_per_epoch)
+
+
 def validate(cfg: RunConfig) -> None:
     """Check every field; raise `ConfigError` with one line naming the bad field."""
     for f in dataclasses.fields(cfg):
@@ -307,6 +312,8 @@ def validate(cfg: RunConfig) -> None:
     for name in ("seed", "task_seed", "num_eval_prompts"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name}: must be >= 0, got {getattr(cfg, name)}")
+    if cfg.deltas_mode == "batch_normalized" and cfg.num_responses * _prompts_per_epoch(cfg) < 2:
+        raise ConfigError("num_responses: batch_normalized needs at least 2 rewards per epoch (prompts x responses)")
     if cfg.deltas_mode in ("normalized_rewards", "rloo") and cfg.num_responses < 2:
         raise ConfigError(
             f"num_responses: {cfg.deltas_mode} needs at least 2 responses per prompt, got {cfg.num_responses}"

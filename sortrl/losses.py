@@ -115,9 +115,13 @@ def seq_mean_token_sum(mask: Tensor, max_len: int) -> Tensor:
 
 
 def seq_mean_token_sum_norm(mask: Tensor, max_len: int) -> Tensor:
-    """sum over tokens / (number of responses * max response length) (verl `seq-mean-token-sum-norm`; Dr. GRPO).
+    """sum over tokens / (number of responses * max response length) (Dr. GRPO; TRL `loss_type="dr_grpo"`).
 
-    The normaliser is a constant, so a response's weight does not depend on its length.
+    verl's `seq-mean-token-sum-norm` divides the token sum by the max length
+    only; dividing by the number of responses as well (a constant per run
+    unless `filter_zero_std_groups` drops prompts, which leave the count as
+    they leave every normaliser) only rescales it. A response's weight does
+    not depend on its own length: that is Dr. GRPO's fix of the length bias.
     """
     return mask / (_num_seqs(mask) * max_len)
 

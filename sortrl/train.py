@@ -115,7 +115,7 @@ def train(configs: Sequence[RunConfig], progress: Progress | None = None) -> pd.
     | `clip_ratio`, `clip_ratio/low_mean`, `clip_ratio/high_mean` | share of loss tokens clipped (both / below 1 - eps with A < 0 / above 1 + eps_high with A > 0), step mean; NaN unless `clipped` |
     | `importance_ratio` | mean importance ratio over loss tokens, step mean; NaN for `naive` |
 
-    A run whose loss or parameters become non-finite (e.g. `learning_rate=1e4`)
+    A run whose loss or parameters become non-finite (e.g. `learning_rate=100` with a KL penalty)
     is removed from its batch at the next epoch boundary (the other runs go on
     bit for bit as if it were not there); its rows up to that epoch are kept
     with `status="diverged"`. `progress`, if given, is called with the number
@@ -136,20 +136,21 @@ def train(configs: Sequence[RunConfig], progress: Progress | None = None) -> pd.
     return pd.concat(frames, ignore_index=True)
 
 
-def _per_run(names: list[str], registry: dict[str, Callable[..., Tensor]], **kwargs: Any) -> Tensor:
+def _per_run(
+    names: list[str], registry: dict[str, Callable[..., Tensor]], run_args: dict[str, Tensor], **shared: Any
+) -> Tensor:
     """Call `registry[names[r]]` for run r, one call per distinct name.
 
-    Tensor keyword arguments with a leading `run` axis of full length are
-    sliced to the runs of each name; other arguments are passed as they are.
+    `run_args` are tensors with a leading `run` axis, sliced to the runs of
+    each name; `shared` arguments are passed to every call as they are.
     """
     unique = sorted(set(names))
     if len(unique) == 1:
-        return registry[unique[0]](**kwargs)
-    sliced = {k for k, v in kwargs.items() if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == len(names)}
+        return registry[unique[0]](**run_args, **shared)
     out = None
     for name in unique:
         index = torch.tensor([r for r, n in enumerate(names) if n == name])
-        part = registry[name](**{k: v[index] if k in sliced else v for k, v in kwargs.items()})
+        part = registry[name](**{k: v[index] for k, v in run_args.items()}, **shared)
         if out is None:
             out = part.new_empty((len(names), *part.shape[1:]))
         out[index] = part
@@ -197,7 +198,9 @@ class _Batch:
         self.eval_generators = [torch.Generator().manual_seed(c.seed + EVAL_SEED_OFFSET) for c in configs]
         width = c0.response_length
         self.params: Params = init_params(self.generators, c0.num_tokens, c0.embedding_dim, width, width)
-        self.optimizer = Adam(list(self.params.values()), torch.tensor([c.learning_rate for c in configs]))
+        self.optimizer = Adam(
+            list(self.params.values()), torch.tensor([c.learning_rate for c in configs], dtype=torch.float64)
+        )
 
         def per_run(values: list[float | None]) -> Tensor:
             return torch.tensor([math.inf if v is None else v for v in values], dtype=torch.float32)
@@ -240,7 +243,11 @@ class _Batch:
         real = (_with_run_axis(prompts) != PAD)[:, :, None, :]  # positions within the prompt's length
         content, action = content & real, action & real
         lengths = content.sum(dim=-1).float()
-        rewards = _per_run(self.names["reward"], REWARDS, prompts=prompts, responses=responses, content=content)
+        run_args = {"responses": responses, "content": content}
+        if prompts.dim() == 3:  # per-run prompt minibatches
+            run_args["prompts"] = prompts
+        shared = {} if prompts.dim() == 3 else {"prompts": prompts}
+        rewards = _per_run(self.names["reward"], REWARDS, run_args, **shared)
         rewards = rewards - self.numbers["length_penalty"][:, None, None] * lengths
         return Rollout(responses, content, action, lengths, rewards)
 
@@ -258,11 +265,10 @@ def _metric_names(c0: RunConfig, task: PromptSet) -> list[str]:
     return names
 
 
-def _greedy(state: _Batch, prompts: Tensor, prefix: str) -> dict[str, Tensor]:
-    """Share of `prompts` the argmax policy sorts exactly, overall and per prompt length when mixed."""
+def _greedy(state: _Batch, prompts: Tensor, logits: Tensor, prefix: str) -> dict[str, Tensor]:
+    """Share of `prompts` the argmax policy (of `logits` [run batch pos vocab]) sorts exactly, overall and per length."""
     lengths = state.c0.lengths
-    greedy = forward(state.params, prompts, state.padded).argmax(dim=-1)
-    solved = is_sorted_exactly(prompts, greedy).float()  # [run batch]
+    solved = is_sorted_exactly(prompts, logits.argmax(dim=-1)).float()  # [run batch]
     out = {f"{prefix}greedy_accuracy": solved.mean(dim=-1)}
     if len(lengths) > 1:
         size = (prompts != PAD).sum(dim=-1)
@@ -294,16 +300,18 @@ def _train_batch(configs: list[RunConfig], progress: Progress | None) -> pd.Data
 
     for epoch in range(num_epochs + 1):
         with torch.no_grad():
-            # drop runs that went non-finite during the last epoch, then measure the policy it left
-            finite = [torch.isfinite(p).flatten(1).all(dim=1) for p in state.params.values()]
+            # the policy the last epoch left: drop runs that went non-finite, then measure it
+            logits = forward(state.params, train_prompts, state.padded)  # [run batch pos vocab]
+            finite = [torch.isfinite(t).flatten(1).all(dim=1) for t in (logits, *state.params.values())]
             alive = torch.stack(finite).all(dim=0) & torch.isfinite(step_losses)
             if not bool(alive.all()):
                 diverged_epoch[state.runs[~alive]] = epoch - 1
                 state.keep(alive)
+                logits = logits[alive]
                 if len(state.runs) == 0:
                     break
             if epoch > 0:
-                record(epoch - 1, _greedy(state, train_prompts, ""))
+                record(epoch - 1, _greedy(state, train_prompts, logits, ""))
                 if len(state.task.eval) and (epoch % c0.eval_every == 0 or epoch == num_epochs):
                     record(epoch - 1, _evaluate(state))
             if epoch == num_epochs:
@@ -311,8 +319,9 @@ def _train_batch(configs: list[RunConfig], progress: Progress | None) -> pd.Data
 
             if minibatch:  # per-run prompt minibatch, drawn before the epoch's responses
                 size, k = len(train_prompts), c0.prompts_per_epoch
-                picks = [torch.randperm(size, generator=g)[:k] for g in state.generators]
-                prompts = train_prompts[torch.stack(picks)]  # [run batch pos]
+                picks = torch.stack([torch.randperm(size, generator=g)[:k] for g in state.generators])
+                prompts = train_prompts[picks]  # [run batch pos]
+                logits = logits[torch.arange(len(picks))[:, None], picks]
             else:
                 prompts = train_prompts  # [batch pos], shared by every run
             if state.use_kl:
@@ -322,14 +331,13 @@ def _train_batch(configs: list[RunConfig], progress: Progress | None) -> pd.Data
                 ref_log_probs = torch.log_softmax(forward(state.ref, prompts, state.padded), dim=-1)
 
             # sample and score, then fold each token's weight into [run batch pos vocab]
-            logits = forward(state.params, prompts, state.padded)  # [run batch pos vocab]
             roll = state.rollout(prompts, torch.softmax(logits, dim=-1), state.generators)
             old_log_probs = torch.log_softmax(logits, dim=-1)
-            deltas = _per_run(state.names["deltas_mode"], DELTA_MODES, r=roll.rewards)
+            deltas = _per_run(state.names["deltas_mode"], DELTA_MODES, {"r": roll.rewards})
             zero_std = (roll.rewards == roll.rewards[..., :1]).all(dim=-1)  # [run batch]
             kept = ~(zero_std & state.numbers["filter"][:, None])
             mask = (roll.action & kept[:, :, None, None]).float()  # tokens in the loss
-            omega = _per_run(state.names["loss_agg_mode"], LOSS_AGG_MODES, mask=mask, max_len=c0.response_length)
+            omega = _per_run(state.names["loss_agg_mode"], LOSS_AGG_MODES, {"mask": mask}, max_len=c0.response_length)
             weights = deltas[..., None] * omega  # A_t * omega_t: [run batch trial pos]
             onehot = F.one_hot(roll.responses, c0.num_tokens).float()  # [run batch trial pos vocab]
             n_tokens = mask.sum(dim=(1, 2, 3)).clamp(min=1)
@@ -407,10 +415,10 @@ def _gather(log_probs: Tensor, responses: Tensor) -> Tensor:
 def _evaluate(state: _Batch) -> dict[str, Tensor]:
     """Held-out metrics: sampled mean reward (own generator, so training's stream is untouched) and greedy accuracy."""
     prompts = state.task.eval
-    probs = torch.softmax(forward(state.params, prompts, state.padded), dim=-1)
-    roll = state.rollout(prompts, probs, state.eval_generators)
+    logits = forward(state.params, prompts, state.padded)
+    roll = state.rollout(prompts, torch.softmax(logits, dim=-1), state.eval_generators)
     out = {"eval/mean_reward": roll.rewards.mean(dim=(1, 2))}
-    out.update(_greedy(state, prompts, "eval/"))
+    out.update(_greedy(state, prompts, logits, "eval/"))
     return out
 
 
@@ -422,12 +430,16 @@ def _ratio_stats(
     `ratio` is per folded token [run batch pos vocab] or per response [run batch trial 1];
     `counts` weigh it by the number of loss tokens it stands for (all / with A < 0 / with A > 0).
     """
-    dims = tuple(range(1, ratio.dim() if ratio.shape[-1] != 1 else counts["all"].dim()))
-    share = {k: (v * ratio if k == "all" else v).sum(dim=dims) / n_tokens for k, v in counts.items()}
-    sums["importance_ratio"] += share["all"]
+    dims = tuple(range(1, counts["all"].dim()))
+    shape = (-1,) + (1,) * (ratio.dim() - 1)
+
+    def share(weights: Tensor) -> Tensor:
+        return weights.sum(dim=dims) / n_tokens
+
+    sums["importance_ratio"] += share(counts["all"] * ratio)
     if clipped:
-        low = (counts["low"] * (ratio < 1 - clip.low)).sum(dim=dims) / n_tokens
-        high = (counts["high"] * (ratio > 1 + clip.high)).sum(dim=dims) / n_tokens
+        low = share(counts["low"] * (ratio < 1 - clip.low.reshape(shape)))
+        high = share(counts["high"] * (ratio > 1 + clip.high.reshape(shape)))
         sums["clip_ratio/low_mean"] += low
         sums["clip_ratio/high_mean"] += high
         sums["clip_ratio"] += low + high

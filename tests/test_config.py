@@ -181,11 +181,6 @@ def test_group_modes_need_two_responses(mode):
     assert RunConfig(deltas_mode=mode, num_responses=2).num_responses == 2
 
 
-@pytest.mark.xfail(
-    reason="BUG: batch_normalized with one reward per run (one prompt x one response) divides by a NaN std "
-    "and the run 'diverges' at epoch 0; config.validate should reject it like normalized_rewards with G=1",
-    strict=True,
-)
 def test_batch_normalized_needs_two_rewards_per_run():
     with pytest.raises(ConfigError, match=r"^num_responses:"):
         RunConfig(deltas_mode="batch_normalized", prompts=((1, 0, 2),), num_responses=1)

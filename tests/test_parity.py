@@ -120,13 +120,6 @@ def test_adam_matches_torch_adam_bit_for_bit(lr):
             assert torch.equal(stacked.detach()[r], singles[r].detach())
 
 
-@pytest.mark.xfail(
-    reason="BUG: sortrl/train.py _Batch.__init__ builds the per-run learning rates with "
-    "torch.tensor([c.learning_rate ...]) in float32, so 1e-3 becomes 0.0010000000475 and Adam's step "
-    "size differs from torch's by one float32 ulp at some steps: parameters drift from the lecture's "
-    "(mean_reward still matches to 1e-6). Fix: dtype=torch.float64",
-    strict=True,
-)
 def test_engine_parameters_equal_the_lecture_bit_for_bit(engine_spy):
     out = train([RunConfig(deltas_mode="centered_rewards", seed=0, num_epochs=3)])
     assert len(out) == 3

@@ -236,11 +236,12 @@ def _mates(n: int, **common) -> list[RunConfig]:
     return [RunConfig(seed=100 + i, deltas_mode=modes[i % 6], kl_penalty=kls[i % 3], **common) for i in range(n)]
 
 
-def _forward_depends_on_batch_position() -> bool:
-    """True when the platform's batched matmul gives a run at batch index 1 other bits than the same run alone.
+def test_forward_does_not_depend_on_batch_position():
+    """A run at batch index 1 gets the same bits as the same run alone.
 
-    Seen with torch 2.13 + MKL on AVX-512 CPUs unless MKL_CBWR (conditional numerical reproducibility) is set
-    before the first BLAS call: bmm results then depend on each batch entry's memory alignment.
+    Seen failing with torch 2.13 + MKL on AVX-512 CPUs unless MKL_CBWR (conditional numerical reproducibility)
+    is set before the first BLAS call (sortrl/__init__.py sets it): bmm results then depend on each batch
+    entry's memory alignment.
     """
     from sortrl.model import init_params
 
@@ -248,7 +249,7 @@ def _forward_depends_on_batch_position() -> bool:
     pair = init_params([torch.Generator().manual_seed(s) for s in (100, 3)], 5, 10, 3, 3)
     alone = init_params([torch.Generator().manual_seed(3)], 5, 10, 3, 3)
     with torch.no_grad():
-        return not torch.equal(forward(pair, prompts)[1], forward(alone, prompts)[0])
+        assert torch.equal(forward(pair, prompts)[1], forward(alone, prompts)[0])
 
 
 BATCH_CASES = [
@@ -272,14 +273,6 @@ def _seed3_alone_and_in_64(common):
         yield train([target]), inside
 
 
-@pytest.mark.xfail(
-    _forward_depends_on_batch_position(),
-    reason="BUG (platform-dependent): sortrl.model.forward's einsum -> MKL bmm gives a run at an odd batch "
-    "index different low-order bits than the same run alone, so batch invariance is only ~1e-7, not exact. "
-    "Fix: os.environ.setdefault('MKL_CBWR', 'AUTO,STRICT') in sortrl/__init__.py before torch is imported "
-    "(MKL reads it at its first call; lecture parity still holds with it)",
-    strict=True,
-)
 @pytest.mark.parametrize("common", BATCH_CASES, ids=["naive", "clipped-eos"])
 def test_batch_invariance_exact(common):
     for alone, inside in _seed3_alone_and_in_64(common):
@@ -305,13 +298,6 @@ def test_diverged_run_is_dropped_and_the_others_go_on_unchanged():
     pd.testing.assert_frame_equal(train([good]), kept, check_exact=True)
 
 
-@pytest.mark.xfail(
-    reason="BUG: sortrl/train.py _per_run slices every tensor whose first axis equals the number of runs; "
-    "shared prompts [batch pos] are sliced as if they had a run axis whenever #runs == #prompts, so with "
-    "mixed rewards in one batch each run is scored against the wrong prompt (3 runs, 3 lecture prompts) or "
-    "crashes. Fix: never slice `prompts` unless it has a run axis (dim 3), e.g. pass it outside **kwargs",
-    strict=True,
-)
 def test_mixed_rewards_in_one_batch_score_each_run_against_its_prompts():
     common = dict(num_epochs=3, num_steps_per_epoch=2)
     configs = [RunConfig(seed=s, reward=r, **common) for s, r in ((1, "inclusion_ordering"), (2, "distance"))]

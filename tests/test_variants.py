@@ -92,12 +92,6 @@ def test_gspo_on_policy_equals_token_level_clipped_seq_mean_token_mean(eos, engi
     assert not all(torch.equal(a, b) for a, b in zip(seq_opt.params, tok_opt.params, strict=True))
 
 
-@pytest.mark.xfail(
-    reason="BUG: sortrl/train.py _ratio_stats compares the sequence-level ratio [run batch trial 1] with "
-    "clip.low/clip.high shaped [run 1 1] (from state.clip(3)); broadcasting aligns run with batch, so a "
-    "GSPO batch of 2 runs raises a size mismatch. Fix: reshape eps to (-1,) + (1,) * (ratio.dim() - 1) there",
-    strict=True,
-)
 def test_gspo_trains_two_runs_in_one_batch():
     cfgs = [
         RunConfig(seed=s, num_epochs=2, num_steps_per_epoch=2, recipe="gspo", **RECIPES["gspo"].fields) for s in (0, 1)
@@ -106,11 +100,6 @@ def test_gspo_trains_two_runs_in_one_batch():
     assert len(out) == 4
 
 
-@pytest.mark.xfail(
-    reason="BUG: same misalignment as above; with 3 runs and 3 prompts it does not crash but uses run b's "
-    "epsilon for prompt b, so a GSPO run's clip_ratio metrics depend on its batch-mates",
-    strict=True,
-)
 def test_gspo_clip_metrics_are_batch_invariant():
     common = dict(num_epochs=3, num_steps_per_epoch=4, loss_mode="clipped", importance_sampling_level="sequence",
                   deltas_mode="centered_rewards", learning_rate=0.05)  # fmt: skip
