@@ -12,6 +12,7 @@ import dataclasses
 import inspect
 import json
 import os
+import signal
 import sys
 import tempfile
 import warnings
@@ -52,6 +53,10 @@ class _OneLineErrors(TyperGroup):
             message = err.format_message() if isinstance(err, ClickException) else str(err)
             print(f"error: {' '.join(message.split())}", file=sys.stderr)
             sys.exit(err.exit_code if isinstance(err, ClickException) else 2)
+        except OSError as err:  # a file or folder the command could not use: one line, not a traceback
+            where = err.filename2 or err.filename
+            print(f"error: {err.strerror or err}" + (f": {where}" if where else ""), file=sys.stderr)
+            sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -201,18 +206,23 @@ def sweep(
     grid = load_grid(grid_file)
     _check_results(results, grid.name)
     total = len(grid.configs())
-    with _progress() as bar:
-        task = bar.add_task(f"sweep {grid.name}", total=total)
-        outcome = run_sweep(
-            grid,
-            results,
-            n_jobs=n_jobs,
-            chunk_size=chunk_size,
-            on_chunk=lambda n: bar.advance(task, n),
-            backend=backend,
-            scheduler=scheduler,
-        )
-        bar.update(task, completed=total)
+    # SIGTERM (a batch system's time limit, `kill`): unwind like Ctrl-C, so the manifest says "interrupted"
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        with _progress() as bar:
+            task = bar.add_task(f"sweep {grid.name}", total=total)
+            outcome = run_sweep(
+                grid,
+                results,
+                n_jobs=n_jobs,
+                chunk_size=chunk_size,
+                on_chunk=lambda n: bar.advance(task, n),
+                backend=backend,
+                scheduler=scheduler,
+            )
+            bar.update(task, completed=total)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     console.print(
         f"{grid.name}: {outcome.total} runs, {outcome.trained} trained, {outcome.skipped} already stored, "
         f"{outcome.wall_seconds:.1f} s -> {Path(results) / 'runs' / grid.name}"

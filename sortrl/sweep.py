@@ -243,19 +243,36 @@ def _train_chunk(configs: list[RunConfig], threads: int) -> tuple[pd.DataFrame, 
 
 
 def _versions() -> dict[str, str]:
+    """What must match between the client and every worker for their results to mix (plus the worker's host)."""
     import torch
 
-    return {"sortrl": __version__, "torch": torch.__version__, "host": socket.gethostname()}
+    return {
+        "sortrl": __version__,
+        "torch": torch.__version__,
+        "MKL_CBWR": os.environ.get("MKL_CBWR", ""),  # MKL's reproducibility mode (set by `import sortrl`)
+        "host": socket.gethostname(),
+    }
+
+
+MUST_MATCH = ("sortrl", "torch", "MKL_CBWR")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return _git("rev-parse", "HEAD") or None
+
+
+def _git_dirty() -> bool | None:
+    """True if sortrl's checkout has uncommitted changes to tracked files (the commit alone does not say what ran)."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status)
 
 
 def environment() -> dict[str, Any]:
@@ -265,6 +282,7 @@ def environment() -> dict[str, Any]:
     return {
         "sortrl": __version__,
         "git_commit": _git_commit(),
+        "git_dirty": _git_dirty(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
@@ -364,11 +382,13 @@ def run_sweep(
             announced = True
             local = _versions()
             for table, versions in pool.map(chunks):
-                if (versions["sortrl"], versions["torch"]) != (local["sortrl"], local["torch"]):
+                differ = [key for key in MUST_MATCH if versions.get(key) != local[key]]
+                if differ:
+                    theirs = ", ".join(f"{key} {versions.get(key)}" for key in differ)
+                    ours = ", ".join(f"{key} {local[key]}" for key in differ)
                     raise ConfigError(
-                        f"scheduler: worker on {versions['host']} runs sortrl {versions['sortrl']} with torch "
-                        f"{versions['torch']}, this machine sortrl {local['sortrl']} with torch {local['torch']}; "
-                        "install the same versions on every worker"
+                        f"scheduler: worker on {versions.get('host')} runs {theirs}, this machine {ours}; "
+                        "results would not be comparable: install the same versions on every worker"
                     )
                 write_chunk(folder, table)
                 ids = set(table["run_id"].unique())
@@ -379,8 +399,9 @@ def run_sweep(
     except BaseException as err:
         if announced:  # the `running` manifest is on disk: replace it with what happened
             end = time.time()
-            status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-            error = " ".join(str(err).split())[:300] or err.__class__.__name__
+            status = "interrupted" if isinstance(err, KeyboardInterrupt | SystemExit) else "failed"
+            message = " ".join(str(err).split())[:300]
+            error = f"{err.__class__.__name__}: {message}" if message else err.__class__.__name__
             manifest.update(status=status, error=error, trained=trained, missing=len(configs) - len(stored))
             manifest.update(finished=_stamp(end), wall_seconds=round(end - start, 3))
             with contextlib.suppress(OSError):

@@ -348,3 +348,13 @@ def test_bad_train_options(tmp_path, case):
     result = invoke("train", "--num-epochs", 2, "--num-steps-per-epoch", 1, *options)
     assert_one_line_error(result, *needles)
     assert not (tmp_path / "x.txt").exists()
+
+
+def test_unwritable_out_is_one_line(tmp_path):
+    """An --out the OS refuses (here: a folder named x.parquet) ends with one line, not a traceback (exit 1)."""
+    (tmp_path / "x.parquet").mkdir()
+    result = invoke("train", "--num-epochs", 2, "--num-steps-per-epoch", 1, "--out", tmp_path / "x.parquet")
+    assert result.exit_code == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == f"error: Is a directory: {tmp_path / 'x.parquet'}" and "Traceback" not in result.output
