@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sortrl import report, stats
+from sortrl import experiment, figures, report, stats
 from sortrl.store import load_runs, runs_dir
 from sortrl.sweep import parse_grid, run_sweep
 
@@ -119,7 +119,7 @@ def test_summary_matches_the_stats_functions(results, written):
 
 
 def test_final_reward_uses_the_last_tenth_of_epochs(results):
-    exp = report.load_experiment(results, "tiny")
+    exp = experiment.load_experiment(results, "tiny")
     run = exp.runs[exp.runs["run_id"] == exp.runs["run_id"].iloc[0]]
     # 5 epochs -> ceil(0.5) = the last one
     last = run.sort_values("epoch")["mean_reward"].iloc[-1]
@@ -128,7 +128,7 @@ def test_final_reward_uses_the_last_tenth_of_epochs(results):
 
 def test_report_md_is_generated_from_the_numbers(results, written):
     text = (results / "REPORT.md").read_text()
-    manifest = report.load_experiment(results, "tiny").manifest
+    manifest = experiment.load_experiment(results, "tiny").manifest
     assert "## Experiment `tiny`" in text and "## Experiment `lengths`" in text
     for link in re.findall(r"\]\((figures/[^)]+)\)", text):
         assert (results / link).is_file(), link
@@ -138,14 +138,14 @@ def test_report_md_is_generated_from_the_numbers(results, written):
     summary = pd.read_csv(results / "tiny_summary.csv").set_index("configuration")
     row = summary.loc["centered_rewards"]
     assert f"{row['mean']:.3f} [{row['mean_ci_low']:.3f}, {row['mean_ci_high']:.3f}]" in text
-    verdict = report.verdict(row["p_improve_ci_low"], row["p_improve_ci_high"])
+    verdict = experiment.verdict(row["p_improve_ci_low"], row["p_improve_ci_high"])
     heading = {"better": "Better than", "worse": "Worse than", "indistinguishable": "Indistinguishable from"}[verdict]
     line = next(s for s in text.splitlines() if s.startswith(f"- {heading}"))
     assert "centered_rewards (" in line
 
 
 def test_scale_axes_compare_within_the_same_prompt_length(results, written):
-    exp = report.load_experiment(results, "lengths")
+    exp = experiment.load_experiment(results, "lengths")
     assert exp.scale_axes == ["prompt_length"]
     assert exp.baseline == "prompt_length=3 / rewards"
     assert exp.configs["reference"].to_dict() == {
@@ -162,7 +162,7 @@ def test_scale_axes_compare_within_the_same_prompt_length(results, written):
 def test_runs_are_matched_by_values_so_old_run_ids_still_count(results):
     runs = load_runs(results, ["tiny"])
     renamed = runs.assign(run_id="old-" + runs["run_id"])  # as if RunConfig had gained a field since
-    exp = report.load_experiment(results, "tiny", renamed)
+    exp = experiment.load_experiment(results, "tiny", renamed)
     assert exp.final.groupby("configuration").size().to_dict() == {
         "rewards": 6,
         "centered_rewards": 6,
@@ -170,7 +170,7 @@ def test_runs_are_matched_by_values_so_old_run_ids_still_count(results):
     }
     # a run of a seed or value outside the grid is ignored, with a note
     stray = runs[runs["seed"] == 0].assign(run_id="stray", seed=99)
-    exp = report.load_experiment(results, "tiny", pd.concat([runs, stray]))
+    exp = experiment.load_experiment(results, "tiny", pd.concat([runs, stray]))
     assert "stray" not in set(exp.runs["run_id"])
     assert any("ignored" in note for note in exp.notes)
 
@@ -182,8 +182,8 @@ def test_diverged_runs_are_listed_and_left_out(results):
     runs.loc[mine, "status"] = "diverged"
     runs.loc[mine, "diverged_epoch"] = 2
     runs = runs[~mine | (runs["epoch"] <= 2)]
-    exp = report.load_experiment(results, "tiny", runs)
-    summary = report.summarize(exp).set_index("configuration")
+    exp = experiment.load_experiment(results, "tiny", runs)
+    summary = experiment.summarize(exp).set_index("configuration")
     assert summary.loc["centered_rewards", "n"] == 5 and summary.loc["centered_rewards", "n_diverged"] == 1
     assert victim not in set(exp.runs["run_id"]) and victim not in set(exp.final["run_id"])
     text = report.render_report([(exp, summary.reset_index(), [])])
@@ -191,10 +191,10 @@ def test_diverged_runs_are_listed_and_left_out(results):
 
 
 def test_lecture_section_states_seed_5_and_all_seeds(results, monkeypatch):
-    exp = report.load_experiment(results, "tiny")
-    assert not report.is_lecture_experiment(exp)  # 5 epochs are not the lecture's 100
+    exp = experiment.load_experiment(results, "tiny")
+    assert not experiment.is_lecture_experiment(exp)  # 5 epochs are not the lecture's 100
     monkeypatch.setattr(report, "is_lecture_experiment", lambda e: True)
-    text = report.render_report([(exp, report.summarize(exp), [])])
+    text = report.render_report([(exp, experiment.summarize(exp), [])])
     assert "### The lecture's single-seed conclusions, across seeds" in text
     assert "Centering, seed 5 alone: final reward" in text
     assert "Centering, 6 seeds per configuration: mean difference" in text
@@ -204,7 +204,7 @@ def test_lecture_section_states_seed_5_and_all_seeds(results, monkeypatch):
 
 
 def test_labels_palette_and_facets_follow_the_grid(results):
-    exp = report.load_experiment(results, "lengths")
+    exp = experiment.load_experiment(results, "lengths")
     assert exp.labels == [
         "prompt_length=3 / rewards",
         "prompt_length=3 / centered_rewards",
@@ -214,16 +214,16 @@ def test_labels_palette_and_facets_follow_the_grid(results):
     assert set(exp.palette) == {"prompt_length=3", "prompt_length=4"}  # colour = the first axis
     assert exp.colour("prompt_length=3 / rewards") == exp.colour("prompt_length=3 / centered_rewards")
     assert exp.configs["col"].tolist() == ["rewards", "centered_rewards"] * 2
-    assert report.value_label("kl_penalty", 0.01) == "kl=0.01"
-    assert report.value_label("eos", True) == "eos=true"
+    assert experiment.value_label("kl_penalty", 0.01) == "kl=0.01"
+    assert experiment.value_label("eos", True) == "eos=true"
 
 
 def test_reward_ceiling_is_the_sorted_prompts_reward(results):
-    tiny = report.load_experiment(results, "tiny")
-    assert report.reward_ceiling(tiny.runs) == 5.0  # lecture prompts of length 3: 3 inclusion + 2 ordering
-    assert report.reward_label(tiny) == "mean reward (max 5)"
-    lengths = report.load_experiment(results, "lengths")
-    assert report.reward_ceiling(lengths.runs) is None  # random prompts of two lengths: no single maximum
+    tiny = experiment.load_experiment(results, "tiny")
+    assert experiment.reward_ceiling(tiny.runs) == 5.0  # lecture prompts of length 3: 3 inclusion + 2 ordering
+    assert figures.reward_label(tiny) == "mean reward (max 5)"
+    lengths = experiment.load_experiment(results, "lengths")
+    assert experiment.reward_ceiling(lengths.runs) is None  # random prompts of two lengths: no single maximum
 
 
 def test_cli_report_command(results, written):

@@ -1,0 +1,494 @@
+"""The report's figures: one function per figure, each returning a matplotlib `Figure`.
+
+`FIGURES` maps a figure's name to its function `(experiment, summary) -> Figure
+or None` (None when the figure does not apply to the experiment) and its
+caption; `sortrl.report.write_report` saves each as
+`results/figures/<exp>_<name>.png`. Figures are made without pyplot (no global
+state) and drawn in one fixed style (`_style`: matplotlib's defaults plus
+seaborn's whitegrid, whatever the user's matplotlibrc), and `png_bytes` writes
+no timestamp or version metadata, so equal runs give byte-identical PNGs.
+Mean reward, never loss, is on every reward axis; bands and error bars are 95%
+percentile-bootstrap CIs over seeds (`sortrl.stats.bootstrap_ci`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from sortrl import stats
+from sortrl.experiment import (
+    EVAL_ACCURACY,
+    EVAL_REWARD,
+    LECTURE_SEED,
+    PROMPT_LENGTH,
+    SEED,
+    Experiment,
+    compared_with,
+    is_lecture_experiment,
+    join_labels,
+    make_palette,
+    reward_ceiling,
+    scores,
+    value_label,
+)
+from sortrl.store import atomic_write_bytes
+
+CURVE_POINTS = 26
+"""Epochs (evenly spaced, last included) at which IQM-over-steps curves are bootstrapped."""
+
+PNG_OPTIONS = {"dpi": 110, "bbox_inches": "tight", "metadata": {"Software": None}}
+"""`savefig` options: no Software/date metadata, so equal figures give equal bytes."""
+
+
+def reward_label(exp: Experiment, what: str = "mean reward", note: str = "") -> str:
+    """Axis label for a reward axis, with the maximum when it is known: `mean reward (max 5)`, then `note`."""
+    ceiling = reward_ceiling(exp.runs) if not exp.runs.empty else None
+    label = f"{what} (max {ceiling:g})" if ceiling is not None else what
+    return f"{label}\n{note}" if note else label
+
+
+@contextlib.contextmanager
+def _style() -> Iterator[None]:
+    """Matplotlib's own defaults (not the user's matplotlibrc or a notebook's) plus seaborn's whitegrid, for a while."""
+    with mpl.rc_context():
+        mpl.rcdefaults()
+        mpl.rcParams.update({**sns.axes_style("whitegrid"), "axes.titlesize": 10, "axes.labelsize": 9, "font.size": 9})
+        yield
+
+
+def _subplots(nrows: int, ncols: int, figsize: tuple[float, float], **kw: Any) -> tuple[Figure, np.ndarray]:
+    """A figure with axes `[row col]`, made without pyplot: no global state, nothing to close; a notebook shows it."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=False, **kw)
+
+
+def _facets(
+    exp: Experiment, sharex: bool = True, sharey: bool = True, labels: list[str] | None = None
+) -> tuple[Figure, list[tuple[Any, list[str]]]]:
+    """Subplots with columns = the grid's 2nd axis and rows = its 3rd; each with its configurations.
+
+    `labels`: draw only these configurations (and only the panels that hold some).
+    """
+    configs = exp.configs if labels is None else exp.configs.loc[labels]
+    cols = list(dict.fromkeys(configs["col"]))
+    rows = list(dict.fromkeys(configs["row"]))
+    size = (3.2 + 4.2 * len(cols), 0.6 + 3.0 * len(rows))
+    fig, grid = _subplots(len(rows), len(cols), size, sharex=sharex, sharey=sharey)
+    panels = []
+    for (i, row), (j, col) in itertools.product(enumerate(rows), enumerate(cols)):
+        ax = grid[i][j]
+        ax.set_title(join_labels([v for v in (col, row) if v]))
+        chosen = configs[(configs["col"] == col) & (configs["row"] == row)]
+        panels.append((ax, list(chosen.index)))
+    return fig, panels
+
+
+def _facet_note(exp: Experiment) -> str:
+    axes = exp.axes
+    parts = [f"columns: {axes[1]}"] if len(axes) > 1 else []
+    parts += [f"rows: {axes[2]}"] if len(axes) > 2 else []
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _finish_facets(fig: Figure, exp: Experiment, extra: list[Line2D] | None = None) -> None:
+    """Axis labels on the outer panels only, and one legend of the colours (plus `extra` entries) at the right."""
+    for ax in fig.axes:
+        spec = ax.get_subplotspec()
+        if not spec.is_first_col():
+            ax.set_ylabel("")
+        if not spec.is_last_row():
+            ax.set_xlabel("")
+    hue_axes = exp.axes[:1] + exp.axes[3:]
+    handles = [Line2D([], [], color=c, lw=2, label=k) for k, c in exp.palette.items()] + (extra or [])
+    fig.legend(handles=handles, loc="outside right center", frameon=False, title=" / ".join(hue_axes) or None)
+
+
+def _highlight_seed(exp: Experiment) -> int | None:
+    seed = exp.grid.highlight_seed
+    return seed if seed is not None and (exp.runs["seed"] == seed).any() else None
+
+
+def _seed_note(exp: Experiment, seed: int) -> str:
+    if seed == LECTURE_SEED:
+        return f"seed {seed} = the lecture's run" if is_lecture_experiment(exp) else f"seed {seed} = the lecture's seed"
+    return f"seed {seed}"
+
+
+def _curves(
+    exp: Experiment,
+    metric: str,
+    statistic: Callable[..., Any],
+    ylabel: str,
+    title: str,
+    points: int | None = None,
+    highlight: bool = True,
+    labels: list[str] | None = None,
+) -> Figure:
+    """`statistic` over seeds of `metric` vs step per configuration, 95% bootstrap CI band, faceted.
+
+    `points`: bootstrap at that many evenly spaced epochs (last included) instead of every epoch.
+    With `highlight`, the grid's highlight seed's own curve is drawn on top, dashed. `labels`: only
+    these configurations.
+    """
+    epochs = np.sort(exp.runs["epoch"].unique())
+    if points is not None:
+        epochs = epochs[np.unique(np.linspace(0, len(epochs) - 1, points).round().astype(int))]
+    runs = exp.runs[exp.runs["epoch"].isin(epochs)]
+    seed = _highlight_seed(exp) if highlight else None
+    with _style():
+        fig, panels = _facets(exp, sharey=exp.panels_share_scale, labels=labels)
+        for ax, labels in panels:
+            for label in labels:
+                part = runs[runs["configuration"] == label]
+                wide = part.pivot(index="step", columns="seed", values=metric).dropna()  # [step run]
+                if wide.empty:
+                    continue
+                low, high = stats.bootstrap_ci([wide.to_numpy()], statistic, SEED)
+                colour = exp.colour(label)
+                ax.plot(wide.index, statistic(wide.to_numpy()), color=colour, lw=1.6)
+                ax.fill_between(wide.index, low, high, color=colour, alpha=0.2, lw=0)
+                if seed is not None and seed in wide:
+                    ax.plot(wide.index, wide[seed], ls="--", lw=0.9, color=colour)
+            ax.set_xlabel("step (inner optimiser steps)")
+            ax.set_ylabel(ylabel)
+        name = "mean" if statistic is stats.mean else "IQM"
+        extra = [Line2D([], [], color="grey", lw=1.6, label=f"{name} over seeds, band = 95% CI")]
+        if seed is not None:
+            extra.append(Line2D([], [], color="grey", ls="--", lw=0.9, label=f"{_seed_note(exp, seed)} (one run)"))
+        _finish_facets(fig, exp, extra)
+        n = exp.runs.groupby("configuration")["seed"].nunique().max()
+        fig.suptitle(f"{exp.name}: {title}, {n} seeds per configuration{_facet_note(exp)}")
+    return fig
+
+
+def plot_reward_curves(exp: Experiment) -> Figure | None:
+    """Mean reward vs step: mean over seeds with a 95% bootstrap CI band, the highlight seed dashed."""
+    if exp.runs.empty:
+        return None
+    return _curves(exp, "mean_reward", stats.mean, reward_label(exp), "mean reward during training")
+
+
+def plot_sample_efficiency(exp: Experiment) -> Figure | None:
+    """IQM over seeds of the mean reward vs step, 95% bootstrap CI band, at `CURVE_POINTS` epochs."""
+    if exp.runs.empty:
+        return None
+    return _curves(
+        exp,
+        "mean_reward",
+        stats.iqm,
+        reward_label(exp, "IQM over seeds of mean reward"),
+        f"sample efficiency, IQM of mean reward at {CURVE_POINTS} epochs",
+        points=CURVE_POINTS,
+        highlight=False,
+    )
+
+
+def plot_response_length(exp: Experiment) -> Figure | None:
+    """Mean response length (tokens before EOS) vs step, for the configurations with EOS on (if any)."""
+    if exp.runs.empty or not exp.runs["eos"].astype(bool).any():
+        return None
+    with_eos = [
+        label for label, part in exp.runs.groupby("configuration", sort=False) if part["eos"].astype(bool).all()
+    ]
+    return _curves(
+        exp,
+        "response_length",
+        stats.mean,
+        "response length (tokens before EOS)",
+        "response length during training, runs with EOS",
+        labels=with_eos,
+    )
+
+
+def _per_config_axes(
+    exp: Experiment, names: list[str], ncols: int = 1, width: float = 5.0
+) -> tuple[Figure, Any, np.ndarray]:
+    """A figure with one row per name (first at the top) in each of `ncols` panels; returns the row positions."""
+    n = len(names)
+    fig, axes = _subplots(1, ncols, (1.5 + width * ncols, 1.6 + (0.3 if n > 12 else 0.5) * n), sharey=True)
+    y = np.arange(n)[::-1].astype(float)
+    for ax in axes[0]:
+        ax.set_yticks(y, names)
+        ax.set_ylim(-0.7, n - 0.3)
+    return fig, axes[0], y
+
+
+def _hbar(ax: Any, x: float, low: float, high: float, y: float, colour: Any, **kw: Any) -> None:
+    if not math.isnan(x):
+        ax.errorbar(
+            [x],
+            [y],
+            xerr=[[x - low], [high - x]] if not math.isnan(low) else None,
+            fmt="o",
+            color=colour,
+            ecolor=colour,
+            elinewidth=2,
+            capsize=3,
+            **kw,
+        )
+
+
+def plot_final_reward(exp: Experiment, summary: pd.DataFrame) -> Figure:
+    """Final reward of every seed (dots) and the mean over seeds with its 95% bootstrap CI (black)."""
+    rng = np.random.default_rng(SEED)
+    seed = _highlight_seed(exp)
+    with _style():
+        fig, (ax,), y = _per_config_axes(exp, exp.labels, width=6.0)
+        for yi, (label, row) in zip(y, summary.set_index("configuration").iterrows()):
+            part = exp.final[exp.final["configuration"] == label]
+            jitter = rng.uniform(-0.18, 0.18, len(part))
+            ax.scatter(part["final_reward"], yi + jitter, s=12, alpha=0.6, color=exp.colour(label), lw=0)
+            if seed is not None:
+                mine = part["seed"] == seed
+                ax.scatter(
+                    part.loc[mine, "final_reward"],
+                    yi + jitter[mine.to_numpy()],
+                    s=70,
+                    marker="*",
+                    color=exp.colour(label),
+                    edgecolor="black",
+                    lw=0.6,
+                    zorder=3,
+                )
+            _hbar(ax, row["mean"], row["mean_ci_low"], row["mean_ci_high"], yi + 0.32, "black", ms=4)
+        ax.set_xlabel(reward_label(exp, "final mean reward", "mean over each run's last 10% of epochs"))
+        handles = [
+            Line2D([], [], color="grey", marker="o", ls="", ms=4, label="one seed"),
+            Line2D([], [], color="black", marker="o", ls="-", ms=4, label="mean, 95% bootstrap CI"),
+        ]
+        if seed is not None:
+            handles.append(
+                Line2D(
+                    [], [], color="grey", marker="*", ls="", ms=10, markeredgecolor="black", label=_seed_note(exp, seed)
+                )
+            )
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+        ax.set_title(f"{exp.name}: final mean reward per configuration, every seed")
+    return fig
+
+
+def plot_interval_estimates(exp: Experiment, summary: pd.DataFrame) -> Figure:
+    """Mean and IQM of the final reward per configuration with 95% bootstrap CIs; dotted = baseline."""
+    with _style():
+        fig, axes, y = _per_config_axes(exp, exp.labels, ncols=2, width=3.6)
+        table = summary.set_index("configuration")
+        for ax, stat, name in zip(axes, ("mean", "iqm"), ("mean", "IQM (interquartile mean)")):
+            for yi, (label, row) in zip(y, table.iterrows()):
+                _hbar(ax, row[stat], row[f"{stat}_ci_low"], row[f"{stat}_ci_high"], yi, exp.colour(label))
+            if not exp.scale_axes:
+                ax.axvline(table.at[exp.baseline, stat], color="grey", ls=":", lw=1)
+            ax.set_xlabel(reward_label(exp, f"final reward, {name}"))
+        dotted = "" if exp.scale_axes else "; dotted = baseline"
+        fig.suptitle(f"{exp.name}: interval estimates of the final reward (95% bootstrap CIs{dotted})")
+    return fig
+
+
+def plot_improvement(exp: Experiment, summary: pd.DataFrame) -> Figure | None:
+    """P(final reward of a configuration > its reference's) with a 95% bootstrap CI; line at 0.5."""
+    table = summary[summary["configuration"] != summary["reference"]]
+    if table.empty:
+        return None
+    names = [c if r == exp.baseline else f"{c}  (vs {r})" for c, r in zip(table["configuration"], table["reference"])]
+    with _style():
+        fig, (ax,), y = _per_config_axes(exp, names, width=5.5)
+        for yi, (_, row) in zip(y, table.iterrows()):
+            colour = exp.colour(row["configuration"])
+            _hbar(ax, row["p_improve"], row["p_improve_ci_low"], row["p_improve_ci_high"], yi, colour)
+        ax.axvline(0.5, color="black", lw=1)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(
+            f"P(final reward of configuration > final reward of {compared_with(exp)})\nbaseline: {exp.baseline}"
+        )
+        ax.set_title(f"{exp.name}: probability of improvement over {compared_with(exp)} (95% bootstrap CIs)")
+    return fig
+
+
+def plot_performance_profile(exp: Experiment) -> Figure | None:
+    """Fraction of runs with final reward >= tau, over tau, per configuration, 95% bootstrap CI band."""
+    if exp.final.empty:
+        return None
+    with _style():
+        fig, panels = _facets(exp, sharex=exp.panels_share_scale)
+        for ax, labels in panels:
+            values = exp.final.loc[exp.final["configuration"].isin(labels), "final_reward"].to_numpy()
+            if exp.panels_share_scale:
+                values = exp.final["final_reward"].to_numpy()
+            if not len(values):
+                continue
+            taus = np.linspace(values.min(), values.max(), 101)
+            for label in labels:
+                x = scores(exp, label)
+                if not len(x):
+                    continue
+                low, high = stats.performance_profile_ci(x, taus, SEED)
+                colour = exp.colour(label)
+                ax.plot(taus, stats.performance_profile(x, taus), color=colour, lw=1.6)
+                ax.fill_between(taus, low, high, color=colour, alpha=0.15, lw=0)
+            ax.set_xlabel(reward_label(exp, "final mean reward threshold τ"))
+            ax.set_ylabel("fraction of runs with final reward ≥ τ")
+        _finish_facets(fig, exp)
+        fig.suptitle(f"{exp.name}: performance profiles of the final reward (band = 95% CI){_facet_note(exp)}")
+    return fig
+
+
+def plot_heatmap(exp: Experiment, summary: pd.DataFrame) -> Figure | None:
+    """IQM of the final reward over the grid's first two axes, one panel per value of the others."""
+    axes = exp.axes
+    if len(axes) < 2:
+        return None
+    table = summary.assign(
+        x=[value_label(axes[0], v) for v in summary[axes[0]]],
+        y=[value_label(axes[1], v) for v in summary[axes[1]]],
+        panel=[join_labels([value_label(a, r[a]) for a in axes[2:]]) for _, r in summary.iterrows()],
+    )
+    panels = list(dict.fromkeys(table["panel"]))
+    xs, ys = list(dict.fromkeys(table["x"])), list(dict.fromkeys(table["y"]))
+    vmin, vmax = table["iqm"].min(), table["iqm"].max()
+    with _style():
+        fig, grid = _subplots(1, len(panels), (0.8 + (1.1 * len(xs) + 1.2) * len(panels), 1.4 + 0.6 * len(ys)))
+        for k, (ax, panel) in enumerate(zip(grid[0], panels)):
+            part = (
+                table[table["panel"] == panel].pivot(index="y", columns="x", values="iqm").reindex(index=ys, columns=xs)
+            )
+            sns.heatmap(
+                part,
+                ax=ax,
+                vmin=vmin,
+                vmax=vmax,
+                cmap="viridis",
+                annot=True,
+                fmt=".2f",
+                square=False,
+                cbar=k == len(panels) - 1,
+                cbar_kws={"label": reward_label(exp, "final reward IQM")},
+                linewidths=0.5,
+            )
+            ax.set_title(panel)
+            ax.set_xlabel(axes[0])
+            ax.set_ylabel(axes[1] if k == 0 else "")
+            ax.tick_params(axis="x", rotation=30)
+            ax.tick_params(axis="y", rotation=0)
+        fig.suptitle(
+            f"{exp.name}: IQM over seeds of the final mean reward"
+            + (f" (panels: {' / '.join(axes[2:])})" if len(axes) > 2 else "")
+        )
+    return fig
+
+
+def _length_axes(exp: Experiment) -> list[str]:
+    """Axes that decide the prompt length: grouping runs by the other axes leaves several lengths together."""
+    per_config = exp.runs.groupby("configuration")[PROMPT_LENGTH].agg(lambda s: tuple(sorted(set(s))))
+    configs = exp.configs.assign(lengths=per_config)
+    found = []
+    for axis in exp.axes:
+        others = [a for a in exp.axes if a != axis]
+        groups = configs.groupby([configs[a].map(repr) for a in others]) if others else [(None, configs)]
+        if any(part["lengths"].nunique() > 1 for _, part in groups):
+            found.append(axis)
+    return found
+
+
+def plot_prompt_length(exp: Experiment) -> Figure | None:
+    """Final held-out greedy accuracy, mean reward and train - held-out accuracy gap vs prompt length.
+
+    Drawn only when the runs have `eval/greedy_accuracy` and a scalar
+    `prompt_length` that varies. One line per configuration of the axes that
+    do not set the prompt length; mean over runs with a 95% bootstrap CI.
+    """
+    runs = exp.runs
+    if runs.empty or EVAL_ACCURACY not in runs or PROMPT_LENGTH not in runs:
+        return None
+    if not all(isinstance(v, (int, np.integer)) for v in runs[PROMPT_LENGTH]) or runs[PROMPT_LENGTH].nunique() < 2:
+        return None
+    length_axes = _length_axes(exp)
+    line_axes = [a for a in exp.axes if a not in length_axes]
+    lines = {
+        label: join_labels([value_label(a, c[a]) for a in line_axes], "all runs") for label, c in exp.configs.iterrows()
+    }
+    final = exp.final.merge(runs.groupby("run_id")[PROMPT_LENGTH].first(), left_on="run_id", right_index=True)
+    final = final.assign(
+        line=final["configuration"].map(lines), gap=final["final_greedy_accuracy"] - final[f"final_{EVAL_ACCURACY}"]
+    )
+    # lines that are not the palette's keys get colours of their own, so none is mistaken for a configuration
+    palette = exp.palette if set(lines.values()) <= set(exp.palette) else make_palette(list(lines.values()), "dark")
+    reward = f"final_{EVAL_REWARD}" if f"final_{EVAL_REWARD}" in final else "final_reward"
+    panels = [
+        (f"final_{EVAL_ACCURACY}", "held-out greedy accuracy (share sorted exactly)"),
+        (reward, reward_label(exp, "held-out mean reward" if reward != "final_reward" else "training mean reward")),
+        ("gap", "train - held-out greedy accuracy"),
+    ]
+    with _style():
+        fig, axes = _subplots(1, 3, (14, 4))
+        for ax, (column, ylabel) in zip(axes[0], panels):
+            for line, part in final.groupby("line", sort=False):
+                values = part.dropna(subset=[column]).groupby(PROMPT_LENGTH, sort=True)[column].agg(list)
+                means = np.array([np.mean(v) for v in values])
+                cis = np.array([stats.bootstrap_ci([v], stats.mean, SEED) for v in values]).reshape(-1, 2)
+                ax.plot(values.index, means, marker="o", color=palette[line], lw=1.6)
+                ax.fill_between(values.index, cis[:, 0], cis[:, 1], color=palette[line], alpha=0.2, lw=0)
+            ax.set_xlabel("prompt length (numbers per prompt)")
+            ax.set_ylabel(ylabel)
+            ax.set_xticks(sorted(final[PROMPT_LENGTH].unique()))
+        axes[0][2].axhline(0, color="black", lw=0.8)
+        handles = [Line2D([], [], color=palette[k], lw=2, label=k) for k in dict.fromkeys(final["line"])]
+        fig.legend(handles=handles, loc="outside right center", frameon=False)
+        fig.suptitle(f"{exp.name}: final held-out performance vs prompt length (mean over runs, 95% CI)")
+    return fig
+
+
+FigureFn = Callable[[Experiment, pd.DataFrame], Figure | None]
+
+FIGURES: dict[str, tuple[FigureFn, str]] = {
+    "reward_curves": (
+        lambda e, s: plot_reward_curves(e),
+        "Mean reward vs step, one line per configuration: mean over seeds with a 95% bootstrap CI band",
+    ),
+    "final_reward": (plot_final_reward, "Final mean reward of every seed, and the mean over seeds with its 95% CI"),
+    "interval_estimates": (plot_interval_estimates, "Mean and IQM of the final reward with 95% bootstrap CIs"),
+    "performance_profile": (
+        lambda e, s: plot_performance_profile(e),
+        "Performance profiles: fraction of runs whose final reward is at least τ",
+    ),
+    "improvement": (plot_improvement, "Probability of improvement over the baseline, with 95% bootstrap CIs"),
+    "sample_efficiency": (
+        lambda e, s: plot_sample_efficiency(e),
+        "Sample efficiency: IQM over seeds of the mean reward vs step, 95% bootstrap CI band",
+    ),
+    "heatmap": (plot_heatmap, "IQM of the final reward over the grid's first two axes"),
+    "response_length": (
+        lambda e, s: plot_response_length(e),
+        "Response length (tokens before EOS) during training",
+    ),
+    "prompt_length": (
+        lambda e, s: plot_prompt_length(e),
+        "Final held-out greedy accuracy, mean reward and train/held-out gap vs prompt length",
+    ),
+}
+"""Report figures: name -> (function(experiment, summary) -> figure or None when it does not apply, caption)."""
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """`fig` as PNG, rendered with the report's style and without metadata that changes between runs."""
+    buffer = io.BytesIO()
+    with _style():
+        fig.savefig(buffer, format="png", **PNG_OPTIONS)
+    return buffer.getvalue()
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write `fig` as PNG (`png_bytes`) atomically; returns `path`."""
+    atomic_write_bytes(path, png_bytes(fig))
+    return path
