@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import tempfile
 
@@ -337,6 +338,9 @@ TRAIN_CASES = {
     "prompts negative": (["--prompts", "[[-1,2]]"], ["prompts", ">= 0"]),
     "prompts text": (["--prompts", '[["a","b"]]'], ["prompts", "integers"]),
     "out suffix": (["--out", "x.txt"], ["out", ".parquet or .csv", "x.txt"]),
+    "prompt length not json": (["--task", "random", "--prompt-length", "[3,x]"], ["prompt_length", "[3,5]"]),
+    "prompt length too short": (["--task", "random", "--prompt-length", "1"], ["prompt_length", ">= 2"]),
+    "vocab size text": (["--vocab-size", "many"], ["--vocab-size", "integer"]),
     "unknown option": (["--learning-rat", "0.1"], ["--learning-rat"]),
     "bool option with a value": (["--eos", "yes"], []),
 }
@@ -350,11 +354,39 @@ def test_bad_train_options(tmp_path, case):
     assert not (tmp_path / "x.txt").exists()
 
 
-def test_unwritable_out_is_one_line(tmp_path):
-    """An --out the OS refuses (here: a folder named x.parquet) ends with one line, not a traceback (exit 1)."""
+def test_out_that_is_a_folder_fails_before_training(tmp_path, monkeypatch):
+    """An --out that cannot be written (here: a folder named x.parquet) is refused with one line before any training."""
     (tmp_path / "x.parquet").mkdir()
+    engine = importlib.import_module("sortrl.train")  # the package attribute `sortrl.train` is the function
+    monkeypatch.setattr(engine, "train", lambda *a, **k: pytest.fail("trained before checking --out"))
     result = invoke("train", "--num-epochs", 2, "--num-steps-per-epoch", 1, "--out", tmp_path / "x.parquet")
-    assert result.exit_code == 1
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1] == f"error: Is a directory: {tmp_path / 'x.parquet'}" and "Traceback" not in result.output
+    assert_one_line_error(result, "out", "folder")
+
+
+def test_train_a_random_task_with_held_out_prompts(tmp_path):
+    out = tmp_path / "random.csv"
+    result = invoke(
+        "train",
+        "--task",
+        "random",
+        "--prompt-length",
+        "[3,4]",
+        "--num-prompts",
+        6,
+        "--num-eval-prompts",
+        4,
+        "--vocab-size",
+        6,
+        "--prompts-per-epoch",
+        3,
+        "--num-epochs",
+        3,
+        "--num-steps-per-epoch",
+        1,
+        "--out",
+        out,
+    )
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    assert table.task.unique().tolist() == ["random"] and table.prompt_length.unique().tolist() == ["[3,4]"]
+    assert table["eval/greedy_accuracy"].notna().any() and "greedy_accuracy/len=4" in table
