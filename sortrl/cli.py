@@ -102,18 +102,23 @@ def _train_parameters() -> list[inspect.Parameter]:
     for f in dataclasses.fields(RunConfig):
         if f.name in ("seed", "recipe"):
             continue
-        kind: Any = {"int": int, "float": float, "float | None": float, "str": str, "bool": bool}.get(f.type, str)
+        kind: Any = _OPTION_TYPES.get(f.type, str)  # prompts, prompt_length: JSON text, parsed below
         help_text = docs.get(f.name, "")
         if f.name in CHOICES:
             help_text += f" Choices: {', '.join(CHOICES[f.name])}."
         help_text += f" [default: {_show_default(f.default)}]"
         if f.name == "prompts":
             help_text = "Prompts as JSON, e.g. '[[1,0,2],[3,2,4]]'. " + help_text
+        if f.name == "prompt_length":
+            help_text = "An integer, or a JSON list to mix lengths, e.g. '[3,5]'. " + help_text
         option = typer.Option(help=help_text, show_default=False)
         params.append(
             inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind | None, option])
         )
     return params
+
+
+_OPTION_TYPES = {"int": int, "int | None": int, "float": float, "float | None": float, "str": str, "bool": bool}
 
 
 def _show_default(value: Any) -> str:
@@ -134,10 +139,12 @@ def train_command(
     given = {k: v for k, v in fields.items() if v is not None}
     if "prompts" in given:
         given["prompts"] = _parse_prompts(given["prompts"])
+    if "prompt_length" in given:
+        given["prompt_length"] = _parse_prompt_length(given["prompt_length"])
+    if out is not None:
+        _check_out(out)
     seeds = seed or [0]
     configs = [make_config(recipe=recipe, **given, seed=s) for s in seeds]
-    if out is not None and out.suffix not in (".parquet", ".csv"):
-        raise ConfigError(f"out: must end in .parquet or .csv, got {out.name!r}")
     total = sum(c.num_epochs * c.num_steps_per_epoch for c in configs)
     with _progress() as bar:
         task = bar.add_task("training", total=total)
@@ -156,6 +163,28 @@ def train_command(
         data = table.to_csv(index=False).encode() if out.suffix == ".csv" else table.to_parquet(index=False)
         atomic_write_bytes(out, data)
         console.print(f"wrote {len(table)} rows to {out}")
+
+
+def _check_out(out: Path) -> None:
+    """Fail before training, not after, if the metrics table cannot be written to `out`."""
+    if out.suffix not in (".parquet", ".csv"):
+        raise ConfigError(f"out: must end in .parquet or .csv, got {out.name!r}")
+    if out.is_dir():
+        raise ConfigError(f"out: {out} is a folder; give a file name ending in .parquet or .csv")
+    parent = out.parent if str(out.parent) else Path(".")
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise ConfigError(f"out: cannot write under {existing}")
+
+
+def _parse_prompt_length(text: str) -> int | list[int]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if isinstance(value, int) or (isinstance(value, list) and value and all(isinstance(v, int) for v in value)):
+        return value
+    raise ConfigError(f"prompt_length: expected an integer or a JSON list like '[3,5]', got {text!r}")
 
 
 def _parse_prompts(text: str) -> list[list[int]]:
