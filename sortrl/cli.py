@@ -284,13 +284,22 @@ def _check_results(results: Path, experiment: str | None = None) -> None:
 
 # --- sortrl report -------------------------------------------------------
 @app.command()
-def report(results: ResultsOption = Path("results")) -> None:
+def report(
+    results: ResultsOption = Path("results"),
+    readme: Annotated[
+        Path | None,
+        typer.Option(
+            "--readme",
+            help="Also rewrite the generated headline and findings blocks of this Markdown file (e.g. README.md).",
+        ),
+    ] = None,
+) -> None:
     """Figures, summary tables and REPORT.md from the runs stored under RESULTS/runs/."""
     from sortrl.report import write_report
 
     if not (results / "runs").is_dir():
         raise ConfigError(f"results: no runs folder at {results / 'runs'}; run `sortrl sweep` first")
-    written = write_report(results)
+    written = write_report(results, readme=readme)
     for path in written:
         console.print(f"wrote {path}")
 

@@ -10,7 +10,11 @@ its reference. A run's *final* reward is its mean reward averaged over the last
 10% of its epochs (`sortrl.stats.final_scores`). Bootstraps use the fixed seed
 `SEED`, so every number is reproducible bit for bit.
 
-Figures are drawn by `sortrl.figures`, the text by `sortrl.report`.
+Each configuration also knows its highest possible mean reward (`max_reward`,
+`max_mean_reward`), which grows with the prompt length; where configurations'
+maxima differ (`Experiment.reward_fraction`), figures compare rewards as
+fractions of them. Figures are drawn by `sortrl.figures`, `REPORT.md` by
+`sortrl.report`, the README's generated blocks by `sortrl.readme`.
 """
 
 from __future__ import annotations
@@ -62,7 +66,8 @@ class Experiment:
     `configs` has one row per configuration in grid order, indexed by its
     label (`"centered_rewards / clipped / kl=0.01"`), with the raw axis
     values, the `hue` key (colour), the `col` / `row` facet keys and the
-    `reference` configuration its rewards are compared with (see `SCALE_FIELDS`).
+    `reference` configuration its rewards are compared with (see `SCALE_FIELDS`)
+    and `max_reward`, the highest possible mean reward (`max_mean_reward`).
     `runs` holds the rows of finished (`ok`) runs, one per (run, epoch), with a
     `configuration` column; `final` one row per ok run (`final_reward`: mean
     reward over the last 10% of epochs; `final_greedy_accuracy`: greedy accuracy
@@ -94,9 +99,26 @@ class Experiment:
         return [a for a in self.axes if a in SCALE_FIELDS]
 
     @property
+    def reward_fraction(self) -> bool:
+        """True when configurations have different, known maximum mean rewards (`max_reward`).
+
+        Then a figure that puts them on one reward axis shows each one's reward
+        as a fraction of its own maximum (`reward_scale`), not in reward points.
+        """
+        maxima = self.configs["max_reward"]
+        return bool(maxima.notna().all()) and maxima.nunique() > 1
+
+    def reward_scale(self, label: str) -> float:
+        """What figures divide configuration `label`'s rewards by: its maximum if `reward_fraction`, else 1."""
+        return float(self.configs.at[label, "max_reward"]) if self.reward_fraction else 1.0
+
+    @property
     def panels_share_scale(self) -> bool:
-        """True unless a facet (column or row) axis changes the reward's scale: then panels get their own."""
-        return not set(self.axes[1:3]) & set(SCALE_FIELDS)
+        """True unless a facet (column or row) axis changes the reward's scale in reward points.
+
+        With `reward_fraction` every panel is in fractions of the maximum, so they share one scale.
+        """
+        return self.reward_fraction or not set(self.axes[1:3]) & set(SCALE_FIELDS)
 
     def colour(self, label: str) -> Any:
         """The colour of configuration `label` (the same in every figure of the experiment)."""
@@ -105,6 +127,8 @@ class Experiment:
 
 def value_label(axis: str, value: Any) -> str:
     """How one axis value reads in a label: strings as they are, others as `name=value` (`kl=0.01`)."""
+    if isinstance(value, np.generic):  # a value read back from a table: numpy bool, int or float
+        value = value.item()
     if isinstance(value, str):
         return value
     name = SHORT_NAMES.get(axis, axis)
@@ -185,6 +209,10 @@ def load_experiment(results: str | Path, name: str, runs: pd.DataFrame | None = 
 
     baseline = _find_baseline(grid, configs, notes)
     configs["reference"] = _references(configs, list(grid.axes), baseline)
+    configs["max_reward"] = [
+        max_mean_reward(make_config(**grid.base, **dict(zip(grid.axes, values)), seed=grid.seeds[0]))
+        for values in itertools.product(*grid.axes.values())
+    ]
     ok = table[table["status"] == "ok"].reset_index(drop=True)
     diverged = table[table["status"] != "ok"].groupby("run_id", sort=False).first().reset_index()
     return Experiment(
@@ -297,7 +325,8 @@ def summarize(exp: Experiment) -> pd.DataFrame:
 
     Columns: `configuration`, the axis values, `baseline` (bool), `reference`
     (the configuration it is compared with; the baseline unless the grid varies
-    a `SCALE_FIELDS` axis), `n` (finished runs = seeds aggregated),
+    a `SCALE_FIELDS` axis), `max_reward` (highest possible mean reward, NaN
+    when unknown: `max_mean_reward`), `n` (finished runs = seeds aggregated),
     `n_diverged`, final reward `mean`, `std` (ddof 1), `mean_ci_low/high`,
     `iqm`, `iqm_ci_low/high` (95% percentile bootstrap), `p_improve` =
     P(final reward of this configuration > its reference's) with
@@ -312,6 +341,7 @@ def summarize(exp: Experiment) -> pd.DataFrame:
         row: dict[str, Any] = {"configuration": label, **{a: config[a] for a in exp.axes}}
         row["baseline"] = label == exp.baseline
         row["reference"] = config["reference"]
+        row["max_reward"] = config["max_reward"]
         row["n"] = len(x)
         row["n_diverged"] = int((exp.diverged["configuration"] == label).sum())
         row["mean"] = point(stats.mean, x)
@@ -346,27 +376,45 @@ def verdict(low: float, high: float) -> str:
     return "indistinguishable"
 
 
-def reward_ceiling(runs: pd.DataFrame) -> float | None:
-    """Highest possible mean reward of the runs, or None when it is not one known number.
+def max_mean_reward(cfg: RunConfig) -> float:
+    """Highest possible mean reward of a run with `cfg` (reward points), or NaN when it is not one known number.
 
-    Known when all runs use the lecture's prompt set with one reward, no length
-    penalty: the reward of the sorted prompts (which no response beats for the
-    sorting rewards of `sortrl.task`), averaged over prompts.
+    A prompt's best response is the sorted prompt, which no response beats
+    under the sorting rewards of `sortrl.task`: 2L-1 points for
+    `inclusion_ordering` (L inclusion + L-1 ordering), L for `distance`, 1 for
+    `exact_match`, for a prompt of length L. The mean reward's maximum is that
+    value when every prompt (training and held-out) shares it, or, when each
+    epoch sees every training prompt and there are no held-out prompts, its
+    mean over the prompts. NaN with a length penalty (a shorter response may
+    then score more) or when minibatches of prompts with different maxima make
+    the maximum change from epoch to epoch.
     """
     import torch
 
-    from sortrl.task import REWARDS
+    from sortrl.task import PAD, REWARDS, TASKS, sorted_prompts
 
-    keys = ["reward", "prompts", "length_penalty"] + (["task"] if "task" in runs else [])
-    distinct = runs[keys].drop_duplicates()
-    if len(distinct) != 1 or distinct["length_penalty"].iloc[0] != 0:
-        return None
-    if "task" in distinct and distinct["task"].iloc[0] != "lecture":
-        return None
-    prompts = torch.tensor(json.loads(distinct["prompts"].iloc[0]))
-    best = prompts.sort(dim=-1).values[None, :, None, :]
-    value = REWARDS[distinct["reward"].iloc[0]](prompts, best, torch.ones_like(best, dtype=torch.bool))
-    return float(value.mean())
+    if cfg.length_penalty != 0:
+        return math.nan
+    task = TASKS[cfg.task](cfg)
+    prompts = torch.cat([task.train, task.eval])
+    best = sorted_prompts(prompts)[None, :, None, :]  # [run batch trial pos]
+    per_prompt = REWARDS[cfg.reward](prompts, best, best != PAD)[0, :, 0]  # [batch]
+    if bool((per_prompt == per_prompt[0]).all()):
+        return float(per_prompt[0])
+    whole_batch = cfg.prompts_per_epoch is None or cfg.prompts_per_epoch >= len(task.train)
+    return float(per_prompt.mean()) if whole_batch and not len(task.eval) else math.nan
+
+
+def reward_ceiling(exp: Experiment) -> float | None:
+    """The maximum mean reward all configurations of `exp` share (`max_mean_reward`), or None if there is none."""
+    values = exp.configs["max_reward"]
+    return float(values.iloc[0]) if values.notna().all() and values.nunique() == 1 else None
+
+
+def reward_maxima(exp: Experiment) -> str:
+    """`max 5, 7, 9 by prompt_length`: the maximum mean reward of each value of the scale axes, in grid order."""
+    maxima = exp.configs.groupby([exp.configs[a].map(json.dumps) for a in exp.scale_axes], sort=False)["max_reward"]
+    return f"max {', '.join(f'{m:g}' for m in maxima.first())} by {' / '.join(exp.scale_axes)}"
 
 
 def is_lecture_experiment(exp: Experiment) -> bool:

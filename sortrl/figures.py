@@ -41,7 +41,7 @@ from sortrl.experiment import (
     join_labels,
     make_palette,
     reward_ceiling,
-    scores,
+    reward_maxima,
     value_label,
 )
 from sortrl.store import atomic_write_bytes
@@ -53,11 +53,43 @@ PNG_OPTIONS = {"dpi": 110, "bbox_inches": "tight", "metadata": {"Software": None
 """`savefig` options: no Software/date metadata, so equal figures give equal bytes."""
 
 
-def reward_label(exp: Experiment, what: str = "mean reward", note: str = "") -> str:
-    """Axis label for a reward axis, with the maximum when it is known: `mean reward (max 5)`, then `note`."""
-    ceiling = reward_ceiling(exp.runs) if not exp.runs.empty else None
-    label = f"{what} (max {ceiling:g})" if ceiling is not None else what
+def reward_label(exp: Experiment, what: str = "mean reward", note: str = "", configuration: str | None = None) -> str:
+    """Axis label for a reward axis: `mean reward (max 5)` when all configurations share a known maximum.
+
+    With `exp.reward_fraction` (maxima differ, e.g. 2L-1 for prompts of length
+    L), the axis is in fractions of each configuration's maximum and says so,
+    in three short lines (faceted figures stack them): `mean reward`, `as a
+    fraction of its maximum`, `(max 5, 7, 9 by prompt_length)`. `configuration`:
+    the axis shows only that configuration (and ones of the same scale, such as
+    its reference) in reward points, labelled with its own maximum. `note`, if
+    given, goes on a line of its own.
+    """
+    if configuration is not None:
+        ceiling = exp.configs.at[configuration, "max_reward"]
+        label = f"{what} (max {ceiling:g})" if not math.isnan(ceiling) else what
+    elif exp.reward_fraction:
+        label = f"{what}\nas a fraction of its maximum\n({reward_maxima(exp)})"
+    else:
+        ceiling = reward_ceiling(exp)
+        label = f"{what} (max {ceiling:g})" if ceiling is not None else what
     return f"{label}\n{note}" if note else label
+
+
+def _scaled(exp: Experiment, label: str, values: Any) -> Any:
+    """Rewards of configuration `label` in the units of `reward_label`: divided by its maximum if `reward_fraction`."""
+    return values / exp.reward_scale(label) if exp.reward_fraction else values
+
+
+SUMMARY_REWARDS = ("mean", "mean_ci_low", "mean_ci_high", "iqm", "iqm_ci_low", "iqm_ci_high")
+"""Summary columns in reward points (rescaled by `_in_units`)."""
+
+
+def _in_units(exp: Experiment, table: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """`table` (one row per run or configuration, a `configuration` column) with `columns` in `reward_label` units."""
+    if not exp.reward_fraction:
+        return table
+    scale = table["configuration"].map(exp.configs["max_reward"]).to_numpy(dtype=float)
+    return table.assign(**{c: table[c].to_numpy(dtype=float) / scale for c in columns if c in table})
 
 
 @contextlib.contextmanager
@@ -136,12 +168,13 @@ def _curves(
     points: int | None = None,
     highlight: bool = True,
     labels: list[str] | None = None,
+    reward: bool = False,
 ) -> Figure:
     """`statistic` over seeds of `metric` vs step per configuration, 95% bootstrap CI band, faceted.
 
     `points`: bootstrap at that many evenly spaced epochs (last included) instead of every epoch.
     With `highlight`, the grid's highlight seed's own curve is drawn on top, dashed. `labels`: only
-    these configurations.
+    these configurations. `reward`: `metric` is a reward, drawn in the units of `reward_label`.
     """
     epochs = np.sort(exp.runs["epoch"].unique())
     if points is not None:
@@ -156,6 +189,8 @@ def _curves(
                 wide = part.pivot(index="step", columns="seed", values=metric).dropna()  # [step run]
                 if wide.empty:
                     continue
+                if reward:
+                    wide = _scaled(exp, label, wide)
                 low, high = stats.bootstrap_ci([wide.to_numpy()], statistic, SEED)
                 colour = exp.colour(label)
                 ax.plot(wide.index, statistic(wide.to_numpy()), color=colour, lw=1.6)
@@ -178,7 +213,7 @@ def plot_reward_curves(exp: Experiment) -> Figure | None:
     """Mean reward vs step: mean over seeds with a 95% bootstrap CI band, the highlight seed dashed."""
     if exp.runs.empty:
         return None
-    return _curves(exp, "mean_reward", stats.mean, reward_label(exp), "mean reward during training")
+    return _curves(exp, "mean_reward", stats.mean, reward_label(exp), "mean reward during training", reward=True)
 
 
 def plot_sample_efficiency(exp: Experiment) -> Figure | None:
@@ -193,6 +228,7 @@ def plot_sample_efficiency(exp: Experiment) -> Figure | None:
         f"sample efficiency, IQM of mean reward at {CURVE_POINTS} epochs",
         points=CURVE_POINTS,
         highlight=False,
+        reward=True,
     )
 
 
@@ -245,10 +281,11 @@ def plot_final_reward(exp: Experiment, summary: pd.DataFrame) -> Figure:
     """Final reward of every seed (dots) and the mean over seeds with its 95% bootstrap CI (black)."""
     rng = np.random.default_rng(SEED)
     seed = _highlight_seed(exp)
+    final = _in_units(exp, exp.final, ("final_reward",))
     with _style():
         fig, (ax,), y = _per_config_axes(exp, exp.labels, width=6.0)
-        for yi, (label, row) in zip(y, summary.set_index("configuration").iterrows()):
-            part = exp.final[exp.final["configuration"] == label]
+        for yi, (label, row) in zip(y, _in_units(exp, summary, SUMMARY_REWARDS).set_index("configuration").iterrows()):
+            part = final[final["configuration"] == label]
             jitter = rng.uniform(-0.18, 0.18, len(part))
             ax.scatter(part["final_reward"], yi + jitter, s=12, alpha=0.6, color=exp.colour(label), lw=0)
             if seed is not None:
@@ -284,7 +321,7 @@ def plot_interval_estimates(exp: Experiment, summary: pd.DataFrame) -> Figure:
     """Mean and IQM of the final reward per configuration with 95% bootstrap CIs; dotted = baseline."""
     with _style():
         fig, axes, y = _per_config_axes(exp, exp.labels, ncols=2, width=3.6)
-        table = summary.set_index("configuration")
+        table = _in_units(exp, summary, SUMMARY_REWARDS).set_index("configuration")
         for ax, stat, name in zip(axes, ("mean", "iqm"), ("mean", "IQM (interquartile mean)")):
             for yi, (label, row) in zip(y, table.iterrows()):
                 _hbar(ax, row[stat], row[f"{stat}_ci_low"], row[f"{stat}_ci_high"], yi, exp.colour(label))
@@ -320,17 +357,18 @@ def plot_performance_profile(exp: Experiment) -> Figure | None:
     """Fraction of runs with final reward >= tau, over tau, per configuration, 95% bootstrap CI band."""
     if exp.final.empty:
         return None
+    final = _in_units(exp, exp.final, ("final_reward",))
     with _style():
         fig, panels = _facets(exp, sharex=exp.panels_share_scale)
         for ax, labels in panels:
-            values = exp.final.loc[exp.final["configuration"].isin(labels), "final_reward"].to_numpy()
+            values = final.loc[final["configuration"].isin(labels), "final_reward"].to_numpy()
             if exp.panels_share_scale:
-                values = exp.final["final_reward"].to_numpy()
+                values = final["final_reward"].to_numpy()
             if not len(values):
                 continue
             taus = np.linspace(values.min(), values.max(), 101)
             for label in labels:
-                x = scores(exp, label)
+                x = final.loc[final["configuration"] == label, "final_reward"].to_numpy(dtype=float)
                 if not len(x):
                     continue
                 low, high = stats.performance_profile_ci(x, taus, SEED)
@@ -349,7 +387,7 @@ def plot_heatmap(exp: Experiment, summary: pd.DataFrame) -> Figure | None:
     axes = exp.axes
     if len(axes) < 2:
         return None
-    table = summary.assign(
+    table = _in_units(exp, summary, SUMMARY_REWARDS).assign(
         x=[value_label(axes[0], v) for v in summary[axes[0]]],
         y=[value_label(axes[1], v) for v in summary[axes[1]]],
         panel=[join_labels([value_label(a, r[a]) for a in axes[2:]]) for _, r in summary.iterrows()],
@@ -406,7 +444,10 @@ def plot_prompt_length(exp: Experiment) -> Figure | None:
 
     Drawn only when the runs have `eval/greedy_accuracy` and a scalar
     `prompt_length` that varies. One line per configuration of the axes that
-    do not set the prompt length; mean over runs with a 95% bootstrap CI.
+    do not set the prompt length; mean over runs with a 95% bootstrap CI. The
+    reward's maximum grows with the prompt length (2L-1 for
+    `inclusion_ordering`), so the reward panel shows it as a fraction of each
+    configuration's maximum when those are known (`reward_label`).
     """
     runs = exp.runs
     if runs.empty or EVAL_ACCURACY not in runs or PROMPT_LENGTH not in runs:
@@ -425,9 +466,12 @@ def plot_prompt_length(exp: Experiment) -> Figure | None:
     # lines that are not the palette's keys get colours of their own, so none is mistaken for a configuration
     palette = exp.palette if set(lines.values()) <= set(exp.palette) else make_palette(list(lines.values()), "dark")
     reward = f"final_{EVAL_REWARD}" if f"final_{EVAL_REWARD}" in final else "final_reward"
+    final = _in_units(exp, final, (reward,))
+    what = "held-out mean reward" if reward != "final_reward" else "training mean reward"
+    note = "" if exp.reward_fraction else "reward points: the maximum differs between prompt lengths"
     panels = [
         (f"final_{EVAL_ACCURACY}", "held-out greedy accuracy (share sorted exactly)"),
-        (reward, reward_label(exp, "held-out mean reward" if reward != "final_reward" else "training mean reward")),
+        (reward, reward_label(exp, what, note)),
         ("gap", "train - held-out greedy accuracy"),
     ]
     with _style():

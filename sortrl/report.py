@@ -12,7 +12,8 @@ reward is its mean reward averaged over the last 10% of its epochs
 (`sortrl.stats.final_scores`). Diverged runs are listed and left out of every
 aggregate. The output is deterministic: bootstraps use fixed seeds, tables are
 in grid order, and PNGs carry no timestamp or version metadata, so running the
-report twice on the same runs gives byte-identical files.
+report twice on the same runs gives byte-identical files. With `readme=`, it
+also rewrites the README's generated blocks (`sortrl.readme`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib as mpl
 import numpy as np
@@ -35,6 +37,7 @@ from sortrl.experiment import (
     is_lecture_experiment,
     load_experiments,
     point,
+    reward_maxima,
     scores,
     summarize,
     verdict,
@@ -76,6 +79,11 @@ def _findings(exp: Experiment, summary: pd.DataFrame) -> list[str]:
             "configuration is compared with its *reference*: the baseline's settings with its own "
             f"{', '.join(f'`{a}`' for a in exp.scale_axes)} (named after each number below unless it is the baseline)."
         )
+        if exp.reward_fraction:
+            lines[0] += (
+                " Figures that put such configurations on one reward axis show each one's reward as a fraction "
+                f"of its maximum ({reward_maxima(exp)}); the numbers here are in reward points."
+            )
     lines += [f"- {heads[k]}: {'; '.join(v) if v else 'none'}." for k, v in groups.items()]
     missing = compared[compared["p_improve_ci_low"].isna()]["configuration"].tolist()
     if missing:
@@ -105,12 +113,58 @@ def _compare(exp: Experiment, new: str, old: str) -> dict[str, float]:
     return out
 
 
-def _lecture_section(exp: Experiment) -> list[str]:
-    """Whether the lecture's seed-5 conclusions hold across seeds, in generated sentences."""
+def lecture_checks(exp: Experiment) -> dict[str, dict[str, Any]] | None:
+    """The lecture's two seed-5 conclusions, checked across seeds; None unless `exp` is the lecture's experiment.
+
+    The lecture concluded from single curves (seed `LECTURE_SEED`) that centering
+    helps and that std normalisation makes little difference. Returns
+    `{"centering": ..., "normalisation": ...}`, each the numbers of `_compare`
+    (new = `centered_rewards` vs old = `rewards`; `normalized_rewards` vs
+    `centered_rewards`) plus `seed_says` (what seed 5 alone says, None without
+    a finished seed-5 run of both), `verdict` (of the P(improve) CI) and
+    `holds` (what the seeds say about the conclusion).
+    """
     if not is_lecture_experiment(exp) or "deltas_mode" not in exp.axes:
-        return []
+        return None
     mode = {config["deltas_mode"]: label for label, config in exp.configs.iterrows()}
     if not {"rewards", "centered_rewards", "normalized_rewards"} <= set(mode):
+        return None
+    checks = {}
+    for name, new, old in (
+        ("centering", "centered_rewards", "rewards"),
+        ("normalisation", "normalized_rewards", "centered_rewards"),
+    ):
+        c: dict[str, Any] = _compare(exp, mode[new], mode[old])
+        c["verdict"] = verdict(c["p_low"], c["p_high"]) if not math.isnan(c["p_low"]) else "indistinguishable"
+        c["seed_says"] = None
+        if not math.isnan(c["seed_new"]) and not math.isnan(c["seed_old"]):
+            d = c["seed_new"] - c["seed_old"]
+            if name == "centering":
+                c["seed_says"] = "centering helps" if d > 0 else "centering does not help"
+            else:
+                c["seed_says"] = "shows little difference" if abs(d) < c["std"] else "shows a difference"
+        checks[name] = c
+    c = checks["centering"]
+    c["holds"] = {
+        "better": "the seeds confirm that centering helps",
+        "worse": "the seeds contradict it: centering does worse",
+        "indistinguishable": "the seeds cannot confirm that centering helps",
+    }[c["verdict"]]
+    c = checks["normalisation"]
+    c["holds"] = {
+        "better": "the seeds find a difference: normalisation does better",
+        "worse": "the seeds find a difference: normalisation does worse",
+        "indistinguishable": "the seeds cannot tell the two apart, consistent with 'little difference' "
+        f"(a difference of mean final reward as large as the CI's ends, {c['diff_low']:+.3f} to {c['diff_high']:+.3f}, "
+        "is not ruled out)",
+    }[c["verdict"]]
+    return checks
+
+
+def _lecture_section(exp: Experiment) -> list[str]:
+    """Whether the lecture's seed-5 conclusions hold across seeds, in generated sentences (`lecture_checks`)."""
+    checks = lecture_checks(exp)
+    if checks is None:
         return []
     s = LECTURE_SEED
     lines = [
@@ -121,48 +175,32 @@ def _lecture_section(exp: Experiment) -> list[str]:
         "(`normalized_rewards` vs `centered_rewards`). Final reward = mean reward over the last 10% of epochs.",
         "",
     ]
-    c = _compare(exp, mode["centered_rewards"], mode["rewards"])
+    c = checks["centering"]
     n = min(c["n_new"], c["n_old"])
-    if not math.isnan(c["seed_new"]) and not math.isnan(c["seed_old"]):
-        d = c["seed_new"] - c["seed_old"]
-        says = "centering helps" if d > 0 else "centering does not help"
+    if c["seed_says"] is not None:
         lines.append(
             f"- Centering, seed {s} alone: final reward {fmt_num(c['seed_old'])} (`rewards`) vs "
-            f"{fmt_num(c['seed_new'])} (`centered_rewards`), difference {d:+.3f}: seed {s} alone says {says}."
+            f"{fmt_num(c['seed_new'])} (`centered_rewards`), difference {c['seed_new'] - c['seed_old']:+.3f}: "
+            f"seed {s} alone says {c['seed_says']}."
         )
-    v = verdict(c["p_low"], c["p_high"]) if not math.isnan(c["p_low"]) else "indistinguishable"
-    holds = {
-        "better": "the seeds confirm that centering helps",
-        "worse": "the seeds contradict it: centering does worse",
-        "indistinguishable": "the seeds cannot confirm that centering helps",
-    }[v]
     lines.append(
         f"- Centering, {n} seeds per configuration: mean difference (centered − rewards) {c['diff']:+.3f} "
-        f"[{c['diff_low']:+.3f}, {c['diff_high']:+.3f}]; P(centered_rewards > rewards) = {_ci_p(c)}: {holds}."
+        f"[{c['diff_low']:+.3f}, {c['diff_high']:+.3f}]; P(centered_rewards > rewards) = {_ci_p(c)}: {c['holds']}."
     )
-    c = _compare(exp, mode["normalized_rewards"], mode["centered_rewards"])
+    c = checks["normalisation"]
     n = min(c["n_new"], c["n_old"])
-    if not math.isnan(c["seed_new"]) and not math.isnan(c["seed_old"]):
-        d = c["seed_new"] - c["seed_old"]
-        small = abs(d) < c["std"]
+    if c["seed_says"] is not None:
+        small = c["seed_says"] == "shows little difference"
         lines.append(
             f"- Std normalisation, seed {s} alone: final reward {fmt_num(c['seed_old'])} (`centered_rewards`) vs "
-            f"{fmt_num(c['seed_new'])} (`normalized_rewards`), difference {d:+.3f}, "
+            f"{fmt_num(c['seed_new'])} (`normalized_rewards`), difference {c['seed_new'] - c['seed_old']:+.3f}, "
             f"{'smaller' if small else 'not smaller'} than the seed-to-seed standard deviation of the final reward "
-            f"within a configuration ({fmt_num(c['std'])}): seed {s} alone "
-            f"{'shows little difference' if small else 'shows a difference'}."
+            f"within a configuration ({fmt_num(c['std'])}): seed {s} alone {c['seed_says']}."
         )
-    v = verdict(c["p_low"], c["p_high"]) if not math.isnan(c["p_low"]) else "indistinguishable"
-    holds = {
-        "better": "the seeds find a difference: normalisation does better",
-        "worse": "the seeds find a difference: normalisation does worse",
-        "indistinguishable": "the seeds cannot tell the two apart, consistent with 'little difference' "
-        f"(a difference of mean final reward as large as the CI's ends, {c['diff_low']:+.3f} to {c['diff_high']:+.3f}, "
-        "is not ruled out)",
-    }[v]
     lines.append(
         f"- Std normalisation, {n} seeds per configuration: mean difference (normalized − centered) {c['diff']:+.3f} "
-        f"[{c['diff_low']:+.3f}, {c['diff_high']:+.3f}]; P(normalized_rewards > centered_rewards) = {_ci_p(c)}: {holds}."
+        f"[{c['diff_low']:+.3f}, {c['diff_high']:+.3f}]; P(normalized_rewards > centered_rewards) = {_ci_p(c)}: "
+        f"{c['holds']}."
     )
     return lines + [""]
 
@@ -292,9 +330,20 @@ def render_report(experiments: list[tuple[Experiment, pd.DataFrame, list[str]]])
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_report(results: str | Path) -> list[Path]:
-    """Write figures, `<exp>_summary.csv` files and `REPORT.md` under `results`; return the paths written."""
+def write_report(results: str | Path, readme: str | Path | None = None) -> list[Path]:
+    """Write figures, `<exp>_summary.csv` files and `REPORT.md` under `results`; return the paths written.
+
+    `readme`: also rewrite the generated `headline` and `findings` blocks of
+    that Markdown file (`sortrl.readme.write_readme`). Its markers are checked
+    before anything is written, so a file without them fails fast with a
+    `ConfigError` that names the file and the marker.
+    """
+    from sortrl.readme import read_readme, write_readme  # sortrl.readme builds on this module
+
     results = Path(results)
+    readme = Path(readme) if readme is not None else None
+    if readme is not None:
+        read_readme(readme)
     written: list[Path] = []
     sections = []
     for exp in load_experiments(results):
@@ -314,4 +363,7 @@ def write_report(results: str | Path) -> list[Path]:
         sections.append((exp, summary, names))
     report = results / "REPORT.md"
     atomic_write_text(report, render_report(sections))
-    return [*written, report]
+    written.append(report)
+    if readme is not None:
+        written.append(write_readme(readme, sections, results))
+    return written

@@ -8,8 +8,11 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.collections import PathCollection
 
-from sortrl import experiment, figures, report, stats
+from sortrl import experiment, figures, readme, report, stats
+from sortrl.recipes import make_config
+from sortrl.registry import ConfigError
 from sortrl.store import load_runs, runs_dir
 from sortrl.sweep import parse_grid, run_sweep
 
@@ -102,6 +105,7 @@ def test_summary_matches_the_stats_functions(results, written):
     assert summary["configuration"].tolist() == ["rewards", "centered_rewards", "normalized_rewards"]
     assert summary["n"].tolist() == [6, 6, 6] and summary["n_diverged"].tolist() == [0, 0, 0]
     assert summary["baseline"].tolist() == [True, False, False]
+    assert summary["max_reward"].tolist() == [5.0, 5.0, 5.0]
 
     runs = load_runs(results, ["tiny"])
     final = stats.final_scores(runs)  # indexed by run_id
@@ -220,18 +224,172 @@ def test_labels_palette_and_facets_follow_the_grid(results):
 
 def test_reward_ceiling_is_the_sorted_prompts_reward(results):
     tiny = experiment.load_experiment(results, "tiny")
-    assert experiment.reward_ceiling(tiny.runs) == 5.0  # lecture prompts of length 3: 3 inclusion + 2 ordering
+    assert experiment.reward_ceiling(tiny) == 5.0  # lecture prompts of length 3: 3 inclusion + 2 ordering
+    assert not tiny.reward_fraction
     assert figures.reward_label(tiny) == "mean reward (max 5)"
     lengths = experiment.load_experiment(results, "lengths")
-    assert experiment.reward_ceiling(lengths.runs) is None  # random prompts of two lengths: no single maximum
+    assert experiment.reward_ceiling(lengths) is None  # two prompt lengths: no single maximum
+    assert lengths.configs["max_reward"].tolist() == [5.0, 5.0, 7.0, 7.0]  # 2L-1
+    assert lengths.reward_fraction and lengths.panels_share_scale
+    assert figures.reward_label(lengths, "r", configuration="prompt_length=4 / rewards") == "r (max 7)"  # points
 
 
-def test_cli_report_command(results, written):
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({}, 5.0),  # the lecture's prompts, inclusion_ordering
+        ({"reward": "distance"}, 3.0),
+        ({"task": "random", "prompt_length": 6, "vocab_size": 10, "allow_repeats": True}, 11.0),  # repeats: still 2L-1
+        ({"task": "random", "prompt_length": 4, "reward": "exact_match", "num_eval_prompts": 4}, 1.0),
+        ({"task": "random", "prompt_length": (3, 5), "num_prompts": 4, "num_eval_prompts": 4}, math.nan),
+        ({"task": "random", "prompt_length": (3, 5), "num_prompts": 4, "num_eval_prompts": 0}, 7.0),  # 2 x 5 + 2 x 9
+        ({"length_penalty": 0.1}, math.nan),  # a shorter response may score more
+    ],
+)
+def test_max_mean_reward_by_hand(fields, expected):
+    value = experiment.max_mean_reward(make_config(**fields))
+    assert value == pytest.approx(expected, nan_ok=True)
+
+
+def test_figures_across_prompt_lengths_show_reward_as_a_fraction_of_its_maximum(results):
+    exp = experiment.load_experiment(results, "lengths")
+    summary = experiment.summarize(exp)
+    label = figures.reward_label(exp)
+    assert label == "mean reward\nas a fraction of its maximum\n(max 5, 7 by prompt_length)"
+    maxima = exp.configs["max_reward"]
+
+    fig = figures.plot_final_reward(exp, summary)
+    ax = fig.axes[0]
+    assert "fraction of its maximum" in ax.get_xlabel()
+    dots = [c.get_offsets()[:, 0] for c in ax.collections if isinstance(c, PathCollection)]  # one per configuration
+    assert len(dots) == len(exp.labels)
+    for label, x in zip(exp.labels, dots):
+        assert np.allclose(np.sort(x), np.sort(experiment.scores(exp, label) / maxima[label]))
+
+    fig = figures.plot_prompt_length(exp)
+    reward_panel = fig.axes[1]
+    assert "fraction of its maximum" in reward_panel.get_ylabel()
+    final = exp.final.assign(length=exp.final["configuration"].map(exp.configs["prompt_length"]))
+    first_line = exp.configs["deltas_mode"].iloc[0]  # lines = deltas modes, x = prompt length
+    part = final[final["configuration"].map(exp.configs["deltas_mode"]) == first_line]
+    expected = part.groupby("length")["final_eval/mean_reward"].mean() / pd.Series({3: 5.0, 4: 7.0})
+    assert np.allclose(reward_panel.lines[0].get_ydata(), expected.to_numpy())
+
+    heat = figures.plot_heatmap(exp, summary)
+    shown = sorted(float(t.get_text()) for t in heat.axes[0].texts)
+    assert shown == pytest.approx(sorted(np.round(summary["iqm"] / summary["max_reward"], 2)), abs=1e-9)
+
+
+HAND_README = """# a project
+
+Hand-written text stays byte for byte: ünïcödé, trailing spaces   \n\n<!-- BEGIN GENERATED: headline -->
+stale headline
+<!-- END GENERATED: headline -->
+
+Between the blocks.
+<!-- BEGIN GENERATED: speed -->
+benchmark numbers, not ours to touch
+<!-- END GENERATED: speed -->
+<!-- BEGIN GENERATED: findings -->
+<!-- END GENERATED: findings -->
+the end, no final newline"""
+
+
+def _outside_blocks(text: str, names=readme.BLOCKS) -> list[str]:
+    """The text outside the given generated blocks (markers included), in order."""
+    pattern = "|".join(f"(?<={re.escape(b)}).*?(?={re.escape(e)})" for b, e in map(readme.markers, names))
+    return re.split(pattern, text, flags=re.S)
+
+
+@pytest.fixture(scope="module")
+def sections(results, written):
+    """(experiment, summary, figures written) per experiment, as `write_report` passes them to the README."""
+    out = []
+    for exp in experiment.load_experiments(results):
+        names = [n for n in figures.FIGURES if (results / "figures" / f"{exp.name}_{n}.png").is_file()]
+        out.append((exp, experiment.summarize(exp), names))
+    return out
+
+
+def test_readme_blocks_are_generated_and_hand_text_is_kept(results, sections, tmp_path):
+    path = tmp_path / "docs" / "README.md"
+    path.parent.mkdir()
+    path.write_bytes(HAND_README.encode())
+    readme.write_readme(path, sections, results)
+    text = path.read_bytes().decode()
+    assert _outside_blocks(text) == _outside_blocks(HAND_README)  # hand text and the speed block, byte for byte
+    assert "stale headline" not in text and "benchmark numbers, not ours to touch" in text
+
+    # headline: the first experiment's reward curves (no `ablations` here), linked relative to the README
+    link = re.search(r"!\[[^]]*\]\(([^)]+)\)", text).group(1)
+    assert link.endswith("figures/lengths_reward_curves.png") and (path.parent / link).is_file()
+    assert "configurations of the `lengths` grid" in text
+    # findings: a heading, one paragraph per experiment with the summary's numbers, a link to REPORT.md
+    assert "## What the grids show (generated by `sortrl report`)" in text
+    tiny = next(s for e, s, _ in sections if e.name == "tiny")
+    best = tiny.loc[tiny["iqm"].idxmax()]
+    assert f"**`tiny`** (3 configurations × 6 seeds). Highest IQM of the final reward: {best['configuration']}" in text
+    assert f"{best['iqm']:.2f} [{best['iqm_ci_low']:.2f}, {best['iqm_ci_high']:.2f}] of a maximum 5" in text
+    assert "Against the baseline (rewards)" in text
+    report_link = re.search(r"\[([^]]*REPORT\.md)\]\(([^)]+)\)", text).group(2)
+    assert (path.parent / report_link).resolve() == (results / "REPORT.md").resolve()
+    assert "as the length goes 3, 4, the final held-out greedy accuracy goes" in text  # lengths: held-out vs length
+    assert "of its maximum." in text
+
+    # deterministic and idempotent: the same runs give the same bytes
+    path.write_bytes(HAND_README.encode())
+    readme.write_readme(path, sections, results)
+    assert path.read_bytes().decode() == text
+    readme.write_readme(path, sections, results)
+    assert path.read_bytes().decode() == text
+
+
+def test_readme_headline_prefers_the_ablations_experiment(results, sections, tmp_path, monkeypatch):
+    monkeypatch.setattr(readme, "HEADLINE_EXPERIMENT", "tiny")
+    block = readme.headline(sections, results, tmp_path)
+    assert "tiny_reward_curves.png" in block and "seed 5 (the lecture's seed) dashed" in block
+    assert block.count("\n\n") == 1  # the figure, then one caption paragraph
+
+
+def test_readme_lecture_sentences_use_the_report_checks(results, sections, monkeypatch):
+    exp, summary, _ = next(s for s in sections if s[0].name == "tiny")
+    assert not any("single-seed conclusion" in s for s in readme.experiment_sentences(exp, summary))
+    monkeypatch.setattr(report, "is_lecture_experiment", lambda e: True)
+    sentences = readme.experiment_sentences(exp, summary)
+    assert 2 <= len(sentences) <= 4
+    checks = report.lecture_checks(exp)
+    p = checks["centering"]
+    assert f"P(centered_rewards > rewards) = {p['p']:.2f} [{p['p_low']:.2f}, {p['p_high']:.2f}]: {p['holds']}." in (
+        " ".join(sentences)
+    )
+
+
+@pytest.mark.parametrize("missing", ["<!-- BEGIN GENERATED: findings -->", "<!-- END GENERATED: headline -->"])
+def test_readme_without_a_marker_is_an_error_naming_file_and_marker(results, sections, tmp_path, missing):
+    path = tmp_path / "README.md"
+    path.write_text(HAND_README.replace(missing, ""))
+    with pytest.raises(ConfigError) as error:
+        readme.write_readme(path, sections, results)
+    message = str(error.value)
+    assert str(path) in message and missing in message and "\n" not in message
+    assert path.read_text() == HAND_README.replace(missing, "")  # untouched
+
+
+def test_cli_report_command(results, written, tmp_path):
     from typer.testing import CliRunner
 
     from sortrl.cli import app
 
-    outcome = CliRunner().invoke(app, ["report", "--results", str(results)])
+    path = tmp_path / "README.md"
+    path.write_text(HAND_README.replace("<!-- END GENERATED: findings -->", ""))
+    outcome = CliRunner().invoke(app, ["report", "--results", str(results), "--readme", str(path)])
+    assert outcome.exit_code == 2
+    assert "<!-- END GENERATED: findings -->" in outcome.output and str(path) in outcome.output
+
+    path.write_text(HAND_README)
+    outcome = CliRunner().invoke(app, ["report", "--results", str(results), "--readme", str(path)])
     assert outcome.exit_code == 0, outcome.output
+    assert f"wrote {path}" in " ".join(outcome.output.split())
+    assert "## What the grids show" in path.read_text()
     assert (runs_dir(results, "tiny") / "grid.toml").is_file()
     assert np.isfinite(pd.read_csv(results / "tiny_summary.csv")["mean"]).all()
