@@ -20,7 +20,7 @@ import math
 from collections.abc import Sequence
 
 import torch
-from einops import einsum
+from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -49,7 +49,11 @@ def init_params(
     return {
         "embedding": torch.stack(embedding).requires_grad_(),
         "encode": torch.stack(encode).requires_grad_(),
-        "decode": torch.stack(decode).requires_grad_(),
+        # stored as [run d2 pos d1] in memory (same values and shape), so `forward` needs no copy to contract it
+        "decode": rearrange(torch.stack(decode), "run pos d2 d1 -> run d2 pos d1")
+        .contiguous()
+        .permute(0, 2, 1, 3)
+        .requires_grad_(),
     }
 
 
@@ -64,13 +68,18 @@ def forward(
     a short prompt is encoded as if the model had only its own positions.
     """
     emb = params["embedding"]
+    runs, dim = emb.shape[0], emb.shape[-1]
     ids = prompts.clamp(min=0) if padded else prompts
     if prompts.dim() == 2:
-        embedded = emb[:, ids]  # [run batch pos dim]
+        embedded = emb.index_select(1, ids.flatten()).view(runs, *ids.shape, dim)  # [run batch pos dim]
     else:
-        embedded = emb[torch.arange(emb.shape[0])[:, None, None], ids]
+        embedded = emb[torch.arange(runs)[:, None, None], ids]
     if padded:
         embedded = embedded * (prompts != PAD)[..., None]
-    encoded = einsum(embedded, params["encode"], "run batch pos d1, run pos d1 d2 -> run batch d2")
-    decoded = einsum(encoded, params["decode"], "run batch d2, run pos d2 d1 -> run batch pos d1")
-    return einsum(decoded, emb, "run batch pos d1, run vocab d1 -> run batch pos vocab")
+    # The lecture's three einsums as the batched matmuls einsum itself dispatches to, minus its overhead:
+    # [run batch (pos d1)] @ [run (pos d1) d2], then @ [run d2 (pos d1)], then @ embedding^T.
+    batch, pos = embedded.shape[1], params["decode"].shape[1]
+    encoded = torch.bmm(embedded.reshape(runs, batch, -1), params["encode"].reshape(runs, -1, dim))
+    decoded = torch.bmm(encoded, rearrange(params["decode"], "run pos d2 d1 -> run d2 (pos d1)"))
+    logits = torch.bmm(decoded.view(runs, batch * pos, dim), emb.transpose(1, 2))
+    return logits.view(runs, batch, pos, -1)

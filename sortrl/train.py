@@ -120,20 +120,32 @@ def train(configs: Sequence[RunConfig], progress: Progress | None = None) -> pd.
     bit for bit as if it were not there); its rows up to that epoch are kept
     with `status="diverged"`. `progress`, if given, is called with the number
     of run-steps just completed.
+
+    Training uses one torch intra-op thread (the caller's setting is restored
+    afterwards): with more, MKL splits a run's matmuls differently for
+    different batch sizes, and a run's numbers would depend on its batch-mates
+    in the last bit. Parallelism comes from processes (`sortrl sweep`).
     """
     configs = list(configs)
     batches: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     for i, cfg in enumerate(configs):
         batches[batch_key(cfg)].append(i)
-    frames: list[pd.DataFrame | None] = [None] * len(configs)
-    for indices in batches.values():
-        table = _train_batch([configs[i] for i in indices], progress)
-        parts = dict(tuple(table.groupby("_run", sort=True)))
-        for j, i in enumerate(indices):
-            frames[i] = parts[j].drop(columns="_run")
-    if not frames:
+    if not configs:
         return pd.DataFrame(columns=["run_id", "status", "diverged_epoch", *FIELD_NAMES, "epoch", "step", *METRICS])
-    return pd.concat(frames, ignore_index=True)
+    tables = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for indices in batches.values():  # in order of first appearance, so columns unite as in config order
+            table = _train_batch([configs[i] for i in indices], progress)
+            table["_run"] = np.asarray(indices)[table["_run"].to_numpy()]  # batch position -> config index
+            tables.append(table)
+    finally:
+        torch.set_num_threads(threads)
+    table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+    if not table["_run"].is_monotonic_increasing:  # rows of one run stay in epoch order (stable sort)
+        table = table.iloc[np.argsort(table["_run"].to_numpy(), kind="stable")]
+    return table.drop(columns="_run").reset_index(drop=True)
 
 
 def _per_run(
@@ -358,7 +370,10 @@ def _train_batch(configs: list[RunConfig], progress: Progress | None) -> pd.Data
                 if not sequence_level:
                     counts = {k: _fold(v, onehot) for k, v in counts.items()}
             if state.use_kl:  # the lecture's KL: sum over positions, mean over prompts and responses
-                kl_weights = _fold(roll.action.float() / (roll.action.shape[1] * group), onehot)
+                # only for the runs that have a KL term: 0 * an infinite KL would make another run's loss NaN
+                kl_runs = (state.numbers["kl_penalty"] != 0).nonzero().flatten()
+                kl_weights = _fold(roll.action.float() / (roll.action.shape[1] * group), onehot)[kl_runs]
+                ref_log_probs = ref_log_probs[kl_runs]
 
             probs = torch.exp(old_log_probs)
             entropy = -(probs * old_log_probs).sum(dim=-1)  # [run batch pos], nats
@@ -386,9 +401,9 @@ def _train_batch(configs: list[RunConfig], progress: Progress | None) -> pd.Data
                 run_loss = sum(loss_mode.fn(log_probs, old_log_probs, w, clip) for w in folded).sum(dim=(1, 2, 3))
                 ratio = torch.exp(log_probs.detach() - old_log_probs)  # [run batch pos vocab]
             if state.use_kl:
-                kl = (kl_weights * kl_fn(log_probs, ref_log_probs)).sum(dim=(1, 2, 3))
-                run_loss = run_loss + state.numbers["kl_penalty"] * kl
-                sums["kl"] += kl.detach()
+                kl = (kl_weights * kl_fn(log_probs[kl_runs], ref_log_probs)).sum(dim=(1, 2, 3))
+                run_loss = run_loss.index_add(0, kl_runs, state.numbers["kl_penalty"][kl_runs] * kl)
+                sums["kl"] = sums["kl"].index_add(0, kl_runs, kl.detach())
             grads = torch.autograd.grad(run_loss.sum(), list(state.params.values()))
             state.optimizer.step(list(grads))
             sums["loss"] += run_loss.detach()
@@ -457,7 +472,7 @@ def _to_frame(
     for name in FIELD_NAMES:
         per_run[name] = [_cell(getattr(c, name)) for c in configs]
     died = diverged_epoch.numpy()[run]
-    table = pd.DataFrame({name: [vals[r] for r in run] for name, vals in per_run.items()})
+    table = pd.DataFrame(per_run).take(run).reset_index(drop=True)  # one row per config, repeated per epoch
     table.insert(1, "status", np.where(died >= 0, "diverged", "ok"))
     table.insert(2, "diverged_epoch", died)
     table["epoch"] = epoch

@@ -331,3 +331,19 @@ def test_centered_rewards_learns_over_eight_seeds():
     by_epoch = out.groupby("epoch").mean_reward.mean()
     assert len(by_epoch) == 100
     assert by_epoch.iloc[-1] - by_epoch.iloc[0] >= 0.5, (by_epoch.iloc[0], by_epoch.iloc[-1])
+
+
+def test_batch_invariance_does_not_depend_on_the_callers_thread_count():
+    """`train` pins one intra-op thread: with two, MKL would split a run's matmuls by batch size."""
+    common = dict(num_epochs=4, num_steps_per_epoch=3)
+    target = RunConfig(seed=3, deltas_mode="centered_rewards", **common)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        alone = train([target])
+        inside = train(_mates(21, **common) + [target] + _mates(42, **common))
+        assert torch.get_num_threads() == 2  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(before)
+    inside = inside[inside.run_id == target.run_id].reset_index(drop=True)
+    pd.testing.assert_frame_equal(alone, inside, check_exact=True)
