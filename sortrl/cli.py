@@ -113,7 +113,9 @@ def _train_parameters() -> list[inspect.Parameter]:
             help_text = "An integer, or a JSON list to mix lengths, e.g. '[3,5]'. " + help_text
         option = typer.Option(help=help_text, show_default=False)
         params.append(
-            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind | None, option])
+            inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind | None, option]
+            )
         )
     return params
 
@@ -128,8 +130,12 @@ def _show_default(value: Any) -> str:
 
 
 def train_command(
-    seed: Annotated[list[int] | None, typer.Option("--seed", help="Seed of a run; repeat for several (default 0).")] = None,
-    recipe: Annotated[str | None, typer.Option(help=f"Named preset ({', '.join(RECIPES)}); explicit options win.")] = None,
+    seed: Annotated[
+        list[int] | None, typer.Option("--seed", help="Seed of a run; repeat for several (default 0).")
+    ] = None,
+    recipe: Annotated[
+        str | None, typer.Option(help=f"Named preset ({', '.join(RECIPES)}); explicit options win.")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Write the per-epoch metrics table here (.parquet or .csv).")] = None,
     **fields: Any,
 ) -> None:
@@ -198,8 +204,7 @@ def _parse_prompts(text: str) -> list[list[int]]:
 
 
 train_command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    [p for p in inspect.signature(train_command).parameters.values() if p.kind != p.VAR_KEYWORD]
-    + _train_parameters()
+    [p for p in inspect.signature(train_command).parameters.values() if p.kind != p.VAR_KEYWORD] + _train_parameters()
 )
 app.command("train")(train_command)
 
