@@ -26,7 +26,7 @@ test: $(STAMP) ## Run the test suite (includes lecture parity and the notebooks)
 	$(PY) -m pytest -n 2 --dist loadgroup -q
 
 ablations: $(STAMP) ## Sweep every grid in experiments/ (real training, all seeds), then write the report
-	@for grid in $(GRIDS); do $(VENV)/bin/sortrl sweep $$grid --results $(RESULTS) || exit 1; done
+	$(VENV)/bin/sortrl sweep $(GRIDS) --results $(RESULTS)
 	$(VENV)/bin/sortrl report --results $(RESULTS) --readme README.md
 
 report: $(STAMP) ## Regenerate figures, tables and REPORT.md from the stored runs

@@ -212,7 +212,9 @@ app.command("train")(train_command)
 # --- sortrl sweep --------------------------------------------------------
 @app.command()
 def sweep(
-    grid_file: Annotated[Path, typer.Argument(help="Grid file (TOML), e.g. experiments/ablations.toml.")],
+    grid_files: Annotated[
+        list[Path], typer.Argument(help="One or more grid files (TOML), e.g. experiments/ablations.toml.")
+    ],
     results: ResultsOption = Path("results"),
     n_jobs: Annotated[
         int, typer.Option(help="Worker processes (loky) or planned parallel chunks (dask); -1 = all.")
@@ -226,7 +228,10 @@ def sweep(
         typer.Option(help="Dask scheduler address (tcp://host:8786) for --backend dask; none: a local cluster."),
     ] = None,
 ) -> None:
-    """Train every configuration x seed of a grid file; runs already stored are skipped (resume)."""
+    """Train every configuration x seed of each grid file; runs already stored are skipped (resume).
+
+    Every grid file is checked before any training starts.
+    """
     from sortrl.sweep import BACKENDS, check_scheduler, load_grid, run_sweep
 
     if chunk_size < 1:
@@ -237,30 +242,37 @@ def sweep(
         raise ConfigError(f"backend: unknown value {backend!r}; valid choices: {', '.join(BACKENDS)}")
     if scheduler is not None:
         check_scheduler(scheduler, backend)
-    grid = load_grid(grid_file)
-    _check_results(results, grid.name)
-    total = len(grid.configs())
+    grids = [load_grid(path) for path in grid_files]
+    names = [grid.name for grid in grids]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ConfigError(f"name: two grid files are both named {twice[0]!r}; each experiment needs its own name")
+    for grid in grids:
+        _check_results(results, grid.name)
     # SIGTERM (a batch system's time limit, `kill`): unwind like Ctrl-C, so the manifest says "interrupted"
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        with _progress() as bar:
-            task = bar.add_task(f"sweep {grid.name}", total=total)
-            outcome = run_sweep(
-                grid,
-                results,
-                n_jobs=n_jobs,
-                chunk_size=chunk_size,
-                on_chunk=lambda n: bar.advance(task, n),
-                backend=backend,
-                scheduler=scheduler,
+        for grid in grids:
+            total = len(grid.configs())
+            with _progress() as bar:
+                task = bar.add_task(f"sweep {grid.name}", total=total)
+                outcome = run_sweep(
+                    grid,
+                    results,
+                    n_jobs=n_jobs,
+                    chunk_size=chunk_size,
+                    on_chunk=lambda n, task=task, bar=bar: bar.advance(task, n),
+                    backend=backend,
+                    scheduler=scheduler,
+                )
+                bar.update(task, completed=total)
+            console.print(
+                f"{grid.name}: {outcome.total} runs, {outcome.trained} trained, {outcome.skipped} already stored, "
+                f"{outcome.wall_seconds:.1f} s -> {Path(results) / 'runs' / grid.name}",
+                soft_wrap=True,
             )
-            bar.update(task, completed=total)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    console.print(
-        f"{grid.name}: {outcome.total} runs, {outcome.trained} trained, {outcome.skipped} already stored, "
-        f"{outcome.wall_seconds:.1f} s -> {Path(results) / 'runs' / grid.name}"
-    )
 
 
 def _check_results(results: Path, experiment: str | None = None) -> None:

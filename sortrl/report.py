@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
+import joblib
 import matplotlib as mpl
 import numpy as np
 import pandas as pd
@@ -34,8 +36,9 @@ from sortrl.experiment import (
     SEED,
     Experiment,
     compared_with,
+    experiment_names,
     is_lecture_experiment,
-    load_experiments,
+    load_experiment,
     point,
     reward_maxima,
     scores,
@@ -330,6 +333,24 @@ def render_report(experiments: list[tuple[Experiment, pd.DataFrame, list[str]]])
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _experiment_outputs(results: Path, name: str) -> tuple[Experiment, pd.DataFrame, list[str], list[Path]]:
+    """Load one experiment, write its summary CSV and figures; return it, its summary, figure names and paths."""
+    exp = load_experiment(results, name)
+    summary = summarize(exp)
+    path = results / f"{exp.name}_summary.csv"
+    atomic_write_text(path, summary.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    written, figures = [path], []
+    for figure, (draw, _) in FIGURES.items():
+        fig = draw(exp, summary)
+        path = results / "figures" / f"{exp.name}_{figure}.png"
+        if fig is None:
+            path.unlink(missing_ok=True)  # left from an earlier report, when the figure applied
+            continue
+        written.append(save_figure(fig, path))
+        figures.append(figure)
+    return exp, summary, figures, written
+
+
 def write_report(results: str | Path, readme: str | Path | None = None) -> list[Path]:
     """Write figures, `<exp>_summary.csv` files and `REPORT.md` under `results`; return the paths written.
 
@@ -344,23 +365,15 @@ def write_report(results: str | Path, readme: str | Path | None = None) -> list[
     readme = Path(readme) if readme is not None else None
     if readme is not None:
         read_readme(readme)
-    written: list[Path] = []
-    sections = []
-    for exp in load_experiments(results):
-        summary = summarize(exp)
-        path = results / f"{exp.name}_summary.csv"
-        atomic_write_text(path, summary.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
-        written.append(path)
-        names = []
-        for name, (draw, _) in FIGURES.items():
-            fig = draw(exp, summary)
-            path = results / "figures" / f"{exp.name}_{name}.png"
-            if fig is None:
-                path.unlink(missing_ok=True)  # left from an earlier report, when the figure applied
-                continue
-            written.append(save_figure(fig, path))
-            names.append(name)
-        sections.append((exp, summary, names))
+    names = experiment_names(results)
+    jobs = min(len(names), os.cpu_count() or 1)
+    if jobs > 1:  # one experiment per process: figures are independent and each process draws them identically
+        parallel = joblib.Parallel(n_jobs=jobs, backend="loky")
+        outputs = parallel(joblib.delayed(_experiment_outputs)(results, name) for name in names)
+    else:
+        outputs = [_experiment_outputs(results, name) for name in names]
+    written = [path for _, _, _, paths in outputs for path in paths]
+    sections = [(exp, summary, figures) for exp, summary, figures, _ in outputs]
     report = results / "REPORT.md"
     atomic_write_text(report, render_report(sections))
     written.append(report)
