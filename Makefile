@@ -37,7 +37,7 @@ lint: $(STAMP) ## Check style with ruff
 	$(VENV)/bin/ruff format --check sortrl tests benchmarks
 
 bench: $(STAMP) ## Measure engine throughput and sweep wall time (writes results/bench.csv)
-	$(PY) benchmarks/bench.py --results $(RESULTS)
+	$(PY) benchmarks/bench.py --results $(RESULTS) --readme README.md
 
 lock: $(STAMP) ## Rewrite constraints.txt from the current environment
 	@{ echo "# Exact pins for a reproducible study (pip constraints); ranges live in pyproject.toml."; \

@@ -261,6 +261,7 @@ def main() -> None:
     )
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="comma-separated batch sizes")
     parser.add_argument("--alone", type=int, default=32, help="runs trained one at a time")
+    parser.add_argument("--readme", type=Path, default=None, help="also rewrite this Markdown file's `speed` block")
     parser.add_argument("--epochs", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-memory", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -295,6 +296,33 @@ def main() -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     print(f"wrote {out}")
+    if args.readme is not None and not args.quick:
+        write_speed_block(args.readme, rows, facts, args.repeats)
+        print(f"wrote the speed block of {args.readme}")
+
+
+def write_speed_block(path: Path, rows: list[dict], facts: dict, repeats: int) -> None:
+    """Rewrite the README's generated `speed` block from this benchmark's rows (nothing in it is typed by hand)."""
+    from sortrl.readme import replace_blocks
+    from sortrl.store import atomic_write_bytes
+
+    lines = [
+        f"Measured by `make bench` (medians of {repeats}; {facts['cores']} cores, torch {facts['torch']}, "
+        "one torch thread per process; the lecture's own loop trains about 770 run-steps/s):",
+        "",
+        "| benchmark | runs | run-steps/s | seconds | x one at a time | peak MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        ratio = r.get("vs_one_at_a_time")
+        peak = r.get("peak_rss_mb")
+        lines.append(
+            f"| {r['benchmark']} | {r['runs']:,} | {r['run_steps_per_s']:,.0f} | {r['seconds']:.2f} | "
+            f"{'' if ratio is None else f'{ratio:.0f}'} | {'' if peak is None else f'{peak:,.0f}'} |"
+        )
+    lines += ["", "Reproduce with `make bench` (writes `results/bench.csv`; about 10 minutes)."]
+    text = path.read_text()
+    atomic_write_bytes(path, replace_blocks(text, {"speed": "\n".join(lines)}, path).encode())
 
 
 if __name__ == "__main__":
