@@ -16,8 +16,8 @@ Measures, each as the median of `--repeats` repetitions:
   fresh child process that does only that (kernel high-water mark, exact).
 
 Every engine row is measured with the torch thread counts of `--threads`
-(default: the sweep's per-worker count, cores // workers = 1, since the sweep
-runs one worker per core; `--threads 1,2` adds a 2-thread pass).
+(default: 1, what `train` uses by default and each sweep worker runs with, one worker per
+core; `--threads 1,2` adds a 2-thread pass, which is faster but not bit-exact).
 `--quick` is a smoke test: 10 epochs instead of 100, 1 repeat, a 6-seed sweep grid.
 Writes `<results>/bench.csv` (one row per measurement, machine facts on every
 row) atomically.
@@ -58,7 +58,7 @@ TARGET_STEPS_PER_S = 300_000  # for batches of >= 1,024 runs
 NO_DROP_TOLERANCE = 0.05  # "does not fall from 1,024 to 4,096 runs", within this much timing noise
 TARGET_SWEEP_S = 15.0
 TARGET_PEAK_MB = 2048.0
-SWEEP_THREADS = 1  # run_sweep with n_jobs=-1: one worker per core, cores // workers threads each
+SWEEP_THREADS = 1  # `train` pins one intra-op thread (exact batch invariance); sweeps run one worker per core
 LECTURE_STEPS_PER_S = 770  # the lecture's own single-run loop, for scale
 
 
@@ -84,12 +84,11 @@ def defaults(n: int, epochs: int) -> list[RunConfig]:
 
 def engine_rows(args: argparse.Namespace, threads: int, epochs: int) -> list[dict]:
     """Throughput of `train` on the ablations grid, on default batches, and one run at a time."""
-    torch.set_num_threads(threads)
-    train(defaults(4, 2))  # warm-up: first-call costs (allocator, MKL) are not the engine's
+    train(defaults(4, 2), threads=threads)  # warm-up: first-call costs (allocator, MKL) are not the engine's
     rows = []
 
     def measure(name: str, configs: list[RunConfig], fn=None) -> dict:
-        seconds, cpu = timed(fn or (lambda: train(configs)), args.repeats)
+        seconds, cpu = timed(fn or (lambda: train(configs, threads=threads)), args.repeats)
         row = {"benchmark": name, "runs": len(configs), "threads": threads, "run_steps": run_steps(configs)}
         row |= {"seconds": seconds, "run_steps_per_s": row["run_steps"] / seconds, "cpu_seconds": cpu}
         rows.append(row)
@@ -100,7 +99,7 @@ def engine_rows(args: argparse.Namespace, threads: int, epochs: int) -> list[dic
     measure("ablations grid", grid)
     batched = {n: measure("default batch", defaults(n, epochs)) for n in args.batches}
     alone = defaults(args.alone, epochs)
-    one = measure("one at a time", alone, lambda: [train([c]) for c in alone])
+    one = measure("one at a time", alone, lambda: [train([c], threads=threads) for c in alone])
     for row in batched.values():
         row["vs_one_at_a_time"] = row["run_steps_per_s"] / one["run_steps_per_s"]
     big = [n for n in batched if n >= 1024]
@@ -196,9 +195,8 @@ def memory_row(threads: int, epochs: int, runs: int = 4096) -> dict:
 
 
 def child_memory(runs: int, threads: int, epochs: int) -> None:
-    torch.set_num_threads(threads)
     start, start_cpu = time.perf_counter(), time.process_time()
-    train(defaults(runs, epochs))
+    train(defaults(runs, epochs), threads=threads)
     seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak_kb / 1024}))
@@ -245,7 +243,7 @@ def show(rows: list[dict], facts: dict, args: argparse.Namespace, epochs: int) -
     console.print(
         "machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()) + f". The lecture's own loop: "
         f"~{LECTURE_STEPS_PER_S} run-steps/s. Engine rows: one process, `threads` torch threads (the sweep "
-        "runs one worker per core with cores // workers threads each). Sweep: wall time of the CLI, CPU and peak "
+        "runs one worker per core, one thread each). Sweep: wall time of the CLI, CPU and peak "
         "RSS summed over its process tree (sampled every 20 ms). CPU s is a check on a shared machine: "
         "wall >> CPU means other load."
     )

@@ -95,7 +95,7 @@ def batch_key(cfg: RunConfig) -> tuple[Any, ...]:
     return tuple(getattr(cfg, name) for name in BATCH_KEY)
 
 
-def train(configs: Sequence[RunConfig], progress: Progress | None = None) -> pd.DataFrame:
+def train(configs: Sequence[RunConfig], progress: Progress | None = None, threads: int = 1) -> pd.DataFrame:
     """Train every config; return a tidy table with one row per (run, epoch).
 
     Columns: `run_id`, `status` (`ok` or `diverged`), `diverged_epoch`, every
@@ -121,10 +121,12 @@ def train(configs: Sequence[RunConfig], progress: Progress | None = None) -> pd.
     with `status="diverged"`. `progress`, if given, is called with the number
     of run-steps just completed.
 
-    Training uses one torch intra-op thread (the caller's setting is restored
-    afterwards): with more, MKL splits a run's matmuls differently for
-    different batch sizes, and a run's numbers would depend on its batch-mates
-    in the last bit. Parallelism comes from processes (`sortrl sweep`).
+    `threads`: torch intra-op threads while training (the caller's setting is
+    restored afterwards). Keep the default 1 for exact results: with more,
+    MKL splits a run's matmuls differently for different batch sizes, and a
+    run's numbers would depend on its batch-mates in the last bit (faster on
+    an idle machine, not bit-exact). Parallelism comes from processes
+    (`sortrl sweep`).
     """
     configs = list(configs)
     batches: dict[tuple[Any, ...], list[int]] = defaultdict(list)
@@ -133,15 +135,15 @@ def train(configs: Sequence[RunConfig], progress: Progress | None = None) -> pd.
     if not configs:
         return pd.DataFrame(columns=["run_id", "status", "diverged_epoch", *FIELD_NAMES, "epoch", "step", *METRICS])
     tables = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    callers = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         for indices in batches.values():  # in order of first appearance, so columns unite as in config order
             table = _train_batch([configs[i] for i in indices], progress)
             table["_run"] = np.asarray(indices)[table["_run"].to_numpy()]  # batch position -> config index
             tables.append(table)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(callers)
     table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
     if not table["_run"].is_monotonic_increasing:  # rows of one run stay in epoch order (stable sort)
         table = table.iloc[np.argsort(table["_run"].to_numpy(), kind="stable")]

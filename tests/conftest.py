@@ -1,4 +1,4 @@
-"""Shared test fixtures: small, fast configs and a tiny results set."""
+"""Shared test fixtures: one torch thread per test process, and a spy on the engine's optimiser and sampler."""
 
 from __future__ import annotations
 
@@ -11,6 +11,14 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """Some code under test sets torch's thread count in-process (`run_sweep`); give every test the suite's back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import tempfile
 
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from sortrl.cli import app
@@ -28,13 +27,6 @@ seeds = 2
 [grid]
 deltas_mode = ["rewards", "centered_rewards"]
 """
-
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def invoke(*args: str):

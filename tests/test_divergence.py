@@ -15,7 +15,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from sortrl.config import RunConfig
 from sortrl.store import load_runs, read_manifest, runs_dir
@@ -29,13 +28,6 @@ BAD = RunConfig(**GRPO, seed=2, learning_rate=1e6)
 LECTURE = {"num_epochs": 5, "num_steps_per_epoch": 2}  # the lecture's loss and deltas
 LECTURE_GOOD = [RunConfig(**LECTURE, seed=s) for s in range(3)]
 LECTURE_BAD = RunConfig(**LECTURE, seed=0, learning_rate=1e10)
-
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def rows(table: pd.DataFrame, cfg: RunConfig) -> pd.DataFrame:

@@ -54,14 +54,6 @@ deltas_mode = ["rewards", "centered_rewards"]
 """
 
 
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    """`run_sweep` sets torch's thread count in-process; give other tests theirs back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def quiet_load(results) -> object:
     """`load_runs`, failing the test on any warning (a healthy folder loads silently)."""
     with warnings.catch_warnings():
