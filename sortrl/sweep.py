@@ -231,15 +231,12 @@ def plan_chunks(configs: list[RunConfig], chunk_size: int, n_jobs: int) -> list[
 
 
 def _train_chunk(configs: list[RunConfig], threads: int) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Worker entry point: train one chunk with a bounded number of torch threads.
+    """Worker entry point: train one chunk with `threads` torch threads.
 
     Returns the chunk's table and the worker's versions, so the client can
     refuse results from a worker whose sortrl or torch differs from its own.
     """
-    import torch
-
-    torch.set_num_threads(threads)
-    return train(configs), _versions()
+    return train(configs, threads=threads), _versions()
 
 
 def _versions() -> dict[str, str]:

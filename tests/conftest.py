@@ -13,14 +13,6 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    """Some code under test sets torch's thread count in-process (`run_sweep`); give every test the suite's back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def tiny():
     """Keyword overrides for a fast run (lecture task, few epochs)."""

@@ -14,7 +14,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
 
 import sortrl.sweep as sweep_module
 from sortrl.registry import ConfigError
@@ -65,9 +64,7 @@ def quiet_load(results) -> object:
 def clean(tmp_path_factory):
     """An uninterrupted sweep of GRID (n_jobs=1, chunk_size=2): (results folder, loaded table)."""
     results = tmp_path_factory.mktemp("clean")
-    threads = torch.get_num_threads()
     run_sweep(parse_grid(GRID), results, n_jobs=1, chunk_size=2)
-    torch.set_num_threads(threads)
     return results, quiet_load(results)
 
 
@@ -266,9 +263,7 @@ def kill_when(proc: subprocess.Popen, ready, how: int = signal.SIGKILL, timeout:
 @pytest.fixture(scope="module")
 def slow_clean(tmp_path_factory):
     results = tmp_path_factory.mktemp("slow_clean")
-    threads = torch.get_num_threads()
     run_sweep(parse_grid(SLOW_GRID), results, n_jobs=1, chunk_size=2)
-    torch.set_num_threads(threads)
     return quiet_load(results)
 
 
