@@ -86,12 +86,8 @@ def _progress() -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=False,
-        disable=not console.is_terminal and not _force_progress(),
+        disable=not console.is_terminal,  # no bar in logs and pipes
     )
-
-
-def _force_progress() -> bool:
-    return False
 
 
 # --- sortrl train ------------------------------------------------------

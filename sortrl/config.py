@@ -205,11 +205,11 @@ def field_docs() -> dict[str, str]:
     return docs
 
 
-def check_fields(data: dict[str, Any], where: str = "RunConfig") -> None:
+def check_fields(data: dict[str, Any]) -> None:
     """Raise `ConfigError` if `data` has a key that is not a `RunConfig` field."""
     unknown = sorted(set(data) - set(FIELD_NAMES))
     if unknown:
-        raise ConfigError(f"{where}: unknown field {unknown[0]!r}; valid fields: {', '.join(FIELD_NAMES)}")
+        raise ConfigError(f"unknown field {unknown[0]!r}; valid fields: {', '.join(FIELD_NAMES)}")
 
 
 def _toml_value(value: Any) -> str:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from sortrl.config import RunConfig
-from sortrl.registry import ConfigError, lookup
+from sortrl.config import RunConfig, check_fields
+from sortrl.registry import lookup
 
 
 class Recipe(NamedTuple):
@@ -90,8 +90,5 @@ def make_config(recipe: str | None = None, **fields: Any) -> RunConfig:
     Raises `ConfigError` for an unknown recipe (listing the valid ones) or a bad field.
     """
     base = dict(lookup("recipe", recipe, RECIPES).fields) if recipe is not None else {}
-    unknown = sorted(set(fields) - set(RunConfig.__dataclass_fields__))
-    if unknown:
-        valid = ", ".join(RunConfig.__dataclass_fields__)
-        raise ConfigError(f"unknown field {unknown[0]!r}; valid fields: {valid}")
+    check_fields(fields)
     return RunConfig(**{**base, **fields, "recipe": recipe})
