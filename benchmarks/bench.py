@@ -30,8 +30,6 @@ import contextlib
 import dataclasses
 import gc
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -47,7 +45,8 @@ from rich.console import Console
 from rich.table import Table
 
 from sortrl.config import RunConfig
-from sortrl.sweep import load_grid, parse_grid
+from sortrl.store import atomic_write_bytes, atomic_write_text
+from sortrl.sweep import environment, load_grid, parse_grid
 from sortrl.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,15 +202,10 @@ def child_memory(runs: int, threads: int, epochs: int) -> None:
 
 
 def machine() -> dict:
+    """The sweep manifest's versions and machine facts, plus torch's default thread count and the date."""
     return {
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
+        **environment(),
         "torch_default_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "git_commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-        ).stdout.strip(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
@@ -283,16 +277,8 @@ def main() -> None:
 
     show(rows, facts, args, epochs)
     table = pd.DataFrame(rows).assign(epochs=epochs, repeats=args.repeats, quick=args.quick, **facts)
-    args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / "bench.csv"
-    fd, tmp = tempfile.mkstemp(dir=args.results, prefix=".bench.csv.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            table.to_csv(handle, index=False)
-        os.replace(tmp, out)  # atomic: readers see the old file or the new one, never half of one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(out, table.to_csv(index=False))  # readers see the old file or the new one, never half
     print(f"wrote {out}")
     if args.readme is not None and not args.quick:
         write_speed_block(args.readme, rows, facts, args.repeats)
@@ -302,10 +288,9 @@ def main() -> None:
 def write_speed_block(path: Path, rows: list[dict], facts: dict, repeats: int) -> None:
     """Rewrite the README's generated `speed` block from this benchmark's rows (nothing in it is typed by hand)."""
     from sortrl.readme import replace_blocks
-    from sortrl.store import atomic_write_bytes
 
     lines = [
-        f"Measured by `make bench` (medians of {repeats}; {facts['cores']} cores, torch {facts['torch']}, "
+        f"Measured by `make bench` (medians of {repeats}; {facts['cpu_count']} cores, torch {facts['torch']}, "
         "one torch thread per process; the lecture's own loop trains about 770 run-steps/s):",
         "",
         "| benchmark | runs | run-steps/s | seconds | x one at a time | peak MB |",
