@@ -26,8 +26,8 @@ from rich.table import Table
 from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
 from typer.core import TyperGroup
 
-from sortrl.config import CHOICES, RunConfig, field_docs
-from sortrl.recipes import RECIPES, make_config
+from sortrl.config import CHOICES, RunConfig, field_docs, make_config
+from sortrl.recipes import RECIPES
 from sortrl.registry import ConfigError
 
 

@@ -21,7 +21,8 @@ from typing import Any
 
 from sortrl.deltas import DELTA_MODES
 from sortrl.losses import IMPORTANCE_SAMPLING_LEVELS, KL_ESTIMATORS, LOSS_AGG_MODES, LOSS_MODES
-from sortrl.registry import ConfigError, check_choice
+from sortrl.recipes import RECIPES
+from sortrl.registry import ConfigError, check_choice, lookup
 from sortrl.task import REWARDS, TASKS
 
 LECTURE_PROMPTS: tuple[tuple[int, ...], ...] = ((1, 0, 2), (3, 2, 4), (1, 2, 3))
@@ -319,8 +320,16 @@ def validate(cfg: RunConfig) -> None:
             f"num_responses: {cfg.deltas_mode} needs at least 2 responses per prompt, got {cfg.num_responses}"
         )
     if cfg.recipe is not None:
-        from sortrl.recipes import RECIPES  # late import: recipes are built from RunConfig
-
         check_choice("recipe", cfg.recipe, RECIPES)
     if cfg.importance_sampling_level == "sequence" and cfg.loss_mode == "naive":
         raise ConfigError("importance_sampling_level: 'sequence' needs loss_mode 'unclipped' or 'clipped', not 'naive'")
+
+
+def make_config(recipe: str | None = None, **fields: Any) -> RunConfig:
+    """A `RunConfig` from an optional recipe (`sortrl.recipes.RECIPES`) plus explicit fields (explicit ones win).
+
+    Raises `ConfigError` for an unknown recipe (listing the valid ones) or a bad field.
+    """
+    base = dict(lookup("recipe", recipe, RECIPES).fields) if recipe is not None else {}
+    check_fields(fields)
+    return RunConfig(**{**base, **fields, "recipe": recipe})

@@ -32,8 +32,7 @@ import pandas as pd
 import seaborn as sns
 
 from sortrl import stats
-from sortrl.config import RunConfig
-from sortrl.recipes import make_config
+from sortrl.config import RunConfig, make_config
 from sortrl.store import load_runs, read_manifest, runs_dir
 from sortrl.sweep import Grid, parse_grid
 

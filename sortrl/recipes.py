@@ -1,16 +1,13 @@
-"""Recipes: named presets that set several `RunConfig` fields at once.
+"""Recipes: named presets that set several `RunConfig` fields at once (data only).
 
-`make_config(recipe="dapo", num_epochs=50)` applies the recipe's fields first
-and the explicit ones after, so explicit options always win. Each recipe cites
-the paper (and the TRL/verl option names) it follows.
+`sortrl.config.make_config(recipe="dapo", num_epochs=50)` applies the recipe's
+fields first and the explicit ones after, so explicit options always win. Each
+recipe cites the paper (and the TRL/verl option names) it follows.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
-
-from sortrl.config import RunConfig, check_fields
-from sortrl.registry import lookup
 
 
 class Recipe(NamedTuple):
@@ -82,13 +79,3 @@ RECIPES: dict[str, Recipe] = {
         "Ahmadian et al. 2024 (Back to Basics): leave-one-out baseline (verl adv_estimator='rloo')",
     ),
 }
-
-
-def make_config(recipe: str | None = None, **fields: Any) -> RunConfig:
-    """A `RunConfig` from an optional recipe plus explicit fields (explicit ones win).
-
-    Raises `ConfigError` for an unknown recipe (listing the valid ones) or a bad field.
-    """
-    base = dict(lookup("recipe", recipe, RECIPES).fields) if recipe is not None else {}
-    check_fields(fields)
-    return RunConfig(**{**base, **fields, "recipe": recipe})

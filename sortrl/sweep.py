@@ -42,8 +42,7 @@ from typing import Any
 import pandas as pd
 
 from sortrl import __version__
-from sortrl.config import FIELD_NAMES, RunConfig
-from sortrl.recipes import make_config
+from sortrl.config import FIELD_NAMES, RunConfig, make_config
 from sortrl.registry import ConfigError, check_choice
 from sortrl.store import (
     atomic_write_text,

@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from sortrl.config import RunConfig
 
 PAD = -1
 """Fills the positions of a prompt beyond its length (never equal to a token)."""
@@ -131,6 +128,23 @@ def is_sorted_exactly(
 
 
 # --- prompt sets ---------------------------------------------------------
+class TaskFields(Protocol):
+    """The `RunConfig` fields (and derived properties) a prompt set is built from."""
+
+    prompts: tuple[tuple[int, ...], ...]
+    num_prompts: int
+    num_eval_prompts: int
+    allow_repeats: bool
+    task_seed: int
+
+    @property
+    def num_values(self) -> int: ...
+    @property
+    def lengths(self) -> tuple[int, ...]: ...
+    @property
+    def response_length(self) -> int: ...
+
+
 class PromptSet(NamedTuple):
     """A task's prompts: `train` [batch pos] and `eval` [batch pos] (held out), right-padded with `PAD`."""
 
@@ -142,12 +156,12 @@ def _pad(rows: list[tuple[int, ...]], width: int) -> Tensor:
     return torch.tensor([list(r) + [PAD] * (width - len(r)) for r in rows], dtype=torch.long).view(-1, width)
 
 
-def lecture_prompts(cfg: RunConfig) -> PromptSet:
+def lecture_prompts(cfg: TaskFields) -> PromptSet:
     """The `prompts` field as the training set (the lecture's three by default); no held-out set."""
     return PromptSet(_pad(list(cfg.prompts), cfg.response_length), _pad([], cfg.response_length))
 
 
-def random_prompts(cfg: RunConfig) -> PromptSet:
+def random_prompts(cfg: TaskFields) -> PromptSet:
     """`num_prompts` training and `num_eval_prompts` held-out prompts drawn from `task_seed`.
 
     Numbers are drawn uniformly from range(vocab_size) (without repeats when
@@ -186,4 +200,4 @@ def random_prompts(cfg: RunConfig) -> PromptSet:
     return PromptSet(_pad(train, width), _pad(held, width))
 
 
-TASKS: dict[str, Callable[[RunConfig], PromptSet]] = {"lecture": lecture_prompts, "random": random_prompts}
+TASKS: dict[str, Callable[[TaskFields], PromptSet]] = {"lecture": lecture_prompts, "random": random_prompts}

@@ -95,12 +95,15 @@ def batch_key(cfg: RunConfig) -> tuple[Any, ...]:
     return tuple(getattr(cfg, name) for name in BATCH_KEY)
 
 
-def train(configs: Sequence[RunConfig], progress: Progress | None = None, threads: int = 1) -> pd.DataFrame:
+def train(
+    configs: Sequence[RunConfig], progress: Progress | None = None, threads: int = 1, with_config: bool = True
+) -> pd.DataFrame:
     """Train every config; return a tidy table with one row per (run, epoch).
 
     Columns: `run_id`, `status` (`ok` or `diverged`), `diverged_epoch`, every
-    `RunConfig` field (`prompts` as JSON text), `epoch`, `step` (global inner
-    step at the start of the epoch), and `METRICS`:
+    `RunConfig` field (`prompts` as JSON text; left out with `with_config=False`,
+    for callers that keep each run's config once, such as `sortrl.store`),
+    `epoch`, `step` (global inner step at the start of the epoch), and `METRICS`:
 
     | column | meaning (per run and epoch) |
     | --- | --- |
@@ -133,13 +136,14 @@ def train(configs: Sequence[RunConfig], progress: Progress | None = None, thread
     for i, cfg in enumerate(configs):
         batches[batch_key(cfg)].append(i)
     if not configs:
-        return pd.DataFrame(columns=["run_id", "status", "diverged_epoch", *FIELD_NAMES, "epoch", "step", *METRICS])
+        fields = FIELD_NAMES if with_config else ()
+        return pd.DataFrame(columns=["run_id", "status", "diverged_epoch", *fields, "epoch", "step", *METRICS])
     tables = []
     callers = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         for indices in batches.values():  # in order of first appearance, so columns unite as in config order
-            table = _train_batch([configs[i] for i in indices], progress)
+            table = _train_batch([configs[i] for i in indices], progress, with_config)
             table["_run"] = np.asarray(indices)[table["_run"].to_numpy()]  # batch position -> config index
             tables.append(table)
     finally:
@@ -291,7 +295,7 @@ def _greedy(state: _Batch, prompts: Tensor, logits: Tensor, prefix: str) -> dict
     return out
 
 
-def _train_batch(configs: list[RunConfig], progress: Progress | None) -> pd.DataFrame:
+def _train_batch(configs: list[RunConfig], progress: Progress | None, with_config: bool) -> pd.DataFrame:
     c0 = configs[0]
     state = _Batch(configs)
     num_epochs, steps, group = c0.num_epochs, c0.num_steps_per_epoch, c0.num_responses
@@ -420,7 +424,7 @@ def _train_batch(configs: list[RunConfig], progress: Progress | None) -> pd.Data
                 sums["kl"] = torch.where(kl_on, sums["kl"], math.nan)
             record(epoch, {name: value / steps for name, value in sums.items()})
 
-    return _to_frame(configs, names, history, diverged_epoch, steps)
+    return _to_frame(configs, names, history, diverged_epoch, steps, with_config)
 
 
 def _gather(log_probs: Tensor, responses: Tensor) -> Tensor:
@@ -463,7 +467,7 @@ def _ratio_stats(
 
 
 def _to_frame(
-    configs: list[RunConfig], names: list[str], history: Tensor, diverged_epoch: Tensor, steps: int
+    configs: list[RunConfig], names: list[str], history: Tensor, diverged_epoch: Tensor, steps: int, with_config: bool
 ) -> pd.DataFrame:
     """Tidy table from history [epoch metric run]: one row per (run, epoch) the run lived through."""
     num_epochs, _, num_runs = history.shape
@@ -471,7 +475,7 @@ def _to_frame(
     run = np.repeat(np.arange(num_runs), num_epochs)
     epoch = np.tile(np.arange(num_epochs), num_runs)
     per_run: dict[str, list[Any]] = {"run_id": [c.run_id for c in configs]}
-    for name in FIELD_NAMES:
+    for name in FIELD_NAMES if with_config else ():
         per_run[name] = [_cell(getattr(c, name)) for c in configs]
     died = diverged_epoch.numpy()[run]
     table = pd.DataFrame(per_run).take(run).reset_index(drop=True)  # one row per config, repeated per epoch

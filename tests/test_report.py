@@ -11,7 +11,7 @@ import pytest
 from matplotlib.collections import PathCollection
 
 from sortrl import experiment, figures, readme, report, stats
-from sortrl.recipes import make_config
+from sortrl.config import make_config
 from sortrl.registry import ConfigError
 from sortrl.store import load_runs, runs_dir
 from sortrl.sweep import parse_grid, run_sweep

@@ -347,3 +347,12 @@ def test_batch_invariance_does_not_depend_on_the_callers_thread_count():
         torch.set_num_threads(before)
     inside = inside[inside.run_id == target.run_id].reset_index(drop=True)
     pd.testing.assert_frame_equal(alone, inside, check_exact=True)
+
+
+def test_with_config_false_leaves_out_only_the_config_columns():
+    from sortrl.config import FIELD_NAMES
+
+    configs = [RunConfig(num_epochs=3, num_steps_per_epoch=2, seed=s) for s in range(2)]
+    wide, narrow = train(configs), train(configs, with_config=False)
+    assert not set(FIELD_NAMES) & set(narrow.columns)
+    assert narrow.equals(wide[list(narrow.columns)])

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from sortrl import RunConfig, train
-from sortrl.recipes import RECIPES, make_config
+from sortrl.config import make_config
+from sortrl.recipes import RECIPES
 from sortrl.registry import ConfigError
 
 LECTURE = [[1, 0, 2], [3, 2, 4], [1, 2, 3]]
