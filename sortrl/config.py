@@ -150,10 +150,8 @@ class RunConfig:
 
     # --- serialisation -------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON/TOML-ready dict (prompts as lists; None values kept)."""
-        out = dataclasses.asdict(self)
-        out["prompts"] = [list(p) for p in self.prompts]
-        return out
+        """Plain JSON/TOML-ready dict (`plain` values: prompts as lists; None values kept)."""
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
@@ -204,6 +202,15 @@ def field_docs() -> dict[str, str]:
         if isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
             docs[stmt.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
     return docs
+
+
+def plain(value: Any) -> Any:
+    """A config value in its JSON/TOML form: tuples (prompts, mixed prompt lengths) as lists, recursively.
+
+    The one normalisation of config values for storage and display; `RunConfig`
+    turns such values back into its declared types (`_normalise`).
+    """
+    return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def check_fields(data: dict[str, Any]) -> None:

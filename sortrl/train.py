@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from sortrl.config import FIELD_NAMES, RunConfig
+from sortrl.config import FIELD_NAMES, RunConfig, plain
 from sortrl.deltas import DELTA_MODES
 from sortrl.losses import KL_ESTIMATORS, LOSS_AGG_MODES, LOSS_MODES, ClipRange
 from sortrl.model import Params, forward, init_params
@@ -490,7 +490,6 @@ def _to_frame(
 
 
 def _cell(value: Any) -> Any:
-    """A config value as a table cell: nested tuples (prompts) and lists as compact JSON text."""
-    if isinstance(value, tuple):
-        return json.dumps([list(v) if isinstance(v, tuple) else v for v in value], separators=(",", ":"))
-    return value
+    """A config value as a table cell: lists (prompts, mixed prompt lengths) as compact JSON text."""
+    value = plain(value)
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, list) else value
