@@ -11,16 +11,18 @@ from __future__ import annotations
 import ast
 import dataclasses
 import hashlib
+import importlib
 import inspect
 import json
 import math
 import numbers
+import sys
 import tomllib
 from dataclasses import dataclass
 from typing import Any
 
 from sortrl.deltas import DELTA_MODES
-from sortrl.losses import IMPORTANCE_SAMPLING_LEVELS, KL_ESTIMATORS, LOSS_AGG_MODES, LOSS_MODES
+from sortrl.losses import IMPORTANCE_SAMPLING_LEVELS, KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES
 from sortrl.recipes import RECIPES
 from sortrl.registry import ConfigError, check_choice, lookup
 from sortrl.task import REWARDS, TASKS
@@ -59,6 +61,12 @@ class RunConfig:
     """Reward minus `length_penalty * response_length` (Dr. GRPO notes' remedy for length bias)."""
     eos: bool = False
     """Add an end-of-sequence token (id = vocab_size): a response ends at its first EOS."""
+    overlong_buffer_len: int = 0
+    """DAPO soft overlong punishment (verl `overlong_buffer.len`), EOS runs only: a response of n action tokens
+    (EOS included) gets min(0, -(n - (L - buffer)) / buffer * `overlong_penalty_factor`) added to its reward,
+    L = max response length; 0 turns it off. On this task the correct answer has the maximum length."""
+    overlong_penalty_factor: float = 1.0
+    """DAPO overlong penalty at the maximum length (verl `overlong_buffer.penalty_factor`)."""
 
     # --- model ----------------------------------------------------------
     embedding_dim: int = 10
@@ -75,12 +83,22 @@ class RunConfig:
     """Adam learning rate (betas 0.9/0.999, eps 1e-8, as torch's defaults)."""
     seed: int = 0
     """Seeds the run's own `torch.Generator` (weights, then one multinomial per epoch)."""
+    temperature: float = 1.0
+    """Sampling temperature T (TRL `temperature`): responses from softmax(logits / T), and the log-probs of the loss,
+    the ratio, the KL and the entropy are those of that tempered policy, as in TRL. The greedy policy is unchanged."""
 
     # --- advantages -------------------------------------------------------
     deltas_mode: str = "rewards"
     """How rewards become deltas (advantages): key of `sortrl.deltas.DELTA_MODES`."""
     filter_zero_std_groups: bool = False
-    """DAPO dynamic sampling: prompts whose responses all got one reward leave the loss and its normaliser."""
+    """DAPO dynamic sampling: prompts whose responses all got one reward leave the loss (policy, KL and entropy
+    terms) and its normaliser."""
+    max_num_gen_batches: int = 1
+    """DAPO dynamic sampling (verl `filter_groups.max_num_gen_batches`), with `filter_zero_std_groups`: a prompt whose
+    responses all got one reward is sampled again (a new group, from the run's generator), up to this many groups
+    in all, until one has a reward spread; 1 only drops such prompts."""
+    critic_learning_rate: float = 1e-2
+    """Adam learning rate of the value head of the `critic` delta mode (PPO's critic; verl `critic.optim.lr`)."""
 
     # --- policy loss ----------------------------------------------------
     loss_mode: str = "naive"
@@ -95,21 +113,37 @@ class RunConfig:
     """`token` (PPO/GRPO ratio per token) or `sequence` (GSPO: one length-normalised ratio per response)."""
     loss_agg_mode: str = "token-mean"
     """How per-token losses are averaged (verl names); `token-mean` at fixed length is the lecture's mean."""
+    entropy_coeff: float = 0.0
+    """Entropy bonus (verl `actor.entropy_coeff`): loss = policy loss - entropy_coeff * entropy, the per-token entropy
+    of the (tempered) policy aggregated with `loss_agg_mode` over the loss tokens, as verl does; 0 turns it off."""
 
     # --- KL penalty -----------------------------------------------------
     kl_penalty: float = 0.0
-    """Coefficient of the KL(policy || reference) penalty added to the loss; 0 turns it off."""
+    """Coefficient beta of the KL(policy || reference) penalty (TRL `beta`, verl `kl_loss_coef`); 0 turns it off."""
     kl_estimator: str = "k3"
-    """Per-token KL estimator (Schulman): `k1`, `k2`, `k3` (the lecture's)."""
+    """Per-token KL estimator (Schulman): `k1`, `k2`, `k3` (the lecture's, TRL's and verl's `low_var_kl`)."""
+    kl_loss_agg_mode: str | None = None
+    """How the per-token KL is aggregated: None follows `loss_agg_mode` (verl's `agg_loss`; TRL adds beta * KL per token
+    before aggregating), so beta means what it means there; `lecture` sums over positions and averages over responses
+    (L times the token mean at length L)."""
+    use_kl_in_reward: bool = False
+    """verl `algorithm.use_kl_in_reward`: subtract beta * (the response's summed per-token KL at sampling time) from its
+    reward before deltas, instead of adding the KL to the loss."""
+    use_bias_correction_kl: bool = False
+    """TRL `use_bias_correction_kl`: multiply the per-token KL by the importance ratio pi / pi_old."""
     compute_ref_model_period: int = 10
     """Epochs between reference-policy refreshes; 0 keeps the initial policy as the reference."""
 
     # --- bookkeeping ----------------------------------------------------
     recipe: str | None = None
     """Name of the preset (`sortrl.recipes`) this config was built from, a label only."""
+    plugins: tuple[str, ...] = ()
+    """Python modules imported before the config is checked and before training (in every worker), so a delta mode,
+    loss, reward or KL estimator they register (`sortrl.registry.register`) can be used by name."""
 
     def __post_init__(self) -> None:
         _normalise(self)
+        load_plugins(self.plugins)
         validate(self)
 
     # --- derived quantities -------------------------------------------
@@ -188,6 +222,7 @@ CHOICES: dict[str, dict[str, Any]] = {
     "loss_mode": LOSS_MODES,
     "loss_agg_mode": LOSS_AGG_MODES,
     "kl_estimator": KL_ESTIMATORS,
+    "kl_loss_agg_mode": KL_LOSS_AGG_MODES,
     "importance_sampling_level": IMPORTANCE_SAMPLING_LEVELS,
 }
 """Fields whose value is a key of a registry, and that registry."""
@@ -243,6 +278,9 @@ def _normalise(cfg: RunConfig) -> None:
         except (TypeError, ValueError):
             raise ConfigError("prompt_length: must be an integer or a list of integers, e.g. [3, 4]") from None
         set_(cfg, "prompt_length", lengths[0] if len(lengths) == 1 else lengths)
+    if not isinstance(cfg.plugins, (list, tuple)) or not all(isinstance(m, str) and m for m in cfg.plugins):
+        raise ConfigError(f"plugins: must be a list of importable module names, got {cfg.plugins!r}")
+    set_(cfg, "plugins", tuple(cfg.plugins))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -295,7 +333,8 @@ def validate(cfg: RunConfig) -> None:
     if cfg.prompts_per_epoch is not None and cfg.prompts_per_epoch < 1:
         raise ConfigError(f"prompts_per_epoch: must be >= 1 (or unset for all), got {cfg.prompts_per_epoch}")
     for name, registry in CHOICES.items():
-        check_choice(name, getattr(cfg, name), registry)
+        if not (name == "kl_loss_agg_mode" and cfg.kl_loss_agg_mode is None):
+            check_choice(name, getattr(cfg, name), registry)
     positive = {
         "num_prompts": cfg.num_prompts,
         "eval_every": cfg.eval_every,
@@ -309,12 +348,26 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{name}: must be >= 1, got {value}")
     if not (math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0):
         raise ConfigError(f"learning_rate: must be a finite number > 0, got {cfg.learning_rate}")
-    for name in ("epsilon", "epsilon_high", "kl_penalty", "length_penalty"):
+    for name in ("epsilon", "epsilon_high", "kl_penalty", "length_penalty", "entropy_coeff", "overlong_penalty_factor"):
         value = getattr(cfg, name)
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"{name}: must be a finite number >= 0, got {value}")
     if cfg.clip_ratio_c is not None and not (math.isfinite(cfg.clip_ratio_c) and cfg.clip_ratio_c > 1):
         raise ConfigError(f"clip_ratio_c: must be a finite number > 1 (or unset), got {cfg.clip_ratio_c}")
+    for name in ("temperature", "critic_learning_rate"):
+        if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) > 0):
+            raise ConfigError(f"{name}: must be a finite number > 0, got {getattr(cfg, name)}")
+    if not 0 <= cfg.overlong_buffer_len <= cfg.response_length:
+        raise ConfigError(
+            f"overlong_buffer_len: must be between 0 (off) and the max response length {cfg.response_length}, "
+            f"got {cfg.overlong_buffer_len}"
+        )
+    if cfg.overlong_buffer_len and not cfg.eos:
+        raise ConfigError("overlong_buffer_len: needs eos = true (without EOS every response has the maximum length)")
+    if cfg.max_num_gen_batches < 1:
+        raise ConfigError(f"max_num_gen_batches: must be >= 1, got {cfg.max_num_gen_batches}")
+    if cfg.max_num_gen_batches > 1 and not cfg.filter_zero_std_groups:
+        raise ConfigError("max_num_gen_batches: re-sampling zero-std groups needs filter_zero_std_groups = true")
     if cfg.compute_ref_model_period < 0:
         raise ConfigError(f"compute_ref_model_period: must be >= 0, got {cfg.compute_ref_model_period}")
     for name in ("seed", "task_seed", "num_eval_prompts"):
@@ -328,8 +381,22 @@ def validate(cfg: RunConfig) -> None:
         )
     if cfg.recipe is not None:
         check_choice("recipe", cfg.recipe, RECIPES)
-    if cfg.importance_sampling_level == "sequence" and cfg.loss_mode == "naive":
-        raise ConfigError("importance_sampling_level: 'sequence' needs loss_mode 'unclipped' or 'clipped', not 'naive'")
+    if cfg.importance_sampling_level == "sequence" and not LOSS_MODES[cfg.loss_mode].uses_ratio:
+        with_ratio = ", ".join(name for name, mode in LOSS_MODES.items() if mode.uses_ratio)
+        raise ConfigError(
+            f"importance_sampling_level: 'sequence' needs a loss mode with a ratio ({with_ratio}), not {cfg.loss_mode!r}"
+        )
+
+
+def load_plugins(modules: tuple[str, ...] | list[str]) -> None:
+    """Import each plugin module (once per process), so the variants it registers exist; `ConfigError` if one fails."""
+    for name in modules:
+        if name in sys.modules:
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # noqa: BLE001 -- any failure to import a user's module is a bad `plugins` value
+            raise ConfigError(f"plugins: cannot import {name!r} ({err.__class__.__name__}: {err})") from None
 
 
 def make_config(recipe: str | None = None, **fields: Any) -> RunConfig:

@@ -25,7 +25,7 @@ def engine_spy(monkeypatch):
 
     Returns a namespace with `steps` (one `(params_before, grads)` pair of
     `{"embedding","encode","decode"}` dicts per inner step), `responses` (each
-    `_sample` result, [run batch trial pos]) and `optimizers` (the Adam objects).
+    `sample` result, [run batch trial pos]) and `optimizers` (the Adam objects).
     """
     import importlib
     from types import SimpleNamespace
@@ -37,14 +37,18 @@ def engine_spy(monkeypatch):
     class SpyAdam(engine.Adam):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            log.optimizers.append(self)
+            self.policy = len(self.params) == len(names)  # not the critic's value head
+            if self.policy:
+                log.optimizers.append(self)
 
         def step(self, grads):
+            if not self.policy:
+                return super().step(grads)
             before = {n: p.detach().clone() for n, p in zip(names, self.params)}
             log.steps.append((before, {n: g.detach().clone() for n, g in zip(names, grads)}))
             super().step(grads)
 
-    real_sample = engine._sample
+    real_sample = engine.sample
 
     def spy_sample(*args, **kwargs):
         out = real_sample(*args, **kwargs)
@@ -52,5 +56,5 @@ def engine_spy(monkeypatch):
         return out
 
     monkeypatch.setattr(engine, "Adam", SpyAdam)
-    monkeypatch.setattr(engine, "_sample", spy_sample)
+    monkeypatch.setattr(engine, "sample", spy_sample)
     return log

@@ -264,6 +264,14 @@ OUT_OF_RANGE = {  # a bad value of every field that has a range or a registry
     "kl_penalty": "-1.0",
     "kl_estimator": '"k9"',
     "compute_ref_model_period": "-1",
+    "temperature": "0.0",
+    "entropy_coeff": "-0.1",
+    "kl_loss_agg_mode": '"sum"',
+    "critic_learning_rate": "0.0",
+    "overlong_buffer_len": "-1",
+    "overlong_penalty_factor": "-1.0",
+    "max_num_gen_batches": "0",
+    "plugins": '["no_such_module_for_sortrl"]',
 }
 RANDOM_TASK_OUT_OF_RANGE = {"prompt_length": "1"}  # only the random task reads prompt_length
 

@@ -12,7 +12,7 @@ import torch
 
 from sortrl import RunConfig, train
 from sortrl.deltas import DELTA_MODES
-from sortrl.losses import KL_ESTIMATORS, LOSS_AGG_MODES, LOSS_MODES, ClipRange
+from sortrl.losses import KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES, ClipRange
 from sortrl.model import forward
 from sortrl.task import REWARDS, eos_masks
 
@@ -20,45 +20,91 @@ NAMES = ("embedding", "encode", "decode")
 
 
 # --- the straightforward computation the engine folds --------------------------------------
-def gathered_log_probs(params, prompts, responses):
+def log_softmax_of(params, prompts, cfg: RunConfig):
+    """log pi of every (batch, pos, vocab), [run batch pos vocab], of the policy tempered by `cfg.temperature`."""
+    return torch.log_softmax(forward(params, prompts) / cfg.temperature, dim=-1)
+
+
+def gathered_log_probs(params, prompts, responses, cfg: RunConfig):
     """log pi(y) of every sampled token, [run batch trial pos], gathered per response (no folding)."""
-    lp = torch.log_softmax(forward(params, prompts), dim=-1)  # [run batch pos vocab]
+    lp = log_softmax_of(params, prompts, cfg)
     lp = lp[:, :, None].expand(-1, -1, responses.shape[2], -1, -1)
     return lp.gather(-1, responses[..., None]).squeeze(-1)
 
 
-def direct_loss(cfg: RunConfig, params, old_params, ref_params, responses):
-    """One run's loss written per token: gather log-probs per [run batch trial pos], apply the loss
-    per token with that response's advantage, aggregate with the loss_agg_mode weights, add the
-    lecture's KL (sum over positions, mean over prompts and responses). Returns (loss, kl)."""
-    prompts = torch.tensor(cfg.prompts)
-    lp = gathered_log_probs(params, prompts, responses)
-    with torch.no_grad():
-        old = gathered_log_probs(old_params, prompts, responses)
+def shaped_rewards(cfg: RunConfig, prompts, responses):
+    """Rewards as the formulas define them: reward - length_penalty * length + DAPO's overlong penalty."""
     content, action = eos_masks(responses, cfg.num_values if cfg.eos else None)
     rewards = REWARDS[cfg.reward](prompts, responses, content) - cfg.length_penalty * content.sum(-1)
-    adv = DELTA_MODES[cfg.deltas_mode](rewards)  # [1 batch trial]
+    if cfg.overlong_buffer_len:
+        n, top, buf = action.sum(-1).float(), cfg.response_length, cfg.overlong_buffer_len
+        rewards = rewards + (-(n - (top - buf)) / buf * cfg.overlong_penalty_factor).clamp(max=0)
+    return rewards, content, action
+
+
+def direct_loss(cfg: RunConfig, params, old_params, ref_params, responses):
+    """One run's loss written per token, as TRL and verl write it: gather log-probs per [run batch trial pos],
+    apply the loss per token with that response's advantage, add beta * KL per token (TRL) and aggregate
+    both with the loss_agg_mode weights (verl `agg_loss`; the KL with `kl_loss_agg_mode` if set), minus
+    entropy_coeff * the entropy aggregated the same way (verl). Log-probs are those of the tempered policy.
+    Returns (loss, kl)."""
+    prompts = torch.tensor(cfg.prompts)
+    lp = gathered_log_probs(params, prompts, responses, cfg)
+    with torch.no_grad():
+        old = gathered_log_probs(old_params, prompts, responses, cfg)
+        ref = gathered_log_probs(ref_params, prompts, responses, cfg) if cfg.kl_penalty else None
+    rewards, content, action = shaped_rewards(cfg, prompts, responses)
     zero_std = rewards.max(dim=-1).values == rewards.min(dim=-1).values
     kept = ~(zero_std & cfg.filter_zero_std_groups)
     mask = (action & kept[..., None, None]).float()
+    if cfg.kl_penalty and cfg.use_kl_in_reward:  # verl: r -= beta * sum_t k(pi_old, pi_ref)
+        rewards = rewards - cfg.kl_penalty * (KL_ESTIMATORS[cfg.kl_estimator](old, ref) * action).sum(-1)
+    adv = DELTA_MODES[cfg.deltas_mode](rewards, **direct_extras(cfg, old_params, prompts, responses, mask))
     omega = LOSS_AGG_MODES[cfg.loss_agg_mode](mask, cfg.response_length)
     number = lambda x: torch.tensor([math.inf if x is None else x])  # noqa: E731
     fn = LOSS_MODES[cfg.loss_mode].fn
-    if cfg.importance_sampling_level == "token":
+    if LOSS_MODES[cfg.loss_mode].supervised:  # cross-entropy on sorted(prompt), mean over prompts and positions
+        target = prompts.sort(dim=-1).values
+        all_lp = log_softmax_of(params, prompts, cfg)[0]
+        loss = -all_lp.gather(-1, target[..., None]).mean()
+    elif cfg.importance_sampling_level == "token":
         clip = ClipRange(*(number(x).view(-1, 1, 1, 1) for x in (cfg.epsilon, cfg.clip_high, cfg.clip_ratio_c)))
-        per_token = fn(lp, old, adv[..., None].expand_as(lp), clip)
+        loss = (omega * fn(lp, old, adv[..., None].expand_as(lp), clip)).sum()
     else:  # GSPO as TRL writes it: the response's length-normalised log-ratio broadcast to its tokens
         clip = ClipRange(*(number(x).view(-1, 1, 1) for x in (cfg.epsilon, cfg.clip_high, cfg.clip_ratio_c)))
         log_s = ((lp - old) * action).sum(-1) / action.sum(-1).clamp(min=1)
-        per_token = fn(log_s, torch.zeros_like(log_s), adv, clip)[..., None].expand_as(lp)
-    loss = (omega * per_token).sum()
+        loss = (omega * fn(log_s, torch.zeros_like(log_s), adv, clip)[..., None].expand_as(lp)).sum()
+    if cfg.entropy_coeff:
+        all_lp = log_softmax_of(params, prompts, cfg)  # [run batch pos vocab]
+        entropy = -(all_lp.exp() * all_lp).sum(-1)[:, :, None, :].expand_as(lp)  # each token's position entropy
+        loss = loss - cfg.entropy_coeff * (omega * entropy).sum()
     kl = torch.tensor(0.0)
     if cfg.kl_penalty:
-        with torch.no_grad():
-            ref = gathered_log_probs(ref_params, prompts, responses)
-        kl = (KL_ESTIMATORS[cfg.kl_estimator](lp, ref) * action).sum(-1).mean()
-        loss = loss + cfg.kl_penalty * kl
+        kl_omega = KL_LOSS_AGG_MODES[cfg.kl_loss_agg_mode or cfg.loss_agg_mode](mask, cfg.response_length)
+        per_token = KL_ESTIMATORS[cfg.kl_estimator](lp, ref)
+        if cfg.use_bias_correction_kl:  # TRL: per_token_kl * coef_1
+            per_token = per_token * torch.exp(lp - old)
+        kl = (kl_omega * per_token).sum()
+        if not cfg.use_kl_in_reward:
+            loss = loss + cfg.kl_penalty * kl
     return loss, kl
+
+
+def direct_extras(cfg: RunConfig, old_params, prompts, responses, mask):
+    """What the delta modes that need more than the rewards get, computed from their definitions."""
+    with torch.no_grad():
+        logits = forward(old_params, prompts) / cfg.temperature
+    if cfg.deltas_mode == "remax":  # the greedy response's shaped reward
+        greedy = logits.argmax(-1)[:, :, None, :]
+        return {"greedy_rewards": shaped_rewards(cfg, prompts, greedy)[0]}
+    if cfg.deltas_mode == "optimal_baseline":  # |onehot(y) - pi|^2 summed over action positions
+        probs = torch.softmax(logits, -1)[:, :, None].expand(-1, -1, responses.shape[2], -1, -1)
+        diff = torch.nn.functional.one_hot(responses, probs.shape[-1]).float() - probs
+        action = eos_masks(responses, cfg.num_values if cfg.eos else None)[1]
+        return {"grad_sq_norms": ((diff**2).sum(-1) * action).sum(-1)}
+    if cfg.deltas_mode == "reinforce_plus_plus":
+        return {"action_counts": mask.sum(-1)}
+    return {}
 
 
 def check_against_direct(configs, spy, rtol=2e-5):
@@ -287,9 +333,10 @@ def test_batch_invariance_to_rounding(common):
 
 
 def test_diverged_run_is_dropped_and_the_others_go_on_unchanged():
-    # lr 100 with a k3 KL penalty overflows within the first epoch; the run at batch index 0 must be untouched
-    common = dict(num_epochs=5, num_steps_per_epoch=3, kl_penalty=1.0)
-    good, bad = RunConfig(seed=3, **common), RunConfig(seed=0, learning_rate=100.0, **common)
+    # lr 1e6 with the lecture's k2 KL (summed over positions) overflows within the first epoch; the run at
+    # batch index 0 must be untouched
+    common = dict(num_epochs=5, num_steps_per_epoch=3, kl_penalty=1.0, kl_estimator="k2", kl_loss_agg_mode="lecture")
+    good, bad = RunConfig(seed=3, **common), RunConfig(seed=0, learning_rate=1e6, **common)
     together = train([good, bad])
     lost = together[together.run_id == bad.run_id]
     assert lost.status.tolist() == ["diverged"] and lost.diverged_epoch.tolist() == [0]
