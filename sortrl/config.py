@@ -36,7 +36,7 @@ class RunConfig:
 
     # --- task -----------------------------------------------------------
     task: str = "lecture"
-    """Prompt set (key of `sortrl.task.TASKS`): `lecture` uses `prompts`; `random` draws prompts from `task_seed`."""
+    """Prompt set: `lecture` uses `prompts`; `random` draws prompts from `task_seed`."""
     prompts: tuple[tuple[int, ...], ...] = LECTURE_PROMPTS
     """Training prompts of the `lecture` task, [batch pos]; each row is a list of numbers to sort."""
     vocab_size: int | None = None
@@ -56,15 +56,15 @@ class RunConfig:
     eval_every: int = 1
     """Held-out evaluation every this many epochs (and after the last); only when there are held-out prompts."""
     reward: str = "inclusion_ordering"
-    """Reward function (key of `sortrl.task.REWARDS`)."""
+    """Reward function of a response (reward points)."""
     length_penalty: float = 0.0
     """Reward minus `length_penalty * response_length` (Dr. GRPO notes' remedy for length bias)."""
     eos: bool = False
     """Add an end-of-sequence token (id = vocab_size): a response ends at its first EOS."""
     overlong_buffer_len: int = 0
-    """DAPO soft overlong punishment (verl `overlong_buffer.len`), EOS runs only: a response of n action tokens
-    (EOS included) gets min(0, -(n - (L - buffer)) / buffer * `overlong_penalty_factor`) added to its reward,
-    L = max response length; 0 turns it off. On this task the correct answer has the maximum length."""
+    """DAPO soft overlong punishment (verl `overlong_buffer.len`): a response of n action tokens (EOS included) gets
+    min(0, -(n - (L - buffer)) / buffer * `overlong_penalty_factor`) added to its reward, L = max response length; 0 turns
+    it off. On this task the sorted answer has the maximum length; without EOS every response does (a constant shift)."""
     overlong_penalty_factor: float = 1.0
     """DAPO overlong penalty at the maximum length (verl `overlong_buffer.penalty_factor`)."""
 
@@ -89,20 +89,20 @@ class RunConfig:
 
     # --- advantages -------------------------------------------------------
     deltas_mode: str = "rewards"
-    """How rewards become deltas (advantages): key of `sortrl.deltas.DELTA_MODES`."""
+    """How a group's rewards become deltas (advantages)."""
     filter_zero_std_groups: bool = False
     """DAPO dynamic sampling: prompts whose responses all got one reward leave the loss (policy, KL and entropy
     terms) and its normaliser."""
     max_num_gen_batches: int = 1
     """DAPO dynamic sampling (verl `filter_groups.max_num_gen_batches`), with `filter_zero_std_groups`: a prompt whose
     responses all got one reward is sampled again (a new group, from the run's generator), up to this many groups
-    in all, until one has a reward spread; 1 only drops such prompts."""
+    in all, until one has a reward spread; 1 only drops such prompts. No effect without `filter_zero_std_groups`."""
     critic_learning_rate: float = 1e-2
     """Adam learning rate of the value head of the `critic` delta mode (PPO's critic; verl `critic.optim.lr`)."""
 
     # --- policy loss ----------------------------------------------------
     loss_mode: str = "naive"
-    """Policy loss: key of `sortrl.losses.LOSS_MODES` (`naive`, `unclipped`, `clipped`)."""
+    """Policy loss per token (or the supervised `sft` reference)."""
     epsilon: float = 0.2
     """Clip range below 1 (`clipped`): ratio clipped to [1 - epsilon, 1 + epsilon_high]. The lecture used 0.01."""
     epsilon_high: float | None = None
@@ -110,7 +110,7 @@ class RunConfig:
     clip_ratio_c: float | None = None
     """Dual-clip PPO bound (verl `clip_ratio_c`, > 1): loss of a negative-advantage term at most -A * c. None: off."""
     importance_sampling_level: str = "token"
-    """`token` (PPO/GRPO ratio per token) or `sequence` (GSPO: one length-normalised ratio per response)."""
+    """Where the importance ratio lives: per token (PPO/GRPO) or per response (GSPO)."""
     loss_agg_mode: str = "token-mean"
     """How per-token losses are averaged (verl names); `token-mean` at fixed length is the lecture's mean."""
     entropy_coeff: float = 0.0
@@ -177,6 +177,25 @@ class RunConfig:
         return self.epsilon if self.epsilon_high is None else self.epsilon_high
 
     @property
+    def kl_description(self) -> str:
+        """What the KL coefficient means for this config, in words (`sortrl recipes` shows it per recipe)."""
+        if not self.kl_penalty:
+            return "no KL"
+        agg = self.kl_loss_agg_mode or self.loss_agg_mode
+        unit = (
+            "summed over positions (the lecture's: L times the TRL/verl token mean at length L)"
+            if agg == "lecture"
+            else f"aggregated like the loss ({agg}), so beta means what it means in TRL/verl"
+        )
+        ref = (
+            "the initial policy"
+            if self.compute_ref_model_period == 0
+            else (f"the policy of every {self.compute_ref_model_period}th epoch")
+        )
+        where = "subtracted from the reward" if self.use_kl_in_reward else "added to the loss"
+        return f"beta {self.kl_penalty:g} x {self.kl_estimator} KL to {ref}, {where}, {unit}"
+
+    @property
     def run_id(self) -> str:
         """Stable 16-hex-digit hash of every field (same config -> same id, on any machine)."""
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -226,6 +245,18 @@ CHOICES: dict[str, dict[str, Any]] = {
     "importance_sampling_level": IMPORTANCE_SAMPLING_LEVELS,
 }
 """Fields whose value is a key of a registry, and that registry."""
+
+
+def choice_docs(field: str) -> dict[str, str]:
+    """Each value of choice field `field` with the first line of its registry entry's docstring (formula and source)."""
+    out = {}
+    for name, entry in CHOICES[field].items():
+        if isinstance(entry, str):
+            doc = entry
+        else:
+            doc = inspect.getdoc(getattr(entry, "fn", entry)) or ""
+        out[name] = doc.strip().splitlines()[0] if doc.strip() else ""
+    return out
 
 
 def field_docs() -> dict[str, str]:
@@ -362,12 +393,8 @@ def validate(cfg: RunConfig) -> None:
             f"overlong_buffer_len: must be between 0 (off) and the max response length {cfg.response_length}, "
             f"got {cfg.overlong_buffer_len}"
         )
-    if cfg.overlong_buffer_len and not cfg.eos:
-        raise ConfigError("overlong_buffer_len: needs eos = true (without EOS every response has the maximum length)")
     if cfg.max_num_gen_batches < 1:
         raise ConfigError(f"max_num_gen_batches: must be >= 1, got {cfg.max_num_gen_batches}")
-    if cfg.max_num_gen_batches > 1 and not cfg.filter_zero_std_groups:
-        raise ConfigError("max_num_gen_batches: re-sampling zero-std groups needs filter_zero_std_groups = true")
     if cfg.compute_ref_model_period < 0:
         raise ConfigError(f"compute_ref_model_period: must be >= 0, got {cfg.compute_ref_model_period}")
     for name in ("seed", "task_seed", "num_eval_prompts"):

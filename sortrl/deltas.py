@@ -40,7 +40,7 @@ def centered_rewards(r: Float[Tensor, "run batch trial"]) -> Float[Tensor, "run 
 
 
 def normalized_rewards(r: Float[Tensor, "run batch trial"]) -> Float[Tensor, "run batch trial"]:
-    """delta_i = (r_i - mean r) / (std r + 1e-5), std unbiased over the group.
+    """delta_i = (r_i - mean r) / (std r + 1e-5), std unbiased over the group (lecture; GRPO; TRL scale_rewards="group").
 
     Lecture `normalized_rewards`; GRPO (Shao et al. 2024, DeepSeekMath) and TRL
     `scale_rewards="group"`. Needs a group of at least 2 (the std of one
@@ -57,7 +57,7 @@ def max_rewards(r: Float[Tensor, "run batch trial"]) -> Float[Tensor, "run batch
 
 
 def rloo(r: Float[Tensor, "run batch trial"]) -> Float[Tensor, "run batch trial"]:
-    """Leave-one-out baseline: delta_i = r_i - mean_{j != i} r_j = G/(G-1) (r_i - mean r).
+    """delta_i = r_i - mean_{j != i} r_j = G/(G-1) (r_i - mean r): leave-one-out baseline (RLOO; verl `rloo`).
 
     Kool et al. 2019 ("Buy 4 REINFORCE samples, get a baseline for free");
     Ahmadian et al. 2024; verl `adv_estimator=rloo`. Needs G >= 2.
@@ -67,7 +67,7 @@ def rloo(r: Float[Tensor, "run batch trial"]) -> Float[Tensor, "run batch trial"
 
 
 def batch_normalized(r: Float[Tensor, "run batch trial"]) -> Float[Tensor, "run batch trial"]:
-    """delta_i = (r_i - group mean) / (std over the run's whole batch + 1e-5).
+    """delta_i = (r_i - group mean) / (std over the run's whole batch + 1e-5) (TRL scale_rewards="batch").
 
     TRL `scale_rewards="batch"` (std of all rewards of the run's epoch, unbiased),
     which keeps the group baseline but drops the per-prompt std weighting.
@@ -96,7 +96,7 @@ def critic(
 def optimal_baseline(
     r: Float[Tensor, "run batch trial"], grad_sq_norms: Float[Tensor, "run batch trial"]
 ) -> Float[Tensor, "run batch trial"]:
-    """delta_i = r_i - b, b = sum_j |g_j|^2 r_j / sum_j |g_j|^2 over the group: the variance-minimising baseline.
+    """delta_i = r_i - sum_j |g_j|^2 r_j / sum_j |g_j|^2: variance-minimising baseline (lecture 17; Greensmith 2004).
 
     The constant baseline that minimises the variance of the policy-gradient
     estimate, b* = E[|grad log pi(y)|^2 R] / E[|grad log pi(y)|^2] (lecture 17,
@@ -133,7 +133,7 @@ WHITEN_EPS = 1e-8
 def reinforce_plus_plus(
     r: Float[Tensor, "run batch trial"], action_counts: Float[Tensor, "run batch trial"]
 ) -> Float[Tensor, "run batch trial"]:
-    """delta = (R - mean) / sqrt(var + 1e-8), mean and unbiased var over the loss tokens of the run's whole batch.
+    """delta = (R - mean) / sqrt(var + 1e-8) over the loss tokens of the run's batch (verl `reinforce_plus_plus`).
 
     verl `reinforce_plus_plus` (Hu 2025, REINFORCE++) with gamma = 1 and one
     sequence-level reward: every token of a response has the return R, and

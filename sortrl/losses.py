@@ -46,7 +46,7 @@ def naive_loss(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, cli
 
 
 def unclipped_loss(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, clip: ClipRange) -> Tensor:
-    """loss = -A * rho, rho = exp(log pi - log pi_old): importance-weighted policy gradient.
+    """loss = -A * rho, rho = exp(log pi - log pi_old): importance-weighted policy gradient (lecture `unclipped`).
 
     The lecture's `unclipped` mode with its bug fixed (it used `log_probs / old_log_probs`).
     At rho = 1 the gradient equals `naive`'s.
@@ -87,7 +87,7 @@ class LossMode(NamedTuple):
 
 
 def sft_loss(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, clip: ClipRange) -> Tensor:
-    """loss = -w * log pi(y*_t): cross-entropy on the sorted answer y* = sorted(prompt), weight w per target token.
+    """loss = -w * log pi(y*_t): supervised cross-entropy on the sorted answer y* = sorted(prompt) (a reference).
 
     Supervised fine-tuning as a reference for what the model can learn: the
     engine passes the targets' weights (1 / number of target tokens, i.e. the
@@ -132,7 +132,7 @@ def token_mean(mask: Tensor, max_len: int) -> Tensor:
 
 
 def seq_mean_token_mean(mask: Tensor, max_len: int) -> Tensor:
-    """omega = mask / (#tokens of the response * #responses): mean over responses of the response's token mean.
+    """omega = mask / (#tokens of the response * #responses): mean of token means (verl; GRPO paper).
 
     verl `seq-mean-token-mean`; the GRPO paper's 1/G sum_i 1/|o_i| sum_t.
     """

@@ -47,7 +47,7 @@ def inclusion_ordering_reward(
     responses: Int[Tensor, "run batch trial pos"],
     content: Bool[Tensor, "run batch trial pos"],
 ) -> Float[Tensor, "run batch trial"]:
-    """Lecture 17 `sort_inclusion_ordering_reward`: inclusion + ordering points.
+    """#prompt numbers included + #sorted adjacent pairs, 0 .. 2L-1 (lecture 17 `sort_inclusion_ordering_reward`).
 
     reward = #{i : prompt[i] appears among the response's tokens}
            + #{j : response[j] <= response[j+1], both tokens content}
@@ -68,7 +68,7 @@ def distance_reward(
     responses: Int[Tensor, "run batch trial pos"],
     content: Bool[Tensor, "run batch trial pos"],
 ) -> Float[Tensor, "run batch trial"]:
-    """Lecture 17 `sort_distance_reward`: positions where response == sorted(prompt).
+    """#positions where response == sorted(prompt), 0 .. L (lecture 17 `sort_distance_reward`).
 
     reward = #{j : response[j] == sorted(prompt)[j], token j content}; range 0 .. L.
     """
@@ -81,7 +81,7 @@ def exact_match_reward(
     responses: Int[Tensor, "run batch trial pos"],
     content: Bool[Tensor, "run batch trial pos"],
 ) -> Float[Tensor, "run batch trial"]:
-    """Binary reward: 1 if the response is exactly sorted(prompt) (full length, no early EOS), else 0.
+    """1 if the response is exactly sorted(prompt) (full length, no early EOS), else 0 (binary; Dr. GRPO's case).
 
     The 0/1 case in which, per Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like
     Training"), std normalisation changes the weighting of prompts the most.
@@ -157,7 +157,7 @@ def _pad(rows: list[tuple[int, ...]], width: int) -> Tensor:
 
 
 def lecture_prompts(cfg: TaskFields) -> PromptSet:
-    """The `prompts` field as the training set (the lecture's three by default); no held-out set."""
+    """The `prompts` field as the training set (lecture 17's three by default); no held-out set."""
     return PromptSet(_pad(list(cfg.prompts), cfg.response_length), _pad([], cfg.response_length))
 
 

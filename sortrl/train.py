@@ -241,7 +241,10 @@ class _Batch:
             "filter": torch.tensor([c.filter_zero_std_groups for c in configs]),
             "kl_in_reward": torch.tensor([c.use_kl_in_reward for c in configs]),
             "kl_bias_correction": torch.tensor([c.use_bias_correction_kl for c in configs]),
-            "max_gen_batches": torch.tensor([c.max_num_gen_batches for c in configs]),
+            # re-sampling is part of dynamic sampling: without the filter a run draws one group per prompt
+            "max_gen_batches": torch.tensor(
+                [c.max_num_gen_batches if c.filter_zero_std_groups else 1 for c in configs]
+            ),
         }
         self.names = {
             "reward": [c.reward for c in configs],
@@ -253,7 +256,7 @@ class _Batch:
         self.tempered = any(c.temperature != 1 for c in configs)
         self.use_kl = any(c.kl_penalty != 0 for c in configs)
         self.use_entropy = any(c.entropy_coeff != 0 for c in configs)
-        self.resample = any(c.max_num_gen_batches > 1 for c in configs)
+        self.resample = bool((self.numbers["max_gen_batches"] > 1).any())
         self.extras = sorted({e for c in configs for e in extras(DELTA_MODES[c.deltas_mode])})
         self.critic = None
         if "values" in self.extras:
