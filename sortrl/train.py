@@ -458,7 +458,9 @@ def _sample_metrics(state: _Batch, first: Rollout, picks: Tensor | None, old_log
     above, below = (rewards > centre).float(), (rewards < centre).float()
     out = {
         "mean_reward": rewards.mean(dim=(1, 2)),
-        "reward_std": rewards.std(dim=-1).mean(dim=-1),
+        "reward_std": rewards.std(dim=-1).mean(dim=-1)
+        if rewards.shape[-1] > 1
+        else torch.full_like(centre[:, 0, 0], math.nan),
         "frac_reward_zero_std": zero_std(rewards).float().mean(dim=-1),
         "response_length": lengths.mean(dim=(1, 2)),
         "response_length/above_mean": (lengths * above).sum(dim=(1, 2)) / above.sum(dim=(1, 2)),
@@ -533,7 +535,7 @@ def _train_batch(configs: list[RunConfig], progress: Progress | None, with_confi
             # the policy the last epoch left: drop runs that went non-finite, then measure it
             logits = forward(state.params, train_prompts, state.padded)  # [run batch pos vocab]
             tensors = (logits, *state.params.values(), *(state.critic or {}).values())
-            finite = [torch.isfinite(t).flatten(1).all(dim=1) for t in tensors]
+            finite = [torch.isfinite(t).reshape(len(t), -1).all(dim=1) for t in tensors]
             alive = torch.stack(finite).all(dim=0) & torch.isfinite(step_losses)
             if not bool(alive.all()):
                 diverged_epoch[state.runs[~alive]] = epoch - 1

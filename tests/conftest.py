@@ -25,7 +25,8 @@ def engine_spy(monkeypatch):
 
     Returns a namespace with `steps` (one `(params_before, grads)` pair of
     `{"embedding","encode","decode"}` dicts per inner step), `responses` (each
-    `sample` result, [run batch trial pos]) and `optimizers` (the Adam objects).
+    `sample` result, [run batch trial pos], replaced by the re-sampled responses
+    when DAPO re-sampling ran) and `optimizers` (the policy's Adam objects).
     """
     import importlib
     from types import SimpleNamespace
@@ -55,6 +56,14 @@ def engine_spy(monkeypatch):
         log.responses.append(out.clone())
         return out
 
+    real_resample = engine.resample_zero_std
+
+    def spy_resample(*args, **kwargs):  # DAPO re-sampling: the epoch trains on the re-sampled responses
+        roll, rounds = real_resample(*args, **kwargs)
+        log.responses[-1] = roll.responses.clone()
+        return roll, rounds
+
     monkeypatch.setattr(engine, "Adam", SpyAdam)
     monkeypatch.setattr(engine, "sample", spy_sample)
+    monkeypatch.setattr(engine, "resample_zero_std", spy_resample)
     return log

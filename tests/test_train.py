@@ -81,7 +81,8 @@ def direct_loss(cfg: RunConfig, params, old_params, ref_params, responses):
     kl = torch.tensor(0.0)
     if cfg.kl_penalty:
         kl_omega = KL_LOSS_AGG_MODES[cfg.kl_loss_agg_mode or cfg.loss_agg_mode](mask, cfg.response_length)
-        per_token = KL_ESTIMATORS[cfg.kl_estimator](lp, ref)
+        # in the reward, the KL is the sampling policy's (the `kl` column then reports that); in the loss, the current
+        per_token = KL_ESTIMATORS[cfg.kl_estimator](old if cfg.use_kl_in_reward else lp, ref)
         if cfg.use_bias_correction_kl:  # TRL: per_token_kl * coef_1
             per_token = per_token * torch.exp(lp - old)
         kl = (kl_omega * per_token).sum()
@@ -172,6 +173,45 @@ FAST = dict(num_epochs=2, num_steps_per_epoch=3, learning_rate=0.05, seed=2)
         dict(loss_mode="unclipped", importance_sampling_level="sequence", deltas_mode="centered_rewards"),
         dict(loss_mode="clipped", reward="distance", num_responses=3, filter_zero_std_groups=True),
         dict(deltas_mode="max_rewards", reward="distance", loss_agg_mode="seq-mean-token-mean", eos=True),
+        # issue 10: exploration variants, each against the per-token formula of its source
+        dict(loss_mode="clipped", deltas_mode="centered_rewards", entropy_coeff=0.2),
+        dict(entropy_coeff=0.5, loss_agg_mode="seq-mean-token-mean", eos=True, deltas_mode="centered_rewards"),
+        dict(temperature=1.7, loss_mode="clipped", kl_penalty=0.3, compute_ref_model_period=1),
+        dict(temperature=0.6, entropy_coeff=0.1, deltas_mode="normalized_rewards"),
+        dict(kl_penalty=0.3, kl_loss_agg_mode="lecture", loss_agg_mode="seq-mean-token-mean", eos=True),
+        dict(
+            kl_penalty=0.4,
+            kl_estimator="k1",
+            loss_agg_mode="seq-mean-token-sum-norm",
+            filter_zero_std_groups=True,
+            reward="distance",
+            num_responses=3,
+            deltas_mode="centered_rewards",
+        ),  # fmt: skip
+        dict(
+            kl_penalty=0.5,
+            use_kl_in_reward=True,
+            compute_ref_model_period=0,
+            deltas_mode="centered_rewards",
+            num_epochs=3,
+        ),  # fmt: skip
+        dict(
+            kl_penalty=0.3, use_bias_correction_kl=True, loss_mode="clipped", compute_ref_model_period=0, num_epochs=3
+        ),
+        dict(loss_mode="sft"),
+        dict(loss_mode="sft", entropy_coeff=0.1),
+        dict(deltas_mode="remax", loss_mode="clipped", eos=True),
+        dict(deltas_mode="optimal_baseline", eos=True, loss_agg_mode="seq-mean-token-mean"),
+        dict(deltas_mode="reinforce_plus_plus", eos=True, filter_zero_std_groups=True, reward="distance"),
+        dict(eos=True, overlong_buffer_len=2, overlong_penalty_factor=0.5, deltas_mode="centered_rewards"),
+        dict(
+            loss_mode="clipped",
+            filter_zero_std_groups=True,
+            max_num_gen_batches=4,
+            reward="distance",
+            num_responses=3,
+            deltas_mode="normalized_rewards",
+        ),  # fmt: skip
     ],
     ids=[
         "naive-kl",
@@ -183,6 +223,21 @@ FAST = dict(num_epochs=2, num_steps_per_epoch=3, learning_rate=0.05, seed=2)
         "gspo-unclipped",
         "distance-filter-raw-rewards",
         "max-distance-eos",
+        "entropy",
+        "entropy-seqmean-eos",
+        "temperature-kl",
+        "cold-temperature-entropy",
+        "kl-lecture-agg",
+        "kl-follows-sumnorm-filtered",
+        "kl-in-reward",
+        "kl-bias-correction",
+        "sft",
+        "sft-entropy",
+        "remax",
+        "optimal-baseline",
+        "reinforce-plus-plus",
+        "overlong",
+        "dapo-resampling",
     ],
 )
 def test_folded_engine_gradient_equals_direct_per_token_computation(kwargs, engine_spy):
@@ -192,6 +247,12 @@ def test_folded_engine_gradient_equals_direct_per_token_computation(kwargs, engi
         assert out["clip_ratio"].max() > 0, "the case should exercise the clipped branch"
     if cfg.filter_zero_std_groups:
         assert out["frac_reward_zero_std"].max() > 0, "the case should filter some prompt"
+    if cfg.max_num_gen_batches > 1:
+        assert out["num_gen_batches"].max() > 1, "the case should re-sample some group"
+    if cfg.use_kl_in_reward:
+        assert out["kl"].iloc[1:].gt(0).all(), "the case should move the rewards by a KL"
+    if cfg.overlong_buffer_len:
+        assert out["response_length"].max() > cfg.response_length - cfg.overlong_buffer_len - 1
 
 
 def test_folded_gradient_in_a_mixed_batch(engine_spy):
