@@ -16,6 +16,7 @@ import inspect
 import json
 import math
 import numbers
+import os
 import sys
 import tomllib
 from dataclasses import dataclass
@@ -416,7 +417,14 @@ def validate(cfg: RunConfig) -> None:
 
 
 def load_plugins(modules: tuple[str, ...] | list[str]) -> None:
-    """Import each plugin module (once per process), so the variants it registers exist; `ConfigError` if one fails."""
+    """Import each plugin module (once per process), so the variants it registers exist; `ConfigError` if one fails.
+
+    The working folder is searched last (as `python -m` would search it first;
+    a console script such as `sortrl` does not), so a plug-in next to a grid
+    file is found by `sortrl sweep` and by the local worker processes it starts.
+    """
+    if modules and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     for name in modules:
         if name in sys.modules:
             continue
