@@ -54,7 +54,8 @@ def register(kind: str, name: str, fn: Callable[..., Any] | None = None, **flags
 
     `flags` are the `LossMode` fields of a loss mode (`linear`, `uses_ratio`,
     `clips`, and optionally `supervised`, `foldable`); other kinds take none.
-    Re-registering the same function is a no-op (a module imported twice).
+    Registering the same function again (a module imported twice, a notebook
+    cell run again: same module and name) replaces it.
     Raises `ValueError` for an unknown kind, a taken name, a delta mode asking
     for an extra the engine does not provide, or flags that do not fit.
     """
@@ -83,9 +84,9 @@ def register(kind: str, name: str, fn: Callable[..., Any] | None = None, **flags
     }
     for registry in registries[kind]:
         old = registry.get(name)
-        if old is not None and old != entry:
+        if old is not None and old != entry and _origin(old) != _origin(entry):
             raise ValueError(f"register: {kind} {name!r} is already registered (by {_origin(old)})")
-        registry[name] = entry
+        registry[name] = entry  # a new definition of the same function (a notebook cell run again) replaces it
     return fn
 
 
