@@ -5,11 +5,13 @@ response of the prompt's group). Every random draw comes from the run's own
 `torch.Generator`, one `torch.multinomial` per run and draw (the lecture's
 order), so a run's responses never depend on its batch-mates.
 
-Reward shaping, in order: the run's reward function (`sortrl.task.REWARDS`),
-minus `length_penalty` x response length, plus DAPO's overlong penalty
-(`overlong_penalty`); zero-std groups may then be sampled again (DAPO dynamic
-sampling, `resample_zero_std`); finally, with `use_kl_in_reward`, minus beta x
-the response's summed per-token KL (verl `apply_kl_penalty`, `kl_in_reward`).
+A response's score is the run's reward function (`sortrl.task.REWARDS`); the
+reward training uses is shaped from it, in order: minus `length_penalty` x
+response length, plus DAPO's overlong penalty (`overlong_penalty`); zero-std
+groups may then be sampled again (DAPO dynamic sampling, `resample_zero_std`);
+finally, with `use_kl_in_reward`, minus beta x the response's summed per-token
+KL (verl `apply_kl_penalty`, in `sortrl.train`). Reports compare scores, which
+mean the same under every shaping.
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ class Rollout(NamedTuple):
     """Tokens the policy chose: content plus the first EOS (what log-probs, losses, KL and entropy see)."""
     lengths: Float[Tensor, "run batch trial"]
     """Response length: content tokens."""
+    scores: Float[Tensor, "run batch trial"]
+    """The task's reward of each response (reward points): what `mean_reward` reports."""
     rewards: Float[Tensor, "run batch trial"]
-    """Shaped rewards (reward points)."""
+    """Shaped rewards, what training uses: scores - length penalty + overlong penalty (reward points)."""
 
 
 def sample(
@@ -117,12 +121,12 @@ class Scorer(NamedTuple):
         if prompts.dim() == 3:  # per-run prompt minibatches
             run_args["prompts"] = prompts
         shared = {} if prompts.dim() == 3 else {"prompts": prompts}
-        rewards = per_run(self.rewards, REWARDS, run_args, **shared)
-        rewards = rewards - self.length_penalty[:, None, None] * lengths
+        scores = per_run(self.rewards, REWARDS, run_args, **shared)
+        rewards = scores - self.length_penalty[:, None, None] * lengths
         if self.overlong_buffer is not None:
             counts = action.sum(dim=-1).float()
             rewards = rewards + overlong_penalty(counts, self.max_len, self.overlong_buffer, self.overlong_factor)
-        return Rollout(responses, content, action, lengths, rewards)
+        return Rollout(responses, content, action, lengths, scores, rewards)
 
 
 def zero_std(rewards: Float[Tensor, "run batch trial"]) -> Bool[Tensor, "run batch"]:

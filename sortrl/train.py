@@ -77,6 +77,7 @@ BATCH_KEY = (
 
 METRICS = (
     "mean_reward",
+    "shaped_reward",
     "reward_std",
     "frac_reward_zero_std",
     "response_length",
@@ -138,7 +139,8 @@ def train(
 
     | column | meaning (per run and epoch) |
     | --- | --- |
-    | `mean_reward` | mean reward of the epoch's sampled responses over prompts and trials (the lecture's; first draw) |
+    | `mean_reward` | mean task reward (the reward function alone) of the epoch's sampled responses over prompts and trials (the lecture's; first draw) |
+    | `shaped_reward` | the same for the reward training uses: minus length penalty, plus overlong penalty (before a KL in the reward) |
     | `mean_reward/prompt=<i>` | the same for training prompt i alone (tasks of at most 8 training prompts; NaN when not drawn) |
     | `reward_std` | mean over prompts of the within-group (unbiased) reward std (TRL) |
     | `frac_reward_zero_std` | share of prompts whose responses all got the same reward (TRL) |
@@ -335,7 +337,7 @@ def _evaluate(state: _Batch) -> dict[str, Tensor]:
     logits = forward(state.params, prompts, state.padded)
     probs = torch.softmax(state.temper(logits), dim=-1)
     roll = state.scorer().score(prompts, sample(probs, state.eval_generators, state.c0.num_responses))
-    out = {"eval/mean_reward": roll.rewards.mean(dim=(1, 2))}
+    out = {"eval/mean_reward": roll.scores.mean(dim=(1, 2))}
     out.update(_greedy(state, prompts, logits, "eval/"))
     return out
 
@@ -449,7 +451,11 @@ def _deltas(names: list[str], rewards: Tensor, available: dict[str, Tensor]) -> 
 
 
 def _sample_metrics(state: _Batch, first: Rollout, picks: Tensor | None, old_log_probs: Tensor) -> dict[str, Tensor]:
-    """Metrics of the epoch's sampled responses (the first draw, before any re-sampling) and of the sampling policy."""
+    """Metrics of the epoch's sampled responses (the first draw, before any re-sampling) and of the sampling policy.
+
+    `mean_reward` (and per prompt) report the task's reward; the spread, zero-std
+    and length-by-sign metrics describe the shaped reward training sees.
+    """
     rewards, lengths = first.rewards, first.lengths
     probs = torch.exp(old_log_probs)
     entropy = -(probs * old_log_probs).sum(dim=-1)  # [run batch pos], nats
@@ -457,7 +463,8 @@ def _sample_metrics(state: _Batch, first: Rollout, picks: Tensor | None, old_log
     centre = rewards.mean(dim=-1, keepdim=True)
     above, below = (rewards > centre).float(), (rewards < centre).float()
     out = {
-        "mean_reward": rewards.mean(dim=(1, 2)),
+        "mean_reward": first.scores.mean(dim=(1, 2)),
+        "shaped_reward": rewards.mean(dim=(1, 2)),
         "reward_std": rewards.std(dim=-1).mean(dim=-1)
         if rewards.shape[-1] > 1
         else torch.full_like(centre[:, 0, 0], math.nan),
@@ -468,7 +475,7 @@ def _sample_metrics(state: _Batch, first: Rollout, picks: Tensor | None, old_log
         "entropy": (entropy * reach).sum(dim=(1, 2)) / reach.sum(dim=(1, 2)),
     }
     if len(state.task.train) <= PER_PROMPT_LIMIT:
-        per_prompt = rewards.mean(dim=-1)  # [run batch]
+        per_prompt = first.scores.mean(dim=-1)  # [run batch]
         if picks is not None:
             per_prompt = torch.full((len(state.runs), len(state.task.train)), math.nan).scatter(1, picks, per_prompt)
         out.update({f"mean_reward/prompt={i}": per_prompt[:, i] for i in range(per_prompt.shape[1])})
