@@ -26,7 +26,7 @@ from rich.table import Table
 from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
 from typer.core import TyperGroup
 
-from sortrl.config import CHOICES, RunConfig, choice_docs, field_docs, make_config
+from sortrl.config import CHOICES, RunConfig, choice_docs, field_docs, ignored_fields, make_config
 from sortrl.recipes import RECIPES
 from sortrl.registry import ConfigError
 
@@ -156,7 +156,13 @@ def train_command(
     if out is not None:
         _check_out(out)
     seeds = seed or [0]
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ConfigError(f"seed: {twice[0]} is given twice; each seed names one run")
     configs = [make_config(recipe=recipe, **given, seed=s) for s in seeds]
+    for name, why in ignored_fields(configs[0]).items():
+        if name in given:
+            warnings.warn(f"{name}: has no effect here ({why})", stacklevel=1)
     total = sum(c.num_epochs * c.num_steps_per_epoch for c in configs)
     with _progress() as bar:
         task = bar.add_task("training", total=total)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import hashlib
 import importlib
 import inspect
@@ -22,7 +23,7 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any
 
-from sortrl.deltas import DELTA_MODES
+from sortrl.deltas import DELTA_MODES, extras
 from sortrl.losses import IMPORTANCE_SAMPLING_LEVELS, KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES
 from sortrl.recipes import RECIPES
 from sortrl.registry import ConfigError, check_choice, lookup
@@ -178,6 +179,24 @@ class RunConfig:
         return self.epsilon if self.epsilon_high is None else self.epsilon_high
 
     @property
+    def memory_bytes(self) -> int:
+        """Estimated peak memory of training this run in a batch, bytes (the dominant tensors, float32 = 4 B).
+
+        Parameters with their gradients and Adam state (about 6 copies of vocab x
+        dim + 2 x length x dim^2), an epoch's responses as one-hot rows (3 copies
+        of prompts x responses x length x vocab), its log-probs (10 copies of
+        prompts x length x vocab), the reward's (length x length) comparisons,
+        and the per-epoch history and table rows. An estimate to refuse
+        impossible configs before allocating, not a promise.
+        """
+        vocab, dim, length = self.num_tokens, self.embedding_dim, self.response_length
+        prompts = _prompts_per_epoch(self) + (self.num_eval_prompts if self.task == "random" else 0)
+        group = self.num_responses
+        floats = 6 * (vocab * dim + 2 * length * dim * dim) + 3 * prompts * group * length * vocab
+        floats += 10 * prompts * length * vocab + 8 * prompts * group * length
+        return 4 * floats + prompts * group * length * length + self.num_epochs * (64 * 4 + 600)
+
+    @property
     def kl_description(self) -> str:
         """What the KL coefficient means for this config, in words (`sortrl recipes` shows it per recipe)."""
         if not self.kl_penalty:
@@ -196,7 +215,7 @@ class RunConfig:
         where = "subtracted from the reward" if self.use_kl_in_reward else "added to the loss"
         return f"beta {self.kl_penalty:g} x {self.kl_estimator} KL to {ref}, {where}, {unit}"
 
-    @property
+    @functools.cached_property
     def run_id(self) -> str:
         """Stable 16-hex-digit hash of every field (same config -> same id, on any machine)."""
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -309,6 +328,8 @@ def _normalise(cfg: RunConfig) -> None:
             lengths = tuple(_integer(x) for x in cfg.prompt_length)
         except (TypeError, ValueError):
             raise ConfigError("prompt_length: must be an integer or a list of integers, e.g. [3, 4]") from None
+        if not lengths:
+            raise ConfigError("prompt_length: an empty list; give an integer or a list of integers, e.g. [3, 4]")
         set_(cfg, "prompt_length", lengths[0] if len(lengths) == 1 else lengths)
     if not isinstance(cfg.plugins, (list, tuple)) or not all(isinstance(m, str) and m for m in cfg.plugins):
         raise ConfigError(f"plugins: must be a list of importable module names, got {cfg.plugins!r}")
@@ -331,10 +352,37 @@ def _integer(x: Any) -> int:
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
+MAX_SEED = 2**64 - 2**40 - 1
+"""Largest `seed`: held-out sampling seeds a generator with seed + 2^40, and torch seeds are 64-bit."""
+
+MAX_TASK_SEED = 10**15
+"""Largest `task_seed`: a prompt length's stream is seeded task_seed * 1000 + length, within 64 bits."""
+
 
 def _prompts_per_epoch(cfg: RunConfig) -> int:
     total = len(cfg.prompts) if cfg.task == "lecture" else cfg.num_prompts
     return total if cfg.prompts_per_epoch is None else min(total, cfg.prompts_per_epoch)
+
+
+def physical_memory() -> int:
+    """This machine's physical memory, bytes (`os.sysconf`; 2^40 where it cannot say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2**40
+
+
+def _largest_cost(cfg: RunConfig) -> str:
+    """The size field that most exceeds its default, to name in a memory error."""
+    sizes = ("num_epochs", "num_responses", "vocab_size", "embedding_dim", "prompt_length", "num_prompts")
+    defaults = RunConfig.__dataclass_fields__
+    ratio = {}
+    for name in sizes:
+        value, default = getattr(cfg, name), defaults[name].default
+        value = max(value) if isinstance(value, tuple) else value
+        default = 5 if default is None else default
+        ratio[name] = (value or 0) / default
+    return max(ratio, key=ratio.get)
 
 
 def validate(cfg: RunConfig) -> None:
@@ -352,6 +400,12 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("prompts: need at least one non-empty prompt")
     if len({len(p) for p in cfg.prompts}) != 1:
         raise ConfigError("prompts: all prompts must have the same length")
+    if cfg.task == "lecture" and len(cfg.prompts[0]) < 2:
+        raise ConfigError(f"prompts: a prompt needs at least 2 numbers to sort, got {list(cfg.prompts[0])}")
+    if cfg.task == "lecture" and cfg.vocab_size is None and cfg.num_values < 2:
+        raise ConfigError(
+            f"prompts: their numbers span a vocabulary of {cfg.num_values} (largest + 1); set vocab_size >= 2"
+        )
     if min(min(p) for p in cfg.prompts) < 0:
         raise ConfigError("prompts: numbers must be >= 0")
     if cfg.vocab_size is not None and cfg.vocab_size < 2:
@@ -401,6 +455,15 @@ def validate(cfg: RunConfig) -> None:
     for name in ("seed", "task_seed", "num_eval_prompts"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name}: must be >= 0, got {getattr(cfg, name)}")
+    for name, top in (("seed", MAX_SEED), ("task_seed", MAX_TASK_SEED)):
+        if getattr(cfg, name) > top:
+            raise ConfigError(f"{name}: must be at most {top:,} (generator seeds are 64-bit), got {getattr(cfg, name)}")
+    need = cfg.memory_bytes
+    if need > physical_memory():
+        raise ConfigError(
+            f"{_largest_cost(cfg)}: one run of this config needs about {need / 2**30:,.0f} GiB (estimated), more "
+            f"than this machine's {physical_memory() / 2**30:,.0f} GiB"
+        )
     if cfg.deltas_mode == "batch_normalized" and cfg.num_responses * _prompts_per_epoch(cfg) < 2:
         raise ConfigError("num_responses: batch_normalized needs at least 2 rewards per epoch (prompts x responses)")
     if cfg.deltas_mode in ("normalized_rewards", "rloo") and cfg.num_responses < 2:
@@ -414,6 +477,46 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(
             f"importance_sampling_level: 'sequence' needs a loss mode with a ratio ({with_ratio}), not {cfg.loss_mode!r}"
         )
+
+
+def ignored_fields(cfg: RunConfig) -> dict[str, str]:
+    """Fields set away from their default that `cfg` never reads, each with why (for warnings): {field: reason}."""
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    rules: list[tuple[tuple[str, ...], bool, str]] = [
+        (
+            ("prompt_length", "num_prompts", "num_eval_prompts", "allow_repeats", "task_seed"),
+            cfg.task == "lecture",
+            "only the random task reads it",
+        ),
+        (("prompts",), cfg.task != "lecture", "only the lecture task reads it"),
+        (("eval_every",), cfg.task == "lecture" or cfg.num_eval_prompts == 0, "there are no held-out prompts"),
+        (
+            ("epsilon", "epsilon_high", "clip_ratio_c"),
+            not LOSS_MODES[cfg.loss_mode].clips,
+            f"loss_mode {cfg.loss_mode!r} does not clip",
+        ),
+        (
+            (
+                "kl_estimator",
+                "kl_loss_agg_mode",
+                "use_kl_in_reward",
+                "use_bias_correction_kl",
+                "compute_ref_model_period",
+            ),
+            cfg.kl_penalty == 0,
+            "kl_penalty is 0",
+        ),
+        (("max_num_gen_batches",), not cfg.filter_zero_std_groups, "filter_zero_std_groups is off"),
+        (("critic_learning_rate",), "values" not in extras(DELTA_MODES[cfg.deltas_mode]), "no critic is trained"),
+        (("overlong_penalty_factor",), cfg.overlong_buffer_len == 0, "overlong_buffer_len is 0"),
+        (("deltas_mode", "filter_zero_std_groups"), LOSS_MODES[cfg.loss_mode].supervised, "sft ignores rewards"),
+    ]
+    out = {}
+    for names, unused, why in rules:
+        for name in names:
+            if unused and getattr(cfg, name) != defaults[name]:
+                out[name] = why
+    return out
 
 
 def load_plugins(modules: tuple[str, ...] | list[str]) -> None:

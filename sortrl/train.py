@@ -33,12 +33,13 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from sortrl.config import FIELD_NAMES, RunConfig, load_plugins, plain
+from sortrl.config import FIELD_NAMES, RunConfig, load_plugins, physical_memory, plain
 from sortrl.deltas import DELTA_MODES, extras
 from sortrl.losses import KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES, ClipRange
 from sortrl.model import Params, decode, encode, forward, init_params, init_value_head, value
 from sortrl.objective import Entropy, Kl, Policy, fold, ratio_stats, sft_targets
 from sortrl.optim import Adam
+from sortrl.registry import ConfigError
 from sortrl.rollout import (
     Rollout,
     Scorer,
@@ -175,6 +176,11 @@ def train(
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers: must be >= 1, got {workers}")
+    seen: set[str] = set()
+    for cfg in configs:
+        if cfg.run_id in seen:
+            raise ConfigError(f"configs: run {cfg.run_id} (seed {cfg.seed}) is given twice; each run once")
+        seen.add(cfg.run_id)
     if not configs:
         fields = FIELD_NAMES if with_config else ()
         return pd.DataFrame(columns=["run_id", "status", "diverged_epoch", *fields, "epoch", "step", *METRICS])
@@ -182,6 +188,7 @@ def train(
     for i, cfg in enumerate(configs):
         batches[batch_key(cfg)].append(i)
     shards = [part for indices in batches.values() for part in _shards(indices, workers)]
+    _check_memory(configs, shards, min(workers, len(shards)))
     callers = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -196,6 +203,18 @@ def train(
     if not table["_run"].is_monotonic_increasing:  # rows of one run stay in epoch order (stable sort)
         table = table.iloc[np.argsort(table["_run"].to_numpy(), kind="stable")]
     return table.drop(columns="_run").reset_index(drop=True)
+
+
+def _check_memory(configs: list[RunConfig], shards: list[list[int]], parallel: int) -> None:
+    """Refuse (`ConfigError`) before allocating when the largest shards trained at once would not fit in memory."""
+    sizes = sorted((sum(configs[i].memory_bytes for i in shard) for shard in shards), reverse=True)
+    need, have = sum(sizes[:parallel]), physical_memory()
+    if need > have:
+        raise ConfigError(
+            f"configs: training these {len(configs):,} runs needs about {need / 2**30:,.1f} GiB at once (estimated), "
+            f"more than this machine's {have / 2**30:,.0f} GiB; train fewer runs per call (sortrl sweep trains "
+            "chunks of --chunk-size runs)"
+        )
 
 
 def _shards(indices: list[int], workers: int) -> list[list[int]]:
