@@ -449,7 +449,8 @@ def test_batch_invariance_does_not_depend_on_the_callers_thread_count():
     torch.set_num_threads(2)
     try:
         alone = train([target])
-        inside = train(_mates(21, **common) + [target] + _mates(42, **common))
+        mates = _mates(63, **common)
+        inside = train(mates[:21] + [target] + mates[21:])
         assert torch.get_num_threads() == 2  # the caller's setting is restored
     finally:
         torch.set_num_threads(before)
