@@ -155,21 +155,23 @@ def resample_zero_std(
     dropped by `filter_zero_std_groups`. Returns the new rollout and the
     number of generation rounds each run drew (1 = no re-sampling).
     """
-    runs, _, group, _ = roll.responses.shape
+    runs, _, group, length = roll.responses.shape
     rounds = torch.ones(runs, dtype=torch.long)
-    responses = roll.responses
     for k in range(1, int(max_batches.max())):
         again = zero_std(roll.rewards) & (max_batches > k)[:, None]  # [run batch]
-        todo = again.any(dim=1).nonzero().flatten().tolist()
+        counts = again.sum(dim=1)
+        todo = counts.nonzero().flatten().tolist()
         if not todo:
             break
-        responses = responses.clone()
-        for r in todo:
-            rows = again[r].nonzero().flatten()
-            flat = probs[r, rows].reshape(-1, probs.shape[-1])  # [(k pos) vocab]
-            draw = torch.multinomial(flat, group, replacement=True, generator=generators[r])
-            responses[r, rows] = rearrange(draw, "(k pos) trial -> k trial pos", k=len(rows))
-            rounds[r] += 1
+        rows = probs[again]  # [(run, prompt) pairs, run-major: pos vocab]
+        ends = counts.cumsum(dim=0).tolist()
+        draws = []
+        for r in todo:  # one multinomial per run, over its zero-std prompts' positions
+            flat = rows[ends[r] - int(counts[r]) : ends[r]].reshape(-1, rows.shape[-1])  # [(prompt pos) vocab]
+            draws.append(torch.multinomial(flat, group, replacement=True, generator=generators[r]))
+        responses = roll.responses.clone()
+        responses[again] = torch.cat(draws).view(-1, length, group).transpose(1, 2)  # [pair trial pos]
+        rounds[todo] += 1
         roll = scorer.score(prompts, responses)
     return roll, rounds
 
