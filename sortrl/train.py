@@ -51,7 +51,7 @@ from sortrl.rollout import (
     sample,
     zero_std,
 )
-from sortrl.task import PAD, TASKS, PromptSet, is_sorted_exactly
+from sortrl.task import PAD, REWARDS, TASKS, PromptSet, is_sorted_exactly
 
 BATCH_KEY = (
     "task",
@@ -84,6 +84,8 @@ METRICS = (
     "response_length",
     "response_length/above_mean",
     "response_length/below_mean",
+    "response_length/loss_weighted",
+    "exact_rate",
     "entropy",
     "greedy_accuracy",
     "solve_rate",
@@ -147,6 +149,9 @@ def train(
     | `frac_reward_zero_std` | share of prompts whose responses all got the same reward (TRL) |
     | `response_length` | mean number of tokens before EOS (= prompt length without EOS) |
     | `response_length/above_mean`, `.../below_mean` | the same over responses whose reward is above / below their group's mean |
+    | `response_length/loss_weighted` | mean length weighted by each response's share of the loss (`loss_agg_mode`'s weights) |
+    | `exact_rate` | share of sampled responses that are exactly sorted(prompt): one scale for every reward |
+    | `reward_std/prompt=<i>`, `abs_delta/prompt=<i>` | per training prompt: its group's reward std and mean absolute delta (tasks of at most 8 prompts) |
     | `entropy` | mean per-position entropy of the sampling policy, nats |
     | `greedy_accuracy` | share of training prompts the argmax policy sorts exactly, *after* the epoch's updates |
     | `solve_rate` | 1 if the argmax policy sorts every training prompt after the epoch's updates, else 0 |
@@ -325,6 +330,8 @@ def _record_names(c0: RunConfig, task: PromptSet, state: _Batch) -> list[str]:
     names = list(METRICS)
     if len(task.train) <= PER_PROMPT_LIMIT:
         names += [f"mean_reward/prompt={i}" for i in range(len(task.train))]
+        if c0.num_responses > 1:
+            names += [f"{m}/prompt={i}" for m in ("reward_std", "abs_delta") for i in range(len(task.train))]
     if len(c0.lengths) > 1:
         names += [f"greedy_accuracy/len={n}" for n in c0.lengths]
     if len(task.eval):
@@ -444,7 +451,8 @@ def _setup_epoch(state: _Batch, epoch: int, logits: Tensor) -> _Epoch:
     if state.use_entropy:
         runs = (n["entropy_coeff"] != 0).nonzero().flatten()
         entropy = Entropy(runs, omega[runs].sum(dim=2), n["entropy_coeff"][runs])
-    metrics = _sample_metrics(state, first, picks, old_log_probs)
+    metrics = _sample_metrics(state, first, prompts, picks, old_log_probs)
+    metrics.update(_signal_metrics(state, roll, deltas, omega, picks))
     if kl_metric is not None:
         metrics["kl"] = kl_metric
     if rounds is not None:
@@ -469,7 +477,16 @@ def _deltas(names: list[str], rewards: Tensor, available: dict[str, Tensor]) -> 
     return out
 
 
-def _sample_metrics(state: _Batch, first: Rollout, picks: Tensor | None, old_log_probs: Tensor) -> dict[str, Tensor]:
+def _per_prompt(state: _Batch, values: Tensor, picks: Tensor | None) -> Tensor:
+    """[run batch] values of the epoch's prompts as [run prompt] over every training prompt (NaN where not drawn)."""
+    if picks is None:
+        return values
+    return torch.full((len(state.runs), len(state.task.train)), math.nan).scatter(1, picks, values)
+
+
+def _sample_metrics(
+    state: _Batch, first: Rollout, prompts: Tensor, picks: Tensor | None, old_log_probs: Tensor
+) -> dict[str, Tensor]:
     """Metrics of the epoch's sampled responses (the first draw, before any re-sampling) and of the sampling policy.
 
     `mean_reward` (and per prompt) report the task's reward; the spread, zero-std
@@ -492,12 +509,26 @@ def _sample_metrics(state: _Batch, first: Rollout, picks: Tensor | None, old_log
         "response_length/above_mean": (lengths * above).sum(dim=(1, 2)) / above.sum(dim=(1, 2)),
         "response_length/below_mean": (lengths * below).sum(dim=(1, 2)) / below.sum(dim=(1, 2)),
         "entropy": (entropy * reach).sum(dim=(1, 2)) / reach.sum(dim=(1, 2)),
+        # a common scale for every reward: the share of sampled responses that are exactly sorted(prompt)
+        "exact_rate": REWARDS["exact_match"](prompts, first.responses, first.content).mean(dim=(1, 2)),
     }
     if len(state.task.train) <= PER_PROMPT_LIMIT:
-        per_prompt = first.scores.mean(dim=-1)  # [run batch]
-        if picks is not None:
-            per_prompt = torch.full((len(state.runs), len(state.task.train)), math.nan).scatter(1, picks, per_prompt)
+        per_prompt = _per_prompt(state, first.scores.mean(dim=-1), picks)  # [run prompt]
         out.update({f"mean_reward/prompt={i}": per_prompt[:, i] for i in range(per_prompt.shape[1])})
+    return out
+
+
+def _signal_metrics(
+    state: _Batch, roll: Rollout, deltas: Tensor, omega: Tensor, picks: Tensor | None
+) -> dict[str, Tensor]:
+    """What training made of the responses it used: loss-weighted length, and per prompt reward spread and |delta|."""
+    weight = omega.sum(dim=-1)  # [run batch trial]: each response's share of the loss
+    out = {"response_length/loss_weighted": (weight * roll.lengths).sum(dim=(1, 2)) / weight.sum(dim=(1, 2))}
+    if len(state.task.train) <= PER_PROMPT_LIMIT and roll.rewards.shape[-1] > 1:
+        spread = _per_prompt(state, roll.rewards.std(dim=-1), picks)
+        size = _per_prompt(state, deltas.abs().mean(dim=-1), picks)
+        out.update({f"reward_std/prompt={i}": spread[:, i] for i in range(spread.shape[1])})
+        out.update({f"abs_delta/prompt={i}": size[:, i] for i in range(size.shape[1])})
     return out
 
 

@@ -226,6 +226,20 @@ def test_new_metrics_by_hand(engine_spy):
             lengths.append(ls)
         for i, g in enumerate(groups):
             assert row[f"mean_reward/prompt={i}"] == pytest.approx(sum(g) / 4, abs=1e-6)
+            spread = math.sqrt(sum((x - sum(g) / 4) ** 2 for x in g) / 3)
+            assert row[f"reward_std/prompt={i}"] == pytest.approx(spread, abs=1e-5)
+            assert row[f"abs_delta/prompt={i}"] == pytest.approx(sum(abs(x) for x in g) / 4, abs=1e-5)  # rewards mode
+        exact = [resp == sorted(p) for p, group in zip(prompts, responses[0].tolist()) for resp in group]
+        assert row["exact_rate"] == pytest.approx(sum(exact) / len(exact), abs=1e-6)
+        # token-mean: a response weighs as many tokens as it acted on (content + EOS)
+        acted = [
+            min(len(resp), resp.index(2) + 1) if 2 in resp else len(resp)
+            for group in responses[0].tolist()
+            for resp in group
+        ]
+        flat_lengths = [n for ls in lengths for n in ls]
+        weighted = sum(a * n for a, n in zip(acted, flat_lengths)) / sum(acted)
+        assert row["response_length/loss_weighted"] == pytest.approx(weighted, rel=1e-5)
         above = [n for g, ls in zip(groups, lengths) for r, n in zip(g, ls) if r > sum(g) / 4]
         below = [n for g, ls in zip(groups, lengths) for r, n in zip(g, ls) if r < sum(g) / 4]
         for name, values in (("above", above), ("below", below)):
