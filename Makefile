@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RESULTS ?= results
 GRIDS := $(wildcard experiments/*.toml)
+# executed copies of notebooks/ with their outputs, for a reader (byte-reproducible; see the script's docstring)
+EXECUTE_NOTEBOOKS := $(PY) tools/execute_notebooks.py --results $(RESULTS)
 export MPLBACKEND := Agg
 
 .PHONY: help install test ablations report lint bench lock clean
@@ -25,16 +27,18 @@ install: $(STAMP) ## Create .venv/ and install sortrl with the exact pins of con
 test: $(STAMP) ## Run the test suite (includes lecture parity and the notebooks)
 	$(PY) -m pytest -n 2 --dist loadgroup -q
 
-ablations: $(STAMP) ## Sweep every grid in experiments/ (real training, all seeds), then write the report
+ablations: $(STAMP) ## Sweep every grid in experiments/ (real training, all seeds), write the report, run the notebooks
 	$(VENV)/bin/sortrl sweep $(GRIDS) --results $(RESULTS)
 	$(VENV)/bin/sortrl report --results $(RESULTS) --readme README.md
+	$(EXECUTE_NOTEBOOKS)
 
-report: $(STAMP) ## Regenerate figures, tables and REPORT.md from the stored runs
+report: $(STAMP) ## Regenerate figures, tables, REPORT.md and the executed notebooks from the stored runs
 	$(VENV)/bin/sortrl report --results $(RESULTS) --readme README.md
+	$(EXECUTE_NOTEBOOKS)
 
 lint: $(STAMP) ## Check style with ruff
-	$(VENV)/bin/ruff check sortrl tests benchmarks
-	$(VENV)/bin/ruff format --check sortrl tests benchmarks
+	$(VENV)/bin/ruff check sortrl tests benchmarks tools
+	$(VENV)/bin/ruff format --check sortrl tests benchmarks tools
 
 bench: $(STAMP) ## Measure engine throughput and sweep wall time (writes results/bench.csv)
 	$(PY) benchmarks/bench.py --results $(RESULTS) --readme README.md
