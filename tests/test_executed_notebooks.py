@@ -1,5 +1,5 @@
 """What a reader sees of the notebooks (#15): the executed copies in results/notebooks/, their byte-for-byte
-regeneration by tools/execute_notebooks.py.
+regeneration by tools/execute_notebooks.py, and `make notebooks` serving JupyterLab.
 
 A reader must see every figure: a code cell that calls `plt.show()` or a `sortrl.figures.plot_*` function has to
 show at least one PNG, and no cell may show an error or stderr (a warning would also print a checkout's path).
@@ -7,14 +7,25 @@ show at least one PNG, and no cell may show an error or stderr (a warning would 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
+import json
+import os
+import queue
 import re
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import nbformat
+import psutil
 import pytest
 from test_report import TINY  # the tiny lecture-like grid (tests/ is on sys.path under pytest)
 
@@ -25,6 +36,7 @@ SOURCES = sorted((ROOT / "notebooks").glob("*.ipynb"))
 EXECUTED = ROOT / "results" / "notebooks"
 TOOL = ROOT / "tools" / "execute_notebooks.py"
 FIGURE_CALL = re.compile(r"plt\.show\(\)|\bfigures\.plot_\w+\(")
+URL = re.compile(r"http://(?:localhost|127\.0\.0\.1):(\d+)/lab\?token=(\w+)")
 
 spec = importlib.util.spec_from_file_location("execute_notebooks", TOOL)
 tool = importlib.util.module_from_spec(spec)
@@ -141,3 +153,68 @@ def test_regenerating_on_the_same_runs_gives_identical_bytes(tmp_path):
         first, second = (tmp_path / o / source.name for o in "ab")
         assert first.read_bytes() == second.read_bytes()
         assert problems(nbformat.read(first, as_version=4)) == []
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _get_when_listening(url: str, seconds: float = 30) -> bytes:
+    """GET `url`, retrying while the server refuses connections (it logs its URL just before it listens)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=seconds) as response:
+                return response.read()
+        except urllib.error.URLError as error:
+            if not isinstance(error.reason, ConnectionRefusedError) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _lines(stream, into: queue.Queue) -> None:
+    for line in stream:
+        into.put(line)
+
+
+@pytest.mark.slow
+def test_make_notebooks_serves_the_notebooks_over_http(tmp_path):
+    """`make notebooks` starts JupyterLab on notebooks/ and prints its URL; the token guards it; it stops cleanly."""
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")}
+    stamps = ["-o", ".venv/.installed", "-o", ".venv/.notebooks-installed"]  # installed by `make test`: no pip here
+    command = ["make", "--no-print-directory", "-C", str(ROOT), *stamps, "notebooks"]
+    command.append(f"JUPYTER_ARGS=--no-browser --port={_free_port()}")  # jupyter moves on if the port got taken
+    make = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=_lines, args=(make.stdout, lines), daemon=True).start()
+    printed, match, deadline = [], None, time.monotonic() + 120
+    try:
+        while match is None and time.monotonic() < deadline and make.poll() is None:
+            with contextlib.suppress(queue.Empty):
+                printed.append(lines.get(timeout=1))
+                match = URL.search(printed[-1])
+        assert match, "no JupyterLab URL printed:\n" + "".join(printed)
+        port, token = match.groups()
+        base = f"http://127.0.0.1:{port}"
+        names = {
+            item["name"] for item in json.loads(_get_when_listening(f"{base}/api/contents?token={token}"))["content"]
+        }
+        assert {p.name for p in SOURCES} <= names
+        with urllib.request.urlopen(f"{base}/lab?token={token}", timeout=30) as response:
+            assert response.status == 200 and "JupyterLab" in response.read().decode()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}/api/contents", timeout=30)
+        assert refused.value.code == 403
+        server = [
+            p for p in psutil.Process(make.pid).children(recursive=True) if "jupyter-lab" in " ".join(p.cmdline())
+        ]
+        assert [p.environ()["SORTRL_RESULTS"] for p in server] == [str(ROOT / "results")]
+        urllib.request.urlopen(urllib.request.Request(f"{base}/api/shutdown?token={token}", method="POST"), timeout=30)
+        assert make.wait(timeout=60) == 0
+    finally:
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGTERM)  # the session this test started (make, its shell, jupyter)
+            make.wait(timeout=30)
