@@ -14,8 +14,8 @@ What makes two executions on the same stored runs give the same bytes:
 
 - the kernel's working directory is the notebooks' folder and `SORTRL_RESULTS` is relative to it when the results
   lie inside the repository (`../results`, the notebooks' own default), so no checkout path is printed;
-  `SORTRL_EXPERIMENT` is unset (each notebook's default experiment), `PYTHONHASHSEED=0`, and IPython and matplotlib
-  get empty configuration folders, so a user's profile or matplotlibrc cannot change an output;
+  `SORTRL_EXPERIMENT` is unset (each notebook's default experiment), `PYTHONHASHSEED=0`, IPython gets an empty
+  configuration folder and matplotlib its own default matplotlibrc, so a user's profile or rc cannot change an output;
 - nbclient runs with `record_timing=False` (no execution timestamps) and `coalesce_streams=True` (one output per
   cell and stream, however the kernel happened to flush its prints);
 - the notebook keeps the kernel's `language_info` without the Python patch `version`;
@@ -30,6 +30,7 @@ Exit codes: 0 done, 1 a notebook failed (its cell and traceback are printed), 2 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import sys
@@ -49,6 +50,8 @@ CELL_TIMEOUT = 600  # seconds per cell; the full results load in a few
 ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{6,}\b")  # id()-style addresses in default reprs
 ADDRESS_MASK = "0x..."
 TEXT_MIMES = ("text/plain", "text/html")
+# matplotlib's defaults, found before a user's ~/.config/matplotlib/matplotlibrc (its font cache is still reused)
+DEFAULT_MATPLOTLIBRC = Path(importlib.util.find_spec("matplotlib").origin).parent / "mpl-data" / "matplotlibrc"
 
 
 class NotebookError(RuntimeError):
@@ -82,8 +85,7 @@ def normalise(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
 def execute(source: Path, results: Path, scratch: Path) -> nbformat.NotebookNode:
     """Run notebook `source` top to bottom on `results` in a fresh python3 kernel; return it with outputs.
 
-    `scratch` is an empty folder for the kernel's IPython and matplotlib configuration (shared by the notebooks
-    of one call, so matplotlib builds its font cache once). Raises `NotebookError` if a cell fails.
+    `scratch` is an empty folder for the kernel's IPython configuration. Raises `NotebookError` if a cell fails.
     """
     notebook = nbformat.read(source, as_version=4)
     env = {key: value for key, value in os.environ.items() if key != "SORTRL_EXPERIMENT"}
@@ -91,7 +93,7 @@ def execute(source: Path, results: Path, scratch: Path) -> nbformat.NotebookNode
         SORTRL_RESULTS=kernel_results_path(results, source.parent),
         PYTHONHASHSEED="0",
         IPYTHONDIR=str(scratch / "ipython"),
-        MPLCONFIGDIR=str(scratch / "matplotlib"),
+        MATPLOTLIBRC=str(DEFAULT_MATPLOTLIBRC),
     )
     with tempfile.TemporaryDirectory(prefix="sortrl-kernel-") as sockets:  # short path: socket names are capped
         config = Config()  # for the kernel manager nbclient creates (and shuts down: it owns it)
