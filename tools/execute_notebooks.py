@@ -82,6 +82,11 @@ def normalise(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return notebook
 
 
+def render(notebook: nbformat.NotebookNode) -> str:
+    """The text an executed copy is written as: `nbformat.write`'s layout (sorted keys, indent 1, final newline)."""
+    return nbformat.writes(notebook) + "\n"
+
+
 def execute(source: Path, results: Path, scratch: Path) -> nbformat.NotebookNode:
     """Run notebook `source` top to bottom on `results` in a fresh python3 kernel; return it with outputs.
 
@@ -126,7 +131,7 @@ def execute_all(results: Path, out: Path, notebooks: Path = NOTEBOOKS) -> list[P
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, notebook in executed.items():
-        atomic_write_text(out / name, nbformat.writes(notebook) + "\n")  # nbformat.write's layout
+        atomic_write_text(out / name, render(notebook))
         written.append(out / name)
     for orphan in sorted(set(out.glob("*.ipynb")) - set(written)):
         orphan.unlink()
