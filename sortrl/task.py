@@ -127,6 +127,43 @@ def is_sorted_exactly(
     return ((responses == target) | (target == PAD)).all(dim=-1)
 
 
+# --- the uniform random policy: what chance scores ------------------------
+CHANCE_EXACT_LIMIT = 200_000
+"""Chance scores are exact (every response enumerated) up to this many responses per prompt, else sampled."""
+
+CHANCE_SAMPLES = 200_000
+"""Responses per prompt drawn (generator seed 0) when there are too many to enumerate."""
+
+
+def chance_scores(
+    prompts: Int[Tensor, "batch pos"], reward: RewardFn, num_tokens: int, eos_id: int | None
+) -> Float[Tensor, " batch"]:
+    """Expected score of each prompt's response under the uniform random policy (every token equally likely).
+
+    The policy picks each of the L positions uniformly from the model's
+    `num_tokens` tokens (EOS included when `eos_id` is set; the response ends
+    at its first EOS). Exact, by enumerating all num_tokens^L responses, when
+    there are at most `CHANCE_EXACT_LIMIT`; otherwise the mean over
+    `CHANCE_SAMPLES` uniform responses drawn from a generator seeded 0 (a
+    Monte Carlo error of about 1e-3 reward points). `reward` is any function
+    of `REWARDS` (e.g. `exact_match_reward` gives the chance of an exactly
+    sorted response). Reward points.
+    """
+    length = prompts.shape[1]
+    if num_tokens**length <= CHANCE_EXACT_LIMIT:
+        grid = torch.cartesian_prod(*[torch.arange(num_tokens)] * length).view(-1, length)
+    else:
+        grid = torch.randint(num_tokens, (CHANCE_SAMPLES, length), generator=torch.Generator().manual_seed(0))
+    out = []
+    for prompt in prompts:  # one prompt at a time bounds memory: [1 1 responses pos]
+        real = prompt != PAD
+        responses = grid[:, : int(real.sum())]
+        responses = torch.nn.functional.pad(responses, (0, length - responses.shape[1]), value=0)[None, None]
+        content = eos_masks(responses, eos_id)[0] & real
+        out.append(reward(prompt[None], responses, content).mean())
+    return torch.stack(out)
+
+
 # --- prompt sets ---------------------------------------------------------
 class TaskFields(Protocol):
     """The `RunConfig` fields (and derived properties) a prompt set is built from."""
