@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from sortrl.cli import app
 from sortrl.config import RunConfig
+from sortrl.grid import MAX_RUNS
 from sortrl.recipes import RECIPES
 from sortrl.store import load_runs, read_manifest, runs_dir
-from sortrl.sweep import MAX_RUNS
 
 runner = CliRunner()
 
