@@ -36,7 +36,11 @@ lint: $(STAMP) ## Check style with ruff
 	$(VENV)/bin/ruff check sortrl tests benchmarks
 	$(VENV)/bin/ruff format --check sortrl tests benchmarks
 
-bench: $(STAMP) ## Measure engine throughput and sweep wall time (writes results/bench.csv)
+$(VENV)/.installed-bench: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[bench]"
+	touch $@
+
+bench: $(VENV)/.installed-bench ## Measure engine throughput and sweep wall time (writes results/bench.csv)
 	$(PY) benchmarks/bench.py --results $(RESULTS) --readme README.md
 
 lock: $(STAMP) ## Rewrite constraints.txt from the current environment

@@ -14,7 +14,6 @@ c = `clip_ratio_c`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -158,5 +157,3 @@ def kl_k3(log_probs: Tensor, ref_log_probs: Tensor) -> Tensor:
 
 
 KL_ESTIMATORS: dict[str, KlFn] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
-
-NO_DUAL_CLIP = math.inf
