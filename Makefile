@@ -5,11 +5,16 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+NOTEBOOKS_STAMP := $(VENV)/.notebooks-installed
+BENCH_STAMP := $(VENV)/.bench-installed
 RESULTS ?= results
 GRIDS := $(wildcard experiments/*.toml)
+JUPYTER_ARGS ?=
+# executed copies of notebooks/ with their outputs, for a reader (byte-reproducible; see the script's docstring)
+EXECUTE_NOTEBOOKS := $(PY) tools/execute_notebooks.py --results $(RESULTS)
 export MPLBACKEND := Agg
 
-.PHONY: help install test ablations report lint bench lock clean
+.PHONY: help install test ablations report notebooks lint bench lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,28 +27,43 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## Create .venv/ and install sortrl with the exact pins of constraints.txt (torch 2.13.0 CPU)
 
-test: $(STAMP) ## Run the test suite (includes lecture parity and the notebooks)
+# JupyterLab is the `notebooks` extra, installed on demand so that `make install` stays lean
+$(NOTEBOOKS_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[notebooks]"
+	touch $(NOTEBOOKS_STAMP)
+
+test: $(STAMP) $(NOTEBOOKS_STAMP) ## Run the test suite (includes lecture parity, the notebooks and JupyterLab)
 	$(PY) -m pytest -n 2 --dist loadgroup -q
 
-ablations: $(STAMP) ## Sweep every grid in experiments/ (real training, all seeds), then write the report
+ablations: $(STAMP) ## Sweep every grid in experiments/ (real training, all seeds), write the report, run the notebooks
 	$(VENV)/bin/sortrl sweep $(GRIDS) --results $(RESULTS)
 	$(VENV)/bin/sortrl report --results $(RESULTS) --readme README.md
+	$(EXECUTE_NOTEBOOKS)
 
-report: $(STAMP) ## Regenerate figures, tables and REPORT.md from the stored runs
+report: $(STAMP) ## Regenerate figures, tables, REPORT.md and the executed notebooks from the stored runs
 	$(VENV)/bin/sortrl report --results $(RESULTS) --readme README.md
+	$(EXECUTE_NOTEBOOKS)
+
+# --allow-root: refused as root otherwise (CI runs as root); no effect for other users
+notebooks: $(NOTEBOOKS_STAMP) ## Install JupyterLab and open notebooks/ on the runs in results/ (prints the URL)
+	@test -d $(RESULTS)/runs || echo "note: no stored runs in $(RESULTS)/runs: run 'make ablations' first (executed copies: $(RESULTS)/notebooks/)"
+	@echo "JupyterLab on notebooks/ with SORTRL_RESULTS=$(abspath $(RESULTS)); open the URL it prints below; Ctrl-C stops it"
+	SORTRL_RESULTS=$(abspath $(RESULTS)) $(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR)/notebooks \
+	  --ServerApp.allow_root=True $(JUPYTER_ARGS)
 
 lint: $(STAMP) ## Check style with ruff
-	$(VENV)/bin/ruff check sortrl tests benchmarks
-	$(VENV)/bin/ruff format --check sortrl tests benchmarks
+	$(VENV)/bin/ruff check sortrl tests benchmarks tools
+	$(VENV)/bin/ruff format --check sortrl tests benchmarks tools
 
-$(VENV)/.installed-bench: $(STAMP)
+# psutil (the benchmark's process-tree memory) is the `bench` extra, installed on demand
+$(BENCH_STAMP): $(STAMP) pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[bench]"
-	touch $@
+	touch $(BENCH_STAMP)
 
-bench: $(VENV)/.installed-bench ## Measure engine throughput and sweep wall time (writes results/bench.csv)
+bench: $(BENCH_STAMP) ## Measure engine throughput and sweep wall time (writes results/bench.csv)
 	$(PY) benchmarks/bench.py --results $(RESULTS) --readme README.md
 
-lock: $(STAMP) ## Rewrite constraints.txt from the current environment
+lock: $(STAMP) $(NOTEBOOKS_STAMP) ## Rewrite constraints.txt from the current environment
 	@{ echo "# Exact pins for a reproducible study (pip constraints); ranges live in pyproject.toml."; \
 	   echo "# Regenerate: make lock"; \
 	   $(PY) -m pip freeze --exclude-editable | sed -E 's/^torch==([0-9.]+)\+cpu$$/torch==\1/'; } > constraints.txt

@@ -84,11 +84,11 @@ def defaults(n: int, epochs: int) -> list[RunConfig]:
 
 def engine_rows(args: argparse.Namespace, threads: int, epochs: int) -> list[dict]:
     """Throughput of `train` on the ablations grid, on default batches, and one run at a time."""
-    train(defaults(4, 2), threads=threads)  # warm-up: first-call costs (allocator, MKL) are not the engine's
+    train(defaults(4, 2), workers=threads)  # warm-up: first-call costs (allocator, MKL) are not the engine's
     rows = []
 
     def measure(name: str, configs: list[RunConfig], fn=None) -> dict:
-        seconds, cpu = timed(fn or (lambda: train(configs, threads=threads)), args.repeats)
+        seconds, cpu = timed(fn or (lambda: train(configs, workers=threads)), args.repeats)
         row = {"benchmark": name, "runs": len(configs), "threads": threads, "run_steps": run_steps(configs)}
         row |= {"seconds": seconds, "run_steps_per_s": row["run_steps"] / seconds, "cpu_seconds": cpu}
         rows.append(row)
@@ -99,7 +99,7 @@ def engine_rows(args: argparse.Namespace, threads: int, epochs: int) -> list[dic
     measure("ablations grid", grid)
     batched = {n: measure("default batch", defaults(n, epochs)) for n in args.batches}
     alone = defaults(args.alone, epochs)
-    one = measure("one at a time", alone, lambda: [train([c], threads=threads) for c in alone])
+    one = measure("one at a time", alone, lambda: [train([c], workers=threads) for c in alone])
     for row in batched.values():
         row["vs_one_at_a_time"] = row["run_steps_per_s"] / one["run_steps_per_s"]
     big = [n for n in batched if n >= 1024]
@@ -196,7 +196,7 @@ def memory_row(threads: int, epochs: int, runs: int = 4096) -> dict:
 
 def child_memory(runs: int, threads: int, epochs: int) -> None:
     start, start_cpu = time.perf_counter(), time.process_time()
-    train(defaults(runs, epochs), threads=threads)
+    train(defaults(runs, epochs), workers=threads)
     seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak_kb / 1024}))

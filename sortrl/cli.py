@@ -26,7 +26,7 @@ from rich.table import Table
 from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
 from typer.core import TyperGroup
 
-from sortrl.config import CHOICES, RunConfig, field_docs, make_config
+from sortrl.config import CHOICES, RunConfig, choice_docs, field_docs, ignored_fields, make_config
 from sortrl.recipes import RECIPES
 from sortrl.registry import ConfigError
 
@@ -96,13 +96,13 @@ def _train_parameters() -> list[inspect.Parameter]:
     docs = field_docs()
     params = []
     for f in dataclasses.fields(RunConfig):
-        if f.name in ("seed", "recipe"):
+        if f.name in ("seed", "recipe", "plugins"):
             continue
         kind: Any = _OPTION_TYPES.get(f.type, str)  # prompts, prompt_length: JSON text, parsed below
-        help_text = docs.get(f.name, "")
-        if f.name in CHOICES:
-            help_text += f" Choices: {', '.join(CHOICES[f.name])}."
-        help_text += f" [default: {_show_default(f.default)}]"
+        help_text = docs.get(f.name, "") + f" [default: {_show_default(f.default)}]"
+        if f.name in CHOICES:  # one value per line ("\b": click keeps the lines), as TRL's GRPOConfig documents them
+            lines = [f"  {name}: {doc}" for name, doc in choice_docs(f.name).items()]
+            help_text += "\n\n\b\nChoices:\n" + "\n".join(lines)
         if f.name == "prompts":
             help_text = "Prompts as JSON, e.g. '[[1,0,2],[3,2,4]]'. " + help_text
         if f.name == "prompt_length":
@@ -132,6 +132,14 @@ def train_command(
     recipe: Annotated[
         str | None, typer.Option(help=f"Named preset ({', '.join(RECIPES)}); explicit options win.")
     ] = None,
+    plugin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--plugin",
+            help="A Python module to import first, whose registered variants can then be named (repeatable); "
+            "see sortrl.plugins.",
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Write the per-epoch metrics table here (.parquet or .csv).")] = None,
     **fields: Any,
 ) -> None:
@@ -139,6 +147,8 @@ def train_command(
     from sortrl.train import train
 
     given = {k: v for k, v in fields.items() if v is not None}
+    if plugin:
+        given["plugins"] = plugin
     if "prompts" in given:
         given["prompts"] = _parse_prompts(given["prompts"])
     if "prompt_length" in given:
@@ -146,7 +156,13 @@ def train_command(
     if out is not None:
         _check_out(out)
     seeds = seed or [0]
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ConfigError(f"seed: {twice[0]} is given twice; each seed names one run")
     configs = [make_config(recipe=recipe, **given, seed=s) for s in seeds]
+    for name, why in ignored_fields(configs[0]).items():
+        if name in given:
+            warnings.warn(f"{name}: has no effect here ({why})", stacklevel=1)
     total = sum(c.num_epochs * c.num_steps_per_epoch for c in configs)
     with _progress() as bar:
         task = bar.add_task("training", total=total)
@@ -325,9 +341,11 @@ def recipes() -> None:
     table = Table(title="recipes (explicit options override them)")
     table.add_column("recipe")
     table.add_column("sets")
+    table.add_column("KL coefficient")
     table.add_column("source")
     for name, recipe in RECIPES.items():
-        table.add_row(name, ", ".join(f"{k}={v}" for k, v in recipe.fields.items()), recipe.source)
+        fields = ", ".join(f"{k}={v}" for k, v in recipe.fields.items())
+        table.add_row(name, fields, make_config(recipe=name).kl_description, recipe.source)
     Console(width=200).print(table)
 
 

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import hashlib
+import importlib
 import inspect
 import json
 import math
 import numbers
+import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
-from sortrl.deltas import DELTA_MODES
-from sortrl.losses import IMPORTANCE_SAMPLING_LEVELS, KL_ESTIMATORS, LOSS_AGG_MODES, LOSS_MODES
+from sortrl.deltas import DELTA_MODES, extras
+from sortrl.losses import IMPORTANCE_SAMPLING_LEVELS, KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES
 from sortrl.recipes import RECIPES
 from sortrl.registry import ConfigError, check_choice, lookup
 from sortrl.task import REWARDS, TASKS
@@ -33,7 +37,7 @@ class RunConfig:
 
     # --- task -----------------------------------------------------------
     task: str = "lecture"
-    """Prompt set (key of `sortrl.task.TASKS`): `lecture` uses `prompts`; `random` draws prompts from `task_seed`."""
+    """Prompt set: `lecture` uses `prompts`; `random` draws prompts from `task_seed`."""
     prompts: tuple[tuple[int, ...], ...] = LECTURE_PROMPTS
     """Training prompts of the `lecture` task, [batch pos]; each row is a list of numbers to sort."""
     vocab_size: int | None = None
@@ -53,11 +57,17 @@ class RunConfig:
     eval_every: int = 1
     """Held-out evaluation every this many epochs (and after the last); only when there are held-out prompts."""
     reward: str = "inclusion_ordering"
-    """Reward function (key of `sortrl.task.REWARDS`)."""
+    """Reward function of a response (reward points)."""
     length_penalty: float = 0.0
     """Reward minus `length_penalty * response_length` (Dr. GRPO notes' remedy for length bias)."""
     eos: bool = False
     """Add an end-of-sequence token (id = vocab_size): a response ends at its first EOS."""
+    overlong_buffer_len: int = 0
+    """DAPO soft overlong punishment (verl `overlong_buffer.len`): a response of n action tokens (EOS included) gets
+    min(0, -(n - (L - buffer)) / buffer * `overlong_penalty_factor`) added to its reward, L = max response length; 0 turns
+    it off. On this task the sorted answer has the maximum length; without EOS every response does (a constant shift)."""
+    overlong_penalty_factor: float = 1.0
+    """DAPO overlong penalty at the maximum length (verl `overlong_buffer.penalty_factor`)."""
 
     # --- model ----------------------------------------------------------
     embedding_dim: int = 10
@@ -74,16 +84,26 @@ class RunConfig:
     """Adam learning rate (betas 0.9/0.999, eps 1e-8, as torch's defaults)."""
     seed: int = 0
     """Seeds the run's own `torch.Generator` (weights, then one multinomial per epoch)."""
+    temperature: float = 1.0
+    """Sampling temperature T (TRL `temperature`): responses from softmax(logits / T), and the log-probs of the loss,
+    the ratio, the KL and the entropy are those of that tempered policy, as in TRL. The greedy policy is unchanged."""
 
     # --- advantages -------------------------------------------------------
     deltas_mode: str = "rewards"
-    """How rewards become deltas (advantages): key of `sortrl.deltas.DELTA_MODES`."""
+    """How a group's rewards become deltas (advantages)."""
     filter_zero_std_groups: bool = False
-    """DAPO dynamic sampling: prompts whose responses all got one reward leave the loss and its normaliser."""
+    """DAPO dynamic sampling: prompts whose responses all got one reward leave the loss (policy, KL and entropy
+    terms) and its normaliser."""
+    max_num_gen_batches: int = 1
+    """DAPO dynamic sampling (verl `filter_groups.max_num_gen_batches`), with `filter_zero_std_groups`: a prompt whose
+    responses all got one reward is sampled again (a new group, from the run's generator), up to this many groups
+    in all, until one has a reward spread; 1 only drops such prompts. No effect without `filter_zero_std_groups`."""
+    critic_learning_rate: float = 1e-2
+    """Adam learning rate of the value head of the `critic` delta mode (PPO's critic; verl `critic.optim.lr`)."""
 
     # --- policy loss ----------------------------------------------------
     loss_mode: str = "naive"
-    """Policy loss: key of `sortrl.losses.LOSS_MODES` (`naive`, `unclipped`, `clipped`)."""
+    """Policy loss per token (or the supervised `sft` reference)."""
     epsilon: float = 0.2
     """Clip range below 1 (`clipped`): ratio clipped to [1 - epsilon, 1 + epsilon_high]. The lecture used 0.01."""
     epsilon_high: float | None = None
@@ -91,24 +111,40 @@ class RunConfig:
     clip_ratio_c: float | None = None
     """Dual-clip PPO bound (verl `clip_ratio_c`, > 1): loss of a negative-advantage term at most -A * c. None: off."""
     importance_sampling_level: str = "token"
-    """`token` (PPO/GRPO ratio per token) or `sequence` (GSPO: one length-normalised ratio per response)."""
+    """Where the importance ratio lives: per token (PPO/GRPO) or per response (GSPO)."""
     loss_agg_mode: str = "token-mean"
     """How per-token losses are averaged (verl names); `token-mean` at fixed length is the lecture's mean."""
+    entropy_coeff: float = 0.0
+    """Entropy bonus (verl `actor.entropy_coeff`): loss = policy loss - entropy_coeff * entropy, the per-token entropy
+    of the (tempered) policy aggregated with `loss_agg_mode` over the loss tokens, as verl does; 0 turns it off."""
 
     # --- KL penalty -----------------------------------------------------
     kl_penalty: float = 0.0
-    """Coefficient of the KL(policy || reference) penalty added to the loss; 0 turns it off."""
+    """Coefficient beta of the KL(policy || reference) penalty (TRL `beta`, verl `kl_loss_coef`); 0 turns it off."""
     kl_estimator: str = "k3"
-    """Per-token KL estimator (Schulman): `k1`, `k2`, `k3` (the lecture's)."""
+    """Per-token KL estimator (Schulman): `k1`, `k2`, `k3` (the lecture's, TRL's and verl's `low_var_kl`)."""
+    kl_loss_agg_mode: str | None = None
+    """How the per-token KL is aggregated: None follows `loss_agg_mode` (verl's `agg_loss`; TRL adds beta * KL per token
+    before aggregating), so beta means what it means there; `lecture` sums over positions and averages over responses
+    (L times the token mean at length L)."""
+    use_kl_in_reward: bool = False
+    """verl `algorithm.use_kl_in_reward`: subtract beta * (the response's summed per-token KL at sampling time) from its
+    reward before deltas, instead of adding the KL to the loss."""
+    use_bias_correction_kl: bool = False
+    """TRL `use_bias_correction_kl`: multiply the per-token KL by the importance ratio pi / pi_old."""
     compute_ref_model_period: int = 10
     """Epochs between reference-policy refreshes; 0 keeps the initial policy as the reference."""
 
     # --- bookkeeping ----------------------------------------------------
     recipe: str | None = None
     """Name of the preset (`sortrl.recipes`) this config was built from, a label only."""
+    plugins: tuple[str, ...] = ()
+    """Python modules imported before the config is checked and before training (in every worker), so a delta mode,
+    loss, reward or KL estimator they register (`sortrl.registry.register`) can be used by name."""
 
     def __post_init__(self) -> None:
         _normalise(self)
+        load_plugins(self.plugins)
         validate(self)
 
     # --- derived quantities -------------------------------------------
@@ -142,6 +178,43 @@ class RunConfig:
         return self.epsilon if self.epsilon_high is None else self.epsilon_high
 
     @property
+    def memory_bytes(self) -> int:
+        """Estimated peak memory of training this run in a batch, bytes (the dominant tensors, float32 = 4 B).
+
+        Parameters with their gradients and Adam state (about 6 copies of vocab x
+        dim + 2 x length x dim^2), an epoch's responses as one-hot rows (3 copies
+        of prompts x responses x length x vocab), its log-probs (10 copies of
+        prompts x length x vocab), the reward's (length x length) comparisons,
+        and the per-epoch history and table rows. An estimate to refuse
+        impossible configs before allocating, not a promise.
+        """
+        vocab, dim, length = self.num_tokens, self.embedding_dim, self.response_length
+        prompts = _prompts_per_epoch(self) + (self.num_eval_prompts if self.task == "random" else 0)
+        group = self.num_responses
+        floats = 6 * (vocab * dim + 2 * length * dim * dim) + 3 * prompts * group * length * vocab
+        floats += 10 * prompts * length * vocab + 8 * prompts * group * length
+        return 4 * floats + prompts * group * length * length + self.num_epochs * (64 * 4 + 600)
+
+    @property
+    def kl_description(self) -> str:
+        """What the KL coefficient means for this config, in words (`sortrl recipes` shows it per recipe)."""
+        if not self.kl_penalty:
+            return "no KL"
+        agg = self.kl_loss_agg_mode or self.loss_agg_mode
+        unit = (
+            "summed over positions (the lecture's: L times the TRL/verl token mean at length L)"
+            if agg == "lecture"
+            else f"aggregated like the loss ({agg}), so beta means what it means in TRL/verl"
+        )
+        ref = (
+            "the initial policy"
+            if self.compute_ref_model_period == 0
+            else (f"the policy of every {self.compute_ref_model_period}th epoch")
+        )
+        where = "subtracted from the reward" if self.use_kl_in_reward else "added to the loss"
+        return f"beta {self.kl_penalty:g} x {self.kl_estimator} KL to {ref}, {where}, {unit}"
+
+    @functools.cached_property
     def run_id(self) -> str:
         """Stable 16-hex-digit hash of every field (same config -> same id, on any machine)."""
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -168,9 +241,22 @@ CHOICES: dict[str, dict[str, Any]] = {
     "loss_mode": LOSS_MODES,
     "loss_agg_mode": LOSS_AGG_MODES,
     "kl_estimator": KL_ESTIMATORS,
+    "kl_loss_agg_mode": KL_LOSS_AGG_MODES,
     "importance_sampling_level": IMPORTANCE_SAMPLING_LEVELS,
 }
 """Fields whose value is a key of a registry, and that registry."""
+
+
+def choice_docs(field: str) -> dict[str, str]:
+    """Each value of choice field `field` with the first line of its registry entry's docstring (formula and source)."""
+    out = {}
+    for name, entry in CHOICES[field].items():
+        if isinstance(entry, str):
+            doc = entry
+        else:
+            doc = inspect.getdoc(getattr(entry, "fn", entry)) or ""
+        out[name] = doc.strip().splitlines()[0] if doc.strip() else ""
+    return out
 
 
 def field_docs() -> dict[str, str]:
@@ -212,7 +298,12 @@ def _normalise(cfg: RunConfig) -> None:
             lengths = tuple(_integer(x) for x in cfg.prompt_length)
         except (TypeError, ValueError):
             raise ConfigError("prompt_length: must be an integer or a list of integers, e.g. [3, 4]") from None
+        if not lengths:
+            raise ConfigError("prompt_length: an empty list; give an integer or a list of integers, e.g. [3, 4]")
         set_(cfg, "prompt_length", lengths[0] if len(lengths) == 1 else lengths)
+    if not isinstance(cfg.plugins, (list, tuple)) or not all(isinstance(m, str) and m for m in cfg.plugins):
+        raise ConfigError(f"plugins: must be a list of importable module names, got {cfg.plugins!r}")
+    set_(cfg, "plugins", tuple(cfg.plugins))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -231,10 +322,37 @@ def _integer(x: Any) -> int:
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
+MAX_SEED = 2**64 - 2**40 - 1
+"""Largest `seed`: held-out sampling seeds a generator with seed + 2^40, and torch seeds are 64-bit."""
+
+MAX_TASK_SEED = 10**15
+"""Largest `task_seed`: a prompt length's stream is seeded task_seed * 1000 + length, within 64 bits."""
+
 
 def _prompts_per_epoch(cfg: RunConfig) -> int:
     total = len(cfg.prompts) if cfg.task == "lecture" else cfg.num_prompts
     return total if cfg.prompts_per_epoch is None else min(total, cfg.prompts_per_epoch)
+
+
+def physical_memory() -> int:
+    """This machine's physical memory, bytes (`os.sysconf`; 2^40 where it cannot say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2**40
+
+
+def _largest_cost(cfg: RunConfig) -> str:
+    """The size field that most exceeds its default, to name in a memory error."""
+    sizes = ("num_epochs", "num_responses", "vocab_size", "embedding_dim", "prompt_length", "num_prompts")
+    defaults = RunConfig.__dataclass_fields__
+    ratio = {}
+    for name in sizes:
+        value, default = getattr(cfg, name), defaults[name].default
+        value = max(value) if isinstance(value, tuple) else value
+        default = 5 if default is None else default
+        ratio[name] = (value or 0) / default
+    return max(ratio, key=ratio.get)
 
 
 def validate(cfg: RunConfig) -> None:
@@ -252,6 +370,12 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("prompts: need at least one non-empty prompt")
     if len({len(p) for p in cfg.prompts}) != 1:
         raise ConfigError("prompts: all prompts must have the same length")
+    if cfg.task == "lecture" and len(cfg.prompts[0]) < 2:
+        raise ConfigError(f"prompts: a prompt needs at least 2 numbers to sort, got {list(cfg.prompts[0])}")
+    if cfg.task == "lecture" and cfg.vocab_size is None and cfg.num_values < 2:
+        raise ConfigError(
+            f"prompts: their numbers span a vocabulary of {cfg.num_values} (largest + 1); set vocab_size >= 2"
+        )
     if min(min(p) for p in cfg.prompts) < 0:
         raise ConfigError("prompts: numbers must be >= 0")
     if cfg.vocab_size is not None and cfg.vocab_size < 2:
@@ -265,7 +389,8 @@ def validate(cfg: RunConfig) -> None:
     if cfg.prompts_per_epoch is not None and cfg.prompts_per_epoch < 1:
         raise ConfigError(f"prompts_per_epoch: must be >= 1 (or unset for all), got {cfg.prompts_per_epoch}")
     for name, registry in CHOICES.items():
-        check_choice(name, getattr(cfg, name), registry)
+        if not (name == "kl_loss_agg_mode" and cfg.kl_loss_agg_mode is None):
+            check_choice(name, getattr(cfg, name), registry)
     positive = {
         "num_prompts": cfg.num_prompts,
         "eval_every": cfg.eval_every,
@@ -279,17 +404,36 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{name}: must be >= 1, got {value}")
     if not (math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0):
         raise ConfigError(f"learning_rate: must be a finite number > 0, got {cfg.learning_rate}")
-    for name in ("epsilon", "epsilon_high", "kl_penalty", "length_penalty"):
+    for name in ("epsilon", "epsilon_high", "kl_penalty", "length_penalty", "entropy_coeff", "overlong_penalty_factor"):
         value = getattr(cfg, name)
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"{name}: must be a finite number >= 0, got {value}")
     if cfg.clip_ratio_c is not None and not (math.isfinite(cfg.clip_ratio_c) and cfg.clip_ratio_c > 1):
         raise ConfigError(f"clip_ratio_c: must be a finite number > 1 (or unset), got {cfg.clip_ratio_c}")
+    for name in ("temperature", "critic_learning_rate"):
+        if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) > 0):
+            raise ConfigError(f"{name}: must be a finite number > 0, got {getattr(cfg, name)}")
+    if not 0 <= cfg.overlong_buffer_len <= cfg.response_length:
+        raise ConfigError(
+            f"overlong_buffer_len: must be between 0 (off) and the max response length {cfg.response_length}, "
+            f"got {cfg.overlong_buffer_len}"
+        )
+    if cfg.max_num_gen_batches < 1:
+        raise ConfigError(f"max_num_gen_batches: must be >= 1, got {cfg.max_num_gen_batches}")
     if cfg.compute_ref_model_period < 0:
         raise ConfigError(f"compute_ref_model_period: must be >= 0, got {cfg.compute_ref_model_period}")
     for name in ("seed", "task_seed", "num_eval_prompts"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name}: must be >= 0, got {getattr(cfg, name)}")
+    for name, top in (("seed", MAX_SEED), ("task_seed", MAX_TASK_SEED)):
+        if getattr(cfg, name) > top:
+            raise ConfigError(f"{name}: must be at most {top:,} (generator seeds are 64-bit), got {getattr(cfg, name)}")
+    need = cfg.memory_bytes
+    if need > physical_memory():
+        raise ConfigError(
+            f"{_largest_cost(cfg)}: one run of this config needs about {need / 2**30:,.0f} GiB (estimated), more "
+            f"than this machine's {physical_memory() / 2**30:,.0f} GiB"
+        )
     if cfg.deltas_mode == "batch_normalized" and cfg.num_responses * _prompts_per_epoch(cfg) < 2:
         raise ConfigError("num_responses: batch_normalized needs at least 2 rewards per epoch (prompts x responses)")
     if cfg.deltas_mode in ("normalized_rewards", "rloo") and cfg.num_responses < 2:
@@ -298,8 +442,69 @@ def validate(cfg: RunConfig) -> None:
         )
     if cfg.recipe is not None:
         check_choice("recipe", cfg.recipe, RECIPES)
-    if cfg.importance_sampling_level == "sequence" and cfg.loss_mode == "naive":
-        raise ConfigError("importance_sampling_level: 'sequence' needs loss_mode 'unclipped' or 'clipped', not 'naive'")
+    if cfg.importance_sampling_level == "sequence" and not LOSS_MODES[cfg.loss_mode].uses_ratio:
+        with_ratio = ", ".join(name for name, mode in LOSS_MODES.items() if mode.uses_ratio)
+        raise ConfigError(
+            f"importance_sampling_level: 'sequence' needs a loss mode with a ratio ({with_ratio}), not {cfg.loss_mode!r}"
+        )
+
+
+def ignored_fields(cfg: RunConfig) -> dict[str, str]:
+    """Fields set away from their default that `cfg` never reads, each with why (for warnings): {field: reason}."""
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    rules: list[tuple[tuple[str, ...], bool, str]] = [
+        (
+            ("prompt_length", "num_prompts", "num_eval_prompts", "allow_repeats", "task_seed"),
+            cfg.task == "lecture",
+            "only the random task reads it",
+        ),
+        (("prompts",), cfg.task != "lecture", "only the lecture task reads it"),
+        (("eval_every",), cfg.task == "lecture" or cfg.num_eval_prompts == 0, "there are no held-out prompts"),
+        (
+            ("epsilon", "epsilon_high", "clip_ratio_c"),
+            not LOSS_MODES[cfg.loss_mode].clips,
+            f"loss_mode {cfg.loss_mode!r} does not clip",
+        ),
+        (
+            (
+                "kl_estimator",
+                "kl_loss_agg_mode",
+                "use_kl_in_reward",
+                "use_bias_correction_kl",
+                "compute_ref_model_period",
+            ),
+            cfg.kl_penalty == 0,
+            "kl_penalty is 0",
+        ),
+        (("max_num_gen_batches",), not cfg.filter_zero_std_groups, "filter_zero_std_groups is off"),
+        (("critic_learning_rate",), "values" not in extras(DELTA_MODES[cfg.deltas_mode]), "no critic is trained"),
+        (("overlong_penalty_factor",), cfg.overlong_buffer_len == 0, "overlong_buffer_len is 0"),
+        (("deltas_mode", "filter_zero_std_groups"), LOSS_MODES[cfg.loss_mode].supervised, "sft ignores rewards"),
+    ]
+    out = {}
+    for names, unused, why in rules:
+        for name in names:
+            if unused and getattr(cfg, name) != defaults[name]:
+                out[name] = why
+    return out
+
+
+def load_plugins(modules: tuple[str, ...] | list[str]) -> None:
+    """Import each plugin module (once per process), so the variants it registers exist; `ConfigError` if one fails.
+
+    The working folder is searched last (as `python -m` would search it first;
+    a console script such as `sortrl` does not), so a plug-in next to a grid
+    file is found by `sortrl sweep` and by the local worker processes it starts.
+    """
+    if modules and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    for name in modules:
+        if name in sys.modules:
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # noqa: BLE001 -- any failure to import a user's module is a bad `plugins` value
+            raise ConfigError(f"plugins: cannot import {name!r} ({err.__class__.__name__}: {err})") from None
 
 
 def make_config(recipe: str | None = None, **fields: Any) -> RunConfig:

@@ -1,9 +1,11 @@
 """The lecture's non-autoregressive sorting policy, batched over a leading `run` axis.
 
 Lecture 17's `Model`: embed the prompt, contract it with one encode matrix per
-prompt position into a single vector, expand that with one decode matrix per
-response position, and read logits off the (tied) embedding. Every position of
-the response is decoded independently of the others.
+prompt position into a single vector (`encode`), expand that with one decode
+matrix per response position, and read logits off the (tied) embedding
+(`decode`). Every position of the response is decoded independently of the
+others. The `critic` delta mode adds a linear value head on the encoding
+(`init_value_head`, `value`).
 
 Parameters (a `Params` dict of leaf tensors):
 
@@ -57,15 +59,14 @@ def init_params(
     }
 
 
-def forward(
+def encode(
     params: Params, prompts: Int[Tensor, "batch pos"] | Int[Tensor, "run batch pos"], padded: bool = False
-) -> Float[Tensor, "run batch pos vocab"]:
-    """Logits of every response position, for every run.
+) -> Float[Tensor, "run batch dim"]:
+    """The prompt's encoding, one vector per (run, prompt): sum over prompt positions of embedding @ encode[pos].
 
-    prompts [batch pos] (shared by all runs) or [run batch pos] (token ids) ->
-    logits [run batch pos vocab] (pos = response position). With `padded`,
-    prompt positions holding `PAD` (-1) contribute nothing to the encoding, so
-    a short prompt is encoded as if the model had only its own positions.
+    prompts [batch pos] (shared by all runs) or [run batch pos] (token ids). With
+    `padded`, prompt positions holding `PAD` (-1) contribute nothing, so a short
+    prompt is encoded as if the model had only its own positions.
     """
     emb = params["embedding"]
     runs, dim = emb.shape[0], emb.shape[-1]
@@ -76,10 +77,37 @@ def forward(
         embedded = emb[torch.arange(runs)[:, None, None], ids]
     if padded:
         embedded = embedded * (prompts != PAD)[..., None]
-    # The lecture's three einsums as the batched matmuls einsum itself dispatches to, minus its overhead:
-    # [run batch (pos d1)] @ [run (pos d1) d2], then @ [run d2 (pos d1)], then @ embedding^T.
-    batch, pos = embedded.shape[1], params["decode"].shape[1]
-    encoded = torch.bmm(embedded.reshape(runs, batch, -1), params["encode"].reshape(runs, -1, dim))
+    # The lecture's einsum as the batched matmul einsum itself dispatches to: [run batch (pos d1)] @ [run (pos d1) d2]
+    return torch.bmm(embedded.reshape(runs, embedded.shape[1], -1), params["encode"].reshape(runs, -1, dim))
+
+
+def decode(params: Params, encoded: Float[Tensor, "run batch dim"]) -> Float[Tensor, "run batch pos vocab"]:
+    """Logits of every response position from the encoding: (encoded @ decode[pos]) @ embedding^T (tied)."""
+    emb = params["embedding"]
+    runs, batch, dim = encoded.shape
+    pos = params["decode"].shape[1]
     decoded = torch.bmm(encoded, rearrange(params["decode"], "run pos d2 d1 -> run d2 (pos d1)"))
     logits = torch.bmm(decoded.view(runs, batch * pos, dim), emb.transpose(1, 2))
     return logits.view(runs, batch, pos, -1)
+
+
+def forward(
+    params: Params, prompts: Int[Tensor, "batch pos"] | Int[Tensor, "run batch pos"], padded: bool = False
+) -> Float[Tensor, "run batch pos vocab"]:
+    """Logits of every response position, for every run: `decode(encode(prompts))`.
+
+    prompts [batch pos] (shared by all runs) or [run batch pos] (token ids) ->
+    logits [run batch pos vocab] (pos = response position). See `encode` for `padded`.
+    """
+    return decode(params, encode(params, prompts, padded))
+
+
+# --- the critic's value head ---------------------------------------------
+def init_value_head(runs: int, dim: int) -> Params:
+    """A linear value head per run, zero at the start (so V = 0 until it learns): `weight` [run dim], `bias` [run]."""
+    return {"weight": torch.zeros(runs, dim, requires_grad=True), "bias": torch.zeros(runs, requires_grad=True)}
+
+
+def value(head: Params, encoded: Float[Tensor, "run batch dim"]) -> Float[Tensor, "run batch"]:
+    """V(prompt) = encoding . weight + bias, in reward units (the `critic` delta mode's baseline)."""
+    return torch.einsum("rbd,rd->rb", encoded, head["weight"]) + head["bias"][:, None]

@@ -17,8 +17,8 @@ class Recipe(NamedTuple):
 
 RECIPES: dict[str, Recipe] = {
     "lecture": Recipe(
-        {"deltas_mode": "rewards", "loss_mode": "naive", "kl_penalty": 0.0},
-        "CS336 lecture 17 `run_policy_gradient` defaults",
+        {"deltas_mode": "rewards", "loss_mode": "naive", "kl_penalty": 0.0, "kl_loss_agg_mode": "lecture"},
+        "CS336 lecture 17 `run_policy_gradient` defaults (its KL, when set, summed over positions)",
     ),
     "grpo": Recipe(
         {
@@ -52,9 +52,14 @@ RECIPES: dict[str, Recipe] = {
             "epsilon_high": 0.28,
             "loss_agg_mode": "token-mean",
             "filter_zero_std_groups": True,
+            "max_num_gen_batches": 10,
+            "overlong_buffer_len": 1,
+            "overlong_penalty_factor": 1.0,
             "kl_penalty": 0.0,
         },
-        "Yu et al. 2025 (DAPO): clip-higher 0.2/0.28, token-level mean, dynamic sampling, no KL",
+        "Yu et al. 2025 (DAPO): clip-higher 0.2/0.28, token-level mean, dynamic sampling re-sampling zero-std groups "
+        "up to 10 batches (verl max_num_gen_batches), soft overlong punishment (buffer 1 of 3 tokens, factor 1), no KL; "
+        "the sorted answer has the maximum length, so the overlong penalty falls on it too",
     ),
     "gspo": Recipe(
         {

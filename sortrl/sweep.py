@@ -74,7 +74,7 @@ def _train_chunk(configs: list[RunConfig], threads: int) -> tuple[pd.DataFrame, 
     Returns the chunk's table and the worker's versions, so the client can
     refuse results from a worker whose sortrl or torch differs from its own.
     """
-    return train(configs, threads=threads, with_config=False), _versions()
+    return train(configs, workers=threads, with_config=False), _versions()
 
 
 def _versions() -> dict[str, str]:

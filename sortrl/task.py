@@ -47,7 +47,7 @@ def inclusion_ordering_reward(
     responses: Int[Tensor, "run batch trial pos"],
     content: Bool[Tensor, "run batch trial pos"],
 ) -> Float[Tensor, "run batch trial"]:
-    """Lecture 17 `sort_inclusion_ordering_reward`: inclusion + ordering points.
+    """#prompt numbers included + #sorted adjacent pairs, 0 .. 2L-1 (lecture 17 `sort_inclusion_ordering_reward`).
 
     reward = #{i : prompt[i] appears among the response's tokens}
            + #{j : response[j] <= response[j+1], both tokens content}
@@ -68,7 +68,7 @@ def distance_reward(
     responses: Int[Tensor, "run batch trial pos"],
     content: Bool[Tensor, "run batch trial pos"],
 ) -> Float[Tensor, "run batch trial"]:
-    """Lecture 17 `sort_distance_reward`: positions where response == sorted(prompt).
+    """#positions where response == sorted(prompt), 0 .. L (lecture 17 `sort_distance_reward`).
 
     reward = #{j : response[j] == sorted(prompt)[j], token j content}; range 0 .. L.
     """
@@ -81,7 +81,7 @@ def exact_match_reward(
     responses: Int[Tensor, "run batch trial pos"],
     content: Bool[Tensor, "run batch trial pos"],
 ) -> Float[Tensor, "run batch trial"]:
-    """Binary reward: 1 if the response is exactly sorted(prompt) (full length, no early EOS), else 0.
+    """1 if the response is exactly sorted(prompt) (full length, no early EOS), else 0 (binary; Dr. GRPO's case).
 
     The 0/1 case in which, per Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like
     Training"), std normalisation changes the weighting of prompts the most.
@@ -127,6 +127,43 @@ def is_sorted_exactly(
     return ((responses == target) | (target == PAD)).all(dim=-1)
 
 
+# --- the uniform random policy: what chance scores ------------------------
+CHANCE_EXACT_LIMIT = 200_000
+"""Chance scores are exact (every response enumerated) up to this many responses per prompt, else sampled."""
+
+CHANCE_SAMPLES = 200_000
+"""Responses per prompt drawn (generator seed 0) when there are too many to enumerate."""
+
+
+def chance_scores(
+    prompts: Int[Tensor, "batch pos"], reward: RewardFn, num_tokens: int, eos_id: int | None
+) -> Float[Tensor, " batch"]:
+    """Expected score of each prompt's response under the uniform random policy (every token equally likely).
+
+    The policy picks each of the L positions uniformly from the model's
+    `num_tokens` tokens (EOS included when `eos_id` is set; the response ends
+    at its first EOS). Exact, by enumerating all num_tokens^L responses, when
+    there are at most `CHANCE_EXACT_LIMIT`; otherwise the mean over
+    `CHANCE_SAMPLES` uniform responses drawn from a generator seeded 0 (a
+    Monte Carlo error of about 1e-3 reward points). `reward` is any function
+    of `REWARDS` (e.g. `exact_match_reward` gives the chance of an exactly
+    sorted response). Reward points.
+    """
+    length = prompts.shape[1]
+    if num_tokens**length <= CHANCE_EXACT_LIMIT:
+        grid = torch.cartesian_prod(*[torch.arange(num_tokens)] * length).view(-1, length)
+    else:
+        grid = torch.randint(num_tokens, (CHANCE_SAMPLES, length), generator=torch.Generator().manual_seed(0))
+    out = []
+    for prompt in prompts:  # one prompt at a time bounds memory: [1 1 responses pos]
+        real = prompt != PAD
+        responses = grid[:, : int(real.sum())]
+        responses = torch.nn.functional.pad(responses, (0, length - responses.shape[1]), value=0)[None, None]
+        content = eos_masks(responses, eos_id)[0] & real
+        out.append(reward(prompt[None], responses, content).mean())
+    return torch.stack(out)
+
+
 # --- prompt sets ---------------------------------------------------------
 class TaskFields(Protocol):
     """The `RunConfig` fields (and derived properties) a prompt set is built from."""
@@ -157,7 +194,7 @@ def _pad(rows: list[tuple[int, ...]], width: int) -> Tensor:
 
 
 def lecture_prompts(cfg: TaskFields) -> PromptSet:
-    """The `prompts` field as the training set (the lecture's three by default); no held-out set."""
+    """The `prompts` field as the training set (lecture 17's three by default); no held-out set."""
     return PromptSet(_pad(list(cfg.prompts), cfg.response_length), _pad([], cfg.response_length))
 
 

@@ -5,46 +5,53 @@ per-step code path (see `BATCH_KEY`), and trains each batch as one program:
 every tensor has a leading `run` axis, the loss is the *sum* over runs of each
 run's loss (so no run's gradient sees another's), and Adam is element-wise.
 Numbers that differ between runs (learning rate, KL coefficient, clip ranges,
-length penalty) are `[run]` tensors; per-epoch choices (reward, deltas mode,
+temperature, ...) are `[run]` tensors; per-epoch choices (reward, deltas mode,
 loss aggregation, zero-std filtering) are applied per run. Each run draws from
 its own `torch.Generator` in the lecture's order, so a run's trajectory does
 not depend on its batch-mates and the lecture's settings reproduce the
-lecture's numbers exactly.
+lecture's numbers exactly. A feature costs only in batches that use it (the
+entropy bonus, temperature, KL, the critic, re-sampling).
 
 One epoch (lecture 17 `run_policy_gradient`): sample `num_responses`
-responses per prompt from the current policy, score them, turn rewards into
-deltas, then take `num_steps_per_epoch` Adam steps on those same responses.
-
-Because the model is non-autoregressive, a token's log-prob depends only on
-(prompt, position, token), not on the rest of its response. Token-level losses
-therefore fold the `trial` axis into per-(batch, pos, vocab) weights once per
-epoch: sum_t A_t omega_t f(logp[y_t]) = f-weighted sums over the vocabulary
-(split by the sign of A for the non-linear clipped loss). The sum over trials
-is done in trial order, as autograd does it in the lecture's code, so the
-gradient is the lecture's bit for bit.
+responses per prompt from the current policy (`sortrl.rollout`), score them,
+turn rewards into deltas (`sortrl.deltas`), then take `num_steps_per_epoch`
+Adam steps on those same responses (`sortrl.objective` holds the loss).
 """
 
 from __future__ import annotations
 
-import json
 import math
+import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from sortrl.config import FIELD_NAMES, RunConfig, plain
-from sortrl.deltas import DELTA_MODES
-from sortrl.losses import KL_ESTIMATORS, LOSS_AGG_MODES, LOSS_MODES, ClipRange
-from sortrl.model import Params, forward, init_params
+from sortrl.config import FIELD_NAMES, RunConfig, load_plugins, physical_memory, plain
+from sortrl.deltas import DELTA_MODES, extras
+from sortrl.losses import KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES, ClipRange
+from sortrl.model import Params, decode, encode, forward, init_params, init_value_head, value
+from sortrl.objective import Entropy, Kl, Policy, fold, ratio_stats, sft_targets
 from sortrl.optim import Adam
-from sortrl.task import PAD, REWARDS, TASKS, PromptSet, eos_masks, is_sorted_exactly
+from sortrl.registry import ConfigError
+from sortrl.rollout import (
+    Rollout,
+    Scorer,
+    gather,
+    grad_sq_norms,
+    greedy_scores,
+    per_run,
+    resample_zero_std,
+    sample,
+    zero_std,
+)
+from sortrl.task import PAD, REWARDS, TASKS, PromptSet, is_sorted_exactly
 
 BATCH_KEY = (
     "task",
@@ -71,22 +78,38 @@ BATCH_KEY = (
 
 METRICS = (
     "mean_reward",
+    "shaped_reward",
     "reward_std",
     "frac_reward_zero_std",
     "response_length",
+    "response_length/above_mean",
+    "response_length/below_mean",
+    "response_length/loss_weighted",
+    "exact_rate",
     "entropy",
     "greedy_accuracy",
+    "solve_rate",
     "loss",
+    "grad_norm",
     "kl",
     "clip_ratio",
     "clip_ratio/low_mean",
     "clip_ratio/high_mean",
     "importance_ratio",
 )
-"""Per-epoch metrics (TRL names where TRL has one); see `train` for their definitions."""
+"""Per-epoch metrics of every run (TRL names where TRL has one); see `train` for their definitions."""
 
 EVAL_METRICS = ["eval/mean_reward", "eval/greedy_accuracy"]
 """Held-out metrics, present when the task has held-out prompts (NaN between evaluations)."""
+
+PER_PROMPT_LIMIT = 8
+"""Tasks with at most this many training prompts get a `mean_reward/prompt=<i>` column per prompt."""
+
+EVAL_SEED_OFFSET = 1 << 40
+"""Held-out sampling uses a generator seeded `seed + EVAL_SEED_OFFSET`, never the training stream."""
+
+MIN_SHARD = 64
+"""`train` splits a batch over workers only into shards of at least this many runs (smaller ones gain nothing)."""
 
 Progress = Callable[[int], None]
 
@@ -95,57 +118,90 @@ def batch_key(cfg: RunConfig) -> tuple[Any, ...]:
     return tuple(getattr(cfg, name) for name in BATCH_KEY)
 
 
+def default_workers() -> int:
+    """The cores this process may use (`os.sched_getaffinity`, else `os.cpu_count()`)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def train(
-    configs: Sequence[RunConfig], progress: Progress | None = None, threads: int = 1, with_config: bool = True
+    configs: Sequence[RunConfig],
+    progress: Progress | None = None,
+    workers: int | None = None,
+    with_config: bool = True,
 ) -> pd.DataFrame:
     """Train every config; return a tidy table with one row per (run, epoch).
 
     Columns: `run_id`, `status` (`ok` or `diverged`), `diverged_epoch`, every
-    `RunConfig` field (`prompts` as JSON text; left out with `with_config=False`,
-    for callers that keep each run's config once, such as `sortrl.store`),
-    `epoch`, `step` (global inner step at the start of the epoch), and `METRICS`:
+    `RunConfig` field (lists such as `prompts` as JSON text; left out with
+    `with_config=False`, for callers that keep each run's config once, such as
+    `sortrl.store`), `epoch`, `step` (global inner step at the start of the
+    epoch), and the metrics (NaN where a metric does not apply):
 
     | column | meaning (per run and epoch) |
     | --- | --- |
-    | `mean_reward` | mean reward of the epoch's sampled responses over prompts and trials (the lecture's) |
+    | `mean_reward` | mean task reward (the reward function alone) of the epoch's sampled responses over prompts and trials (the lecture's; first draw) |
+    | `shaped_reward` | the same for the reward training uses: minus length penalty, plus overlong penalty (before a KL in the reward) |
+    | `mean_reward/prompt=<i>` | the same for training prompt i alone (tasks of at most 8 training prompts; NaN when not drawn) |
     | `reward_std` | mean over prompts of the within-group (unbiased) reward std (TRL) |
     | `frac_reward_zero_std` | share of prompts whose responses all got the same reward (TRL) |
     | `response_length` | mean number of tokens before EOS (= prompt length without EOS) |
+    | `response_length/above_mean`, `.../below_mean` | the same over responses whose reward is above / below their group's mean |
+    | `response_length/loss_weighted` | mean length weighted by each response's share of the loss (`loss_agg_mode`'s weights) |
+    | `exact_rate` | share of sampled responses that are exactly sorted(prompt): one scale for every reward |
+    | `reward_std/prompt=<i>`, `abs_delta/prompt=<i>` | per training prompt: its group's reward std and mean absolute delta (tasks of at most 8 prompts) |
     | `entropy` | mean per-position entropy of the sampling policy, nats |
-    | `greedy_accuracy` | share of prompts the argmax policy sorts exactly, *after* the epoch's updates |
-    | `loss` | the run's loss (policy + KL term) averaged over the epoch's inner steps |
-    | `kl` | the KL estimate to the reference policy, step mean (NaN when `kl_penalty == 0`) |
-    | `clip_ratio`, `clip_ratio/low_mean`, `clip_ratio/high_mean` | share of loss tokens clipped (both / below 1 - eps with A < 0 / above 1 + eps_high with A > 0), step mean; NaN unless `clipped` |
-    | `importance_ratio` | mean importance ratio over loss tokens, step mean; NaN for `naive` |
+    | `greedy_accuracy` | share of training prompts the argmax policy sorts exactly, *after* the epoch's updates |
+    | `solve_rate` | 1 if the argmax policy sorts every training prompt after the epoch's updates, else 0 |
+    | `loss` | the run's loss (policy + KL - entropy bonus) averaged over the epoch's inner steps |
+    | `grad_norm` | L2 norm of the run's loss gradient (all parameters) before each update, step mean (TRL/verl) |
+    | `kl` | the KL estimate to the reference, aggregated by `kl_loss_agg_mode`, step mean (at sampling time with `use_kl_in_reward`); NaN when `kl_penalty == 0` |
+    | `clip_ratio`, `clip_ratio/low_mean`, `clip_ratio/high_mean` | share of loss tokens clipped (both / below 1 - eps with A < 0 / above 1 + eps_high with A > 0), step mean; NaN unless the loss clips |
+    | `importance_ratio` | mean importance ratio over loss tokens, step mean; NaN for losses without a ratio |
+    | `num_gen_batches` | groups drawn per prompt at most (DAPO re-sampling, batches with `max_num_gen_batches > 1`) |
+    | `critic/vf_loss` | the value head's loss 0.5 (V - r)^2, step mean (batches with a `critic` run) |
 
     A run whose loss or parameters become non-finite (e.g. `learning_rate=100` with a KL penalty)
     is removed from its batch at the next epoch boundary (the other runs go on
     bit for bit as if it were not there); its rows up to that epoch are kept
     with `status="diverged"`. `progress`, if given, is called with the number
-    of run-steps just completed.
+    of run-steps just completed (from worker threads: it must be thread-safe).
 
-    `threads`: torch intra-op threads while training (the caller's setting is
-    restored afterwards). Keep the default 1 for exact results: with more,
-    MKL splits a run's matmuls differently for different batch sizes, and a
-    run's numbers would depend on its batch-mates in the last bit (faster on
-    an idle machine, not bit-exact). Parallelism comes from processes
-    (`sortrl sweep`).
+    `workers`: threads that train shards of a batch at once (default: the
+    cores this process may use), each with one torch intra-op thread. A run's
+    numbers do not depend on its batch-mates, so the table is the same for any
+    number of workers (a tested property); within one torch op, more threads
+    would split a run's matmuls by batch size and break that, so they are
+    never used. The caller's torch thread count is restored afterwards.
     """
     configs = list(configs)
-    batches: dict[tuple[Any, ...], list[int]] = defaultdict(list)
-    for i, cfg in enumerate(configs):
-        batches[batch_key(cfg)].append(i)
+    load_plugins(sorted({m for c in configs for m in c.plugins}))
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers: must be >= 1, got {workers}")
+    seen: set[str] = set()
+    for cfg in configs:
+        if cfg.run_id in seen:
+            raise ConfigError(f"configs: run {cfg.run_id} (seed {cfg.seed}) is given twice; each run once")
+        seen.add(cfg.run_id)
     if not configs:
         fields = FIELD_NAMES if with_config else ()
         return pd.DataFrame(columns=["run_id", "status", "diverged_epoch", *fields, "epoch", "step", *METRICS])
-    tables = []
+    batches: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    for i, cfg in enumerate(configs):
+        batches[batch_key(cfg)].append(i)
+    shards = [part for indices in batches.values() for part in _shards(indices, workers)]
+    _check_memory(configs, shards, min(workers, len(shards)))
     callers = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)
     try:
-        for indices in batches.values():  # in order of first appearance, so columns unite as in config order
-            table = _train_batch([configs[i] for i in indices], progress, with_config)
-            table["_run"] = np.asarray(indices)[table["_run"].to_numpy()]  # batch position -> config index
-            tables.append(table)
+        if workers == 1 or len(shards) == 1:
+            tables = [_train_shard(configs, indices, progress, with_config) for indices in shards]
+        else:
+            with ThreadPoolExecutor(min(workers, len(shards)), thread_name_prefix="sortrl-train") as pool:
+                tables = list(pool.map(lambda ix: _train_shard(configs, ix, progress, with_config), shards))
     finally:
         torch.set_num_threads(callers)
     table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
@@ -154,52 +210,28 @@ def train(
     return table.drop(columns="_run").reset_index(drop=True)
 
 
-def _per_run(
-    names: list[str], registry: dict[str, Callable[..., Tensor]], run_args: dict[str, Tensor], **shared: Any
-) -> Tensor:
-    """Call `registry[names[r]]` for run r, one call per distinct name.
-
-    `run_args` are tensors with a leading `run` axis, sliced to the runs of
-    each name; `shared` arguments are passed to every call as they are.
-    """
-    unique = sorted(set(names))
-    if len(unique) == 1:
-        return registry[unique[0]](**run_args, **shared)
-    out = None
-    for name in unique:
-        index = torch.tensor([r for r, n in enumerate(names) if n == name])
-        part = registry[name](**{k: v[index] for k, v in run_args.items()}, **shared)
-        if out is None:
-            out = part.new_empty((len(names), *part.shape[1:]))
-        out[index] = part
-    return out
+def _check_memory(configs: list[RunConfig], shards: list[list[int]], parallel: int) -> None:
+    """Refuse (`ConfigError`) before allocating when the largest shards trained at once would not fit in memory."""
+    sizes = sorted((sum(configs[i].memory_bytes for i in shard) for shard in shards), reverse=True)
+    need, have = sum(sizes[:parallel]), physical_memory()
+    if need > have:
+        raise ConfigError(
+            f"configs: training these {len(configs):,} runs needs about {need / 2**30:,.1f} GiB at once (estimated), "
+            f"more than this machine's {have / 2**30:,.0f} GiB; train fewer runs per call (sortrl sweep trains "
+            "chunks of --chunk-size runs)"
+        )
 
 
-def _sample(probs: Tensor, generators: list[torch.Generator], num_responses: int) -> Tensor:
-    """Responses [run batch trial pos] from probs [run batch pos vocab]: one multinomial per run, as the lecture."""
-    _, batch, _, vocab = probs.shape
-    flat = probs.reshape(len(generators), -1, vocab)
-    draws = [torch.multinomial(flat[r], num_responses, replacement=True, generator=g) for r, g in enumerate(generators)]
-    return rearrange(torch.stack(draws), "run (batch pos) trial -> run batch trial pos", batch=batch)
+def _shards(indices: list[int], workers: int) -> list[list[int]]:
+    """Split one batch's runs into at most `workers` contiguous shards of at least `MIN_SHARD` runs."""
+    parts = max(1, min(workers, len(indices) // MIN_SHARD))
+    return [list(part) for part in np.array_split(np.asarray(indices), parts)]
 
 
-def _fold(values: Tensor, onehot: Tensor) -> Tensor:
-    """sum_t values[r,b,t,p] * onehot[r,b,t,p,v] -> [run batch pos vocab], summed in trial order."""
-    return (onehot * values[..., None]).sum(dim=2)
-
-
-EVAL_SEED_OFFSET = 1 << 40
-"""Held-out sampling uses a generator seeded `seed + EVAL_SEED_OFFSET`, never the training stream."""
-
-
-class Rollout(NamedTuple):
-    """Sampled responses of one epoch and what the reward made of them (shapes [run batch trial (pos)])."""
-
-    responses: Tensor
-    content: Tensor  # tokens the reward sees
-    action: Tensor  # tokens the policy chose (content + first EOS)
-    lengths: Tensor
-    rewards: Tensor
+def _train_shard(configs: list[RunConfig], indices: list[int], progress: Progress | None, with_config: bool):
+    table = _train_batch([configs[i] for i in indices], progress, with_config)
+    table["_run"] = np.asarray(indices)[table["_run"].to_numpy()]  # batch position -> config index
+    return table
 
 
 class _Batch:
@@ -211,7 +243,6 @@ class _Batch:
         self.runs = torch.arange(len(configs))  # original index of each live run
         self.task = TASKS[c0.task](c0)
         self.padded = len(c0.lengths) > 1
-        self.eos_id = c0.num_values if c0.eos else None
         self.generators = [torch.Generator().manual_seed(c.seed) for c in configs]
         self.eval_generators = [torch.Generator().manual_seed(c.seed + EVAL_SEED_OFFSET) for c in configs]
         width = c0.response_length
@@ -220,19 +251,44 @@ class _Batch:
             list(self.params.values()), torch.tensor([c.learning_rate for c in configs], dtype=torch.float64)
         )
 
-        def per_run(values: list[float | None]) -> Tensor:
+        def numbers(values: list[float | None]) -> Tensor:
             return torch.tensor([math.inf if v is None else v for v in values], dtype=torch.float32)
 
         self.numbers = {
-            "kl_penalty": per_run([c.kl_penalty for c in configs]),
-            "length_penalty": per_run([c.length_penalty for c in configs]),
-            "eps_low": per_run([c.epsilon for c in configs]),
-            "eps_high": per_run([c.clip_high for c in configs]),
-            "dual": per_run([c.clip_ratio_c for c in configs]),
+            "kl_penalty": numbers([c.kl_penalty for c in configs]),
+            "length_penalty": numbers([c.length_penalty for c in configs]),
+            "eps_low": numbers([c.epsilon for c in configs]),
+            "eps_high": numbers([c.clip_high for c in configs]),
+            "dual": numbers([c.clip_ratio_c for c in configs]),
+            "temperature": numbers([c.temperature for c in configs]),
+            "entropy_coeff": numbers([c.entropy_coeff for c in configs]),
+            "overlong_buffer": numbers([c.overlong_buffer_len for c in configs]),
+            "overlong_factor": numbers([c.overlong_penalty_factor for c in configs]),
             "filter": torch.tensor([c.filter_zero_std_groups for c in configs]),
+            "kl_in_reward": torch.tensor([c.use_kl_in_reward for c in configs]),
+            "kl_bias_correction": torch.tensor([c.use_bias_correction_kl for c in configs]),
+            # re-sampling is part of dynamic sampling: without the filter a run draws one group per prompt
+            "max_gen_batches": torch.tensor(
+                [c.max_num_gen_batches if c.filter_zero_std_groups else 1 for c in configs]
+            ),
         }
-        self.names = {key: [getattr(c, key) for c in configs] for key in ("reward", "deltas_mode", "loss_agg_mode")}
+        self.names = {
+            "reward": [c.reward for c in configs],
+            "deltas_mode": [c.deltas_mode for c in configs],
+            "loss_agg_mode": [c.loss_agg_mode for c in configs],
+            "kl_loss_agg_mode": [c.kl_loss_agg_mode or c.loss_agg_mode for c in configs],
+        }
+        # features, decided once per batch: a batch pays only for what some run of it uses
+        self.tempered = any(c.temperature != 1 for c in configs)
         self.use_kl = any(c.kl_penalty != 0 for c in configs)
+        self.use_entropy = any(c.entropy_coeff != 0 for c in configs)
+        self.resample = bool((self.numbers["max_gen_batches"] > 1).any())
+        self.extras = sorted({e for c in configs for e in extras(DELTA_MODES[c.deltas_mode])})
+        self.critic = None
+        if "values" in self.extras:
+            self.critic = init_value_head(len(configs), c0.embedding_dim)
+            lr = torch.tensor([c.critic_learning_rate for c in configs], dtype=torch.float64)
+            self.critic_optimizer = Adam(list(self.critic.values()), lr)
         self.ref: Params | None = None
 
     def keep(self, alive: Tensor) -> None:
@@ -244,6 +300,9 @@ class _Batch:
         self.eval_generators = [self.eval_generators[i] for i in pick]
         self.params = {k: v.detach()[index].requires_grad_() for k, v in self.params.items()}
         self.optimizer.keep(index, list(self.params.values()))
+        if self.critic is not None:
+            self.critic = {k: v.detach()[index].requires_grad_() for k, v in self.critic.items()}
+            self.critic_optimizer.keep(index, list(self.critic.values()))
         self.numbers = {k: v[index] for k, v in self.numbers.items()}
         self.names = {k: [v[i] for i in pick] for k, v in self.names.items()}
         if self.ref is not None:
@@ -254,32 +313,33 @@ class _Batch:
         n = self.numbers
         return ClipRange(n["eps_low"].view(shape), n["eps_high"].view(shape), n["dual"].view(shape))
 
-    def rollout(self, prompts: Tensor, probs: Tensor, generators: list[torch.Generator]) -> Rollout:
-        """Sample `num_responses` per prompt and score them with each run's reward (minus its length penalty)."""
-        responses = _sample(probs, generators, self.c0.num_responses)
-        content, action = eos_masks(responses, self.eos_id)
-        real = (_with_run_axis(prompts) != PAD)[:, :, None, :]  # positions within the prompt's length
-        content, action = content & real, action & real
-        lengths = content.sum(dim=-1).float()
-        run_args = {"responses": responses, "content": content}
-        if prompts.dim() == 3:  # per-run prompt minibatches
-            run_args["prompts"] = prompts
-        shared = {} if prompts.dim() == 3 else {"prompts": prompts}
-        rewards = _per_run(self.names["reward"], REWARDS, run_args, **shared)
-        rewards = rewards - self.numbers["length_penalty"][:, None, None] * lengths
-        return Rollout(responses, content, action, lengths, rewards)
+    def scorer(self) -> Scorer:
+        n, c0 = self.numbers, self.c0
+        overlong = n["overlong_buffer"] if bool((n["overlong_buffer"] > 0).any()) else None
+        eos_id = c0.num_values if c0.eos else None
+        return Scorer(
+            self.names["reward"], n["length_penalty"], overlong, n["overlong_factor"], eos_id, c0.response_length
+        )
+
+    def temper(self, logits: Tensor) -> Tensor:
+        """Logits / T per run (TRL `temperature`); untouched when every run has T = 1 (bit-exact lecture path)."""
+        return logits / self.numbers["temperature"][:, None, None, None] if self.tempered else logits
 
 
-def _with_run_axis(prompts: Tensor) -> Tensor:
-    return prompts if prompts.dim() == 3 else prompts[None]
-
-
-def _metric_names(c0: RunConfig, task: PromptSet) -> list[str]:
+def _record_names(c0: RunConfig, task: PromptSet, state: _Batch) -> list[str]:
     names = list(METRICS)
+    if len(task.train) <= PER_PROMPT_LIMIT:
+        names += [f"mean_reward/prompt={i}" for i in range(len(task.train))]
+        if c0.num_responses > 1:
+            names += [f"{m}/prompt={i}" for m in ("reward_std", "abs_delta") for i in range(len(task.train))]
     if len(c0.lengths) > 1:
         names += [f"greedy_accuracy/len={n}" for n in c0.lengths]
     if len(task.eval):
         names += EVAL_METRICS + ([f"eval/greedy_accuracy/len={n}" for n in c0.lengths] if len(c0.lengths) > 1 else [])
+    if state.resample:
+        names.append("num_gen_batches")
+    if state.critic is not None:
+        names.append("critic/vf_loss")
     return names
 
 
@@ -292,35 +352,248 @@ def _greedy(state: _Batch, prompts: Tensor, logits: Tensor, prefix: str) -> dict
         size = (prompts != PAD).sum(dim=-1)
         for n in lengths:
             out[f"{prefix}greedy_accuracy/len={n}"] = solved[:, size == n].mean(dim=-1)
+    if not prefix:
+        out["solve_rate"] = solved.min(dim=-1).values
     return out
+
+
+def _evaluate(state: _Batch) -> dict[str, Tensor]:
+    """Held-out metrics: sampled mean reward (own generator, so training's stream is untouched) and greedy accuracy."""
+    prompts = state.task.eval
+    logits = forward(state.params, prompts, state.padded)
+    probs = torch.softmax(state.temper(logits), dim=-1)
+    roll = state.scorer().score(prompts, sample(probs, state.eval_generators, state.c0.num_responses))
+    out = {"eval/mean_reward": roll.scores.mean(dim=(1, 2))}
+    out.update(_greedy(state, prompts, logits, "eval/"))
+    return out
+
+
+class _Epoch(NamedTuple):
+    """One epoch's prompts, responses, deltas and loss terms (`_setup_epoch` makes it)."""
+
+    prompts: Tensor  # [batch pos] shared, or [run batch pos] per-run minibatches
+    rewards: Tensor  # [run batch trial] what the deltas (and the critic) were computed from
+    policy: Policy
+    entropy: Entropy | None
+    kl: Kl | None
+    metrics: dict[str, Tensor]
+
+
+def _setup_epoch(state: _Batch, epoch: int, logits: Tensor) -> _Epoch:
+    """Sample and score the epoch's responses, turn rewards into deltas, and prepare every loss term."""
+    c0, n = state.c0, state.numbers
+    prompts, picks = state.task.train, None
+    if c0.prompts_per_epoch is not None and c0.prompts_per_epoch < len(prompts):
+        # per-run prompt minibatch, drawn before the epoch's responses
+        size, k = len(prompts), c0.prompts_per_epoch
+        picks = torch.stack([torch.randperm(size, generator=g)[:k] for g in state.generators])
+        prompts = prompts[picks]  # [run batch pos]
+        logits = logits[torch.arange(len(picks))[:, None], picks]
+    logits = state.temper(logits)
+    old_log_probs = torch.log_softmax(logits, dim=-1)
+    probs = torch.softmax(logits, dim=-1)
+
+    scorer = state.scorer()
+    first = roll = scorer.score(prompts, sample(probs, state.generators, c0.num_responses))
+    rounds = None
+    if state.resample:
+        roll, rounds = resample_zero_std(scorer, roll, prompts, probs, state.generators, n["max_gen_batches"])
+    kept = ~(zero_std(roll.rewards) & n["filter"][:, None])  # [run batch]
+    mask = (roll.action & kept[:, :, None, None]).float()  # tokens in the loss
+    omega = per_run(state.names["loss_agg_mode"], LOSS_AGG_MODES, {"mask": mask}, max_len=c0.response_length)
+
+    rewards, kl, kl_metric = roll.rewards, None, None
+    if state.use_kl:
+        period = c0.compute_ref_model_period
+        if (epoch == 0) if period == 0 else (epoch % period == 0):
+            state.ref = {k: v.detach().clone() for k, v in state.params.items()}
+        ref_log_probs = torch.log_softmax(state.temper(forward(state.ref, prompts, state.padded)), dim=-1)
+        kl_omega = per_run(
+            state.names["kl_loss_agg_mode"], KL_LOSS_AGG_MODES, {"mask": mask}, max_len=c0.response_length
+        )
+        estimator = KL_ESTIMATORS[c0.kl_estimator]
+        in_reward = (n["kl_penalty"] != 0) & n["kl_in_reward"]
+        if bool(in_reward.any()):  # verl apply_kl_penalty: r -= beta * sum_t k(pi_old, pi_ref) over the response
+            per_token = estimator(gather(old_log_probs, roll.responses), gather(ref_log_probs, roll.responses))
+            rewards = rewards - torch.where(in_reward, n["kl_penalty"], 0.0)[:, None, None] * (
+                per_token * roll.action
+            ).sum(-1)
+            kl_metric = torch.where(in_reward, (kl_omega * per_token).sum(dim=(1, 2, 3)), math.nan)
+        in_loss = ((n["kl_penalty"] != 0) & ~n["kl_in_reward"]).nonzero().flatten()
+        if len(in_loss):  # only these runs: 0 * an infinite KL would make another run's loss NaN
+            onehot = torch.nn.functional.one_hot(roll.responses[in_loss], c0.num_tokens).float()
+            kl = Kl(
+                in_loss,
+                fold(kl_omega[in_loss], onehot),
+                ref_log_probs[in_loss],
+                old_log_probs[in_loss],
+                n["kl_penalty"][in_loss],
+                n["kl_bias_correction"][in_loss],
+                estimator,
+            )
+
+    available: dict[str, Tensor] = {}  # what the batch's delta modes ask for besides the rewards
+    if "values" in state.extras:
+        available["values"] = value(state.critic, encode(state.params, prompts, state.padded))[..., None]
+    if "greedy_rewards" in state.extras:
+        available["greedy_rewards"] = greedy_scores(scorer, prompts, logits)
+    if "grad_sq_norms" in state.extras:
+        available["grad_sq_norms"] = grad_sq_norms(probs, roll.responses, roll.action)
+    if "action_counts" in state.extras:
+        available["action_counts"] = mask.sum(dim=-1)
+    deltas = _deltas(state.names["deltas_mode"], rewards, available)
+
+    mode = LOSS_MODES[c0.loss_mode]
+    targets = sft_targets(prompts, len(state.runs), c0.num_tokens) if mode.supervised else None
+    sequence_level = c0.importance_sampling_level == "sequence"
+    policy = Policy(mode, sequence_level, roll, deltas, omega, mask, old_log_probs, targets)
+    entropy = None
+    if state.use_entropy:
+        runs = (n["entropy_coeff"] != 0).nonzero().flatten()
+        entropy = Entropy(runs, omega[runs].sum(dim=2), n["entropy_coeff"][runs])
+    metrics = _sample_metrics(state, first, prompts, picks, old_log_probs)
+    metrics.update(_signal_metrics(state, roll, deltas, omega, picks))
+    if kl_metric is not None:
+        metrics["kl"] = kl_metric
+    if rounds is not None:
+        metrics["num_gen_batches"] = rounds.float()
+    return _Epoch(prompts, rewards, policy, entropy, kl, metrics)
+
+
+def _deltas(names: list[str], rewards: Tensor, available: dict[str, Tensor]) -> Tensor:
+    """Each run's deltas from its mode, passing each mode the extras it asks for (sliced to its runs)."""
+    out = None
+    for name in sorted(set(names)):
+        fn = DELTA_MODES[name]
+        index = torch.tensor([r for r, m in enumerate(names) if m == name])
+        whole = len(index) == len(names)
+        args = {k: available[k] if whole else available[k][index] for k in extras(fn)}
+        part = fn(rewards if whole else rewards[index], **args)
+        if whole:
+            return part
+        if out is None:
+            out = part.new_empty(rewards.shape)
+        out[index] = part
+    return out
+
+
+def _per_prompt(state: _Batch, values: Tensor, picks: Tensor | None) -> Tensor:
+    """[run batch] values of the epoch's prompts as [run prompt] over every training prompt (NaN where not drawn)."""
+    if picks is None:
+        return values
+    return torch.full((len(state.runs), len(state.task.train)), math.nan).scatter(1, picks, values)
+
+
+def _sample_metrics(
+    state: _Batch, first: Rollout, prompts: Tensor, picks: Tensor | None, old_log_probs: Tensor
+) -> dict[str, Tensor]:
+    """Metrics of the epoch's sampled responses (the first draw, before any re-sampling) and of the sampling policy.
+
+    `mean_reward` (and per prompt) report the task's reward; the spread, zero-std
+    and length-by-sign metrics describe the shaped reward training sees.
+    """
+    rewards, lengths = first.rewards, first.lengths
+    probs = torch.exp(old_log_probs)
+    entropy = -(probs * old_log_probs).sum(dim=-1)  # [run batch pos], nats
+    reach = first.action.float().mean(dim=2)  # share of responses that act at each position
+    centre = rewards.mean(dim=-1, keepdim=True)
+    above, below = (rewards > centre).float(), (rewards < centre).float()
+    out = {
+        "mean_reward": first.scores.mean(dim=(1, 2)),
+        "shaped_reward": rewards.mean(dim=(1, 2)),
+        "reward_std": rewards.std(dim=-1).mean(dim=-1)
+        if rewards.shape[-1] > 1
+        else torch.full_like(centre[:, 0, 0], math.nan),
+        "frac_reward_zero_std": zero_std(rewards).float().mean(dim=-1),
+        "response_length": lengths.mean(dim=(1, 2)),
+        "response_length/above_mean": (lengths * above).sum(dim=(1, 2)) / above.sum(dim=(1, 2)),
+        "response_length/below_mean": (lengths * below).sum(dim=(1, 2)) / below.sum(dim=(1, 2)),
+        "entropy": (entropy * reach).sum(dim=(1, 2)) / reach.sum(dim=(1, 2)),
+        # a common scale for every reward: the share of sampled responses that are exactly sorted(prompt)
+        "exact_rate": REWARDS["exact_match"](prompts, first.responses, first.content).mean(dim=(1, 2)),
+    }
+    if len(state.task.train) <= PER_PROMPT_LIMIT:
+        per_prompt = _per_prompt(state, first.scores.mean(dim=-1), picks)  # [run prompt]
+        out.update({f"mean_reward/prompt={i}": per_prompt[:, i] for i in range(per_prompt.shape[1])})
+    return out
+
+
+def _signal_metrics(
+    state: _Batch, roll: Rollout, deltas: Tensor, omega: Tensor, picks: Tensor | None
+) -> dict[str, Tensor]:
+    """What training made of the responses it used: loss-weighted length, and per prompt reward spread and |delta|."""
+    weight = omega.sum(dim=-1)  # [run batch trial]: each response's share of the loss
+    out = {"response_length/loss_weighted": (weight * roll.lengths).sum(dim=(1, 2)) / weight.sum(dim=(1, 2))}
+    if len(state.task.train) <= PER_PROMPT_LIMIT and roll.rewards.shape[-1] > 1:
+        spread = _per_prompt(state, roll.rewards.std(dim=-1), picks)
+        size = _per_prompt(state, deltas.abs().mean(dim=-1), picks)
+        out.update({f"reward_std/prompt={i}": spread[:, i] for i in range(spread.shape[1])})
+        out.update({f"abs_delta/prompt={i}": size[:, i] for i in range(size.shape[1])})
+    return out
+
+
+def _inner_steps(state: _Batch, ep: _Epoch) -> dict[str, Tensor]:
+    """`num_steps_per_epoch` Adam steps on the epoch's responses; returns each metric's sum over the steps."""
+    c0 = state.c0
+    clip = state.clip(ep.policy.clip_shape())
+    sums: defaultdict[str, Tensor] = defaultdict(lambda: torch.zeros(len(state.runs)))
+    params = list(state.params.values())
+    for _ in range(c0.num_steps_per_epoch):
+        encoded = encode(state.params, ep.prompts, state.padded)
+        log_probs = torch.log_softmax(state.temper(decode(state.params, encoded)), dim=-1)
+        run_loss, ratio = ep.policy.loss(log_probs, clip)
+        if ep.entropy is not None:
+            bonus = ep.entropy.value(log_probs)
+            run_loss = run_loss.index_add(0, ep.entropy.runs, -ep.entropy.coeff * bonus)
+        if ep.kl is not None:
+            kl = ep.kl.value(log_probs)
+            run_loss = run_loss.index_add(0, ep.kl.runs, ep.kl.coeff * kl)
+            sums["kl"] = sums["kl"].index_add(0, ep.kl.runs, kl.detach())  # read only for ep.kl.runs
+        grads = torch.autograd.grad(run_loss.sum(), params)
+        # sum of squares per run, reduced along each run's own row (a fused norm kernel is not batch-invariant)
+        sums["grad_norm"] += torch.stack([(g * g).flatten(1).sum(dim=1) for g in grads]).sum(dim=0).sqrt()
+        state.optimizer.step(list(grads))
+        sums["loss"] += run_loss.detach()
+        if ratio is not None:
+            ratio_stats(sums, ep.policy, ratio, clip)
+        if state.critic is not None:
+            sums["critic/vf_loss"] += _critic_step(state, encoded.detach(), ep.rewards)
+    return sums
+
+
+def _critic_step(state: _Batch, encoded: Tensor, rewards: Tensor) -> Tensor:
+    """One Adam step of the value head on 0.5 (V(prompt) - r)^2, mean over the epoch's responses; returns that loss."""
+    with torch.enable_grad():
+        v = value(state.critic, encoded)[..., None]  # [run batch 1]
+        loss = 0.5 * ((v - rewards) ** 2).mean(dim=(1, 2))
+        grads = torch.autograd.grad(loss.sum(), list(state.critic.values()))
+    state.critic_optimizer.step(list(grads))
+    return loss.detach()
 
 
 def _train_batch(configs: list[RunConfig], progress: Progress | None, with_config: bool) -> pd.DataFrame:
     c0 = configs[0]
     state = _Batch(configs)
-    num_epochs, steps, group = c0.num_epochs, c0.num_steps_per_epoch, c0.num_responses
+    num_epochs, steps = c0.num_epochs, c0.num_steps_per_epoch
     train_prompts = state.task.train
-    minibatch = c0.prompts_per_epoch is not None and c0.prompts_per_epoch < len(train_prompts)
-    loss_mode = LOSS_MODES[c0.loss_mode]
-    kl_fn = KL_ESTIMATORS[c0.kl_estimator]
-    sequence_level = c0.importance_sampling_level == "sequence"
-    ratio_based = c0.loss_mode != "naive"
-
-    names = _metric_names(c0, state.task)
+    names = _record_names(c0, state.task, state)
     col = {name: i for i, name in enumerate(names)}
     history = torch.full((num_epochs, len(names), len(configs)), math.nan)
     diverged_epoch = torch.full((len(configs),), -1)
     step_losses = torch.zeros(len(configs))
 
-    def record(epoch: int, values: dict[str, Tensor]) -> None:
-        for name, value in values.items():
-            history[epoch, col[name], state.runs] = value.float()
+    def record(epoch: int, values: dict[str, Tensor], runs: Tensor | None = None) -> None:
+        """Store each metric [run] (or only at batch positions `runs`) as the value of `epoch`."""
+        where = state.runs if runs is None else state.runs[runs]
+        for name, value_ in values.items():
+            history[epoch, col[name], where] = (value_ if runs is None else value_[runs]).float()
 
     for epoch in range(num_epochs + 1):
         with torch.no_grad():
             # the policy the last epoch left: drop runs that went non-finite, then measure it
             logits = forward(state.params, train_prompts, state.padded)  # [run batch pos vocab]
-            finite = [torch.isfinite(t).flatten(1).all(dim=1) for t in (logits, *state.params.values())]
+            tensors = (logits, *state.params.values(), *(state.critic or {}).values())
+            finite = [torch.isfinite(t).reshape(len(t), -1).all(dim=1) for t in tensors]
             alive = torch.stack(finite).all(dim=0) & torch.isfinite(step_losses)
             if not bool(alive.all()):
                 diverged_epoch[state.runs[~alive]] = epoch - 1
@@ -334,136 +607,18 @@ def _train_batch(configs: list[RunConfig], progress: Progress | None, with_confi
                     record(epoch - 1, _evaluate(state))
             if epoch == num_epochs:
                 break
-
-            if minibatch:  # per-run prompt minibatch, drawn before the epoch's responses
-                size, k = len(train_prompts), c0.prompts_per_epoch
-                picks = torch.stack([torch.randperm(size, generator=g)[:k] for g in state.generators])
-                prompts = train_prompts[picks]  # [run batch pos]
-                logits = logits[torch.arange(len(picks))[:, None], picks]
-            else:
-                prompts = train_prompts  # [batch pos], shared by every run
-            if state.use_kl:
-                period = c0.compute_ref_model_period
-                if (epoch == 0) if period == 0 else (epoch % period == 0):
-                    state.ref = {k: v.detach().clone() for k, v in state.params.items()}
-                ref_log_probs = torch.log_softmax(forward(state.ref, prompts, state.padded), dim=-1)
-
-            # sample and score, then fold each token's weight into [run batch pos vocab]
-            roll = state.rollout(prompts, torch.softmax(logits, dim=-1), state.generators)
-            old_log_probs = torch.log_softmax(logits, dim=-1)
-            deltas = _per_run(state.names["deltas_mode"], DELTA_MODES, {"r": roll.rewards})
-            zero_std = (roll.rewards == roll.rewards[..., :1]).all(dim=-1)  # [run batch]
-            kept = ~(zero_std & state.numbers["filter"][:, None])
-            mask = (roll.action & kept[:, :, None, None]).float()  # tokens in the loss
-            omega = _per_run(state.names["loss_agg_mode"], LOSS_AGG_MODES, {"mask": mask}, max_len=c0.response_length)
-            weights = deltas[..., None] * omega  # A_t * omega_t: [run batch trial pos]
-            onehot = F.one_hot(roll.responses, c0.num_tokens).float()  # [run batch trial pos vocab]
-            n_tokens = mask.sum(dim=(1, 2, 3)).clamp(min=1)
-            if sequence_level:
-                old_tok = _gather(old_log_probs, roll.responses)
-                seq_weights = deltas * omega.sum(dim=-1)  # [run batch trial]
-                n_actions = roll.action.sum(dim=-1).clamp(min=1)
-            elif loss_mode.linear:
-                folded = [_fold(weights, onehot)]
-            else:
-                folded = [_fold(weights.clamp(min=0), onehot), _fold(weights.clamp(max=0), onehot)]
-            if ratio_based:  # per-token counts for TRL's clip fractions
-                counts = {
-                    "all": mask,
-                    "low": mask * (deltas[..., None] < 0),
-                    "high": mask * (deltas[..., None] > 0),
-                }
-                if not sequence_level:
-                    counts = {k: _fold(v, onehot) for k, v in counts.items()}
-            if state.use_kl:  # the lecture's KL: sum over positions, mean over prompts and responses
-                # only for the runs that have a KL term: 0 * an infinite KL would make another run's loss NaN
-                kl_runs = (state.numbers["kl_penalty"] != 0).nonzero().flatten()
-                kl_weights = _fold(roll.action.float() / (roll.action.shape[1] * group), onehot)[kl_runs]
-                ref_log_probs = ref_log_probs[kl_runs]
-
-            probs = torch.exp(old_log_probs)
-            entropy = -(probs * old_log_probs).sum(dim=-1)  # [run batch pos], nats
-            reach = roll.action.float().mean(dim=2)  # share of responses that act at each position
-            record(
-                epoch,
-                {
-                    "mean_reward": roll.rewards.mean(dim=(1, 2)),
-                    "reward_std": roll.rewards.std(dim=-1).mean(dim=-1),
-                    "frac_reward_zero_std": zero_std.float().mean(dim=-1),
-                    "response_length": roll.lengths.mean(dim=(1, 2)),
-                    "entropy": (entropy * reach).sum(dim=(1, 2)) / reach.sum(dim=(1, 2)),
-                },
-            )
-
-        clip = state.clip(3 if sequence_level else 4)
-        sums: dict[str, Tensor] = defaultdict(lambda: torch.zeros(len(state.runs)))
-        for _ in range(steps):
-            log_probs = torch.log_softmax(forward(state.params, prompts, state.padded), dim=-1)
-            if sequence_level:  # GSPO: s = exp(mean_t log rho_t), one clipped ratio per response
-                log_ratio = ((_gather(log_probs, roll.responses) - old_tok) * roll.action).sum(dim=-1) / n_actions
-                run_loss = loss_mode.fn(log_ratio, torch.zeros_like(log_ratio), seq_weights, clip).sum(dim=(1, 2))
-                ratio = torch.exp(log_ratio.detach())[..., None]  # [run batch trial 1]
-            else:
-                run_loss = sum(loss_mode.fn(log_probs, old_log_probs, w, clip) for w in folded).sum(dim=(1, 2, 3))
-                ratio = torch.exp(log_probs.detach() - old_log_probs)  # [run batch pos vocab]
-            if state.use_kl:
-                kl = (kl_weights * kl_fn(log_probs[kl_runs], ref_log_probs)).sum(dim=(1, 2, 3))
-                run_loss = run_loss.index_add(0, kl_runs, state.numbers["kl_penalty"][kl_runs] * kl)
-                sums["kl"] = sums["kl"].index_add(0, kl_runs, kl.detach())
-            grads = torch.autograd.grad(run_loss.sum(), list(state.params.values()))
-            state.optimizer.step(list(grads))
-            sums["loss"] += run_loss.detach()
-            if ratio_based:
-                _ratio_stats(sums, ratio, counts, n_tokens, clip, c0.loss_mode == "clipped")
+            ep = _setup_epoch(state, epoch, logits)
+            record(epoch, ep.metrics)
+        sums = _inner_steps(state, ep)
         step_losses = sums["loss"]
         if progress is not None:
             progress(len(state.runs) * steps)
         with torch.no_grad():
-            kl_on = state.numbers["kl_penalty"] != 0
-            if "kl" in sums:
-                sums["kl"] = torch.where(kl_on, sums["kl"], math.nan)
-            record(epoch, {name: value / steps for name, value in sums.items()})
+            if ep.kl is not None:  # the step-mean KL of the runs with a KL term in the loss
+                record(epoch, {"kl": sums.pop("kl") / steps}, runs=ep.kl.runs)
+            record(epoch, {name: value_ / steps for name, value_ in sums.items()})
 
     return _to_frame(configs, names, history, diverged_epoch, steps, with_config)
-
-
-def _gather(log_probs: Tensor, responses: Tensor) -> Tensor:
-    """log pi(y) per sampled token: [run batch pos vocab] x [run batch trial pos] -> [run batch trial pos]."""
-    expanded = log_probs[:, :, None].expand(-1, -1, responses.shape[2], -1, -1)
-    return expanded.gather(-1, responses[..., None]).squeeze(-1)
-
-
-def _evaluate(state: _Batch) -> dict[str, Tensor]:
-    """Held-out metrics: sampled mean reward (own generator, so training's stream is untouched) and greedy accuracy."""
-    prompts = state.task.eval
-    logits = forward(state.params, prompts, state.padded)
-    roll = state.rollout(prompts, torch.softmax(logits, dim=-1), state.eval_generators)
-    out = {"eval/mean_reward": roll.rewards.mean(dim=(1, 2))}
-    out.update(_greedy(state, prompts, logits, "eval/"))
-    return out
-
-
-def _ratio_stats(
-    sums: dict[str, Tensor], ratio: Tensor, counts: dict[str, Tensor], n_tokens: Tensor, clip: ClipRange, clipped: bool
-) -> None:
-    """Accumulate the mean importance ratio and TRL's clip fractions over the loss tokens, for one inner step.
-
-    `ratio` is per folded token [run batch pos vocab] or per response [run batch trial 1];
-    `counts` weigh it by the number of loss tokens it stands for (all / with A < 0 / with A > 0).
-    """
-    dims = tuple(range(1, counts["all"].dim()))
-    shape = (-1,) + (1,) * (ratio.dim() - 1)
-
-    def share(weights: Tensor) -> Tensor:
-        return weights.sum(dim=dims) / n_tokens
-
-    sums["importance_ratio"] += share(counts["all"] * ratio)
-    if clipped:
-        low = share(counts["low"] * (ratio < 1 - clip.low.reshape(shape)))
-        high = share(counts["high"] * (ratio > 1 + clip.high.reshape(shape)))
-        sums["clip_ratio/low_mean"] += low
-        sums["clip_ratio/high_mean"] += high
-        sums["clip_ratio"] += low + high
 
 
 def _to_frame(
@@ -490,6 +645,8 @@ def _to_frame(
 
 
 def _cell(value: Any) -> Any:
-    """A config value as a table cell: lists (prompts, mixed prompt lengths) as compact JSON text."""
+    """A config value as a table cell: lists (prompts, mixed prompt lengths, plugins) as compact JSON text."""
+    import json
+
     value = plain(value)
     return json.dumps(value, separators=(",", ":")) if isinstance(value, list) else value

@@ -31,7 +31,8 @@ def engine_spy(monkeypatch):
 
     Returns a namespace with `steps` (one `(params_before, grads)` pair of
     `{"embedding","encode","decode"}` dicts per inner step), `responses` (each
-    `_sample` result, [run batch trial pos]) and `optimizers` (the Adam objects).
+    `sample` result, [run batch trial pos], replaced by the re-sampled responses
+    when DAPO re-sampling ran) and `optimizers` (the policy's Adam objects).
     """
     import importlib
     from types import SimpleNamespace
@@ -43,22 +44,34 @@ def engine_spy(monkeypatch):
     class SpyAdam(engine.Adam):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            log.optimizers.append(self)
+            self.policy = len(self.params) == len(names)  # not the critic's value head
+            if self.policy:
+                log.optimizers.append(self)
 
         def step(self, grads):
+            if not self.policy:
+                return super().step(grads)
             before = {n: p.detach().clone() for n, p in zip(names, self.params)}
             log.steps.append((before, {n: g.detach().clone() for n, g in zip(names, grads)}))
             super().step(grads)
 
-    real_sample = engine._sample
+    real_sample = engine.sample
 
     def spy_sample(*args, **kwargs):
         out = real_sample(*args, **kwargs)
         log.responses.append(out.clone())
         return out
 
+    real_resample = engine.resample_zero_std
+
+    def spy_resample(*args, **kwargs):  # DAPO re-sampling: the epoch trains on the re-sampled responses
+        roll, rounds = real_resample(*args, **kwargs)
+        log.responses[-1] = roll.responses.clone()
+        return roll, rounds
+
     monkeypatch.setattr(engine, "Adam", SpyAdam)
-    monkeypatch.setattr(engine, "_sample", spy_sample)
+    monkeypatch.setattr(engine, "sample", spy_sample)
+    monkeypatch.setattr(engine, "resample_zero_std", spy_resample)
     return log
 
 

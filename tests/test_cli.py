@@ -251,6 +251,14 @@ OUT_OF_RANGE = {  # a bad value of every field that has a range or a registry
     "kl_penalty": "-1.0",
     "kl_estimator": '"k9"',
     "compute_ref_model_period": "-1",
+    "temperature": "0.0",
+    "entropy_coeff": "-0.1",
+    "kl_loss_agg_mode": '"sum"',
+    "critic_learning_rate": "0.0",
+    "overlong_buffer_len": "-1",
+    "overlong_penalty_factor": "-1.0",
+    "max_num_gen_batches": "0",
+    "plugins": '["no_such_module_for_sortrl"]',
 }
 RANDOM_TASK_OUT_OF_RANGE = {"prompt_length": "1"}  # only the random task reads prompt_length
 
@@ -369,3 +377,37 @@ def test_train_a_random_task_with_held_out_prompts(tmp_path):
     table = pd.read_csv(out)
     assert table.task.unique().tolist() == ["random"] and table.prompt_length.unique().tolist() == ["[3,4]"]
     assert table["eval/greedy_accuracy"].notna().any() and "greedy_accuracy/len=4" in table
+
+
+# --- issue 13: inputs that used to end in tracebacks or be accepted silently ---------------------------------
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--seed", "18446744073709551615"], "seed"),
+        (["--task", "random", "--task-seed", "9223372036854775807"], "task_seed"),
+        (["--seed", "1", "--seed", "1"], "seed"),
+        (["--task", "random", "--prompt-length", "[]"], "prompt_length"),
+        (["--prompts", "[[1],[2]]"], "prompts"),
+        (["--prompts", "[[0,0,0]]"], "prompts"),
+        (["--num-responses", "100000000"], "num_responses"),
+        (["--vocab-size", "1000000000"], "vocab_size"),
+        (["--embedding-dim", "100000000"], "embedding_dim"),
+        (["--num-epochs", "1000000000000"], "num_epochs"),
+        (["--task", "random", "--prompt-length", "100000"], "prompt_length"),
+    ],
+)
+def test_train_refuses_before_training(args, field):
+    line = assert_one_line_error(invoke("train", *args), f"{field}:")
+    assert line.startswith(f"error: {field}:"), line
+
+
+def test_train_warns_about_options_without_effect(tmp_path):
+    result = invoke("train", "--num-epochs", "2", "--loss-mode", "naive", "--epsilon-high", "5", "--prompt-length", "5")
+    assert result.exit_code == 0, result.output
+    warnings_ = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings_ == [
+        "warning: prompt_length: has no effect here (only the random task reads it)",
+        "warning: epsilon_high: has no effect here (loss_mode 'naive' does not clip)",
+    ]
+    quiet = invoke("train", "--num-epochs", "2", "--loss-mode", "clipped", "--epsilon-high", "0.3")
+    assert quiet.exit_code == 0 and "warning" not in quiet.stderr

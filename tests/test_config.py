@@ -13,7 +13,7 @@ from sortrl.losses import IMPORTANCE_SAMPLING_LEVELS, KL_ESTIMATORS, LOSS_AGG_MO
 from sortrl.registry import ConfigError
 from sortrl.task import REWARDS
 
-DEFAULT_RUN_ID = "8191da5c8ece05a9"
+DEFAULT_RUN_ID = "d7cdd56d1a9306e1"  # changed on purpose with the exploration fields (issue 10)
 """run_id of `RunConfig()`: the key of every stored lecture-default run. Changing it orphans stored results."""
 
 # A valid single-field change of BASE for every field (BASE uses `clipped` so every change below is valid alone).
@@ -50,6 +50,16 @@ ALTERNATIVES = {
     "kl_estimator": "k1",
     "compute_ref_model_period": 0,
     "recipe": "grpo",
+    "temperature": 1.5,
+    "entropy_coeff": 0.01,
+    "kl_loss_agg_mode": "lecture",
+    "use_kl_in_reward": True,
+    "use_bias_correction_kl": True,
+    "critic_learning_rate": 0.05,
+    "overlong_buffer_len": 1,
+    "overlong_penalty_factor": 0.5,
+    "max_num_gen_batches": 3,
+    "plugins": ("json",),
 }
 
 
@@ -189,3 +199,52 @@ def test_unknown_field_lists_valid_fields():
     with pytest.raises(ConfigError, match=r"unknown field 'learnin_rate'.*learning_rate"):
         RunConfig.from_dict({"learnin_rate": 0.1})
     assert issubclass(ConfigError, ValueError)
+
+
+def test_seed_bounds_keep_every_generator_seed_in_64_bits():
+    from sortrl.config import MAX_SEED, MAX_TASK_SEED
+    from sortrl.train import EVAL_SEED_OFFSET
+
+    assert MAX_SEED + EVAL_SEED_OFFSET == 2**64 - 1
+    assert MAX_TASK_SEED * 1000 + 10**6 < 2**64
+    RunConfig(seed=MAX_SEED, num_epochs=1, num_steps_per_epoch=1)  # trains: see test below
+    for field, value in (("seed", MAX_SEED + 1), ("task_seed", MAX_TASK_SEED + 1)):
+        with pytest.raises(ConfigError, match=f"^{field}: must be at most"):
+            RunConfig(**{field: value})
+
+
+def test_largest_seed_trains():
+    from sortrl import train
+    from sortrl.config import MAX_SEED
+
+    out = train([RunConfig(seed=MAX_SEED, num_epochs=2, num_steps_per_epoch=1, task="random", num_prompts=4,
+                           num_eval_prompts=2, task_seed=10**15)])  # fmt: skip
+    assert out["mean_reward"].notna().all() and out["eval/mean_reward"].notna().all()
+
+
+def test_memory_estimate_refuses_one_impossible_run():
+    big = RunConfig().memory_bytes * 10**7
+    with pytest.raises(ConfigError, match=r"^num_epochs: one run of this config needs about [\d,]+ GiB"):
+        RunConfig(num_epochs=10**9)
+    assert RunConfig().memory_bytes < 10**6 < big
+
+
+def test_train_refuses_a_batch_that_cannot_fit_and_duplicate_runs():
+    from sortrl import train
+
+    with pytest.raises(ConfigError, match=r"^configs: training these 300 runs needs about"):
+        train([RunConfig(seed=s, num_epochs=10**7) for s in range(300)])
+    with pytest.raises(ConfigError, match=r"^configs: run \w+ \(seed 1\) is given twice"):
+        train([RunConfig(seed=1), RunConfig(seed=1)])
+
+
+def test_ignored_fields_name_what_has_no_effect():
+    from sortrl.config import ignored_fields
+
+    assert ignored_fields(RunConfig()) == {}
+    assert ignored_fields(RunConfig(epsilon=0.1, kl_estimator="k1", prompt_length=5)) == {
+        "prompt_length": "only the random task reads it",
+        "epsilon": "loss_mode 'naive' does not clip",
+        "kl_estimator": "kl_penalty is 0",
+    }
+    assert ignored_fields(RunConfig(loss_mode="clipped", epsilon=0.1, kl_penalty=0.1, kl_estimator="k1")) == {}

@@ -41,3 +41,17 @@ def test_statistics_notebook_uses_the_report_numbers(results, monkeypatch):
     text = _run("02-statistics.ipynb", results, monkeypatch)
     assert "comparing 'centered_rewards' (n=6) with 'rewards' (n=6)" in text
     assert "P(centered_rewards > rewards) = " in text and "95% CI [" in text
+
+
+def test_your_own_variant_notebook_trains_a_registered_delta_mode():
+    notebook = nbformat.read(NOTEBOOKS / "03-your-own-variant.ipynb", as_version=4)
+    client = NotebookClient(
+        notebook, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(NOTEBOOKS)}}
+    )
+    client.execute()
+    outputs = [o for cell in notebook.cells for o in cell.get("outputs", [])]
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2, "both figures are shown"
+    assert "128 runs x 100 epochs" in text
+    assert "paired difference (rank - centered): " in text and "Wilcoxon p = " in text
+    assert "rewards [[[3.0, 1.0, 3.0, 0.0]]] -> deltas [[[1.0, -0.5, 1.0, -1.5]]]" in text

@@ -142,3 +142,31 @@ def test_mixed_lengths_train_and_report_per_length_accuracy():
         assert table[name].between(0, 1).all()
     # no response is longer than its prompt: lengths are masked per prompt
     assert (table.response_length <= 3.5 + 1e-9).all()
+
+
+def test_chance_score_of_the_uniform_policy_exactly_for_a_three_number_prompt():
+    import itertools
+
+    from sortrl.task import REWARDS, chance_scores
+
+    prompt = (1, 0, 2)
+
+    def lecture_reward(response):  # CS336 lecture 17 sort_inclusion_ordering_reward, in plain Python
+        return sum(x in response for x in prompt) + sum(a <= b for a, b in zip(response, response[1:]))
+
+    responses = list(itertools.product(range(5), repeat=3))  # the 125 equally likely responses
+    expected = sum(lecture_reward(r) for r in responses) / 125
+    got = chance_scores(torch.tensor([prompt]), REWARDS["inclusion_ordering"], 5, None)
+    assert got.item() == pytest.approx(expected, abs=1e-6)
+    assert chance_scores(torch.tensor([prompt]), REWARDS["exact_match"], 5, None).item() == pytest.approx(1 / 125)
+    assert chance_scores(torch.tensor([prompt]), REWARDS["distance"], 5, None).item() == pytest.approx(3 / 5)
+    # with EOS (token 5) a response ends at its first EOS: only 1 of the 216 responses is exactly sorted
+    assert chance_scores(torch.tensor([prompt]), REWARDS["exact_match"], 6, 5).item() == pytest.approx(1 / 216)
+
+
+def test_chance_score_is_sampled_when_enumeration_is_too_big():
+    from sortrl.task import REWARDS, chance_scores
+
+    prompts = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])  # 10^8 responses: sampled
+    got = chance_scores(prompts, REWARDS["distance"], 10, None).item()
+    assert got == pytest.approx(8 / 10, abs=0.01)  # each position matches sorted(prompt) with probability 1/10

@@ -12,7 +12,7 @@ import torch
 
 from sortrl import RunConfig, train
 from sortrl.deltas import DELTA_MODES
-from sortrl.losses import KL_ESTIMATORS, LOSS_AGG_MODES, LOSS_MODES, ClipRange
+from sortrl.losses import KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES, ClipRange
 from sortrl.model import forward
 from sortrl.task import REWARDS, eos_masks
 
@@ -20,45 +20,92 @@ NAMES = ("embedding", "encode", "decode")
 
 
 # --- the straightforward computation the engine folds --------------------------------------
-def gathered_log_probs(params, prompts, responses):
+def log_softmax_of(params, prompts, cfg: RunConfig):
+    """log pi of every (batch, pos, vocab), [run batch pos vocab], of the policy tempered by `cfg.temperature`."""
+    return torch.log_softmax(forward(params, prompts) / cfg.temperature, dim=-1)
+
+
+def gathered_log_probs(params, prompts, responses, cfg: RunConfig):
     """log pi(y) of every sampled token, [run batch trial pos], gathered per response (no folding)."""
-    lp = torch.log_softmax(forward(params, prompts), dim=-1)  # [run batch pos vocab]
+    lp = log_softmax_of(params, prompts, cfg)
     lp = lp[:, :, None].expand(-1, -1, responses.shape[2], -1, -1)
     return lp.gather(-1, responses[..., None]).squeeze(-1)
 
 
-def direct_loss(cfg: RunConfig, params, old_params, ref_params, responses):
-    """One run's loss written per token: gather log-probs per [run batch trial pos], apply the loss
-    per token with that response's advantage, aggregate with the loss_agg_mode weights, add the
-    lecture's KL (sum over positions, mean over prompts and responses). Returns (loss, kl)."""
-    prompts = torch.tensor(cfg.prompts)
-    lp = gathered_log_probs(params, prompts, responses)
-    with torch.no_grad():
-        old = gathered_log_probs(old_params, prompts, responses)
+def shaped_rewards(cfg: RunConfig, prompts, responses):
+    """Rewards as the formulas define them: reward - length_penalty * length + DAPO's overlong penalty."""
     content, action = eos_masks(responses, cfg.num_values if cfg.eos else None)
     rewards = REWARDS[cfg.reward](prompts, responses, content) - cfg.length_penalty * content.sum(-1)
-    adv = DELTA_MODES[cfg.deltas_mode](rewards)  # [1 batch trial]
+    if cfg.overlong_buffer_len:
+        n, top, buf = action.sum(-1).float(), cfg.response_length, cfg.overlong_buffer_len
+        rewards = rewards + (-(n - (top - buf)) / buf * cfg.overlong_penalty_factor).clamp(max=0)
+    return rewards, content, action
+
+
+def direct_loss(cfg: RunConfig, params, old_params, ref_params, responses):
+    """One run's loss written per token, as TRL and verl write it: gather log-probs per [run batch trial pos],
+    apply the loss per token with that response's advantage, add beta * KL per token (TRL) and aggregate
+    both with the loss_agg_mode weights (verl `agg_loss`; the KL with `kl_loss_agg_mode` if set), minus
+    entropy_coeff * the entropy aggregated the same way (verl). Log-probs are those of the tempered policy.
+    Returns (loss, kl)."""
+    prompts = torch.tensor(cfg.prompts)
+    lp = gathered_log_probs(params, prompts, responses, cfg)
+    with torch.no_grad():
+        old = gathered_log_probs(old_params, prompts, responses, cfg)
+        ref = gathered_log_probs(ref_params, prompts, responses, cfg) if cfg.kl_penalty else None
+    rewards, content, action = shaped_rewards(cfg, prompts, responses)
     zero_std = rewards.max(dim=-1).values == rewards.min(dim=-1).values
     kept = ~(zero_std & cfg.filter_zero_std_groups)
     mask = (action & kept[..., None, None]).float()
+    if cfg.kl_penalty and cfg.use_kl_in_reward:  # verl: r -= beta * sum_t k(pi_old, pi_ref)
+        rewards = rewards - cfg.kl_penalty * (KL_ESTIMATORS[cfg.kl_estimator](old, ref) * action).sum(-1)
+    adv = DELTA_MODES[cfg.deltas_mode](rewards, **direct_extras(cfg, old_params, prompts, responses, mask))
     omega = LOSS_AGG_MODES[cfg.loss_agg_mode](mask, cfg.response_length)
     number = lambda x: torch.tensor([math.inf if x is None else x])  # noqa: E731
     fn = LOSS_MODES[cfg.loss_mode].fn
-    if cfg.importance_sampling_level == "token":
+    if LOSS_MODES[cfg.loss_mode].supervised:  # cross-entropy on sorted(prompt), mean over prompts and positions
+        target = prompts.sort(dim=-1).values
+        all_lp = log_softmax_of(params, prompts, cfg)[0]
+        loss = -all_lp.gather(-1, target[..., None]).mean()
+    elif cfg.importance_sampling_level == "token":
         clip = ClipRange(*(number(x).view(-1, 1, 1, 1) for x in (cfg.epsilon, cfg.clip_high, cfg.clip_ratio_c)))
-        per_token = fn(lp, old, adv[..., None].expand_as(lp), clip)
+        loss = (omega * fn(lp, old, adv[..., None].expand_as(lp), clip)).sum()
     else:  # GSPO as TRL writes it: the response's length-normalised log-ratio broadcast to its tokens
         clip = ClipRange(*(number(x).view(-1, 1, 1) for x in (cfg.epsilon, cfg.clip_high, cfg.clip_ratio_c)))
         log_s = ((lp - old) * action).sum(-1) / action.sum(-1).clamp(min=1)
-        per_token = fn(log_s, torch.zeros_like(log_s), adv, clip)[..., None].expand_as(lp)
-    loss = (omega * per_token).sum()
+        loss = (omega * fn(log_s, torch.zeros_like(log_s), adv, clip)[..., None].expand_as(lp)).sum()
+    if cfg.entropy_coeff:
+        all_lp = log_softmax_of(params, prompts, cfg)  # [run batch pos vocab]
+        entropy = -(all_lp.exp() * all_lp).sum(-1)[:, :, None, :].expand_as(lp)  # each token's position entropy
+        loss = loss - cfg.entropy_coeff * (omega * entropy).sum()
     kl = torch.tensor(0.0)
     if cfg.kl_penalty:
-        with torch.no_grad():
-            ref = gathered_log_probs(ref_params, prompts, responses)
-        kl = (KL_ESTIMATORS[cfg.kl_estimator](lp, ref) * action).sum(-1).mean()
-        loss = loss + cfg.kl_penalty * kl
+        kl_omega = KL_LOSS_AGG_MODES[cfg.kl_loss_agg_mode or cfg.loss_agg_mode](mask, cfg.response_length)
+        # in the reward, the KL is the sampling policy's (the `kl` column then reports that); in the loss, the current
+        per_token = KL_ESTIMATORS[cfg.kl_estimator](old if cfg.use_kl_in_reward else lp, ref)
+        if cfg.use_bias_correction_kl:  # TRL: per_token_kl * coef_1
+            per_token = per_token * torch.exp(lp - old)
+        kl = (kl_omega * per_token).sum()
+        if not cfg.use_kl_in_reward:
+            loss = loss + cfg.kl_penalty * kl
     return loss, kl
+
+
+def direct_extras(cfg: RunConfig, old_params, prompts, responses, mask):
+    """What the delta modes that need more than the rewards get, computed from their definitions."""
+    with torch.no_grad():
+        logits = forward(old_params, prompts) / cfg.temperature
+    if cfg.deltas_mode == "remax":  # the greedy response's shaped reward
+        greedy = logits.argmax(-1)[:, :, None, :]
+        return {"greedy_rewards": shaped_rewards(cfg, prompts, greedy)[0]}
+    if cfg.deltas_mode == "optimal_baseline":  # |onehot(y) - pi|^2 summed over action positions
+        probs = torch.softmax(logits, -1)[:, :, None].expand(-1, -1, responses.shape[2], -1, -1)
+        diff = torch.nn.functional.one_hot(responses, probs.shape[-1]).float() - probs
+        action = eos_masks(responses, cfg.num_values if cfg.eos else None)[1]
+        return {"grad_sq_norms": ((diff**2).sum(-1) * action).sum(-1)}
+    if cfg.deltas_mode == "reinforce_plus_plus":
+        return {"action_counts": mask.sum(-1)}
+    return {}
 
 
 def check_against_direct(configs, spy, rtol=2e-5):
@@ -126,6 +173,45 @@ FAST = dict(num_epochs=2, num_steps_per_epoch=3, learning_rate=0.05, seed=2)
         dict(loss_mode="unclipped", importance_sampling_level="sequence", deltas_mode="centered_rewards"),
         dict(loss_mode="clipped", reward="distance", num_responses=3, filter_zero_std_groups=True),
         dict(deltas_mode="max_rewards", reward="distance", loss_agg_mode="seq-mean-token-mean", eos=True),
+        # issue 10: exploration variants, each against the per-token formula of its source
+        dict(loss_mode="clipped", deltas_mode="centered_rewards", entropy_coeff=0.2),
+        dict(entropy_coeff=0.5, loss_agg_mode="seq-mean-token-mean", eos=True, deltas_mode="centered_rewards"),
+        dict(temperature=1.7, loss_mode="clipped", kl_penalty=0.3, compute_ref_model_period=1),
+        dict(temperature=0.6, entropy_coeff=0.1, deltas_mode="normalized_rewards"),
+        dict(kl_penalty=0.3, kl_loss_agg_mode="lecture", loss_agg_mode="seq-mean-token-mean", eos=True),
+        dict(
+            kl_penalty=0.4,
+            kl_estimator="k1",
+            loss_agg_mode="seq-mean-token-sum-norm",
+            filter_zero_std_groups=True,
+            reward="distance",
+            num_responses=3,
+            deltas_mode="centered_rewards",
+        ),  # fmt: skip
+        dict(
+            kl_penalty=0.5,
+            use_kl_in_reward=True,
+            compute_ref_model_period=0,
+            deltas_mode="centered_rewards",
+            num_epochs=3,
+        ),  # fmt: skip
+        dict(
+            kl_penalty=0.3, use_bias_correction_kl=True, loss_mode="clipped", compute_ref_model_period=0, num_epochs=3
+        ),
+        dict(loss_mode="sft"),
+        dict(loss_mode="sft", entropy_coeff=0.1),
+        dict(deltas_mode="remax", loss_mode="clipped", eos=True),
+        dict(deltas_mode="optimal_baseline", eos=True, loss_agg_mode="seq-mean-token-mean"),
+        dict(deltas_mode="reinforce_plus_plus", eos=True, filter_zero_std_groups=True, reward="distance"),
+        dict(eos=True, overlong_buffer_len=2, overlong_penalty_factor=0.5, deltas_mode="centered_rewards"),
+        dict(
+            loss_mode="clipped",
+            filter_zero_std_groups=True,
+            max_num_gen_batches=4,
+            reward="distance",
+            num_responses=3,
+            deltas_mode="normalized_rewards",
+        ),  # fmt: skip
     ],
     ids=[
         "naive-kl",
@@ -137,6 +223,21 @@ FAST = dict(num_epochs=2, num_steps_per_epoch=3, learning_rate=0.05, seed=2)
         "gspo-unclipped",
         "distance-filter-raw-rewards",
         "max-distance-eos",
+        "entropy",
+        "entropy-seqmean-eos",
+        "temperature-kl",
+        "cold-temperature-entropy",
+        "kl-lecture-agg",
+        "kl-follows-sumnorm-filtered",
+        "kl-in-reward",
+        "kl-bias-correction",
+        "sft",
+        "sft-entropy",
+        "remax",
+        "optimal-baseline",
+        "reinforce-plus-plus",
+        "overlong",
+        "dapo-resampling",
     ],
 )
 def test_folded_engine_gradient_equals_direct_per_token_computation(kwargs, engine_spy):
@@ -146,6 +247,12 @@ def test_folded_engine_gradient_equals_direct_per_token_computation(kwargs, engi
         assert out["clip_ratio"].max() > 0, "the case should exercise the clipped branch"
     if cfg.filter_zero_std_groups:
         assert out["frac_reward_zero_std"].max() > 0, "the case should filter some prompt"
+    if cfg.max_num_gen_batches > 1:
+        assert out["num_gen_batches"].max() > 1, "the case should re-sample some group"
+    if cfg.use_kl_in_reward:
+        assert out["kl"].iloc[1:].gt(0).all(), "the case should move the rewards by a KL"
+    if cfg.overlong_buffer_len:
+        assert out["response_length"].max() > cfg.response_length - cfg.overlong_buffer_len - 1
 
 
 def test_folded_gradient_in_a_mixed_batch(engine_spy):
@@ -287,9 +394,10 @@ def test_batch_invariance_to_rounding(common):
 
 
 def test_diverged_run_is_dropped_and_the_others_go_on_unchanged():
-    # lr 100 with a k3 KL penalty overflows within the first epoch; the run at batch index 0 must be untouched
-    common = dict(num_epochs=5, num_steps_per_epoch=3, kl_penalty=1.0)
-    good, bad = RunConfig(seed=3, **common), RunConfig(seed=0, learning_rate=100.0, **common)
+    # lr 1e6 with the lecture's k2 KL (summed over positions) overflows within the first epoch; the run at
+    # batch index 0 must be untouched
+    common = dict(num_epochs=5, num_steps_per_epoch=3, kl_penalty=1.0, kl_estimator="k2", kl_loss_agg_mode="lecture")
+    good, bad = RunConfig(seed=3, **common), RunConfig(seed=0, learning_rate=1e6, **common)
     together = train([good, bad])
     lost = together[together.run_id == bad.run_id]
     assert lost.status.tolist() == ["diverged"] and lost.diverged_epoch.tolist() == [0]
@@ -341,7 +449,8 @@ def test_batch_invariance_does_not_depend_on_the_callers_thread_count():
     torch.set_num_threads(2)
     try:
         alone = train([target])
-        inside = train(_mates(21, **common) + [target] + _mates(42, **common))
+        mates = _mates(63, **common)
+        inside = train(mates[:21] + [target] + mates[21:])
         assert torch.get_num_threads() == 2  # the caller's setting is restored
     finally:
         torch.set_num_threads(before)

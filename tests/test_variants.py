@@ -60,12 +60,13 @@ def test_filter_drops_always_constant_prompts(engine_spy):
     # `rewards` deltas (-0.3 each) would still push the policy. With the filter every prompt leaves the loss.
     common = dict(vocab_size=50, reward="exact_match", length_penalty=0.1, num_epochs=3, num_steps_per_epoch=2)
     kept = train([RunConfig(**common)])
-    assert kept.mean_reward.tolist() == pytest.approx([-0.3] * 3, abs=1e-6)
+    assert kept.mean_reward.tolist() == [0.0] * 3  # the task's reward
+    assert kept.shaped_reward.tolist() == pytest.approx([-0.3] * 3, abs=1e-6)  # what training sees
     assert kept.frac_reward_zero_std.tolist() == [1.0, 1.0, 1.0]
     assert any(g.abs().max() > 0 for _, grads in engine_spy.steps for g in grads.values())
     engine_spy.steps.clear()
     filtered = train([RunConfig(filter_zero_std_groups=True, **common)])
-    assert filtered.mean_reward.tolist() == pytest.approx([-0.3] * 3, abs=1e-6)
+    assert filtered.shaped_reward.tolist() == pytest.approx([-0.3] * 3, abs=1e-6)
     assert all(torch.equal(g, torch.zeros_like(g)) for _, grads in engine_spy.steps for g in grads.values())
     assert filtered.entropy.nunique() == 1  # the policy never moved
     assert kept.entropy.nunique() > 1
@@ -210,7 +211,7 @@ def test_without_eos_response_length_is_the_prompt_length(tiny):
 
 
 def test_length_penalty_subtracts_penalty_times_length():
-    # same seed -> same initial policy and same epoch-0 sample; reward - 0.5 * length
+    # same seed -> same initial policy and same epoch-0 sample; training sees reward - 0.5 * length
     plain, penalised = (
         RunConfig(eos=True, seed=2, num_epochs=1),
         RunConfig(eos=True, seed=2, num_epochs=1, length_penalty=0.5),
@@ -218,7 +219,9 @@ def test_length_penalty_subtracts_penalty_times_length():
     out = train([plain, penalised])
     a, b = out.iloc[0], out.iloc[1]
     assert a.response_length == b.response_length and a.response_length < 3
-    assert b.mean_reward == pytest.approx(a.mean_reward - 0.5 * a.response_length, abs=1e-6)
+    assert b.mean_reward == a.mean_reward  # the task's reward: comparable across shaping
+    assert b.shaped_reward == pytest.approx(a.mean_reward - 0.5 * a.response_length, abs=1e-6)
+    assert a.shaped_reward == a.mean_reward
 
 
 def test_exact_match_reward_in_training(engine_spy):

@@ -1,0 +1,95 @@
+"""Your own variant, without editing sortrl: `register` adds a function to one of the variant registries.
+
+A plug-in is a Python module that calls `register` when imported, for example
+
+    # my_variants.py
+    import torch
+    from sortrl.plugins import register
+
+    @register("deltas_mode", "rank")
+    def rank(r):  # [run batch trial] -> [run batch trial]
+        ranks = r.argsort(-1).argsort(-1).float()
+        return ranks - ranks.mean(-1, keepdim=True)
+
+and is named in the config's `plugins` field: `plugins = ["my_variants"]` in a
+grid file, or `sortrl train --plugin my_variants --deltas-mode rank`. sortrl
+imports it before checking a config and before training, in every worker
+process (loky or dask), so the module must be importable there (on `sys.path`,
+e.g. installed, or in the folder the command runs from).
+
+The contract of each kind (shapes use the axes `run batch trial pos vocab`):
+
+| kind | signature | notes |
+| --- | --- | --- |
+| `deltas_mode` | `fn(rewards [run batch trial], **extras) -> [run batch trial]` | extras by parameter name: `sortrl.deltas.EXTRAS` |
+| `loss_mode` | `fn(log_probs, old_log_probs, advantages, clip: ClipRange) -> per-token loss` | flags below |
+| `reward` | `fn(prompts [batch pos] or [run batch pos], responses [run batch trial pos], content) -> [run batch trial]` | see `sortrl.task` |
+| `kl_estimator` | `fn(log_probs, ref_log_probs) -> per-token KL estimate (same shape)` | must be >= 0 to be a divergence |
+| `loss_agg_mode` | `fn(mask [run batch trial pos], max_len) -> per-token weights omega (same shape)` | also a `kl_loss_agg_mode` |
+
+A loss mode declares `linear` (linear in the advantage A), `uses_ratio`
+(needs the old policy's log-probs), `clips` (log clip fractions) and, by
+default, `foldable=True`: positively homogeneous in A, f(lp, old, c*A) =
+c*f(lp, old, A) for c > 0, which lets the engine fold responses into per-token
+weights (`sortrl.losses`). A loss without that property registers with
+`foldable=False` and is then applied to every sampled token, with that
+response's advantage (slower, but exact).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sortrl.deltas import DELTA_MODES, extras
+from sortrl.losses import KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES, LossMode
+from sortrl.task import REWARDS
+
+KINDS = ("deltas_mode", "loss_mode", "reward", "kl_estimator", "loss_agg_mode")
+"""What a plug-in can register (the `RunConfig` field that names it)."""
+
+
+def register(kind: str, name: str, fn: Callable[..., Any] | None = None, **flags: Any) -> Any:
+    """Add `fn` to the registry of `kind` under `name`; usable as a decorator (`@register(kind, name)`).
+
+    `flags` are the `LossMode` fields of a loss mode (`linear`, `uses_ratio`,
+    `clips`, and optionally `supervised`, `foldable`); other kinds take none.
+    Registering the same function again (a module imported twice, a notebook
+    cell run again: same module and name) replaces it.
+    Raises `ValueError` for an unknown kind, a taken name, a delta mode asking
+    for an extra the engine does not provide, or flags that do not fit.
+    """
+    if fn is None:
+        return lambda f: register(kind, name, f, **flags)
+    if kind not in KINDS:
+        raise ValueError(f"register: unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register: a {kind} needs a non-empty name, got {name!r}")
+    if kind != "loss_mode" and flags:
+        raise ValueError(f"register: a {kind} takes no flags, got {', '.join(flags)}")
+    entry: Any = fn
+    if kind == "loss_mode":
+        try:
+            entry = LossMode(fn, **flags)
+        except TypeError as err:
+            raise ValueError(f"register: loss mode {name!r} needs flags linear, uses_ratio, clips ({err})") from None
+    if kind == "deltas_mode":
+        extras(fn)  # raises ValueError for a parameter the engine cannot provide
+    registries: dict[str, list[dict[str, Any]]] = {
+        "deltas_mode": [DELTA_MODES],
+        "loss_mode": [LOSS_MODES],
+        "reward": [REWARDS],
+        "kl_estimator": [KL_ESTIMATORS],
+        "loss_agg_mode": [LOSS_AGG_MODES, KL_LOSS_AGG_MODES],
+    }
+    for registry in registries[kind]:
+        old = registry.get(name)
+        if old is not None and old != entry and _origin(old) != _origin(entry):
+            raise ValueError(f"register: {kind} {name!r} is already registered (by {_origin(old)})")
+        registry[name] = entry  # a new definition of the same function (a notebook cell run again) replaces it
+    return fn
+
+
+def _origin(entry: Any) -> str:
+    fn = entry.fn if isinstance(entry, LossMode) else entry
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
