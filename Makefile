@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NOTEBOOKS_STAMP := $(VENV)/.notebooks-installed
+BENCH_STAMP := $(VENV)/.bench-installed
 RESULTS ?= results
 GRIDS := $(wildcard experiments/*.toml)
 JUPYTER_ARGS ?=
@@ -54,7 +55,12 @@ lint: $(STAMP) ## Check style with ruff
 	$(VENV)/bin/ruff check sortrl tests benchmarks tools
 	$(VENV)/bin/ruff format --check sortrl tests benchmarks tools
 
-bench: $(STAMP) ## Measure engine throughput and sweep wall time (writes results/bench.csv)
+# psutil (the benchmark's process-tree memory) is the `bench` extra, installed on demand
+$(BENCH_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) ## Measure engine throughput and sweep wall time (writes results/bench.csv)
 	$(PY) benchmarks/bench.py --results $(RESULTS) --readme README.md
 
 lock: $(STAMP) $(NOTEBOOKS_STAMP) ## Rewrite constraints.txt from the current environment

@@ -45,8 +45,9 @@ from rich.console import Console
 from rich.table import Table
 
 from sortrl.config import RunConfig
+from sortrl.grid import load_grid, parse_grid
 from sortrl.store import atomic_write_bytes, atomic_write_text
-from sortrl.sweep import environment, load_grid, parse_grid
+from sortrl.sweep import environment
 from sortrl.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +95,7 @@ def engine_rows(args: argparse.Namespace, threads: int, epochs: int) -> list[dic
         print(f"  {name:<24} {len(configs):>5} runs  {threads} thr  {row['run_steps_per_s']:>12,.0f} run-steps/s")
         return row
 
-    grid = [dataclasses.replace(c, num_epochs=epochs) for c in load_grid(GRID).configs()]
+    grid = [dataclasses.replace(run.config, num_epochs=epochs) for run in load_grid(GRID).runs()]
     measure("ablations grid", grid)
     batched = {n: measure("default batch", defaults(n, epochs)) for n in args.batches}
     alone = defaults(args.alone, epochs)
@@ -154,7 +155,7 @@ def sweep_row(args: argparse.Namespace, quick: bool) -> dict:
                 sys.exit(f"sortrl sweep failed:\n{log.read_text()}")
             peaks.append(peak)
             cpus.append(cpu)
-    configs = parse_grid(grid_text).configs()
+    configs = [run.config for run in parse_grid(grid_text).runs()]
     seconds = statistics.median(times)
     return {
         "benchmark": "sortrl sweep (CLI)",

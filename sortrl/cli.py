@@ -244,7 +244,8 @@ def sweep(
 
     Every grid file is checked before any training starts.
     """
-    from sortrl.sweep import BACKENDS, check_scheduler, load_grid, run_sweep
+    from sortrl.grid import load_grid
+    from sortrl.sweep import BACKENDS, check_scheduler, run_sweep
 
     if chunk_size < 1:
         raise ConfigError(f"chunk-size: must be >= 1, got {chunk_size}")
@@ -265,7 +266,7 @@ def sweep(
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         for grid in grids:
-            total = len(grid.configs())
+            total = grid.num_runs
             with _progress() as bar:
                 task = bar.add_task(f"sweep {grid.name}", total=total)
                 outcome = run_sweep(
@@ -324,7 +325,7 @@ def report(
     ] = None,
 ) -> None:
     """Figures, summary tables and REPORT.md from the runs stored under RESULTS/runs/."""
-    from sortrl.report import write_report
+    from sortrl.publish import write_report
 
     if not (results / "runs").is_dir():
         raise ConfigError(f"results: no runs folder at {results / 'runs'}; run `sortrl sweep` first")

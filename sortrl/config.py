@@ -19,7 +19,6 @@ import math
 import numbers
 import os
 import sys
-import tomllib
 from dataclasses import dataclass
 from typing import Any
 
@@ -232,25 +231,6 @@ class RunConfig:
         check_fields(data)
         return cls(**data)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> RunConfig:
-        return cls.from_dict(json.loads(text))
-
-    def to_toml(self) -> str:
-        """TOML text of the config (None-valued fields are left out, as TOML has no null)."""
-        lines = []
-        for key, value in self.to_dict().items():
-            if value is not None:
-                lines.append(f"{key} = {_toml_value(value)}")
-        return "\n".join(lines) + "\n"
-
-    @classmethod
-    def from_toml(cls, text: str) -> RunConfig:
-        return cls.from_dict(tomllib.loads(text))
-
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RunConfig))
 
@@ -304,16 +284,6 @@ def check_fields(data: dict[str, Any]) -> None:
     unknown = sorted(set(data) - set(FIELD_NAMES))
     if unknown:
         raise ConfigError(f"unknown field {unknown[0]!r}; valid fields: {', '.join(FIELD_NAMES)}")
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
-    return json.dumps(value)
 
 
 def _normalise(cfg: RunConfig) -> None:

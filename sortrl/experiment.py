@@ -1,28 +1,32 @@
-"""Experiments: one grid's stored runs, arranged per configuration, and the summary table.
+"""Experiments: one grid's stored runs joined to its configurations, scored per run, and the summary table.
 
-`load_experiment(results, name)` reads `results/runs/<name>/` (its `grid.toml`,
-manifest and runs) into an `Experiment`: the configurations in grid order with
-their labels, colours, facets and reference configuration, the finished runs,
-each run's final scores and the diverged runs. `summarize` turns it into the
-summary table (`<exp>_summary.csv`): per configuration over seeds, mean and IQM
-of the final reward with bootstrap CIs and the probability of improvement over
-its reference. A run's *final* reward is its mean reward averaged over the last
-10% of its epochs (`sortrl.stats.final_scores`). Bootstraps use the fixed seed
-`SEED`, so every number is reproducible bit for bit.
+`load_experiment(results, name)` reads `results/runs/<name>/`: its
+`grid.toml` (`sortrl.grid`), manifest and chunks (`sortrl.store`). Every
+stored run is joined to its configuration by the label and seed stored with
+it, and kept only if its stored config is the one `grid.toml` asks for now.
+While the chunks are read, one at a time and only the columns needed, each
+finished run's final scores are computed (`FINAL_SCORES`: a run's *final*
+reward is its mean reward averaged over the last 10% of its epochs,
+`sortrl.stats.final_scores`), and the per-epoch curves are kept only for the
+metrics asked for (`curves`, those the figures draw). So memory holds
+runs x scores plus the curves, not runs x epochs x every column.
+
+`summarize` turns an `Experiment` into the summary table (`<exp>_summary.csv`):
+per configuration over seeds, mean and IQM of the final reward with bootstrap
+CIs and the probability of improvement over its reference. Bootstraps use the
+fixed seed `SEED`, so every number is reproducible bit for bit.
 
 Each configuration also knows its highest possible mean reward (`max_reward`,
-`max_mean_reward`), which grows with the prompt length; where configurations'
-maxima differ (`Experiment.reward_fraction`), figures compare rewards as
-fractions of them. Figures are drawn by `sortrl.figures`, `REPORT.md` by
-`sortrl.report`, the README's generated blocks by `sortrl.readme`.
+`sortrl.task.best_mean_reward`), which grows with the prompt length; where
+configurations' maxima differ (`Experiment.reward_fraction`), figures compare
+rewards as fractions of them.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,18 +36,16 @@ import pandas as pd
 import seaborn as sns
 
 from sortrl import stats
-from sortrl.config import RunConfig, make_config
-from sortrl.store import load_runs, read_manifest, runs_dir
-from sortrl.sweep import Grid, parse_grid
+from sortrl.config import RunConfig
+from sortrl.grid import Configuration, Grid, parse_grid
+from sortrl.store import read_chunks, read_manifest, read_rows, runs_dir
+from sortrl.task import best_mean_reward
 
 SEED = 0
 """Seed of every bootstrap in the report."""
 
 LECTURE_SEED = 5
 """The seed of the lecture's own runs (`torch.manual_seed(5)` in CS336 lecture 17)."""
-
-SHORT_NAMES = {"kl_penalty": "kl", "learning_rate": "lr"}
-"""Abbreviations of numeric axes in configuration labels (`kl=0.01`)."""
 
 SCALE_FIELDS = ("task", "prompts", "prompt_length", "reward", "length_penalty")
 """Fields that change what a reward point is worth (the reward function, or the prompts it counts over).
@@ -57,6 +59,21 @@ PROMPT_LENGTH = "prompt_length"
 EVAL_ACCURACY = "eval/greedy_accuracy"
 EVAL_REWARD = "eval/mean_reward"
 
+FINAL_SCORES: dict[str, tuple[str, float]] = {
+    "final_reward": ("mean_reward", stats.FINAL_FRACTION),
+    "final_greedy_accuracy": ("greedy_accuracy", 0),
+    "final_response_length": ("response_length", stats.FINAL_FRACTION),
+    f"final_{EVAL_REWARD}": (EVAL_REWARD, stats.FINAL_FRACTION),
+    f"final_{EVAL_ACCURACY}": (EVAL_ACCURACY, 0),
+}
+"""Per-run scores computed while loading: column -> (metric, share of the last epochs averaged; 0: the last value).
+
+A score whose metric no run has (the held-out ones without held-out prompts) is left out.
+"""
+
+CURVES = ("mean_reward",)
+"""Metrics whose per-epoch curves `load_experiment` keeps by default."""
+
 
 @dataclass
 class Experiment:
@@ -66,19 +83,23 @@ class Experiment:
     label (`"centered_rewards / clipped / kl=0.01"`), with the raw axis
     values, the `hue` key (colour), the `col` / `row` facet keys and the
     `reference` configuration its rewards are compared with (see `SCALE_FIELDS`)
-    and `max_reward`, the highest possible mean reward (`max_mean_reward`).
-    `runs` holds the rows of finished (`ok`) runs, one per (run, epoch), with a
-    `configuration` column; `final` one row per ok run (`final_reward`: mean
-    reward over the last 10% of epochs; `final_greedy_accuracy`: greedy accuracy
-    after the last epoch; held-out finals when the runs have them).
+    and `max_reward`, the highest possible mean reward (`best_mean_reward`).
+    `final` has one row per finished (`ok`) run, in grid order then seed order:
+    `run_id`, `configuration`, `seed` and the `FINAL_SCORES` (`final_reward`:
+    mean reward over the last 10% of epochs; `final_greedy_accuracy`: greedy
+    accuracy after the last epoch; held-out finals when the runs have them).
+    `curves` has one row per (finished run, epoch), in no particular order:
+    `configuration` (categorical, categories in grid order), `seed`, `epoch`,
+    `step` and the curve metrics loaded. `diverged` has one row per
+    diverged run.
     """
 
     name: str
     grid: Grid
     manifest: dict[str, Any] | None
     configs: pd.DataFrame
-    runs: pd.DataFrame
     final: pd.DataFrame
+    curves: pd.DataFrame
     diverged: pd.DataFrame
     baseline: str
     palette: dict[str, Any]
@@ -91,6 +112,14 @@ class Experiment:
     @property
     def labels(self) -> list[str]:
         return list(self.configs.index)
+
+    def config(self, label: str) -> RunConfig:
+        """The `RunConfig` of configuration `label` (with the grid's first seed)."""
+        return self._configurations[label].config
+
+    @property
+    def _configurations(self) -> dict[str, Configuration]:
+        return {c.label: c for c in self.grid.configurations()}
 
     @property
     def scale_axes(self) -> list[str]:
@@ -124,38 +153,26 @@ class Experiment:
         return self.palette[self.configs.at[label, "hue"]]
 
 
-def value_label(axis: str, value: Any) -> str:
-    """How one axis value reads in a label: strings as they are, others as `name=value` (`kl=0.01`)."""
-    if isinstance(value, np.generic):  # a value read back from a table: numpy bool, int or float
-        value = value.item()
-    if isinstance(value, str):
-        return value
-    name = SHORT_NAMES.get(axis, axis)
-    if isinstance(value, bool):
-        return f"{name}={str(value).lower()}"
-    if isinstance(value, (int, float)):
-        return f"{name}={value:g}"
-    return f"{name}={json.dumps(value, separators=(',', ':'))}"
-
-
-def join_labels(parts: list[str], empty: str = "") -> str:
-    return " / ".join(parts) if parts else empty
-
-
 def _configurations(grid: Grid) -> pd.DataFrame:
-    """One row per combination of the grid's axis values, in the grid's (product) order."""
+    """One row per configuration of the grid, in its order: axis values, colour and facet keys, reference, maximum."""
     axes = list(grid.axes)
     hue_axes = axes[:1] + axes[3:]
+    configurations = grid.configurations()
+    baseline = grid.baseline_configuration
+    by_key = {c.key: c.label for c in configurations}
+    scale = [a in SCALE_FIELDS for a in axes]
     rows = []
-    for values in itertools.product(*grid.axes.values()):
-        labels = dict(zip(axes, (value_label(a, v) for a, v in zip(axes, values))))
+    for c in configurations:
+        reference = tuple(mine if kept else base for mine, base, kept in zip(c.key, baseline.key, scale))
         rows.append(
             {
-                "configuration": join_labels(list(labels.values()), "all runs"),
-                **dict(zip(axes, values)),
-                "hue": join_labels([labels[a] for a in hue_axes], "all runs"),
-                "col": labels[axes[1]] if len(axes) > 1 else "",
-                "row": labels[axes[2]] if len(axes) > 2 else "",
+                "configuration": c.label,
+                **c.values,
+                "hue": " / ".join(c.labels[a] for a in hue_axes) or "all runs",
+                "col": c.labels[axes[1]] if len(axes) > 1 else "",
+                "row": c.labels[axes[2]] if len(axes) > 2 else "",
+                "reference": by_key[reference],
+                "max_reward": best_mean_reward(c.config),
             }
         )
     return pd.DataFrame(rows).set_index("configuration")
@@ -179,139 +196,142 @@ def experiment_names(results: str | Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / "grid.toml").is_file()) if root.is_dir() else []
 
 
-def load_experiment(results: str | Path, name: str, runs: pd.DataFrame | None = None) -> Experiment:
-    """Load experiment `name` from `results/runs/<name>/` (its `grid.toml`, manifest and runs).
+def load_experiment(results: str | Path, name: str, curves: Iterable[str] = CURVES) -> Experiment:
+    """Load experiment `name` from `results/runs/<name>/` (its `grid.toml`, manifest and chunks).
 
-    Each stored run is assigned the configuration whose axis values (and
-    `[base]` fields) it has; runs of no configuration or of a seed outside the
-    grid (left from an older grid file) are ignored, and so are extra copies of
-    a (configuration, seed) pair, with a line in `notes`. Matching by values,
-    not `run_id`, keeps runs stored before a new `RunConfig` field was added.
-    `runs`: the experiment's rows of `sortrl.store.load_runs`, if already loaded.
+    A stored run counts for configuration L and seed s when it was stored with
+    L's label and seed s and its stored config is the one `grid.toml` gives
+    L and s today; other runs (left from an older grid file or an older
+    `RunConfig`) and extra copies of a (configuration, seed) pair are ignored,
+    with a line in `notes`. `curves`: the metrics whose per-epoch values are
+    kept (`Experiment.curves`); every other metric is read only to score runs.
     """
     folder = runs_dir(results, name)
     grid = parse_grid((folder / "grid.toml").read_text(), folder / "grid.toml")
     configs = _configurations(grid)
-    table = load_runs(results, [name]) if runs is None else runs
-    notes: list[str] = []
-    if table.empty:
-        table = pd.DataFrame(columns=["run_id", "status", "diverged_epoch", "seed", "epoch", "step", "mean_reward"])
-    table = table.assign(configuration=table["run_id"].map(_match_runs(table, grid, configs, notes)))
-    table = table[table["configuration"].notna()]
-    order = {label: i for i, label in enumerate(configs.index)}
-    table = table.sort_values(
-        ["configuration", "seed", "epoch"], key=lambda c: c.map(order) if c.name == "configuration" else c
-    ).reset_index(drop=True)
-    missing = len(configs) * len(grid.seeds) - table["run_id"].nunique()
+    runs, final, curves_table, stored = _read_runs(folder, grid, list(configs.index), list(dict.fromkeys(curves)))
+    notes = []
+    if stored > len(runs):
+        notes.append(
+            f"{stored - len(runs)} stored run(s) match no configuration and seed of grid.toml (or repeat one) "
+            "and were ignored."
+        )
+    missing = len(configs) * len(grid.seeds) - len(runs)
     if missing > 0:
         notes.append(f"{missing} run(s) of the grid are not stored (the sweep is incomplete).")
-
-    baseline = _find_baseline(grid, configs, notes)
-    configs["reference"] = _references(configs, list(grid.axes), baseline)
-    configs["max_reward"] = [
-        max_mean_reward(make_config(**grid.base, **dict(zip(grid.axes, values)), seed=grid.seeds[0]))
-        for values in itertools.product(*grid.axes.values())
-    ]
-    ok = table[table["status"] == "ok"].reset_index(drop=True)
-    diverged = table[table["status"] != "ok"].groupby("run_id", sort=False).first().reset_index()
+    for column, (metric, _) in FINAL_SCORES.items():
+        if column not in final and metric in CORE_METRICS:
+            final[column] = np.nan
+        elif column in final and metric not in CORE_METRICS and not final[column].notna().any():
+            final = final.drop(columns=column)
+    diverged = runs[runs["status"] != "ok"][["configuration", "seed", "run_id", "diverged_epoch"]]
     return Experiment(
         name=name,
         grid=grid,
         manifest=read_manifest(folder),
         configs=configs,
-        runs=ok,
-        final=_final_table(ok),
-        diverged=diverged[["configuration", "seed", "run_id", "diverged_epoch"]],
-        baseline=baseline,
+        final=final,
+        curves=curves_table,
+        diverged=diverged.reset_index(drop=True),
+        baseline=grid.baseline_configuration.label,
         palette=make_palette(list(configs["hue"])),
         notes=notes,
     )
 
 
-def _references(configs: pd.DataFrame, axes: list[str], baseline: str) -> list[str]:
-    """Each configuration's reference: the baseline's values on the axes not in `SCALE_FIELDS`, its own on those."""
-    base = configs.loc[baseline]
-    by_values = {tuple(_key(row[a]) for a in axes): label for label, row in configs.iterrows()}
-    return [
-        by_values[tuple(_key(row[a] if a in SCALE_FIELDS else base[a]) for a in axes)] for _, row in configs.iterrows()
-    ]
+def _read_runs(
+    folder: Path, grid: Grid, labels: list[str], curves: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
+    """Read the chunks of `folder` one at a time: (runs, final scores, curves, number of runs stored).
 
-
-def _key(value: Any) -> Any:
-    """A comparable form of a config value from TOML or from the run table (`1` == `1.0`, JSON text == list)."""
-    if isinstance(value, str):
-        return _key(json.loads(value)) if value.startswith("[") else value
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return json.dumps([_key(v) for v in value])
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    return float(value)
-
-
-def _match_runs(table: pd.DataFrame, grid: Grid, configs: pd.DataFrame, notes: list[str]) -> pd.Series:
-    """Configuration label of each stored run (by `run_id`); runs outside the grid are left out."""
-    current = {cfg.run_id for cfg in grid.configs()}
-    first = table.groupby("run_id", sort=True).first()
-    first = first[first["seed"].isin(grid.seeds)]
-    fields = [f for f in (*grid.axes, *grid.base) if f in first.columns]
-    wanted = {}
-    for label, values in zip(configs.index, itertools.product(*grid.axes.values())):
-        cfg = make_config(**grid.base, **dict(zip(grid.axes, values)), seed=grid.seeds[0]).to_dict()
-        wanted[tuple(_key(cfg[f]) for f in fields)] = label
-    keys = first[fields].map(_key) if len(fields) else pd.DataFrame(index=first.index)
-    labels = pd.Series([wanted.get(tuple(k)) for k in keys.itertuples(index=False)], index=first.index, dtype=object)
-    if not fields:
-        labels[:] = configs.index[0]
-    labels = labels.dropna()
-    # one run per (configuration, seed): prefer the run this code would make (same run_id), then the lowest id
-    frame = labels.rename("configuration").to_frame().assign(seed=first["seed"], old=~labels.index.isin(current))
-    frame = frame.sort_values(["old"], kind="stable")
-    kept = frame[~frame.duplicated(["configuration", "seed"])]["configuration"]
-    ignored = table["run_id"].nunique() - len(kept)
-    if ignored:
-        notes.append(
-            f"{ignored} stored run(s) match no configuration and seed of grid.toml (or repeat one) and were ignored."
+    `runs`: one row per run of the grid (`RUN_COLUMNS`); `final`: one row per
+    finished run with its `FINAL_SCORES`, both in grid then seed order;
+    `curves`: the per-epoch `curves` of the finished runs.
+    """
+    expected = {c.label: _without_seed(c.config.to_dict()) for c in grid.configurations()}
+    seeds = set(grid.seeds)
+    order = {label: i for i, label in enumerate(labels)}
+    metrics = list(dict.fromkeys([*curves, *(metric for metric, _ in FINAL_SCORES.values())]))
+    stored, matched, scored, kept, taken = 0, [], [], [], set()
+    for chunk in read_chunks(folder):
+        stored += len(chunk.runs)
+        runs = [
+            r
+            for r in chunk.runs
+            if r["configuration"] in expected
+            and r["seed"] in seeds
+            and (r["configuration"], r["seed"]) not in taken
+            and _without_seed(r["config"]) == expected[r["configuration"]]
+        ]
+        taken |= {(r["configuration"], r["seed"]) for r in runs}
+        matched.append(pd.DataFrame(runs, columns=list(RUN_COLUMNS)))
+        ok = matched[-1][matched[-1]["status"] == "ok"].reset_index(drop=True)
+        if ok.empty:
+            continue
+        rows = read_rows(chunk, ["step", *metrics])
+        codes, ids = pd.factorize(rows["run_id"])
+        position = pd.Series(np.arange(len(ok)), index=ok["run_id"]).reindex(ids, fill_value=-1).to_numpy()
+        run = position[codes]  # each row's run, as its position in `ok` (-1: not a run of this experiment)
+        rows = rows[run >= 0].assign(run=run[run >= 0])
+        scored.append(ok.drop(columns=["status", "diverged_epoch"]).join(_final_scores(rows)))
+        configuration = ok["configuration"].map(order).to_numpy()[rows["run"]]
+        kept.append(
+            pd.DataFrame(
+                {
+                    "configuration": pd.Categorical.from_codes(configuration, labels),
+                    "seed": ok["seed"].to_numpy()[rows["run"]],
+                    **{c: rows[c].to_numpy() for c in ("epoch", "step", *curves) if c in rows},
+                }
+            )
         )
-    return kept
-
-
-def load_experiments(results: str | Path) -> list[Experiment]:
-    """Every experiment under `results/runs/`, in name order (runs loaded once)."""
-    names = experiment_names(results)
-    table = load_runs(results, names)
-    by_name = dict(iter(table.groupby("experiment", sort=True))) if not table.empty else {}
-    return [load_experiment(results, n, by_name.get(n, pd.DataFrame())) for n in names]
-
-
-def _find_baseline(grid: Grid, configs: pd.DataFrame, notes: list[str]) -> str:
-    """The configuration the grid's `baseline` names (fields not on an axis must match `[base]`)."""
-    labels = list(configs.index)
-    wanted = {k: v for k, v in grid.baseline.items() if k != "seed"}
-    if not wanted:
-        return labels[0]
-    seed = grid.seeds[0]
-    for label, values in zip(labels, itertools.product(*grid.axes.values())):
-        fields = {**grid.base, **dict(zip(grid.axes, values))}
-        if make_config(**{**fields, **wanted}, seed=seed).run_id == make_config(**fields, seed=seed).run_id:
-            return label
-    notes.append(f"The grid's baseline {wanted} matches no configuration; the first one ({labels[0]}) is used.")
-    return labels[0]
-
-
-def _final_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: configuration, seed and final scores (see `Experiment`)."""
-    first = runs.groupby("run_id", sort=False)[["configuration", "seed"]].first()
-    final = first.assign(
-        final_reward=stats.final_scores(runs, "mean_reward"),
-        final_greedy_accuracy=stats.final_scores(runs, "greedy_accuracy", fraction=0),
+    runs = _in_grid_order(pd.concat(matched, ignore_index=True) if matched else _no_runs(), order)
+    final = _in_grid_order(
+        pd.concat(scored) if scored else _no_runs().drop(columns=["status", "diverged_epoch"]), order
     )
-    for column in (EVAL_REWARD, EVAL_ACCURACY):
-        if column in runs and runs[column].notna().any():
-            fraction = stats.FINAL_FRACTION if column == EVAL_REWARD else 0
-            final[f"final_{column}"] = stats.final_scores(runs, column, fraction=fraction)
-    return final.reset_index()
+    empty = {"configuration": pd.Categorical([], labels), **{c: np.zeros(0, int) for c in ("seed", "epoch", "step")}}
+    return runs, final, pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(empty), stored
+
+
+CORE_METRICS = ("mean_reward", "greedy_accuracy", "response_length")
+"""Metrics every run records (their final scores are always columns of `Experiment.final`)."""
+
+
+def _without_seed(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k != "seed"}
+
+
+RUN_COLUMNS = ("run_id", "configuration", "seed", "status", "diverged_epoch")
+
+
+def _no_runs() -> pd.DataFrame:
+    return pd.DataFrame(
+        {c: pd.Series(dtype=object if c in ("run_id", "configuration", "status") else int) for c in RUN_COLUMNS}
+    )
+
+
+def _in_grid_order(table: pd.DataFrame, order: dict[str, int]) -> pd.DataFrame:
+    """`table` (a `configuration` and a `seed` column) sorted by configuration in grid order, then seed."""
+    rank = table["configuration"].map(order).to_numpy()
+    return table.iloc[np.lexsort([table["seed"].to_numpy(), rank])].reset_index(drop=True)
+
+
+def _final_scores(rows: pd.DataFrame) -> pd.DataFrame:
+    """The `FINAL_SCORES` of the runs in `rows` (one row per run and epoch, runs numbered in a `run` column).
+
+    Grouping by an integer (not the run id text) keeps the values and their order, and sorts far faster.
+    """
+    return pd.DataFrame(
+        {
+            column: stats.final_scores(rows, metric, fraction=fraction, by="run")
+            for column, (metric, fraction) in FINAL_SCORES.items()
+            if metric in rows
+        }
+    )
+
+
+def load_experiments(results: str | Path, curves: Iterable[str] = CURVES) -> list[Experiment]:
+    """Every experiment under `results/runs/`, in name order."""
+    return [load_experiment(results, name, curves) for name in experiment_names(results)]
 
 
 def scores(exp: Experiment, label: str, column: str = "final_reward") -> np.ndarray:
@@ -325,7 +345,7 @@ def summarize(exp: Experiment) -> pd.DataFrame:
     Columns: `configuration`, the axis values, `baseline` (bool), `reference`
     (the configuration it is compared with; the baseline unless the grid varies
     a `SCALE_FIELDS` axis), `max_reward` (highest possible mean reward, NaN
-    when unknown: `max_mean_reward`), `n` (finished runs = seeds aggregated),
+    when unknown: `best_mean_reward`), `n` (finished runs = seeds aggregated),
     `n_diverged`, final reward `mean`, `std` (ddof 1), `mean_ci_low/high`,
     `iqm`, `iqm_ci_low/high` (95% percentile bootstrap), `p_improve` =
     P(final reward of this configuration > its reference's) with
@@ -366,46 +386,8 @@ def point(statistic: Callable[..., Any], *samples: np.ndarray) -> float:
     return float(statistic(*samples)) if all(len(s) for s in samples) else math.nan
 
 
-def verdict(low: float, high: float) -> str:
-    """`better`, `worse` or `indistinguishable`: where a P(improve) CI lies relative to 0.5."""
-    if low > 0.5:
-        return "better"
-    if high < 0.5:
-        return "worse"
-    return "indistinguishable"
-
-
-def max_mean_reward(cfg: RunConfig) -> float:
-    """Highest possible mean reward of a run with `cfg` (reward points), or NaN when it is not one known number.
-
-    A prompt's best response is the sorted prompt, which no response beats
-    under the sorting rewards of `sortrl.task`: 2L-1 points for
-    `inclusion_ordering` (L inclusion + L-1 ordering), L for `distance`, 1 for
-    `exact_match`, for a prompt of length L. The mean reward's maximum is that
-    value when every prompt (training and held-out) shares it, or, when each
-    epoch sees every training prompt and there are no held-out prompts, its
-    mean over the prompts. NaN with a length penalty (a shorter response may
-    then score more) or when minibatches of prompts with different maxima make
-    the maximum change from epoch to epoch.
-    """
-    import torch
-
-    from sortrl.task import PAD, REWARDS, TASKS, sorted_prompts
-
-    if cfg.length_penalty != 0:
-        return math.nan
-    task = TASKS[cfg.task](cfg)
-    prompts = torch.cat([task.train, task.eval])
-    best = sorted_prompts(prompts)[None, :, None, :]  # [run batch trial pos]
-    per_prompt = REWARDS[cfg.reward](prompts, best, best != PAD)[0, :, 0]  # [batch]
-    if bool((per_prompt == per_prompt[0]).all()):
-        return float(per_prompt[0])
-    whole_batch = cfg.prompts_per_epoch is None or cfg.prompts_per_epoch >= len(task.train)
-    return float(per_prompt.mean()) if whole_batch and not len(task.eval) else math.nan
-
-
 def reward_ceiling(exp: Experiment) -> float | None:
-    """The maximum mean reward all configurations of `exp` share (`max_mean_reward`), or None if there is none."""
+    """The maximum mean reward all configurations of `exp` share (`best_mean_reward`), or None if there is none."""
     values = exp.configs["max_reward"]
     return float(values.iloc[0]) if values.notna().all() and values.nunique() == 1 else None
 
@@ -417,8 +399,10 @@ def reward_maxima(exp: Experiment) -> str:
 
 
 def is_lecture_experiment(exp: Experiment) -> bool:
-    """True when every run has the lecture's settings except `deltas_mode` (its experiments varied only that)."""
-    return all(cfg == RunConfig(deltas_mode=cfg.deltas_mode, seed=cfg.seed) for cfg in exp.grid.configs())
+    """True when every configuration has the lecture's settings except `deltas_mode` (its experiments varied only that)."""
+    return all(
+        c.config == RunConfig(deltas_mode=c.config.deltas_mode, seed=c.config.seed) for c in exp.grid.configurations()
+    )
 
 
 def compared_with(exp: Experiment) -> str:

@@ -1,9 +1,10 @@
 """The report's figures: one function per figure, each returning a matplotlib `Figure`.
 
-`FIGURES` maps a figure's name to its function `(experiment, summary) -> Figure
-or None` (None when the figure does not apply to the experiment) and its
-caption; `sortrl.report.write_report` saves each as
-`results/figures/<exp>_<name>.png`. Figures are made without pyplot (no global
+`FIGURES` maps a figure's name to a `FigureSpec`: its function `(experiment,
+summary) -> Figure or None` (None when the figure does not apply to the
+experiment), its caption and the metrics whose per-epoch curves it draws
+(which `sortrl.publish.write_report` asks `load_experiment` to keep); the
+report saves each as `results/figures/<exp>_<name>.png`. Figures are made without pyplot (no global
 state) and drawn in one fixed style (`_style`: matplotlib's defaults plus
 seaborn's whitegrid, whatever the user's matplotlibrc), and `png_bytes` writes
 no timestamp or version metadata, so equal runs give byte-identical PNGs.
@@ -19,7 +20,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import matplotlib as mpl
 import numpy as np
@@ -38,12 +39,11 @@ from sortrl.experiment import (
     Experiment,
     compared_with,
     is_lecture_experiment,
-    join_labels,
     make_palette,
     reward_ceiling,
     reward_maxima,
-    value_label,
 )
+from sortrl.grid import join_labels, value_label
 from sortrl.store import atomic_write_bytes
 
 CURVE_POINTS = 26
@@ -150,7 +150,7 @@ def _finish_facets(fig: Figure, exp: Experiment, extra: list[Line2D] | None = No
 
 def _highlight_seed(exp: Experiment) -> int | None:
     seed = exp.grid.highlight_seed
-    return seed if seed is not None and (exp.runs["seed"] == seed).any() else None
+    return seed if seed is not None and (exp.final["seed"] == seed).any() else None
 
 
 def _seed_note(exp: Experiment, seed: int) -> str:
@@ -176,10 +176,10 @@ def _curves(
     With `highlight`, the grid's highlight seed's own curve is drawn on top, dashed. `labels`: only
     these configurations. `reward`: `metric` is a reward, drawn in the units of `reward_label`.
     """
-    epochs = np.sort(exp.runs["epoch"].unique())
+    epochs = np.sort(exp.curves["epoch"].unique())
     if points is not None:
         epochs = epochs[np.unique(np.linspace(0, len(epochs) - 1, points).round().astype(int))]
-    runs = exp.runs[exp.runs["epoch"].isin(epochs)]
+    runs = exp.curves[exp.curves["epoch"].isin(epochs)]
     seed = _highlight_seed(exp) if highlight else None
     with _style():
         fig, panels = _facets(exp, sharey=exp.panels_share_scale, labels=labels)
@@ -191,7 +191,7 @@ def _curves(
                     continue
                 if reward:
                     wide = _scaled(exp, label, wide)
-                low, high = stats.bootstrap_ci([wide.to_numpy()], statistic, SEED)
+                low, high = stats.curve_ci(wide.to_numpy(), statistic, SEED)
                 colour = exp.colour(label)
                 ax.plot(wide.index, statistic(wide.to_numpy()), color=colour, lw=1.6)
                 ax.fill_between(wide.index, low, high, color=colour, alpha=0.2, lw=0)
@@ -204,21 +204,21 @@ def _curves(
         if seed is not None:
             extra.append(Line2D([], [], color="grey", ls="--", lw=0.9, label=f"{_seed_note(exp, seed)} (one run)"))
         _finish_facets(fig, exp, extra)
-        n = exp.runs.groupby("configuration")["seed"].nunique().max()
+        n = exp.final.groupby("configuration")["seed"].nunique().max()
         fig.suptitle(f"{exp.name}: {title}, {n} seeds per configuration{_facet_note(exp)}")
     return fig
 
 
 def plot_reward_curves(exp: Experiment) -> Figure | None:
     """Mean reward vs step: mean over seeds with a 95% bootstrap CI band, the highlight seed dashed."""
-    if exp.runs.empty:
+    if exp.curves.empty:
         return None
     return _curves(exp, "mean_reward", stats.mean, reward_label(exp), "mean reward during training", reward=True)
 
 
 def plot_sample_efficiency(exp: Experiment) -> Figure | None:
     """IQM over seeds of the mean reward vs step, 95% bootstrap CI band, at `CURVE_POINTS` epochs."""
-    if exp.runs.empty:
+    if exp.curves.empty:
         return None
     return _curves(
         exp,
@@ -234,11 +234,10 @@ def plot_sample_efficiency(exp: Experiment) -> Figure | None:
 
 def plot_response_length(exp: Experiment) -> Figure | None:
     """Mean response length (tokens before EOS) vs step, for the configurations with EOS on (if any)."""
-    if exp.runs.empty or not exp.runs["eos"].astype(bool).any():
+    trained = set(exp.final["configuration"])
+    with_eos = [label for label in exp.labels if label in trained and exp.config(label).eos]
+    if exp.curves.empty or not with_eos:
         return None
-    with_eos = [
-        label for label, part in exp.runs.groupby("configuration", sort=False) if part["eos"].astype(bool).all()
-    ]
     return _curves(
         exp,
         "response_length",
@@ -428,8 +427,7 @@ def plot_heatmap(exp: Experiment, summary: pd.DataFrame) -> Figure | None:
 
 def _length_axes(exp: Experiment) -> list[str]:
     """Axes that decide the prompt length: grouping runs by the other axes leaves several lengths together."""
-    per_config = exp.runs.groupby("configuration")[PROMPT_LENGTH].agg(lambda s: tuple(sorted(set(s))))
-    configs = exp.configs.assign(lengths=per_config)
+    configs = exp.configs.assign(lengths=[exp.config(label).prompt_length for label in exp.labels])
     found = []
     for axis in exp.axes:
         others = [a for a in exp.axes if a != axis]
@@ -449,19 +447,21 @@ def plot_prompt_length(exp: Experiment) -> Figure | None:
     `inclusion_ordering`), so the reward panel shows it as a fraction of each
     configuration's maximum when those are known (`reward_label`).
     """
-    runs = exp.runs
-    if runs.empty or EVAL_ACCURACY not in runs or PROMPT_LENGTH not in runs:
+    lengths = pd.Series({label: exp.config(label).prompt_length for label in exp.labels}, dtype=object)
+    trained = lengths[lengths.index.isin(exp.final["configuration"])]
+    if trained.empty or f"final_{EVAL_ACCURACY}" not in exp.final:
         return None
-    if not all(isinstance(v, (int, np.integer)) for v in runs[PROMPT_LENGTH]) or runs[PROMPT_LENGTH].nunique() < 2:
+    if not all(isinstance(v, int) for v in trained) or trained.nunique() < 2:
         return None
     length_axes = _length_axes(exp)
     line_axes = [a for a in exp.axes if a not in length_axes]
     lines = {
         label: join_labels([value_label(a, c[a]) for a in line_axes], "all runs") for label, c in exp.configs.iterrows()
     }
-    final = exp.final.merge(runs.groupby("run_id")[PROMPT_LENGTH].first(), left_on="run_id", right_index=True)
-    final = final.assign(
-        line=final["configuration"].map(lines), gap=final["final_greedy_accuracy"] - final[f"final_{EVAL_ACCURACY}"]
+    final = exp.final.assign(
+        **{PROMPT_LENGTH: exp.final["configuration"].map(lengths).astype(int)},
+        line=exp.final["configuration"].map(lines),
+        gap=exp.final["final_greedy_accuracy"] - exp.final[f"final_{EVAL_ACCURACY}"],
     )
     # lines that are not the palette's keys get colours of their own, so none is mistaken for a configuration
     palette = exp.palette if set(lines.values()) <= set(exp.palette) else make_palette(list(lines.values()), "dark")
@@ -495,33 +495,54 @@ def plot_prompt_length(exp: Experiment) -> Figure | None:
 
 FigureFn = Callable[[Experiment, pd.DataFrame], Figure | None]
 
-FIGURES: dict[str, tuple[FigureFn, str]] = {
-    "reward_curves": (
+
+class FigureSpec(NamedTuple):
+    """A report figure: how to draw it, its caption, and the metrics whose per-epoch curves it needs."""
+
+    draw: FigureFn
+    caption: str
+    curves: tuple[str, ...] = ()
+
+
+FIGURES: dict[str, FigureSpec] = {
+    "reward_curves": FigureSpec(
         lambda e, s: plot_reward_curves(e),
         "Mean reward vs step, one line per configuration: mean over seeds with a 95% bootstrap CI band",
+        ("mean_reward",),
     ),
-    "final_reward": (plot_final_reward, "Final mean reward of every seed, and the mean over seeds with its 95% CI"),
-    "interval_estimates": (plot_interval_estimates, "Mean and IQM of the final reward with 95% bootstrap CIs"),
-    "performance_profile": (
+    "final_reward": FigureSpec(
+        plot_final_reward, "Final mean reward of every seed, and the mean over seeds with its 95% CI"
+    ),
+    "interval_estimates": FigureSpec(
+        plot_interval_estimates, "Mean and IQM of the final reward with 95% bootstrap CIs"
+    ),
+    "performance_profile": FigureSpec(
         lambda e, s: plot_performance_profile(e),
         "Performance profiles: fraction of runs whose final reward is at least τ",
     ),
-    "improvement": (plot_improvement, "Probability of improvement over the baseline, with 95% bootstrap CIs"),
-    "sample_efficiency": (
+    "improvement": FigureSpec(plot_improvement, "Probability of improvement over the baseline, with 95% bootstrap CIs"),
+    "sample_efficiency": FigureSpec(
         lambda e, s: plot_sample_efficiency(e),
         "Sample efficiency: IQM over seeds of the mean reward vs step, 95% bootstrap CI band",
+        ("mean_reward",),
     ),
-    "heatmap": (plot_heatmap, "IQM of the final reward over the grid's first two axes"),
-    "response_length": (
+    "heatmap": FigureSpec(plot_heatmap, "IQM of the final reward over the grid's first two axes"),
+    "response_length": FigureSpec(
         lambda e, s: plot_response_length(e),
         "Response length (tokens before EOS) during training",
+        ("response_length",),
     ),
-    "prompt_length": (
+    "prompt_length": FigureSpec(
         lambda e, s: plot_prompt_length(e),
         "Final held-out greedy accuracy, mean reward and train/held-out gap vs prompt length",
     ),
 }
-"""Report figures: name -> (function(experiment, summary) -> figure or None when it does not apply, caption)."""
+"""Report figures: name -> how to draw it (None when it does not apply), its caption, the curves it draws."""
+
+
+def curve_metrics() -> tuple[str, ...]:
+    """Every metric some figure draws per epoch (what `load_experiment` must keep as curves)."""
+    return tuple(dict.fromkeys(m for spec in FIGURES.values() for m in spec.curves))
 
 
 def png_bytes(fig: Figure) -> bytes:

@@ -1,4 +1,4 @@
-"""The generated blocks of README.md: the headline figure and what the grids show, from the numbers.
+"""The generated blocks of README.md: the headline figure and what the grids show, from the findings.
 
 The repository holds no hand-written claims about results, so the README's
 results live between marker comments that `sortrl report --readme README.md`
@@ -6,13 +6,13 @@ rewrites (`write_readme`):
 
     <!-- BEGIN GENERATED: headline -->   the ablations reward-curve figure and a generated caption
     <!-- END GENERATED: headline -->
-    <!-- BEGIN GENERATED: findings -->   per experiment, 2-4 sentences computed from the summary tables
+    <!-- BEGIN GENERATED: findings -->   per experiment, 2-4 sentences from its findings
     <!-- END GENERATED: findings -->
 
 Only the text between the markers of `BLOCKS` changes; every other byte of the
 file (hand-written text, other generated blocks such as `speed`, which the
-benchmarks fill) stays as it is. The sentences reuse the numbers and verdicts
-of `REPORT.md` (`sortrl.experiment.summarize`, `sortrl.report.lecture_checks`),
+benchmarks fill) stays as it is. The sentences render the same
+`sortrl.findings.Findings` as `REPORT.md` (`sortrl.report`), in fewer words,
 and the output is deterministic: the same runs give the same README.
 """
 
@@ -20,23 +20,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from sortrl import stats
-from sortrl.experiment import (
-    EVAL_ACCURACY,
-    EVAL_REWARD,
-    LECTURE_SEED,
-    PROMPT_LENGTH,
-    Experiment,
-    join_labels,
-    value_label,
-)
+from sortrl.experiment import LECTURE_SEED, Experiment
+from sortrl.findings import Best, Comparison, Findings, fmt_interval, fmt_num
 from sortrl.registry import ConfigError
-from sortrl.report import fmt_num, lecture_checks
 from sortrl.store import atomic_write_bytes
 
 BLOCKS = ("headline", "findings")
@@ -47,9 +37,6 @@ HEADLINE_EXPERIMENT = "ablations"
 
 ORDER = ("lecture", "ablations", "algorithms", "difficulty")
 """Order of the experiments in the findings; experiments not listed follow, by name."""
-
-Section = tuple[Experiment, pd.DataFrame, list[str]]
-"""(experiment, its summary table, names of the figures written), as `sortrl.report.write_report` makes them."""
 
 
 # --- markers -------------------------------------------------------------------
@@ -91,7 +78,7 @@ def replace_blocks(text: str, blocks: dict[str, str], path: Path) -> str:
     return text
 
 
-def write_readme(path: Path, sections: list[Section], results: Path) -> Path:
+def write_readme(path: Path, sections: list[Findings], results: Path) -> Path:
     """Rewrite the `BLOCKS` of the Markdown file `path` from `sections`, atomically; returns `path`.
 
     Links (the figure, `REPORT.md`) are relative to `path`'s folder. The file is
@@ -113,18 +100,18 @@ def _link(target: Path, folder: Path) -> str:
     return Path(os.path.relpath(target.resolve(), folder.resolve())).as_posix()
 
 
-def _ordered(sections: list[Section]) -> list[Section]:
+def _ordered(sections: list[Findings]) -> list[Findings]:
     rank = {name: i for i, name in enumerate(ORDER)}
-    return sorted(sections, key=lambda s: (rank.get(s[0].name, len(ORDER)), s[0].name))
+    return sorted(sections, key=lambda f: (rank.get(f.experiment.name, len(ORDER)), f.experiment.name))
 
 
-def headline(sections: list[Section], results: Path, folder: Path) -> str:
+def headline(sections: list[Findings], results: Path, folder: Path) -> str:
     """The headline block: `HEADLINE_EXPERIMENT`'s reward-curve figure (else the first one drawn) and a caption."""
-    drawn = [s for s in _ordered(sections) if "reward_curves" in s[2]]
-    chosen = next((s for s in drawn if s[0].name == HEADLINE_EXPERIMENT), drawn[0] if drawn else None)
+    drawn = [f for f in _ordered(sections) if "reward_curves" in f.figures]
+    chosen = next((f for f in drawn if f.experiment.name == HEADLINE_EXPERIMENT), drawn[0] if drawn else None)
     if chosen is None:
         return f"*No figure yet: no finished runs under `{_link(results / 'runs', folder)}/`; `make ablations` trains them.*"
-    exp = chosen[0]
+    exp = chosen.experiment
     link = _link(results / "figures" / f"{exp.name}_reward_curves.png", folder)
     return f"![{exp.name}: mean reward during training]({link})\n\n*{_caption(exp)}*"
 
@@ -136,10 +123,10 @@ def _caption(exp: Experiment) -> str:
     layout = [f"colours: {' / '.join(axes[:1] + axes[3:])}"] if axes else []
     layout += [f"columns: {axes[1]}"] if len(axes) > 1 else []
     layout += [f"rows: {axes[2]}"] if len(axes) > 2 else []
-    n = exp.runs.groupby("configuration")["seed"].nunique().max()
+    n = exp.final.groupby("configuration")["seed"].nunique().max()
     seed = exp.grid.highlight_seed
     dashed = ""
-    if seed is not None and (exp.runs["seed"] == seed).any():
+    if seed is not None and (exp.final["seed"] == seed).any():
         dashed = f", seed {seed} (the lecture's seed) dashed" if seed == LECTURE_SEED else f", seed {seed} dashed"
     unit = " as a fraction of each configuration's maximum" if exp.reward_fraction else ""
     return (
@@ -149,10 +136,10 @@ def _caption(exp: Experiment) -> str:
     )
 
 
-def findings(sections: list[Section], results: Path, folder: Path) -> str:
+def findings(sections: list[Findings], results: Path, folder: Path) -> str:
     """The findings block: a heading, a paragraph of generated sentences per experiment, a link to REPORT.md."""
     lines = ["## What the grids show (generated by `sortrl report`)", ""]
-    paragraphs = [" ".join(experiment_sentences(exp, summary)) for exp, summary, _ in _ordered(sections)]
+    paragraphs = [" ".join(experiment_sentences(f)) for f in _ordered(sections)]
     lines += [p for paragraph in paragraphs for p in (paragraph, "")] or ["No experiment has stored runs yet.", ""]
     report = _link(results / "REPORT.md", folder)
     lines.append(
@@ -164,73 +151,56 @@ def findings(sections: list[Section], results: Path, folder: Path) -> str:
 
 
 # --- sentences -------------------------------------------------------------------
-def experiment_sentences(exp: Experiment, summary: pd.DataFrame) -> list[str]:
-    """2-4 generated sentences on `exp`: best configuration, comparisons with the baseline, grid-specific ones."""
-    if summary["n"].sum() == 0:
+def experiment_sentences(f: Findings) -> list[str]:
+    """2-4 generated sentences on one experiment: best configuration, comparisons with the baseline, the rest."""
+    exp = f.experiment
+    if f.summary["n"].sum() == 0:
         return [f"**`{exp.name}`**: no finished runs yet."]
-    out = [f"**`{exp.name}`** ({len(exp.configs)} configurations × {len(exp.grid.seeds)} seeds). {_best(exp, summary)}"]
-    out += [_against_baseline(exp, summary)]
-    out += _lecture(exp)
-    out += _by_prompt_length(exp)
-    out += _recipes(exp, summary)
+    out = [f"**`{exp.name}`** ({len(exp.configs)} configurations × {len(exp.grid.seeds)} seeds). {_best(f)}"]
+    out += [_against_baseline(f)]
+    out += _claims(f)
+    out += _by_prompt_length(f)
+    out += _recipes(f)
     return [s for s in out if s]
 
 
-def _ci(row: pd.Series, stat: str, digits: int = 2) -> str:
-    return f"{fmt_num(row[stat], digits)} [{fmt_num(row[f'{stat}_ci_low'], digits)}, {fmt_num(row[f'{stat}_ci_high'], digits)}]"
+def _of_max(best: Best) -> str:
+    return f" of a maximum {best.max_reward:g}" if not np.isnan(best.max_reward) else ""
 
 
-def _of_max(row: pd.Series) -> str:
-    return f" of a maximum {row['max_reward']:g}" if not np.isnan(row["max_reward"]) else ""
+def _top(best: Best) -> str:
+    """The configuration(s) with the highest IQM, with the IQM's CI (or the tie)."""
+    if len(best.names) == 1:
+        return f"{best.names[0]} ({fmt_interval(best.iqm, best.low, best.high, 2)}{_of_max(best)})"
+    shown = ", ".join(best.names[:3]) + (f" and {len(best.names) - 3} more" if len(best.names) > 3 else "")
+    return f"{len(best.names)} configurations tied at {fmt_num(best.iqm, 2)}{_of_max(best)} ({shown})"
 
 
-def _top(rows: pd.DataFrame, name: Any) -> str:
-    """The configuration(s) of `rows` with the highest IQM, named by `name(row)`, with the IQM's CI."""
-    best = rows[rows["iqm"] == rows["iqm"].max()]
-    first = best.iloc[0]
-    if len(best) == 1:
-        return f"{name(first)} ({_ci(first, 'iqm')}{_of_max(first)})"
-    names = [name(r) for _, r in best.iterrows()]
-    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    return f"{len(best)} configurations tied at {fmt_num(first['iqm'], 2)}{_of_max(first)} ({shown})"
-
-
-def _best(exp: Experiment, summary: pd.DataFrame) -> str:
+def _best(f: Findings) -> str:
     """Highest IQM of the final reward: overall, or per value of the axes that change the reward's scale."""
-    rows = summary[summary["n"] > 0]
-    if not exp.scale_axes:
-        return f"Highest IQM of the final reward: {_top(rows, lambda r: r['configuration'])}."
-    others = [a for a in exp.axes if a not in exp.scale_axes]
-
-    def short(row: pd.Series) -> str:
-        return join_labels([value_label(a, row[a]) for a in others], "all runs")
-
-    keys = rows[exp.scale_axes].map(repr).apply(tuple, axis=1)
-    clauses = [
-        f"for {join_labels([value_label(a, part.iloc[0][a]) for a in exp.scale_axes])}: {_top(part, short)}"
-        for _, part in rows.groupby(keys, sort=False)
-    ]
-    return f"Highest IQM of the final reward, {'; '.join(clauses)}."
+    if not f.experiment.scale_axes:
+        return f"Highest IQM of the final reward: {_top(f.best[0])}."
+    return f"Highest IQM of the final reward, {'; '.join(f'for {b.scale}: {_top(b)}' for b in f.best)}."
 
 
 def _and(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _names(rows: pd.DataFrame, limit: int = 3) -> str:
+def _names(comparisons: list[Comparison], limit: int = 3) -> str:
     """Up to `limit` configurations with their P(improve) CIs, then how many more."""
-    shown = [f"{r['configuration']} ({_ci(r, 'p_improve')})" for _, r in rows.head(limit).iterrows()]
-    return _and(shown + ([f"{len(rows) - limit} more"] if len(rows) > limit else []))
+    shown = [f"{c.configuration} ({c.interval})" for c in comparisons[:limit]]
+    return _and(shown + ([f"{len(comparisons) - limit} more"] if len(comparisons) > limit else []))
 
 
-def _against_baseline(exp: Experiment, summary: pd.DataFrame) -> str:
+def _against_baseline(f: Findings) -> str:
     """Which configurations beat (or trail) the baseline: P(improve) CIs that exclude 0.5."""
-    compared = summary[(summary["configuration"] != summary["reference"]) & summary["p_improve_ci_low"].notna()]
-    m = len(compared)
+    exp = f.experiment
+    m = len(f.with_interval)
     if not m:
         return ""
-    better = compared[compared["p_improve_ci_low"] > 0.5].sort_values("p_improve", ascending=False, kind="stable")
-    worse = compared[compared["p_improve_ci_high"] < 0.5].sort_values("p_improve", kind="stable")
+    better = sorted(f.verdicts("better"), key=lambda c: -c.p)
+    worse = sorted(f.verdicts("worse"), key=lambda c: c.p)
     against = (
         f"its reference (the baseline's settings, {exp.baseline}, with its own {' / '.join(exp.scale_axes)})"
         if exp.scale_axes
@@ -244,122 +214,63 @@ def _against_baseline(exp: Experiment, summary: pd.DataFrame) -> str:
         f"{rest or 'none'} {'is' if rest == 1 else 'are'} indistinguishable at these seeds"
     )
     if m > 1:
-        text += f" (uncorrected: by chance alone about {(1 - stats.CONFIDENCE) * m:.1f} of {m} would exclude 0.5)"
+        text += f" (uncorrected: by chance alone about {f.chance:.1f} of {m} would exclude 0.5)"
     return text + "."
 
 
-def _lecture(exp: Experiment) -> list[str]:
-    """Whether the lecture's seed-5 conclusions hold across seeds (`sortrl.report.lecture_checks`)."""
-    checks = lecture_checks(exp)
-    if checks is None:
-        return []
+def _claims(f: Findings) -> list[str]:
+    """What the seeds say about each declared claim (`sortrl.findings.check_claim`)."""
     out = []
-    for c, claim, p in (
-        (checks["centering"], "centering helps", "P(centered_rewards > rewards)"),
-        (
-            checks["normalisation"],
-            "std normalisation makes little difference",
-            "P(normalized_rewards > centered_rewards)",
-        ),
-    ):
-        says = c["seed_says"]
-        seed = f"seed {LECTURE_SEED} alone {'' if says.startswith('shows') else 'says '}{says}; " if says else ""
-        p_ci = f"{fmt_num(c['p'], 2)} [{fmt_num(c['p_low'], 2)}, {fmt_num(c['p_high'], 2)}]"
+    for c in f.claims:
+        seed = f"seed {c.claim.seed} alone {c.seed_says}; " if c.seed_says else ""
+        source = c.claim.source[:1].upper() + c.claim.source[1:]
         out.append(
-            f"The lecture's single-seed conclusion that {claim}: {seed}over {min(c['n_new'], c['n_old'])} seeds, "
-            f"{p} = {p_ci}: {c['holds']}."
+            f"{source}'s claim that {c.claim.statement}: {seed}over {min(c.n_new, c.n_old)} seeds, "
+            f"P({c.new} > {c.old}) = {c.p_interval}: {c.holds}."
         )
     return out
 
 
-def _by_prompt_length(exp: Experiment) -> list[str]:
+def _by_prompt_length(f: Findings) -> list[str]:
     """How final held-out greedy accuracy and reward change with prompt length, all configurations of a length pooled."""
-    final = exp.final
-    if PROMPT_LENGTH not in exp.axes or f"final_{EVAL_ACCURACY}" not in final or final.empty:
+    table = f.by_prompt_length
+    if table is None:
         return []
-    lengths = exp.configs[PROMPT_LENGTH]
-    if not all(isinstance(v, (int, np.integer)) for v in lengths):
-        return []
-    final = final.assign(
-        length=final["configuration"].map(lengths),
-        scale=final["configuration"].map(exp.configs["max_reward"]),
-    )
-    reward = f"final_{EVAL_REWARD}" if f"final_{EVAL_REWARD}" in final else "final_reward"
-    known = final["scale"].notna().all()
-    final = final.assign(reward=final[reward] / final["scale"] if known else final[reward])
-    table = final.groupby("length", sort=True).agg(
-        runs=("run_id", "size"), accuracy=(f"final_{EVAL_ACCURACY}", "mean"), reward=("reward", "mean")
-    )
     counts = sorted(set(table["runs"]))
     runs = f"{counts[0]} runs each" if len(counts) == 1 else "runs of every configuration of that length"
-    unit = "of its maximum" if known else "reward points (whose maximum grows with the length)"
-    where = "held-out" if reward != "final_reward" else "training"
     return [
         f"Pooling every configuration of a prompt length ({runs}), as the length goes "
         f"{_listing(table.index)}, the final held-out greedy accuracy goes {_listing(table['accuracy'])} and the "
-        f"final {where} mean reward {_listing(table['reward'])} {unit}."
+        f"final {f.length_reward} mean reward {_listing(table['reward'])} {f.length_unit}."
     ]
 
 
-def _listing(values: Any) -> str:
+def _listing(values: object) -> str:
     return ", ".join(fmt_num(float(v), 2) if not isinstance(v, (int, np.integer)) else str(v) for v in values)
 
 
-def _recipes(exp: Experiment, summary: pd.DataFrame) -> list[str]:
+def _recipes(f: Findings) -> list[str]:
     """How the recipes rank under each reward, and what EOS does to the response length."""
-    if "recipe" not in exp.axes:
+    if not f.rankings:
         return []
-    out = []
-    groups = [a for a in exp.scale_axes if a != "recipe"]
-    fixed = [a for a in exp.axes if a not in ("recipe", *groups)]
-    base = exp.configs.loc[exp.baseline]
-    chosen = summary["n"] > 0
-    for axis in fixed:
-        chosen &= summary[axis] == base[axis]
-    rows = summary[chosen]
-    keys = rows[groups].map(repr).apply(tuple, axis=1) if groups else pd.Series(0, index=rows.index)
     clauses = []
-    for _, part in rows.groupby(keys, sort=False):
-        ranked = part.sort_values("iqm", ascending=False, kind="stable")
-        text = ""
-        for i, (_, r) in enumerate(ranked.iterrows()):
-            if i:
-                prev = ranked.iloc[i - 1]
-                text += " > " if prev["iqm_ci_low"] > r["iqm_ci_high"] else " ≈ "
-            text += f"{r['recipe']} {fmt_num(r['iqm'], 2)}"
-        where = join_labels([value_label(a, part.iloc[0][a]) for a in groups])
-        clauses.append(f"under {where}, {text}" if where else text)
-    setting = f" with {join_labels([value_label(a, base[a]) for a in fixed])}" if fixed else ""
-    out.append(
+    for ranking in f.rankings:
+        text = "".join(
+            f"{' > ' if below else ' ≈ ' if i else ''}{recipe} {fmt_num(iqm, 2)}"
+            for i, (recipe, iqm, below) in enumerate(ranking.entries)
+        )
+        clauses.append(f"under {ranking.where}, {text}" if ranking.where else text)
+    setting = f" with {f.ranking_setting}" if f.ranking_setting else ""
+    out = [
         f"Recipes ranked by IQM of the final reward{setting} (>: the 95% CIs do not overlap, ≈: they do): "
         f"{'; '.join(clauses)}."
-    )
-    out += _eos(exp, groups)
-    return out
-
-
-def _eos(exp: Experiment, groups: list[str]) -> list[str]:
-    """Final response length with EOS on vs off, per value of `groups` (all other settings pooled)."""
-    if "eos" not in exp.axes or "response_length" not in exp.runs or exp.runs.empty:
-        return []
-    length = stats.final_scores(exp.runs, "response_length")
-    first = exp.runs.groupby("run_id", sort=True)[["configuration"]].first().assign(length=length)
-    first = first.assign(eos=first["configuration"].map(exp.configs["eos"]).astype(bool))
-    for axis in groups:
-        first[axis] = first["configuration"].map(exp.configs[axis])
-    if first["eos"].nunique() < 2:
-        return []
-    order = {label: i for i, label in enumerate(exp.labels)}  # groups in grid order
-    first = first.sort_values("configuration", key=lambda c: c.map(order), kind="stable")
-    keys = first[groups].map(repr).apply(tuple, axis=1) if groups else pd.Series(0, index=first.index)
-    clauses = []
-    for _, part in first.groupby(keys, sort=False):
-        on, off = part.loc[part["eos"], "length"].mean(), part.loc[~part["eos"], "length"].mean()
-        where = join_labels([value_label(a, part.iloc[0][a]) for a in groups])
-        clauses.append(
-            f"{fmt_num(on, 2)} tokens (vs {fmt_num(off, 2)} without EOS){' under ' + where if where else ''}"
-        )
-    return [
-        "With EOS on, the final response length (tokens before EOS, mean over every recipe's runs) is "
-        f"{'; '.join(clauses)}."
     ]
+    if f.eos:
+        lengths = "; ".join(
+            f"{fmt_num(on, 2)} tokens (vs {fmt_num(off, 2)} without EOS){' under ' + where if where else ''}"
+            for where, on, off in f.eos
+        )
+        out.append(
+            f"With EOS on, the final response length (tokens before EOS, mean over every recipe's runs) is {lengths}."
+        )
+    return out

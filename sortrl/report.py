@@ -1,73 +1,36 @@
-"""The report stage's text: `REPORT.md`, and `write_report`, which writes every output.
+"""`REPORT.md`: every experiment's findings, tables and figures in generated sentences.
 
-`write_report(results)` reads every experiment stored under `results/runs/`
-(`sortrl.experiment.load_experiments`) and writes, per experiment `<exp>`:
-
-    results/figures/<exp>_<figure>.png   one file per entry of `sortrl.figures.FIGURES` that applies
-    results/<exp>_summary.csv            one row per configuration (see `sortrl.experiment.summarize`)
-
-and one `results/REPORT.md` whose every sentence about results is generated
-from the numbers. Mean reward is the headline quantity; a run's *final*
-reward is its mean reward averaged over the last 10% of its epochs
-(`sortrl.stats.final_scores`). Diverged runs are listed and left out of every
-aggregate. The output is deterministic: bootstraps use fixed seeds, tables are
-in grid order, and PNGs carry no timestamp or version metadata, so running the
-report twice on the same runs gives byte-identical files. With `readme=`, it
-also rewrites the README's generated blocks (`sortrl.readme`).
+`render_report(findings)` renders the `sortrl.findings.Findings` of every
+experiment (`sortrl.publish.write_report` computes them and writes the file):
+what was run, the summary table (also `<exp>_summary.csv`), the comparisons
+with the baseline and the declared claims, the diverged runs and the figures.
+Every sentence about results is generated from the numbers; none is computed
+here. Mean reward is the headline quantity; a run's *final* reward is its mean
+reward averaged over the last 10% of its epochs (`sortrl.stats.final_scores`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
-from typing import Any
 
-import joblib
 import matplotlib as mpl
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
 from sortrl import stats
-from sortrl.experiment import (
-    LECTURE_SEED,
-    SEED,
-    Experiment,
-    compared_with,
-    experiment_names,
-    is_lecture_experiment,
-    load_experiment,
-    point,
-    reward_maxima,
-    scores,
-    summarize,
-    verdict,
-)
-from sortrl.figures import FIGURES, save_figure
-from sortrl.store import atomic_write_text
+from sortrl.experiment import SEED, Experiment, compared_with, reward_maxima
+from sortrl.figures import FIGURES
+from sortrl.findings import Findings, fmt_ci, fmt_num
 
 
-def fmt_num(x: float, digits: int = 3) -> str:
-    """`x` with `digits` decimals; an en dash for a missing value (None or NaN)."""
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def fmt_ci(row: pd.Series, stat: str, digits: int = 3) -> str:
-    """`stat [low, high]` from a summary row's `stat`, `stat_ci_low` and `stat_ci_high`."""
-    return f"{fmt_num(row[stat], digits)} [{fmt_num(row[f'{stat}_ci_low'], digits)}, {fmt_num(row[f'{stat}_ci_high'], digits)}]"
-
-
-def _findings(exp: Experiment, summary: pd.DataFrame) -> list[str]:
-    compared = summary[summary["configuration"] != summary["reference"]]
-    others = compared[compared["p_improve_ci_low"].notna()]
+def _findings(f: Findings) -> list[str]:
+    exp = f.experiment
     groups: dict[str, list[str]] = {"better": [], "worse": [], "indistinguishable": []}
-    for _, row in others.iterrows():
-        versus = "" if row["reference"] == exp.baseline else f" vs {row['reference']}"
-        groups[verdict(row["p_improve_ci_low"], row["p_improve_ci_high"])].append(
-            f"{row['configuration']} ({fmt_ci(row, 'p_improve', 2)}{versus})"
-        )
+    for c in f.with_interval:
+        versus = "" if c.reference == exp.baseline else f" vs {c.reference}"
+        groups[c.verdict].append(f"{c.configuration} ({c.interval}{versus})")
     versus = compared_with(exp)
     heads = {
         "better": f"Better than {versus} (P(improve) CI above 0.5)",
@@ -88,132 +51,60 @@ def _findings(exp: Experiment, summary: pd.DataFrame) -> list[str]:
                 f"of its maximum ({reward_maxima(exp)}); the numbers here are in reward points."
             )
     lines += [f"- {heads[k]}: {'; '.join(v) if v else 'none'}." for k, v in groups.items()]
-    missing = compared[compared["p_improve_ci_low"].isna()]["configuration"].tolist()
+    missing = [c.configuration for c in f.comparisons if not c.verdict]
     if missing:
         lines.append(f"- No P(improve) interval (fewer than two finished runs): {', '.join(missing)}.")
-    if len(others) > 1:
+    m = len(f.with_interval)
+    if m > 1:
         lines.append(
-            f"- Each interval is for one comparison, not corrected for the {len(others)} made here: even if no "
-            f"configuration differed from its reference, about {(1 - stats.CONFIDENCE) * len(others):.1f} of them "
+            f"- Each interval is for one comparison, not corrected for the {m} made here: even if no "
+            f"configuration differed from its reference, about {f.chance:.1f} of them "
             "would be expected to exclude 0.5 by chance."
         )
     return lines
 
 
-def _compare(exp: Experiment, new: str, old: str) -> dict[str, float]:
-    """Numbers comparing configuration `new` with `old`: seed-LECTURE_SEED finals, mean difference and P(new > old)."""
-    x, y = scores(exp, new), scores(exp, old)
-    out = {"n_new": len(x), "n_old": len(y)}
-    final = exp.final.set_index(["configuration", "seed"])["final_reward"]
-    out["seed_new"] = final.get((new, LECTURE_SEED), math.nan)
-    out["seed_old"] = final.get((old, LECTURE_SEED), math.nan)
-    out["diff"] = point(stats.mean_difference, x, y)
-    out["diff_low"], out["diff_high"] = stats.bootstrap_ci([x, y], stats.mean_difference, SEED)
-    out["p"] = point(stats.probability_of_improvement, x, y)
-    out["p_low"], out["p_high"] = stats.bootstrap_ci([x, y], stats.probability_of_improvement, SEED)
-    # seed-to-seed spread within a configuration: the pooled standard deviation of the two
-    out["std"] = math.sqrt((np.var(x, ddof=1) + np.var(y, ddof=1)) / 2) if min(len(x), len(y)) > 1 else math.nan
-    return out
-
-
-def lecture_checks(exp: Experiment) -> dict[str, dict[str, Any]] | None:
-    """The lecture's two seed-5 conclusions, checked across seeds; None unless `exp` is the lecture's experiment.
-
-    The lecture concluded from single curves (seed `LECTURE_SEED`) that centering
-    helps and that std normalisation makes little difference. Returns
-    `{"centering": ..., "normalisation": ...}`, each the numbers of `_compare`
-    (new = `centered_rewards` vs old = `rewards`; `normalized_rewards` vs
-    `centered_rewards`) plus `seed_says` (what seed 5 alone says, None without
-    a finished seed-5 run of both), `verdict` (of the P(improve) CI) and
-    `holds` (what the seeds say about the conclusion).
-    """
-    if not is_lecture_experiment(exp) or "deltas_mode" not in exp.axes:
-        return None
-    mode = {config["deltas_mode"]: label for label, config in exp.configs.iterrows()}
-    if not {"rewards", "centered_rewards", "normalized_rewards"} <= set(mode):
-        return None
-    checks = {}
-    for name, new, old in (
-        ("centering", "centered_rewards", "rewards"),
-        ("normalisation", "normalized_rewards", "centered_rewards"),
-    ):
-        c: dict[str, Any] = _compare(exp, mode[new], mode[old])
-        c["verdict"] = verdict(c["p_low"], c["p_high"]) if not math.isnan(c["p_low"]) else "indistinguishable"
-        c["seed_says"] = None
-        if not math.isnan(c["seed_new"]) and not math.isnan(c["seed_old"]):
-            d = c["seed_new"] - c["seed_old"]
-            if name == "centering":
-                c["seed_says"] = "centering helps" if d > 0 else "centering does not help"
-            else:
-                c["seed_says"] = "shows little difference" if abs(d) < c["std"] else "shows a difference"
-        checks[name] = c
-    c = checks["centering"]
-    c["holds"] = {
-        "better": "the seeds confirm that centering helps",
-        "worse": "the seeds contradict it: centering does worse",
-        "indistinguishable": "the seeds cannot confirm that centering helps",
-    }[c["verdict"]]
-    c = checks["normalisation"]
-    c["holds"] = {
-        "better": "the seeds find a difference: normalisation does better",
-        "worse": "the seeds find a difference: normalisation does worse",
-        "indistinguishable": "the seeds cannot tell the two apart, consistent with 'little difference' "
-        f"(a difference of mean final reward as large as the CI's ends, {c['diff_low']:+.3f} to {c['diff_high']:+.3f}, "
-        "is not ruled out)",
-    }[c["verdict"]]
-    return checks
-
-
-def _lecture_section(exp: Experiment) -> list[str]:
-    """Whether the lecture's seed-5 conclusions hold across seeds, in generated sentences (`lecture_checks`)."""
-    checks = lecture_checks(exp)
-    if checks is None:
+def _claims(f: Findings) -> list[str]:
+    """The grid's declared claims, checked across seeds (`sortrl.findings.check_claim`)."""
+    if not f.claims:
         return []
-    s = LECTURE_SEED
+    intro = "; ".join(
+        f"{c.claim.source} claims that {c.claim.statement} (`{c.new}` vs `{c.old}`)"
+        + (f", concluded from its one run with seed {c.claim.seed}" if c.claim.seed is not None else "")
+        for c in f.claims
+    )
     lines = [
-        "### The lecture's single-seed conclusions, across seeds",
+        "### Claims, across seeds",
         "",
-        f"The lecture ran each deltas mode once, with seed {s}, and concluded from the curves that centering helps "
-        "(`centered_rewards` beats `rewards`) and that std normalisation makes little difference "
-        "(`normalized_rewards` vs `centered_rewards`). Final reward = mean reward over the last 10% of epochs.",
+        f"The grid file declares {len(f.claims)} claim{'s' * (len(f.claims) > 1)}: {intro}. Each is checked on "
+        "the final reward (mean reward over the last 10% of epochs) of every seed.",
         "",
     ]
-    c = checks["centering"]
-    n = min(c["n_new"], c["n_old"])
-    if c["seed_says"] is not None:
+    for c in f.claims:
+        subject = c.claim.subject[:1].upper() + c.claim.subject[1:]
+        if c.seed_says is not None:
+            s = c.claim.seed
+            spread = ""
+            if c.claim.predicts == "same":
+                small = c.seed_says == "shows little difference"
+                spread = (
+                    f", {'smaller' if small else 'not smaller'} than the seed-to-seed standard deviation of the "
+                    f"final reward within a configuration ({fmt_num(c.std)})"
+                )
+            lines.append(
+                f"- {subject}, seed {s} alone: final reward {fmt_num(c.seed_old)} (`{c.old}`) vs "
+                f"{fmt_num(c.seed_new)} (`{c.new}`), difference {c.seed_new - c.seed_old:+.3f}{spread}: "
+                f"seed {s} alone {c.seed_says}."
+            )
         lines.append(
-            f"- Centering, seed {s} alone: final reward {fmt_num(c['seed_old'])} (`rewards`) vs "
-            f"{fmt_num(c['seed_new'])} (`centered_rewards`), difference {c['seed_new'] - c['seed_old']:+.3f}: "
-            f"seed {s} alone says {c['seed_says']}."
+            f"- {subject}, {min(c.n_new, c.n_old)} seeds per configuration: mean difference ({c.new} − {c.old}) "
+            f"{c.diff_interval}; P({c.new} > {c.old}) = {c.p_interval}: {c.holds}. Claim {c.claim.id}: {c.outcome}."
         )
-    lines.append(
-        f"- Centering, {n} seeds per configuration: mean difference (centered − rewards) {c['diff']:+.3f} "
-        f"[{c['diff_low']:+.3f}, {c['diff_high']:+.3f}]; P(centered_rewards > rewards) = {_ci_p(c)}: {c['holds']}."
-    )
-    c = checks["normalisation"]
-    n = min(c["n_new"], c["n_old"])
-    if c["seed_says"] is not None:
-        small = c["seed_says"] == "shows little difference"
-        lines.append(
-            f"- Std normalisation, seed {s} alone: final reward {fmt_num(c['seed_old'])} (`centered_rewards`) vs "
-            f"{fmt_num(c['seed_new'])} (`normalized_rewards`), difference {c['seed_new'] - c['seed_old']:+.3f}, "
-            f"{'smaller' if small else 'not smaller'} than the seed-to-seed standard deviation of the final reward "
-            f"within a configuration ({fmt_num(c['std'])}): seed {s} alone {c['seed_says']}."
-        )
-    lines.append(
-        f"- Std normalisation, {n} seeds per configuration: mean difference (normalized − centered) {c['diff']:+.3f} "
-        f"[{c['diff_low']:+.3f}, {c['diff_high']:+.3f}]; P(normalized_rewards > centered_rewards) = {_ci_p(c)}: "
-        f"{c['holds']}."
-    )
     return lines + [""]
 
 
-def _ci_p(c: dict[str, float]) -> str:
-    return f"{fmt_num(c['p'], 2)} [{fmt_num(c['p_low'], 2)}, {fmt_num(c['p_high'], 2)}]"
-
-
 def _what_was_run(exp: Experiment) -> list[str]:
-    grid, runs = exp.grid, exp.runs
+    grid = exp.grid
     seeds = grid.seeds
     seed_text = (
         f"{len(seeds)} ({seeds[0]}–{seeds[-1]})"
@@ -229,9 +120,10 @@ def _what_was_run(exp: Experiment) -> list[str]:
         f"- Seeds: {seed_text}"
         + (f"; highlighted seed {grid.highlight_seed}." if grid.highlight_seed is not None else ".")
     )
-    if not runs.empty:
-        epochs = sorted(runs["num_epochs"].unique())
-        steps = sorted(runs["num_steps_per_epoch"].unique())
+    if not exp.final.empty:
+        trained = [exp.config(label) for label in exp.final["configuration"].unique()]
+        epochs = sorted({c.num_epochs for c in trained})
+        steps = sorted({c.num_steps_per_epoch for c in trained})
         lines.append(
             f"- Epochs: {', '.join(map(str, epochs))}, each with {', '.join(map(str, steps))} inner steps; "
             f"final reward = mean over the last {math.ceil(stats.FINAL_FRACTION * epochs[0] - 1e-9)} epochs."
@@ -283,8 +175,8 @@ def _diverged(exp: Experiment) -> list[str]:
     return lines
 
 
-def render_report(experiments: list[tuple[Experiment, pd.DataFrame, list[str]]]) -> str:
-    """REPORT.md text from (experiment, summary, figure names written) triples."""
+def render_report(experiments: list[Findings]) -> str:
+    """REPORT.md text from the findings of every experiment (in order)."""
     import scipy
 
     lines = [
@@ -312,7 +204,8 @@ def render_report(experiments: list[tuple[Experiment, pd.DataFrame, list[str]]])
         f"seaborn `{sns.__version__}`, matplotlib `{mpl.__version__}`.",
         "",
     ]
-    for exp, summary, figures in experiments:
+    for f in experiments:
+        exp, summary = f.experiment, f.summary
         lines += [f"## Experiment `{exp.name}`", "", "### What was run", "", *_what_was_run(exp), ""]
         lines += [
             "### Final reward per configuration",
@@ -322,61 +215,12 @@ def render_report(experiments: list[tuple[Experiment, pd.DataFrame, list[str]]])
             *_table(exp, summary),
             "",
         ]
-        lines += ["### Findings", "", *_findings(exp, summary), ""]
-        lines += _lecture_section(exp)
+        lines += ["### Findings", "", *_findings(f), ""]
+        lines += _claims(f)
         lines += ["### Diverged runs", "", *_diverged(exp), ""]
         lines += ["### Figures", ""]
-        for name in figures:
-            lines += [f"**{FIGURES[name][1]}.**", "", f"![{exp.name} {name}](figures/{exp.name}_{name}.png)", ""]
+        for name in f.figures:
+            lines += [f"**{FIGURES[name].caption}.**", "", f"![{exp.name} {name}](figures/{exp.name}_{name}.png)", ""]
         if len(exp.axes) < 2:
             lines += ["(No heatmap: the grid has fewer than two axes.)", ""]
     return "\n".join(lines).rstrip() + "\n"
-
-
-def _experiment_outputs(results: Path, name: str) -> tuple[Experiment, pd.DataFrame, list[str], list[Path]]:
-    """Load one experiment, write its summary CSV and figures; return it, its summary, figure names and paths."""
-    exp = load_experiment(results, name)
-    summary = summarize(exp)
-    path = results / f"{exp.name}_summary.csv"
-    atomic_write_text(path, summary.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
-    written, figures = [path], []
-    for figure, (draw, _) in FIGURES.items():
-        fig = draw(exp, summary)
-        path = results / "figures" / f"{exp.name}_{figure}.png"
-        if fig is None:
-            path.unlink(missing_ok=True)  # left from an earlier report, when the figure applied
-            continue
-        written.append(save_figure(fig, path))
-        figures.append(figure)
-    return exp, summary, figures, written
-
-
-def write_report(results: str | Path, readme: str | Path | None = None) -> list[Path]:
-    """Write figures, `<exp>_summary.csv` files and `REPORT.md` under `results`; return the paths written.
-
-    `readme`: also rewrite the generated `headline` and `findings` blocks of
-    that Markdown file (`sortrl.readme.write_readme`). Its markers are checked
-    before anything is written, so a file without them fails fast with a
-    `ConfigError` that names the file and the marker.
-    """
-    from sortrl.readme import read_readme, write_readme  # sortrl.readme builds on this module
-
-    results = Path(results)
-    readme = Path(readme) if readme is not None else None
-    if readme is not None:
-        read_readme(readme)
-    names = experiment_names(results)
-    jobs = min(len(names), os.cpu_count() or 1)
-    if jobs > 1:  # one experiment per process: figures are independent and each process draws them identically
-        parallel = joblib.Parallel(n_jobs=jobs, backend="loky")
-        outputs = parallel(joblib.delayed(_experiment_outputs)(results, name) for name in names)
-    else:
-        outputs = [_experiment_outputs(results, name) for name in names]
-    written = [path for _, _, _, paths in outputs for path in paths]
-    sections = [(exp, summary, figures) for exp, summary, figures, _ in outputs]
-    report = results / "REPORT.md"
-    atomic_write_text(report, render_report(sections))
-    written.append(report)
-    if readme is not None:
-        written.append(write_readme(readme, sections, results))
-    return written

@@ -1,27 +1,39 @@
-"""Results on disk: atomic Parquet chunks, manifests, and tidy loading.
+"""Results on disk: atomic Parquet chunks, manifests, and loading that skips (and names) what it cannot trust.
 
 Layout under a results folder (default `results/`):
 
     runs/<experiment>/grid.toml           the grid file the sweep ran
     runs/<experiment>/manifest.json       the latest sweep: versions, status, times and wall time
     runs/<experiment>/manifests.jsonl     every sweep's manifest, one JSON object per line (start and end)
-    runs/<experiment>/chunk-<id>.parquet  one chunk of runs, one row per (run, epoch)
+    runs/<experiment>/chunk-<id>.parquet  one chunk of runs (schema below)
+
+A chunk (schema version 2) is one Parquet file. Its rows are the per-epoch
+metrics, one row per (run, epoch): `run_id`, `epoch`, `step` and the metric
+columns of `sortrl.train.train`. Its key-value metadata holds `SCHEMA_KEY`
+and, under `RUNS_KEY`, the per-run table as JSON:
+`{"configs": [config, ...], "runs": [run, ...]}`, where each run has
+`run_id`, `configuration` (its label in its grid), `seed`, `status` (`ok` or
+`diverged`), `diverged_epoch` (-1 if none) and `config`, the position in
+`configs` of its `RunConfig.to_dict()` without the seed (the runs of one
+configuration share it). So each run's config is stored once, not on every
+row, and a reader learns which runs a file holds, with their configurations,
+from its footer alone, then reads only the row columns it needs. `Chunk.runs`
+gives each run's record with its whole config (`RUN_KEYS`).
 
 Every file is written to a hidden temporary name in the same folder
 (`.<name>.tmp-<host>-<pid>-<random>`) and renamed into place (`os.replace`,
 atomic on POSIX), so a kill at any moment leaves either the old file, the new
 file, or a hidden temporary that is never read as a result and that the next
 sweep removes (`remove_stale_temporaries`). A chunk's name is a hash of its
-run ids, so two sweeps that train the same chunk write the same file;
-`load_runs` also drops duplicate runs, so concurrent sweeps never make a run
-appear twice.
+run ids, so two sweeps that train the same chunk write the same file; loading
+also drops duplicate runs, so concurrent sweeps never make a run appear twice.
 
-Every chunk carries `SCHEMA_VERSION` in its Parquet metadata. A chunk of
-another version, a corrupt or truncated chunk, or any other file in an
-experiment folder is skipped with a `StoreWarning` naming it: never a crash,
-never a silent mix. A skipped chunk's runs do not count as done, so the next
-sweep trains them again. Nothing is ever unpickled or evaluated: chunks are
-Parquet, manifests JSON, grids TOML.
+A chunk of another schema version (e.g. version 1, which repeated every config
+field on every row), a corrupt or truncated chunk, or any other file in an
+experiment folder is skipped with a one-line `StoreWarning` naming it: never a
+crash, never a silent mix. A skipped chunk's runs do not count as done, so the
+next sweep trains them again. Nothing is ever unpickled or evaluated: chunks
+are Parquet, manifests JSON, grids TOML.
 """
 
 from __future__ import annotations
@@ -37,18 +49,24 @@ import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = "1"
-"""Version of the run-table layout; bump it when columns change meaning."""
+SCHEMA_VERSION = "2"
+"""Version of the chunk layout; bump it when columns or the per-run table change meaning."""
 
 SCHEMA_KEY = b"sortrl_schema"
+RUNS_KEY = b"sortrl_runs"
+"""Metadata key of a chunk's per-run table (JSON)."""
 
-REQUIRED_COLUMNS = ("run_id", "status", "epoch")
-"""Columns every chunk must have to count as results."""
+RUN_KEYS = ("run_id", "configuration", "seed", "status", "diverged_epoch", "config")
+"""What the per-run table says about every run."""
+
+REQUIRED_COLUMNS = ("run_id", "epoch")
+"""Row columns every chunk must have to count as results."""
 
 MANIFEST = "manifest.json"
 HISTORY = "manifests.jsonl"
@@ -136,17 +154,54 @@ def remove_stale_temporaries(folder: Path, max_age: float = STALE_SECONDS) -> li
     return removed
 
 
-def write_chunk(folder: Path, table: pd.DataFrame) -> Path:
-    """Store one chunk of finished runs (a `train` table) atomically; returns its path."""
-    run_ids = sorted(table["run_id"].unique())
-    name = hashlib.sha256(",".join(run_ids).encode()).hexdigest()[:16]
-    arrow = pa.Table.from_pandas(table, preserve_index=False)
-    arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), SCHEMA_KEY: SCHEMA_VERSION.encode()})
+def write_chunk(folder: Path, table: pd.DataFrame, runs: Iterable[dict[str, Any]]) -> Path:
+    """Store one chunk of finished runs atomically; returns its path.
+
+    `table`: a `sortrl.train.train(..., with_config=False)` table (`run_id`,
+    `status`, `diverged_epoch`, `epoch`, `step`, metrics). `runs`: one dict per
+    run of `table` with its `run_id`, `configuration` (label), `seed` and
+    `config` (`RunConfig.to_dict()`). The rows keep `run_id`, `epoch`, `step`
+    and the metrics, sorted by run and epoch; the per-run table goes into the
+    file's metadata (see the module docstring).
+    """
+    first = table.groupby("run_id", sort=True)[["status", "diverged_epoch"]].first()
+    records = {r["run_id"]: r for r in runs}
+    if set(records) != set(first.index):
+        raise ValueError("write_chunk: `runs` must describe exactly the runs of `table`")
+    configs: dict[str, int] = {}  # a config without its seed (JSON) -> its position in the chunk's list
+    per_run = []
+    for run_id, row in first.iterrows():
+        record = records[run_id]
+        config = json.dumps({k: v for k, v in record["config"].items() if k != "seed"}, sort_keys=True)
+        per_run.append(
+            {
+                "run_id": run_id,
+                "configuration": record["configuration"],
+                "seed": record["seed"],
+                "status": str(row["status"]),
+                "diverged_epoch": int(row["diverged_epoch"]),
+                "config": configs.setdefault(config, len(configs)),
+            }
+        )
+    stored = {"configs": [json.loads(c) for c in configs], "runs": per_run}
+    rows = table.drop(columns=["status", "diverged_epoch"]).sort_values(["run_id", "epoch"], kind="stable")
+    arrow = pa.Table.from_pandas(rows, preserve_index=False)
+    text = json.dumps(stored, sort_keys=True, separators=(",", ":"))
+    metadata = {**(arrow.schema.metadata or {}), SCHEMA_KEY: SCHEMA_VERSION.encode(), RUNS_KEY: text.encode()}
     sink = pa.BufferOutputStream()
-    pq.write_table(arrow, sink)
+    pq.write_table(arrow.replace_schema_metadata(metadata), sink)
+    name = hashlib.sha256(",".join(first.index).encode()).hexdigest()[:16]
     path = folder / f"chunk-{name}.parquet"
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
     return path
+
+
+class Chunk(NamedTuple):
+    """A readable chunk file: its path, its per-run table (`RUN_KEYS`, one dict per run) and its row columns."""
+
+    path: Path
+    runs: list[dict[str, Any]]
+    columns: list[str]
 
 
 def _chunk_files(folder: Path) -> list[Path]:
@@ -167,69 +222,138 @@ def _chunk_files(folder: Path) -> list[Path]:
     return chunks
 
 
-def _read_chunk(path: Path) -> pd.DataFrame | None:
-    """One chunk, or None with a warning naming the file if it is corrupt, foreign or of another schema.
-
-    The whole file is read and decoded, so a chunk that loads here loads in
-    `load_runs` too (its runs are then safe to skip when resuming).
-    """
+def _open_chunk(path: Path) -> Chunk | None:
+    """A chunk's footer (schema, per-run table), or None with a warning naming the file if it cannot be trusted."""
     try:
-        version = (pq.read_schema(path).metadata or {}).get(SCHEMA_KEY)
+        schema = pq.read_schema(path)
+        metadata = schema.metadata or {}
+        version = metadata.get(SCHEMA_KEY)
         if version != SCHEMA_VERSION.encode():
             found = version.decode(errors="replace") if version else "none (not written by sortrl)"
-            _warn(f"skipping {path}: schema version {found}, this sortrl reads version {SCHEMA_VERSION}")
+            _warn(
+                f"skipping {path}: schema version {found}, this sortrl reads version {SCHEMA_VERSION}; "
+                "re-run the sweep to train its runs again"
+            )
             return None
-        table = pq.read_table(path).to_pandas()
+        missing = [f"column {c!r}" for c in REQUIRED_COLUMNS if c not in schema.names]
+        if missing or RUNS_KEY not in metadata:
+            _warn(f"skipping {path}: schema version {SCHEMA_VERSION} but no {(missing or ['per-run table'])[0]}")
+            return None
+        stored = json.loads(metadata[RUNS_KEY])
+        configs = stored["configs"]
+        runs = [{**r, "config": {**configs[r["config"]], "seed": r["seed"]}} for r in stored["runs"]]
+        if not all(set(RUN_KEYS) <= set(r) for r in runs):
+            raise ValueError("a run misses one of " + ", ".join(RUN_KEYS))
     except Exception as err:  # noqa: BLE001 -- any decoding failure of a file on disk means: skip it
         reason = " ".join(str(err).split())[:200]
         _warn(f"skipping {path}: not a readable sortrl results file ({err.__class__.__name__}: {reason})")
         return None
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
-    if missing:
-        _warn(f"skipping {path}: schema version {SCHEMA_VERSION} but no column {missing[0]!r}")
+    return Chunk(path, runs, [c for c in schema.names if c not in REQUIRED_COLUMNS])
+
+
+def _read_rows(chunk: Chunk, columns: Iterable[str] | None = None) -> pd.DataFrame | None:
+    """The rows of `chunk` (`run_id`, `epoch` and `columns`, or every column), or None with a warning if unreadable."""
+    wanted = None if columns is None else [*REQUIRED_COLUMNS, *(c for c in columns if c in chunk.columns)]
+    try:
+        return pq.read_table(chunk.path, columns=wanted).to_pandas()
+    except Exception as err:  # noqa: BLE001 -- a footer that reads but rows that do not: skip the file
+        reason = " ".join(str(err).split())[:200]
+        _warn(f"skipping {chunk.path}: not a readable sortrl results file ({err.__class__.__name__}: {reason})")
         return None
-    return table
+
+
+def read_chunks(folder: Path) -> list[Chunk]:
+    """The readable chunks of `folder`, in file-name order, each run only in the first chunk that holds it.
+
+    Corrupt, foreign or other-schema files are skipped with a `StoreWarning`
+    naming them (their runs do not count as stored).
+    """
+    out, seen = [], set()
+    for path in _chunk_files(folder):
+        chunk = _open_chunk(path)
+        if chunk is None:
+            continue
+        runs = [r for r in chunk.runs if r["run_id"] not in seen]
+        seen.update(r["run_id"] for r in runs)
+        if runs:  # a chunk whose runs all came earlier adds nothing
+            out.append(chunk._replace(runs=runs))
+    return out
+
+
+def read_rows(chunk: Chunk, columns: Iterable[str] | None = None) -> pd.DataFrame:
+    """The rows of `chunk`'s runs (as `read_chunks` kept them): `run_id`, `epoch` and `columns` (default: all).
+
+    Only the named columns are read from disk (Parquet column projection);
+    columns the chunk does not have are left out. A file whose rows cannot be
+    decoded gives an empty table, with a `StoreWarning`.
+    """
+    rows = _read_rows(chunk, columns)
+    if rows is None:
+        return pd.DataFrame(columns=[*REQUIRED_COLUMNS, *(columns or [])])
+    if len(chunk.runs) != rows["run_id"].nunique():  # some runs are also in an earlier chunk
+        rows = rows[rows["run_id"].isin({r["run_id"] for r in chunk.runs})]
+    return rows
 
 
 def completed_run_ids(folder: Path) -> set[str]:
-    """Run ids stored in readable chunks of `folder` (unreadable chunks are skipped with a warning)."""
+    """Run ids stored in readable chunks of `folder` (unreadable chunks are skipped with a warning).
+
+    Every chunk is decoded whole, so a chunk whose runs count as done here
+    also loads in `load_runs` (its runs are then safe to skip when resuming).
+    """
     done: set[str] = set()
     for path in _chunk_files(folder):
-        part = _read_chunk(path)
-        if part is not None:
-            done.update(part["run_id"].unique())
+        chunk = _open_chunk(path)
+        if chunk is not None and _read_rows(chunk) is not None:
+            done.update(r["run_id"] for r in chunk.runs)
     return done
 
 
-def load_runs(results: str | Path = "results", experiments: Iterable[str] | None = None) -> pd.DataFrame:
-    """Every stored run as one tidy table, with an `experiment` column.
-
-    Duplicated runs (the same `run_id` in two chunks, e.g. from concurrent
-    sweeps with different chunk sizes) appear once, from the first chunk in
-    file-name order. Corrupt, foreign or other-schema files in
-    `runs/<experiment>/` are skipped with a `StoreWarning` naming them.
-    """
+def experiment_folders(results: str | Path) -> list[Path]:
+    """The experiment folders under `results/runs/`, sorted; warns about (and skips) any file there."""
     root = Path(results) / "runs"
-    names = []
+    folders = []
     if root.is_dir():
         for path in sorted(root.iterdir()):
             if path.is_dir():
-                names.append(path.name)
+                folders.append(path)
             elif not path.name.startswith("."):
                 _warn(f"skipping {path}: not an experiment folder (runs/ holds one folder per experiment)")
-    if experiments is not None:
-        wanted = set(experiments)
-        names = [n for n in names if n in wanted]
+    return folders
+
+
+def load_runs(
+    results: str | Path = "results", experiments: Iterable[str] | None = None, fields: Iterable[str] = ()
+) -> pd.DataFrame:
+    """Every stored run as one tidy table: one row per (run, epoch), sorted by experiment, run and epoch.
+
+    Columns: `experiment`, `run_id`, `configuration` (its label in the grid),
+    `seed`, `status`, `diverged_epoch`, the `fields` of each run's stored
+    config asked for (e.g. `fields=["learning_rate"]`), then `epoch`, `step`
+    and the metrics. Duplicated runs (the same `run_id` in two chunks, e.g. from
+    concurrent sweeps with different chunk sizes) appear once, from the first
+    chunk in file-name order. Corrupt, foreign or other-schema files in
+    `runs/<experiment>/` are skipped with a `StoreWarning` naming them.
+    """
+    fields = list(fields)
+    wanted = None if experiments is None else set(experiments)
     frames = []
-    for name in names:
-        seen: set[str] = set()
-        for path in _chunk_files(root / name):
-            part = _read_chunk(path)
-            if part is None:
-                continue
-            part = part[~part["run_id"].isin(seen)]
-            seen.update(part["run_id"].unique())
-            frames.append(part.assign(experiment=name))
+    for folder in experiment_folders(results):
+        if wanted is not None and folder.name not in wanted:
+            continue
+        for chunk in read_chunks(folder):
+            per_run = pd.DataFrame(
+                [
+                    {
+                        "experiment": folder.name,
+                        **{k: r[k] for k in RUN_KEYS if k != "config"},
+                        **{f: r["config"].get(f) for f in fields},
+                    }
+                    for r in chunk.runs
+                ],
+                columns=["experiment", *(k for k in RUN_KEYS if k != "config"), *fields],
+            )
+            frames.append(per_run.merge(read_rows(chunk), on="run_id", how="inner", validate="one_to_many"))
     if not frames:
         return pd.DataFrame()
     table = pd.concat(frames, ignore_index=True)

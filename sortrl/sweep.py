@@ -1,28 +1,16 @@
-"""Sweeps: grid files, expansion into `RunConfig`s, chunking and joblib fan-out.
+"""Sweeps: a grid's runs trained in chunks by a pool of workers, stored as they arrive, resumable.
 
-A grid file is TOML:
-
-    name = "ablations"          # names the outputs (results/runs/<name>/, figures)
-    seeds = 32                  # seeds 0..31, or an explicit list: seeds = [5]
-    highlight_seed = 5          # optional: the report draws this seed's curve on top
-    baseline = { deltas_mode = "rewards", loss_mode = "naive" }  # optional: the reference configuration
-
-    [base]                      # RunConfig fields shared by every run
-    num_epochs = 100
-
-    [grid]                      # RunConfig fields whose lists are crossed
-    deltas_mode = ["rewards", "centered_rewards"]
-    loss_mode = ["naive", "clipped"]
-
-Any `RunConfig` field may be a base value or an axis, and so may `recipe`
-(a named preset, `sortrl.recipes`): a recipe's fields come first and explicit
-fields override them. Grid files are only ever parsed as TOML.
+`run_sweep(grid, results)` trains every run of a `sortrl.grid.Grid` (the grid
+file format and its expansion live there) that `results/runs/<name>/` does not
+hold yet: `plan_chunks` splits the runs into chunks that share a batch key,
+joblib workers (loky processes here, or a Dask cluster) train the chunks, and
+this process stores each chunk (`sortrl.store.write_chunk`, with each run's
+configuration label and config) and the sweep's manifests.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import math
 import os
@@ -32,17 +20,17 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from sortrl import __version__
-from sortrl.config import FIELD_NAMES, RunConfig, make_config
+from sortrl.config import RunConfig
+from sortrl.grid import Grid, Run
 from sortrl.registry import ConfigError, check_choice
 from sortrl.store import (
     atomic_write_text,
@@ -53,155 +41,6 @@ from sortrl.store import (
     write_manifest,
 )
 from sortrl.train import batch_key, train
-
-GRID_KEYS = ("name", "seeds", "highlight_seed", "baseline", "base", "grid")
-MAX_RUNS = 1_000_000
-"""Most runs one grid file may expand to (axis values x seeds)."""
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A parsed grid file: the experiment's name, seeds, shared fields and crossed axes."""
-
-    name: str
-    seeds: tuple[int, ...]
-    base: dict[str, Any] = field(default_factory=dict)
-    axes: dict[str, list[Any]] = field(default_factory=dict)
-    baseline: dict[str, Any] = field(default_factory=dict)
-    highlight_seed: int | None = None
-    text: str = ""
-
-    def configs(self) -> list[RunConfig]:
-        """Every run of the grid: the product of the axes (in file order) times the seeds."""
-        names = list(self.axes)
-        out = []
-        for values in itertools.product(*self.axes.values()):
-            fields = {**self.base, **dict(zip(names, values))}
-            for seed in self.seeds:
-                out.append(make_config(**fields, seed=seed))
-        return out
-
-
-def _fail(path: str | Path, message: str) -> ConfigError:
-    return ConfigError(f"{path}: {message}")
-
-
-def parse_grid(text: str, path: str | Path = "<grid>") -> Grid:
-    """Parse and validate grid TOML; raise `ConfigError` (one line, naming the field) on bad input."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise _fail(path, _toml_problem(text, str(err))) from None
-    unknown = sorted(set(data) - set(GRID_KEYS))
-    if unknown:
-        raise _fail(path, f"unknown key {unknown[0]!r}; valid keys: {', '.join(GRID_KEYS)}")
-    name = data.get("name")
-    if not isinstance(name, str) or not name or not all(ch.isalnum() or ch in "-_" for ch in name):
-        raise _fail(path, "name: required, a non-empty string of letters, digits, '-' or '_'")
-    seeds = _parse_seeds(data.get("seeds", 1), path)
-    tables = {}
-    for key in ("base", "grid", "baseline"):
-        value = data.get(key, {})
-        if not isinstance(value, dict):
-            raise _fail(path, f"{key}: must be a table of RunConfig fields")
-        valid = (*FIELD_NAMES, "recipe")
-        bad = sorted(set(value) - set(valid) - ({"seed"} if key != "baseline" else set()))
-        if bad:
-            raise _fail(path, f"[{key}] unknown field {bad[0]!r}; valid fields: {', '.join(FIELD_NAMES)}")
-        if "seed" in value and key != "baseline":
-            raise _fail(path, f"[{key}] seed: set seeds with the top-level 'seeds' key, not as a field")
-        tables[key] = value
-    axes = tables["grid"]
-    for axis, values in axes.items():
-        if not isinstance(values, list) or not values:
-            raise _fail(path, f"[grid] {axis}: must be a non-empty list of values")
-        if len({repr(v) for v in values}) != len(values):
-            raise _fail(path, f"[grid] {axis}: lists a value twice")
-    both = sorted(set(axes) & set(tables["base"]))
-    if both:
-        raise _fail(path, f"{both[0]}: set in both [base] and [grid]; keep one")
-    highlight = data.get("highlight_seed")
-    if highlight is not None and (
-        not isinstance(highlight, int) or isinstance(highlight, bool) or highlight not in seeds
-    ):
-        raise _fail(path, f"highlight_seed: must be one of the grid's seeds, got {highlight!r}")
-    total = len(seeds) * math.prod(len(v) for v in axes.values())
-    if total > MAX_RUNS:
-        raise _fail(path, f"grid: {total:,} runs (axis values x seeds); at most {MAX_RUNS:,} per grid file")
-    grid = Grid(name, seeds, tables["base"], axes, tables["baseline"], highlight, text)
-    try:  # validate every value now, so a bad grid fails before any training
-        configs = [
-            make_config(**tables["base"], **dict(zip(axes, values)), seed=seeds[0])
-            for values in itertools.product(*axes.values())
-        ]
-    except ConfigError as err:
-        raise _fail(path, str(err)) from None
-    except TypeError as err:
-        raise _fail(path, f"bad field value ({err})") from None
-    _check_baseline(tables["baseline"], configs, seeds, path)
-    return grid
-
-
-def _plain(value: Any) -> Any:
-    return tuple(_plain(v) for v in value) if isinstance(value, list | tuple) else value
-
-
-def _check_baseline(
-    baseline: dict[str, Any], configs: list[RunConfig], seeds: tuple[int, ...], path: str | Path
-) -> None:
-    """The baseline must name a configuration the grid trains."""
-    if "seed" in baseline and baseline["seed"] not in seeds:
-        raise _fail(path, f"baseline: seed {baseline['seed']!r} is not one of the grid's seeds")
-    wanted = {k: _plain(v) for k, v in baseline.items() if k != "seed"}
-    for key, value in wanted.items():
-        values = {_plain(getattr(c, key)) for c in configs}
-        if value not in values:
-            allowed = ", ".join(sorted(repr(v) for v in values))
-            raise _fail(path, f"baseline: {key} = {value!r} is not in the grid; the grid has {allowed}")
-    if not any(all(_plain(getattr(c, k)) == v for k, v in wanted.items()) for c in configs):
-        raise _fail(path, "baseline: no configuration of the grid has all of these values together")
-
-
-def _toml_problem(text: str, message: str) -> str:
-    """One line naming what is wrong in a TOML file (tomllib's messages name no key)."""
-    where = re.search(r"\(at line (\d+), column \d+\)", message)
-    line_no = int(where[1]) if where else None
-    if "Cannot overwrite a value" in message:
-        lines = text.splitlines()
-        key = lines[line_no - 1].split("=")[0].strip() if line_no and line_no <= len(lines) else None
-        what = f"key {key!r}" if key else "a key"
-        at = f"line {line_no}: " if line_no else ""
-        return (
-            f"{at}{what} is set twice; TOML allows each key once per table (list all of an axis's values in one list)"
-        )
-    declared = re.match(r"Cannot declare \((.*)\) twice", message)
-    if declared:
-        table = ".".join(part.strip().strip("'\"") for part in declared[1].split(",") if part.strip())
-        return f"line {line_no}: table [{table}] is declared twice; TOML allows each table once"
-    return f"not valid TOML ({message})"
-
-
-def _parse_seeds(value: Any, path: str | Path) -> tuple[int, ...]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise _fail(path, f"seeds: a count must be >= 1, got {value}")
-        return tuple(range(value))
-    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
-        if min(value) < 0 or len(set(value)) != len(value):
-            raise _fail(path, "seeds: a list must hold distinct integers >= 0")
-        return tuple(value)
-    raise _fail(path, f"seeds: a count (seeds = 32) or a non-empty list of integers (seeds = [5]), got {value!r}")
-
-
-def load_grid(path: str | Path) -> Grid:
-    """Read a grid file; a missing or unreadable file raises `ConfigError`."""
-    try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise _fail(
-            path, f"cannot read grid file ({err.__class__.__name__}: {getattr(err, 'strerror', err)})"
-        ) from None
-    return parse_grid(text, path)
 
 
 def plan_chunks(configs: list[RunConfig], chunk_size: int, n_jobs: int) -> list[list[RunConfig]]:
@@ -235,7 +74,7 @@ def _train_chunk(configs: list[RunConfig], threads: int) -> tuple[pd.DataFrame, 
     Returns the chunk's table and the worker's versions, so the client can
     refuse results from a worker whose sortrl or torch differs from its own.
     """
-    return train(configs, workers=threads), _versions()
+    return train(configs, workers=threads, with_config=False), _versions()
 
 
 def _versions() -> dict[str, str]:
@@ -340,7 +179,8 @@ def run_sweep(
     folder = runs_dir(results, grid.name)
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(folder)
-    configs = list({c.run_id: c for c in grid.configs()}.values())
+    runs = {run.config.run_id: run for run in grid.runs()}  # distinct configurations have distinct runs (parse_grid)
+    configs = [run.config for run in runs.values()]
     done = completed_run_ids(folder)
     missing = [c for c in configs if c.run_id not in done]
     stored = {c.run_id for c in configs} & done
@@ -386,8 +226,8 @@ def run_sweep(
                         f"scheduler: worker on {versions.get('host')} runs {theirs}, this machine {ours}; "
                         "results would not be comparable: install the same versions on every worker"
                     )
-                write_chunk(folder, table)
                 ids = set(table["run_id"].unique())
+                write_chunk(folder, table, [_stored(runs[i]) for i in sorted(ids)])
                 stored |= ids
                 trained += len(ids)
                 if on_chunk is not None:
@@ -410,6 +250,16 @@ def run_sweep(
     write_manifest(folder, manifest)
     remove_stale_temporaries(folder)
     return SweepResult(grid.name, len(configs), len(configs) - len(missing), trained, end - start)
+
+
+def _stored(run: Run) -> dict[str, Any]:
+    """What a chunk stores about `run` besides its rows (see `sortrl.store.RUN_KEYS`)."""
+    return {
+        "run_id": run.config.run_id,
+        "configuration": run.configuration,
+        "seed": run.seed,
+        "config": run.config.to_dict(),
+    }
 
 
 @dataclass

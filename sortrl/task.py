@@ -238,3 +238,37 @@ def random_prompts(cfg: TaskFields) -> PromptSet:
 
 
 TASKS: dict[str, Callable[[TaskFields], PromptSet]] = {"lecture": lecture_prompts, "random": random_prompts}
+
+
+class RewardFields(TaskFields, Protocol):
+    """The fields a task's best achievable mean reward depends on (besides the prompt set's)."""
+
+    task: str
+    reward: str
+    length_penalty: float
+    prompts_per_epoch: int | None
+
+
+def best_mean_reward(cfg: RewardFields) -> float:
+    """Highest possible mean reward of a run with `cfg` (reward points), or NaN when it is not one known number.
+
+    A prompt's best response is the sorted prompt, which no response beats
+    under the sorting rewards of `REWARDS`: 2L-1 points for
+    `inclusion_ordering` (L inclusion + L-1 ordering), L for `distance`, 1 for
+    `exact_match`, for a prompt of length L. The mean reward's maximum is that
+    value when every prompt (training and held-out) shares it, or, when each
+    epoch sees every training prompt and there are no held-out prompts, its
+    mean over the prompts. NaN with a length penalty (a shorter response may
+    then score more) or when minibatches of prompts with different maxima make
+    the maximum change from epoch to epoch.
+    """
+    if cfg.length_penalty != 0:
+        return math.nan
+    task = TASKS[cfg.task](cfg)
+    prompts = torch.cat([task.train, task.eval])
+    best = sorted_prompts(prompts)[None, :, None, :]  # [run batch trial pos]
+    per_prompt = REWARDS[cfg.reward](prompts, best, best != PAD)[0, :, 0]  # [batch]
+    if bool((per_prompt == per_prompt[0]).all()):
+        return float(per_prompt[0])
+    whole_batch = cfg.prompts_per_epoch is None or cfg.prompts_per_epoch >= len(task.train)
+    return float(per_prompt.mean()) if whole_batch and not len(task.eval) else math.nan

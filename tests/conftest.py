@@ -1,8 +1,14 @@
-"""Shared test fixtures: one torch thread per test process, and a spy on the engine's optimiser and sampler."""
+"""Shared test fixtures: one torch thread per test process, a spy on the engine, and one report on tiny sweeps.
+
+The expensive report fixture is built once per test run and shared by the
+xdist workers through the run's temporary folder (`report_results`).
+"""
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +73,88 @@ def engine_spy(monkeypatch):
     monkeypatch.setattr(engine, "sample", spy_sample)
     monkeypatch.setattr(engine, "resample_zero_std", spy_resample)
     return log
+
+
+TINY = """
+name = "tiny"
+seeds = 6
+highlight_seed = 5
+baseline = { deltas_mode = "rewards" }
+
+[base]
+num_epochs = 5
+num_steps_per_epoch = 2
+
+[grid]
+deltas_mode = ["rewards", "centered_rewards", "normalized_rewards"]
+
+[[claim]]
+id = "C1"
+statement = "centering helps"
+subject = "centering"
+source = "the lecture"
+new = { deltas_mode = "centered_rewards" }
+old = { deltas_mode = "rewards" }
+predicts = "better"
+seed = 5
+
+[[claim]]
+id = "C2"
+statement = "std normalisation makes little difference"
+subject = "std normalisation"
+source = "the lecture"
+new = { deltas_mode = "normalized_rewards" }
+old = { deltas_mode = "centered_rewards" }
+predicts = "same"
+seed = 5
+"""
+"""A lecture-like grid (3 deltas modes x 6 seeds, 5 epochs) that declares the lecture's two claims."""
+
+LENGTHS = """
+name = "lengths"
+seeds = 3
+baseline = { deltas_mode = "rewards", prompt_length = 3 }
+
+[base]
+task = "random"
+num_prompts = 4
+num_eval_prompts = 4
+num_epochs = 5
+num_steps_per_epoch = 2
+
+[grid]
+prompt_length = [3, 4]
+deltas_mode = ["rewards", "centered_rewards"]
+"""
+"""Two prompt lengths (a reward-scale axis) with held-out prompts."""
+
+
+@pytest.fixture(scope="session")
+def report_grids():
+    return {"tiny": TINY, "lengths": LENGTHS}
+
+
+@pytest.fixture(scope="session")
+def report_results(tmp_path_factory, worker_id, report_grids):
+    """A results folder with the two tiny experiments swept and reported: (folder, paths `write_report` wrote).
+
+    Built once per test run, whichever xdist workers use it (the report and the notebook tests): the first
+    one builds it under a file lock in the run's shared temporary folder, the others reuse it (pytest-xdist's
+    recipe for session fixtures; `--dist loadgroup` cannot keep them on one worker under pytest 9.2,
+    pytest-xdist issue #1386). Tests must not change what it holds (`write_report` again rewrites the same bytes).
+    """
+    from filelock import FileLock
+
+    from sortrl.grid import parse_grid
+    from sortrl.publish import write_report
+    from sortrl.sweep import run_sweep
+
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared.parent if worker_id != "master" else shared
+    root, listing = shared / "report-results", shared / "report-results.json"
+    with FileLock(str(shared / "report-results.lock")):
+        if not listing.is_file():
+            for text in report_grids.values():
+                run_sweep(parse_grid(text), root, n_jobs=1)
+            listing.write_text(json.dumps([str(p) for p in write_report(root)]))
+    return root, [Path(p) for p in json.loads(listing.read_text())]

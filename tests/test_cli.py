@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from sortrl.cli import app
 from sortrl.config import RunConfig
+from sortrl.grid import MAX_RUNS
 from sortrl.recipes import RECIPES
 from sortrl.store import load_runs, read_manifest, runs_dir
-from sortrl.sweep import MAX_RUNS
 
 runner = CliRunner()
 
@@ -93,19 +93,6 @@ def test_recipes_lists_every_recipe():
     assert result.exit_code == 0
     for name in RECIPES:
         assert name in result.stdout
-
-
-@pytest.mark.slow
-def test_sweep_on_a_local_dask_cluster(tmp_path):
-    """`--backend dask` without --scheduler starts a LocalCluster here; results equal the loky backend's."""
-    grid = tmp_path / "tiny.toml"
-    grid.write_text(GOOD_GRID)
-    dask = invoke("sweep", grid, "--results", tmp_path / "dask", "--backend", "dask", "--n-jobs", 2, "--chunk-size", 2)
-    assert dask.exit_code == 0, dask.output
-    loky = invoke("sweep", grid, "--results", tmp_path / "loky", "--n-jobs", 1, "--chunk-size", 2)
-    assert loky.exit_code == 0, loky.output
-    assert load_runs(tmp_path / "dask").equals(load_runs(tmp_path / "loky"))
-    assert read_manifest(runs_dir(tmp_path / "dask", "tiny"))["backend"] == "dask"
 
 
 # --- sweep: bad options and folders ---------------------------------------------------------

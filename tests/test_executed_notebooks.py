@@ -26,9 +26,6 @@ from pathlib import Path
 import nbformat
 import psutil
 import pytest
-from test_report import TINY  # the tiny lecture-like grid (tests/ is on sys.path under pytest)
-
-from sortrl.sweep import parse_grid, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -143,10 +140,8 @@ def test_a_failing_cell_writes_nothing_and_keeps_the_old_copies(tmp_path, capsys
 
 
 @pytest.fixture(scope="module")
-def tiny_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("results")
-    run_sweep(parse_grid(TINY), root, n_jobs=1)
-    return root
+def tiny_runs(report_results):
+    return report_results[0]  # the report tests' sweep and report (tests/conftest.py), not a sweep of its own
 
 
 @pytest.mark.slow

@@ -7,26 +7,19 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from test_report import TINY  # the tiny lecture-like grid (tests/ is on sys.path under pytest)
-
-from sortrl.report import write_report
-from sortrl.sweep import parse_grid, run_sweep
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    root = tmp_path_factory.mktemp("results")
-    run_sweep(parse_grid(TINY), root, n_jobs=1)
-    write_report(root)
-    return root
+def results(report_results):
+    return report_results[0]
 
 
 def _run(name: str, results: Path, monkeypatch) -> str:
     """Execute notebook `name` in a fresh python3 kernel; return its printed text."""
     monkeypatch.setenv("SORTRL_RESULTS", str(results))
-    monkeypatch.delenv("SORTRL_EXPERIMENT", raising=False)
+    monkeypatch.setenv("SORTRL_EXPERIMENT", "tiny")  # the shared results also hold `lengths`
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     client = NotebookClient(
         notebook, kernel_name="python3", timeout=60, resources={"metadata": {"path": str(NOTEBOOKS)}}

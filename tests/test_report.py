@@ -2,64 +2,42 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.collections import PathCollection
 
-from sortrl import experiment, figures, readme, report, stats
+from sortrl import experiment, figures, findings, grid, readme, report, stats
 from sortrl.config import make_config
+from sortrl.grid import parse_grid
+from sortrl.publish import write_report
 from sortrl.registry import ConfigError
-from sortrl.store import load_runs, runs_dir
-from sortrl.sweep import parse_grid, run_sweep
-
-TINY = """
-name = "tiny"
-seeds = 6
-highlight_seed = 5
-baseline = { deltas_mode = "rewards" }
-
-[base]
-num_epochs = 5
-num_steps_per_epoch = 2
-
-[grid]
-deltas_mode = ["rewards", "centered_rewards", "normalized_rewards"]
-"""
-
-LENGTHS = """
-name = "lengths"
-seeds = 3
-baseline = { deltas_mode = "rewards", prompt_length = 3 }
-
-[base]
-task = "random"
-num_prompts = 4
-num_eval_prompts = 4
-num_epochs = 5
-num_steps_per_epoch = 2
-
-[grid]
-prompt_length = [3, 4]
-deltas_mode = ["rewards", "centered_rewards"]
-"""
+from sortrl.store import load_runs, read_chunks, read_rows, runs_dir, write_chunk
+from sortrl.sweep import run_sweep
+from sortrl.task import best_mean_reward
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    """A results folder with two tiny experiments (a seconds-long sweep each)."""
-    root = tmp_path_factory.mktemp("results")
-    for text in (TINY, LENGTHS):
-        run_sweep(parse_grid(text), root, n_jobs=1)
-    return root
+def results(report_results):
+    return report_results[0]
 
 
 @pytest.fixture(scope="module")
-def written(results):
-    return report.write_report(results)
+def written(report_results):
+    return report_results[1]
+
+
+@pytest.fixture
+def copy(results, tmp_path):
+    """A copy of the results folder that a test may change."""
+    target = tmp_path / "results"
+    shutil.copytree(results / "runs", target / "runs")
+    return target
 
 
 def _snapshot(results):
@@ -86,7 +64,7 @@ def test_report_writes_every_output_and_is_byte_identical_when_rerun(results, wr
     assert all(p.stat().st_size > 0 for p in written)
 
     before = _snapshot(results)
-    again = report.write_report(results)
+    again = write_report(results)
     assert again == written
     after = _snapshot(results)
     assert before.keys() == after.keys()
@@ -107,7 +85,7 @@ def test_summary_matches_the_stats_functions(results, written):
     assert summary["baseline"].tolist() == [True, False, False]
     assert summary["max_reward"].tolist() == [5.0, 5.0, 5.0]
 
-    runs = load_runs(results, ["tiny"])
+    runs = load_runs(results, ["tiny"], fields=["deltas_mode"])
     final = stats.final_scores(runs)  # indexed by run_id
     seeds_of = runs.groupby("run_id")["deltas_mode"].first()
     x = final[seeds_of == "centered_rewards"].to_numpy()
@@ -124,10 +102,13 @@ def test_summary_matches_the_stats_functions(results, written):
 
 def test_final_reward_uses_the_last_tenth_of_epochs(results):
     exp = experiment.load_experiment(results, "tiny")
-    run = exp.runs[exp.runs["run_id"] == exp.runs["run_id"].iloc[0]]
+    first = exp.final.iloc[0]
+    run = exp.curves[(exp.curves["configuration"] == first["configuration"]) & (exp.curves["seed"] == first["seed"])]
+    assert run["epoch"].tolist() == [0, 1, 2, 3, 4]
     # 5 epochs -> ceil(0.5) = the last one
-    last = run.sort_values("epoch")["mean_reward"].iloc[-1]
-    assert exp.final.set_index("run_id").loc[run["run_id"].iloc[0], "final_reward"] == pytest.approx(last)
+    assert first["final_reward"] == run["mean_reward"].iloc[-1]
+    stored = load_runs(results, ["tiny"])
+    assert stored.loc[stored["run_id"] == first["run_id"], "mean_reward"].iloc[-1] == first["final_reward"]
 
 
 def test_report_md_is_generated_from_the_numbers(results, written):
@@ -142,7 +123,7 @@ def test_report_md_is_generated_from_the_numbers(results, written):
     summary = pd.read_csv(results / "tiny_summary.csv").set_index("configuration")
     row = summary.loc["centered_rewards"]
     assert f"{row['mean']:.3f} [{row['mean_ci_low']:.3f}, {row['mean_ci_high']:.3f}]" in text
-    verdict = experiment.verdict(row["p_improve_ci_low"], row["p_improve_ci_high"])
+    verdict = findings.verdict(row["p_improve_ci_low"], row["p_improve_ci_high"])
     heading = {"better": "Better than", "worse": "Worse than", "indistinguishable": "Indistinguishable from"}[verdict]
     line = next(s for s in text.splitlines() if s.startswith(f"- {heading}"))
     assert "centered_rewards (" in line
@@ -163,48 +144,128 @@ def test_scale_axes_compare_within_the_same_prompt_length(results, written):
     assert {"eval_mean_reward", "eval_greedy_accuracy"} <= set(summary.columns)
 
 
-def test_runs_are_matched_by_values_so_old_run_ids_still_count(results):
-    runs = load_runs(results, ["tiny"])
-    renamed = runs.assign(run_id="old-" + runs["run_id"])  # as if RunConfig had gained a field since
-    exp = experiment.load_experiment(results, "tiny", renamed)
-    assert exp.final.groupby("configuration").size().to_dict() == {
-        "rewards": 6,
-        "centered_rewards": 6,
-        "normalized_rewards": 6,
-    }
-    # a run of a seed or value outside the grid is ignored, with a note
-    stray = runs[runs["seed"] == 0].assign(run_id="stray", seed=99)
-    exp = experiment.load_experiment(results, "tiny", pd.concat([runs, stray]))
-    assert "stray" not in set(exp.runs["run_id"])
-    assert any("ignored" in note for note in exp.notes)
+def test_runs_are_joined_by_label_and_seed_and_stale_runs_ignored(copy, report_grids):
+    """A stored run counts only for the configuration and seed stored with it, with the config grid.toml asks for."""
+    grid_file = runs_dir(copy, "tiny") / "grid.toml"
+    text = grid_file.read_text()
+    exp = experiment.load_experiment(copy, "tiny")
+    assert exp.notes == [] and exp.final.groupby("configuration").size().to_dict() == dict.fromkeys(exp.labels, 6)
+    # seeds the grid no longer lists, and runs trained with other settings, are ignored with a note
+    run_sweep(parse_grid(text.replace("seeds = 6", "seeds = [5, 6, 7]")), copy, n_jobs=1)  # trains 6 and 7
+    run_sweep(parse_grid(text.replace("num_epochs = 5", "num_epochs = 4")), copy, n_jobs=1)
+    grid_file.write_text(text)
+    exp = experiment.load_experiment(copy, "tiny")
+    assert exp.final.groupby("configuration").size().to_dict() == dict.fromkeys(exp.labels, 6)
+    assert exp.notes == [
+        f"{6 + 18} stored run(s) match no configuration and seed of grid.toml (or repeat one) and were ignored."
+    ]
+    assert set(exp.curves.groupby(["configuration", "seed"])["epoch"].max()) == {4}  # the 5-epoch runs
+    # a grid whose runs are not all stored says so (seeds 6 and 7 now count; 8 and 9 are missing)
+    grid_file.write_text(text.replace("seeds = 6", "seeds = 10"))
+    assert experiment.load_experiment(copy, "tiny").notes == [
+        "18 stored run(s) match no configuration and seed of grid.toml (or repeat one) and were ignored.",
+        "6 run(s) of the grid are not stored (the sweep is incomplete).",
+    ]
 
 
-def test_diverged_runs_are_listed_and_left_out(results):
-    runs = load_runs(results, ["tiny"])
-    victim = runs[(runs["deltas_mode"] == "centered_rewards") & (runs["seed"] == 3)]["run_id"].iloc[0]
-    mine = runs["run_id"] == victim
-    runs.loc[mine, "status"] = "diverged"
-    runs.loc[mine, "diverged_epoch"] = 2
-    runs = runs[~mine | (runs["epoch"] <= 2)]
-    exp = experiment.load_experiment(results, "tiny", runs)
+def _mark_diverged(folder, configuration, seed, epoch):
+    """Rewrite the chunk holding (configuration, seed) as if that run had diverged at `epoch`."""
+    for chunk in read_chunks(folder):
+        victim = next((r for r in chunk.runs if (r["configuration"], r["seed"]) == (configuration, seed)), None)
+        if victim is None:
+            continue
+        rows = read_rows(chunk)
+        mine = rows["run_id"] == victim["run_id"]
+        rows = rows[~mine | (rows["epoch"] <= epoch)]
+        diverged = rows["run_id"] == victim["run_id"]
+        table = rows.assign(status=np.where(diverged, "diverged", "ok"), diverged_epoch=np.where(diverged, epoch, -1))
+        write_chunk(folder, table, chunk.runs)
+        return victim["run_id"]
+    raise AssertionError("no such run")
+
+
+def test_diverged_runs_are_listed_and_left_out(copy):
+    victim = _mark_diverged(runs_dir(copy, "tiny"), "centered_rewards", 3, 2)
+    exp = experiment.load_experiment(copy, "tiny")
     summary = experiment.summarize(exp).set_index("configuration")
     assert summary.loc["centered_rewards", "n"] == 5 and summary.loc["centered_rewards", "n_diverged"] == 1
-    assert victim not in set(exp.runs["run_id"]) and victim not in set(exp.final["run_id"])
-    text = report.render_report([(exp, summary.reset_index(), [])])
+    assert victim not in set(exp.final["run_id"]) and 3 not in set(
+        exp.curves.loc[exp.curves.configuration == "centered_rewards", "seed"]
+    )
+    assert exp.diverged.to_dict("records") == [
+        {"configuration": "centered_rewards", "seed": 3, "run_id": victim, "diverged_epoch": 2}
+    ]
+    text = report.render_report([findings.findings(exp, summary.reset_index())])
     assert "- centered_rewards: seed 3 (epoch 2)" in text
 
 
-def test_lecture_section_states_seed_5_and_all_seeds(results, monkeypatch):
+def test_an_experiment_without_readable_runs_still_reports(copy):
+    """A folder with a grid but no readable chunk (a sweep killed before its first chunk) reports as empty."""
+    for path in runs_dir(copy, "lengths").glob("chunk-*.parquet"):
+        path.write_bytes(b"not parquet")
+    with pytest.warns(UserWarning, match="not a readable sortrl results file"):
+        written = write_report(copy)
+    assert (copy / "REPORT.md").is_file() and "## Experiment `lengths`" in (copy / "REPORT.md").read_text()
+    summary = pd.read_csv(copy / "lengths_summary.csv")
+    assert summary["n"].tolist() == [0, 0, 0, 0]
+    assert not any("lengths_reward_curves" in p.name for p in written)
+    assert (copy / "figures" / "tiny_reward_curves.png").is_file()  # the other experiment is unaffected
+
+
+def test_claims_are_checked_across_seeds(results, written):
     exp = experiment.load_experiment(results, "tiny")
-    assert not experiment.is_lecture_experiment(exp)  # 5 epochs are not the lecture's 100
-    monkeypatch.setattr(report, "is_lecture_experiment", lambda e: True)
-    text = report.render_report([(exp, experiment.summarize(exp), [])])
-    assert "### The lecture's single-seed conclusions, across seeds" in text
-    assert "Centering, seed 5 alone: final reward" in text
-    assert "Centering, 6 seeds per configuration: mean difference" in text
-    assert "Std normalisation, seed 5 alone" in text and "Std normalisation, 6 seeds per configuration" in text
+    summary = experiment.summarize(exp)
+    found = findings.findings(exp, summary)
+    centering, normalisation = found.claims
+    assert (centering.new, centering.old) == ("centered_rewards", "rewards")
+    x, y = experiment.scores(exp, "centered_rewards"), experiment.scores(exp, "rewards")
+    assert centering.p == pytest.approx(stats.probability_of_improvement(x, y))
+    assert centering.diff == pytest.approx(x.mean() - y.mean())
+    assert centering.outcome == {"better": "supported", "worse": "contradicted"}.get(centering.verdict, "inconclusive")
+    assert normalisation.outcome == ("inconclusive" if normalisation.verdict == "indistinguishable" else "contradicted")
     seed5 = exp.final.set_index(["configuration", "seed"])["final_reward"]
+    assert (centering.seed_new, centering.seed_old) == (seed5["centered_rewards", 5], seed5["rewards", 5])
+    text = (results / "REPORT.md").read_text()
+    assert "### Claims, across seeds" in text
+    assert (
+        "Centering, seed 5 alone: final reward" in text
+        and "Centering, 6 seeds per configuration: mean difference" in text
+    )
+    assert "Std normalisation, seed 5 alone" in text and "Std normalisation, 6 seeds per configuration" in text
     assert f"{seed5[('rewards', 5)]:.3f} (`rewards`) vs {seed5[('centered_rewards', 5)]:.3f}" in text
+    assert (
+        f"P(centered_rewards > rewards) = {centering.p_interval}: {centering.holds}. Claim C1: {centering.outcome}."
+        in text
+    )
+    lengths = text.split("## Experiment `lengths`")[1].split("## Experiment `tiny`")[0]
+    assert "### Claims" not in lengths  # no claims declared there
+
+
+@pytest.mark.parametrize(
+    ("predicts", "verdict", "outcome", "holds"),
+    [
+        ("better", "better", "supported", "the seeds confirm that X helps"),
+        ("better", "worse", "contradicted", "the seeds contradict it: x does worse"),
+        ("better", "indistinguishable", "inconclusive", "the seeds cannot confirm that X helps"),
+        ("worse", "worse", "supported", "the seeds confirm that X helps"),
+        ("same", "better", "contradicted", "the seeds find a difference: x does better"),
+        ("same", "indistinguishable", "inconclusive", "the seeds cannot tell the two apart, consistent with 'X helps'"),
+    ],
+)
+def test_claim_outcomes_by_hand(results, monkeypatch, predicts, verdict, outcome, holds):
+    """Each prediction read against each verdict; the P interval is forced to lie where the verdict says."""
+    exp = experiment.load_experiment(results, "tiny")
+    claim = dataclasses.replace(exp.grid.claims[0], predicts=predicts, statement="X helps", subject="x")
+    interval = {"better": (0.6, 0.9), "worse": (0.1, 0.4), "indistinguishable": (0.3, 0.7)}[verdict]
+    real = stats.bootstrap_ci
+
+    def forced(samples, statistic, seed=0, **kw):
+        return interval if statistic is stats.probability_of_improvement else real(samples, statistic, seed, **kw)
+
+    monkeypatch.setattr(stats, "bootstrap_ci", forced)
+    check = findings.check_claim(exp, claim)
+    assert (check.verdict, check.outcome) == (verdict, outcome)
+    assert check.holds.startswith(holds)
 
 
 def test_labels_palette_and_facets_follow_the_grid(results):
@@ -218,8 +279,8 @@ def test_labels_palette_and_facets_follow_the_grid(results):
     assert set(exp.palette) == {"prompt_length=3", "prompt_length=4"}  # colour = the first axis
     assert exp.colour("prompt_length=3 / rewards") == exp.colour("prompt_length=3 / centered_rewards")
     assert exp.configs["col"].tolist() == ["rewards", "centered_rewards"] * 2
-    assert experiment.value_label("kl_penalty", 0.01) == "kl=0.01"
-    assert experiment.value_label("eos", True) == "eos=true"
+    assert grid.value_label("kl_penalty", 0.01) == "kl=0.01"
+    assert grid.value_label("eos", True) == "eos=true"
 
 
 def test_reward_ceiling_is_the_sorted_prompts_reward(results):
@@ -246,8 +307,8 @@ def test_reward_ceiling_is_the_sorted_prompts_reward(results):
         ({"length_penalty": 0.1}, math.nan),  # a shorter response may score more
     ],
 )
-def test_max_mean_reward_by_hand(fields, expected):
-    value = experiment.max_mean_reward(make_config(**fields))
+def test_best_mean_reward_by_hand(fields, expected):
+    value = best_mean_reward(make_config(**fields))
     assert value == pytest.approx(expected, nan_ok=True)
 
 
@@ -303,11 +364,11 @@ def _outside_blocks(text: str, names=readme.BLOCKS) -> list[str]:
 
 @pytest.fixture(scope="module")
 def sections(results, written):
-    """(experiment, summary, figures written) per experiment, as `write_report` passes them to the README."""
+    """The findings of each experiment, as `write_report` passes them to the README."""
     out = []
-    for exp in experiment.load_experiments(results):
+    for exp in experiment.load_experiments(results, figures.curve_metrics()):
         names = [n for n in figures.FIGURES if (results / "figures" / f"{exp.name}_{n}.png").is_file()]
-        out.append((exp, experiment.summarize(exp), names))
+        out.append(findings.findings(exp, experiment.summarize(exp), names))
     return out
 
 
@@ -326,7 +387,7 @@ def test_readme_blocks_are_generated_and_hand_text_is_kept(results, sections, tm
     assert "configurations of the `lengths` grid" in text
     # findings: a heading, one paragraph per experiment with the summary's numbers, a link to REPORT.md
     assert "## What the grids show (generated by `sortrl report`)" in text
-    tiny = next(s for e, s, _ in sections if e.name == "tiny")
+    tiny = next(f.summary for f in sections if f.experiment.name == "tiny")
     best = tiny.loc[tiny["iqm"].idxmax()]
     assert f"**`tiny`** (3 configurations × 6 seeds). Highest IQM of the final reward: {best['configuration']}" in text
     assert f"{best['iqm']:.2f} [{best['iqm_ci_low']:.2f}, {best['iqm_ci_high']:.2f}] of a maximum 5" in text
@@ -351,17 +412,17 @@ def test_readme_headline_prefers_the_ablations_experiment(results, sections, tmp
     assert block.count("\n\n") == 1  # the figure, then one caption paragraph
 
 
-def test_readme_lecture_sentences_use_the_report_checks(results, sections, monkeypatch):
-    exp, summary, _ = next(s for s in sections if s[0].name == "tiny")
-    assert not any("single-seed conclusion" in s for s in readme.experiment_sentences(exp, summary))
-    monkeypatch.setattr(report, "is_lecture_experiment", lambda e: True)
-    sentences = readme.experiment_sentences(exp, summary)
+def test_readme_claim_sentences_render_the_same_checks(sections):
+    found = next(f for f in sections if f.experiment.name == "tiny")
+    sentences = readme.experiment_sentences(found)
     assert 2 <= len(sentences) <= 4
-    checks = report.lecture_checks(exp)
-    p = checks["centering"]
-    assert f"P(centered_rewards > rewards) = {p['p']:.2f} [{p['p_low']:.2f}, {p['p_high']:.2f}]: {p['holds']}." in (
-        " ".join(sentences)
-    )
+    c = found.claims[0]
+    assert (
+        f"The lecture's claim that centering helps: seed 5 alone {c.seed_says}; over 6 seeds, "
+        f"P(centered_rewards > rewards) = {c.p:.2f} [{c.p_low:.2f}, {c.p_high:.2f}]: {c.holds}."
+    ) in " ".join(sentences)
+    lengths = next(f for f in sections if f.experiment.name == "lengths")
+    assert not any("claim" in s for s in readme.experiment_sentences(lengths))
 
 
 @pytest.mark.parametrize("missing", ["<!-- BEGIN GENERATED: findings -->", "<!-- END GENERATED: headline -->"])
@@ -375,21 +436,25 @@ def test_readme_without_a_marker_is_an_error_naming_file_and_marker(results, sec
     assert path.read_text() == HAND_README.replace(missing, "")  # untouched
 
 
-def test_cli_report_command(results, written, tmp_path):
+def test_cli_report_command(copy, tmp_path):
+    """The command's plumbing (on an experiment with no runs yet: quick): a bad README fails first, with exit 2."""
     from typer.testing import CliRunner
 
     from sortrl.cli import app
 
+    shutil.rmtree(runs_dir(copy, "lengths"))
+    for chunk in runs_dir(copy, "tiny").glob("chunk-*.parquet"):
+        chunk.unlink()
     path = tmp_path / "README.md"
     path.write_text(HAND_README.replace("<!-- END GENERATED: findings -->", ""))
-    outcome = CliRunner().invoke(app, ["report", "--results", str(results), "--readme", str(path)])
+    outcome = CliRunner().invoke(app, ["report", "--results", str(copy), "--readme", str(path)])
     assert outcome.exit_code == 2
     assert "<!-- END GENERATED: findings -->" in outcome.output and str(path) in outcome.output
+    assert not (copy / "REPORT.md").exists()  # nothing written before the README was checked
 
     path.write_text(HAND_README)
-    outcome = CliRunner().invoke(app, ["report", "--results", str(results), "--readme", str(path)])
+    outcome = CliRunner().invoke(app, ["report", "--results", str(copy), "--readme", str(path)])
     assert outcome.exit_code == 0, outcome.output
     assert f"wrote {path}" in " ".join(outcome.output.split())
-    assert "## What the grids show" in path.read_text()
-    assert (runs_dir(results, "tiny") / "grid.toml").is_file()
-    assert np.isfinite(pd.read_csv(results / "tiny_summary.csv")["mean"]).all()
+    assert "**`tiny`**: no finished runs yet." in path.read_text()
+    assert pd.read_csv(copy / "tiny_summary.csv")["n"].tolist() == [0, 0, 0]

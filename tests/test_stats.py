@@ -96,3 +96,33 @@ def test_final_scores_skip_epochs_without_a_value():
     final = stats.final_scores(_runs({"a": values}))
     assert final["a"] == pytest.approx(np.mean([90.0, 95.0]))  # 20 evaluations -> the last 2
     assert stats.final_scores(_runs({"a": [1.0, 2.0, 3.0]}), fraction=0)["a"] == 3.0  # the last value
+
+
+def test_counted_iqm_by_hand():
+    """IQM of a resample from its counts: values 0, 1, 2, 3 (n = 4: the middle two of the four draws)."""
+    values = np.array([[0.0, 1.0, 2.0, 3.0], [3.0, 3.0, 1.0, 1.0]])  # [point run]
+    counts = np.array([[4, 0, 0, 0], [1, 1, 1, 1], [0, 2, 0, 2], [0, 1, 3, 0]])  # [resample run]
+    # point 0 draws: 0000 -> 0; 0123 -> 1.5; 1133 -> 2; 1222 -> 2.  point 1: 3333 -> 3; 1133 -> 2; 3311 -> 2; 3111 -> 1
+    assert stats._counted_iqm(values, counts).tolist() == [[0.0, 1.5, 2.0, 2.0], [3.0, 2.0, 2.0, 1.0]]
+    assert stats._counted_mean(values, counts).tolist() == [[0.0, 1.5, 2.0, 1.75], [3.0, 2.0, 2.0, 1.5]]
+
+
+@pytest.mark.parametrize("runs", [2, 3, 7, 40])
+@pytest.mark.parametrize("statistic", [stats.mean, stats.iqm])
+def test_curve_ci_equals_the_direct_bootstrap(runs, statistic):
+    """Same resamples as `bootstrap_ci` on the [point run] array; equal up to float rounding, ties included."""
+    rng = np.random.default_rng(runs)
+    values = np.vstack([rng.normal(size=runs), np.round(rng.uniform(0, 5, runs) * 3) / 3, np.full(runs, 2.0)])
+    low, high = stats.curve_ci(values, statistic, seed=4)
+    direct_low, direct_high = stats.bootstrap_ci([values], statistic, seed=4)
+    assert low.shape == high.shape == (3,)
+    np.testing.assert_allclose(low, direct_low, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(high, direct_high, rtol=0, atol=1e-12)
+    assert low[2] == high[2] == 2.0  # every run equal: the degenerate interval
+    if runs > 3:  # with 2 or 3 runs the 2.5% point is the smallest value whatever the seed
+        assert not np.allclose(stats.curve_ci(values, statistic, seed=5)[0][:2], low[:2])
+
+
+def test_curve_ci_needs_two_runs():
+    low, high = stats.curve_ci(np.ones((3, 1)), stats.mean)
+    assert np.isnan(low).all() and np.isnan(high).all() and low.shape == (3,)

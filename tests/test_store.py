@@ -17,6 +17,7 @@ import pytest
 from sortrl.config import RunConfig
 from sortrl.store import (
     HISTORY,
+    RUNS_KEY,
     SCHEMA_KEY,
     SCHEMA_VERSION,
     StoreWarning,
@@ -25,8 +26,10 @@ from sortrl.store import (
     atomic_write_bytes,
     completed_run_ids,
     load_runs,
+    read_chunks,
     read_history,
     read_manifest,
+    read_rows,
     remove_stale_temporaries,
     runs_dir,
     write_chunk,
@@ -34,16 +37,30 @@ from sortrl.store import (
 )
 from sortrl.train import train
 
+CONFIGS = [RunConfig(num_epochs=4, num_steps_per_epoch=2, seed=s, kl_penalty=0.1 * (s % 2)) for s in range(4)]
+
+
+def described(table: pd.DataFrame) -> list[dict]:
+    """What a sweep tells `write_chunk` about the runs of `table` (here: label = the KL coefficient)."""
+    ids = set(table.run_id)
+    return [
+        {"run_id": c.run_id, "configuration": f"kl={c.kl_penalty:g}", "seed": c.seed, "config": c.to_dict()}
+        for c in CONFIGS
+        if c.run_id in ids
+    ]
+
+
+def write(folder, table: pd.DataFrame):
+    return write_chunk(folder, table, described(table))
+
 
 @pytest.fixture(scope="module")
 def tables():
-    """Two real `train` tables of two runs each (4 epochs)."""
-    configs = [RunConfig(num_epochs=4, num_steps_per_epoch=2, seed=s) for s in range(4)]
-    table = train(configs)
-    ids = [c.run_id for c in configs]
-    return table[table.run_id.isin(ids[:2])].reset_index(drop=True), table[table.run_id.isin(ids[2:])].reset_index(
-        drop=True
-    )
+    """Two real `train` tables (without config columns) of two runs each (4 epochs)."""
+    table = train(CONFIGS, with_config=False)
+    ids = [c.run_id for c in CONFIGS]
+    first, second = table[table.run_id.isin(ids[:2])], table[table.run_id.isin(ids[2:])]
+    return first.reset_index(drop=True), second.reset_index(drop=True)
 
 
 @pytest.fixture
@@ -69,31 +86,57 @@ def dead_pid() -> int:
 
 def test_round_trip_carries_the_schema_version(folder, tables):
     first, second = tables
-    path = write_chunk(folder, first)
-    write_chunk(folder, second)
+    path = write(folder, first)
+    write(folder, second)
     assert path.name.startswith("chunk-") and path.suffix == ".parquet"
     assert pq.read_schema(path).metadata[SCHEMA_KEY] == SCHEMA_VERSION.encode()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        loaded = load_runs(folder.parent.parent)
+        loaded = load_runs(folder.parent.parent, fields=["kl_penalty", "prompts"])
         done = completed_run_ids(folder)
     expected = pd.concat(tables).sort_values(["run_id", "epoch"]).reset_index(drop=True)
-    assert loaded.drop(columns="experiment").equals(expected)
+    per_run = ["configuration", "seed", "kl_penalty", "prompts"]
+    assert loaded.drop(columns=["experiment", *per_run]).equals(expected)
+    by_id = {c.run_id: c for c in CONFIGS}
+    for row in loaded.drop_duplicates("run_id").itertuples():
+        cfg = by_id[row.run_id]
+        assert (row.configuration, row.seed, row.kl_penalty) == (f"kl={cfg.kl_penalty:g}", cfg.seed, cfg.kl_penalty)
+        assert row.prompts == [list(p) for p in cfg.prompts]
     assert set(loaded.experiment) == {"exp"}
     assert done == set(expected.run_id)
     assert oct(path.stat().st_mode & 0o777) == oct(0o644)
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
 
 
-def test_same_runs_give_the_same_file_name(folder, tables):
-    assert write_chunk(folder, tables[0]) == write_chunk(folder, tables[0].iloc[::-1])
+def test_same_runs_give_the_same_file_and_bytes(folder, tables):
+    path = write(folder, tables[0])
+    data = path.read_bytes()
+    assert write(folder, tables[0].iloc[::-1]) == path and path.read_bytes() == data  # row order does not matter
     assert len(list(folder.glob("chunk-*.parquet"))) == 1
+
+
+def test_each_config_is_stored_once_per_run_not_per_row(folder, tables):
+    """Rows carry run_id, epoch, step and metrics; each run's label, seed, status and config sit in the footer."""
+    path = write(folder, pd.concat(tables))
+    columns = pq.read_schema(path).names
+    assert columns[:3] == ["run_id", "epoch", "step"] and not set(columns) & set(CONFIGS[0].to_dict())
+    stored = json.loads(pq.read_schema(path).metadata[RUNS_KEY])
+    assert len(stored["runs"]) == 4 and len(stored["configs"]) == 2  # two configurations (kl 0 and 0.1)
+    (chunk,) = read_chunks(folder)
+    assert [r["config"] for r in chunk.runs] == [c.to_dict() for c in sorted(CONFIGS, key=lambda c: c.run_id)]
+    assert {(r["status"], r["diverged_epoch"]) for r in chunk.runs} == {("ok", -1)}
+    assert list(read_rows(chunk, ["mean_reward", "no_such_column"]).columns) == ["run_id", "epoch", "mean_reward"]
+
+
+def test_write_chunk_needs_every_run_described(folder, tables):
+    with pytest.raises(ValueError, match="exactly the runs"):
+        write_chunk(folder, pd.concat(tables), described(tables[0]))
 
 
 def test_duplicate_runs_in_two_chunks_load_once(folder, tables):
     first, second = tables
-    write_chunk(folder, first)
-    write_chunk(folder, pd.concat([first, second]))  # another chunking of overlapping runs
+    write(folder, first)
+    write(folder, pd.concat([first, second]))  # another chunking of overlapping runs
     loaded = load_runs(folder.parent.parent)
     assert not loaded.duplicated(["run_id", "epoch"]).any()
     assert set(loaded.run_id) == set(first.run_id) | set(second.run_id)
@@ -101,7 +144,7 @@ def test_duplicate_runs_in_two_chunks_load_once(folder, tables):
 
 
 def _other_schema(path, table, version):
-    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    arrow = pa.Table.from_pandas(table, preserve_index=False)  # status, diverged_epoch on every row; no RUNS_KEY
     metadata = dict(arrow.schema.metadata or {})
     if version is None:
         metadata.pop(SCHEMA_KEY, None)
@@ -111,7 +154,8 @@ def _other_schema(path, table, version):
 
 
 BAD_FILES = {
-    "other schema version": lambda path, table: _other_schema(path, table, "0"),
+    "version 1 (config on every row)": lambda path, table: _other_schema(path, table, "1"),
+    "other schema version": lambda path, table: _other_schema(path, table, "3"),
     "foreign parquet (no schema key)": lambda path, table: _other_schema(path, table, None),
     "truncated": lambda path, table: path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2]),
     "garbage bytes": lambda path, table: path.write_bytes(b"PAR1 this is not parquet at all PAR1"),
@@ -119,17 +163,21 @@ BAD_FILES = {
     "no run_id column": lambda path, table: pq.write_table(
         pa.table({"epoch": [0, 1]}).replace_schema_metadata({SCHEMA_KEY: SCHEMA_VERSION.encode()}), path
     ),
+    "no per-run table": lambda path, table: _other_schema(path, table, SCHEMA_VERSION),
 }
 
 
 @pytest.mark.parametrize("kind", list(BAD_FILES))
 def test_bad_chunk_is_named_skipped_and_not_counted_as_done(folder, tables, kind):
     good, bad = tables
-    write_chunk(folder, good)
-    path = write_chunk(folder, bad)
+    write(folder, good)
+    path = write(folder, bad)
     BAD_FILES[kind](path, bad)
-    with pytest.warns(StoreWarning, match=path.name):
+    with pytest.warns(StoreWarning, match=path.name) as caught:
         loaded = load_runs(folder.parent.parent)
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    if kind.startswith("version 1"):
+        assert "schema version 1" in str(caught[0].message) and "re-run the sweep" in str(caught[0].message)
     with pytest.warns(StoreWarning, match=path.name):
         done = completed_run_ids(folder)
     assert set(loaded.run_id) == set(good.run_id)  # never a crash, never a silent mix
@@ -138,19 +186,19 @@ def test_bad_chunk_is_named_skipped_and_not_counted_as_done(folder, tables, kind
 
 @pytest.mark.parametrize("name", ["notes.txt", "results.parquet", "chunk-1234.csv", "chunk-dir.parquet"])
 def test_foreign_files_are_named_and_skipped(folder, tables, name):
-    write_chunk(folder, tables[0])
+    write(folder, tables[0])
     path = folder / name
     if name == "chunk-dir.parquet":
         path.mkdir()
     else:
-        write_chunk(folder, tables[1]).rename(path)  # even a valid table under a foreign name is not a result
+        write(folder, tables[1]).rename(path)  # even a valid table under a foreign name is not a result
     with pytest.warns(StoreWarning, match=name):
         loaded = load_runs(folder.parent.parent)
     assert set(loaded.run_id) == set(tables[0].run_id)
 
 
 def test_stray_file_in_runs_root_is_named(tmp_path, folder, tables):
-    write_chunk(folder, tables[0])
+    write(folder, tables[0])
     (tmp_path / "runs" / "stray.parquet").write_bytes(b"x")
     with pytest.warns(StoreWarning, match="stray.parquet"):
         loaded = load_runs(tmp_path)
@@ -159,8 +207,8 @@ def test_stray_file_in_runs_root_is_named(tmp_path, folder, tables):
 
 def test_temporaries_are_never_results(folder, tables):
     """A complete chunk under a temporary name (a writer killed before its rename) is ignored, silently."""
-    write_chunk(folder, tables[0])
-    leftover = write_chunk(folder, tables[1])
+    write(folder, tables[0])
+    leftover = write(folder, tables[1])
     leftover.rename(folder / f".{leftover.name}.tmp-{_host()}-{dead_pid()}-abc123")
     (folder / ".DS_Store").write_bytes(b"x")
     with warnings.catch_warnings():

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import sortrl.sweep as sweep_module
+from sortrl.grid import load_grid, parse_grid
 from sortrl.registry import ConfigError
 from sortrl.store import (
     StoreWarning,
@@ -26,7 +27,7 @@ from sortrl.store import (
     read_manifest,
     runs_dir,
 )
-from sortrl.sweep import DASK_MISSING, _dask_client, load_grid, parse_grid, plan_chunks, run_sweep
+from sortrl.sweep import DASK_MISSING, _dask_client, plan_chunks, run_sweep
 from sortrl.train import batch_key
 
 SORTRL = Path(sys.executable).parent / "sortrl"
@@ -75,7 +76,7 @@ def copy_of(clean, tmp_path) -> tuple[Path, Path]:
 
 
 def test_plan_chunks_share_batch_keys_and_cover_the_grid():
-    configs = parse_grid(GRID).configs()
+    configs = [run.config for run in parse_grid(GRID).runs()]
     chunks = plan_chunks(configs, chunk_size=4, n_jobs=2)
     assert sorted(c.run_id for chunk in chunks for c in chunk) == sorted(c.run_id for c in configs)
     assert all(len({batch_key(c) for c in chunk}) == 1 and len(chunk) <= 4 for chunk in chunks)
@@ -273,7 +274,7 @@ def test_sigkill_at_several_points_then_resume_equals_a_clean_sweep(tmp_path, sl
     grid_file.write_text(SLOW_GRID)
     results = tmp_path / "results"
     folder = runs_dir(results, "slow")
-    total = len(load_grid(grid_file).configs())
+    total = load_grid(grid_file).num_runs
 
     def chunks() -> int:
         return len(list(folder.glob("chunk-*.parquet"))) if folder.is_dir() else 0

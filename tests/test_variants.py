@@ -4,6 +4,7 @@ test_losses.py; the folded-vs-direct gradient matrix is in test_train.py.)"""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -279,7 +280,7 @@ def test_recipe_sets_its_fields(name):
         assert getattr(cfg, field) == value, field
     assert cfg.recipe == name
     assert cfg.num_epochs == 100 and cfg.learning_rate == 1e-3  # untouched fields keep the lecture defaults
-    assert RunConfig.from_json(cfg.to_json()) == cfg
+    assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
 def test_explicit_options_override_the_recipe():

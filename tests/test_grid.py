@@ -1,0 +1,147 @@
+"""Grid files: expansion into configurations and runs (in one place), one value normalisation, baselines, claims."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sortrl.config import make_config
+from sortrl.grid import Claim, normal, parse_grid, value_label
+from sortrl.registry import ConfigError
+
+GRID = """
+name = "g"
+seeds = [3, 1]
+baseline = { deltas_mode = "rewards", kl_penalty = 0 }
+[base]
+num_epochs = 2
+[grid]
+deltas_mode = ["rewards", "centered_rewards"]
+kl_penalty = [0.0, 0.01]
+loss_mode = ["naive"]
+"""
+
+
+def test_configurations_cross_the_axes_in_file_order():
+    grid = parse_grid(GRID)
+    configurations = grid.configurations()
+    assert [c.label for c in configurations] == [
+        "rewards / kl=0 / naive",
+        "rewards / kl=0.01 / naive",
+        "centered_rewards / kl=0 / naive",
+        "centered_rewards / kl=0.01 / naive",
+    ]
+    second = configurations[1]
+    assert second.values == {"deltas_mode": "rewards", "kl_penalty": 0.01, "loss_mode": "naive"}
+    assert second.labels == {"deltas_mode": "rewards", "kl_penalty": "kl=0.01", "loss_mode": "naive"}
+    assert second.fields == {"num_epochs": 2, **second.values}
+    assert second.config == make_config(**second.fields, seed=3)  # the grid's first seed
+    runs = grid.runs()
+    assert [(r.configuration, r.seed) for r in runs[:3]] == [
+        ("rewards / kl=0 / naive", 3),
+        ("rewards / kl=0 / naive", 1),
+        ("rewards / kl=0.01 / naive", 3),
+    ]
+    pairs = zip(runs, [c for c in configurations for _ in range(2)])
+    assert all(r.config == make_config(**c.fields, seed=r.seed) for r, c in pairs)
+    assert len(runs) == grid.num_runs == 8
+    assert parse_grid('name = "one"\nseeds = 2\n').configurations()[0].label == "all runs"
+
+
+def test_the_axis_product_is_expanded_in_one_place():
+    package = Path(__file__).resolve().parents[1] / "sortrl"
+    # the product of the axes' value lists: `product(*...)` (figures cross rows and columns of panels, not axes)
+    users = sorted(p.name for p in package.glob("*.py") if re.search(r"\bproduct\(\*", p.read_text()))
+    assert users == ["grid.py"]
+    assert parse_grid(GRID).configurations() == parse_grid(GRID).configurations()
+
+
+def test_normal_form_of_values():
+    assert normal(0) == normal(0.0) == normal(np.float64(0)) == "0.0"
+    assert normal((3, 4)) == normal([3, 4]) == normal([3.0, 4.0])
+    assert normal(True) != normal(1) and normal("0") != normal(0)
+    assert normal(2**60 + 1) != normal(2**60)  # big integers stay exact
+    assert value_label("kl_penalty", np.float64(0.01)) == "kl=0.01" and value_label("prompts", [[1, 2]]) == (
+        "prompts=[[1,2]]"
+    )
+
+
+@pytest.mark.parametrize(
+    ("axis", "needle"),
+    [
+        ("kl_penalty = [0, 0.0, 0.1]", "kl_penalty: lists a value twice (0 and 0.0 are one value)"),
+        ('deltas_mode = ["rewards", "rewards"]', "deltas_mode: lists a value twice"),
+        ("learning_rate = [0.1, 0.1000000001]", "learning_rate: values 0.1 and 0.1000000001 give the same label"),
+    ],
+)
+def test_equal_values_and_equal_labels_are_refused(axis, needle):
+    with pytest.raises(ConfigError) as error:
+        parse_grid(f'name = "g"\n[grid]\n{axis}\n', "dup.toml")
+    message = str(error.value)
+    assert message.startswith("dup.toml: [grid] ") and needle in message and "\n" not in message
+
+
+def test_values_that_make_the_same_runs_are_refused():
+    """A one-length list is that length (`RunConfig` normalises it): two labels for the same runs."""
+    with pytest.raises(ConfigError, match=r"prompt_length: values 3 and \[3\] give the same runs"):
+        parse_grid('name = "g"\n[base]\ntask = "random"\n[grid]\nprompt_length = [3, [3]]\n')
+
+
+def test_baseline_is_found_in_normal_form():
+    grid = parse_grid(GRID)  # baseline says kl_penalty = 0 (an int), the axis has 0.0
+    assert grid.baseline_configuration.label == "rewards / kl=0 / naive"
+    assert grid.find({"deltas_mode": "centered_rewards", "kl_penalty": 0.01}).label == (
+        "centered_rewards / kl=0.01 / naive"
+    )
+    assert grid.find({"deltas_mode": "max_rewards"}) is None
+    assert parse_grid(
+        GRID.replace('baseline = { deltas_mode = "rewards", kl_penalty = 0 }\n', "")
+    ).baseline_configuration.label == ("rewards / kl=0 / naive")
+
+
+CLAIM = """
+[[claim]]
+id = "K1"
+statement = "a KL penalty helps"
+subject = "the KL penalty"
+source = "a paper"
+new = { kl_penalty = 0.01 }
+old = { kl_penalty = 0.0 }
+predicts = "better"
+"""
+
+
+def test_claims_are_declared_data_compared_at_the_baseline():
+    grid = parse_grid(GRID + CLAIM + CLAIM.replace("K1", "K2").replace("better", "same") + "seed = 1\n")
+    first, second = grid.claims
+    assert first == Claim(
+        "K1", "a KL penalty helps", "the KL penalty", "a paper", {"kl_penalty": 0.01}, {"kl_penalty": 0.0}, "better"
+    )
+    assert (second.predicts, second.seed) == ("same", 1)
+    new, old = grid.compared(first)  # other axes (deltas_mode, loss_mode) at the baseline's values
+    assert (new.label, old.label) == ("rewards / kl=0.01 / naive", "rewards / kl=0 / naive")
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (
+            ('predicts = "better"', 'predicts = "maybe"'),
+            "predicts: unknown value 'maybe'; valid choices: better, worse, same",
+        ),
+        (('statement = "a KL penalty helps"\n', ""), "statement: required"),
+        (('id = "K1"', 'id = "K1"\nhow = 3'), "unknown key 'how'"),
+        (("new = { kl_penalty = 0.01 }", "new = { kl_penalty = 0.5 }"), "new: no configuration of the grid"),
+        (("new = { kl_penalty = 0.01 }", "new = { kl_penalty = 0.0 }"), "new and old are the same configuration"),
+        (("new = { kl_penalty = 0.01 }", "new = { klp = 0.01 }"), "new: 'klp' is not a RunConfig field"),
+        (('predicts = "better"', 'predicts = "better"\nseed = 7'), "seed: must be one of the grid's seeds"),
+    ],
+)
+def test_bad_claims_are_one_line_errors(change, needle):
+    with pytest.raises(ConfigError) as error:
+        parse_grid(GRID + CLAIM.replace(*change), "claims.toml")
+    message = str(error.value)
+    assert message.startswith("claims.toml: [[claim]] K1: ") and needle in message and "\n" not in message
