@@ -550,9 +550,9 @@ def _inner_steps(state: _Batch, ep: _Epoch) -> dict[str, Tensor]:
             run_loss = run_loss.index_add(0, ep.kl.runs, ep.kl.coeff * kl)
             sums["kl"] = sums["kl"].index_add(0, ep.kl.runs, kl.detach())  # read only for ep.kl.runs
         grads = torch.autograd.grad(run_loss.sum(), params)
-        # per run, sum of squares as a [1 n] @ [n 1] product (batch-invariant, as every bmm here; one kernel per tensor)
-        squares = [torch.bmm(g.reshape(len(g), 1, -1), g.reshape(len(g), -1, 1)).view(-1) for g in grads]
-        sums["grad_norm"] += torch.stack(squares).sum(dim=0).sqrt()
+        # per run, the sum of squares along the run's own row: batch-invariant (a fused norm kernel and a
+        # [1 n] @ [n 1] bmm both change their summation order with the batch size; the tests caught both)
+        sums["grad_norm"] += torch.stack([(g * g).flatten(1).sum(dim=1) for g in grads]).sum(dim=0).sqrt()
         state.optimizer.step(list(grads))
         sums["loss"] += run_loss.detach()
         if ratio is not None:
