@@ -5,7 +5,7 @@
 stored run is joined to its configuration by the label and seed stored with
 it, and kept only if its stored config is the one `grid.toml` asks for now.
 While the chunks are read, one at a time and only the columns needed, each
-finished run's final scores are computed (`FINAL_SCORES`: a run's *final*
+finished run's scores are computed (`FINAL_SCORES`, `sortrl.scores`: a run's *final*
 reward is its mean reward averaged over the last 10% of its epochs,
 `sortrl.stats.final_scores`), and the per-epoch curves are kept only for the
 metrics asked for (`curves`, those the figures draw). So memory holds
@@ -36,10 +36,14 @@ import pandas as pd
 import seaborn as sns
 
 from sortrl import stats
-from sortrl.config import RunConfig
+from sortrl.config import RunConfig, plain
 from sortrl.grid import Configuration, Grid, parse_grid
+from sortrl.scores import SCORES
+from sortrl.scores import columns as score_columns
+from sortrl.scores import compute as compute_scores
 from sortrl.store import read_chunks, read_manifest, read_rows, runs_dir
-from sortrl.task import best_mean_reward
+from sortrl.task import best_mean_reward, chance_mean_reward
+from sortrl.verdicts import chance_normalised
 
 SEED = 0
 """Seed of every bootstrap in the report."""
@@ -47,7 +51,7 @@ SEED = 0
 LECTURE_SEED = 5
 """The seed of the lecture's own runs (`torch.manual_seed(5)` in CS336 lecture 17)."""
 
-SCALE_FIELDS = ("task", "prompts", "prompt_length", "reward", "length_penalty")
+SCALE_FIELDS = ("task", "prompts", "prompt_length", "reward")
 """Fields that change what a reward point is worth (the reward function, or the prompts it counts over).
 
 Rewards are compared only between configurations with equal values of these: a
@@ -59,16 +63,17 @@ PROMPT_LENGTH = "prompt_length"
 EVAL_ACCURACY = "eval/greedy_accuracy"
 EVAL_REWARD = "eval/mean_reward"
 
-FINAL_SCORES: dict[str, tuple[str, float]] = {
-    "final_reward": ("mean_reward", stats.FINAL_FRACTION),
-    "final_greedy_accuracy": ("greedy_accuracy", 0),
-    "final_response_length": ("response_length", stats.FINAL_FRACTION),
-    f"final_{EVAL_REWARD}": (EVAL_REWARD, stats.FINAL_FRACTION),
-    f"final_{EVAL_ACCURACY}": (EVAL_ACCURACY, 0),
-}
-"""Per-run scores computed while loading: column -> (metric, share of the last epochs averaged; 0: the last value).
+FINAL_SCORES = (
+    "final_reward",
+    "final_greedy_accuracy",
+    "final_response_length",
+    f"final_{EVAL_REWARD}",
+    f"final_{EVAL_ACCURACY}",
+)
+"""Per-run scores (`sortrl.scores.SCORES`) every experiment computes while loading; a grid's claims add theirs.
 
-A score whose metric no run has (the held-out ones without held-out prompts) is left out.
+A held-out score no run has (without held-out prompts) is left out. `final_score`, the chance-normalised
+final reward, is derived from `final_reward` and each configuration's chance and best mean reward.
 """
 
 CURVES = ("mean_reward",)
@@ -85,7 +90,7 @@ class Experiment:
     `reference` configuration its rewards are compared with (see `SCALE_FIELDS`)
     and `max_reward`, the highest possible mean reward (`best_mean_reward`).
     `final` has one row per finished (`ok`) run, in grid order then seed order:
-    `run_id`, `configuration`, `seed` and the `FINAL_SCORES` (`final_reward`:
+    `run_id`, `configuration`, `seed`, the scores (`FINAL_SCORES`, the claims'; `final_reward`:
     mean reward over the last 10% of epochs; `final_greedy_accuracy`: greedy
     accuracy after the last epoch; held-out finals when the runs have them).
     `curves` has one row per (finished run, epoch), in no particular order:
@@ -173,9 +178,25 @@ def _configurations(grid: Grid) -> pd.DataFrame:
                 "row": c.labels[axes[2]] if len(axes) > 2 else "",
                 "reference": by_key[reference],
                 "max_reward": best_mean_reward(c.config),
+                "chance_reward": _chance(c.config),
             }
         )
     return pd.DataFrame(rows).set_index("configuration")
+
+
+def _chance(cfg: RunConfig) -> float:
+    """The uniform random policy's mean reward on `cfg`'s prompts (`task.chance_mean_reward`), cached per prompt set."""
+    key = tuple(json.dumps(plain(getattr(cfg, f))) for f in CHANCE_FIELDS)
+    if key not in _CHANCE:
+        _CHANCE[key] = chance_mean_reward(cfg)
+    return _CHANCE[key]
+
+
+CHANCE_FIELDS = ("task", "prompts", "vocab_size", "prompt_length", "num_prompts", "num_eval_prompts",
+                 "allow_repeats", "task_seed", "reward", "eos")  # fmt: skip
+"""The fields a configuration's chance score depends on."""
+
+_CHANCE: dict[tuple, float] = {}
 
 
 def make_palette(keys: list[str], name: str = "colorblind") -> dict[str, Any]:
@@ -196,7 +217,9 @@ def experiment_names(results: str | Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / "grid.toml").is_file()) if root.is_dir() else []
 
 
-def load_experiment(results: str | Path, name: str, curves: Iterable[str] = CURVES) -> Experiment:
+def load_experiment(
+    results: str | Path, name: str, curves: Iterable[str] = CURVES, extra_scores: Iterable[str] = ()
+) -> Experiment:
     """Load experiment `name` from `results/runs/<name>/` (its `grid.toml`, manifest and chunks).
 
     A stored run counts for configuration L and seed s when it was stored with
@@ -205,11 +228,16 @@ def load_experiment(results: str | Path, name: str, curves: Iterable[str] = CURV
     `RunConfig`) and extra copies of a (configuration, seed) pair are ignored,
     with a line in `notes`. `curves`: the metrics whose per-epoch values are
     kept (`Experiment.curves`); every other metric is read only to score runs.
+    The scores are `FINAL_SCORES`, those the grid's claims name, and `extra_scores`.
     """
     folder = runs_dir(results, name)
     grid = parse_grid((folder / "grid.toml").read_text(), folder / "grid.toml")
     configs = _configurations(grid)
-    runs, final, curves_table, stored = _read_runs(folder, grid, list(configs.index), list(dict.fromkeys(curves)))
+    wanted = [*FINAL_SCORES, *(m for c in grid.claims for m in c.scores), *extra_scores]
+    names = list(dict.fromkeys(n for n in wanted if n in SCORES))
+    runs, final, curves_table, stored = _read_runs(
+        folder, grid, list(configs.index), list(dict.fromkeys(curves)), names
+    )
     notes = []
     if stored > len(runs):
         notes.append(
@@ -219,11 +247,14 @@ def load_experiment(results: str | Path, name: str, curves: Iterable[str] = CURV
     missing = len(configs) * len(grid.seeds) - len(runs)
     if missing > 0:
         notes.append(f"{missing} run(s) of the grid are not stored (the sweep is incomplete).")
-    for column, (metric, _) in FINAL_SCORES.items():
-        if column not in final and metric in CORE_METRICS:
+    for column in names:
+        if column not in final and column in CORE_SCORES:
             final[column] = np.nan
-        elif column in final and metric not in CORE_METRICS and not final[column].notna().any():
+        elif column in final and column not in CORE_SCORES and not final[column].notna().any():
             final = final.drop(columns=column)
+    chance = final["configuration"].map(configs["chance_reward"]).to_numpy(float)
+    best = final["configuration"].map(configs["max_reward"]).to_numpy(float)
+    final["final_score"] = chance_normalised(final["final_reward"].to_numpy(float), chance, best)
     diverged = runs[runs["status"] != "ok"][["configuration", "seed", "run_id", "diverged_epoch"]]
     return Experiment(
         name=name,
@@ -240,18 +271,17 @@ def load_experiment(results: str | Path, name: str, curves: Iterable[str] = CURV
 
 
 def _read_runs(
-    folder: Path, grid: Grid, labels: list[str], curves: list[str]
+    folder: Path, grid: Grid, labels: list[str], curves: list[str], names: list[str]
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
     """Read the chunks of `folder` one at a time: (runs, final scores, curves, number of runs stored).
 
     `runs`: one row per run of the grid (`RUN_COLUMNS`); `final`: one row per
-    finished run with its `FINAL_SCORES`, both in grid then seed order;
+    finished run with the scores `names` (`sortrl.scores`), both in grid then seed order;
     `curves`: the per-epoch `curves` of the finished runs.
     """
     expected = {c.label: _without_seed(c.config.to_dict()) for c in grid.configurations()}
     seeds = set(grid.seeds)
     order = {label: i for i, label in enumerate(labels)}
-    metrics = list(dict.fromkeys([*curves, *(metric for metric, _ in FINAL_SCORES.values())]))
     stored, matched, scored, kept, taken = 0, [], [], [], set()
     for chunk in read_chunks(folder):
         stored += len(chunk.runs)
@@ -268,12 +298,12 @@ def _read_runs(
         ok = matched[-1][matched[-1]["status"] == "ok"].reset_index(drop=True)
         if ok.empty:
             continue
-        rows = read_rows(chunk, ["step", *metrics])
+        rows = read_rows(chunk, list(dict.fromkeys(["step", *curves, *score_columns(names, chunk.columns)])))
         codes, ids = pd.factorize(rows["run_id"])
         position = pd.Series(np.arange(len(ok)), index=ok["run_id"]).reindex(ids, fill_value=-1).to_numpy()
         run = position[codes]  # each row's run, as its position in `ok` (-1: not a run of this experiment)
         rows = rows[run >= 0].assign(run=run[run >= 0])
-        scored.append(ok.drop(columns=["status", "diverged_epoch"]).join(_final_scores(rows)))
+        scored.append(ok.drop(columns=["status", "diverged_epoch"]).join(compute_scores(names, rows)))
         configuration = ok["configuration"].map(order).to_numpy()[rows["run"]]
         kept.append(
             pd.DataFrame(
@@ -292,8 +322,8 @@ def _read_runs(
     return runs, final, pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(empty), stored
 
 
-CORE_METRICS = ("mean_reward", "greedy_accuracy", "response_length")
-"""Metrics every run records (their final scores are always columns of `Experiment.final`)."""
+CORE_SCORES = ("final_reward", "final_greedy_accuracy", "final_response_length")
+"""Scores every run has (always columns of `Experiment.final`, NaN without runs)."""
 
 
 def _without_seed(config: dict[str, Any]) -> dict[str, Any]:
@@ -313,20 +343,6 @@ def _in_grid_order(table: pd.DataFrame, order: dict[str, int]) -> pd.DataFrame:
     """`table` (a `configuration` and a `seed` column) sorted by configuration in grid order, then seed."""
     rank = table["configuration"].map(order).to_numpy()
     return table.iloc[np.lexsort([table["seed"].to_numpy(), rank])].reset_index(drop=True)
-
-
-def _final_scores(rows: pd.DataFrame) -> pd.DataFrame:
-    """The `FINAL_SCORES` of the runs in `rows` (one row per run and epoch, runs numbered in a `run` column).
-
-    Grouping by an integer (not the run id text) keeps the values and their order, and sorts far faster.
-    """
-    return pd.DataFrame(
-        {
-            column: stats.final_scores(rows, metric, fraction=fraction, by="run")
-            for column, (metric, fraction) in FINAL_SCORES.items()
-            if metric in rows
-        }
-    )
 
 
 def load_experiments(results: str | Path, curves: Iterable[str] = CURVES) -> list[Experiment]:

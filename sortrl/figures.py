@@ -5,7 +5,7 @@ summary) -> Figure or None` (None when the figure does not apply to the
 experiment), its caption and the metrics whose per-epoch curves it draws
 (which `sortrl.publish.write_report` asks `load_experiment` to keep); the
 report saves each as `results/figures/<exp>_<name>.png`. Figures are made without pyplot (no global
-state) and drawn in one fixed style (`_style`: matplotlib's defaults plus
+state) and drawn in one fixed style (`style`: matplotlib's defaults plus
 seaborn's whitegrid, whatever the user's matplotlibrc), and `png_bytes` writes
 no timestamp or version metadata, so equal runs give byte-identical PNGs.
 Mean reward, never loss, is on every reward axis; bands and error bars are 95%
@@ -93,7 +93,7 @@ def _in_units(exp: Experiment, table: pd.DataFrame, columns: tuple[str, ...]) ->
 
 
 @contextlib.contextmanager
-def _style() -> Iterator[None]:
+def style() -> Iterator[None]:
     """Matplotlib's own defaults (not the user's matplotlibrc or a notebook's) plus seaborn's whitegrid, for a while."""
     with mpl.rc_context():
         mpl.rcdefaults()
@@ -101,7 +101,7 @@ def _style() -> Iterator[None]:
         yield
 
 
-def _subplots(nrows: int, ncols: int, figsize: tuple[float, float], **kw: Any) -> tuple[Figure, np.ndarray]:
+def subplots(nrows: int, ncols: int, figsize: tuple[float, float], **kw: Any) -> tuple[Figure, np.ndarray]:
     """A figure with axes `[row col]`, made without pyplot: no global state, nothing to close; a notebook shows it."""
     fig = Figure(figsize=figsize, layout="constrained")
     return fig, fig.subplots(nrows, ncols, squeeze=False, **kw)
@@ -118,7 +118,7 @@ def _facets(
     cols = list(dict.fromkeys(configs["col"]))
     rows = list(dict.fromkeys(configs["row"]))
     size = (3.2 + 4.2 * len(cols), 0.6 + 3.0 * len(rows))
-    fig, grid = _subplots(len(rows), len(cols), size, sharex=sharex, sharey=sharey)
+    fig, grid = subplots(len(rows), len(cols), size, sharex=sharex, sharey=sharey)
     panels = []
     for (i, row), (j, col) in itertools.product(enumerate(rows), enumerate(cols)):
         ax = grid[i][j]
@@ -181,7 +181,7 @@ def _curves(
         epochs = epochs[np.unique(np.linspace(0, len(epochs) - 1, points).round().astype(int))]
     runs = exp.curves[exp.curves["epoch"].isin(epochs)]
     seed = _highlight_seed(exp) if highlight else None
-    with _style():
+    with style():
         fig, panels = _facets(exp, sharey=exp.panels_share_scale, labels=labels)
         for ax, labels in panels:
             for label in labels:
@@ -253,7 +253,7 @@ def _per_config_axes(
 ) -> tuple[Figure, Any, np.ndarray]:
     """A figure with one row per name (first at the top) in each of `ncols` panels; returns the row positions."""
     n = len(names)
-    fig, axes = _subplots(1, ncols, (1.5 + width * ncols, 1.6 + (0.3 if n > 12 else 0.5) * n), sharey=True)
+    fig, axes = subplots(1, ncols, (1.5 + width * ncols, 1.6 + (0.3 if n > 12 else 0.5) * n), sharey=True)
     y = np.arange(n)[::-1].astype(float)
     for ax in axes[0]:
         ax.set_yticks(y, names)
@@ -281,7 +281,7 @@ def plot_final_reward(exp: Experiment, summary: pd.DataFrame) -> Figure:
     rng = np.random.default_rng(SEED)
     seed = _highlight_seed(exp)
     final = _in_units(exp, exp.final, ("final_reward",))
-    with _style():
+    with style():
         fig, (ax,), y = _per_config_axes(exp, exp.labels, width=6.0)
         for yi, (label, row) in zip(y, _in_units(exp, summary, SUMMARY_REWARDS).set_index("configuration").iterrows()):
             part = final[final["configuration"] == label]
@@ -318,7 +318,7 @@ def plot_final_reward(exp: Experiment, summary: pd.DataFrame) -> Figure:
 
 def plot_interval_estimates(exp: Experiment, summary: pd.DataFrame) -> Figure:
     """Mean and IQM of the final reward per configuration with 95% bootstrap CIs; dotted = baseline."""
-    with _style():
+    with style():
         fig, axes, y = _per_config_axes(exp, exp.labels, ncols=2, width=3.6)
         table = _in_units(exp, summary, SUMMARY_REWARDS).set_index("configuration")
         for ax, stat, name in zip(axes, ("mean", "iqm"), ("mean", "IQM (interquartile mean)")):
@@ -338,7 +338,7 @@ def plot_improvement(exp: Experiment, summary: pd.DataFrame) -> Figure | None:
     if table.empty:
         return None
     names = [c if r == exp.baseline else f"{c}  (vs {r})" for c, r in zip(table["configuration"], table["reference"])]
-    with _style():
+    with style():
         fig, (ax,), y = _per_config_axes(exp, names, width=5.5)
         for yi, (_, row) in zip(y, table.iterrows()):
             colour = exp.colour(row["configuration"])
@@ -357,7 +357,7 @@ def plot_performance_profile(exp: Experiment) -> Figure | None:
     if exp.final.empty:
         return None
     final = _in_units(exp, exp.final, ("final_reward",))
-    with _style():
+    with style():
         fig, panels = _facets(exp, sharex=exp.panels_share_scale)
         for ax, labels in panels:
             values = final.loc[final["configuration"].isin(labels), "final_reward"].to_numpy()
@@ -394,8 +394,8 @@ def plot_heatmap(exp: Experiment, summary: pd.DataFrame) -> Figure | None:
     panels = list(dict.fromkeys(table["panel"]))
     xs, ys = list(dict.fromkeys(table["x"])), list(dict.fromkeys(table["y"]))
     vmin, vmax = table["iqm"].min(), table["iqm"].max()
-    with _style():
-        fig, grid = _subplots(1, len(panels), (0.8 + (1.1 * len(xs) + 1.2) * len(panels), 1.4 + 0.6 * len(ys)))
+    with style():
+        fig, grid = subplots(1, len(panels), (0.8 + (1.1 * len(xs) + 1.2) * len(panels), 1.4 + 0.6 * len(ys)))
         for k, (ax, panel) in enumerate(zip(grid[0], panels)):
             part = (
                 table[table["panel"] == panel].pivot(index="y", columns="x", values="iqm").reindex(index=ys, columns=xs)
@@ -474,8 +474,8 @@ def plot_prompt_length(exp: Experiment) -> Figure | None:
         (reward, reward_label(exp, what, note)),
         ("gap", "train - held-out greedy accuracy"),
     ]
-    with _style():
-        fig, axes = _subplots(1, 3, (14, 4))
+    with style():
+        fig, axes = subplots(1, 3, (14, 4))
         for ax, (column, ylabel) in zip(axes[0], panels):
             for line, part in final.groupby("line", sort=False):
                 values = part.dropna(subset=[column]).groupby(PROMPT_LENGTH, sort=True)[column].agg(list)
@@ -548,7 +548,7 @@ def curve_metrics() -> tuple[str, ...]:
 def png_bytes(fig: Figure) -> bytes:
     """`fig` as PNG, rendered with the report's style and without metadata that changes between runs."""
     buffer = io.BytesIO()
-    with _style():
+    with style():
         fig.savefig(buffer, format="png", **PNG_OPTIONS)
     return buffer.getvalue()
 

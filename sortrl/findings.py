@@ -2,8 +2,7 @@
 
 `findings(exp, summary)` turns a loaded experiment (`sortrl.experiment`) and
 its summary table into a `Findings`: every configuration compared with its
-reference (P(improve) with its CI and a verdict), the grid's declared claims
-checked across seeds (`sortrl.grid.Claim`), the best configurations and who is
+reference (P(improve) with its CI and a verdict), the best configurations and who is
 tied with them, and the grid-specific findings (held-out performance by prompt
 length, recipes ranked, response length with EOS), with the caveats that go
 with them (how many intervals would exclude 0.5 by chance). `REPORT.md`
@@ -26,12 +25,9 @@ from sortrl.experiment import (
     EVAL_ACCURACY,
     EVAL_REWARD,
     PROMPT_LENGTH,
-    SEED,
     Experiment,
-    point,
-    scores,
 )
-from sortrl.grid import Claim, join_labels, value_label
+from sortrl.grid import join_labels, value_label
 
 VERDICTS = ("better", "worse", "indistinguishable")
 """Where a P(improve) CI lies relative to 0.5: above, below, or containing it."""
@@ -83,47 +79,6 @@ class Comparison:
 
 
 @dataclass(frozen=True)
-class ClaimCheck:
-    """A declared claim checked on the final reward of every seed (`check_claim`)."""
-
-    claim: Claim
-    new: str
-    old: str
-    """Labels of the configurations compared."""
-    n_new: int
-    n_old: int
-    diff: float
-    diff_low: float
-    diff_high: float
-    """Mean final reward of `new` minus `old`, with its 95% bootstrap CI (seeds resampled independently)."""
-    p: float
-    p_low: float
-    p_high: float
-    """P(final reward of `new` > `old`'s) with its 95% bootstrap CI."""
-    verdict: str
-    """One of `VERDICTS` (from the P CI)."""
-    outcome: str
-    """`supported`, `contradicted` or `inconclusive`: the verdict read against what the claim predicts."""
-    holds: str
-    """What the seeds say about the claim, as a clause."""
-    std: float
-    """Pooled seed-to-seed standard deviation of the final reward within the two configurations."""
-    seed_new: float = math.nan
-    seed_old: float = math.nan
-    """Final rewards of the claim's own seed (NaN without it, or without a finished run of it)."""
-    seed_says: str | None = None
-    """What the claim's seed alone says (`says centering helps`), None without it."""
-
-    @property
-    def p_interval(self) -> str:
-        return fmt_interval(self.p, self.p_low, self.p_high, 2)
-
-    @property
-    def diff_interval(self) -> str:
-        return fmt_interval(self.diff, self.diff_low, self.diff_high, 3, sign=True)
-
-
-@dataclass(frozen=True)
 class Best:
     """The highest IQM of the final reward among the configurations of one reward scale, and who shares it."""
 
@@ -158,7 +113,6 @@ class Findings:
     """Every configuration that has a reference other than itself, in grid order."""
     chance: float = 0.0
     """How many of the comparisons with an interval would exclude 0.5 by chance alone (uncorrected)."""
-    claims: list[ClaimCheck] = field(default_factory=list)
     best: list[Best] = field(default_factory=list)
     by_prompt_length: pd.DataFrame | None = None
     """Per prompt length (index): `runs`, final held-out greedy `accuracy`, final `reward` (see `prompt_lengths`)."""
@@ -190,7 +144,6 @@ def findings(exp: Experiment, summary: pd.DataFrame, figures: list[str] | None =
         figures=list(figures or []),
         comparisons=comparisons,
         chance=(1 - stats.CONFIDENCE) * with_interval,
-        claims=[check_claim(exp, claim) for claim in exp.grid.claims],
         best=_best(exp, summary),
     )
     _prompt_lengths(exp, out)
@@ -211,83 +164,6 @@ def _comparisons(summary: pd.DataFrame) -> list[Comparison]:
         )
         for _, r in rows.iterrows()
     ]
-
-
-HOLDS = {
-    "better": {
-        "better": "the seeds confirm that {statement}",
-        "worse": "the seeds contradict it: {subject} does worse",
-        "indistinguishable": "the seeds cannot confirm that {statement}",
-    },
-    "worse": {
-        "worse": "the seeds confirm that {statement}",
-        "better": "the seeds contradict it: {subject} does better",
-        "indistinguishable": "the seeds cannot confirm that {statement}",
-    },
-    "same": {
-        "better": "the seeds find a difference: {subject} does better",
-        "worse": "the seeds find a difference: {subject} does worse",
-        "indistinguishable": "the seeds cannot tell the two apart, consistent with '{statement}' (a difference of "
-        "mean final reward as large as the CI's ends, {low:+.3f} to {high:+.3f}, is not ruled out)",
-    },
-}
-"""What the seeds say about a claim: prediction -> verdict -> clause."""
-
-
-def check_claim(exp: Experiment, claim: Claim) -> ClaimCheck:
-    """Check `claim` on `exp`'s final rewards: mean difference and P(new > old) with CIs, verdict and outcome.
-
-    A `better`/`worse` prediction is `supported` when the P CI lies on its side
-    of 0.5 and `contradicted` on the other side; a `same` prediction is
-    `contradicted` by an interval that excludes 0.5. Everything else is
-    `inconclusive` (an interval that contains 0.5 does not show equality).
-    With the claim's `seed`, what that seed alone says is kept too: for a
-    `same` prediction, whether its difference is smaller than the seed-to-seed
-    standard deviation.
-    """
-    new, old = (c.label for c in exp.grid.compared(claim))
-    x, y = scores(exp, new), scores(exp, old)
-    diff_low, diff_high = stats.bootstrap_ci([x, y], stats.mean_difference, SEED)
-    p_low, p_high = stats.bootstrap_ci([x, y], stats.probability_of_improvement, SEED)
-    found = "indistinguishable" if math.isnan(p_low) else verdict(p_low, p_high)
-    if claim.predicts == "same":
-        outcome = "inconclusive" if found == "indistinguishable" else "contradicted"
-    else:
-        outcome = {claim.predicts: "supported", "indistinguishable": "inconclusive"}.get(found, "contradicted")
-    std = math.sqrt((np.var(x, ddof=1) + np.var(y, ddof=1)) / 2) if min(len(x), len(y)) > 1 else math.nan
-    words = {"statement": claim.statement, "subject": claim.subject, "low": diff_low, "high": diff_high}
-    seed_new = seed_old = math.nan
-    seed_says = None
-    if claim.seed is not None:
-        final = exp.final.set_index(["configuration", "seed"])["final_reward"]
-        seed_new, seed_old = final.get((new, claim.seed), math.nan), final.get((old, claim.seed), math.nan)
-    if not (math.isnan(seed_new) or math.isnan(seed_old)):
-        d = seed_new - seed_old
-        if claim.predicts == "same":
-            seed_says = "shows little difference" if abs(d) < std else "shows a difference"
-        else:
-            agrees = d > 0 if claim.predicts == "better" else d < 0
-            seed_says = f"says {claim.statement}" if agrees else f"says {claim.subject} does not do {claim.predicts}"
-    return ClaimCheck(
-        claim=claim,
-        new=new,
-        old=old,
-        n_new=len(x),
-        n_old=len(y),
-        diff=point(stats.mean_difference, x, y),
-        diff_low=diff_low,
-        diff_high=diff_high,
-        p=point(stats.probability_of_improvement, x, y),
-        p_low=p_low,
-        p_high=p_high,
-        verdict=found,
-        outcome=outcome,
-        holds=HOLDS[claim.predicts][found].format(**words),
-        std=std,
-        seed_new=seed_new,
-        seed_old=seed_old,
-        seed_says=seed_says,
-    )
 
 
 def _best(exp: Experiment, summary: pd.DataFrame) -> list[Best]:

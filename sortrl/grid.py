@@ -16,16 +16,21 @@ A grid file is TOML:
 
     [[claim]]                   # optional, repeated: a claim the grid tests (see `Claim`)
     id = "L1"
-    statement = "centering helps"
-    subject = "centering"
+    statement = "Centering the rewards helps compared with raw rewards."
     source = "CS336 lecture 17"
     new = { deltas_mode = "centered_rewards" }
     old = { deltas_mode = "rewards" }
-    predicts = "better"
+    predicts = "higher"
 
 Any `RunConfig` field may be a base value or an axis, and so may `recipe`
 (a named preset, `sortrl.recipes`): a recipe's fields come first and explicit
-fields override them. Grid files are only ever parsed as TOML.
+fields override them. An axis that is not a field is a *bundle* axis: each of
+its values is a table of fields with a `name` (which labels it), e.g. two
+regimes a claim is tested in:
+
+    regime = [{ name = "lecture" }, { name = "explore", temperature = 2.0, entropy_coeff = 0.3 }]
+
+Grid files are only ever parsed as TOML.
 
 A *configuration* is one combination of axis values, named by its label
 (`"centered_rewards / clipped / kl=0.01"`); its seeds are its replicates, a
@@ -58,9 +63,18 @@ MAX_RUNS = 1_000_000
 SHORT_NAMES = {"kl_penalty": "kl", "learning_rate": "lr"}
 """Abbreviations of numeric axes in configuration labels (`kl=0.01`)."""
 
-CLAIM_KEYS = ("id", "statement", "subject", "source", "new", "old", "predicts", "seed")
-PREDICTIONS = ("better", "worse", "same")
-"""What a claim may say its `new` configuration does compared with its `old` one."""
+CLAIM_KEYS = (
+    "id", "statement", "subject", "source", "kind", "metric", "new", "old", "predicts", "margin",
+    "axis", "within", "across", "seed", "implied", "figure", "x",
+)  # fmt: skip
+KINDS = ("pair", "each", "trend", "interaction", "correlation")
+"""How a claim compares configurations (see `Claim`)."""
+PREDICTIONS = ("higher", "lower", "same")
+"""What a claim predicts of its effect: above 0, below 0, or 0 within its margin."""
+DEFAULT_METRIC = "final_score"
+"""A claim's metric unless it names one: the chance-normalised final reward."""
+DEFAULT_MARGIN = 0.05
+"""A claim's equivalence margin unless it gives one (in the metric's units: 5% of the range above chance)."""
 
 
 # --- values and labels ----------------------------------------------------------
@@ -84,9 +98,11 @@ def normal(value: Any) -> str:
 
 
 def value_label(axis: str, value: Any) -> str:
-    """How one axis value reads in a label: strings as they are, others as `name=value` (`kl=0.01`)."""
+    """How one axis value reads in a label: strings as they are, a bundle by its name, others as `name=value`."""
     if isinstance(value, np.generic):  # a value read back from a table: numpy bool, int or float
         value = value.item()
+    if isinstance(value, dict):
+        return str(value["name"])
     if isinstance(value, str):
         return value
     name = SHORT_NAMES.get(axis, axis)
@@ -132,27 +148,67 @@ class Run(NamedTuple):
 
 @dataclass(frozen=True)
 class Claim:
-    """A claim a grid tests, declared in its file as a `[[claim]]` table; the report checks it on the stored runs.
+    """A claim a grid tests, declared in its file as a `[[claim]]` table; the report tests it on the stored runs.
 
-    The claim compares configuration `new` with `old` on the final reward, over
-    the grid's seeds. `new` and `old` give the axis values that differ from the
-    baseline's (the other axes take the baseline's values).
+    Every effect is computed per seed (a seed is the same initial model and
+    data stream in every configuration) on the per-run score `metric`
+    (`sortrl.scores.SCORES`, or `final_score`), then averaged over seeds:
+
+    | kind | effect per seed |
+    | --- | --- |
+    | `pair` | metric of `new` minus metric of `old` |
+    | `each` | as `pair`, for every value of `axis` (at `new`'s other values) against `old` |
+    | `trend` | slope of the metric along `axis` (per step through its values, in file order), others at `new` |
+    | `interaction` | (`new` - `old`) at the first value of `within`'s axis minus at its second |
+    | `correlation` | (not per seed) Spearman rho over the configurations between metric `x` and `metric` |
+
+    Configurations are chosen by `new` / `old` (axis or field values); the
+    axes they leave open take the baseline's values. With `across` (an axis,
+    by default `regime` when the grid has one) the claim is tested once at each
+    of that axis's values. `predicts`: `higher` (effect > 0), `lower` or `same`
+    (|effect| within `margin`).
     """
 
     id: str
     """Short, unique in the grid (`L1`)."""
     statement: str
-    """The claim as its source makes it, completing 'concluded that ...' (`centering helps`)."""
+    """The claim in one sentence, as its source makes it."""
     subject: str
-    """What changes from `old` to `new`, as a noun (`centering`), for sentences such as 'centering does worse'."""
+    """What changes from `old` to `new`, as a noun (`centering`), for generated sentences."""
     source: str
-    """Where the claim is made (paper or lecture)."""
+    """Where the claim is made (paper or lecture section)."""
     new: dict[str, Any]
     old: dict[str, Any]
     predicts: str
-    """`better`, `worse` (what `new` does compared with `old`) or `same` (no difference)."""
+    """`higher`, `lower` or `same`: what the source predicts of the effect."""
     seed: int | None = None
     """The seed of the single run the source drew the claim from, if it did (the lecture's: 5)."""
+    kind: str = "pair"
+    metric: str = DEFAULT_METRIC
+    margin: float = DEFAULT_MARGIN
+    """Equivalence margin, in the metric's units: an effect whose CI lies within +-margin is no effect."""
+    axis: str | None = None
+    """`trend`: the axis whose values the metric is regressed on."""
+    within: dict[str, list[Any]] = field(default_factory=dict)
+    """`interaction`: one axis and two of its values, where the `new` - `old` contrast is compared."""
+    across: str | None = None
+    """The axis whose every value gets its own test (`regime`); None: one test."""
+    implied: float | None = None
+    """The effect size the source implies (metric units), for the seeds a test would need; None: `margin`."""
+    figure: str | None = None
+    """The figure drawn for the claim (`sortrl.claims` figure name); None: the kind's default."""
+    x: str | None = None
+    """`correlation`: the metric on the other axis."""
+
+    @property
+    def scores(self) -> tuple[str, ...]:
+        """The per-run scores this claim needs."""
+        return tuple(m for m in (self.metric, self.x) if m)
+
+    @property
+    def prediction(self) -> str:
+        """The prediction as `sortrl.verdicts` spells it: `>`, `<` or `=`."""
+        return {"higher": ">", "lower": "<", "same": "="}[self.predicts]
 
 
 @dataclass(frozen=True)
@@ -175,7 +231,9 @@ class Grid:
         for values in itertools.product(*self.axes.values()):  # the one expansion of the axes
             chosen = dict(zip(names, values))
             labels = {axis: value_label(axis, value) for axis, value in chosen.items()}
-            fields = {**self.base, **chosen}
+            fields = dict(self.base)
+            for axis, value in chosen.items():  # a bundle axis's value is a table of fields
+                fields.update(_bundle_fields(value) if isinstance(value, dict) else {axis: value})
             label = join_labels(list(labels.values()), "all runs")
             out.append(Configuration(label, chosen, labels, fields, make_config(**fields, seed=self.seeds[0])))
         return tuple(out)
@@ -195,12 +253,40 @@ class Grid:
         return len(self.seeds) * math.prod(len(v) for v in self.axes.values())
 
     def find(self, values: dict[str, Any]) -> Configuration | None:
-        """The first configuration whose config has every one of `values` (compared in `normal` form), or None."""
-        wanted = {k: normal(v) for k, v in values.items() if k != "seed"}
-        for c in self._configurations:
-            if all(normal(getattr(c.config, k)) == v for k, v in wanted.items()):
-                return c
-        return None
+        """The first configuration with every one of `values`, or None.
+
+        A key is a `RunConfig` field (compared in `normal` form) or a bundle
+        axis (compared by its value's `name`).
+        """
+        found = self.matching(values)
+        return found[0] if found else None
+
+    def matching(self, values: dict[str, Any]) -> list[Configuration]:
+        """Every configuration with every one of `values` (as `find` compares them), in grid order."""
+        wanted = {k: v if k in self.bundles else normal(v) for k, v in values.items() if k != "seed"}
+        return [
+            c
+            for c in self._configurations
+            if all(
+                (c.labels.get(k) == v) if k in self.bundles else normal(getattr(c.config, k)) == v
+                for k, v in wanted.items()
+            )
+        ]
+
+    @property
+    def bundles(self) -> list[str]:
+        """The bundle axes (values are tables of fields, named by `name`)."""
+        return [a for a, values in self.axes.items() if all(isinstance(v, dict) for v in values)]
+
+    def select(self, values: dict[str, Any]) -> Configuration | None:
+        """The configuration with `values` on top of the baseline's axis values (`find`), or None."""
+        base = {a: self.baseline_configuration.labels[a] if a in self.bundles else v
+                for a, v in self.baseline_configuration.values.items()}  # fmt: skip
+        return self.find({**base, **values})
+
+    def axis_values(self, axis: str) -> list[Any]:
+        """The values of `axis` as `select` takes them (a bundle's by name)."""
+        return [v["name"] if axis in self.bundles else v for v in self.axes[axis]]
 
     @cached_property
     def baseline_configuration(self) -> Configuration:
@@ -208,12 +294,11 @@ class Grid:
         found = self.find(self.baseline)
         return found if found is not None else self._configurations[0]
 
-    def compared(self, claim: Claim) -> tuple[Configuration, Configuration]:
-        """The (new, old) configurations of `claim`: the baseline's axis values with the claim's on top."""
-        base = self.baseline_configuration.values
-        new, old = self.find({**base, **claim.new}), self.find({**base, **claim.old})
-        assert new is not None and old is not None  # checked by `parse_grid`
-        return new, old
+    def tests(self, claim: Claim) -> list[dict[str, Any]]:
+        """The settings of each test of `claim`: one per value of its `across` axis (`{}` without one)."""
+        if claim.across is None:
+            return [{}]
+        return [{claim.across: v} for v in self.axis_values(claim.across)]
 
 
 # --- parsing ----------------------------------------------------------------------------
@@ -240,7 +325,11 @@ def parse_grid(text: str, path: str | Path = "<grid>") -> Grid:
         if not isinstance(value, dict):
             raise _fail(path, f"{key}: must be a table of RunConfig fields")
         valid = (*FIELD_NAMES, "recipe")
-        bad = sorted(set(value) - set(valid) - ({"seed"} if key != "baseline" else set()))
+        # a bundle axis (values are tables) is not a field: the grid may cross it and the baseline may name it
+        table = value if key == "grid" else tables.get("grid", {})
+        bundles = {a for a, v in table.items() if isinstance(v, list) and any(isinstance(x, dict) for x in v)}
+        extra = bundles if key in ("grid", "baseline") else set()
+        bad = sorted(set(value) - set(valid) - ({"seed"} if key != "baseline" else set()) - extra)
         if bad:
             raise _fail(path, f"[{key}] unknown field {bad[0]!r}; valid fields: {', '.join(FIELD_NAMES)}")
         if "seed" in value and key != "baseline":
@@ -250,6 +339,8 @@ def parse_grid(text: str, path: str | Path = "<grid>") -> Grid:
     for axis, values in axes.items():
         if not isinstance(values, list) or not values:
             raise _fail(path, f"[grid] {axis}: must be a non-empty list of values")
+        if axis not in (*FIELD_NAMES, "recipe"):
+            _check_bundle(axis, values, axes, path)
         _check_distinct(axis, values, path)
     both = sorted(set(axes) & set(tables["base"]))
     if both:
@@ -273,6 +364,31 @@ def parse_grid(text: str, path: str | Path = "<grid>") -> Grid:
     _check_baseline(grid, path)
     claims = _parse_claims(data.get("claim", []), grid, path)
     return Grid(name, seeds, tables["base"], axes, tables["baseline"], highlight, text, claims)
+
+
+def _bundle_fields(value: dict[str, Any]) -> dict[str, Any]:
+    """The fields a bundle axis's value sets (all of its table but its `name`)."""
+    return {k: v for k, v in value.items() if k != "name"}
+
+
+def _check_bundle(axis: str, values: list[Any], axes: dict[str, list[Any]], path: str | Path) -> None:
+    """A bundle axis: tables, each with a distinct non-empty `name` and only fields no other axis sets."""
+    for value in values:
+        if not isinstance(value, dict):
+            raise _fail(path, f"[grid] {axis}: is not a RunConfig field, so its values must be tables with a name")
+        name = value.get("name")
+        if not isinstance(name, str) or not name:
+            raise _fail(path, f'[grid] {axis}: each value needs a name, e.g. {{ name = "explore", temperature = 2.0 }}')
+        bad = sorted(set(_bundle_fields(value)) - {*FIELD_NAMES, "recipe"})
+        if bad:
+            raise _fail(path, f"[grid] {axis} {name}: unknown field {bad[0]!r}; valid fields: {', '.join(FIELD_NAMES)}")
+        both = sorted(set(_bundle_fields(value)) & set(axes))
+        if both:
+            raise _fail(path, f"[grid] {axis} {name}: sets {both[0]!r}, which is an axis too; keep one")
+    names = [v["name"] for v in values]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise _fail(path, f"[grid] {axis}: two values are named {twice[0]!r}")
 
 
 def _check_distinct(axis: str, values: list[Any], path: str | Path) -> None:
@@ -309,52 +425,114 @@ def _check_baseline(grid: Grid, path: str | Path) -> None:
         raise _fail(path, f"baseline: seed {baseline['seed']!r} is not one of the grid's seeds")
     for key, value in baseline.items():
         if key != "seed" and grid.find({key: value}) is None:
-            values = {normal(getattr(c.config, key)): getattr(c.config, key) for c in grid.configurations()}
-            allowed = ", ".join(sorted(repr(plain(v)) for v in values.values()))
+            if key in grid.bundles:
+                allowed = ", ".join(repr(v) for v in grid.axis_values(key))
+            else:
+                values = {normal(getattr(c.config, key)): getattr(c.config, key) for c in grid.configurations()}
+                allowed = ", ".join(sorted(repr(plain(v)) for v in values.values()))
             raise _fail(path, f"baseline: {key} = {value!r} is not in the grid; the grid has {allowed}")
     if grid.find(baseline) is None:
         raise _fail(path, "baseline: no configuration of the grid has all of these values together")
 
 
 def _parse_claims(tables: Any, grid: Grid, path: str | Path) -> tuple[Claim, ...]:
-    """The `[[claim]]` tables: each complete, its `new` and `old` configurations in the grid."""
+    """The `[[claim]]` tables: each complete, and every configuration it compares in the grid."""
+    from sortrl.scores import DERIVED, SCORES  # the scores a metric may name (sortrl.scores imports no grid)
+
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise _fail(path, "claim: declare each claim as a [[claim]] table")
+    metrics = {*SCORES, *DERIVED}
     claims: list[Claim] = []
     for i, table in enumerate(tables):
         where = f"[[claim]] {table.get('id', i + 1)!s}"
+
+        def fail(message: str, where: str = where) -> ConfigError:
+            return _fail(path, f"{where}: {message}")
+
         unknown = sorted(set(table) - set(CLAIM_KEYS))
         if unknown:
-            raise _fail(path, f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(CLAIM_KEYS)}")
-        for key in ("id", "statement", "subject", "source"):
+            raise fail(f"unknown key {unknown[0]!r}; valid keys: {', '.join(CLAIM_KEYS)}")
+        for key in ("id", "statement", "source"):
             if not isinstance(table.get(key), str) or not table[key].strip():
-                raise _fail(path, f"{where}: {key}: required, a non-empty string")
+                raise fail(f"{key}: required, a non-empty string")
         if table["id"] in {c.id for c in claims}:
-            raise _fail(path, f"{where}: id: two claims have this id")
-        check = table.get("predicts")
-        try:
-            check_choice("predicts", check, dict.fromkeys(PREDICTIONS))
-        except ConfigError as err:
-            raise _fail(path, f"{where}: {err}") from None
-        seed = table.get("seed")
+            raise fail("id: two claims have this id")
+        values = dict(table)
+        values.setdefault("subject", table["statement"])
+        values.setdefault("kind", "pair")
+        values.setdefault("old", {})
+        values.setdefault("new", {})
+        values.setdefault("across", "regime" if "regime" in grid.axes else None)
+        for key, choices in (("kind", KINDS), ("predicts", PREDICTIONS), ("metric", metrics), ("x", metrics)):
+            if key in values or key in ("kind", "predicts"):
+                try:
+                    check_choice(key, values.get(key), dict.fromkeys(choices))
+                except ConfigError as err:
+                    raise fail(str(err)) from None
+        for key in ("margin", "implied"):
+            value = values.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise fail(f"{key}: must be a number >= 0, got {value!r}")
+        seed = values.get("seed")
         if seed is not None and seed not in grid.seeds:
-            raise _fail(path, f"{where}: seed: must be one of the grid's seeds, got {seed!r}")
+            raise fail(f"seed: must be one of the grid's seeds, got {seed!r}")
         for side in ("new", "old"):
-            values = table.get(side)
-            if not isinstance(values, dict) or not values:
-                raise _fail(path, f"{where}: {side}: required, a table of RunConfig fields")
-            bad = sorted(set(values) - {*FIELD_NAMES, "recipe"} - {"seed"})
-            if bad or "seed" in values:
-                name = bad[0] if bad else "seed"
-                raise _fail(path, f"{where}: {side}: {name!r} is not a RunConfig field a configuration can set")
-            if grid.find({**grid.baseline_configuration.values, **values}) is None:
-                raise _fail(path, f"{where}: {side}: no configuration of the grid has {values} (other axes: baseline)")
-        claim = Claim(**{k: table[k] for k in CLAIM_KEYS if k in table})
-        new, old = grid.compared(claim)
-        if new is old:
-            raise _fail(path, f"{where}: new and old are the same configuration ({new.label!r})")
+            chosen = values[side]
+            if not isinstance(chosen, dict):
+                raise fail(f"{side}: a table of axis or RunConfig values")
+            bad = sorted(set(chosen) - {*FIELD_NAMES, "recipe", *grid.axes} | ({"seed"} & set(chosen)))
+            if bad:
+                raise fail(f"{side}: {bad[0]!r} is not an axis or a RunConfig field a configuration can set")
+        kind = values["kind"]
+        if kind in ("pair", "interaction") and (not values["new"] or not values["old"]):
+            raise fail(f"new, old: a {kind} claim compares two configurations; give both")
+        if kind in ("trend", "each") and values.get("axis") not in grid.axes:
+            raise fail(
+                f"axis: a {kind} claim needs one of the grid's axes ({', '.join(grid.axes)}), got {values.get('axis')!r}"
+            )
+        if kind == "each" and not values["old"]:
+            raise fail("old: an each claim compares every value of its axis with one configuration; give it")
+        within = values.get("within", {})
+        if kind == "interaction":
+            ok = (
+                isinstance(within, dict)
+                and len(within) == 1
+                and all(isinstance(v, list) and len(v) == 2 for v in within.values())
+            )
+            if not ok or next(iter(within)) not in grid.axes:
+                raise fail(
+                    'within: an interaction claim needs one grid axis and two of its values, e.g. { reward = ["exact_match", "distance"] }'
+                )
+        if kind == "correlation" and "x" not in values:
+            raise fail("x: a correlation claim needs the metric of its other axis")
+        if values["across"] is not None and values["across"] not in grid.axes:
+            raise fail(
+                f"across: must be one of the grid's axes ({', '.join(grid.axes) or 'none'}), got {values['across']!r}"
+            )
+        claim = Claim(**{k: values[k] for k in CLAIM_KEYS if k in values})
+        _check_claim_configurations(claim, grid, fail)
         claims.append(claim)
     return tuple(claims)
+
+
+def _check_claim_configurations(claim: Claim, grid: Grid, fail: Any) -> None:
+    """Every configuration `claim` compares exists, in every one of its tests."""
+    for test in grid.tests(claim):
+        sides = [claim.new, claim.old] if claim.kind in ("pair", "interaction") else [claim.new]
+        if claim.kind == "interaction":
+            axis, pair = next(iter(claim.within.items()))
+            sides = [{**side, axis: v} for side in sides for v in pair]
+        if claim.kind in ("trend", "each"):
+            sides = [{**claim.new, claim.axis: v} for v in grid.axis_values(claim.axis)]
+            sides += [claim.old] if claim.kind == "each" else []
+        chosen = [grid.select({**side, **test}) for side in sides]
+        for side, found in zip(sides, chosen):
+            if found is None:
+                raise fail(
+                    f"no configuration of the grid has {side} with {test or 'the baseline'} (other axes: baseline)"
+                )
+        if claim.kind == "pair" and chosen[0] is chosen[1]:
+            raise fail(f"new and old are the same configuration ({chosen[0].label!r})")
 
 
 def _toml_problem(text: str, message: str) -> str:

@@ -7,9 +7,14 @@ draw) and writes, per experiment `<exp>`:
     results/figures/<exp>_<figure>.png   one file per entry of `sortrl.figures.FIGURES` that applies
     results/<exp>_summary.csv            one row per configuration (see `sortrl.experiment.summarize`)
 
+    results/figures/claim_<id>.png       one figure per declared claim (`sortrl.claim_figures`)
+
 and one `results/REPORT.md` (`sortrl.report`), every sentence of which is
-generated from the experiments' findings (`sortrl.findings`); with `readme=`,
-also the README's generated blocks (`sortrl.readme`), from the same findings.
+generated from the experiments' findings (`sortrl.findings`), and
+`results/CLAIMS.md` (`sortrl.claims_md`): every claim the grids declare,
+tested on their runs, Holm-corrected over the whole ledger (`sortrl.claims`).
+With `readme=`, also the README's generated blocks (`sortrl.readme`): the
+trap figure and the ledger's verdict table, and the findings.
 Diverged runs are listed and left out of every aggregate. The output is
 deterministic: bootstraps use fixed seeds, tables are in grid order, and PNGs
 carry no timestamp or version metadata, so running the report twice on the
@@ -24,27 +29,39 @@ from pathlib import Path
 
 import joblib
 
+from sortrl.claim_figures import curves_needed, figure_name
+from sortrl.claim_figures import draw as draw_claim
+from sortrl.claims import Test, ledger
+from sortrl.claims import tests as claim_tests
+from sortrl.claims_md import render as render_claims
 from sortrl.experiment import experiment_names, load_experiment, summarize
 from sortrl.figures import FIGURES, curve_metrics, save_figure
 from sortrl.findings import Findings, findings
+from sortrl.grid import parse_grid
 from sortrl.readme import read_readme, write_readme
+from sortrl.registry import ConfigError
 from sortrl.report import render_report
-from sortrl.store import atomic_write_text
+from sortrl.store import atomic_write_text, runs_dir
+
+Outputs = tuple[Findings, list[Test], dict[str, Path], list[Path], list[warnings.WarningMessage]]
+"""What one experiment gives: findings, claim tests (uncorrected), claim figures by id, paths written, warnings."""
 
 
-def _experiment_outputs(results: Path, name: str) -> tuple[Findings, list[Path], list[warnings.WarningMessage]]:
-    """Load one experiment, write its summary CSV and figures; return its findings, the paths and the warnings.
+def _experiment_outputs(results: Path, name: str) -> Outputs:
+    """Load one experiment, write its summary CSV and figures; return its findings, claim tests, paths and warnings.
 
     Warnings (e.g. a skipped chunk) are returned, not shown, so that a worker process's reach the caller.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        found, written = _outputs(results, name)
-    return found, written, caught
+        found, tests, claim_figures, written = _outputs(results, name)
+    return found, tests, claim_figures, written, caught
 
 
-def _outputs(results: Path, name: str) -> tuple[Findings, list[Path]]:
-    exp = load_experiment(results, name, curve_metrics())
+def _outputs(results: Path, name: str) -> tuple[Findings, list[Test], dict[str, Path], list[Path]]:
+    folder = runs_dir(results, name)
+    claims = parse_grid((folder / "grid.toml").read_text(), folder / "grid.toml").claims
+    exp = load_experiment(results, name, [*curve_metrics(), *curves_needed(list(claims))])
     summary = summarize(exp)
     path = results / f"{exp.name}_summary.csv"
     atomic_write_text(path, summary.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
@@ -57,7 +74,13 @@ def _outputs(results: Path, name: str) -> tuple[Findings, list[Path]]:
             continue
         written.append(save_figure(fig, path))
         drawn.append(figure)
-    return findings(exp, summary, drawn), written
+    tests = claim_tests(exp)
+    figures = {}
+    for claim in exp.grid.claims:
+        path = results / "figures" / f"claim_{claim.id}.png"
+        figures[claim.id] = save_figure(draw_claim(exp, claim, [t for t in tests if t.claim.id == claim.id]), path)
+        written.append(path)
+    return findings(exp, summary, drawn), tests, figures, written
 
 
 def write_report(results: str | Path, readme: str | Path | None = None) -> list[Path]:
@@ -79,14 +102,35 @@ def write_report(results: str | Path, readme: str | Path | None = None) -> list[
         outputs = parallel(joblib.delayed(_experiment_outputs)(results, name) for name in names)
     else:
         outputs = [_experiment_outputs(results, name) for name in names]
-    for _, _, caught in outputs:
+    for *_, caught in outputs:
         for warning in caught:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    written = [path for _, paths, _ in outputs for path in paths]
-    sections = [found for found, _, _ in outputs]
+    written = [path for *_, paths, _ in outputs for path in paths]
+    sections = [found for found, *_ in outputs]
+    tests = ledger([t for _, mine, *_ in outputs for t in mine])  # Holm over every claim of every grid
+    figures = {claim_id: path for _, _, mine, *_ in outputs for claim_id, path in mine.items()}
+    _check_claim_ids(tests)
+    claims_md = results / "CLAIMS.md"
+    if tests:
+        links = {k: Path(os.path.relpath(v, results)).as_posix() for k, v in figures.items()}
+        atomic_write_text(claims_md, render_claims(tests, links))
+        written.append(claims_md)
+    else:
+        claims_md.unlink(missing_ok=True)  # left from an earlier report
     report = results / "REPORT.md"
-    atomic_write_text(report, render_report(sections))
+    atomic_write_text(report, render_report(sections, tests))
     written.append(report)
     if readme is not None:
-        written.append(write_readme(readme, sections, results))
+        trap = next((figures[t.claim.id] for t in tests if figure_name(t.claim) == "solve_bars"), None)
+        written.append(write_readme(readme, sections, results, tests, trap))
     return written
+
+
+def _check_claim_ids(tests: list[Test]) -> None:
+    """Claim ids name one claim across the whole ledger (its figure, its section): `ConfigError` otherwise."""
+    where: dict[str, str] = {}
+    for t in tests:
+        if where.setdefault(t.claim.id, t.experiment) != t.experiment:
+            raise ConfigError(
+                f"claim: id {t.claim.id!r} is declared by grids {where[t.claim.id]!r} and {t.experiment!r}"
+            )

@@ -4,8 +4,8 @@ The repository holds no hand-written claims about results, so the README's
 results live between marker comments that `sortrl report --readme README.md`
 rewrites (`write_readme`):
 
-    <!-- BEGIN GENERATED: headline -->   the ablations reward-curve figure and a generated caption
-    <!-- END GENERATED: headline -->
+    <!-- BEGIN GENERATED: headline -->   the trap figure (solve rate by choice, the SFT reference) and the
+    <!-- END GENERATED: headline -->     claims ledger's verdict table (`sortrl.claims_md.readme_block`)
     <!-- BEGIN GENERATED: findings -->   per experiment, 2-4 sentences from its findings
     <!-- END GENERATED: findings -->
 
@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from sortrl import stats
+from sortrl.claims import Test
+from sortrl.claims_md import readme_block, trap_caption
 from sortrl.experiment import LECTURE_SEED, Experiment
 from sortrl.findings import Best, Comparison, Findings, fmt_interval, fmt_num
 from sortrl.registry import ConfigError
@@ -78,17 +80,25 @@ def replace_blocks(text: str, blocks: dict[str, str], path: Path) -> str:
     return text
 
 
-def write_readme(path: Path, sections: list[Findings], results: Path) -> Path:
-    """Rewrite the `BLOCKS` of the Markdown file `path` from `sections`, atomically; returns `path`.
+def write_readme(
+    path: Path, sections: list[Findings], results: Path, tests: list[Test] = (), trap: Path | None = None
+) -> Path:
+    """Rewrite the `BLOCKS` of the Markdown file `path` from `sections` and the ledger, atomically; returns `path`.
 
-    Links (the figure, `REPORT.md`) are relative to `path`'s folder. The file is
-    not touched when its blocks already say what they would say.
+    `tests`: the claims ledger (`sortrl.claims.ledger`); `trap`: the figure of
+    solve rate by choice. With neither, the headline is the first experiment's
+    reward curves. Links (the figure, `REPORT.md`, `CLAIMS.md`) are relative to
+    `path`'s folder. The file is not touched when its blocks already say what
+    they would say.
     """
     text = read_readme(path)
-    blocks = {
-        "headline": headline(sections, results, path.parent),
-        "findings": findings(sections, results, path.parent),
-    }
+    if tests:
+        figure = Path(_link(trap, path.parent)) if trap is not None else None
+        caption = trap_caption(list(tests))
+        top = readme_block(list(tests), figure, _link(results / "CLAIMS.md", path.parent), caption)
+    else:
+        top = headline(sections, results, path.parent)
+    blocks = {"headline": top, "findings": findings(sections, results, path.parent)}
     new = replace_blocks(text, blocks, path)
     if new != text:
         atomic_write_bytes(path, new.encode("utf-8"))
@@ -158,7 +168,6 @@ def experiment_sentences(f: Findings) -> list[str]:
         return [f"**`{exp.name}`**: no finished runs yet."]
     out = [f"**`{exp.name}`** ({len(exp.configs)} configurations × {len(exp.grid.seeds)} seeds). {_best(f)}"]
     out += [_against_baseline(f)]
-    out += _claims(f)
     out += _by_prompt_length(f)
     out += _recipes(f)
     return [s for s in out if s]
@@ -216,19 +225,6 @@ def _against_baseline(f: Findings) -> str:
     if m > 1:
         text += f" (uncorrected: by chance alone about {f.chance:.1f} of {m} would exclude 0.5)"
     return text + "."
-
-
-def _claims(f: Findings) -> list[str]:
-    """What the seeds say about each declared claim (`sortrl.findings.check_claim`)."""
-    out = []
-    for c in f.claims:
-        seed = f"seed {c.claim.seed} alone {c.seed_says}; " if c.seed_says else ""
-        source = c.claim.source[:1].upper() + c.claim.source[1:]
-        out.append(
-            f"{source}'s claim that {c.claim.statement}: {seed}over {min(c.n_new, c.n_old)} seeds, "
-            f"P({c.new} > {c.old}) = {c.p_interval}: {c.holds}."
-        )
-    return out
 
 
 def _by_prompt_length(f: Findings) -> list[str]:

@@ -20,6 +20,8 @@ import pandas as pd
 import seaborn as sns
 
 from sortrl import stats
+from sortrl.claims import Test
+from sortrl.claims_md import fmt_effect
 from sortrl.experiment import SEED, Experiment, compared_with, reward_maxima
 from sortrl.figures import FIGURES
 from sortrl.findings import Findings, fmt_ci, fmt_num
@@ -64,42 +66,18 @@ def _findings(f: Findings) -> list[str]:
     return lines
 
 
-def _claims(f: Findings) -> list[str]:
-    """The grid's declared claims, checked across seeds (`sortrl.findings.check_claim`)."""
-    if not f.claims:
+def _claims(f: Findings, tests: list[Test]) -> list[str]:
+    """The ledger's verdicts on the claims this grid tests (the evidence is in CLAIMS.md)."""
+    mine = [t for t in tests if t.experiment == f.experiment.name]
+    if not mine:
         return []
-    intro = "; ".join(
-        f"{c.claim.source} claims that {c.claim.statement} (`{c.new}` vs `{c.old}`)"
-        + (f", concluded from its one run with seed {c.claim.seed}" if c.claim.seed is not None else "")
-        for c in f.claims
-    )
     lines = [
-        "### Claims, across seeds",
+        "### Claims this grid tests",
         "",
-        f"The grid file declares {len(f.claims)} claim{'s' * (len(f.claims) > 1)}: {intro}. Each is checked on "
-        "the final reward (mean reward over the last 10% of epochs) of every seed.",
+        "Tested with paired, Holm-corrected statistics in [CLAIMS.md](CLAIMS.md):",
         "",
     ]
-    for c in f.claims:
-        subject = c.claim.subject[:1].upper() + c.claim.subject[1:]
-        if c.seed_says is not None:
-            s = c.claim.seed
-            spread = ""
-            if c.claim.predicts == "same":
-                small = c.seed_says == "shows little difference"
-                spread = (
-                    f", {'smaller' if small else 'not smaller'} than the seed-to-seed standard deviation of the "
-                    f"final reward within a configuration ({fmt_num(c.std)})"
-                )
-            lines.append(
-                f"- {subject}, seed {s} alone: final reward {fmt_num(c.seed_old)} (`{c.old}`) vs "
-                f"{fmt_num(c.seed_new)} (`{c.new}`), difference {c.seed_new - c.seed_old:+.3f}{spread}: "
-                f"seed {s} alone {c.seed_says}."
-            )
-        lines.append(
-            f"- {subject}, {min(c.n_new, c.n_old)} seeds per configuration: mean difference ({c.new} − {c.old}) "
-            f"{c.diff_interval}; P({c.new} > {c.old}) = {c.p_interval}: {c.holds}. Claim {c.claim.id}: {c.outcome}."
-        )
+    lines += [f"- {t.label}: {t.claim.statement} **{t.verdict}** (effect {fmt_effect(t.effect)})." for t in mine]
     return lines + [""]
 
 
@@ -175,8 +153,8 @@ def _diverged(exp: Experiment) -> list[str]:
     return lines
 
 
-def render_report(experiments: list[Findings]) -> str:
-    """REPORT.md text from the findings of every experiment (in order)."""
+def render_report(experiments: list[Findings], tests: list[Test] = ()) -> str:
+    """REPORT.md text from the findings of every experiment (in order) and the ledger's tests (`sortrl.claims`)."""
     import scipy
 
     lines = [
@@ -216,7 +194,7 @@ def render_report(experiments: list[Findings]) -> str:
             "",
         ]
         lines += ["### Findings", "", *_findings(f), ""]
-        lines += _claims(f)
+        lines += _claims(f, list(tests))
         lines += ["### Diverged runs", "", *_diverged(exp), ""]
         lines += ["### Figures", ""]
         for name in f.figures:

@@ -245,8 +245,11 @@ class RewardFields(TaskFields, Protocol):
 
     task: str
     reward: str
-    length_penalty: float
     prompts_per_epoch: int | None
+    eos: bool
+
+    @property
+    def num_tokens(self) -> int: ...
 
 
 def best_mean_reward(cfg: RewardFields) -> float:
@@ -258,12 +261,11 @@ def best_mean_reward(cfg: RewardFields) -> float:
     `exact_match`, for a prompt of length L. The mean reward's maximum is that
     value when every prompt (training and held-out) shares it, or, when each
     epoch sees every training prompt and there are no held-out prompts, its
-    mean over the prompts. NaN with a length penalty (a shorter response may
-    then score more) or when minibatches of prompts with different maxima make
-    the maximum change from epoch to epoch.
+    mean over the prompts. NaN when minibatches of prompts with different
+    maxima make the maximum change from epoch to epoch. (`mean_reward` is the
+    task's reward, before any length or overlong penalty, so they do not
+    change it.)
     """
-    if cfg.length_penalty != 0:
-        return math.nan
     task = TASKS[cfg.task](cfg)
     prompts = torch.cat([task.train, task.eval])
     best = sorted_prompts(prompts)[None, :, None, :]  # [run batch trial pos]
@@ -272,3 +274,14 @@ def best_mean_reward(cfg: RewardFields) -> float:
         return float(per_prompt[0])
     whole_batch = cfg.prompts_per_epoch is None or cfg.prompts_per_epoch >= len(task.train)
     return float(per_prompt.mean()) if whole_batch and not len(task.eval) else math.nan
+
+
+def chance_mean_reward(cfg: RewardFields) -> float:
+    """Expected mean reward of the uniform random policy on the training prompts (`chance_scores`), reward points.
+
+    What a policy that has learned nothing scores: the floor of chance-normalised
+    scores, (score - chance) / (best - chance).
+    """
+    task = TASKS[cfg.task](cfg)
+    eos_id = cfg.num_values if cfg.eos else None
+    return float(chance_scores(task.train, REWARDS[cfg.reward], cfg.num_tokens, eos_id).mean())

@@ -95,7 +95,7 @@ subject = "centering"
 source = "the lecture"
 new = { deltas_mode = "centered_rewards" }
 old = { deltas_mode = "rewards" }
-predicts = "better"
+predicts = "higher"
 seed = 5
 
 [[claim]]

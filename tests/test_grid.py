@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sortrl.config import make_config
-from sortrl.grid import Claim, normal, parse_grid, value_label
+from sortrl.grid import normal, parse_grid, value_label
 from sortrl.registry import ConfigError
 
 GRID = """
@@ -110,34 +110,45 @@ subject = "the KL penalty"
 source = "a paper"
 new = { kl_penalty = 0.01 }
 old = { kl_penalty = 0.0 }
-predicts = "better"
+predicts = "higher"
 """
 
 
 def test_claims_are_declared_data_compared_at_the_baseline():
-    grid = parse_grid(GRID + CLAIM + CLAIM.replace("K1", "K2").replace("better", "same") + "seed = 1\n")
+    grid = parse_grid(GRID + CLAIM + CLAIM.replace("K1", "K2").replace('"higher"', '"same"') + "seed = 1\n")
     first, second = grid.claims
-    assert first == Claim(
-        "K1", "a KL penalty helps", "the KL penalty", "a paper", {"kl_penalty": 0.01}, {"kl_penalty": 0.0}, "better"
-    )
-    assert (second.predicts, second.seed) == ("same", 1)
-    new, old = grid.compared(first)  # other axes (deltas_mode, loss_mode) at the baseline's values
+    assert (first.id, first.statement, first.subject, first.source) == (
+        "K1", "a KL penalty helps", "the KL penalty", "a paper",
+    )  # fmt: skip
+    assert (first.new, first.old, first.predicts, first.prediction) == (
+        {"kl_penalty": 0.01}, {"kl_penalty": 0.0}, "higher", ">",
+    )  # fmt: skip
+    assert (first.kind, first.metric, first.margin, first.across) == ("pair", "final_score", 0.05, None)
+    assert (second.predicts, second.prediction, second.seed) == ("same", "=", 1)
+    # other axes (deltas_mode, loss_mode) at the baseline's values
+    new, old = grid.select(first.new), grid.select(first.old)
     assert (new.label, old.label) == ("rewards / kl=0.01 / naive", "rewards / kl=0 / naive")
+    assert grid.tests(first) == [{}]
 
 
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
         (
-            ('predicts = "better"', 'predicts = "maybe"'),
-            "predicts: unknown value 'maybe'; valid choices: better, worse, same",
+            ('predicts = "higher"', 'predicts = "maybe"'),
+            "predicts: unknown value 'maybe'; valid choices: higher, lower, same",
         ),
         (('statement = "a KL penalty helps"\n', ""), "statement: required"),
         (('id = "K1"', 'id = "K1"\nhow = 3'), "unknown key 'how'"),
-        (("new = { kl_penalty = 0.01 }", "new = { kl_penalty = 0.5 }"), "new: no configuration of the grid"),
+        (("new = { kl_penalty = 0.01 }", "new = { kl_penalty = 0.5 }"), "no configuration of the grid has"),
         (("new = { kl_penalty = 0.01 }", "new = { kl_penalty = 0.0 }"), "new and old are the same configuration"),
-        (("new = { kl_penalty = 0.01 }", "new = { klp = 0.01 }"), "new: 'klp' is not a RunConfig field"),
-        (('predicts = "better"', 'predicts = "better"\nseed = 7'), "seed: must be one of the grid's seeds"),
+        (("new = { kl_penalty = 0.01 }", "new = { klp = 0.01 }"), "new: 'klp' is not an axis or a RunConfig field"),
+        (('predicts = "higher"', 'predicts = "higher"\nseed = 7'), "seed: must be one of the grid's seeds"),
+        (('predicts = "higher"', 'predicts = "higher"\nmetric = "vibes"'), "metric: unknown value 'vibes'"),
+        (('predicts = "higher"', 'predicts = "higher"\nkind = "trend"'), "axis: a trend claim needs one of"),
+        (('predicts = "higher"', 'predicts = "higher"\nmargin = -1'), "margin: must be a number >= 0"),
+        (('predicts = "higher"', 'predicts = "higher"\nacross = "colour"'), "across: must be one of the grid's axes"),
+        (("old = { kl_penalty = 0.0 }\n", ""), "new, old: a pair claim compares two configurations"),
     ],
 )
 def test_bad_claims_are_one_line_errors(change, needle):
@@ -145,3 +156,60 @@ def test_bad_claims_are_one_line_errors(change, needle):
         parse_grid(GRID + CLAIM.replace(*change), "claims.toml")
     message = str(error.value)
     assert message.startswith("claims.toml: [[claim]] K1: ") and needle in message and "\n" not in message
+
+
+BUNDLED = """
+name = "regimes"
+seeds = 3
+baseline = { regime = "lecture", deltas_mode = "rewards" }
+
+[base]
+num_epochs = 4
+
+[grid]
+regime = [{ name = "lecture" }, { name = "explore", temperature = 2.0, entropy_coeff = 0.3 }]
+deltas_mode = ["rewards", "centered_rewards"]
+
+[[claim]]
+id = "R"
+statement = "centering helps"
+source = "the lecture"
+new = { deltas_mode = "centered_rewards" }
+old = { deltas_mode = "rewards" }
+predicts = "higher"
+"""
+
+
+def test_a_bundle_axis_sets_several_fields_under_one_name():
+    grid = parse_grid(BUNDLED)
+    labels = [c.label for c in grid.configurations()]
+    assert labels == [
+        "lecture / rewards",
+        "lecture / centered_rewards",
+        "explore / rewards",
+        "explore / centered_rewards",
+    ]
+    explore = grid.select({"regime": "explore"})
+    assert (explore.config.temperature, explore.config.entropy_coeff, explore.config.num_epochs) == (2.0, 0.3, 4)
+    assert grid.select({}).config.temperature == 1.0  # the baseline: lecture
+    assert grid.bundles == ["regime"] and grid.axis_values("regime") == ["lecture", "explore"]
+    (claim,) = grid.claims
+    assert claim.across == "regime"  # a grid with a regime axis tests every claim in each regime
+    assert grid.tests(claim) == [{"regime": "lecture"}, {"regime": "explore"}]
+    assert [c.label for c in grid.matching({"regime": "explore"})] == labels[2:]
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (('{ name = "lecture" }', "{ }"), "each value needs a name"),
+        (('{ name = "lecture" }', '{ name = "explore" }'), "two values are named 'explore'"),
+        (("entropy_coeff = 0.3", "entropy = 0.3"), "unknown field 'entropy'"),
+        (("entropy_coeff = 0.3", "deltas_mode = 'rewards'"), "sets 'deltas_mode', which is an axis too"),
+        (('regime = [{ name = "lecture" }, ', 'regime = ["lecture", '), "must be tables with a name"),
+    ],
+)
+def test_bad_bundle_axes_are_one_line_errors(change, needle):
+    with pytest.raises(ConfigError) as error:
+        parse_grid(BUNDLED.replace(*change), "regimes.toml")
+    assert str(error.value).startswith("regimes.toml: ") and needle in str(error.value)

@@ -1,0 +1,282 @@
+"""One figure per claim of the ledger, designed for what the claim says.
+
+`FIGURES` maps a figure name (a claim's `figure`, or its kind's default in
+`DEFAULTS`) to a function `(experiment, claim, tests) -> Figure`, with the
+per-epoch curves it needs (`curves_needed`). Every figure has one panel per
+test of the claim (one per regime), shares the report's style and writes
+byte-identical PNGs (`sortrl.figures.save_figure`).
+
+| figure | shows |
+| --- | --- |
+| `paired` | each seed's effect (dots), the mean effect with its 95% CI, 0, and the equivalence margin (band) |
+| `trend` | the score along the claim's axis: mean over seeds with its 95% CI |
+| `scatter` | one point per configuration: the claim's `x` score against its metric |
+| `solve_bars` | solve rate with its Wilson 95% CI per configuration of the claim's axis, the `sft` reference dashed |
+| `curves:<metric>` | the metric per epoch of the compared configurations, mean over seeds with a 95% CI band |
+| `length_by_sign` | response length of responses below (solid) and above (dashed) their group's mean reward, per epoch |
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Callable
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from sortrl import stats
+from sortrl.claims import SEED, Test
+from sortrl.experiment import Experiment, make_palette
+from sortrl.figures import style, subplots
+from sortrl.grid import Claim
+from sortrl.scores import DERIVED, SCORES
+from sortrl.verdicts import wilson
+
+DEFAULTS = {"pair": "paired", "each": "paired", "interaction": "paired", "trend": "trend", "correlation": "scatter"}
+"""The figure of a claim that names none, by its kind."""
+
+REFERENCE = "sft"
+"""The label part that marks the supervised reference configuration in a claim's figures."""
+
+
+def figure_name(claim: Claim) -> str:
+    return claim.figure or DEFAULTS[claim.kind]
+
+
+def curves_needed(claims: list[Claim]) -> list[str]:
+    """The per-epoch metrics the figures of `claims` draw (what `load_experiment` must keep)."""
+    out = []
+    for claim in claims:
+        name = figure_name(claim)
+        if name.startswith("curves:"):
+            out.append(name.split(":", 1)[1])
+        if name == "length_by_sign":
+            out += ["response_length/below_mean", "response_length/above_mean"]
+    return list(dict.fromkeys(out))
+
+
+def metric_label(metric: str) -> str:
+    """An axis label for a score: its name and unit."""
+    if metric in DERIVED:
+        return "final score (0 = uniform random policy, 1 = best)"
+    return f"{metric.replace('_', ' ')} ({SCORES[metric].unit})"
+
+
+def _title(claim: Claim) -> str:
+    return "\n".join(textwrap.wrap(f"{claim.id}: {claim.statement}", 90))
+
+
+def _panels(tests: list[Test], width: float = 4.6, height: float = 3.4) -> tuple[Figure, list]:
+
+    wheres = list(dict.fromkeys(t.where for t in tests)) or [""]
+    fig, axes = subplots(1, len(wheres), (0.8 + width * len(wheres), height))
+    return fig, list(zip(wheres, axes[0], strict=True))
+
+
+def paired(exp: Experiment, claim: Claim, tests: list[Test]) -> Figure:
+    """Per-seed effects, their mean and 95% CI, zero and the margin band; one row per test, one panel per regime."""
+
+    with style():
+        fig, panels = _panels(tests, height=1.2 + 0.45 * max(1, _rows(tests)))
+        for where, ax in panels:
+            mine = [t for t in tests if _in(t, where)]
+            rng = np.random.default_rng(SEED)
+            for y, test in enumerate(mine):
+                d = test.differences
+                ax.scatter(d, y + rng.uniform(-0.18, 0.18, len(d)), s=6, alpha=0.35, color="tab:blue", lw=0)
+                e = test.effect
+                if not math.isnan(e.low):
+                    ax.plot([e.low, e.high], [y, y], color="black", lw=2.2)
+                ax.plot([e.point], [y], "o", color="black", ms=5)
+                if not math.isnan(test.seed_effect):
+                    ax.plot([test.seed_effect], [y], "*", color="tab:red", ms=10)
+            ax.axvspan(-claim.margin, claim.margin, color="grey", alpha=0.15, lw=0)
+            ax.axvline(0, color="grey", lw=1)
+            ax.set_yticks(range(len(mine)), [_row_label(t, where) for t in mine])
+            ax.set_ylim(-0.6, len(mine) - 0.4)
+            ax.set_title(where or exp.name)
+            ax.set_xlabel(f"effect per seed: {_effect_words(claim)}\n{metric_label(claim.metric)}")
+        handles = [
+            Line2D([], [], marker="o", color="tab:blue", ls="", alpha=0.5, label="one seed"),
+            Line2D([], [], marker="o", color="black", lw=2.2, label="mean, 95% CI"),
+            Line2D([], [], color="grey", lw=6, alpha=0.3, label=f"equivalence margin ±{claim.margin:g}"),
+        ]
+        if any(not math.isnan(t.seed_effect) for t in tests):
+            handles.append(Line2D([], [], marker="*", color="tab:red", ls="", ms=10, label=f"seed {claim.seed} alone"))
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+        fig.suptitle(_title(claim))
+    return fig
+
+
+def _rows(tests: list[Test]) -> int:
+    counts: dict[str, int] = {}
+    for t in tests:
+        counts[t.where] = counts.get(t.where, 0) + 1
+    return max(counts.values()) if counts else 1
+
+
+def _in(test: Test, where: str) -> bool:
+    return test.where == where
+
+
+def _row_label(test: Test, where: str) -> str:
+    return test.case or f"{test.n} seeds"
+
+
+def _effect_words(claim: Claim) -> str:
+    new = ", ".join(f"{v}" for v in claim.new.values())
+    old = ", ".join(f"{v}" for v in claim.old.values())
+    if claim.kind == "interaction":
+        axis, (a, b) = next(iter(claim.within.items()))
+        return f"({new} - {old}) at {a} minus at {b}"
+    if claim.kind == "each":
+        return f"each {claim.axis} minus {old}"
+    return f"{new} minus {old}"
+
+
+def trend(exp: Experiment, claim: Claim, tests: list[Test]) -> Figure:
+    """The score along the claim's axis, mean with its 95% CI, one line per test."""
+
+    with style():
+        fig, panels = _panels(tests)
+        for where, ax in panels:
+            for test in [t for t in tests if _in(t, where)]:
+                x = np.arange(len(test.sides))
+                means = [s.mean for s in test.sides]
+                low = [s.interval.low for s in test.sides]
+                high = [s.interval.high for s in test.sides]
+                ax.plot(x, means, "o-", color="tab:blue")
+                ax.fill_between(x, low, high, color="tab:blue", alpha=0.2, lw=0)
+                ax.set_xticks(x, [str(v) for v in exp.grid.axis_values(claim.axis)])
+                ax.set_title(f"{where or exp.name}: slope {test.effect.point:+.3f} per step")
+            ax.set_xlabel(claim.axis)
+            ax.set_ylabel(metric_label(claim.metric))
+        fig.suptitle(_title(claim))
+    return fig
+
+
+def scatter(exp: Experiment, claim: Claim, tests: list[Test]) -> Figure:
+    """One point per configuration: mean `x` score against mean metric, with the Spearman rho."""
+
+    with style():
+        fig, panels = _panels(tests)
+        for where, ax in panels:
+            test = next((t for t in tests if t.where == where), None)
+            labels = [c.label for c in exp.grid.matching(test.setting if test is not None else {})]
+            means = exp.final[exp.final["configuration"].isin(labels)]
+            means = means.groupby("configuration", observed=True)[[claim.x, claim.metric]].mean()
+            ax.scatter(means[claim.x], means[claim.metric], s=18, color="tab:blue")
+            rho = f"Spearman rho {test.effect.point:+.2f}" if test is not None else ""
+            ax.set_title(f"{where or exp.name}: {len(means)} configurations, {rho}")
+            ax.set_xlabel(metric_label(claim.x))
+            ax.set_ylabel(metric_label(claim.metric))
+        fig.suptitle(_title(claim))
+    return fig
+
+
+def solve_bars(exp: Experiment, claim: Claim, tests: list[Test]) -> Figure:
+    """Solve rate (Wilson 95% CI) of every configuration along the claim's axis, the `sft` reference dashed."""
+
+    grid = exp.grid
+    axis = claim.axis or next(iter(grid.axes))
+    values = grid.axis_values(axis)
+    with style():
+        fig, panels = _panels(tests, width=5.2, height=0.9 + 0.32 * len(values))
+        for where, ax in panels:
+            setting = next((t.setting for t in tests if t.where == where), {})
+            rows = []
+            for v in values:
+                found = grid.select({**claim.new, **setting, axis: v})
+                solved = exp.final.loc[exp.final["configuration"] == found.label, "solved"].to_numpy(float)
+                rows.append((str(v), wilson(int(np.nansum(solved)), int(np.isfinite(solved).sum()))))
+            y = np.arange(len(rows))[::-1]
+            for yi, (name, ci) in zip(y, rows, strict=True):
+                colour = "tab:green" if name == REFERENCE else "tab:blue"
+                ax.barh(yi, ci.point, color=colour, alpha=0.6)
+                ax.plot([ci.low, ci.high], [yi, yi], color="black", lw=1.2)
+            reference = next((ci for name, ci in rows if name == REFERENCE), None)
+            if reference is not None:
+                ax.axvline(reference.point, color="tab:green", ls="--", lw=1)
+            ax.set_yticks(y, [name for name, _ in rows])
+            ax.set_xlim(0, 1.02)
+            ax.set_xlabel("solve rate: share of seeds whose greedy policy sorts every prompt (Wilson 95% CI)")
+            ax.set_title(where or exp.name)
+        fig.suptitle(_title(claim))
+    return fig
+
+
+def curves(metric: str) -> Callable[[Experiment, Claim, list[Test]], Figure]:
+    """`metric` per epoch of the configurations each test compares: mean over seeds with a 95% CI band."""
+
+    def draw(exp: Experiment, claim: Claim, tests: list[Test]) -> Figure:
+        return _curve_panels(exp, claim, tests, [(metric, "-")], metric)
+
+    return draw
+
+
+def length_by_sign(exp: Experiment, claim: Claim, tests: list[Test]) -> Figure:
+    """Response length of below-mean (solid) and above-mean (dashed) responses per epoch."""
+    metrics = [("response_length/below_mean", "-"), ("response_length/above_mean", "--")]
+    return _curve_panels(exp, claim, tests, metrics, "response length (tokens before EOS)")
+
+
+def _curve_panels(
+    exp: Experiment, claim: Claim, tests: list[Test], metrics: list[tuple[str, str]], ylabel: str
+) -> Figure:
+
+    labels = list(dict.fromkeys(s.label for t in tests for s in t.sides))
+    palette = make_palette([_short(exp, label, tests) for label in labels])
+    with style():
+        fig, panels = _panels(tests)
+        for where, ax in panels:
+            for test in [t for t in tests if _in(t, where)]:
+                for side in test.sides:
+                    part = exp.curves[exp.curves["configuration"] == side.label]
+                    for metric, line in metrics:
+                        if metric not in part:
+                            continue
+                        wide = part.pivot(index="epoch", columns="seed", values=metric).dropna()
+                        if wide.empty:
+                            continue
+                        colour = palette[_short(exp, side.label, tests)]
+                        low, high = stats.curve_ci(wide.to_numpy(), stats.mean, SEED)
+                        ax.plot(wide.index, wide.to_numpy().mean(axis=1), line, color=colour, lw=1.4)
+                        ax.fill_between(wide.index, low, high, color=colour, alpha=0.15, lw=0)
+            ax.set_title(where or exp.name)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(ylabel)
+        handles = [Line2D([], [], color=c, lw=1.4, label=name) for name, c in palette.items()]
+        handles += [
+            Line2D([], [], color="grey", ls=line, label=m.split("/")[-1]) for m, line in metrics if len(metrics) > 1
+        ]
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), frameon=False)
+        fig.suptitle(_title(claim))
+    return fig
+
+
+def _short(exp: Experiment, label: str, tests: list[Test]) -> str:
+    """A configuration's label without the parts every compared configuration shares (e.g. its regime)."""
+    labels = list(dict.fromkeys(s.label for t in tests for s in t.sides))
+    parts = [lab.split(" / ") for lab in labels]
+    shared = set.intersection(*(set(p) for p in parts)) if parts else set()
+    mine = [p for p in label.split(" / ") if p not in shared or len(labels) == 1]
+    return " / ".join(mine) or label
+
+
+FIGURES: dict[str, Callable[[Experiment, Claim, list[Test]], Figure]] = {
+    "paired": paired,
+    "trend": trend,
+    "scatter": scatter,
+    "solve_bars": solve_bars,
+    "length_by_sign": length_by_sign,
+}
+"""Claim figures by name; `curves:<metric>` names are made by `curves`."""
+
+
+def draw(exp: Experiment, claim: Claim, tests: list[Test]) -> Figure:
+    """The figure of `claim` (its `figure`, or its kind's default) from its tests on `exp`."""
+    name = figure_name(claim)
+    fn = curves(name.split(":", 1)[1]) if name.startswith("curves:") else FIGURES[name]
+    return fn(exp, claim, tests)

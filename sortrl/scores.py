@@ -1,0 +1,168 @@
+"""Per-run scores: what a run's per-epoch metrics reduce to (one number per run), for summaries and claims.
+
+Each entry of `SCORES` names the metric columns it reads (glob patterns, so a
+score may read every `abs_delta/prompt=*` column a run has) and reduces the
+rows of many runs at once: `reduce(rows)` takes one row per (run, epoch)
+with a `run` column (an integer per run), `epoch` and the metrics, and returns
+a Series indexed by `run`. A score whose metrics a run lacks is NaN for it.
+`sortrl.experiment` computes the scores while it reads the stored chunks.
+
+The final-value convention is rliable's and the lecture's: a run's *final*
+value of a metric is its mean over the last `stats.FINAL_FRACTION` (10%) of
+the epochs where it was measured.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from sortrl import stats
+
+LATE_FRACTION = 0.2
+"""`reward_volatility` looks at the last 20% of a run's epochs."""
+
+
+class Score(NamedTuple):
+    """A per-run score: its metrics, how it reduces them, what it means and its unit."""
+
+    metrics: tuple[str, ...]
+    """Metric columns read (glob patterns)."""
+    reduce: Callable[[pd.DataFrame], pd.Series]
+    doc: str
+    unit: str
+
+
+def _final(metric: str, fraction: float = stats.FINAL_FRACTION) -> Callable[[pd.DataFrame], pd.Series]:
+    def reduce(rows: pd.DataFrame) -> pd.Series:
+        return stats.final_scores(rows, metric, fraction=fraction, by="run")
+
+    return reduce
+
+
+def _difference(a: str, b: str) -> Callable[[pd.DataFrame], pd.Series]:
+    def reduce(rows: pd.DataFrame) -> pd.Series:
+        return _final(a)(rows).sub(_final(b)(rows))
+
+    return reduce
+
+
+def _late_std(metric: str) -> Callable[[pd.DataFrame], pd.Series]:
+    def reduce(rows: pd.DataFrame) -> pd.Series:
+        first = rows.groupby("run")["epoch"].transform("max") * (1 - LATE_FRACTION)
+        late = rows[rows["epoch"] >= first]
+        return late.groupby("run")[metric].std(ddof=1)
+
+    return reduce
+
+
+def _mean_over_training(metric: str) -> Callable[[pd.DataFrame], pd.Series]:
+    def reduce(rows: pd.DataFrame) -> pd.Series:
+        return rows.groupby("run")[metric].mean()
+
+    return reduce
+
+
+def _spread_slope(rows: pd.DataFrame) -> pd.Series:
+    """Per run: least-squares slope of log mean|delta| on log reward std, over (prompt, epoch) with a spread."""
+    weights = sorted(c for c in rows if c.startswith("abs_delta/prompt="))
+    spreads = [c.replace("abs_delta/", "reward_std/") for c in weights]
+    if not weights or not all(s in rows for s in spreads):
+        return pd.Series(dtype=float)
+    w = rows[weights].to_numpy(dtype=float)
+    s = rows[spreads].to_numpy(dtype=float)
+    run = np.repeat(rows["run"].to_numpy(), len(weights))
+    x, y = np.log(s.ravel()), np.log(w.ravel())
+    ok = np.isfinite(x) & np.isfinite(y)
+    table = pd.DataFrame({"run": run[ok], "x": x[ok], "y": y[ok]})
+    if table.empty:
+        return pd.Series(dtype=float)
+    centred = table.assign(
+        x=table["x"] - table.groupby("run")["x"].transform("mean"),
+        y=table["y"] - table.groupby("run")["y"].transform("mean"),
+    )
+    sums = centred.assign(xy=centred["x"] * centred["y"], xx=centred["x"] ** 2).groupby("run")[["xy", "xx"]].sum()
+    return (sums["xy"] / sums["xx"].where(sums["xx"] > 0)).rename("spread_slope")
+
+
+SCORES: dict[str, Score] = {
+    "final_reward": Score(("mean_reward",), _final("mean_reward"), "mean reward over the last 10% of epochs", "reward"),
+    "final_greedy_accuracy": Score(
+        ("greedy_accuracy",), _final("greedy_accuracy", 0), "share of training prompts the greedy policy sorts", "share"
+    ),
+    "solved": Score(
+        ("solve_rate",), _final("solve_rate", 0), "1 if the greedy policy sorts every training prompt, else 0", "0/1"
+    ),
+    "final_exact_rate": Score(
+        ("exact_rate",), _final("exact_rate"), "share of sampled responses exactly sorted (last 10%)", "share"
+    ),
+    "final_entropy": Score(("entropy",), _final("entropy"), "entropy of the sampling policy (last 10%)", "nats"),
+    "final_loss": Score(("loss",), _final("loss"), "the loss (last 10%)", "loss"),
+    "final_kl": Score(("kl",), _final("kl"), "KL to the reference (last 10%)", "nats"),
+    "final_response_length": Score(
+        ("response_length",), _final("response_length"), "response length (last 10%)", "tokens"
+    ),
+    "length_gap": Score(
+        ("response_length/below_mean", "response_length/above_mean"),
+        _difference("response_length/below_mean", "response_length/above_mean"),
+        "length of below-group-mean responses minus that of above-mean ones (last 10%)",
+        "tokens",
+    ),
+    "length_weighting": Score(
+        ("response_length/loss_weighted", "response_length"),
+        _difference("response_length/loss_weighted", "response_length"),
+        "loss-weighted minus plain mean response length (last 10%): how much the loss favours long responses",
+        "tokens",
+    ),
+    "reward_volatility": Score(
+        ("mean_reward",),
+        _late_std("mean_reward"),
+        "std over the last 20% of epochs of the epoch's mean reward",
+        "reward",
+    ),
+    "reward_auc": Score(
+        ("mean_reward",),
+        _mean_over_training("mean_reward"),
+        "mean reward over all epochs (area under the curve)",
+        "reward",
+    ),
+    "spread_slope": Score(
+        ("abs_delta/prompt=*", "reward_std/prompt=*"),
+        _spread_slope,
+        "slope of log mean |delta| on log reward std across prompts and epochs (1: weight follows spread; 0: none)",
+        "slope",
+    ),
+    "final_eval/mean_reward": Score(
+        ("eval/mean_reward",), _final("eval/mean_reward"), "held-out mean reward (last 10% of evaluations)", "reward"
+    ),
+    "final_eval/greedy_accuracy": Score(
+        ("eval/greedy_accuracy",), _final("eval/greedy_accuracy", 0), "held-out greedy accuracy", "share"
+    ),
+}
+"""Every per-run score, by name (also the names a claim's `metric` may use)."""
+
+DERIVED = {
+    "final_score": "final reward, chance-normalised: (final reward - uniform policy's) / (best - uniform policy's)"
+}
+"""Scores `sortrl.experiment` derives from a score and the configuration (not from the rows alone)."""
+
+
+def columns(names: list[str], available: list[str]) -> list[str]:
+    """The metric columns of `available` that the scores `names` read (their glob patterns resolved)."""
+    patterns = [p for name in names for p in SCORES[name].metrics]
+    return [c for c in available if any(fnmatch.fnmatchcase(c, p) for p in patterns)]
+
+
+def compute(names: list[str], rows: pd.DataFrame) -> pd.DataFrame:
+    """The scores `names` of the runs in `rows` (one row per run and epoch, a `run` column): [run] x [name]."""
+    out = {}
+    for name in names:
+        score = SCORES[name]
+        if all(any(fnmatch.fnmatchcase(c, p) for c in rows) for p in score.metrics):
+            out[name] = score.reduce(rows)
+    index = pd.Index(np.unique(rows["run"].to_numpy()), name="run")
+    return pd.DataFrame({k: v.reindex(index) for k, v in out.items()}, index=index)
