@@ -158,3 +158,27 @@ def report_results(tmp_path_factory, worker_id, report_grids):
                 run_sweep(parse_grid(text), root, n_jobs=1)
             listing.write_text(json.dumps([str(p) for p in write_report(root)]))
     return root, [Path(p) for p in json.loads(listing.read_text())]
+
+
+@pytest.fixture(scope="module")
+def results(report_results):
+    """The shared tiny results folder (`report_results`)."""
+    return report_results[0]
+
+
+@pytest.fixture(scope="module")
+def written(report_results):
+    """The paths `write_report` wrote into it."""
+    return report_results[1]
+
+
+@pytest.fixture(scope="module")
+def sections(results, written):
+    """The findings of each experiment, as `write_report` passes them to the README."""
+    from sortrl import experiment, figures, findings
+
+    out = []
+    for exp in experiment.load_experiments(results, figures.curve_metrics()):
+        names = [n for n in figures.FIGURES if (results / "figures" / f"{exp.name}_{n}.png").is_file()]
+        out.append(findings.findings(exp, experiment.summarize(exp), names))
+    return out

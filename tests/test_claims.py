@@ -143,27 +143,6 @@ def test_inconclusive_tests_say_how_many_seeds_they_would_need():
 
 
 # --- what `sortrl report` writes for the tiny grid's claims (C1: centering helps; C2: normalising is the same) ---
-@pytest.fixture(scope="module")
-def results(report_results):
-    return report_results[0]
-
-
-@pytest.fixture(scope="module")
-def written(report_results):
-    return report_results[1]
-
-
-@pytest.fixture(scope="module")
-def sections(results, written):
-    from sortrl import figures, findings
-
-    out = []
-    for exp in experiment.load_experiments(results, figures.curve_metrics()):
-        names = [n for n in figures.FIGURES if (results / "figures" / f"{exp.name}_{n}.png").is_file()]
-        out.append(findings.findings(exp, experiment.summarize(exp), names))
-    return out
-
-
 def test_claims_md_and_figures_for_the_tiny_grid(results, written):
     exp = experiment.load_experiment(results, "tiny")
     ledger = claims.ledger(claims.tests(exp))

@@ -21,16 +21,6 @@ from sortrl.sweep import run_sweep
 from sortrl.task import best_mean_reward
 
 
-@pytest.fixture(scope="module")
-def results(report_results):
-    return report_results[0]
-
-
-@pytest.fixture(scope="module")
-def written(report_results):
-    return report_results[1]
-
-
 @pytest.fixture
 def copy(results, tmp_path):
     """A copy of the results folder that a test may change."""
@@ -303,16 +293,6 @@ def _outside_blocks(text: str, names=readme.BLOCKS) -> list[str]:
     """The text outside the given generated blocks (markers included), in order."""
     pattern = "|".join(f"(?<={re.escape(b)}).*?(?={re.escape(e)})" for b, e in map(readme.markers, names))
     return re.split(pattern, text, flags=re.S)
-
-
-@pytest.fixture(scope="module")
-def sections(results, written):
-    """The findings of each experiment, as `write_report` passes them to the README."""
-    out = []
-    for exp in experiment.load_experiments(results, figures.curve_metrics()):
-        names = [n for n in figures.FIGURES if (results / "figures" / f"{exp.name}_{n}.png").is_file()]
-        out.append(findings.findings(exp, experiment.summarize(exp), names))
-    return out
 
 
 def test_readme_blocks_are_generated_and_hand_text_is_kept(results, sections, tmp_path):
