@@ -5,15 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-
-
-@pytest.fixture(scope="module")
-def results(report_results):
-    return report_results[0]
 
 
 def _run(name: str, results: Path, monkeypatch) -> str:
