@@ -45,7 +45,7 @@ from sortrl.verdicts import (
 SEED = 0
 """Seed of every bootstrap in the ledger."""
 
-BINARY = ("solved",)
+BINARY = ("solved", "stuck")
 """Scores that are 0/1 per run: tested with McNemar's exact test, summarised with Wilson intervals."""
 
 
@@ -110,7 +110,8 @@ def _tests(exp: Experiment, claim: Claim, setting: dict, where: str) -> list[Tes
     grid = exp.grid
     if claim.kind == "each":
         reference = grid.select({**claim.old, **setting})
-        chosen = [(grid.select({**claim.new, claim.axis: v, **setting}), v) for v in grid.axis_values(claim.axis)]
+        values = [v for v in grid.axis_values(claim.axis) if v not in claim.skip]
+        chosen = [(grid.select({**claim.new, claim.axis: v, **setting}), v) for v in values]
         return [
             _pair(exp, claim, new, reference, where, value_label(claim.axis, v))
             for new, v in chosen
@@ -162,7 +163,9 @@ def _pair(exp: Experiment, claim: Claim, new: Configuration, old: Configuration,
 
 
 def _trend(exp: Experiment, claim: Claim, along: list[Configuration], where: str) -> Test:
-    labels = [c.label for c in along]
+    # along the values where the metric is defined (the KL of a run without a KL penalty is not)
+    defined = exp.final.groupby("configuration", observed=True)[claim.metric].apply(lambda v: v.notna().any())
+    labels = [c.label for c in along if defined.get(c.label, False)]
     scores, seeds = _matrix(exp, labels, claim.metric)
     steps = np.arange(len(labels), dtype=float)
     centred = steps - steps.mean()
@@ -206,8 +209,21 @@ def _correlation(exp: Experiment, claim: Claim, setting: dict, where: str) -> Te
     return Test(claim, exp.name, where, "", (), len(x), effect, float(rho.pvalue))
 
 
+SOURCE_ORDER = "LDGRE"
+"""Claims are listed by the first letter of their id in this order (lecture, Dr. GRPO, GRPO, the rest, the trap)."""
+
+
+def _order(test: Test) -> tuple:
+    first = test.claim.id[:1]
+    return (SOURCE_ORDER.find(first) % (len(SOURCE_ORDER) + 1), test.claim.id)
+
+
 def ledger(all_tests: list[Test]) -> list[Test]:
-    """`all_tests` with Holm-corrected p-values over the whole ledger, verdicts, and seeds needed where inconclusive."""
+    """`all_tests` with Holm-corrected p-values over the whole ledger, verdicts, and seeds needed where inconclusive.
+
+    The tests come back in ledger order: by claim (`SOURCE_ORDER`, then id), each claim's tests as they were.
+    """
+    all_tests = sorted(all_tests, key=_order)  # stable: a claim's tests keep their order
     adjusted = holm([t.p for t in all_tests])
     out = []
     for test, p in zip(all_tests, adjusted, strict=True):

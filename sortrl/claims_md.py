@@ -80,7 +80,7 @@ def counts(tests: list[Test]) -> str:
 def render(tests: list[Test], figures: dict[str, str]) -> str:
     """CLAIMS.md text from the ledger's tests (`claims.ledger`) and each claim's figure path (relative to it)."""
     claims = list(dict.fromkeys(t.claim.id for t in tests))
-    n_min = min((t.n for t in tests if t.claim.kind != "correlation"), default=0)
+    n_min = min((t.n for t in tests if t.claim.kind != "correlation" and t.n), default=0)
     lines = [
         "# sortrl claims ledger",
         "",

@@ -128,8 +128,13 @@ class Experiment:
 
     @property
     def scale_axes(self) -> list[str]:
-        """Axes whose values change the reward's scale (`SCALE_FIELDS`)."""
-        return [a for a in self.axes if a in SCALE_FIELDS]
+        """Axes whose values change the reward's scale (`SCALE_FIELDS`), bundle axes that set one of them included."""
+        bundles = self.grid.bundles
+        return [
+            a
+            for a in self.axes
+            if a in SCALE_FIELDS or (a in bundles and any(set(v) & set(SCALE_FIELDS) for v in self.grid.axes[a]))
+        ]
 
     @property
     def reward_fraction(self) -> bool:

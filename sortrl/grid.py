@@ -65,7 +65,7 @@ SHORT_NAMES = {"kl_penalty": "kl", "learning_rate": "lr"}
 
 CLAIM_KEYS = (
     "id", "statement", "subject", "source", "kind", "metric", "new", "old", "predicts", "margin",
-    "axis", "within", "across", "seed", "implied", "figure", "x",
+    "axis", "within", "across", "seed", "implied", "figure", "x", "skip",
 )  # fmt: skip
 KINDS = ("pair", "each", "trend", "interaction", "correlation")
 """How a claim compares configurations (see `Claim`)."""
@@ -199,6 +199,8 @@ class Claim:
     """The figure drawn for the claim (`sortrl.claims` figure name); None: the kind's default."""
     x: str | None = None
     """`correlation`: the metric on the other axis."""
+    skip: tuple[Any, ...] = ()
+    """`each`: values of `axis` not compared with `old` (a reference drawn beside them, such as `sft`)."""
 
     @property
     def scores(self) -> tuple[str, ...]:
@@ -371,8 +373,14 @@ def _bundle_fields(value: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in value.items() if k != "name"}
 
 
+RESERVED_AXES = ("configuration", "seed", "baseline", "reference", "max_reward", "chance_reward", "hue", "col", "row")
+"""Names a bundle axis cannot take: the report's tables already have columns of these names."""
+
+
 def _check_bundle(axis: str, values: list[Any], axes: dict[str, list[Any]], path: str | Path) -> None:
     """A bundle axis: tables, each with a distinct non-empty `name` and only fields no other axis sets."""
+    if axis in RESERVED_AXES:
+        raise _fail(path, f"[grid] {axis}: is a name the report's tables use; call the axis something else")
     for value in values:
         if not isinstance(value, dict):
             raise _fail(path, f"[grid] {axis}: is not a RunConfig field, so its values must be tables with a name")
@@ -509,6 +517,15 @@ def _parse_claims(tables: Any, grid: Grid, path: str | Path) -> tuple[Claim, ...
             raise fail(
                 f"across: must be one of the grid's axes ({', '.join(grid.axes) or 'none'}), got {values['across']!r}"
             )
+        if "skip" in values:
+            skip = values["skip"]
+            if (
+                not isinstance(skip, list)
+                or kind != "each"
+                or any(v not in grid.axis_values(values["axis"]) for v in skip)
+            ):
+                raise fail(f"skip: an each claim's list of values of its axis not to compare, got {skip!r}")
+            values["skip"] = tuple(skip)
         claim = Claim(**{k: values[k] for k in CLAIM_KEYS if k in values})
         _check_claim_configurations(claim, grid, fail)
         claims.append(claim)

@@ -67,6 +67,22 @@ def _mean_over_training(metric: str) -> Callable[[pd.DataFrame], pd.Series]:
     return reduce
 
 
+STUCK_ENTROPY = 0.1
+"""Below this final entropy (nats) a run's policy is nearly deterministic: `stuck` if it also stopped improving."""
+
+
+def _stuck(rows: pd.DataFrame) -> pd.Series:
+    """1 when a run ends at a partial-credit fixed point, else 0: the greedy policy sorts some but not all training
+    prompts, its greedy accuracy did not change over the last 20% of epochs, and its final entropy is below 0.1 nats."""
+    first = rows.groupby("run")["epoch"].transform("max") * (1 - LATE_FRACTION)
+    late = rows[rows["epoch"] >= first].groupby("run")
+    accuracy = late["greedy_accuracy"]
+    constant = accuracy.max() == accuracy.min()
+    partial = accuracy.last() < 1
+    calm = _final("entropy")(rows) < STUCK_ENTROPY
+    return (constant & partial & calm).astype(float)
+
+
 def _spread_slope(rows: pd.DataFrame) -> pd.Series:
     """Per run: least-squares slope of log mean|delta| on log reward std, over (prompt, epoch) with a spread."""
     weights = sorted(c for c in rows if c.startswith("abs_delta/prompt="))
@@ -76,7 +92,8 @@ def _spread_slope(rows: pd.DataFrame) -> pd.Series:
     w = rows[weights].to_numpy(dtype=float)
     s = rows[spreads].to_numpy(dtype=float)
     run = np.repeat(rows["run"].to_numpy(), len(weights))
-    x, y = np.log(s.ravel()), np.log(w.ravel())
+    with np.errstate(divide="ignore", invalid="ignore"):  # a zero spread or weight is left out (not finite)
+        x, y = np.log(s.ravel()), np.log(w.ravel())
     ok = np.isfinite(x) & np.isfinite(y)
     table = pd.DataFrame({"run": run[ok], "x": x[ok], "y": y[ok]})
     if table.empty:
@@ -96,6 +113,13 @@ SCORES: dict[str, Score] = {
     ),
     "solved": Score(
         ("solve_rate",), _final("solve_rate", 0), "1 if the greedy policy sorts every training prompt, else 0", "0/1"
+    ),
+    "stuck": Score(
+        ("greedy_accuracy", "entropy"),
+        _stuck,
+        "1 if the run ends at a partial-credit fixed point (greedy accuracy below 1 and unchanged over the last 20% of "
+        "epochs, entropy below 0.1 nats), else 0",
+        "0/1",
     ),
     "final_exact_rate": Score(
         ("exact_rate",), _final("exact_rate"), "share of sampled responses exactly sorted (last 10%)", "share"
