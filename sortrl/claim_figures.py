@@ -149,7 +149,8 @@ def trend(exp: Experiment, claim: Claim, tests: list[Test]) -> Figure:
                 high = [s.interval.high for s in test.sides]
                 ax.plot(x, means, "o-", color="tab:blue")
                 ax.fill_between(x, low, high, color="tab:blue", alpha=0.2, lw=0)
-                ax.set_xticks(x, [str(v) for v in exp.grid.axis_values(claim.axis)])
+                by_label = {c.label: c for c in exp.grid.configurations()}
+                ax.set_xticks(x, [by_label[side.label].labels[claim.axis] for side in test.sides])
                 ax.set_title(f"{where or exp.name}: slope {test.effect.point:+.3f} per step")
             ax.set_xlabel(claim.axis)
             ax.set_ylabel(metric_label(claim.metric))
@@ -196,12 +197,17 @@ def solve_bars(exp: Experiment, claim: Claim, tests: list[Test]) -> Figure:
                 colour = "tab:green" if name == REFERENCE else "tab:blue"
                 ax.barh(yi, ci.point, color=colour, alpha=0.6)
                 ax.plot([ci.low, ci.high], [yi, yi], color="black", lw=1.2)
+                ax.text(1.04, yi, f"{round(ci.point * ci.n)}/{ci.n}", va="center", fontsize=7)
             reference = next((ci for name, ci in rows if name == REFERENCE), None)
             if reference is not None:
                 ax.axvline(reference.point, color="tab:green", ls="--", lw=1)
             ax.set_yticks(y, [name for name, _ in rows])
             ax.set_xlim(0, 1.02)
             ax.set_xlabel("solve rate: share of seeds whose greedy policy sorts every prompt (Wilson 95% CI)")
+            if reference is not None:
+                ax.text(
+                    reference.point, len(rows) - 0.3, " supervised (sft)", color="tab:green", fontsize=7, ha="right"
+                )
             ax.set_title(where or exp.name)
         fig.suptitle(_title(claim))
     return fig
@@ -225,25 +231,31 @@ def length_by_sign(exp: Experiment, claim: Claim, tests: list[Test]) -> Figure:
 def _curve_panels(
     exp: Experiment, claim: Claim, tests: list[Test], metrics: list[tuple[str, str]], ylabel: str
 ) -> Figure:
+    """Per test (panel): each compared configuration's curve of each metric, mean over seeds with a 95% CI band.
 
-    labels = list(dict.fromkeys(s.label for t in tests for s in t.sides))
-    palette = make_palette([_short(exp, label, tests) for label in labels])
+    Epochs where some seed has no value (e.g. no response below its group's mean) are averaged over the seeds
+    that have one, and drawn without a band.
+    """
+    names = list(dict.fromkeys(_short(s.label, t) for t in tests for s in t.sides))
+    palette = make_palette(names)
     with style():
         fig, panels = _panels(tests)
         for where, ax in panels:
             for test in [t for t in tests if _in(t, where)]:
                 for side in test.sides:
                     part = exp.curves[exp.curves["configuration"] == side.label]
+                    colour = palette[_short(side.label, test)]
                     for metric, line in metrics:
-                        if metric not in part:
+                        if metric not in part or part.empty:
                             continue
-                        wide = part.pivot(index="epoch", columns="seed", values=metric).dropna()
-                        if wide.empty:
-                            continue
-                        colour = palette[_short(exp, side.label, tests)]
-                        low, high = stats.curve_ci(wide.to_numpy(), stats.mean, SEED)
-                        ax.plot(wide.index, wide.to_numpy().mean(axis=1), line, color=colour, lw=1.4)
-                        ax.fill_between(wide.index, low, high, color=colour, alpha=0.15, lw=0)
+                        wide = part.pivot(index="epoch", columns="seed", values=metric)
+                        values = wide.to_numpy(dtype=float)
+                        with np.errstate(all="ignore"):
+                            ax.plot(wide.index, np.nanmean(values, axis=1), line, color=colour, lw=1.4)
+                        complete = ~np.isnan(values).any(axis=1)
+                        if complete.any():
+                            low, high = stats.curve_ci(values[complete], stats.mean, SEED)
+                            ax.fill_between(wide.index[complete], low, high, color=colour, alpha=0.15, lw=0)
             ax.set_title(where or exp.name)
             ax.set_xlabel("epoch")
             ax.set_ylabel(ylabel)
@@ -256,13 +268,10 @@ def _curve_panels(
     return fig
 
 
-def _short(exp: Experiment, label: str, tests: list[Test]) -> str:
-    """A configuration's label without the parts every compared configuration shares (e.g. its regime)."""
-    labels = list(dict.fromkeys(s.label for t in tests for s in t.sides))
-    parts = [lab.split(" / ") for lab in labels]
-    shared = set.intersection(*(set(p) for p in parts)) if parts else set()
-    mine = [p for p in label.split(" / ") if p not in shared or len(labels) == 1]
-    return " / ".join(mine) or label
+def _short(label: str, test: Test) -> str:
+    """A configuration's label without the value of the test's own setting (its panel says it: the regime)."""
+    drop = {str(v) for v in test.setting.values()}
+    return " / ".join(p for p in label.split(" / ") if p not in drop) or label
 
 
 FIGURES: dict[str, Callable[[Experiment, Claim, list[Test]], Figure]] = {

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sortrl.claim_figures import metric_label
+from sortrl.claim_figures import REFERENCE, metric_label
 from sortrl.claims import BINARY, Test
 from sortrl.scores import DERIVED, SCORES
 from sortrl.verdicts import ALPHA, N_RESAMPLES, VERDICTS, Interval
@@ -168,6 +168,8 @@ def _sentence(t: Test) -> str:
         compared = "; ".join(fmt_side(t, i) for i in range(len(t.sides)))
         body = f"over {t.n} seeds, effect {fmt_effect(t.effect)} ({compared})"
     text = f"{head}{body}; p = {fmt_p(t.p)}, Holm-corrected {fmt_p(t.p_adjusted)}: **{t.verdict}**."
+    if t.verdict == "contradicted" and t.claim.predicts == "same" and len(t.sides) == 2:
+        text += f" The difference is real: `{t.sides[0].label}` scores {'higher' if t.effect.point > 0 else 'lower'}."
     if not math.isnan(t.seed_effect):
         agrees = _agrees(t.claim.predicts, t.seed_effect, t.claim.margin)
         text += f" The source's single run (seed {t.claim.seed}) alone shows {fmt(t.seed_effect, 3, True)}, which " + (
@@ -193,28 +195,51 @@ def _agrees(predicts: str, value: float, margin: float) -> bool:
     return value > 0 if predicts == "higher" else value < 0
 
 
+def compact_table(tests: list[Test], link: str) -> list[str]:
+    """One row per claim: its statement, source and each setting's verdict (counted where a claim has many tests)."""
+    lines = ["| claim | statement | source | verdicts |", "| --- | --- | --- | --- |"]
+    for claim_id in dict.fromkeys(t.claim.id for t in tests):
+        mine = [t for t in tests if t.claim.id == claim_id]
+        cells = []
+        for where in dict.fromkeys(t.where for t in mine):
+            here = [t for t in mine if t.where == where]
+            if len(here) == 1:
+                cells.append(f"{where or 'all'}: **{here[0].verdict}** ({fmt(here[0].effect.point, 3, True)})")
+            else:
+                found = Counter(t.verdict for t in here)
+                listed = ", ".join(f"{found[v]} {v}" for v in VERDICTS if found[v])
+                cells.append(f"{where or 'all'}: {listed} (of {len(here)} {here[0].claim.axis} values)")
+        claim = mine[0].claim
+        lines.append(
+            f"| [{claim_id}]({link}#{_anchor(claim_id)}) | {claim.statement} | {claim.source} | {'; '.join(cells)} |"
+        )
+    return lines
+
+
 def readme_block(tests: list[Test], figure: Path | None, claims_link: str, caption: str) -> str:
-    """The README headline: the trap figure (solve rate by choice, SFT reference) and the verdict table."""
+    """The README headline: the trap figure (solve rate by choice, SFT reference) and the ledger, one row per claim."""
     lines = []
     if figure is not None:
         lines += [f"![the partial-credit trap: solve rate by choice]({figure.as_posix()})", "", f"*{caption}*", ""]
     lines += [
-        f"**The claims ledger** ({counts(tests)}; paired by seed, Holm-corrected over all {len(tests)} tests; "
-        f"every claim's figure and numbers: [{claims_link}]({claims_link})):",
+        f"**The claims ledger** ({counts(tests)} over {len(tests)} tests of {len({t.claim.id for t in tests})} "
+        f"claims; paired by seed, Holm-corrected over the whole ledger; effects on the chance-normalised final score "
+        f"unless the claim says otherwise; every test, figure and number: [{claims_link}]({claims_link})):",
         "",
-        *verdict_table(tests, claims_link),
+        *compact_table(tests, claims_link),
     ]
     return "\n".join(lines)
 
 
 def trap_caption(tests: list[Test]) -> str:
     """A generated sentence on the trap figure: how many configurations solve at all, against the SFT reference."""
-    trap = [t for t in tests if t.claim.figure == "solve_bars"]
+    trap = [t for t in tests if t.claim.id == headline_claim(tests)]
     if not trap:
         return "Solve rate by choice."
     sides = {s.label: s for t in trap for s in t.sides}
-    solving = sorted(label for label, s in sides.items() if s.mean > 0 and "sft" not in label)
-    reference = [s for label, s in sides.items() if "sft" in label]
+    solving = sorted(label for label, s in sides.items() if s.mean > 0)
+    same_grid = [t for t in tests if t.experiment == trap[0].experiment]
+    reference = [s for t in same_grid for s in t.sides if REFERENCE in s.label.split(" / ")]
     ref = (
         f"supervised learning (`sft`) solves {fmt(np.mean([s.mean for s in reference]), 2)} of seeds; "
         if reference
@@ -223,6 +248,12 @@ def trap_caption(tests: list[Test]) -> str:
     n = trap[0].n
     return (
         f"Solve rate (greedy policy sorts every prompt, Wilson 95% CI) of each choice over {n} seeds: {ref}"
-        f"{len(solving)} of {len([lab for lab in sides if 'sft' not in lab])} policy-gradient configurations solve any "
-        "seed. Drawn by `sortrl report` from the stored runs."
+        f"{len(solving)} of {len(sides)} policy-gradient configurations (choice x regime) solve any seed. Drawn by "
+        "`sortrl report` from the stored runs."
     )
+
+
+def headline_claim(tests: list[Test]) -> str | None:
+    """The claim whose figure heads the README: the solve-rate figure with the most tests (the trap's E1)."""
+    drawn = Counter(t.claim.id for t in tests if t.claim.figure == "solve_bars")
+    return max(drawn, key=lambda k: (drawn[k], k)) if drawn else None

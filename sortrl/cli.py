@@ -256,6 +256,12 @@ def sweep(
     if scheduler is not None:
         check_scheduler(scheduler, backend)
     grids = [load_grid(path) for path in grid_files]
+    from sortrl.figures import FIGURES
+
+    for path, grid in zip(grid_files, grids, strict=True):
+        unknown = sorted(set(grid.figures or ()) - set(FIGURES))
+        if unknown:
+            raise ConfigError(f"{path}: figures: unknown figure {unknown[0]!r}; valid figures: {', '.join(FIGURES)}")
     names = [grid.name for grid in grids]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:

@@ -5,6 +5,7 @@ A grid file is TOML:
     name = "ablations"          # names the outputs (results/runs/<name>/, figures)
     seeds = 32                  # seeds 0..31, or an explicit list: seeds = [5]
     highlight_seed = 5          # optional: the report draws this seed's curve on top
+    figures = ["reward_curves"] # optional: only these report figures (default: every one that applies)
     baseline = { deltas_mode = "rewards", loss_mode = "naive" }  # optional: the reference configuration
 
     [base]                      # RunConfig fields shared by every run
@@ -56,7 +57,7 @@ import numpy as np
 from sortrl.config import FIELD_NAMES, RunConfig, make_config, plain
 from sortrl.registry import ConfigError, check_choice
 
-GRID_KEYS = ("name", "seeds", "highlight_seed", "baseline", "base", "grid", "claim")
+GRID_KEYS = ("name", "seeds", "highlight_seed", "baseline", "figures", "base", "grid", "claim")
 MAX_RUNS = 1_000_000
 """Most runs one grid file may expand to (axis values x seeds)."""
 
@@ -225,6 +226,8 @@ class Grid:
     highlight_seed: int | None = None
     text: str = ""
     claims: tuple[Claim, ...] = ()
+    figures: tuple[str, ...] | None = None
+    """The report's figures to draw for the grid (`sortrl.figures.FIGURES` names); None: every one that applies."""
 
     @cached_property
     def _configurations(self) -> tuple[Configuration, ...]:
@@ -365,7 +368,12 @@ def parse_grid(text: str, path: str | Path = "<grid>") -> Grid:
     _check_configurations(configurations, path)
     _check_baseline(grid, path)
     claims = _parse_claims(data.get("claim", []), grid, path)
-    return Grid(name, seeds, tables["base"], axes, tables["baseline"], highlight, text, claims)
+    figures = data.get("figures")
+    if figures is not None:
+        if not isinstance(figures, list) or not all(isinstance(f, str) for f in figures):
+            raise _fail(path, f"figures: a list of figure names (sortrl.figures.FIGURES), got {figures!r}")
+        figures = tuple(figures)
+    return Grid(name, seeds, tables["base"], axes, tables["baseline"], highlight, text, claims, figures)
 
 
 def _bundle_fields(value: dict[str, Any]) -> dict[str, Any]:

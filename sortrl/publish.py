@@ -29,10 +29,11 @@ from pathlib import Path
 
 import joblib
 
-from sortrl.claim_figures import curves_needed, figure_name
+from sortrl.claim_figures import curves_needed
 from sortrl.claim_figures import draw as draw_claim
 from sortrl.claims import Test, ledger
 from sortrl.claims import tests as claim_tests
+from sortrl.claims_md import headline_claim
 from sortrl.claims_md import render as render_claims
 from sortrl.experiment import experiment_names, load_experiment, summarize
 from sortrl.figures import FIGURES, curve_metrics, save_figure
@@ -66,8 +67,9 @@ def _outputs(results: Path, name: str) -> tuple[Findings, list[Test], dict[str, 
     path = results / f"{exp.name}_summary.csv"
     atomic_write_text(path, summary.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
     written, drawn = [path], []
+    chosen = exp.grid.figures
     for figure, spec in FIGURES.items():
-        fig = spec.draw(exp, summary)
+        fig = spec.draw(exp, summary) if chosen is None or figure in chosen else None
         path = results / "figures" / f"{exp.name}_{figure}.png"
         if fig is None:
             path.unlink(missing_ok=True)  # left from an earlier report, when the figure applied
@@ -121,7 +123,8 @@ def write_report(results: str | Path, readme: str | Path | None = None) -> list[
     atomic_write_text(report, render_report(sections, tests))
     written.append(report)
     if readme is not None:
-        trap = next((figures[t.claim.id] for t in tests if figure_name(t.claim) == "solve_bars"), None)
+        headline = headline_claim(tests)
+        trap = figures.get(headline) if headline is not None else None
         written.append(write_readme(readme, sections, results, tests, trap))
     return written
 
