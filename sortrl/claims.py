@@ -239,3 +239,31 @@ def per_run(exp: Experiment, labels: list[str], metric: str) -> pd.DataFrame:
     """The per-seed scores of `labels` as a [seed] x [configuration] table (for figures and notebooks)."""
     scores, seeds = _matrix(exp, labels, metric)
     return pd.DataFrame(scores, index=pd.Index(seeds, name="seed"), columns=labels)
+
+
+def table(all_tests: list[Test]) -> pd.DataFrame:
+    """The ledger as a table, one row per test (`results/claims.csv`): what CLAIMS.md says, as numbers."""
+    rows = [
+        {
+            "claim": t.claim.id,
+            "experiment": t.experiment,
+            "where": t.where,
+            "case": t.case,
+            "kind": t.claim.kind,
+            "metric": t.claim.metric,
+            "predicts": t.claim.predicts,
+            "margin": t.claim.margin,
+            "n": t.n,
+            "effect": t.effect.point,
+            "effect_ci_low": t.effect.low,
+            "effect_ci_high": t.effect.high,
+            "p": t.p,
+            "p_holm": t.p_adjusted,
+            "verdict": t.verdict,
+            "seeds_needed": t.needed,
+            "seed_effect": t.seed_effect,
+            "compared": " | ".join(side.label for side in t.sides),
+        }
+        for t in all_tests
+    ]
+    return pd.DataFrame(rows)

@@ -12,7 +12,8 @@ draw) and writes, per experiment `<exp>`:
 and one `results/REPORT.md` (`sortrl.report`), every sentence of which is
 generated from the experiments' findings (`sortrl.findings`), and
 `results/CLAIMS.md` (`sortrl.claims_md`): every claim the grids declare,
-tested on their runs, Holm-corrected over the whole ledger (`sortrl.claims`).
+tested on their runs, Holm-corrected over the whole ledger (`sortrl.claims`),
+with the same numbers in `results/claims.csv` (one row per test).
 With `readme=`, also the README's generated blocks (`sortrl.readme`): the
 trap figure and the ledger's verdict table, and the findings.
 Diverged runs are listed and left out of every aggregate. The output is
@@ -32,6 +33,7 @@ import joblib
 from sortrl.claim_figures import curves_needed
 from sortrl.claim_figures import draw as draw_claim
 from sortrl.claims import Test, ledger
+from sortrl.claims import table as claims_table
 from sortrl.claims import tests as claim_tests
 from sortrl.claims_md import headline_claim
 from sortrl.claims_md import render as render_claims
@@ -112,13 +114,15 @@ def write_report(results: str | Path, readme: str | Path | None = None) -> list[
     tests = ledger([t for _, mine, *_ in outputs for t in mine])  # Holm over every claim of every grid
     figures = {claim_id: path for _, _, mine, *_ in outputs for claim_id, path in mine.items()}
     _check_claim_ids(tests)
-    claims_md = results / "CLAIMS.md"
+    claims_md, claims_csv = results / "CLAIMS.md", results / "claims.csv"
     if tests:
         links = {k: Path(os.path.relpath(v, results)).as_posix() for k, v in figures.items()}
         atomic_write_text(claims_md, render_claims(tests, links))
-        written.append(claims_md)
+        atomic_write_text(claims_csv, claims_table(tests).to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+        written += [claims_md, claims_csv]
     else:
-        claims_md.unlink(missing_ok=True)  # left from an earlier report
+        for path in (claims_md, claims_csv):
+            path.unlink(missing_ok=True)  # left from an earlier report
     report = results / "REPORT.md"
     atomic_write_text(report, render_report(sections, tests))
     written.append(report)

@@ -49,3 +49,11 @@ def test_your_own_variant_notebook_trains_a_registered_delta_mode():
     assert "128 runs x 100 epochs" in text
     assert "paired difference (rank - centered): " in text and "Wilcoxon p = " in text
     assert "rewards [[[3.0, 1.0, 3.0, 0.0]]] -> deltas [[[1.0, -0.5, 1.0, -1.5]]]" in text
+
+
+def test_check_a_claim_notebook_recomputes_a_verdict(results, monkeypatch):
+    text = _run("04-check-a-claim.ipynb", results, monkeypatch)
+    assert "this notebook: C1 (tiny)" in text  # the tiny grid declares C1 and C2; no L1 there
+    assert "test: C1; 6 seeds paired" in text
+    assert "effect (mean over 6 seeds): " in text and "p-values in the family" in text
+    assert "same bytes as " in text and ": True" in text.split("same bytes as ")[1]
