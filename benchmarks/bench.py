@@ -4,10 +4,13 @@ Measures, each as the median of `--repeats` repetitions:
 
 - run-steps/s of `sortrl.train.train` (a run-step is one inner Adam step of one
   run; a default run is 100 epochs x 10 steps = 1,000) on the `ablations` grid
-  (all 1,152 configs in one process) and on batches of 1 ... 4,096 default
-  configs (seeds 0..n-1);
-- the same default configs trained one run at a time (`--alone` runs, each its
-  own `train([cfg])` call), and the ratio batched / one at a time;
+  (all 1,152 configs in one call) and on batches of 1 ... 4,096 default
+  configs (seeds 0..n-1), with each number of `--workers` (train's threads);
+- the same algorithm written plainly and trained one run at a time
+  (`sortrl.reference.lecture_loop`, `--alone` runs), measured in the same run,
+  and each engine row's ratio to it ("x plain loop");
+- what each new option costs when a batch uses it (1,024 default runs with one
+  option on), and the default batch before (the last `bench.csv`) and now;
 - wall time of `sortrl sweep experiments/ablations.toml` (a subprocess, into
   an empty temporary results folder) and its peak memory: RSS summed over the
   process tree, sampled every 20 ms with psutil (shared pages count once per
@@ -15,9 +18,9 @@ Measures, each as the median of `--repeats` repetitions:
 - peak memory of training 4,096 default runs in one batch: `ru_maxrss` of a
   fresh child process that does only that (kernel high-water mark, exact).
 
-Every engine row is measured with the torch thread counts of `--threads`
-(default: 1, what `train` uses by default and each sweep worker runs with, one worker per
-core; `--threads 1,2` adds a 2-thread pass, which is faster but not bit-exact).
+Engine rows run with each `--workers` count (default: 1 and every core): `train`
+shards a batch over that many threads, one torch intra-op thread each (exact:
+the table does not depend on the number of workers).
 `--quick` is a smoke test: 10 epochs instead of 100, 1 repeat, a 6-seed sweep grid.
 Writes `<results>/bench.csv` (one row per measurement, machine facts on every
 row) atomically.
@@ -46,9 +49,10 @@ from rich.table import Table
 
 from sortrl.config import RunConfig
 from sortrl.grid import load_grid, parse_grid
+from sortrl.reference import lecture_loop
 from sortrl.store import atomic_write_bytes, atomic_write_text
 from sortrl.sweep import environment
-from sortrl.train import train
+from sortrl.train import default_workers, train
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID = ROOT / "experiments" / "ablations.toml"
@@ -58,8 +62,14 @@ TARGET_STEPS_PER_S = 300_000  # for batches of >= 1,024 runs
 NO_DROP_TOLERANCE = 0.05  # "does not fall from 1,024 to 4,096 runs", within this much timing noise
 TARGET_SWEEP_S = 15.0
 TARGET_PEAK_MB = 2048.0
-SWEEP_THREADS = 1  # `train` pins one intra-op thread (exact batch invariance); sweeps run one worker per core
-LECTURE_STEPS_PER_S = 770  # the lecture's own single-run loop, for scale
+FEATURES = {
+    "entropy bonus": {"entropy_coeff": 0.1},
+    "temperature": {"temperature": 1.5},
+    "KL in the loss": {"kl_penalty": 0.1},
+    "critic": {"deltas_mode": "critic"},
+    "DAPO re-sampling": {"filter_zero_std_groups": True, "max_num_gen_batches": 10},
+}
+"""Options whose cost `make bench` measures: a default batch with one of them on."""
 
 
 def run_steps(configs: list[RunConfig]) -> int:
@@ -82,26 +92,34 @@ def defaults(n: int, epochs: int) -> list[RunConfig]:
     return [RunConfig(seed=s, num_epochs=epochs) for s in range(n)]
 
 
-def engine_rows(args: argparse.Namespace, threads: int, epochs: int) -> list[dict]:
-    """Throughput of `train` on the ablations grid, on default batches, and one run at a time."""
-    train(defaults(4, 2), workers=threads)  # warm-up: first-call costs (allocator, MKL) are not the engine's
+def plain_row(args: argparse.Namespace, epochs: int) -> dict:
+    """The lecture's algorithm written plainly, one run at a time (`sortrl.reference.lecture_loop`)."""
+    lecture_loop(0, "centered_rewards", 2)  # warm-up
+    seeds = range(args.alone)
+    seconds, cpu = timed(lambda: [lecture_loop(s, "centered_rewards", epochs) for s in seeds], args.repeats)
+    steps = args.alone * epochs * 10
+    print(f"  {'plain loop, one at a time':<26} {args.alone:>5} runs  {steps / seconds:>12,.0f} run-steps/s")
+    return {"benchmark": "plain loop, one at a time", "runs": args.alone, "workers": 1, "run_steps": steps,
+            "seconds": seconds, "run_steps_per_s": steps / seconds, "cpu_seconds": cpu}  # fmt: skip
+
+
+def engine_rows(args: argparse.Namespace, workers: int, epochs: int, plain: dict) -> list[dict]:
+    """Throughput of `train` with `workers` threads on the ablations grid and on default batches."""
+    train(defaults(4, 2), workers=workers)  # warm-up: first-call costs (allocator, MKL) are not the engine's
     rows = []
 
-    def measure(name: str, configs: list[RunConfig], fn=None) -> dict:
-        seconds, cpu = timed(fn or (lambda: train(configs, workers=threads)), args.repeats)
-        row = {"benchmark": name, "runs": len(configs), "threads": threads, "run_steps": run_steps(configs)}
+    def measure(name: str, configs: list[RunConfig]) -> dict:
+        seconds, cpu = timed(lambda: train(configs, workers=workers), args.repeats)
+        row = {"benchmark": name, "runs": len(configs), "workers": workers, "run_steps": run_steps(configs)}
         row |= {"seconds": seconds, "run_steps_per_s": row["run_steps"] / seconds, "cpu_seconds": cpu}
+        row["vs_plain_loop"] = row["run_steps_per_s"] / plain["run_steps_per_s"]
         rows.append(row)
-        print(f"  {name:<24} {len(configs):>5} runs  {threads} thr  {row['run_steps_per_s']:>12,.0f} run-steps/s")
+        print(f"  {name:<26} {len(configs):>5} runs  {workers} wkr  {row['run_steps_per_s']:>12,.0f} run-steps/s")
         return row
 
     grid = [dataclasses.replace(run.config, num_epochs=epochs) for run in load_grid(GRID).runs()]
     measure("ablations grid", grid)
     batched = {n: measure("default batch", defaults(n, epochs)) for n in args.batches}
-    alone = defaults(args.alone, epochs)
-    one = measure("one at a time", alone, lambda: [train([c], workers=threads) for c in alone])
-    for row in batched.values():
-        row["vs_one_at_a_time"] = row["run_steps_per_s"] / one["run_steps_per_s"]
     big = [n for n in batched if n >= 1024]
     for n in big:
         batched[n]["target"] = f">= {TARGET_STEPS_PER_S // 1000}k run-steps/s"
@@ -111,6 +129,34 @@ def engine_rows(args: argparse.Namespace, threads: int, epochs: int) -> list[dic
         r["target"] += f", no drop vs 1,024 ({NO_DROP_TOLERANCE:.0%} slack)"
         r["meets_target"] &= r["run_steps_per_s"] >= (1 - NO_DROP_TOLERANCE) * batched[1024]["run_steps_per_s"]
     return rows
+
+
+def feature_rows(args: argparse.Namespace, epochs: int, runs: int = 1024) -> list[dict]:
+    """1,024 default runs with one option on, one worker: what a batch pays for using it."""
+    rows = []
+    for name, fields in FEATURES.items():
+        configs = [dataclasses.replace(c, **fields) for c in defaults(runs, epochs)]
+        seconds, cpu = timed(lambda configs=configs: train(configs, workers=1), args.repeats)
+        row = {"benchmark": f"default batch + {name}", "runs": runs, "workers": 1, "run_steps": run_steps(configs)}
+        row |= {"seconds": seconds, "run_steps_per_s": row["run_steps"] / seconds, "cpu_seconds": cpu}
+        rows.append(row)
+        print(f"  {row['benchmark']:<26} {runs:>5} runs  1 wkr  {row['run_steps_per_s']:>12,.0f} run-steps/s")
+    return rows
+
+
+def before(path: Path, epochs: int) -> dict | None:
+    """The default 1,024-run batch on one worker from the last `bench.csv` (the same epochs), if there is one."""
+    try:
+        old = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return None
+    key = "workers" if "workers" in old else "threads"
+    match = old[(old["benchmark"] == "default batch") & (old["runs"] == 1024) & (old[key].astype(str) == "1")]
+    match = match[match["epochs"] == epochs] if "epochs" in match else match
+    if match.empty:
+        return None
+    commit = str(match["git_commit"].iloc[0]) if "git_commit" in match else ""
+    return {"run_steps_per_s": float(match["run_steps_per_s"].iloc[0]), "git_commit": commit}
 
 
 def watch(proc: psutil.Popen) -> tuple[int, float]:
@@ -160,7 +206,7 @@ def sweep_row(args: argparse.Namespace, quick: bool) -> dict:
     return {
         "benchmark": "sortrl sweep (CLI)",
         "runs": len(configs),
-        "threads": "1 per worker",
+        "workers": "1 thread per process",
         "run_steps": run_steps(configs),
         "seconds": seconds,
         "run_steps_per_s": run_steps(configs) / seconds,
@@ -171,10 +217,10 @@ def sweep_row(args: argparse.Namespace, quick: bool) -> dict:
     }
 
 
-def memory_row(threads: int, epochs: int, runs: int = 4096) -> dict:
+def memory_row(workers: int, epochs: int, runs: int = 4096) -> dict:
     """Peak RSS of a fresh process that trains `runs` default configs in one batch."""
     out = subprocess.run(
-        [sys.executable, __file__, "--child-memory", str(runs), "--threads", str(threads), "--epochs", str(epochs)],
+        [sys.executable, __file__, "--child-memory", str(runs), "--workers", str(workers), "--epochs", str(epochs)],
         capture_output=True,
         text=True,
         check=True,
@@ -183,7 +229,7 @@ def memory_row(threads: int, epochs: int, runs: int = 4096) -> dict:
     return {
         "benchmark": "peak memory, one batch",
         "runs": runs,
-        "threads": threads,
+        "workers": workers,
         "run_steps": runs * epochs * 10,
         "seconds": child["seconds"],
         "run_steps_per_s": runs * epochs * 10 / child["seconds"],
@@ -194,9 +240,9 @@ def memory_row(threads: int, epochs: int, runs: int = 4096) -> dict:
     }
 
 
-def child_memory(runs: int, threads: int, epochs: int) -> None:
+def child_memory(runs: int, workers: int, epochs: int) -> None:
     start, start_cpu = time.perf_counter(), time.process_time()
-    train(defaults(runs, epochs), workers=threads)
+    train(defaults(runs, epochs), workers=workers)
     seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak_kb / 1024}))
@@ -213,7 +259,7 @@ def machine() -> dict:
 
 def show(rows: list[dict], facts: dict, args: argparse.Namespace, epochs: int) -> None:
     table = Table(title=f"sortrl bench: medians of {args.repeats}, {epochs} epochs x 10 steps per run")
-    columns = ("benchmark", "runs", "threads", "run-steps/s", "seconds", "CPU s", "x one-at-a-time", "peak MB")
+    columns = ("benchmark", "runs", "workers", "run-steps/s", "seconds", "CPU s", "x plain loop", "peak MB")
     for name in (*columns, "target", "ok"):
         table.add_column(name, justify="left" if name in ("benchmark", "target") else "right")
 
@@ -224,11 +270,11 @@ def show(rows: list[dict], facts: dict, args: argparse.Namespace, epochs: int) -
         table.add_row(
             r["benchmark"],
             f"{r['runs']:,}",
-            str(r["threads"]),
+            str(r["workers"]),
             number(r["run_steps_per_s"], ",.0f"),
             number(r["seconds"], ".2f"),
             number(r.get("cpu_seconds"), ".2f"),
-            number(r.get("vs_one_at_a_time"), ".1f"),
+            number(r.get("vs_plain_loop"), ".0f"),
             number(r.get("peak_rss_mb"), ",.0f"),
             r.get("target") or "",
             {True: "yes", False: "NO"}.get(r.get("meets_target"), ""),
@@ -236,11 +282,10 @@ def show(rows: list[dict], facts: dict, args: argparse.Namespace, epochs: int) -
     console = Console(width=160)
     console.print(table)
     console.print(
-        "machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()) + f". The lecture's own loop: "
-        f"~{LECTURE_STEPS_PER_S} run-steps/s. Engine rows: one process, `threads` torch threads (the sweep "
-        "runs one worker per core, one thread each). Sweep: wall time of the CLI, CPU and peak "
-        "RSS summed over its process tree (sampled every 20 ms). CPU s is a check on a shared machine: "
-        "wall >> CPU means other load."
+        "machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()) + ". Engine rows: one `train` call, "
+        "`workers` threads of one torch thread each. x plain loop: run-steps/s over the plain one-run loop's, "
+        "measured in this run. Sweep: wall time of the CLI, CPU and peak RSS summed over its process tree "
+        "(sampled every 20 ms). CPU s is a check on a shared machine: wall >> CPU means other load."
     )
 
 
@@ -250,33 +295,45 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="repetitions per measurement (median reported)")
     parser.add_argument("--quick", action="store_true", help="smoke mode: 10 epochs, 1 repeat, 6-seed sweep")
     parser.add_argument(
-        "--threads", default=str(SWEEP_THREADS), help="comma-separated torch thread counts (default: the sweep's)"
+        "--workers", default=None, help="comma-separated numbers of train() workers (default: 1 and every core)"
     )
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="comma-separated batch sizes")
-    parser.add_argument("--alone", type=int, default=32, help="runs trained one at a time")
+    parser.add_argument("--alone", type=int, default=16, help="runs of the plain one-at-a-time loop")
     parser.add_argument("--readme", type=Path, default=None, help="also rewrite this Markdown file's `speed` block")
     parser.add_argument("--epochs", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-memory", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    threads = sorted({int(t) for t in args.threads.split(",")})
+    workers = sorted({int(w) for w in (args.workers or f"1,{default_workers()}").split(",")})
     if args.child_memory is not None:
-        return child_memory(args.child_memory, threads[0], args.epochs or 100)
+        return child_memory(args.child_memory, workers[0], args.epochs or 100)
     if args.quick:
         args.repeats, args.alone = 1, min(args.alone, 4)
     args.batches = [int(b) for b in args.batches.split(",")]
     epochs = args.epochs or (10 if args.quick else 100)
     facts = machine()
 
-    rows = []
-    for t in threads:
-        print(f"engine, {t} torch thread(s):")
-        rows += engine_rows(args, t, epochs)
+    previous = before(args.results / "bench.csv", epochs)
+    print("the plain loop, one run at a time:")
+    plain = plain_row(args, epochs)
+    rows = [plain]
+    for w in workers:
+        print(f"engine, {w} worker(s):")
+        rows += engine_rows(args, w, epochs, plain)
+    print("options, each on in a default batch:")
+    rows += feature_rows(args, epochs)
     print("peak memory of one 4,096-run batch (child process) ...")
-    rows.append(memory_row(threads[0], epochs))
+    rows.append(memory_row(workers[-1], epochs))
     print("sortrl sweep experiments/ablations.toml ...")
     rows.append(sweep_row(args, args.quick))
 
     show(rows, facts, args, epochs)
+    now = [r for r in rows if r["benchmark"] == "default batch" and r["runs"] == 1024 and r["workers"] == 1]
+    if previous is not None and now:
+        change = now[0]["run_steps_per_s"] / previous["run_steps_per_s"] - 1
+        print(
+            f"default batch of 1,024 runs, 1 worker: before {previous['run_steps_per_s']:,.0f} run-steps/s "
+            f"(bench.csv of {previous['git_commit'][:8]}), now {now[0]['run_steps_per_s']:,.0f} ({change:+.1%})"
+        )
     table = pd.DataFrame(rows).assign(epochs=epochs, repeats=args.repeats, quick=args.quick, **facts)
     out = args.results / "bench.csv"
     atomic_write_text(out, table.to_csv(index=False))  # readers see the old file or the new one, never half
@@ -291,18 +348,21 @@ def write_speed_block(path: Path, rows: list[dict], facts: dict, repeats: int) -
     from sortrl.readme import replace_blocks
 
     lines = [
-        f"Measured by `make bench` (medians of {repeats}; {facts['cpu_count']} cores, torch {facts['torch']}, "
-        "one torch thread per process; the lecture's own loop trains about 770 run-steps/s):",
+        f"Measured by `make bench` (medians of {repeats}) on {facts['cpu_count']} cores, torch {facts['torch']}: "
+        "engine rows are one `train` call with `workers` threads (one torch thread each); x plain loop is the "
+        "ratio to the lecture's algorithm written plainly and trained one run at a time (`sortrl.reference`), "
+        "measured in the same run:",
         "",
-        "| benchmark | runs | run-steps/s | seconds | x one at a time | peak MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| benchmark | runs | workers | run-steps/s | seconds | x plain loop | peak MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        ratio = r.get("vs_one_at_a_time")
-        peak = r.get("peak_rss_mb")
+        ratio, peak = r.get("vs_plain_loop"), r.get("peak_rss_mb")
+        ratio = "" if ratio is None or pd.isna(ratio) else f"{ratio:.0f}"
+        peak = "" if peak is None or pd.isna(peak) else f"{peak:,.0f}"
         lines.append(
-            f"| {r['benchmark']} | {r['runs']:,} | {r['run_steps_per_s']:,.0f} | {r['seconds']:.2f} | "
-            f"{'' if ratio is None else f'{ratio:.0f}'} | {'' if peak is None else f'{peak:,.0f}'} |"
+            f"| {r['benchmark']} | {r['runs']:,} | {r['workers']} | {r['run_steps_per_s']:,.0f} | "
+            f"{r['seconds']:.2f} | {ratio} | {peak} |"
         )
     lines += ["", "Reproduce with `make bench` (writes `results/bench.csv`; about 10 minutes)."]
     text = path.read_text()

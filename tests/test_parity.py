@@ -6,18 +6,18 @@ the unmodified lecture code, seeds 0 and 5, four delta modes), or the path in `S
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from einops import einsum, rearrange, repeat
+from einops import einsum, repeat
 
 from sortrl import RunConfig, train
 from sortrl.deltas import DELTA_MODES
 from sortrl.optim import Adam
+from sortrl.reference import lecture_loop
 from sortrl.task import inclusion_ordering_reward
 
 LECTURE_MODES = ["rewards", "centered_rewards", "normalized_rewards", "max_rewards"]
@@ -49,55 +49,18 @@ def test_lecture_parity_per_epoch_mean_reward():
     assert gap.max() <= 1e-6, f"first divergence at (deltas_mode, seed, epoch) = {worst}: {gap.max()}"
 
 
-# --- a straightforward single-run lecture implementation, for bit-level checks -------------
-def lecture_reference(seed: int, deltas_mode: str, num_epochs: int, steps: int = 10, lr: float = 1e-3):
-    """The lecture's algorithm written plainly: one model, torch.optim.Adam, -(log_probs * deltas).mean().
-
-    Returns (per-epoch mean rewards, final parameters [embedding, encode, decode]).
-    """
-    prompts = torch.tensor([[1, 0, 2], [3, 2, 4], [1, 2, 3]])
-    vocab, length, dim, group = 5, 3, 10, 10
-    gen = torch.Generator().manual_seed(seed)
-    emb = torch.randn(vocab, dim, generator=gen).requires_grad_()
-    enc = (torch.randn(length, dim, dim, generator=gen) / math.sqrt(dim)).requires_grad_()
-    dec = (torch.randn(length, dim, dim, generator=gen) / math.sqrt(dim)).requires_grad_()
-    opt = torch.optim.Adam([emb, enc, dec], lr=lr)
-
-    def logits():
-        h = einsum(emb[prompts], enc, "b p d1, p d1 d2 -> b d2")
-        return einsum(einsum(h, dec, "b d2, p d2 d1 -> b p d1"), emb, "b p d1, v d1 -> b p v")
-
-    rewards_per_epoch = []
-    for _ in range(num_epochs):
-        with torch.no_grad():
-            flat = rearrange(torch.softmax(logits(), dim=-1), "b p v -> (b p) v")
-            draws = torch.multinomial(flat, group, replacement=True, generator=gen)
-            responses = rearrange(draws, "(b p) t -> b t p", b=len(prompts))
-            rewards = inclusion_ordering_reward(prompts, responses[None], torch.ones_like(responses[None]).bool())[0]
-            deltas = DELTA_MODES[deltas_mode](rewards[None])[0]
-        rewards_per_epoch.append(rewards.mean().item())
-        for _ in range(steps):
-            log_probs = repeat(torch.log_softmax(logits(), dim=-1), "b p v -> b t p v", t=group)
-            log_probs = log_probs.gather(-1, responses[..., None]).squeeze(-1)
-            loss = -(log_probs * deltas[..., None]).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return rewards_per_epoch, [emb.detach(), enc.detach(), dec.detach()]
-
-
 def test_reference_implementation_matches_the_csv():
-    # validates the helper above against the lecture's own numbers (seed 5, centered, first 30 epochs)
+    # validates sortrl.reference.lecture_loop against the lecture's own numbers (seed 5, centered, first 30 epochs)
     ref = pd.read_csv(reference_csv())
     ref = ref[(ref.deltas_mode == "centered_rewards") & (ref.seed == 5)].sort_values("epoch")
-    mine, _ = lecture_reference(5, "centered_rewards", num_epochs=30)
+    mine, _ = lecture_loop(5, "centered_rewards", num_epochs=30)
     assert max(abs(a - b) for a, b in zip(mine, ref.mean_reward.iloc[:30], strict=True)) <= 1e-6
 
 
 @pytest.mark.parametrize("seed", [1, 2, 11])
 def test_other_seeds_match_the_lecture_algorithm(seed):
     out = train([RunConfig(deltas_mode="normalized_rewards", seed=seed, num_epochs=40)])
-    mine, _ = lecture_reference(seed, "normalized_rewards", num_epochs=40)
+    mine, _ = lecture_loop(seed, "normalized_rewards", num_epochs=40)
     assert max(abs(a - b) for a, b in zip(out.mean_reward, mine, strict=True)) <= 1e-6
 
 
@@ -123,7 +86,7 @@ def test_adam_matches_torch_adam_bit_for_bit(lr):
 def test_engine_parameters_equal_the_lecture_bit_for_bit(engine_spy):
     out = train([RunConfig(deltas_mode="centered_rewards", seed=0, num_epochs=3)])
     assert len(out) == 3
-    _, expected = lecture_reference(0, "centered_rewards", num_epochs=3)
+    _, expected = lecture_loop(0, "centered_rewards", num_epochs=3)
     (opt,) = engine_spy.optimizers
     for ours, theirs in zip(opt.params, expected, strict=True):
         assert torch.equal(ours.detach()[0], theirs)
