@@ -26,6 +26,8 @@ from typing import Literal, NamedTuple
 import numpy as np
 from scipy import stats
 
+from sortrl.stats import bootstrap_ci, mean
+
 ALPHA = 0.05
 """Family-wise error rate of every corrected family of tests."""
 
@@ -66,27 +68,14 @@ class Interval(NamedTuple):
 
 
 def bootstrap_mean(values: np.ndarray, seed: int = 0, n_resamples: int = N_RESAMPLES) -> Interval:
-    """Mean of `values` [seed] with its percentile-bootstrap CI (`scipy.stats.bootstrap`); NaN CI below 2 values."""
+    """Mean of `values` [seed] with its percentile-bootstrap CI (`sortrl.stats.bootstrap_ci`); NaN CI below 2 values."""
     values = np.asarray(values, dtype=float)
-    n = len(values)
-    if n == 0:
+    if len(values) == 0:
         return Interval(math.nan, math.nan, math.nan, 0)
-    point = float(values.mean())
-    if n < 2:
-        return Interval(point, math.nan, math.nan, n)
-    if np.all(values == values[0]):  # scipy warns on a degenerate sample; its interval is the value itself
-        return Interval(point, point, point, n)
-    result = stats.bootstrap(
-        (values,),
-        np.mean,
-        n_resamples=n_resamples,
-        confidence_level=CONFIDENCE,
-        method="percentile",
-        vectorized=True,
-        random_state=np.random.default_rng(seed),
-    )
-    low, high = result.confidence_interval
-    return Interval(point, float(low), float(high), n)
+    if len(values) > 1 and np.all(values == values[0]):  # scipy warns on a degenerate sample; its CI is the value
+        return Interval(float(values[0]), float(values[0]), float(values[0]), len(values))
+    low, high = bootstrap_ci([values], mean, seed, CONFIDENCE, n_resamples)
+    return Interval(float(values.mean()), float(low), float(high), len(values))
 
 
 def paired_effect(a: np.ndarray, b: np.ndarray, seed: int = 0) -> Interval:
