@@ -30,18 +30,18 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
-from einops import rearrange
 from torch import Tensor
 
-from sortrl.config import FIELD_NAMES, RunConfig, load_plugins, physical_memory, plain
+from sortrl import metrics
+from sortrl.config import FIELD_NAMES, RunConfig, load_plugins, physical_memory
 from sortrl.deltas import DELTA_MODES, extras
 from sortrl.losses import KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES, ClipRange
+from sortrl.metrics import METRICS  # noqa: F401 -- part of the engine's interface (sortrl.train.METRICS)
 from sortrl.model import Params, decode, encode, forward, init_params, init_value_head, value
 from sortrl.objective import Entropy, Kl, Policy, fold, ratio_stats, sft_targets
 from sortrl.optim import Adam
 from sortrl.registry import ConfigError
 from sortrl.rollout import (
-    Rollout,
     Scorer,
     gather,
     grad_sq_norms,
@@ -51,7 +51,7 @@ from sortrl.rollout import (
     sample,
     zero_std,
 )
-from sortrl.task import PAD, REWARDS, TASKS, PromptSet, is_sorted_exactly
+from sortrl.task import TASKS
 
 BATCH_KEY = (
     "task",
@@ -75,35 +75,6 @@ BATCH_KEY = (
     "kl_estimator",
 )
 """Fields a batch must share: they fix tensor shapes or the per-step code path."""
-
-METRICS = (
-    "mean_reward",
-    "shaped_reward",
-    "reward_std",
-    "frac_reward_zero_std",
-    "response_length",
-    "response_length/above_mean",
-    "response_length/below_mean",
-    "response_length/loss_weighted",
-    "exact_rate",
-    "entropy",
-    "greedy_accuracy",
-    "solve_rate",
-    "loss",
-    "grad_norm",
-    "kl",
-    "clip_ratio",
-    "clip_ratio/low_mean",
-    "clip_ratio/high_mean",
-    "importance_ratio",
-)
-"""Per-epoch metrics of every run (TRL names where TRL has one); see `train` for their definitions."""
-
-EVAL_METRICS = ["eval/mean_reward", "eval/greedy_accuracy"]
-"""Held-out metrics, present when the task has held-out prompts (NaN between evaluations)."""
-
-PER_PROMPT_LIMIT = 8
-"""Tasks with at most this many training prompts get a `mean_reward/prompt=<i>` column per prompt."""
 
 EVAL_SEED_OFFSET = 1 << 40
 """Held-out sampling uses a generator seeded `seed + EVAL_SEED_OFFSET`, never the training stream."""
@@ -188,7 +159,7 @@ def train(
         seen.add(cfg.run_id)
     if not configs:
         fields = FIELD_NAMES if with_config else ()
-        return pd.DataFrame(columns=["run_id", "status", "diverged_epoch", *fields, "epoch", "step", *METRICS])
+        return pd.DataFrame(columns=["run_id", "status", "diverged_epoch", *fields, "epoch", "step", *metrics.METRICS])
     batches: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     for i, cfg in enumerate(configs):
         batches[batch_key(cfg)].append(i)
@@ -326,37 +297,6 @@ class _Batch:
         return logits / self.numbers["temperature"][:, None, None, None] if self.tempered else logits
 
 
-def _record_names(c0: RunConfig, task: PromptSet, state: _Batch) -> list[str]:
-    names = list(METRICS)
-    if len(task.train) <= PER_PROMPT_LIMIT:
-        names += [f"mean_reward/prompt={i}" for i in range(len(task.train))]
-        if c0.num_responses > 1:
-            names += [f"{m}/prompt={i}" for m in ("reward_std", "abs_delta") for i in range(len(task.train))]
-    if len(c0.lengths) > 1:
-        names += [f"greedy_accuracy/len={n}" for n in c0.lengths]
-    if len(task.eval):
-        names += EVAL_METRICS + ([f"eval/greedy_accuracy/len={n}" for n in c0.lengths] if len(c0.lengths) > 1 else [])
-    if state.resample:
-        names.append("num_gen_batches")
-    if state.critic is not None:
-        names.append("critic/vf_loss")
-    return names
-
-
-def _greedy(state: _Batch, prompts: Tensor, logits: Tensor, prefix: str) -> dict[str, Tensor]:
-    """Share of `prompts` the argmax policy (of `logits` [run batch pos vocab]) sorts exactly, overall and per length."""
-    lengths = state.c0.lengths
-    solved = is_sorted_exactly(prompts, logits.argmax(dim=-1)).float()  # [run batch]
-    out = {f"{prefix}greedy_accuracy": solved.mean(dim=-1)}
-    if len(lengths) > 1:
-        size = (prompts != PAD).sum(dim=-1)
-        for n in lengths:
-            out[f"{prefix}greedy_accuracy/len={n}"] = solved[:, size == n].mean(dim=-1)
-    if not prefix:
-        out["solve_rate"] = solved.min(dim=-1).values
-    return out
-
-
 def _evaluate(state: _Batch) -> dict[str, Tensor]:
     """Held-out metrics: sampled mean reward (own generator, so training's stream is untouched) and greedy accuracy."""
     prompts = state.task.eval
@@ -364,7 +304,7 @@ def _evaluate(state: _Batch) -> dict[str, Tensor]:
     probs = torch.softmax(state.temper(logits), dim=-1)
     roll = state.scorer().score(prompts, sample(probs, state.eval_generators, state.c0.num_responses))
     out = {"eval/mean_reward": roll.scores.mean(dim=(1, 2))}
-    out.update(_greedy(state, prompts, logits, "eval/"))
+    out.update(metrics.greedy(state.c0.lengths, prompts, logits, "eval/"))
     return out
 
 
@@ -451,13 +391,13 @@ def _setup_epoch(state: _Batch, epoch: int, logits: Tensor) -> _Epoch:
     if state.use_entropy:
         runs = (n["entropy_coeff"] != 0).nonzero().flatten()
         entropy = Entropy(runs, omega[runs].sum(dim=2), n["entropy_coeff"][runs])
-    metrics = _sample_metrics(state, first, prompts, picks, old_log_probs)
-    metrics.update(_signal_metrics(state, roll, deltas, omega, picks))
+    found = metrics.sampled(first, prompts, picks, old_log_probs, len(state.task.train))
+    found.update(metrics.signal(roll, deltas, omega, picks, len(state.task.train)))
     if kl_metric is not None:
-        metrics["kl"] = kl_metric
+        found["kl"] = kl_metric
     if rounds is not None:
-        metrics["num_gen_batches"] = rounds.float()
-    return _Epoch(prompts, rewards, policy, entropy, kl, metrics)
+        found["num_gen_batches"] = rounds.float()
+    return _Epoch(prompts, rewards, policy, entropy, kl, found)
 
 
 def _deltas(names: list[str], rewards: Tensor, available: dict[str, Tensor]) -> Tensor:
@@ -474,61 +414,6 @@ def _deltas(names: list[str], rewards: Tensor, available: dict[str, Tensor]) -> 
         if out is None:
             out = part.new_empty(rewards.shape)
         out[index] = part
-    return out
-
-
-def _per_prompt(state: _Batch, values: Tensor, picks: Tensor | None) -> Tensor:
-    """[run batch] values of the epoch's prompts as [run prompt] over every training prompt (NaN where not drawn)."""
-    if picks is None:
-        return values
-    return torch.full((len(state.runs), len(state.task.train)), math.nan).scatter(1, picks, values)
-
-
-def _sample_metrics(
-    state: _Batch, first: Rollout, prompts: Tensor, picks: Tensor | None, old_log_probs: Tensor
-) -> dict[str, Tensor]:
-    """Metrics of the epoch's sampled responses (the first draw, before any re-sampling) and of the sampling policy.
-
-    `mean_reward` (and per prompt) report the task's reward; the spread, zero-std
-    and length-by-sign metrics describe the shaped reward training sees.
-    """
-    rewards, lengths = first.rewards, first.lengths
-    probs = torch.exp(old_log_probs)
-    entropy = -(probs * old_log_probs).sum(dim=-1)  # [run batch pos], nats
-    reach = first.action.float().mean(dim=2)  # share of responses that act at each position
-    centre = rewards.mean(dim=-1, keepdim=True)
-    above, below = (rewards > centre).float(), (rewards < centre).float()
-    out = {
-        "mean_reward": first.scores.mean(dim=(1, 2)),
-        "shaped_reward": rewards.mean(dim=(1, 2)),
-        "reward_std": rewards.std(dim=-1).mean(dim=-1)
-        if rewards.shape[-1] > 1
-        else torch.full_like(centre[:, 0, 0], math.nan),
-        "frac_reward_zero_std": zero_std(rewards).float().mean(dim=-1),
-        "response_length": lengths.mean(dim=(1, 2)),
-        "response_length/above_mean": (lengths * above).sum(dim=(1, 2)) / above.sum(dim=(1, 2)),
-        "response_length/below_mean": (lengths * below).sum(dim=(1, 2)) / below.sum(dim=(1, 2)),
-        "entropy": (entropy * reach).sum(dim=(1, 2)) / reach.sum(dim=(1, 2)),
-        # a common scale for every reward: the share of sampled responses that are exactly sorted(prompt)
-        "exact_rate": REWARDS["exact_match"](prompts, first.responses, first.content).mean(dim=(1, 2)),
-    }
-    if len(state.task.train) <= PER_PROMPT_LIMIT:
-        per_prompt = _per_prompt(state, first.scores.mean(dim=-1), picks)  # [run prompt]
-        out.update({f"mean_reward/prompt={i}": per_prompt[:, i] for i in range(per_prompt.shape[1])})
-    return out
-
-
-def _signal_metrics(
-    state: _Batch, roll: Rollout, deltas: Tensor, omega: Tensor, picks: Tensor | None
-) -> dict[str, Tensor]:
-    """What training made of the responses it used: loss-weighted length, and per prompt reward spread and |delta|."""
-    weight = omega.sum(dim=-1)  # [run batch trial]: each response's share of the loss
-    out = {"response_length/loss_weighted": (weight * roll.lengths).sum(dim=(1, 2)) / weight.sum(dim=(1, 2))}
-    if len(state.task.train) <= PER_PROMPT_LIMIT and roll.rewards.shape[-1] > 1:
-        spread = _per_prompt(state, roll.rewards.std(dim=-1), picks)
-        size = _per_prompt(state, deltas.abs().mean(dim=-1), picks)
-        out.update({f"reward_std/prompt={i}": spread[:, i] for i in range(spread.shape[1])})
-        out.update({f"abs_delta/prompt={i}": size[:, i] for i in range(size.shape[1])})
     return out
 
 
@@ -577,7 +462,7 @@ def _train_batch(configs: list[RunConfig], progress: Progress | None, with_confi
     state = _Batch(configs)
     num_epochs, steps = c0.num_epochs, c0.num_steps_per_epoch
     train_prompts = state.task.train
-    names = _record_names(c0, state.task, state)
+    names = metrics.names(c0, state.task, state.resample, state.critic is not None)
     col = {name: i for i, name in enumerate(names)}
     history = torch.full((num_epochs, len(names), len(configs)), math.nan)
     diverged_epoch = torch.full((len(configs),), -1)
@@ -603,7 +488,7 @@ def _train_batch(configs: list[RunConfig], progress: Progress | None, with_confi
                 if len(state.runs) == 0:
                     break
             if epoch > 0:
-                record(epoch - 1, _greedy(state, train_prompts, logits, ""))
+                record(epoch - 1, metrics.greedy(c0.lengths, train_prompts, logits, ""))
                 if len(state.task.eval) and (epoch % c0.eval_every == 0 or epoch == num_epochs):
                     record(epoch - 1, _evaluate(state))
             if epoch == num_epochs:
@@ -619,35 +504,4 @@ def _train_batch(configs: list[RunConfig], progress: Progress | None, with_confi
                 record(epoch, {"kl": sums.pop("kl") / steps}, runs=ep.kl.runs)
             record(epoch, {name: value_ / steps for name, value_ in sums.items()})
 
-    return _to_frame(configs, names, history, diverged_epoch, steps, with_config)
-
-
-def _to_frame(
-    configs: list[RunConfig], names: list[str], history: Tensor, diverged_epoch: Tensor, steps: int, with_config: bool
-) -> pd.DataFrame:
-    """Tidy table from history [epoch metric run]: one row per (run, epoch) the run lived through."""
-    num_epochs, _, num_runs = history.shape
-    values = rearrange(history, "epoch metric run -> (run epoch) metric").numpy().astype(np.float64)
-    run = np.repeat(np.arange(num_runs), num_epochs)
-    epoch = np.tile(np.arange(num_epochs), num_runs)
-    per_run: dict[str, list[Any]] = {"run_id": [c.run_id for c in configs]}
-    for name in FIELD_NAMES if with_config else ():
-        per_run[name] = [_cell(getattr(c, name)) for c in configs]
-    died = diverged_epoch.numpy()[run]
-    table = pd.DataFrame(per_run).take(run).reset_index(drop=True)  # one row per config, repeated per epoch
-    table.insert(1, "status", np.where(died >= 0, "diverged", "ok"))
-    table.insert(2, "diverged_epoch", died)
-    table["epoch"] = epoch
-    table["step"] = epoch * steps
-    table = pd.concat([table, pd.DataFrame(values, columns=names)], axis=1)
-    table.insert(0, "_run", run)
-    lived = (died < 0) | (epoch <= died)
-    return table[lived].reset_index(drop=True)
-
-
-def _cell(value: Any) -> Any:
-    """A config value as a table cell: lists (prompts, mixed prompt lengths, plugins) as compact JSON text."""
-    import json
-
-    value = plain(value)
-    return json.dumps(value, separators=(",", ":")) if isinstance(value, list) else value
+    return metrics.to_frame(configs, names, history, diverged_epoch, steps, with_config)

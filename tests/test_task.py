@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
 
-from sortrl import ConfigError, RunConfig, train
+from sortrl import ConfigError, RunConfig, metrics, train
 from sortrl.model import forward, init_params
 from sortrl.task import PAD, TASKS, is_sorted_exactly, sorted_prompts
-
-engine = importlib.import_module("sortrl.train")  # the package attribute `sortrl.train` is the function
 
 RANDOM = dict(task="random", vocab_size=6, prompt_length=4, num_prompts=12, num_eval_prompts=8)
 TRAINING_COLUMNS = ["mean_reward", "reward_std", "entropy", "loss", "greedy_accuracy", "response_length"]
@@ -88,7 +85,7 @@ def test_greedy_accuracy_of_a_hand_set_policy():
     logits = torch.nn.functional.one_hot(answers, 5).float()[None]  # [run batch pos vocab], argmax = answers
     assert is_sorted_exactly(prompts, logits.argmax(-1)).tolist() == [[True, False, True, False]]
     cfg = SimpleNamespace(c0=SimpleNamespace(lengths=(1, 2, 3)))
-    got = engine._greedy(cfg, prompts, logits, "eval/")
+    got = metrics.greedy(cfg.c0.lengths, prompts, logits, "eval/")
     assert got["eval/greedy_accuracy"].tolist() == [0.5]
     # per length: length 1 -> 1 of 1 sorted, length 2 -> 0 of 1, length 3 -> 1 of 2
     assert [got[f"eval/greedy_accuracy/len={n}"].item() for n in (1, 2, 3)] == [1.0, 0.0, 0.5]
