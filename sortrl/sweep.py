@@ -363,10 +363,14 @@ def _train_all(
     given_up: dict[int, str] = {}
     running: dict[Any, int] = {}
     quiet_since = time.monotonic()
-    while queue or running:
+
+    def hand_out() -> None:
         while queue and len(running) < pool.workers:
             i = queue.popleft()
             running[pool.submit(chunks[i], labels[i], threads)] = i
+
+    while queue or running:
+        hand_out()
         finished = pool.wait(list(running), max(0.0, quiet_since + heartbeat - time.monotonic()))
         if not finished:
             waiting = f", {len(queue)} waiting" if queue else ""
@@ -379,19 +383,17 @@ def _train_all(
             )
             quiet_since = time.monotonic()
             continue
+        arrived: list[Trained] = []
         lost: dict[int, str] = {}
         while finished:
             for future in finished:
                 i = running.pop(future)
                 try:
-                    result = pool.result(future)
+                    arrived.append(pool.result(future))
                 except Exception as err:  # noqa: BLE001 -- a lost worker is retried; anything else is re-raised
                     if not pool.is_lost(err):
                         raise
                     lost[i] = _why_lost(err)
-                    continue
-                quiet_since = time.monotonic()
-                yield result
             # a broken pool fails every running chunk: collect them now, so one loss is one retry
             finished = pool.wait_all(list(running)) if lost and running and pool.broken() else []
         if lost:
@@ -409,6 +411,11 @@ def _train_all(
                     SweepWarning,
                     stacklevel=2,
                 )
+        if arrived:
+            quiet_since = time.monotonic()
+            if pool.background:  # the idle workers get their next chunk before this process stores these
+                hand_out()
+            yield from arrived
     if given_up:
         runs = sum(len(chunks[i]) for i in given_up)
         yield _GaveUp(
@@ -433,6 +440,8 @@ class _Pool:
     """Parallel slots the chunk plan is made for (`plan_chunks`'s `n_jobs`)."""
     workers = 1
     """Chunks handed out at once (`parallel`, capped at the number of chunks)."""
+    background = False
+    """Whether chunks train elsewhere while this process stores results (else `submit` trains them here)."""
 
     def start(self, chunks: int) -> None:
         """Get ready to train `chunks` chunks (processes start lazily, at the first `submit`)."""
@@ -489,6 +498,7 @@ class _LokyPool(_Pool):
         super().start(chunks)
         if self.workers == 1:  # one chunk at a time: train here, no process to start (or to lose)
             return
+        self.background = True
         cores = os.cpu_count() or 1
         if self.workers > cores:
             warnings.warn(
@@ -541,6 +551,8 @@ def release_workers() -> None:
 
 class _DaskPool(_Pool):
     """The workers of a Dask cluster (`client`); Dask itself reschedules the tasks of a worker that dies."""
+
+    background = True
 
     def __init__(self, client: Any, parallel: int):
         self.client, self.parallel = client, parallel
