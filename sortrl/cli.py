@@ -17,7 +17,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -29,6 +29,9 @@ from typer.core import TyperGroup
 from sortrl.config import CHOICES, RunConfig, choice_docs, field_docs, ignored_fields, make_config
 from sortrl.recipes import RECIPES
 from sortrl.registry import ConfigError
+
+if TYPE_CHECKING:
+    from sortrl.sweep import Plan
 
 
 class _OneLineErrors(TyperGroup):
@@ -245,7 +248,7 @@ def sweep(
     Every grid file is checked before any training starts.
     """
     from sortrl.grid import load_grid
-    from sortrl.sweep import BACKENDS, check_scheduler, run_sweep
+    from sortrl.sweep import BACKENDS, check_scheduler, release_workers, run_sweep
 
     if chunk_size < 1:
         raise ConfigError(f"chunk-size: must be >= 1, got {chunk_size}")
@@ -268,30 +271,95 @@ def sweep(
         raise ConfigError(f"name: two grid files are both named {twice[0]!r}; each experiment needs its own name")
     for grid in grids:
         _check_results(results, grid.name)
+    for path, grid in zip(grid_files, grids):  # once per grid file, not once per run
+        for name, why in grid.ignored_fields().items():
+            warnings.warn(f"{path}: {name}: has no effect here ({why})", stacklevel=1)
     # SIGTERM (a batch system's time limit, `kill`): unwind like Ctrl-C, so the manifest says "interrupted"
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    shown: _SweepProgress | None = None
+    problems = []
     try:
         for grid in grids:
-            total = grid.num_runs
             with _progress() as bar:
-                task = bar.add_task(f"sweep {grid.name}", total=total)
+                shown = _SweepProgress(grid.name, grid.num_runs, bar)
                 outcome = run_sweep(
                     grid,
                     results,
                     n_jobs=n_jobs,
                     chunk_size=chunk_size,
-                    on_chunk=lambda n, task=task, bar=bar: bar.advance(task, n),
+                    on_chunk=shown.stored_chunk,
+                    on_plan=shown.planned,
                     backend=backend,
                     scheduler=scheduler,
                 )
-                bar.update(task, completed=total)
             console.print(
                 f"{grid.name}: {outcome.total} runs, {outcome.trained} trained, {outcome.skipped} already stored, "
                 f"{outcome.wall_seconds:.1f} s -> {Path(results) / 'runs' / grid.name}",
                 soft_wrap=True,
             )
+            if outcome.problem is not None:
+                problems.append(outcome.problem)
+        release_workers()
+    except (KeyboardInterrupt, SystemExit) as err:  # one line: what is stored, how to resume (no traceback)
+        code = err.code if isinstance(err, SystemExit) else 130
+        what = "interrupted" if isinstance(err, KeyboardInterrupt) else "stopped"
+        if shown is None or shown.stored is None:
+            held = "nothing trained yet"
+        else:
+            held = f"{shown.stored:,} of {shown.total:,} runs stored in {Path(results) / 'runs' / shown.name}"
+        print(
+            f"{what}: {shown.name if shown else 'sweep'}: {held}; run the same command again to resume", file=sys.stderr
+        )
+        sys.exit(code)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        sys.exit(1)
+
+
+class _SweepProgress:
+    """The grid being swept: its progress bar, its plan's line, and how many of its runs are stored."""
+
+    def __init__(self, name: str, total: int, bar: Progress):
+        self.name, self.total, self.bar = name, total, bar
+        self.stored: int | None = None  # unknown until the sweep is planned
+        self.task = bar.add_task(f"sweep {name}", total=total)
+
+    def planned(self, plan: Plan) -> None:
+        self.stored = plan.stored
+        self.bar.update(self.task, completed=plan.stored)
+        console.print(f"{self.name}: {_plan_line(plan)}", soft_wrap=True)
+
+    def stored_chunk(self, runs: int) -> None:
+        self.stored = (self.stored or 0) + runs
+        self.bar.advance(self.task, runs)
+
+
+def _plan_line(plan: Plan) -> str:
+    """What a sweep is about to do and roughly how long it takes (`sortrl.sweep.ASSUMED_RUN_STEPS_PER_S`)."""
+    from sortrl.sweep import ASSUMED_RUN_STEPS_PER_S
+
+    line = f"{plan.total:,} runs, {plan.stored:,} already stored, {plan.to_train:,} to train"
+    if not plan.to_train:
+        return line
+    workers = f"{plan.workers} worker{'s' if plan.workers > 1 else ''}"
+    line += f" ({plan.run_steps:,} run-steps) on {workers}"
+    seconds = plan.run_steps / (ASSUMED_RUN_STEPS_PER_S * plan.workers)
+    if seconds < 60:  # small sweeps: start-up dominates, an estimate would mislead
+        return line
+    return (
+        f"{line}: about {_duration(seconds)} at {ASSUMED_RUN_STEPS_PER_S:,} run-steps/s per worker (the default model)"
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _check_results(results: Path, experiment: str | None = None) -> None:

@@ -217,8 +217,7 @@ class RunConfig:
     @functools.cached_property
     def run_id(self) -> str:
         """Stable 16-hex-digit hash of every field (same config -> same id, on any machine)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return run_id_of(self.to_dict())
 
     # --- serialisation -------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -230,6 +229,12 @@ class RunConfig:
         """Inverse of `to_dict`; unknown keys raise `ConfigError` listing the valid ones."""
         check_fields(data)
         return cls(**data)
+
+
+def run_id_of(fields: dict[str, Any]) -> str:
+    """The `RunConfig.run_id` of the config whose `to_dict()` is `fields` (so a grid hashes seeds without configs)."""
+    blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RunConfig))

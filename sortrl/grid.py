@@ -42,6 +42,7 @@ the axes are crossed. Values are compared in one form, `normal` (so `0` and
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -54,8 +55,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from sortrl.config import FIELD_NAMES, RunConfig, make_config, plain
+from sortrl.config import FIELD_NAMES, MAX_SEED, RunConfig, ignored_fields, make_config, plain, run_id_of
 from sortrl.registry import ConfigError, check_choice
+from sortrl.task import TASKS
 
 GRID_KEYS = ("name", "seeds", "highlight_seed", "baseline", "figures", "base", "grid", "claim")
 MAX_RUNS = 1_000_000
@@ -249,9 +251,26 @@ class Grid:
 
     def runs(self) -> list[Run]:
         """Every run: each configuration with each seed, in that order."""
-        return [
-            Run(c.label, seed, make_config(**c.fields, seed=seed)) for c in self._configurations for seed in self.seeds
-        ]
+        runs = []
+        for c in self._configurations:
+            fields = c.config.to_dict()
+            runs += [Run(c.label, seed, with_seed(c.config, seed, fields)) for seed in self.seeds]
+        return runs
+
+    def ignored_fields(self) -> dict[str, str]:
+        """Fields the file sets (in `[base]` or as an axis) that no configuration reads, each with why.
+
+        For a warning once per grid file (`sortrl sweep`), not once per run: a
+        field counts only if every configuration ignores it (an `epsilon_high`
+        axis crossed with `loss_mode = ["naive", "clipped"]` is read by the
+        clipped ones).
+        """
+        unread = [ignored_fields(c.config) for c in self._configurations]
+        return {
+            name: unread[0][name]
+            for name in (*self.base, *self.axes)
+            if unread and all(name in fields for fields in unread)
+        }
 
     @property
     def num_runs(self) -> int:
@@ -306,6 +325,27 @@ class Grid:
         return [{claim.across: v} for v in self.axis_values(claim.across)]
 
 
+def with_seed(config: RunConfig, seed: int, fields: dict[str, Any] | None = None) -> RunConfig:
+    """`config` with `seed` (checked against `sortrl.config.MAX_SEED`), without checking its other fields again.
+
+    Equal to `make_config(**fields, seed=seed)` for the fields `config` was made
+    from (a tested property): no check of `RunConfig` depends on the seed but
+    its range, so a grid validates each configuration once, not once per seed
+    (a 100,000-run grid plans in seconds, not a minute). `fields`, if given, is
+    `config.to_dict()`, from which the new run id is hashed directly.
+    """
+    if seed == config.seed:
+        return config
+    if not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
+        raise ConfigError(f"seed: must be an integer from 0 to {MAX_SEED:,}, got {seed!r}")
+    out = copy.copy(config)
+    vars(out).pop("run_id", None)  # a cached hash of every field, the seed's included
+    object.__setattr__(out, "seed", seed)
+    if fields is not None:
+        vars(out)["run_id"] = run_id_of({**fields, "seed": seed})
+    return out
+
+
 # --- parsing ----------------------------------------------------------------------------
 def _fail(path: str | Path, message: str) -> ConfigError:
     return ConfigError(f"{path}: {message}")
@@ -317,6 +357,8 @@ def parse_grid(text: str, path: str | Path = "<grid>") -> Grid:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise _fail(path, _toml_problem(text, str(err))) from None
+    except RecursionError:
+        raise _fail(path, "not valid for sortrl: arrays or tables nested too deeply") from None
     unknown = sorted(set(data) - set(GRID_KEYS))
     if unknown:
         raise _fail(path, f"unknown key {unknown[0]!r}; valid keys: {', '.join(GRID_KEYS)}")
@@ -366,6 +408,7 @@ def parse_grid(text: str, path: str | Path = "<grid>") -> Grid:
     except TypeError as err:
         raise _fail(path, f"bad field value ({err})") from None
     _check_configurations(configurations, path)
+    _check_tasks(configurations, path)
     _check_baseline(grid, path)
     claims = _parse_claims(data.get("claim", []), grid, path)
     figures = data.get("figures")
@@ -432,6 +475,25 @@ def _check_configurations(configurations: list[Configuration], path: str | Path)
                     f"[grid] {axis}: values {other.values[axis]!r} and {c.values[axis]!r} give {what} "
                     f"({c.label!r}); list one of them",
                 )
+
+
+def _check_tasks(configurations: list[Configuration], path: str | Path) -> None:
+    """Every distinct prompt set can be drawn (a random task may ask for more distinct prompts than there are).
+
+    Checked here so that a bad grid fails before any grid trains, naming its file.
+    """
+    seen: set[str] = set()
+    for c in configurations:
+        config = c.config
+        key = normal([config.task, config.prompts, config.num_values, config.lengths, config.num_prompts])
+        key += normal([config.num_eval_prompts, config.allow_repeats, config.task_seed])
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            TASKS[config.task](config)
+        except ConfigError as err:
+            raise _fail(path, f"{err} ({c.label})") from None
 
 
 def _check_baseline(grid: Grid, path: str | Path) -> None:
@@ -583,10 +645,14 @@ def _parse_seeds(value: Any, path: str | Path) -> tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 1:
             raise _fail(path, f"seeds: a count must be >= 1, got {value}")
+        if value > MAX_RUNS:  # before building the tuple: seeds = 100000000000 must not exhaust memory
+            raise _fail(path, f"seeds: {value:,} seeds; at most {MAX_RUNS:,} runs per grid file")
         return tuple(range(value))
     if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
         if min(value) < 0 or len(set(value)) != len(value):
             raise _fail(path, "seeds: a list must hold distinct integers >= 0")
+        if max(value) > MAX_SEED:
+            raise _fail(path, f"seeds: at most {MAX_SEED:,} (generator seeds are 64-bit), got {max(value)}")
         return tuple(value)
     raise _fail(path, f"seeds: a count (seeds = 32) or a non-empty list of integers (seeds = [5]), got {value!r}")
 

@@ -66,7 +66,10 @@ def read_readme(path: Path) -> str:
     """The text of `path`, checked to hold the markers of every block of `BLOCKS` (else `ConfigError`)."""
     if not path.is_file():
         raise ConfigError(f"readme: no file at {path}")
-    text = path.read_bytes().decode("utf-8")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"readme: {path} is not UTF-8 text (byte {err.start}); give a Markdown file") from None
     for name in BLOCKS:
         _span(text, name, path)
     return text
@@ -207,6 +210,12 @@ def _against_baseline(f: Findings) -> str:
     exp = f.experiment
     m = len(f.with_interval)
     if not m:
+        finished = int(f.summary.set_index("configuration")["n"].get(exp.baseline, 0))
+        if f.comparisons and finished < 2:  # say whose runs are missing, not the others'
+            return (
+                f"Nothing is compared with the baseline ({exp.baseline}): it has {finished} finished "
+                f"run{'' if finished == 1 else 's'}, fewer than the two a comparison needs."
+            )
         return ""
     better = sorted(f.verdicts("better"), key=lambda c: -c.p)
     worse = sorted(f.verdicts("worse"), key=lambda c: c.p)

@@ -53,9 +53,7 @@ def _findings(f: Findings) -> list[str]:
                 f"of its maximum ({reward_maxima(exp)}); the numbers here are in reward points."
             )
     lines += [f"- {heads[k]}: {'; '.join(v) if v else 'none'}." for k, v in groups.items()]
-    missing = [c.configuration for c in f.comparisons if not c.verdict]
-    if missing:
-        lines.append(f"- No P(improve) interval (fewer than two finished runs): {', '.join(missing)}.")
+    lines += _without_interval(f)
     m = len(f.with_interval)
     if m > 1:
         lines.append(
@@ -64,6 +62,35 @@ def _findings(f: Findings) -> list[str]:
             "would be expected to exclude 0.5 by chance."
         )
     return lines
+
+
+def _without_interval(f: Findings) -> list[str]:
+    """Comparisons without a P(improve) interval, blaming the side with fewer than two finished runs."""
+    summary = f.summary.set_index("configuration")
+    finished, diverged = summary["n"], summary["n_diverged"]
+    lines, short = [], []
+    by_reference: dict[str, list[str]] = {}
+    for c in f.comparisons:
+        if c.verdict:
+            continue
+        if finished.get(c.reference, 0) < 2:
+            by_reference.setdefault(c.reference, []).append(c.configuration)
+        else:
+            short.append(c.configuration)
+    for reference, configurations in by_reference.items():
+        role = "the baseline" if reference == f.experiment.baseline else "the reference"
+        lines.append(
+            f"- No P(improve) interval for {', '.join(configurations)}: {role} {reference} has "
+            f"{_runs(finished.get(reference, 0))} finished ({_runs(diverged.get(reference, 0))} diverged), "
+            "fewer than the two a comparison needs."
+        )
+    if short:
+        lines.append(f"- No P(improve) interval (fewer than two finished runs): {', '.join(short)}.")
+    return lines
+
+
+def _runs(n: int) -> str:
+    return f"{int(n)} run{'' if n == 1 else 's'}"
 
 
 def _claims(f: Findings, tests: list[Test]) -> list[str]:

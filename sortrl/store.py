@@ -5,9 +5,9 @@ Layout under a results folder (default `results/`):
     runs/<experiment>/grid.toml           the grid file the sweep ran
     runs/<experiment>/manifest.json       the latest sweep: versions, status, times and wall time
     runs/<experiment>/manifests.jsonl     every sweep's manifest, one JSON object per line (start and end)
-    runs/<experiment>/chunk-<id>.parquet  one chunk of runs (schema below)
+    runs/<experiment>/chunk-<runs>-<sum>.parquet  one chunk of runs (schema below)
 
-A chunk (schema version 2) is one Parquet file. Its rows are the per-epoch
+A chunk (schema version 3) is one Parquet file. Its rows are the per-epoch
 metrics, one row per (run, epoch): `run_id`, `epoch`, `step` and the metric
 columns of `sortrl.train.train`. Its key-value metadata holds `SCHEMA_KEY`
 and, under `RUNS_KEY`, the per-run table as JSON:
@@ -24,12 +24,18 @@ Every file is written to a hidden temporary name in the same folder
 (`.<name>.tmp-<host>-<pid>-<random>`) and renamed into place (`os.replace`,
 atomic on POSIX), so a kill at any moment leaves either the old file, the new
 file, or a hidden temporary that is never read as a result and that the next
-sweep removes (`remove_stale_temporaries`). A chunk's name is a hash of its
-run ids, so two sweeps that train the same chunk write the same file; loading
-also drops duplicate runs, so concurrent sweeps never make a run appear twice.
+sweep removes (`remove_stale_temporaries`). A chunk's name is
+`chunk-<runs>-<sum>.parquet`: `<runs>` hashes its run ids and `<sum>` is its
+checksum, the first 16 hex digits of the SHA-256 of the file's bytes. A chunk's
+bytes depend only on its runs (batch invariance), so two sweeps that train the
+same chunk write the same file; loading also drops duplicate runs, so
+concurrent sweeps never make a run appear twice.
 
-A chunk of another schema version (e.g. version 1, which repeated every config
-field on every row), a corrupt or truncated chunk, or any other file in an
+Every chunk is checked against its checksum before anything in it is read, so
+a flipped bit anywhere in the file (rows, footer, per-run table) is caught. A
+chunk whose bytes do not match its name, a chunk of another schema version
+(version 2 had no checksum, version 1 repeated every config field on every
+row), a truncated or otherwise unreadable chunk, or any other file in an
 experiment folder is skipped with a one-line `StoreWarning` naming it: never a
 crash, never a silent mix. A skipped chunk's runs do not count as done, so the
 next sweep trains them again. Nothing is ever unpickled or evaluated: chunks
@@ -55,8 +61,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = "2"
-"""Version of the chunk layout; bump it when columns or the per-run table change meaning."""
+SCHEMA_VERSION = "3"
+"""Version of the chunk layout; bump it when columns, the per-run table or the file name change meaning."""
 
 SCHEMA_KEY = b"sortrl_schema"
 RUNS_KEY = b"sortrl_runs"
@@ -71,6 +77,8 @@ REQUIRED_COLUMNS = ("run_id", "epoch")
 MANIFEST = "manifest.json"
 HISTORY = "manifests.jsonl"
 KNOWN_FILES = ("grid.toml", MANIFEST, HISTORY, "chunk-*.parquet")
+CHUNK_NAME = re.compile(r"^chunk-(?P<runs>[0-9a-f]{16})-(?P<sum>[0-9a-f]{16})\.parquet$")
+"""A chunk's file name: a hash of its run ids and the checksum of its bytes (`checksum`)."""
 """Names a sweep writes into an experiment folder; anything else there is foreign (hidden files aside)."""
 
 STALE_SECONDS = 24 * 3600
@@ -101,9 +109,16 @@ def temporary_prefix(name: str) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a hidden temporary file in the same folder and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path.name))
+    """Write `data` to `path` via a hidden temporary file in the same folder and an atomic rename.
+
+    An `OSError` (a full disk, a lost permission) names `path`, so the one-line
+    error at the command line says where the write failed.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path.name))
+    except OSError as err:
+        raise _naming(err, path) from err
     try:
         os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from the rest of a group
         with os.fdopen(fd, "wb") as handle:
@@ -111,9 +126,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise _naming(err, path) from err
         raise
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """`err` with `path` as its file name (a write error such as ENOSPC names no file by itself)."""
+    return OSError(err.errno, err.strerror or str(err), str(path))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -155,31 +177,42 @@ def remove_stale_temporaries(folder: Path, max_age: float = STALE_SECONDS) -> li
 
 
 def write_chunk(folder: Path, table: pd.DataFrame, runs: Iterable[dict[str, Any]]) -> Path:
-    """Store one chunk of finished runs atomically; returns its path.
+    """Store one chunk of finished runs atomically (`encode_chunk`, then `store_chunk`); returns its path."""
+    name, data = encode_chunk(table, runs)
+    return store_chunk(folder, name, data)
+
+
+def encode_chunk(table: pd.DataFrame, runs: Iterable[dict[str, Any]]) -> tuple[str, bytes]:
+    """One chunk of finished runs as (file name, Parquet bytes); a sweep's workers call it, the client stores it.
 
     `table`: a `sortrl.train.train(..., with_config=False)` table (`run_id`,
     `status`, `diverged_epoch`, `epoch`, `step`, metrics). `runs`: one dict per
     run of `table` with its `run_id`, `configuration` (label), `seed` and
     `config` (`RunConfig.to_dict()`). The rows keep `run_id`, `epoch`, `step`
     and the metrics, sorted by run and epoch; the per-run table goes into the
-    file's metadata (see the module docstring).
+    file's metadata (see the module docstring). The name carries the checksum
+    of the bytes (`chunk_name`).
     """
     first = table.groupby("run_id", sort=True)[["status", "diverged_epoch"]].first()
     records = {r["run_id"]: r for r in runs}
     if set(records) != set(first.index):
-        raise ValueError("write_chunk: `runs` must describe exactly the runs of `table`")
+        raise ValueError("encode_chunk: `runs` must describe exactly the runs of `table`")
     configs: dict[str, int] = {}  # a config without its seed (JSON) -> its position in the chunk's list
+    texts: dict[int, str] = {}  # id of a config dict -> its JSON (the runs of one configuration often share one)
     per_run = []
-    for run_id, row in first.iterrows():
+    for run_id, status, died in zip(first.index, first["status"], first["diverged_epoch"]):
         record = records[run_id]
-        config = json.dumps({k: v for k, v in record["config"].items() if k != "seed"}, sort_keys=True)
+        config = texts.get(id(record["config"]))
+        if config is None:
+            config = json.dumps({k: v for k, v in record["config"].items() if k != "seed"}, sort_keys=True)
+            texts[id(record["config"])] = config
         per_run.append(
             {
                 "run_id": run_id,
                 "configuration": record["configuration"],
                 "seed": record["seed"],
-                "status": str(row["status"]),
-                "diverged_epoch": int(row["diverged_epoch"]),
+                "status": str(status),
+                "diverged_epoch": int(died),
                 "config": configs.setdefault(config, len(configs)),
             }
         )
@@ -190,9 +223,27 @@ def write_chunk(folder: Path, table: pd.DataFrame, runs: Iterable[dict[str, Any]
     metadata = {**(arrow.schema.metadata or {}), SCHEMA_KEY: SCHEMA_VERSION.encode(), RUNS_KEY: text.encode()}
     sink = pa.BufferOutputStream()
     pq.write_table(arrow.replace_schema_metadata(metadata), sink)
-    name = hashlib.sha256(",".join(first.index).encode()).hexdigest()[:16]
-    path = folder / f"chunk-{name}.parquet"
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    data = sink.getvalue().to_pybytes()
+    return chunk_name(list(first.index), data), data
+
+
+def checksum(data: bytes) -> str:
+    """A chunk's checksum: the first 16 hex digits of the SHA-256 of its bytes."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def chunk_name(run_ids: list[str], data: bytes) -> str:
+    """`chunk-<runs>-<sum>.parquet`: a hash of the sorted run ids and the checksum of the file's bytes."""
+    runs = hashlib.sha256(",".join(sorted(run_ids)).encode()).hexdigest()[:16]
+    return f"chunk-{runs}-{checksum(data)}.parquet"
+
+
+def store_chunk(folder: Path, name: str, data: bytes) -> Path:
+    """Write an `encode_chunk` result into `folder` atomically; returns its path."""
+    if CHUNK_NAME.match(name) is None:
+        raise ValueError(f"store_chunk: {name!r} is not a chunk name")
+    path = folder / name
+    atomic_write_bytes(path, data)
     return path
 
 
@@ -223,17 +274,33 @@ def _chunk_files(folder: Path) -> list[Path]:
 
 
 def _open_chunk(path: Path) -> Chunk | None:
-    """A chunk's footer (schema, per-run table), or None with a warning naming the file if it cannot be trusted."""
+    """A chunk's footer (schema, per-run table), or None with a warning naming the file if it cannot be trusted.
+
+    The file's bytes are checked against the checksum in its name first, so
+    nothing of a corrupt file is ever read as a result.
+    """
     try:
-        schema = pq.read_schema(path)
+        data = path.read_bytes()
+        source = pa.BufferReader(data)
+        named = CHUNK_NAME.match(path.name)
+        if named is not None and checksum(data) != named["sum"]:
+            _warn(
+                f"skipping {path}: its bytes do not match the checksum in its name (corrupt: bit rot, a bad copy "
+                "or an edit); re-run the sweep to train its runs again"
+            )
+            return None
+        schema = pq.read_schema(source)
         metadata = schema.metadata or {}
         version = metadata.get(SCHEMA_KEY)
         if version != SCHEMA_VERSION.encode():
             found = version.decode(errors="replace") if version else "none (not written by sortrl)"
             _warn(
                 f"skipping {path}: schema version {found}, this sortrl reads version {SCHEMA_VERSION}; "
-                "re-run the sweep to train its runs again"
+                "re-run the sweep to train its runs again (then delete the file)"
             )
+            return None
+        if named is None:
+            _warn(f"skipping {path}: no checksum in its name (expected chunk-<runs>-<sum>.parquet); renamed?")
             return None
         missing = [f"column {c!r}" for c in REQUIRED_COLUMNS if c not in schema.names]
         if missing or RUNS_KEY not in metadata:

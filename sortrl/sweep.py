@@ -3,44 +3,80 @@
 `run_sweep(grid, results)` trains every run of a `sortrl.grid.Grid` (the grid
 file format and its expansion live there) that `results/runs/<name>/` does not
 hold yet: `plan_chunks` splits the runs into chunks that share a batch key,
-joblib workers (loky processes here, or a Dask cluster) train the chunks, and
-this process stores each chunk (`sortrl.store.write_chunk`, with each run's
-configuration label and config) and the sweep's manifests.
+workers (loky processes here, or a Dask cluster) train each chunk and encode
+it as a Parquet file (`sortrl.store.encode_chunk`, with each run's
+configuration label and config), and this process writes each file as it
+arrives (`sortrl.store.store_chunk`) and the sweep's manifests.
+
+What can go wrong, and what happens (each is a tested property):
+
+- a worker process dies (the OOM killer, `kill -9`): its chunk is trained
+  again, at most `MAX_ATTEMPTS` times; chunks that still fail are left out and
+  named in one line (`SweepResult.problem`), the manifest says `incomplete`;
+- a worker stops answering (a stopped Dask worker): every `heartbeat`
+  seconds without a finished chunk, a `SweepWarning` says what is running;
+- Ctrl-C, SIGTERM, an error: the workers are stopped (they ignore Ctrl-C
+  themselves, so they print nothing), the stored chunks stay, and the manifest
+  says `interrupted` or `failed`; the same command resumes;
+- this process is killed (`kill -9`): loky workers notice within a second
+  (`WATCH_SECONDS`) and exit, so nothing keeps running.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import logging
 import math
 import os
 import platform
+import queue
 import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import Any, NamedTuple
 
 from sortrl import __version__
 from sortrl.config import RunConfig
-from sortrl.grid import Grid, Run
+from sortrl.grid import Grid
 from sortrl.registry import ConfigError, check_choice
 from sortrl.store import (
     atomic_write_text,
     completed_run_ids,
+    encode_chunk,
     remove_stale_temporaries,
     runs_dir,
-    write_chunk,
+    store_chunk,
     write_manifest,
 )
 from sortrl.train import batch_key, train
+
+MAX_ATTEMPTS = 3
+"""Most times a chunk is trained when its worker keeps getting lost (killed, crashed)."""
+
+HEARTBEAT_SECONDS = 60.0
+"""A `SweepWarning` is issued after this long without a finished chunk (and again after each such stretch)."""
+
+ASSUMED_RUN_STEPS_PER_S = 100_000
+"""Run-steps per second one worker trains, for the estimate `sortrl sweep` prints before training: about what one
+core of a 2020s machine does on the default model (`make bench`); bigger models are slower."""
+
+WATCH_SECONDS = 0.5
+"""How often a loky worker checks that the process that started it is still alive."""
+
+
+class SweepWarning(UserWarning):
+    """Something a sweep survived or is waiting on: a lost worker retried, no chunk finished for a while."""
 
 
 def plan_chunks(configs: list[RunConfig], chunk_size: int, n_jobs: int) -> list[list[RunConfig]]:
@@ -68,13 +104,33 @@ def plan_chunks(configs: list[RunConfig], chunk_size: int, n_jobs: int) -> list[
     return chunks
 
 
-def _train_chunk(configs: list[RunConfig], threads: int) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Worker entry point: train one chunk with `threads` torch threads.
+class Trained(NamedTuple):
+    """What a worker sends back for one chunk: its file (name and bytes), its run ids and the worker's versions."""
 
-    Returns the chunk's table and the worker's versions, so the client can
-    refuse results from a worker whose sortrl or torch differs from its own.
+    name: str
+    data: bytes
+    run_ids: list[str]
+    versions: dict[str, str]
+
+
+def _train_chunk(configs: list[RunConfig], labels: list[str], threads: int) -> Trained:
+    """Worker entry point: train one chunk with `threads` torch threads and encode it (`sortrl.store.encode_chunk`).
+
+    `labels[i]` is the configuration label of `configs[i]`. Encoding here, not
+    in the client, keeps the client (which shares the machine's cores with the
+    workers) nearly idle. The worker's versions let the client refuse results
+    from a worker whose sortrl or torch differs from its own.
     """
-    return train(configs, workers=threads, with_config=False), _versions()
+    table = train(configs, workers=threads, with_config=False)
+    shared: dict[str, dict[str, Any]] = {}  # one config dict per configuration; only the seed differs
+    runs = []
+    for cfg, label in zip(configs, labels):
+        if label not in shared:
+            shared[label] = cfg.to_dict()
+        config = shared[label]
+        runs.append({"run_id": cfg.run_id, "configuration": label, "seed": cfg.seed, "config": config})
+    name, data = encode_chunk(table, runs)
+    return Trained(name, data, sorted(cfg.run_id for cfg in configs), _versions())
 
 
 def _versions() -> dict[str, str]:
@@ -132,10 +188,25 @@ class SweepResult:
     skipped: int
     trained: int
     wall_seconds: float
+    failed: int = 0
+    """Runs left untrained because their chunk's worker was lost `MAX_ATTEMPTS` times."""
+    problem: str | None = None
+    """One line saying what could not be done (None when every run is stored)."""
+
+
+class Plan(NamedTuple):
+    """What a sweep is about to do, for the caller's progress line (`run_sweep`'s `on_plan`)."""
+
+    total: int
+    stored: int
+    to_train: int
+    run_steps: int
+    """Inner steps summed over the runs to train (one run's: num_epochs x num_steps_per_epoch)."""
+    workers: int
 
 
 BACKENDS = ("loky", "dask")
-"""joblib backends a sweep can run on: `loky` (processes on this machine) or `dask` (a Dask cluster)."""
+"""Where a sweep's chunks train: `loky` (processes on this machine) or `dask` (a Dask cluster)."""
 
 
 def _stamp(seconds: float) -> str:
@@ -151,26 +222,32 @@ def run_sweep(
     backend: str = "loky",
     scheduler: str | None = None,
     threads: int = 1,
+    on_plan: Callable[[Plan], None] | None = None,
+    heartbeat: float = HEARTBEAT_SECONDS,
 ) -> SweepResult:
     """Train every run of `grid` not already stored under `results/runs/<name>/`.
 
     The grid's runs are split into chunks by `plan_chunks` (the plan depends
-    only on the grid, `chunk_size` and the number of workers, not on what is
-    stored, so a resumed sweep trains each missing run with the batch-mates it
-    would have had). Chunks are trained by joblib workers: `backend="loky"`
-    uses `n_jobs` processes here (-1: one per core); `backend="dask"` uses
-    the Dask cluster at `scheduler` (an address such as ``tcp://host:8786``),
-    or a `LocalCluster` of `n_jobs` one-thread workers on this machine if none
-    is given. Each chunk trains with `threads` torch threads (default 1: the
-    tensors are too small for intra-op threads to pay, and on a busy machine
-    they cost several times over; parallelism comes from chunks).
+    only on the grid, `chunk_size` and `n_jobs`, not on what is stored or on
+    the machine, so a resumed sweep trains each missing run with the
+    batch-mates it would have had). Chunks are trained by workers:
+    `backend="loky"` uses up to `n_jobs` processes here (-1: one per core;
+    never more than there are chunks; a `SweepWarning` when more than the
+    cores); `backend="dask"` uses the Dask cluster at `scheduler` (an address
+    such as ``tcp://host:8786``), or a `LocalCluster` of `n_jobs` one-thread
+    workers on this machine if none is given. Each chunk trains with `threads`
+    torch threads (default 1: the tensors are too small for intra-op threads
+    to pay, and two levels of threads would oversubscribe the cores;
+    parallelism comes from chunks). The longest chunks are handed out first.
 
-    Workers return their tables to this process, which writes each chunk
-    atomically as it arrives (workers need no access to `results`), so a sweep
-    killed at any moment resumes where it stopped. `manifest.json` says
-    `running` while the sweep runs and `complete` (or `interrupted`/`failed`)
-    at its end; every state is also appended to `manifests.jsonl`.
-    `on_chunk` is called with the number of runs in each stored chunk.
+    Workers send each chunk back as a Parquet file, which this process writes
+    atomically as it arrives (workers need no access to `results`), so a
+    sweep killed at any moment resumes where it stopped. `manifest.json` says
+    `running` while the sweep runs and `complete`, `incomplete` (some chunk
+    lost its worker `MAX_ATTEMPTS` times), `interrupted` or `failed` at its
+    end; every state is also appended to `manifests.jsonl`. `on_plan` is called
+    once with the `Plan` before training starts, `on_chunk` with the number of
+    runs in each stored chunk.
     """
     check_choice("backend", backend, dict.fromkeys(BACKENDS))
     if scheduler is not None:
@@ -205,33 +282,31 @@ def run_sweep(
         "finished": None,
         "wall_seconds": None,
     }
-    trained, announced = 0, False
+    trained, announced, problem, failed = 0, False, None, 0
     try:
         with _pool(backend, scheduler, n_jobs, threads, bool(missing)) as pool:
-            chunks = [
-                [c for c in chunk if c.run_id not in done] for chunk in plan_chunks(configs, chunk_size, pool.workers)
-            ]
-            chunks = [chunk for chunk in chunks if chunk]
+            planned = plan_chunks(configs, chunk_size, pool.parallel)
+            chunks = [chunk for chunk in ([c for c in chunk if c.run_id not in done] for chunk in planned) if chunk]
+            pool.start(len(chunks))
             manifest["n_jobs"] = pool.workers
             atomic_write_text(folder / "grid.toml", grid.text)
             write_manifest(folder, manifest)
             announced = True
+            steps = sum(c.num_epochs * c.num_steps_per_epoch for c in missing)
+            if on_plan is not None:
+                on_plan(Plan(len(configs), len(stored), len(missing), steps, pool.workers))
             local = _versions()
-            for table, versions in pool.map(chunks):
-                differ = [key for key in MUST_MATCH if versions.get(key) != local[key]]
-                if differ:
-                    theirs = ", ".join(f"{key} {versions.get(key)}" for key in differ)
-                    ours = ", ".join(f"{key} {local[key]}" for key in differ)
-                    raise ConfigError(
-                        f"scheduler: worker on {versions.get('host')} runs {theirs}, this machine {ours}; "
-                        "results would not be comparable: install the same versions on every worker"
-                    )
-                ids = set(table["run_id"].unique())
-                write_chunk(folder, table, [_stored(runs[i]) for i in sorted(ids)])
-                stored |= ids
-                trained += len(ids)
+            labels = [[runs[c.run_id].configuration for c in chunk] for chunk in chunks]
+            for result in _train_all(pool, chunks, labels, threads, grid.name, heartbeat):
+                if isinstance(result, _GaveUp):
+                    failed, problem = result.runs, result.line
+                    continue
+                _check_versions(result.versions, local)
+                store_chunk(folder, result.name, result.data)
+                stored.update(result.run_ids)
+                trained += len(result.run_ids)
                 if on_chunk is not None:
-                    on_chunk(len(ids))
+                    on_chunk(len(result.run_ids))
     except BaseException as err:
         if announced:  # the `running` manifest is on disk: replace it with what happened
             end = time.time()
@@ -246,61 +321,332 @@ def run_sweep(
     end = time.time()
     manifest.update(trained=trained, missing=len(configs) - len(stored), finished=_stamp(end))
     manifest.update(status="complete" if len(stored) == len(configs) else "incomplete")
+    if problem is not None:
+        manifest["error"] = problem
     manifest["wall_seconds"] = round(end - start, 3)
     write_manifest(folder, manifest)
     remove_stale_temporaries(folder)
-    return SweepResult(grid.name, len(configs), len(configs) - len(missing), trained, end - start)
+    return SweepResult(grid.name, len(configs), len(configs) - len(missing), trained, end - start, failed, problem)
 
 
-def _stored(run: Run) -> dict[str, Any]:
-    """What a chunk stores about `run` besides its rows (see `sortrl.store.RUN_KEYS`)."""
-    return {
-        "run_id": run.config.run_id,
-        "configuration": run.configuration,
-        "seed": run.seed,
-        "config": run.config.to_dict(),
-    }
+def _check_versions(versions: dict[str, str], local: dict[str, str]) -> None:
+    differ = [key for key in MUST_MATCH if versions.get(key) != local[key]]
+    if differ:
+        theirs = ", ".join(f"{key} {versions.get(key)}" for key in differ)
+        ours = ", ".join(f"{key} {local[key]}" for key in differ)
+        raise ConfigError(
+            f"scheduler: worker on {versions.get('host')} runs {theirs}, this machine {ours}; "
+            "results would not be comparable: install the same versions on every worker"
+        )
 
 
-@dataclass
+class _GaveUp(NamedTuple):
+    """Yielded last by `_train_all` when some chunks lost their worker `MAX_ATTEMPTS` times."""
+
+    runs: int
+    line: str
+
+
+def _train_all(
+    pool: _Pool, chunks: list[list[RunConfig]], labels: list[list[str]], threads: int, name: str, heartbeat: float
+) -> Iterator[Trained | _GaveUp]:
+    """Train `chunks` on `pool`, yielding each `Trained` as it arrives (then a `_GaveUp` if some were given up).
+
+    At most `pool.workers` chunks are handed out at once, longest first, so a
+    chunk that was handed out was running when its worker was lost: only
+    those chunks count an attempt. A lost chunk goes back to the front of the
+    queue. Any other error in a chunk (a bug, a bad plug-in) ends the sweep.
+    """
+    cost = [sum(c.num_epochs * c.num_steps_per_epoch for c in chunk) for chunk in chunks]
+    queue = collections.deque(sorted(range(len(chunks)), key=lambda i: -cost[i]))
+    attempts: collections.Counter[int] = collections.Counter()
+    given_up: dict[int, str] = {}
+    running: dict[Any, int] = {}
+    quiet_since = time.monotonic()
+
+    def hand_out() -> None:
+        while queue and len(running) < pool.workers:
+            i = queue.popleft()
+            running[pool.submit(chunks[i], labels[i], threads)] = i
+
+    while queue or running:
+        hand_out()
+        finished = pool.wait(list(running), max(0.0, quiet_since + heartbeat - time.monotonic()))
+        if not finished:
+            waiting = f", {len(queue)} waiting" if queue else ""
+            warnings.warn(
+                f"{name}: no chunk finished in the last {time.monotonic() - quiet_since:.0f} s "
+                f"({len(running)} running{pool.where(list(running))}{waiting}); a worker may be stopped or "
+                "overloaded; still waiting",
+                SweepWarning,
+                stacklevel=2,
+            )
+            quiet_since = time.monotonic()
+            continue
+        arrived: list[Trained] = []
+        lost: dict[int, str] = {}
+        while finished:
+            for future in finished:
+                i = running.pop(future)
+                try:
+                    arrived.append(pool.result(future))
+                except Exception as err:  # noqa: BLE001 -- a lost worker is retried; anything else is re-raised
+                    if not pool.is_lost(err):
+                        raise
+                    lost[i] = _why_lost(err)
+            # a broken pool fails every running chunk: collect them now, so one loss is one retry
+            finished = pool.wait_all(list(running)) if lost and running and pool.broken() else []
+        if lost:
+            for i in lost:
+                attempts[i] += 1
+            retry = [i for i in lost if attempts[i] < MAX_ATTEMPTS]
+            given_up.update((i, lost[i]) for i in lost if attempts[i] >= MAX_ATTEMPTS)
+            queue.extendleft(sorted(retry, key=lambda i: cost[i]))  # back in front, longest first
+            pool.renew()
+            if retry:
+                runs = sum(len(chunks[i]) for i in retry)
+                warnings.warn(
+                    f"{name}: a worker was lost ({next(iter(lost.values()))}); training its {len(retry)} chunk(s) "
+                    f"of {runs:,} runs again (attempt {max(attempts[i] for i in retry) + 1} of {MAX_ATTEMPTS})",
+                    SweepWarning,
+                    stacklevel=2,
+                )
+        if arrived:
+            quiet_since = time.monotonic()
+            if pool.background:  # the idle workers get their next chunk before this process stores these
+                hand_out()
+            yield from arrived
+    if given_up:
+        runs = sum(len(chunks[i]) for i in given_up)
+        yield _GaveUp(
+            runs,
+            f"{name}: {runs:,} runs in {len(given_up)} chunk(s) not trained: their worker was lost "
+            f"{MAX_ATTEMPTS} times (last: {next(iter(given_up.values()))}); run the same command again to train them",
+        )
+
+
+def _why_lost(err: BaseException) -> str:
+    """A few words on a lost worker: loky's exit codes (`SIGKILL(-9)`: killed, e.g. by the OOM killer) or the error."""
+    codes = re.search(r"exit codes of the workers are \{(.*?)\}", str(err))
+    if codes:
+        return f"a worker process died, exit codes {codes[1]}"
+    return f"{err.__class__.__name__}: {' '.join(str(err).split())[:160]}"
+
+
 class _Pool:
-    """Where chunks are trained: `workers` parallel slots and a `map` yielding (table, versions) per chunk."""
+    """Where chunks are trained: in this process (`workers` = 1, no processes to lose)."""
 
-    workers: int
-    map: Callable[[list[list[RunConfig]]], Iterator[tuple[pd.DataFrame, dict[str, str]]]]
+    parallel = 1
+    """Parallel slots the chunk plan is made for (`plan_chunks`'s `n_jobs`)."""
+    workers = 1
+    """Chunks handed out at once (`parallel`, capped at the number of chunks)."""
+    background = False
+    """Whether chunks train elsewhere while this process stores results (else `submit` trains them here)."""
+
+    def start(self, chunks: int) -> None:
+        """Get ready to train `chunks` chunks (processes start lazily, at the first `submit`)."""
+        self.workers = max(1, min(self.parallel, chunks))
+
+    def submit(self, configs: list[RunConfig], labels: list[str], threads: int) -> Any:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            future.set_result(_train_chunk(configs, labels, threads))
+        except Exception as err:  # noqa: BLE001 -- handed to `result`, as a worker's error would be
+            future.set_exception(err)
+        return future
+
+    def wait(self, futures: list[Any], timeout: float) -> list[Any]:
+        """The futures that finished within `timeout` seconds (at least one, unless none did)."""
+        finished, _ = concurrent.futures.wait(futures, timeout, return_when=concurrent.futures.FIRST_COMPLETED)
+        return list(finished)
+
+    def wait_all(self, futures: list[Any], timeout: float = 30) -> list[Any]:
+        """The futures that finished within `timeout` seconds, waiting for all of them."""
+        finished, _ = concurrent.futures.wait(futures, timeout)
+        return list(finished)
+
+    def result(self, future: Any) -> Trained:
+        return future.result()
+
+    def is_lost(self, err: BaseException) -> bool:
+        """Whether `err` means the chunk's worker was lost (rather than the chunk failing)."""
+        return False
+
+    def renew(self) -> None:
+        """Replace workers lost since the last call."""
+
+    def broken(self) -> bool:
+        """Whether every chunk still running is lost too (a loky pool breaks as a whole when one worker dies)."""
+        return False
+
+    def where(self, futures: list[Any]) -> str:
+        """Where `futures` run, for a heartbeat message (empty when there is nothing useful to say)."""
+        return ""
+
+    def stop(self) -> None:
+        """Stop every worker now (an interrupt or an error): nothing keeps training."""
+
+
+class _LokyPool(_Pool):
+    """loky worker processes on this machine (joblib's executor): they ignore Ctrl-C and exit when we die."""
+
+    def __init__(self, parallel: int):
+        self.parallel = parallel
+        self.executor: Any = None
+
+    def start(self, chunks: int) -> None:
+        super().start(chunks)
+        if self.workers == 1:  # one chunk at a time: train here, no process to start (or to lose)
+            return
+        self.background = True
+        cores = os.cpu_count() or 1
+        if self.workers > cores:
+            warnings.warn(
+                f"n_jobs: {self.workers} worker processes on {cores} cores compete for them (and for memory); "
+                f"a sweep is fastest with at most {cores}",
+                SweepWarning,
+                stacklevel=3,
+            )
+        self.renew()
+
+    def renew(self) -> None:
+        from joblib.externals.loky import get_reusable_executor
+
+        with _sigint_blocked():  # workers start with SIGINT blocked (inherited): Ctrl-C is ours to handle
+            self.executor = get_reusable_executor(
+                max_workers=self.workers, timeout=300, initializer=_worker_init, initargs=(os.getpid(),)
+            )
+        _EXECUTORS.append(self.executor)
+
+    def submit(self, configs: list[RunConfig], labels: list[str], threads: int) -> Any:
+        if self.executor is None:
+            return super().submit(configs, labels, threads)
+        with _sigint_blocked():  # loky starts (or restarts) worker processes from here
+            return self.executor.submit(_train_chunk, configs, labels, threads)
+
+    def is_lost(self, err: BaseException) -> bool:
+        return isinstance(err, concurrent.futures.BrokenExecutor)
+
+    def broken(self) -> bool:
+        return self.executor is not None and bool(self.executor._flags.broken)
+
+    def stop(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, kill_workers=True)
+
+
+_EXECUTORS: list[Any] = []
+"""The loky executors sweeps used (one, reused by the sweeps of one process, unless a worker was lost)."""
+
+
+def release_workers() -> None:
+    """Stop the worker processes sweeps left idle for the next sweep (else they wait until this process exits).
+
+    `sortrl sweep` calls it after its last grid, so that exiting does not wait
+    on them (and a Ctrl-C then has nothing left to interrupt).
+    """
+    while _EXECUTORS:
+        _EXECUTORS.pop().shutdown(wait=True)
+
+
+class _DaskPool(_Pool):
+    """The workers of a Dask cluster (`client`); Dask itself reschedules the tasks of a worker that dies."""
+
+    background = True
+
+    def __init__(self, client: Any, parallel: int):
+        self.client, self.parallel = client, parallel
+        self.finished: queue.SimpleQueue = queue.SimpleQueue()  # futures as they finish (their callbacks put them)
+
+    def submit(self, configs: list[RunConfig], labels: list[str], threads: int) -> Any:
+        future = self.client.submit(_train_chunk, configs, labels, threads, pure=False)
+        future.add_done_callback(self.finished.put)
+        return future
+
+    def wait(self, futures: list[Any], timeout: float) -> list[Any]:
+        try:
+            finished = [self.finished.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                finished.append(self.finished.get_nowait())
+        return finished
+
+    def is_lost(self, err: BaseException) -> bool:
+        import distributed
+
+        return isinstance(err, distributed.KilledWorker)
+
+    def where(self, futures: list[Any]) -> str:
+        with contextlib.suppress(Exception):  # a diagnostic only: never fail a sweep over it
+            keys = {f.key for f in futures}
+            busy = sorted(worker for worker, tasks in self.client.processing().items() if keys & set(tasks))
+            return f" on {', '.join(busy)}" if busy else ""
+        return ""
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.cancel(list(self.client.futures), force=True)
 
 
 @contextlib.contextmanager
 def _pool(backend: str, scheduler: str | None, n_jobs: int, threads: int, needed: bool) -> Iterator[_Pool]:
+    """The pool a sweep trains on; stopped (workers killed) if the sweep ends by an exception or an interrupt."""
     cores = os.cpu_count() or 1
-    if backend == "loky" or not needed:
-        workers = cores if n_jobs < 1 else n_jobs
-        yield _Pool(workers, lambda chunks: _map_loky(chunks, workers, threads))
+    parallel = cores if n_jobs < 1 else n_jobs
+    with contextlib.ExitStack() as stack:
+        if not needed or backend == "loky":
+            pool = _LokyPool(parallel)
+        else:
+            with _sigint_blocked():  # a local cluster's processes start with SIGINT blocked: Ctrl-C is ours
+                client = stack.enter_context(_dask_client(scheduler, parallel))
+            pool = _DaskPool(client, n_jobs if n_jobs >= 1 else max(1, sum(client.nthreads().values())))
+        try:
+            yield pool
+        except BaseException:
+            pool.stop()
+            raise
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread meanwhile, so that the processes (and threads) started here inherit it blocked.
+
+    A Ctrl-C at the terminal goes to every process of the foreground group;
+    workers that never see it print nothing, and only this process reacts
+    (one line, then it stops the workers). A Ctrl-C meanwhile is not lost:
+    another thread of this process, or this one once unblocked, takes it.
+    Python's resource trackers are started first, because starting one
+    unblocks SIGINT in the thread that starts it (bpo-33613's code).
+    """
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
         return
-    with _dask_client(scheduler, cores if n_jobs < 1 else n_jobs) as client:
-        workers = n_jobs if n_jobs >= 1 else max(1, sum(client.nthreads().values()))
-        yield _Pool(workers, lambda chunks: _map_dask(chunks, client, threads))
+    from multiprocessing import resource_tracker
+
+    from joblib.externals.loky.backend import resource_tracker as loky_tracker
+
+    resource_tracker.ensure_running()
+    loky_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _map_loky(chunks: list[list[RunConfig]], workers: int, threads: int) -> Iterator[tuple[pd.DataFrame, dict]]:
-    import joblib
-
-    if workers == 1 or len(chunks) <= 1:
-        for chunk in chunks:
-            yield _train_chunk(chunk, threads)
-        return
-    parallel = joblib.Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered")
-    yield from parallel(joblib.delayed(_train_chunk)(chunk, threads) for chunk in chunks)
+def _worker_init(parent: int) -> None:
+    """Set up a loky worker: ignore Ctrl-C (the client handles it) and exit soon after `parent` dies."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="sortrl-watch-parent").start()
 
 
-def _map_dask(chunks: list[list[RunConfig]], client: Any, threads: int) -> Iterator[tuple[pd.DataFrame, dict]]:
-    import joblib
-
-    if not chunks:
-        return
-    with joblib.parallel_config(backend="dask", client=client):
-        parallel = joblib.Parallel(return_as="generator_unordered")
-        yield from parallel(joblib.delayed(_train_chunk)(chunk, threads) for chunk in chunks)
+def _watch_parent(parent: int) -> None:
+    """Exit this process once `parent` is gone (it was killed: nobody will read our results)."""
+    while os.getppid() == parent:
+        time.sleep(WATCH_SECONDS)
+    os._exit(1)
 
 
 def check_scheduler(scheduler: str, backend: str = "dask") -> None:

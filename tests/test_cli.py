@@ -220,6 +220,15 @@ GRID_CASES = {
     ),
     "baseline field unknown": ('name = "g"\nbaseline = { lr = 1 }\n', ["[baseline]", "'lr'"]),
     "too many runs": (grid(top=f'name = "g"\nseeds = {MAX_RUNS + 1}\n'), ["runs", "at most"]),
+    # issue 13, defect 6: each ended in a traceback (MemoryError, RecursionError) or failed only once training began
+    "seeds too many to list": (grid(top='name = "g"\nseeds = 100000000000\n'), ["seeds", "100,000,000,000", "at most"]),
+    "seed beyond 64 bits": (grid(top='name = "g"\nseeds = [18446744073709551615]\n'), ["seeds", "64-bit"]),
+    "nested too deeply": (grid() + "x = " + "[" * 3000 + "]" * 3000 + "\n", ["nested too deeply"]),
+    "too few distinct prompts": (
+        grid(base='task = "random"\nprompt_length = 2\nvocab_size = 2\nnum_prompts = 4\nnum_eval_prompts = 1\n'),
+        ["num_prompts", "exceed the 4 distinct prompts", "rewards"],
+    ),
+    "one value as int and float": (grid(axes="kl_penalty = [0, 0.0, 0.1]\n"), ["kl_penalty", "0 and 0.0"]),
     "unknown recipe": (grid(base='recipe = "ppo"\n'), ["recipe", "'ppo'", "grpo"]),
 }
 GRID_CASES["unknown top key"] = (grid(top='name = "g"\nseed = 3\n'), ["unknown key 'seed'", "valid keys"])
@@ -411,3 +420,95 @@ def test_train_warns_about_options_without_effect(tmp_path):
     ]
     quiet = invoke("train", "--num-epochs", "2", "--loss-mode", "clipped", "--epsilon-high", "0.3")
     assert quiet.exit_code == 0 and "warning" not in quiet.stderr
+
+
+def test_every_grid_file_is_checked_before_any_training(tmp_path):
+    """A random task with too few distinct prompts in the second grid file fails before the first trains, naming it."""
+    first, second = tmp_path / "ok.toml", tmp_path / "rs.toml"
+    first.write_text(GOOD_GRID)
+    second.write_text(GRID_CASES["too few distinct prompts"][0])
+    results = tmp_path / "r"
+    assert_one_line_error(invoke("sweep", first, second, "--results", results), "rs.toml", "num_prompts")
+    assert not list(results.rglob("chunk-*")) and not list(results.rglob("grid.toml"))
+
+
+def test_sweep_warns_once_per_grid_file_about_fields_without_effect(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text(
+        grid(base=TINY_BASE + "epsilon_high = 5.0\n", axes='deltas_mode = ["rewards", "centered_rewards"]\n')
+    )
+    other = tmp_path / "h.toml"  # an axis some configurations read: no warning
+    other.write_text(
+        grid(top='name = "h"\nseeds = 2\n', axes='loss_mode = ["naive", "clipped"]\nepsilon_high = [0.3]\n')
+    )
+    result = invoke("sweep", path, other, "--results", tmp_path / "r", "--n-jobs", 1)
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert warned == [f"warning: {path}: epsilon_high: has no effect here (loss_mode 'naive' does not clip)"]
+
+
+def test_sweep_says_how_many_runs_before_training(tmp_path, monkeypatch):
+    """The run count, what is stored and the workers come first (a 100k-run grid used to plan silently)."""
+    from sortrl.cli import _plan_line
+    from sortrl.sweep import Plan
+
+    grid_file = tmp_path / "tiny.toml"
+    grid_file.write_text(GOOD_GRID)
+    result = invoke("sweep", grid_file, "--results", tmp_path / "r", "--n-jobs", 1)
+    lines = result.stderr.splitlines()
+    assert lines[0] == "tiny: 4 runs, 0 already stored, 4 to train (24 run-steps) on 1 worker", result.stderr
+    assert lines[1].startswith("tiny: 4 runs, 4 trained")
+    big = _plan_line(Plan(total=100_000, stored=0, to_train=100_000, run_steps=100_000_000, workers=2))
+    assert big.endswith("on 2 workers: about 8 min at 100,000 run-steps/s per worker (the default model)")
+
+
+def test_a_grid_validates_each_configuration_once_not_each_run(monkeypatch):
+    """Planning a grid checks a configuration once (a 100,000-run grid planned for about a minute)."""
+    import sortrl.config
+    from sortrl.grid import parse_grid
+
+    calls = []
+    real = sortrl.config.validate
+    monkeypatch.setattr(sortrl.config, "validate", lambda cfg: calls.append(1) or real(cfg))
+    grid_ = parse_grid(grid(top='name = "g"\nseeds = 5000\n', axes='deltas_mode = ["rewards", "centered_rewards"]\n'))
+    calls.clear()
+    runs = grid_.runs()
+    assert len(runs) == 10_000 and len(calls) <= 2
+    for run in runs[::997]:  # the same configs (and run ids) as checking each one
+        fresh = sortrl.config.make_config(**parse_grid(grid()).base, deltas_mode=run.config.deltas_mode, seed=run.seed)
+        assert fresh == run.config and fresh.run_id == run.config.run_id
+
+
+def test_a_full_disk_names_the_file(tmp_path, monkeypatch):
+    import errno
+
+    import sortrl.store
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    grid_file = tmp_path / "tiny.toml"
+    grid_file.write_text(GOOD_GRID)
+    monkeypatch.setattr(sortrl.store.os, "fsync", full)
+    result = invoke("sweep", grid_file, "--results", tmp_path / "r", "--n-jobs", 1)
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: No space left on device: ") and str(tmp_path / "r" / "runs" / "tiny") in line
+
+
+def test_report_on_an_experiment_folder_without_chunks(tmp_path):
+    """Issue 13, defect 1, end to end: a folder with only grid.toml (a sweep killed before its first chunk)."""
+    folder = tmp_path / "runs" / "e"
+    folder.mkdir(parents=True)
+    (folder / "grid.toml").write_text('name="e"\nseeds=8\n[base]\nnum_epochs=40\n')
+    result = invoke("report", "--results", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "## Experiment `e`" in (tmp_path / "REPORT.md").read_text()
+    assert pd.read_csv(tmp_path / "e_summary.csv")["n"].tolist() == [0]
+
+
+def test_report_refuses_a_readme_that_is_not_utf8(tmp_path):
+    (tmp_path / "runs").mkdir()
+    readme = tmp_path / "README.md"
+    readme.write_bytes(b"# notes \xff\xfe\n")
+    assert_one_line_error(invoke("report", "--results", tmp_path, "--readme", readme), "readme", "UTF-8", str(readme))

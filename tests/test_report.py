@@ -168,7 +168,8 @@ def _mark_diverged(folder, configuration, seed, epoch):
         rows = rows[~mine | (rows["epoch"] <= epoch)]
         diverged = rows["run_id"] == victim["run_id"]
         table = rows.assign(status=np.where(diverged, "diverged", "ok"), diverged_epoch=np.where(diverged, epoch, -1))
-        write_chunk(folder, table, chunk.runs)
+        if write_chunk(folder, table, chunk.runs) != chunk.path:  # the name carries the checksum of the bytes
+            chunk.path.unlink()
         return victim["run_id"]
     raise AssertionError("no such run")
 
@@ -188,11 +189,31 @@ def test_diverged_runs_are_listed_and_left_out(copy):
     assert "- centered_rewards: seed 3 (epoch 2)" in text
 
 
+def test_a_fully_diverged_baseline_is_named_as_the_reason(tmp_path):
+    """Issue 13, defect 9: when every baseline run diverged, the text blames the baseline, not the others."""
+    text = 'name = "d"\nseeds = 2\nbaseline = { learning_rate = 1e10 }\n[base]\nnum_epochs = 2\n'
+    text += "num_steps_per_epoch = 2\n[grid]\nlearning_rate = [1e10, 1e-2]\n"
+    run_sweep(parse_grid(text), tmp_path, n_jobs=1)  # the lecture's loss at lr 1e10 diverges in the first epochs
+    exp = experiment.load_experiment(tmp_path, "d")
+    summary = experiment.summarize(exp)
+    assert summary.set_index("configuration")["n"].to_dict() == {"lr=1e+10": 0, "lr=0.01": 2}
+    found = findings.findings(exp, summary)
+    markdown = report.render_report([found])
+    assert (
+        "- No P(improve) interval for lr=0.01: the baseline lr=1e+10 has 0 runs finished (2 runs diverged), "
+        "fewer than the two a comparison needs." in markdown
+    )
+    assert "(fewer than two finished runs): lr=0.01" not in markdown
+    assert "Nothing is compared with the baseline (lr=1e+10): it has 0 finished runs" in " ".join(
+        readme.experiment_sentences(found)
+    )
+
+
 def test_an_experiment_without_readable_runs_still_reports(copy):
     """A folder with a grid but no readable chunk (a sweep killed before its first chunk) reports as empty."""
     for path in runs_dir(copy, "lengths").glob("chunk-*.parquet"):
         path.write_bytes(b"not parquet")
-    with pytest.warns(UserWarning, match="not a readable sortrl results file"):
+    with pytest.warns(UserWarning, match="do not match the checksum"):
         written = write_report(copy)
     assert (copy / "REPORT.md").is_file() and "## Experiment `lengths`" in (copy / "REPORT.md").read_text()
     summary = pd.read_csv(copy / "lengths_summary.csv")

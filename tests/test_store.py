@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
+from unittest import mock
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from sortrl import store
 from sortrl.config import RunConfig
 from sortrl.store import (
+    CHUNK_NAME,
     HISTORY,
     RUNS_KEY,
     SCHEMA_KEY,
@@ -24,6 +29,7 @@ from sortrl.store import (
     _host,
     append_history,
     atomic_write_bytes,
+    checksum,
     completed_run_ids,
     load_runs,
     read_chunks,
@@ -143,28 +149,56 @@ def test_duplicate_runs_in_two_chunks_load_once(folder, tables):
     assert len(loaded) == len(first) + len(second)
 
 
-def _other_schema(path, table, version):
+def _other_schema(path, table, version, name: str = "checksum") -> Path:
+    """Write `table` as a Parquet file of schema `version` in place of `path`, under the name a sortrl would give it.
+
+    `name`: "checksum" (this sortrl's `chunk-<runs>-<sum>.parquet`, the sum matching the new bytes) or "legacy"
+    (`chunk-<runs>.parquet`, as sortrl wrote chunks before checksums). Returns the new path.
+    """
     arrow = pa.Table.from_pandas(table, preserve_index=False)  # status, diverged_epoch on every row; no RUNS_KEY
     metadata = dict(arrow.schema.metadata or {})
     if version is None:
         metadata.pop(SCHEMA_KEY, None)
     else:
         metadata[SCHEMA_KEY] = version.encode()
-    pq.write_table(arrow.replace_schema_metadata(metadata), path)
+    sink = pa.BufferOutputStream()
+    pq.write_table(arrow.replace_schema_metadata(metadata), sink)
+    return _replace(path, sink.getvalue().to_pybytes(), name)
+
+
+def _replace(path, data: bytes, name: str = "checksum") -> Path:
+    """Put `data` in place of the chunk at `path`, named as `_other_schema` says."""
+    runs = CHUNK_NAME.match(path.name)["runs"]
+    new = path.parent / (f"chunk-{runs}-{checksum(data)}.parquet" if name == "checksum" else f"chunk-{runs}.parquet")
+    path.unlink()
+    new.write_bytes(data)
+    return new
 
 
 BAD_FILES = {
-    "version 1 (config on every row)": lambda path, table: _other_schema(path, table, "1"),
-    "other schema version": lambda path, table: _other_schema(path, table, "3"),
+    "version 1 (config on every row)": lambda path, table: _other_schema(path, table, "1", "legacy"),
+    "version 2 (no checksum)": lambda path, table: _replace(path, _version_2(table), "legacy"),
+    "other schema version": lambda path, table: _other_schema(path, table, "4"),
     "foreign parquet (no schema key)": lambda path, table: _other_schema(path, table, None),
     "truncated": lambda path, table: path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2]),
     "garbage bytes": lambda path, table: path.write_bytes(b"PAR1 this is not parquet at all PAR1"),
     "empty file": lambda path, table: path.write_bytes(b""),
-    "no run_id column": lambda path, table: pq.write_table(
-        pa.table({"epoch": [0, 1]}).replace_schema_metadata({SCHEMA_KEY: SCHEMA_VERSION.encode()}), path
-    ),
+    "no run_id column": lambda path, table: _replace(path, _parquet(pa.table({"epoch": [0, 1]}))),
     "no per-run table": lambda path, table: _other_schema(path, table, SCHEMA_VERSION),
+    "a checksummed chunk renamed": lambda path, table: path.rename(path.parent / f"chunk-{'0' * 16}.parquet"),
 }
+
+
+def _version_2(table: pd.DataFrame) -> bytes:
+    """A chunk as sortrl wrote it before checksums: this layout with schema version 2."""
+    with mock.patch.object(store, "SCHEMA_VERSION", "2"):
+        return store.encode_chunk(table, described(table))[1]
+
+
+def _parquet(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.replace_schema_metadata({SCHEMA_KEY: SCHEMA_VERSION.encode()}), sink)
+    return sink.getvalue().to_pybytes()
 
 
 @pytest.mark.parametrize("kind", list(BAD_FILES))
@@ -172,16 +206,40 @@ def test_bad_chunk_is_named_skipped_and_not_counted_as_done(folder, tables, kind
     good, bad = tables
     write(folder, good)
     path = write(folder, bad)
-    BAD_FILES[kind](path, bad)
+    changed = BAD_FILES[kind](path, bad)
+    path = changed if isinstance(changed, Path) else path
     with pytest.warns(StoreWarning, match=path.name) as caught:
         loaded = load_runs(folder.parent.parent)
     assert len(caught) == 1 and "\n" not in str(caught[0].message)
-    if kind.startswith("version 1"):
-        assert "schema version 1" in str(caught[0].message) and "re-run the sweep" in str(caught[0].message)
+    message = str(caught[0].message)
+    if kind.startswith("version"):
+        assert f"schema version {kind[8]}" in message and "re-run the sweep" in message
+    if kind in ("truncated", "garbage bytes", "empty file"):
+        assert "do not match the checksum" in message
     with pytest.warns(StoreWarning, match=path.name):
         done = completed_run_ids(folder)
     assert set(loaded.run_id) == set(good.run_id)  # never a crash, never a silent mix
     assert done == set(good.run_id)  # so a sweep trains the bad chunk's runs again
+
+
+def test_every_flipped_bit_is_caught(folder, tables):
+    """Issue 13, defect 3: a single flipped bit anywhere in a chunk (rows, footer, per-run table) is never read.
+
+    Before checksums, about a third of such flips loaded silently with changed values.
+    """
+    good, bad = tables
+    write(folder, good)
+    path = write(folder, bad)
+    data = path.read_bytes()
+    offsets = sorted(random.Random(13).sample(range(len(data)), 60))
+    for offset in offsets:
+        flipped = bytearray(data)
+        flipped[offset] ^= 1 << (offset % 8)
+        path.write_bytes(bytes(flipped))
+        with pytest.warns(StoreWarning, match=path.name) as caught:
+            loaded = load_runs(folder.parent.parent)
+        assert len(caught) == 1, offset
+        assert set(loaded.run_id) == set(good.run_id), f"a flip at byte {offset} of {len(data)} loaded"
 
 
 @pytest.mark.parametrize("name", ["notes.txt", "results.parquet", "chunk-1234.csv", "chunk-dir.parquet"])
