@@ -13,13 +13,17 @@ runs x scores plus the curves, not runs x epochs x every column.
 
 `summarize` turns an `Experiment` into the summary table (`<exp>_summary.csv`):
 per configuration over seeds, mean and IQM of the final reward with bootstrap
-CIs and the probability of improvement over its reference. Bootstraps use the
-fixed seed `SEED`, so every number is reproducible bit for bit.
+CIs, the final score (chance-normalised), its paired comparison with its
+reference (effect, Wilcoxon p, Holm within the experiment, verdict), the
+probability of improvement over the reference (the unpaired view) and the
+solve rate with its Wilson interval. Bootstraps use the fixed seed `SEED`, so
+every number is reproducible bit for bit.
 
 Each configuration also knows its highest possible mean reward (`max_reward`,
-`sortrl.task.best_mean_reward`), which grows with the prompt length; where
-configurations' maxima differ (`Experiment.reward_fraction`), figures compare
-rewards as fractions of them.
+`sortrl.task.best_mean_reward`), which grows with the prompt length, and the
+uniform random policy's (`chance_reward`, `chance_eval_reward`); where
+configurations' maxima differ (`Experiment.scales_differ`), figures show
+rewards chance-normalised.
 """
 
 from __future__ import annotations
@@ -37,13 +41,23 @@ import seaborn as sns
 
 from sortrl import stats
 from sortrl.config import RunConfig, plain
-from sortrl.grid import Configuration, Grid, parse_grid
+from sortrl.grid import DEFAULT_MARGIN, Configuration, Grid, parse_grid, value_label
 from sortrl.scores import SCORES
 from sortrl.scores import columns as score_columns
 from sortrl.scores import compute as compute_scores
 from sortrl.store import read_chunks, read_manifest, read_rows, runs_dir
 from sortrl.task import best_mean_reward, chance_mean_reward
-from sortrl.verdicts import chance_normalised
+from sortrl.verdicts import (
+    Interval,
+    bootstrap_mean,
+    chance_normalised,
+    holm,
+    paired_effect,
+    seeds_needed,
+    verdict,
+    wilcoxon_p,
+    wilson,
+)
 
 SEED = 0
 """Seed of every bootstrap in the report."""
@@ -54,9 +68,12 @@ LECTURE_SEED = 5
 SCALE_FIELDS = ("task", "prompts", "prompt_length", "reward")
 """Fields that change what a reward point is worth (the reward function, or the prompts it counts over).
 
-Rewards are compared only between configurations with equal values of these: a
-configuration's *reference* is the baseline with the configuration's own values
-of the scale axes (the baseline itself when the grid varies none of them).
+Figures put configurations with different values of these on one axis only chance-normalised
+(`Experiment.scales_differ`). Comparisons are stricter: a configuration's *reference* is the baseline with the
+configuration's own values of every field its chance score or best reward depends on (`CHANCE_FIELDS`: these, the
+vocabulary, the prompt set's fields and `eos`), so that a paired effect on the final score is a difference of
+rewards of one scale and one chance, rescaled (EOS lowers chance: normalising each side by its own chance would
+credit a configuration for a lower floor).
 """
 
 PROMPT_LENGTH = "prompt_length"
@@ -67,6 +84,7 @@ FINAL_SCORES = (
     "final_reward",
     "final_greedy_accuracy",
     "final_response_length",
+    "initial_response_length",
     f"final_{EVAL_REWARD}",
     f"final_{EVAL_ACCURACY}",
 )
@@ -87,7 +105,7 @@ class Experiment:
     `configs` has one row per configuration in grid order, indexed by its
     label (`"centered_rewards / clipped / kl=0.01"`), with the raw axis
     values, the `hue` key (colour), the `col` / `row` facet keys and the
-    `reference` configuration its rewards are compared with (see `SCALE_FIELDS`)
+    `reference` configuration its rewards are compared with (see `SCALE_FIELDS`), the `scale` label
     and `max_reward`, the highest possible mean reward (`best_mean_reward`).
     `final` has one row per finished (`ok`) run, in grid order then seed order:
     `run_id`, `configuration`, `seed`, the scores (`FINAL_SCORES`, the claims'; `final_reward`:
@@ -137,26 +155,23 @@ class Experiment:
         ]
 
     @property
-    def reward_fraction(self) -> bool:
+    def scales_differ(self) -> bool:
         """True when configurations have different, known maximum mean rewards (`max_reward`).
 
         Then a figure that puts them on one reward axis shows each one's reward
-        as a fraction of its own maximum (`reward_scale`), not in reward points.
+        chance-normalised, (reward - chance) / (max - chance) with its own
+        chance and maximum, not in reward points (`sortrl.figures.reward_label`).
         """
         maxima = self.configs["max_reward"]
         return bool(maxima.notna().all()) and maxima.nunique() > 1
-
-    def reward_scale(self, label: str) -> float:
-        """What figures divide configuration `label`'s rewards by: its maximum if `reward_fraction`, else 1."""
-        return float(self.configs.at[label, "max_reward"]) if self.reward_fraction else 1.0
 
     @property
     def panels_share_scale(self) -> bool:
         """True unless a facet (column or row) axis changes the reward's scale in reward points.
 
-        With `reward_fraction` every panel is in fractions of the maximum, so they share one scale.
+        With `scales_differ` every panel is chance-normalised, so they share one scale.
         """
-        return self.reward_fraction or not set(self.axes[1:3]) & set(SCALE_FIELDS)
+        return self.scales_differ or not set(self.axes[1:3]) & set(SCALE_FIELDS)
 
     def colour(self, label: str) -> Any:
         """The colour of configuration `label` (the same in every figure of the experiment)."""
@@ -164,16 +179,23 @@ class Experiment:
 
 
 def _configurations(grid: Grid) -> pd.DataFrame:
-    """One row per configuration of the grid, in its order: axis values, colour and facet keys, reference, maximum."""
+    """One row per configuration of the grid, in its order: axis values, colour and facet keys, reference, scale.
+
+    `max_reward`, `chance_reward` and `chance_eval_reward` (NaN without held-out prompts) are the best and the
+    uniform random policy's mean reward; `scale` labels the configuration's values of `CHANCE_FIELDS` that vary
+    in the grid (`exact_match / eos=true`; empty when none vary): configurations of one scale share chance and
+    maximum, so their rewards compare in reward points and their final scores alike.
+    """
     axes = list(grid.axes)
     hue_axes = axes[:1] + axes[3:]
     configurations = grid.configurations()
     baseline = grid.baseline_configuration
     by_key = {c.key: c.label for c in configurations}
-    scale = [a in SCALE_FIELDS for a in axes]
+    varying = [f for f in CHANCE_FIELDS if len({json.dumps(plain(getattr(c.config, f))) for c in configurations}) > 1]
     rows = []
     for c in configurations:
-        reference = tuple(mine if kept else base for mine, base, kept in zip(c.key, baseline.key, scale))
+        own = [_sets_scale(grid, a, c, baseline) for a in axes]
+        reference = tuple(mine if kept else base for mine, base, kept in zip(c.key, baseline.key, own))
         rows.append(
             {
                 "configuration": c.label,
@@ -181,19 +203,36 @@ def _configurations(grid: Grid) -> pd.DataFrame:
                 "hue": " / ".join(c.labels[a] for a in hue_axes) or "all runs",
                 "col": c.labels[axes[1]] if len(axes) > 1 else "",
                 "row": c.labels[axes[2]] if len(axes) > 2 else "",
-                "reference": by_key[reference],
+                "reference": by_key.get(reference, c.label),
+                "scale": " / ".join(_scale_label(f, getattr(c.config, f)) for f in varying),
                 "max_reward": best_mean_reward(c.config),
                 "chance_reward": _chance(c.config),
+                "chance_eval_reward": _chance(c.config, "eval"),
             }
         )
     return pd.DataFrame(rows).set_index("configuration")
 
 
-def _chance(cfg: RunConfig) -> float:
-    """The uniform random policy's mean reward on `cfg`'s prompts (`task.chance_mean_reward`), cached per prompt set."""
-    key = tuple(json.dumps(plain(getattr(cfg, f))) for f in CHANCE_FIELDS)
+def _sets_scale(grid: Grid, axis: str, c: Configuration, baseline: Configuration) -> bool:
+    """Whether `c` keeps its own value of `axis` in its reference: the axis is a `CHANCE_FIELDS` field, or a bundle
+    axis whose value in `c` or in the baseline sets one (`{ name = "exact_match", reward = "exact_match" }`)."""
+    if axis in CHANCE_FIELDS:
+        return True
+    if axis not in grid.bundles:
+        return False
+    return any(set(side.values[axis]) & set(CHANCE_FIELDS) for side in (c, baseline))
+
+
+def _scale_label(field_name: str, value: Any) -> str:
+    value = plain(value)
+    return value_label(field_name, value if not isinstance(value, list) else json.dumps(value, separators=(",", ":")))
+
+
+def _chance(cfg: RunConfig, split: str = "train") -> float:
+    """The uniform random policy's mean reward on `cfg`'s `split` prompts (`task.chance_mean_reward`), cached."""
+    key = (split, *(json.dumps(plain(getattr(cfg, f))) for f in CHANCE_FIELDS))
     if key not in _CHANCE:
-        _CHANCE[key] = chance_mean_reward(cfg)
+        _CHANCE[key] = chance_mean_reward(cfg, split)
     return _CHANCE[key]
 
 
@@ -360,20 +399,56 @@ def scores(exp: Experiment, label: str, column: str = "final_reward") -> np.ndar
     return exp.final.loc[exp.final["configuration"] == label, column].to_numpy(dtype=float)
 
 
+def paired(exp: Experiment, label: str, other: str, column: str = "final_score") -> tuple[np.ndarray, np.ndarray]:
+    """Scores `column` of configurations `label` and `other` on the seeds both finished, aligned by seed."""
+    final = exp.final[exp.final["configuration"].isin([label, other])]
+    table = final.pivot_table(index="seed", columns="configuration", values=column, aggfunc="first", observed=True)
+    table = table.reindex(columns=[label, other]).dropna()
+    return table[label].to_numpy(dtype=float), table[other].to_numpy(dtype=float)
+
+
+MARGIN = DEFAULT_MARGIN
+"""Equivalence margin of the grids' comparisons, in final-score units (chance-normalised: 0.05 of the way from
+the uniform random policy to the best possible reward): a paired CI inside +-MARGIN is `no difference`."""
+
+VERDICTS = ("better", "worse", "no difference", "inconclusive")
+"""A comparison's verdict, from its Holm-corrected test (`comparison_verdict`)."""
+
+
+def comparison_verdict(effect: Interval, p_holm: float, margin: float = MARGIN) -> str:
+    """`better` / `worse` (corrected p < 0.05, by the sign of the paired effect), `no difference` (not significant,
+    CI inside +-margin) or `inconclusive`: `sortrl.verdicts.verdict` of the prediction "higher", in plain words."""
+    found = verdict(effect, p_holm, ">", margin)
+    return dict(zip(("supported", "contradicted", "no effect", "inconclusive"), VERDICTS))[found]
+
+
 def summarize(exp: Experiment) -> pd.DataFrame:
     """The summary table: one row per configuration, in grid order.
 
     Columns: `configuration`, the axis values, `baseline` (bool), `reference`
-    (the configuration it is compared with; the baseline unless the grid varies
-    a `SCALE_FIELDS` axis), `max_reward` (highest possible mean reward, NaN
-    when unknown: `best_mean_reward`), `n` (finished runs = seeds aggregated),
-    `n_diverged`, final reward `mean`, `std` (ddof 1), `mean_ci_low/high`,
-    `iqm`, `iqm_ci_low/high` (95% percentile bootstrap), `p_improve` =
-    P(final reward of this configuration > its reference's) with
-    `p_improve_ci_low/high` (NaN for a reference itself), `solve_rate` (share
-    of runs whose greedy policy sorts every training prompt after the last
-    epoch), and the mean final held-out metrics when the runs have them.
-    Rewards in reward points.
+    (the configuration it is compared with: the baseline with the
+    configuration's own reward, prompts and EOS, `CHANCE_FIELDS`), `scale`
+    (those values, where the grid varies them), `max_reward` (highest possible mean
+    reward, NaN when unknown: `best_mean_reward`) and `chance_reward` (the
+    uniform random policy's), `n` (finished runs = seeds aggregated),
+    `n_diverged`; the final reward in reward points: `mean`, `std` (ddof 1),
+    `mean_ci_low/high`, `iqm`, `iqm_ci_low/high` (95% percentile bootstrap,
+    `stats.N_RESAMPLES`); the final score (chance-normalised final reward,
+    0 = chance, 1 = best): `score`, `score_ci_low/high`, `score_iqm`.
+
+    Against the reference (NaN for a reference itself), paired by seed on
+    the final score (`n_paired` seeds finished by both): `effect` = mean of the
+    per-seed differences with `effect_ci_low/high` (bootstrap over seeds,
+    `sortrl.verdicts.paired_effect`), `p_value` (two-sided Wilcoxon signed-rank),
+    `p_holm` (Holm over the table's comparisons: one family per experiment),
+    `verdict` (`comparison_verdict`, margin `MARGIN`), `seeds_needed` (for an
+    inconclusive one: seeds a paired test would need to detect an effect of
+    `MARGIN` at 80% power); and the unpaired view `p_improve` = P(final reward
+    of this configuration > its reference's) with `p_improve_ci_low/high`.
+    `n_solved` runs whose greedy policy sorts every training prompt after the
+    last epoch, `solve_rate` with its Wilson 95% interval
+    `solve_rate_ci_low/high`; and the mean final held-out metrics when the
+    runs have them.
     """
     rows = []
     for label, config in exp.configs.iterrows():
@@ -381,7 +456,9 @@ def summarize(exp: Experiment) -> pd.DataFrame:
         row: dict[str, Any] = {"configuration": label, **{a: config[a] for a in exp.axes}}
         row["baseline"] = label == exp.baseline
         row["reference"] = config["reference"]
+        row["scale"] = config["scale"]
         row["max_reward"] = config["max_reward"]
+        row["chance_reward"] = config["chance_reward"]
         row["n"] = len(x)
         row["n_diverged"] = int((exp.diverged["configuration"] == label).sum())
         row["mean"] = point(stats.mean, x)
@@ -389,17 +466,57 @@ def summarize(exp: Experiment) -> pd.DataFrame:
         row["mean_ci_low"], row["mean_ci_high"] = stats.bootstrap_ci([x], stats.mean, SEED)
         row["iqm"] = point(stats.iqm, x)
         row["iqm_ci_low"], row["iqm_ci_high"] = stats.bootstrap_ci([x], stats.iqm, SEED)
-        ref = scores(exp, config["reference"]) if config["reference"] != label else np.array([])
-        row["p_improve"] = point(stats.probability_of_improvement, x, ref)
-        row["p_improve_ci_low"], row["p_improve_ci_high"] = stats.bootstrap_ci(
-            [x, ref], stats.probability_of_improvement, SEED
-        )
-        row["solve_rate"] = point(lambda a: np.mean(a >= 1 - 1e-9), scores(exp, label, "final_greedy_accuracy"))
+        score = bootstrap_mean(scores(exp, label, "final_score"), SEED)
+        row["score"], row["score_ci_low"], row["score_ci_high"] = score.point, score.low, score.high
+        row["score_iqm"] = point(stats.iqm, scores(exp, label, "final_score"))
+        row.update(_against_reference(exp, label, config["reference"]))
+        solved = scores(exp, label, "final_greedy_accuracy") >= 1 - 1e-9
+        rate = wilson(int(solved.sum()), len(solved))
+        row["n_solved"] = int(solved.sum())
+        row["solve_rate"], row["solve_rate_ci_low"], row["solve_rate_ci_high"] = rate.point, rate.low, rate.high
         for column in (EVAL_REWARD, EVAL_ACCURACY):
             if f"final_{column}" in exp.final:
                 row[column.replace("/", "_")] = point(np.nanmean, scores(exp, label, f"final_{column}"))
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table["p_holm"] = holm(table["p_value"].to_numpy(dtype=float))
+    table["verdict"] = [
+        comparison_verdict(Interval(r.effect, r.effect_ci_low, r.effect_ci_high, r.n_paired), r.p_holm)
+        if not math.isnan(r.p_holm)
+        else ""
+        for r in table.itertuples()
+    ]
+    table["seeds_needed"] = [
+        _seeds_needed(exp, r.configuration, r.reference) if r.verdict == "inconclusive" else math.nan
+        for r in table.itertuples()
+    ]
+    order = [c for c in table if c not in ("p_holm", "verdict", "seeds_needed")]
+    at = order.index("p_value") + 1
+    return table[order[:at] + ["p_holm", "verdict", "seeds_needed"] + order[at:]]
+
+
+def _against_reference(exp: Experiment, label: str, reference: str) -> dict[str, Any]:
+    """The paired comparison of `label` with `reference` on the final score, and P(improve) on the final reward."""
+    row: dict[str, Any] = dict.fromkeys(("effect", "effect_ci_low", "effect_ci_high", "p_value"), math.nan)
+    x, ref = scores(exp, label), scores(exp, reference) if reference != label else np.array([])
+    row["n_paired"] = 0
+    if reference != label:
+        a, b = paired(exp, label, reference)
+        effect = paired_effect(a, b, SEED) if len(a) else Interval(math.nan, math.nan, math.nan, 0)
+        row["n_paired"] = len(a)
+        row["effect"], row["effect_ci_low"], row["effect_ci_high"] = effect.point, effect.low, effect.high
+        row["p_value"] = wilcoxon_p(a - b)
+    row["p_improve"] = point(stats.probability_of_improvement, x, ref)
+    row["p_improve_ci_low"], row["p_improve_ci_high"] = stats.bootstrap_ci(
+        [x, ref], stats.probability_of_improvement, SEED
+    )
+    return row
+
+
+def _seeds_needed(exp: Experiment, label: str, reference: str) -> float:
+    a, b = paired(exp, label, reference)
+    needed = seeds_needed(a - b, MARGIN)
+    return float(needed) if needed is not None else math.nan
 
 
 def point(statistic: Callable[..., Any], *samples: np.ndarray) -> float:
@@ -426,6 +543,12 @@ def is_lecture_experiment(exp: Experiment) -> bool:
     )
 
 
+def reference_axes(exp: Experiment) -> list[str]:
+    """The axes on which some configuration's reference differs from the baseline (it keeps its own value there)."""
+    references = exp.configs.loc[exp.configs["reference"]]
+    return [a for a in exp.axes if any(v != exp.configs.at[exp.baseline, a] for v in references[a].tolist())]
+
+
 def compared_with(exp: Experiment) -> str:
-    """What configurations are compared with: `the baseline`, or `the reference` when scale axes vary."""
-    return "the reference" if exp.scale_axes else "the baseline"
+    """What configurations are compared with: `the baseline`, or `the reference` when some have another."""
+    return "the reference" if reference_axes(exp) else "the baseline"

@@ -34,8 +34,10 @@ from sortrl.experiment import (
     EVAL_ACCURACY,
     EVAL_REWARD,
     LECTURE_SEED,
+    MARGIN,
     PROMPT_LENGTH,
     SEED,
+    VERDICTS,
     Experiment,
     compared_with,
     is_lecture_experiment,
@@ -56,40 +58,54 @@ PNG_OPTIONS = {"dpi": 110, "bbox_inches": "tight", "metadata": {"Software": None
 def reward_label(exp: Experiment, what: str = "mean reward", note: str = "", configuration: str | None = None) -> str:
     """Axis label for a reward axis: `mean reward (max 5)` when all configurations share a known maximum.
 
-    With `exp.reward_fraction` (maxima differ, e.g. 2L-1 for prompts of length
-    L), the axis is in fractions of each configuration's maximum and says so,
-    in three short lines (faceted figures stack them): `mean reward`, `as a
-    fraction of its maximum`, `(max 5, 7, 9 by prompt_length)`. `configuration`:
-    the axis shows only that configuration (and ones of the same scale, such as
-    its reference) in reward points, labelled with its own maximum. `note`, if
-    given, goes on a line of its own.
+    With `exp.scales_differ` (maxima differ, e.g. 2L-1 for prompts of length
+    L, or rewards differ), the axis shows each configuration's reward
+    chance-normalised, (reward - chance) / (max - chance) with its own chance
+    and maximum (`_scaled`), and says so in short lines (faceted figures stack
+    them): `mean reward, chance-normalised`, `(reward − chance) / (max − chance)`,
+    `(max 5, 7, 9 by prompt_length)`. `configuration`: the axis shows only that
+    configuration (and ones of the same scale, such as its reference) in
+    reward points, labelled with its own maximum. `note`, if given, goes on a
+    line of its own.
     """
     if configuration is not None:
         ceiling = exp.configs.at[configuration, "max_reward"]
         label = f"{what} (max {ceiling:g})" if not math.isnan(ceiling) else what
-    elif exp.reward_fraction:
-        label = f"{what}\nas a fraction of its maximum\n({reward_maxima(exp)})"
+    elif exp.scales_differ:
+        label = f"{what}, chance-normalised\n(reward − chance) / (max − chance)\n({reward_maxima(exp)})"
     else:
         ceiling = reward_ceiling(exp)
         label = f"{what} (max {ceiling:g})" if ceiling is not None else what
     return f"{label}\n{note}" if note else label
 
 
-def _scaled(exp: Experiment, label: str, values: Any) -> Any:
-    """Rewards of configuration `label` in the units of `reward_label`: divided by its maximum if `reward_fraction`."""
-    return values / exp.reward_scale(label) if exp.reward_fraction else values
+def _scaled(exp: Experiment, label: str, values: Any, chance: str = "chance_reward") -> Any:
+    """Rewards of configuration `label` in the units of `reward_label`: chance-normalised if `scales_differ`.
+
+    `chance`: the `configs` column of the chance score (`chance_eval_reward` for held-out rewards).
+    """
+    if not exp.scales_differ:
+        return values
+    floor, best = exp.configs.at[label, chance], exp.configs.at[label, "max_reward"]
+    return (values - floor) / (best - floor)
 
 
 SUMMARY_REWARDS = ("mean", "mean_ci_low", "mean_ci_high", "iqm", "iqm_ci_low", "iqm_ci_high")
 """Summary columns in reward points (rescaled by `_in_units`)."""
 
 
-def _in_units(exp: Experiment, table: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
-    """`table` (one row per run or configuration, a `configuration` column) with `columns` in `reward_label` units."""
-    if not exp.reward_fraction:
+def _in_units(
+    exp: Experiment, table: pd.DataFrame, columns: tuple[str, ...], chance: str = "chance_reward"
+) -> pd.DataFrame:
+    """`table` (one row per run or configuration, a `configuration` column) with `columns` in `reward_label` units.
+
+    Chance-normalisation is linear, so it maps means, IQMs and CI ends alike.
+    """
+    if not exp.scales_differ:
         return table
-    scale = table["configuration"].map(exp.configs["max_reward"]).to_numpy(dtype=float)
-    return table.assign(**{c: table[c].to_numpy(dtype=float) / scale for c in columns if c in table})
+    best = table["configuration"].map(exp.configs["max_reward"]).to_numpy(dtype=float)
+    floor = table["configuration"].map(exp.configs[chance]).to_numpy(dtype=float)
+    return table.assign(**{c: (table[c].to_numpy(dtype=float) - floor) / (best - floor) for c in columns if c in table})
 
 
 @contextlib.contextmanager
@@ -352,8 +368,40 @@ def plot_improvement(exp: Experiment, summary: pd.DataFrame) -> Figure | None:
     return fig
 
 
+VERDICT_COLOURS = dict(zip(VERDICTS, (sns.color_palette("colorblind")[i] for i in (2, 3, 7, 1))))
+"""Colour of each comparison verdict (colorblind-safe: green, vermillion, grey, orange)."""
+
+
+def plot_effects(exp: Experiment, summary: pd.DataFrame) -> Figure | None:
+    """Paired effect on the final score of each configuration over its reference, 95% CI, coloured by verdict.
+
+    The effect is the mean over seeds of the per-seed difference of the final
+    score (chance-normalised); the shaded band is the equivalence margin
+    +-`MARGIN`; the colour is the Holm-corrected verdict (`summarize`).
+    """
+    table = summary[(summary["configuration"] != summary["reference"]) & (summary["verdict"] != "")]
+    if table.empty:
+        return None
+    names = [c if r == exp.baseline else f"{c}  (vs {r})" for c, r in zip(table["configuration"], table["reference"])]
+    with style():
+        fig, (ax,), y = _per_config_axes(exp, names, width=7.0)
+        ax.axvspan(-MARGIN, MARGIN, color="grey", alpha=0.15, lw=0)
+        ax.axvline(0, color="black", lw=1)
+        for yi, (_, row) in zip(y, table.iterrows()):
+            _hbar(ax, row["effect"], row["effect_ci_low"], row["effect_ci_high"], yi, VERDICT_COLOURS[row["verdict"]])
+        handles = [Line2D([], [], color=c, marker="o", lw=2, label=v) for v, c in VERDICT_COLOURS.items()]
+        handles.append(Line2D([], [], color="grey", alpha=0.3, lw=8, label=f"margin ±{MARGIN:g}"))
+        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False, title="Holm verdict")
+        ax.set_xlabel(
+            f"final score minus {compared_with(exp)}'s, mean over seeds of the per-seed difference\n"
+            f"(final score = (reward − chance) / (max − chance)); baseline: {exp.baseline}"
+        )
+        ax.set_title(f"{exp.name}: paired effects on the final score (95% bootstrap CIs)")
+    return fig
+
+
 def plot_performance_profile(exp: Experiment) -> Figure | None:
-    """Fraction of runs with final reward >= tau, over tau, per configuration, 95% bootstrap CI band."""
+    """Fraction of runs with final reward > tau (rliable's convention), over tau, per configuration, 95% CI band."""
     if exp.final.empty:
         return None
     final = _in_units(exp, exp.final, ("final_reward",))
@@ -375,7 +423,7 @@ def plot_performance_profile(exp: Experiment) -> Figure | None:
                 ax.plot(taus, stats.performance_profile(x, taus), color=colour, lw=1.6)
                 ax.fill_between(taus, low, high, color=colour, alpha=0.15, lw=0)
             ax.set_xlabel(reward_label(exp, "final mean reward threshold τ"))
-            ax.set_ylabel("fraction of runs with final reward ≥ τ")
+            ax.set_ylabel("fraction of runs with final reward > τ")
         _finish_facets(fig, exp)
         fig.suptitle(f"{exp.name}: performance profiles of the final reward (band = 95% CI){_facet_note(exp)}")
     return fig
@@ -444,8 +492,10 @@ def plot_prompt_length(exp: Experiment) -> Figure | None:
     `prompt_length` that varies. One line per configuration of the axes that
     do not set the prompt length; mean over runs with a 95% bootstrap CI. The
     reward's maximum grows with the prompt length (2L-1 for
-    `inclusion_ordering`), so the reward panel shows it as a fraction of each
-    configuration's maximum when those are known (`reward_label`).
+    `inclusion_ordering`), and so does chance's share of it, so the reward
+    panel shows it chance-normalised, (reward - chance) / (max - chance), with
+    the held-out prompts' chance for the held-out reward, when the maxima are
+    known (`reward_label`).
     """
     lengths = pd.Series({label: exp.config(label).prompt_length for label in exp.labels}, dtype=object)
     trained = lengths[lengths.index.isin(exp.final["configuration"])]
@@ -465,10 +515,11 @@ def plot_prompt_length(exp: Experiment) -> Figure | None:
     )
     # lines that are not the palette's keys get colours of their own, so none is mistaken for a configuration
     palette = exp.palette if set(lines.values()) <= set(exp.palette) else make_palette(list(lines.values()), "dark")
-    reward = f"final_{EVAL_REWARD}" if f"final_{EVAL_REWARD}" in final else "final_reward"
-    final = _in_units(exp, final, (reward,))
+    held_out = f"final_{EVAL_REWARD}" in final
+    reward = f"final_{EVAL_REWARD}" if held_out else "final_reward"
+    final = _in_units(exp, final, (reward,), "chance_eval_reward" if held_out else "chance_reward")
     what = "held-out mean reward" if reward != "final_reward" else "training mean reward"
-    note = "" if exp.reward_fraction else "reward points: the maximum differs between prompt lengths"
+    note = "" if exp.scales_differ else "reward points: the maximum differs between prompt lengths"
     panels = [
         (f"final_{EVAL_ACCURACY}", "held-out greedy accuracy (share sorted exactly)"),
         (reward, reward_label(exp, what, note)),
@@ -518,9 +569,16 @@ FIGURES: dict[str, FigureSpec] = {
     ),
     "performance_profile": FigureSpec(
         lambda e, s: plot_performance_profile(e),
-        "Performance profiles: fraction of runs whose final reward is at least τ",
+        "Performance profiles: fraction of runs whose final reward is above τ",
     ),
-    "improvement": FigureSpec(plot_improvement, "Probability of improvement over the baseline, with 95% bootstrap CIs"),
+    "effects": FigureSpec(
+        plot_effects,
+        "Paired effect on the final score over the baseline (or reference), 95% bootstrap CIs, coloured by the "
+        "Holm-corrected verdict; the band is the equivalence margin",
+    ),
+    "improvement": FigureSpec(
+        plot_improvement, "Probability of improvement over the baseline (the unpaired view), with 95% bootstrap CIs"
+    ),
     "sample_efficiency": FigureSpec(
         lambda e, s: plot_sample_efficiency(e),
         "Sample efficiency: IQM over seeds of the mean reward vs step, 95% bootstrap CI band",

@@ -2,11 +2,14 @@
 
 `render_report(findings)` renders the `sortrl.findings.Findings` of every
 experiment (`sortrl.publish.write_report` computes them and writes the file):
-what was run, the summary table (also `<exp>_summary.csv`), the comparisons
-with the baseline and the declared claims, the diverged runs and the figures.
-Every sentence about results is generated from the numbers; none is computed
-here. Mean reward is the headline quantity; a run's *final* reward is its mean
-reward averaged over the last 10% of its epochs (`sortrl.stats.final_scores`).
+what was run, the summary table (also `<exp>_summary.csv`), the paired,
+Holm-corrected comparisons with the baseline (or reference) and the other
+findings (`sortrl.sentences`: the top, null results, grid-specific ones), the
+declared claims, the diverged runs and the figures. Every sentence about
+results is generated from the numbers; none is computed here. Mean reward is
+the headline quantity; a run's *final* reward is its mean reward averaged over
+the last 10% of its epochs (`sortrl.stats.final_scores`), its final score that
+reward chance-normalised.
 """
 
 from __future__ import annotations
@@ -21,51 +24,64 @@ import seaborn as sns
 
 from sortrl import stats
 from sortrl.claims import Test
-from sortrl.claims_md import fmt_effect
-from sortrl.experiment import SEED, Experiment, compared_with, reward_maxima
+from sortrl.claims_md import fmt_effect as fmt_claim_effect
+from sortrl.experiment import MARGIN, SEED, VERDICTS, Experiment, compared_with, reference_axes
 from sortrl.figures import FIGURES
-from sortrl.findings import Findings, fmt_ci, fmt_num
+from sortrl.findings import Comparison, Findings, fmt_ci, fmt_effect, fmt_improve, fmt_interval, fmt_p, shared_runs
+from sortrl.sentences import experiment_sentences
+from sortrl.verdicts import N_RESAMPLES
 
 
-def _findings(f: Findings) -> list[str]:
+def _findings(f: Findings, shared: list[tuple[str, int]] = ()) -> list[str]:
     exp = f.experiment
-    groups: dict[str, list[str]] = {"better": [], "worse": [], "indistinguishable": []}
-    for c in f.with_interval:
-        versus = "" if c.reference == exp.baseline else f" vs {c.reference}"
-        groups[c.verdict].append(f"{c.configuration} ({c.interval}{versus})")
-    versus = compared_with(exp)
-    heads = {
-        "better": f"Better than {versus} (P(improve) CI above 0.5)",
-        "worse": f"Worse than {versus} (P(improve) CI below 0.5)",
-        "indistinguishable": f"Indistinguishable from {versus} (P(improve) CI contains 0.5)",
-    }
+    m = len(f.tested)
     lines = [f"Baseline: **{exp.baseline}**."]
-    if exp.scale_axes:
+    own = reference_axes(exp)
+    if own:
         lines[0] += (
-            f" The grid varies {', '.join(f'`{a}`' for a in exp.scale_axes)}, which "
-            f"{'changes' if len(exp.scale_axes) == 1 else 'change'} what a reward point is worth, so each "
-            "configuration is compared with its *reference*: the baseline's settings with its own "
-            f"{', '.join(f'`{a}`' for a in exp.scale_axes)} (named after each number below unless it is the baseline)."
+            f" Configurations whose {' / '.join(f'`{a}`' for a in own)} {'differs' if len(own) == 1 else 'differ'} "
+            "from the baseline's (which change the reward's scale or chance) are compared with the baseline's other settings at their own value of "
+            f"{'it' if len(own) == 1 else 'them'} (their *reference*, named after each number below unless it is "
+            "the baseline)."
         )
-        if exp.reward_fraction:
-            lines[0] += (
-                " Figures that put such configurations on one reward axis show each one's reward as a fraction "
-                f"of its maximum ({reward_maxima(exp)}); the numbers here are in reward points."
-            )
-    lines += [f"- {heads[k]}: {'; '.join(v) if v else 'none'}." for k, v in groups.items()]
-    lines += _without_interval(f)
-    m = len(f.with_interval)
-    if m > 1:
-        lines.append(
-            f"- Each interval is for one comparison, not corrected for the {m} made here: even if no "
-            f"configuration differed from its reference, about {f.chance:.1f} of them "
-            "would be expected to exclude 0.5 by chance."
-        )
+    lines.append(
+        f"Each comparison is paired by seed on the final score (chance-normalised): the mean of the per-seed "
+        f"differences with its 95% CI, a Wilcoxon signed-rank test, and Holm's correction over the {m} "
+        f"comparison{'s' * (m != 1)} of this experiment; equivalence margin ±{MARGIN:g}."
+    )
+    lines.append("")
+    for word in VERDICTS:
+        chosen = f.verdicts(word)
+        items = "; ".join(_compared(exp, c) for c in chosen) if chosen else "none"
+        lines.append(f"- {HEADS[word].format(versus=compared_with(exp), margin=f'{MARGIN:g}')}: {items}.")
+    lines += _untested(f)
+    lines += [f"- {sentence}" for sentence in experiment_sentences(f, shared, short=False)]
     return lines
 
 
-def _without_interval(f: Findings) -> list[str]:
-    """Comparisons without a P(improve) interval, blaming the side with fewer than two finished runs."""
+HEADS = {
+    "better": "Better than {versus} (Holm-corrected p < 0.05, mean effect > 0)",
+    "worse": "Worse than {versus} (Holm-corrected p < 0.05, mean effect < 0)",
+    "no difference": "No difference from {versus} (not significant and the paired CI lies within ±{margin})",
+    "inconclusive": (
+        "Inconclusive (not significant, and the paired CI reaches beyond ±{margin}; in brackets after the p-value, "
+        "the seeds a paired test would need to detect an effect of {margin} at 80% power)"
+    ),
+}
+"""The heading of each verdict's list in REPORT.md."""
+
+
+def _compared(exp: Experiment, c: Comparison) -> str:
+    """`name (+0.120 [+0.080, +0.160], p = 0.003 Holm; vs reference)` for one comparison."""
+    versus = "" if c.reference == exp.baseline else f"; vs {c.reference}"
+    small = f"; within ±{MARGIN:g}" if c.within_margin else ""
+    needed = f", ~{c.seeds_needed:,} seeds" if c.seeds_needed is not None else ""
+    p = fmt_p(c.p_holm)
+    return f"{c.configuration} ({fmt_effect(c.effect)}, p {p if p.startswith('<') else '= ' + p} Holm{needed}{small}{versus})"
+
+
+def _untested(f: Findings) -> list[str]:
+    """Comparisons without a test, blaming the reference when it is the side with fewer than two finished runs."""
     summary = f.summary.set_index("configuration")
     finished, diverged = summary["n"], summary["n_diverged"]
     lines, short = [], []
@@ -80,12 +96,12 @@ def _without_interval(f: Findings) -> list[str]:
     for reference, configurations in by_reference.items():
         role = "the baseline" if reference == f.experiment.baseline else "the reference"
         lines.append(
-            f"- No P(improve) interval for {', '.join(configurations)}: {role} {reference} has "
+            f"- No test for {', '.join(configurations)}: {role} {reference} has "
             f"{_runs(finished.get(reference, 0))} finished ({_runs(diverged.get(reference, 0))} diverged), "
-            "fewer than the two a comparison needs."
+            "fewer than the two a paired test needs."
         )
     if short:
-        lines.append(f"- No P(improve) interval (fewer than two finished runs): {', '.join(short)}.")
+        lines.append(f"- No test (fewer than two seeds finished by both): {', '.join(short)}.")
     return lines
 
 
@@ -104,7 +120,7 @@ def _claims(f: Findings, tests: list[Test]) -> list[str]:
         "Tested with paired, Holm-corrected statistics in [CLAIMS.md](CLAIMS.md):",
         "",
     ]
-    lines += [f"- {t.label}: {t.claim.statement} **{t.verdict}** (effect {fmt_effect(t.effect)})." for t in mine]
+    lines += [f"- {t.label}: {t.claim.statement} **{t.verdict}** (effect {fmt_claim_effect(t.effect)})." for t in mine]
     return lines + [""]
 
 
@@ -153,19 +169,32 @@ def _what_was_run(exp: Experiment) -> list[str]:
 
 
 def _table(exp: Experiment, summary: pd.DataFrame) -> list[str]:
-    versus = "reference" if exp.scale_axes else "baseline"
-    head = ["configuration", "n", "mean [95% CI]", "IQM [95% CI]", f"P(improve) over {versus} [95% CI]"]
-    head += ["reference"] if exp.scale_axes else []
-    head += ["solve rate", "diverged"]
-    lines = [
-        "| " + " | ".join(head) + " |",
-        "| --- | ---: | --- | --- | --- |" + (" --- |" if exp.scale_axes else "") + " ---: | ---: |",
-    ]
+    versus = "reference" if reference_axes(exp) else "baseline"
+    head = ["configuration", "n", "mean reward [95% CI]", "IQM [95% CI]", "final score [95% CI]"]
+    head += [f"paired effect vs {versus} [95% CI]", "p (Holm)", "verdict", f"P(improve) over {versus} [95% CI]"]
+    head += ["reference"] if versus == "reference" else []
+    head += ["solved [Wilson 95% CI]", "diverged"]
+    align = {"n": "---:", "p (Holm)": "---:", "diverged": "---:"}
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(align.get(h, "---") for h in head) + " |"]
     for _, r in summary.iterrows():
-        cells = [r["configuration"], str(r["n"]), fmt_ci(r, "mean"), fmt_ci(r, "iqm")]
-        cells += [versus if r["configuration"] == r["reference"] else fmt_ci(r, "p_improve", 2)]
-        cells += [r["reference"]] if exp.scale_axes else []
-        cells += [fmt_num(r["solve_rate"], 2), str(r["n_diverged"])]
+        n = int(r["n"])
+        own = r["configuration"] == r["reference"]
+        cells = [
+            r["configuration"],
+            str(n),
+            fmt_ci(r, "mean", mean_of=n),
+            fmt_ci(r, "iqm"),
+            fmt_ci(r, "score", mean_of=n),
+        ]
+        if own:
+            cells += [versus, "", "", versus]
+        else:
+            effect = fmt_interval(r["effect"], r["effect_ci_low"], r["effect_ci_high"], 3, True, int(r["n_paired"]))
+            cells += [effect, fmt_p(r["p_holm"]), r["verdict"] or "–"]
+            cells += [fmt_improve(r["p_improve"], r["p_improve_ci_low"], r["p_improve_ci_high"])]
+        cells += [r["reference"]] if versus == "reference" else []
+        solved = fmt_interval(r["solve_rate"], r["solve_rate_ci_low"], r["solve_rate_ci_high"], 2)
+        cells += [f"{int(r['n_solved'])}/{n} ({solved})" if n else "–", str(r["n_diverged"])]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -194,33 +223,56 @@ def render_report(experiments: list[Findings], tests: list[Test] = ()) -> str:
         "",
         f"- A run's **final reward** is its mean reward averaged over the last {stats.FINAL_FRACTION:.0%} of its "
         "epochs. Mean reward (never loss) is the headline quantity.",
-        "- Per configuration, over seeds: mean and **IQM** (interquartile mean, `scipy.stats.trim_mean(x, 0.25)`), "
-        f"each with a {stats.CONFIDENCE:.0%} percentile-bootstrap CI (`scipy.stats.bootstrap`, {stats.N_RESAMPLES} "
-        f"resamples, seed {SEED}); curve bands are the same interval at each step.",
-        "- **P(improve)** = probability that a random run of the configuration ends with a higher final reward than a "
-        "random run of the baseline (Mann-Whitney U / (n_x n_y), ties count half; Agarwal et al. 2021). A CI above "
-        "0.5 means better, below 0.5 worse, containing 0.5 indistinguishable at this number of seeds. Where a grid "
-        "varies the reward function or the prompts (which change what a reward point is worth), a configuration is "
-        "compared with the baseline's settings on its own reward and prompts instead (its *reference*).",
-        "- **Solve rate** = share of seeds whose greedy (argmax) policy sorts every training prompt exactly after "
-        "the last epoch.",
+        "- A run's **final score** is its final reward chance-normalised: (final reward - chance) / (max - chance), "
+        "where chance is the uniform random policy's expected mean reward on the same prompts (computed exactly by "
+        "enumerating every response, or from 200,000 sampled ones for long prompts) and max the best possible: 0 = "
+        "chance, 1 = every response sorted. Comparisons, rankings and null results use it, so rewards and prompt "
+        "lengths with different scales (and EOS, which lowers chance) compare on one scale.",
+        "- Per configuration, over seeds: mean and **IQM** (interquartile mean, `scipy.stats.trim_mean(x, 0.25)`) of "
+        f"the final reward, each with a {stats.CONFIDENCE:.0%} percentile-bootstrap CI (`scipy.stats.bootstrap`, "
+        f"{stats.N_RESAMPLES} resamples, seed {SEED}); the mean final score with its CI ({N_RESAMPLES:,} "
+        "resamples); curve bands are the same interval at each step. A CI whose ends are equal is not printed as "
+        "an interval: `(all n equal)` for a mean of n equal values, `(same in every resample)` otherwise.",
+        "- A seed is the same initial model and data stream in every configuration, so each configuration is "
+        "compared with its reference **paired by seed**: the **paired effect** is the mean over seeds of the "
+        f"per-seed difference of the final score, with a {N_RESAMPLES:,}-resample bootstrap CI over seeds; its "
+        "two-sided Wilcoxon signed-rank p-value is corrected with **Holm's method over the experiment's "
+        "comparisons** (family-wise error 0.05). Verdicts: **better** / **worse** (corrected p < 0.05, by the sign "
+        f"of the effect), **no difference** (not significant and the CI lies within ±{MARGIN:g}, the equivalence "
+        "margin), **inconclusive** (neither; with the seeds a paired test would need to detect an effect of "
+        f"{MARGIN:g} at 80% power). Overlapping CIs are never read as equality.",
+        "- **P(improve)**, beside it, is the unpaired view: the probability that a random run of the configuration "
+        "ends with a higher final reward than a random run of its reference (Mann-Whitney U / (n_x n_y), ties "
+        "count half; Agarwal et al. 2021). Where a grid varies the reward function or the prompts (which change "
+        "what a reward point is worth), a configuration's reference is the baseline's settings on its own reward "
+        "and prompts.",
+        "- Each CI is for one comparison, uncorrected: a CI that excludes 0 beside a corrected p above 0.05 is "
+        "inconclusive, not a difference.",
+        "- A single best configuration (by mean final score) is named only when it separates from every other "
+        "configuration of its scale (same reward, prompts and EOS): a paired CI above 0 and a Wilcoxon test "
+        "significant after Holm's correction over its comparisons with the others; otherwise the configurations it "
+        "does not separate from are listed as tied with it. Recipes are ranked the same way, neighbour by neighbour.",
+        "- **Solved** = runs whose greedy (argmax) policy sorts every training prompt exactly after the last epoch, "
+        "with a Wilson 95% interval of the solve rate. Null results (runs and configurations at chance, no run "
+        "solving) are stated with the findings.",
         "- Diverged runs are listed per experiment and excluded from every aggregate.",
         f"- Report tools: numpy `{np.__version__}`, pandas `{pd.__version__}`, scipy `{scipy.__version__}`, "
         f"seaborn `{sns.__version__}`, matplotlib `{mpl.__version__}`.",
         "",
     ]
+    shared = shared_runs(experiments)
     for f in experiments:
         exp, summary = f.experiment, f.summary
         lines += [f"## Experiment `{exp.name}`", "", "### What was run", "", *_what_was_run(exp), ""]
         lines += [
-            "### Final reward per configuration",
+            "### Final reward and score per configuration",
             "",
             f"Also in `{exp.name}_summary.csv`.",
             "",
             *_table(exp, summary),
             "",
         ]
-        lines += ["### Findings", "", *_findings(f), ""]
+        lines += ["### Findings", "", *_findings(f, shared.get(exp.name, [])), ""]
         lines += _claims(f, list(tests))
         lines += ["### Diverged runs", "", *_diverged(exp), ""]
         lines += ["### Figures", ""]

@@ -51,6 +51,16 @@ def _difference(a: str, b: str) -> Callable[[pd.DataFrame], pd.Series]:
     return reduce
 
 
+def _initial(metric: str) -> Callable[[pd.DataFrame], pd.Series]:
+    """A run's value of `metric` at its first epoch (measured on the untrained policy's samples)."""
+
+    def reduce(rows: pd.DataFrame) -> pd.Series:
+        measured = rows[rows[metric].notna()]
+        return measured.loc[measured.groupby("run")["epoch"].idxmin()].set_index("run")[metric]
+
+    return reduce
+
+
 def _late_std(metric: str) -> Callable[[pd.DataFrame], pd.Series]:
     def reduce(rows: pd.DataFrame) -> pd.Series:
         first = rows.groupby("run")["epoch"].transform("max") * (1 - LATE_FRACTION)
@@ -129,6 +139,12 @@ SCORES: dict[str, Score] = {
     "final_kl": Score(("kl",), _final("kl"), "KL to the reference (last 10%)", "nats"),
     "final_response_length": Score(
         ("response_length",), _final("response_length"), "response length (last 10%)", "tokens"
+    ),
+    "initial_response_length": Score(
+        ("response_length",),
+        _initial("response_length"),
+        "response length of the untrained policy (first epoch)",
+        "tokens",
     ),
     "length_gap": Score(
         ("response_length/below_mean", "response_length/above_mean"),

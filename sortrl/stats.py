@@ -232,23 +232,26 @@ def _unwrap(value: np.ndarray | float) -> np.ndarray | float:
 
 
 def performance_profile(scores: np.ndarray, taus: np.ndarray) -> np.ndarray:
-    """Fraction of runs whose score is >= tau, for each tau: the run-score distribution.
+    """Fraction of runs whose score is strictly above tau, for each tau: the run-score distribution.
 
-    `scores`: `[run]`; `taus`: thresholds `[tau]`. Returns `[tau]`, non-increasing
-    in tau (Agarwal et al. 2021, section 4.2).
+    rliable's convention (`rliable.library.run_score_deviation`:
+    `np.mean(scores > tau)`; Agarwal et al. 2021, section 4.2): a run counts at
+    tau when its score is strictly above tau, so the profile at the lowest
+    possible score is the share of runs that rose above it. `scores`: `[run]`; `taus`: thresholds `[tau]`. Returns `[tau]`,
+    non-increasing in tau.
     """
-    return _at_least(scores, taus).mean(axis=-1)
+    return _above(scores, taus).mean(axis=-1)
 
 
 def performance_profile_ci(scores: np.ndarray, taus: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Percentile-bootstrap CI `(low [tau], high [tau])` of `performance_profile(scores, taus)`."""
-    return curve_ci(_at_least(scores, taus), mean, seed)
+    return curve_ci(_above(scores, taus), mean, seed)
 
 
-def _at_least(scores: np.ndarray, taus: np.ndarray) -> np.ndarray:
-    """Indicator `[tau run]`: 1 where the run's score is >= tau."""
+def _above(scores: np.ndarray, taus: np.ndarray) -> np.ndarray:
+    """Indicator `[tau run]`: 1 where the run's score is > tau."""
     scores, taus = np.asarray(scores, dtype=float), np.asarray(taus, dtype=float)
-    return (scores[None, :] >= taus[:, None]).astype(float)
+    return (scores[None, :] > taus[:, None]).astype(float)
 
 
 def final_scores(

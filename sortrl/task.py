@@ -276,12 +276,20 @@ def best_mean_reward(cfg: RewardFields) -> float:
     return float(per_prompt.mean()) if whole_batch and not len(task.eval) else math.nan
 
 
-def chance_mean_reward(cfg: RewardFields) -> float:
-    """Expected mean reward of the uniform random policy on the training prompts (`chance_scores`), reward points.
+def chance_mean_reward(cfg: RewardFields, split: str = "train") -> float:
+    """Expected mean reward of the uniform random policy on the `split` prompts (`chance_scores`), reward points.
 
     What a policy that has learned nothing scores: the floor of chance-normalised
-    scores, (score - chance) / (best - chance).
+    scores, (score - chance) / (best - chance). `split`: `"train"` (the training
+    prompts: the floor of `mean_reward`) or `"eval"` (the held-out prompts: the
+    floor of `eval/mean_reward`, NaN without held-out prompts); the mean is over
+    the split's prompts, each weighted equally, as the metrics weight them.
+    Raises `ValueError` for another `split`.
     """
-    task = TASKS[cfg.task](cfg)
+    if split not in ("train", "eval"):
+        raise ValueError(f"split: {split!r} is not one of 'train', 'eval'")
+    prompts = getattr(TASKS[cfg.task](cfg), split)
+    if not len(prompts):
+        return math.nan
     eos_id = cfg.num_values if cfg.eos else None
-    return float(chance_scores(task.train, REWARDS[cfg.reward], cfg.num_tokens, eos_id).mean())
+    return float(chance_scores(prompts, REWARDS[cfg.reward], cfg.num_tokens, eos_id).mean())

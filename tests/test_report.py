@@ -10,15 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.collections import PathCollection
+from scipy.stats import wilcoxon
 
-from sortrl import experiment, figures, findings, grid, readme, report, stats
+from sortrl import experiment, figures, findings, grid, readme, report, stats, verdicts
 from sortrl.config import make_config
 from sortrl.grid import parse_grid
 from sortrl.publish import write_report
 from sortrl.registry import ConfigError
 from sortrl.store import load_runs, read_chunks, read_rows, runs_dir, write_chunk
 from sortrl.sweep import run_sweep
-from sortrl.task import best_mean_reward
+from sortrl.task import best_mean_reward, chance_mean_reward
 
 
 @pytest.fixture
@@ -43,6 +44,7 @@ def test_report_writes_every_output_and_is_byte_identical_when_rerun(results, wr
             "interval_estimates",
             "performance_profile",
             "improvement",
+            "effects",
             "sample_efficiency",
         ):
             assert f"figures/{exp}_{figure}.png" in names
@@ -89,6 +91,46 @@ def test_summary_matches_the_stats_functions(results, written):
     assert summary["solve_rate"].between(0, 1).all()
 
 
+def test_summary_compares_paired_by_seed_on_the_chance_normalised_score(results, written):
+    """The paired effect, Wilcoxon p, Holm within the experiment and the verdict, recomputed from the stored runs."""
+    summary = pd.read_csv(results / "tiny_summary.csv", keep_default_na=False, na_values=[""]).set_index(
+        "configuration"
+    )
+    runs = load_runs(results, ["tiny"], fields=["deltas_mode"])
+    final = pd.DataFrame({"reward": stats.final_scores(runs)})
+    final = final.join(runs.groupby("run_id")[["deltas_mode", "seed"]].first())
+    chance = chance_mean_reward(make_config())  # the lecture's prompts: 2.664 reward points by enumeration
+    assert summary["chance_reward"].tolist() == pytest.approx([chance] * 3, abs=1e-6)
+    final["score"] = (final["reward"] - chance) / (5.0 - chance)
+    wide = final.pivot(index="seed", columns="deltas_mode", values="score")  # [seed configuration]
+    p_values = []
+    for name in ("centered_rewards", "normalized_rewards"):
+        d = (wide[name] - wide["rewards"]).to_numpy()
+        row = summary.loc[name]
+        assert row["n_paired"] == 6
+        assert row["effect"] == pytest.approx(d.mean(), abs=1e-5)  # mean of per-seed differences
+        assert row["effect_ci_low"] <= row["effect"] <= row["effect_ci_high"]
+        p = wilcoxon(d, zero_method="zsplit").pvalue
+        assert row["p_value"] == pytest.approx(p, rel=1e-4)
+        p_values.append(p)
+        assert row["score"] == pytest.approx(wide[name].mean(), abs=1e-5)
+    # Holm over the two comparisons by hand: the smaller p doubled, the larger at least that, capped at 1
+    small, large = sorted(p_values)
+    holm = {small: min(1.0, 2 * small), large: min(1.0, max(2 * small, large))}
+    for name, p in zip(("centered_rewards", "normalized_rewards"), p_values):
+        row = summary.loc[name]
+        assert row["p_holm"] == pytest.approx(holm[p], rel=1e-4)
+        effect = verdicts.Interval(row["effect"], row["effect_ci_low"], row["effect_ci_high"], 6)
+        assert row["verdict"] == experiment.comparison_verdict(effect, row["p_holm"])
+    assert math.isnan(summary.loc["rewards", "p_holm"]) and math.isnan(summary.loc["rewards", "effect"])
+    # solve rate with its Wilson interval
+    for _, row in summary.iterrows():
+        wilson = verdicts.wilson(int(row["n_solved"]), int(row["n"]))
+        assert (row["solve_rate"], row["solve_rate_ci_low"], row["solve_rate_ci_high"]) == pytest.approx(
+            (wilson.point, wilson.low, wilson.high), abs=1e-5
+        )
+
+
 def test_final_reward_uses_the_last_tenth_of_epochs(results):
     exp = experiment.load_experiment(results, "tiny")
     first = exp.final.iloc[0]
@@ -112,10 +154,17 @@ def test_report_md_is_generated_from_the_numbers(results, written):
     summary = pd.read_csv(results / "tiny_summary.csv").set_index("configuration")
     row = summary.loc["centered_rewards"]
     assert f"{row['mean']:.3f} [{row['mean_ci_low']:.3f}, {row['mean_ci_high']:.3f}]" in text
-    verdict = findings.verdict(row["p_improve_ci_low"], row["p_improve_ci_high"])
-    heading = {"better": "Better than", "worse": "Worse than", "indistinguishable": "Indistinguishable from"}[verdict]
-    line = next(s for s in text.splitlines() if s.startswith(f"- {heading}"))
-    assert "centered_rewards (" in line
+    head = {
+        "better": "- Better than",
+        "worse": "- Worse than",
+        "no difference": "- No difference from",
+        "inconclusive": "- Inconclusive",
+    }[row["verdict"]]
+    section = text[text.index("## Experiment `tiny`") :]
+    line = next(s for s in section.splitlines() if s.startswith(head))
+    assert f"centered_rewards ({row['effect']:+.3f} [" in line
+    assert "P(improve) CI above 0.5" not in text and "by chance alone" not in text  # no uncorrected verdicts
+    assert "Holm's correction over the 2 comparisons of this experiment" in text
 
 
 def test_scale_axes_compare_within_the_same_prompt_length(results, written):
@@ -131,6 +180,8 @@ def test_scale_axes_compare_within_the_same_prompt_length(results, written):
     summary = pd.read_csv(results / "lengths_summary.csv").set_index("configuration")
     assert summary["p_improve"].isna().tolist() == [True, False, True, False]
     assert {"eval_mean_reward", "eval_greedy_accuracy"} <= set(summary.columns)
+    assert summary["scale"].tolist() == ["prompt_length=3"] * 2 + ["prompt_length=4"] * 2
+    assert experiment.reference_axes(exp) == ["prompt_length"]
 
 
 def test_runs_are_joined_by_label_and_seed_and_stale_runs_ignored(copy, report_grids):
@@ -200,10 +251,10 @@ def test_a_fully_diverged_baseline_is_named_as_the_reason(tmp_path):
     found = findings.findings(exp, summary)
     markdown = report.render_report([found])
     assert (
-        "- No P(improve) interval for lr=0.01: the baseline lr=1e+10 has 0 runs finished (2 runs diverged), "
-        "fewer than the two a comparison needs." in markdown
+        "- No test for lr=0.01: the baseline lr=1e+10 has 0 runs finished (2 runs diverged), "
+        "fewer than the two a paired test needs." in markdown
     )
-    assert "(fewer than two finished runs): lr=0.01" not in markdown
+    assert "(fewer than two seeds finished by both): lr=0.01" not in markdown
     assert "Nothing is compared with the baseline (lr=1e+10): it has 0 finished runs" in " ".join(
         readme.experiment_sentences(found)
     )
@@ -240,12 +291,12 @@ def test_labels_palette_and_facets_follow_the_grid(results):
 def test_reward_ceiling_is_the_sorted_prompts_reward(results):
     tiny = experiment.load_experiment(results, "tiny")
     assert experiment.reward_ceiling(tiny) == 5.0  # lecture prompts of length 3: 3 inclusion + 2 ordering
-    assert not tiny.reward_fraction
+    assert not tiny.scales_differ
     assert figures.reward_label(tiny) == "mean reward (max 5)"
     lengths = experiment.load_experiment(results, "lengths")
     assert experiment.reward_ceiling(lengths) is None  # two prompt lengths: no single maximum
     assert lengths.configs["max_reward"].tolist() == [5.0, 5.0, 7.0, 7.0]  # 2L-1
-    assert lengths.reward_fraction and lengths.panels_share_scale
+    assert lengths.scales_differ and lengths.panels_share_scale
     assert figures.reward_label(lengths, "r", configuration="prompt_length=4 / rewards") == "r (max 7)"  # points
 
 
@@ -266,33 +317,43 @@ def test_best_mean_reward_by_hand(fields, expected):
     assert value == pytest.approx(expected, nan_ok=True)
 
 
-def test_figures_across_prompt_lengths_show_reward_as_a_fraction_of_its_maximum(results):
+def test_figures_across_prompt_lengths_show_reward_chance_normalised(results):
     exp = experiment.load_experiment(results, "lengths")
     summary = experiment.summarize(exp)
     label = figures.reward_label(exp)
-    assert label == "mean reward\nas a fraction of its maximum\n(max 5, 7 by prompt_length)"
-    maxima = exp.configs["max_reward"]
+    assert label == "mean reward, chance-normalised\n(reward − chance) / (max − chance)\n(max 5, 7 by prompt_length)"
+    maxima, chance = exp.configs["max_reward"], exp.configs["chance_reward"]
+    held_out = exp.configs["chance_eval_reward"]
+    for label in exp.labels:  # the uniform random policy's reward, from the task module, on each prompt set
+        config = exp.config(label)
+        assert chance[label] == pytest.approx(chance_mean_reward(config))
+        assert held_out[label] == pytest.approx(chance_mean_reward(config, "eval"))
 
     fig = figures.plot_final_reward(exp, summary)
     ax = fig.axes[0]
-    assert "fraction of its maximum" in ax.get_xlabel()
+    assert "chance-normalised" in ax.get_xlabel()
     dots = [c.get_offsets()[:, 0] for c in ax.collections if isinstance(c, PathCollection)]  # one per configuration
     assert len(dots) == len(exp.labels)
     for label, x in zip(exp.labels, dots):
-        assert np.allclose(np.sort(x), np.sort(experiment.scores(exp, label) / maxima[label]))
+        expected = (experiment.scores(exp, label) - chance[label]) / (maxima[label] - chance[label])
+        assert np.allclose(np.sort(x), np.sort(expected))
+        assert np.allclose(np.sort(x), np.sort(experiment.scores(exp, label, "final_score")))  # the final score
 
     fig = figures.plot_prompt_length(exp)
     reward_panel = fig.axes[1]
-    assert "fraction of its maximum" in reward_panel.get_ylabel()
+    assert "chance-normalised" in reward_panel.get_ylabel()
     final = exp.final.assign(length=exp.final["configuration"].map(exp.configs["prompt_length"]))
     first_line = exp.configs["deltas_mode"].iloc[0]  # lines = deltas modes, x = prompt length
     part = final[final["configuration"].map(exp.configs["deltas_mode"]) == first_line]
-    expected = part.groupby("length")["final_eval/mean_reward"].mean() / pd.Series({3: 5.0, 4: 7.0})
+    floor = part["configuration"].map(held_out)  # the held-out prompts' chance, not the training prompts'
+    part = part.assign(score=(part["final_eval/mean_reward"] - floor) / (part["configuration"].map(maxima) - floor))
+    expected = part.groupby("length")["score"].mean()
     assert np.allclose(reward_panel.lines[0].get_ydata(), expected.to_numpy())
 
     heat = figures.plot_heatmap(exp, summary)
     shown = sorted(float(t.get_text()) for t in heat.axes[0].texts)
-    assert shown == pytest.approx(sorted(np.round(summary["iqm"] / summary["max_reward"], 2)), abs=1e-9)
+    by_hand = (summary["iqm"] - summary["chance_reward"]) / (summary["max_reward"] - summary["chance_reward"])
+    assert shown == pytest.approx(sorted(np.round(by_hand, 2)), abs=1e-9)
 
 
 HAND_README = """# a project
@@ -331,15 +392,21 @@ def test_readme_blocks_are_generated_and_hand_text_is_kept(results, sections, tm
     assert "configurations of the `lengths` grid" in text
     # findings: a heading, one paragraph per experiment with the summary's numbers, a link to REPORT.md
     assert "## What the grids show (generated by `sortrl report`)" in text
-    tiny = next(f.summary for f in sections if f.experiment.name == "tiny")
-    best = tiny.loc[tiny["iqm"].idxmax()]
-    assert f"**`tiny`** (3 configurations × 6 seeds). Highest IQM of the final reward: {best['configuration']}" in text
-    assert f"{best['iqm']:.2f} [{best['iqm_ci_low']:.2f}, {best['iqm_ci_high']:.2f}] of a maximum 5" in text
-    assert "Against the baseline (rewards)" in text
+    tiny = next(f for f in sections if f.experiment.name == "tiny")
+    paragraph = next(line for line in text.splitlines() if line.startswith("**`tiny`** (3 configurations × 6 seeds)."))
+    top = tiny.tops[0]  # a tie or a single best, whichever the paired, corrected tests say
+    if top.single:
+        assert f"Highest mean final score: {top.leader} (" in paragraph
+    else:
+        assert f"No single best configuration: {len(top.tied)} configurations are tied at the top" in paragraph
+    assert "Against the baseline (rewards), paired by seed on the final score with Holm's correction" in paragraph
+    counts = {v: len(tiny.verdicts(v)) for v in experiment.VERDICTS}
+    assert f"better for {counts['better']}" in paragraph and f"inconclusive for {counts['inconclusive']}." in paragraph
+    assert "Highest IQM" not in text and "uncorrected" not in text
     report_link = re.search(r"\[([^]]*REPORT\.md)\]\(([^)]+)\)", text).group(2)
     assert (path.parent / report_link).resolve() == (results / "REPORT.md").resolve()
-    assert "as the length goes 3, 4, the final held-out greedy accuracy goes" in text  # lengths: held-out vs length
-    assert "of its maximum." in text
+    assert "as the length goes 3, 4: the final held-out greedy accuracy is" in text  # lengths: held-out vs length
+    assert "the chance-normalised held-out score, (reward − chance) / (max − chance), is" in text
 
     # deterministic and idempotent: the same runs give the same bytes
     path.write_bytes(HAND_README.encode())
@@ -389,3 +456,23 @@ def test_cli_report_command(copy, tmp_path):
     assert f"wrote {path}" in " ".join(outcome.output.split())
     assert "**`tiny`**: no finished runs yet." in path.read_text()
     assert pd.read_csv(copy / "tiny_summary.csv")["n"].tolist() == [0, 0, 0]
+
+
+def test_held_out_score_by_prompt_length_subtracts_the_held_out_prompts_chance(results, sections):
+    """(held-out reward - the uniform policy's on the held-out prompts) / (max - that), every configuration pooled."""
+    found = next(f for f in sections if f.experiment.name == "lengths")
+    exp = found.experiment
+    assert [row.length for row in found.by_prompt_length] == [3, 4] and found.length_reward == "held-out"
+    for row in found.by_prompt_length:
+        values, floors = [], set()
+        for label in exp.labels:
+            config = exp.config(label)
+            if config.prompt_length != row.length:
+                continue
+            chance, best = chance_mean_reward(config, "eval"), best_mean_reward(config)
+            floors.add(chance / best)
+            values += list((experiment.scores(exp, label, "final_eval/mean_reward") - chance) / (best - chance))
+        assert row.score.point == pytest.approx(np.mean(values)) and row.runs == len(values)
+        assert [row.chance] == pytest.approx(sorted(floors))
+    last, first = found.by_prompt_length[-1].score.point, found.by_prompt_length[0].score.point
+    assert found.length_change.point == pytest.approx(last - first)

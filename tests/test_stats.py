@@ -63,13 +63,18 @@ def test_bootstrap_ci_batched_over_steps():
     assert low[0] < 3 < high[0] and low[1] == high[1] == 10
 
 
-def test_performance_profile_on_a_tiny_array():
+def test_performance_profile_counts_scores_strictly_above_tau():
+    """rliable's convention: score > tau. At a tau equal to a score, that run no longer counts."""
     scores = np.array([1.0, 2.0, 3.0, 4.0])
     taus = np.array([0.0, 2.0, 2.5, 4.0, 5.0])
-    assert stats.performance_profile(scores, taus).tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
+    # tau 2: runs 3 and 4 (not 2) -> 0.5; tau 4: none (>= would count run 4: 0.25)
+    assert stats.performance_profile(scores, taus).tolist() == [1.0, 0.5, 0.5, 0.0, 0.0]
     low, high = stats.performance_profile_ci(scores, taus, seed=0)
     assert low.shape == (5,) and np.all(low <= stats.performance_profile(scores, taus))
     assert low[0] == high[0] == 1.0 and low[-1] == high[-1] == 0.0
+    # the profile at the lowest score is the share of runs above it: here 2 of 4 runs sit at the floor 0
+    floor = np.array([0.0, 0.0, 0.5, 1.0])
+    assert stats.performance_profile(floor, np.array([0.0]))[0] == 0.5
 
 
 def _runs(epochs: dict[str, list[float]]) -> pd.DataFrame:

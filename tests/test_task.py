@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from types import SimpleNamespace
 
 import pandas as pd
@@ -159,6 +160,27 @@ def test_chance_score_of_the_uniform_policy_exactly_for_a_three_number_prompt():
     assert chance_scores(torch.tensor([prompt]), REWARDS["distance"], 5, None).item() == pytest.approx(3 / 5)
     # with EOS (token 5) a response ends at its first EOS: only 1 of the 216 responses is exactly sorted
     assert chance_scores(torch.tensor([prompt]), REWARDS["exact_match"], 6, 5).item() == pytest.approx(1 / 216)
+
+
+def test_chance_mean_reward_of_the_held_out_prompts_by_hand():
+    """Prompts of lengths 2 and 3 over 4 numbers: 2 + 1 training prompts, 1 held-out prompt of length 2.
+
+    Under `distance`, each position matches sorted(prompt) with probability 1/4, so a length-L prompt's
+    chance is L/4: training (2/4 + 2/4 + 3/4) / 3 = 7/12, held-out 2/4. Under `exact_match`: 1/4^L.
+    """
+    from sortrl.config import make_config
+    from sortrl.task import chance_mean_reward
+
+    fields = {"task": "random", "prompt_length": (2, 3), "vocab_size": 4, "num_prompts": 3, "num_eval_prompts": 1}
+    cfg = make_config(reward="distance", **fields)
+    assert chance_mean_reward(cfg) == pytest.approx(7 / 12)
+    assert chance_mean_reward(cfg, "eval") == pytest.approx(2 / 4)
+    exact = make_config(reward="exact_match", **fields)
+    assert chance_mean_reward(exact) == pytest.approx((1 / 16 + 1 / 16 + 1 / 64) / 3)
+    assert chance_mean_reward(exact, "eval") == pytest.approx(1 / 16)
+    assert math.isnan(chance_mean_reward(make_config(), "eval"))  # the lecture's prompts: none held out
+    with pytest.raises(ValueError, match="split: 'test' is not one of 'train', 'eval'"):
+        chance_mean_reward(cfg, "test")
 
 
 def test_chance_score_is_sampled_when_enumeration_is_too_big():

@@ -1,0 +1,247 @@
+"""Findings and their sentences (sortrl.findings, sortrl.sentences) on hand-made cases."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sortrl import experiment, findings, scores, sentences
+from sortrl.experiment import MARGIN, comparison_verdict
+from sortrl.findings import Eos, Findings, Floor, Ranking, Top
+from sortrl.grid import parse_grid
+from sortrl.task import chance_mean_reward
+from sortrl.verdicts import Interval
+
+
+def _experiment(table: dict[str, list[float]], accuracy: dict[str, list[float]] | None = None) -> SimpleNamespace:
+    """A stand-in for `Experiment` with only `final`: per configuration, its final score for seeds 0, 1, ..."""
+    rows = [
+        {"configuration": label, "seed": seed, "final_score": value, "run_id": f"{label}-{seed}"}
+        for label, values in table.items()
+        for seed, value in enumerate(values)
+    ]
+    final = pd.DataFrame(rows)
+    solved = accuracy or {}
+    final["final_greedy_accuracy"] = [
+        solved.get(r["configuration"], [0.0] * 99)[r["seed"]] for r in rows
+    ]  # 0: no prompt sorted
+    return SimpleNamespace(final=final)
+
+
+@pytest.mark.parametrize(
+    ("effect", "p_holm", "expected"),
+    [
+        (Interval(0.2, 0.1, 0.3, 32), 0.01, "better"),
+        (Interval(-0.2, -0.3, -0.1, 32), 0.01, "worse"),
+        (Interval(0.01, -0.02, 0.03, 32), 0.5, "no difference"),  # inside +-0.05, not significant
+        (Interval(0.04, -0.02, 0.10, 32), 0.5, "inconclusive"),  # reaches beyond the margin
+        (Interval(0.04, 0.01, 0.07, 32), 0.2, "inconclusive"),  # CI above 0, but the corrected test is not
+        (Interval(0.0, 0.0, 0.0, 32), 1.0, "no difference"),  # every seed equal
+    ],
+)
+def test_comparison_verdicts_come_from_the_corrected_test(effect, p_holm, expected):
+    assert comparison_verdict(effect, p_holm) == expected
+
+
+def test_a_significant_effect_inside_the_margin_is_flagged():
+    small = findings.Comparison(
+        "a", "b", Interval(0.02, 0.01, 0.03, 32), 0.001, 0.002, "better", None, Interval(0.6, 0.5, 0.7, 32)
+    )
+    assert small.within_margin
+    big = findings.Comparison(
+        "a", "b", Interval(0.2, 0.1, 0.3, 32), 0.001, 0.002, "better", None, Interval(0.8, 0.7, 0.9, 32)
+    )
+    assert not big.within_margin
+
+
+def test_separation_needs_a_paired_ci_above_zero_and_a_holm_corrected_test():
+    base = np.array([0.1, 0.5, 0.2, 0.9, 0.4, 0.3])
+    exp = _experiment(
+        {
+            "lead": base + np.array([0.01, 0.02, 0.03, 0.04, 0.05, 0.06]),  # above `base` on every seed
+            "base": base,
+            "twin": base,
+            "noisy": base + np.array([0.02, -0.02, 0.03, -0.03, 0.01, -0.01]),  # differs both ways
+        }
+    )
+    # alone: 6 positive differences, exact Wilcoxon p = 2 / 2^6 = 0.03125 < 0.05, CI above 0: separated
+    apart, effects = findings.separated(exp, [("lead", "base")])
+    assert apart == [True] and effects[0].point == pytest.approx(0.035) and effects[0].low > 0
+    # the same comparison twice in one family: Holm doubles the smaller p to 0.0625, so neither separates
+    apart, _ = findings.separated(exp, [("lead", "base"), ("lead", "twin")])
+    assert apart == [False, False]
+    # a comparison whose differences change sign is never separated, whatever its mean
+    apart, _ = findings.separated(exp, [("noisy", "base")])
+    assert apart == [False]
+
+
+def _part(scores_by_label: dict[str, float]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"configuration": k, "score": v, "score_ci_low": v - 0.1, "score_ci_high": v + 0.1, "n": 6}
+            for k, v in scores_by_label.items()
+        ]
+    )
+
+
+def test_the_top_names_a_best_only_when_it_separates_from_every_other():
+    ones = np.ones(8)  # 8 seeds: all-positive differences give p = 2 / 2^8, below 0.05 after Holm over 2 tests
+    steps = np.arange(8) / 100
+    clear = _experiment({"a": 0.2 + steps, "b": 0.1 * ones + steps / 2, "c": 0.0 * ones})
+    top = findings._top(clear, "", _part({"b": 0.12, "a": 0.22, "c": 0.0}))
+    assert top.leader == "a" and top.runner_up == "b" and top.single and top.tied == ["a"]
+    # the runner-up separates, but a third configuration does not (its differences change sign): a tie
+    mixed = _experiment({"a": 0.2 + steps, "b": 0.1 * ones, "c": 0.2 + steps[::-1]})
+    top = findings._top(mixed, "", _part({"a": 0.22, "b": 0.1, "c": 0.22}))
+    assert not top.single and top.tied == ["a", "c"]
+    text = sentences._top(top, short=False, several=False)
+    assert text.startswith("No single best configuration: 2 configurations are tied at the top")
+    assert text.endswith(": c.")
+
+
+def test_floor_counts_runs_and_configurations_at_chance_and_solved_runs():
+    exp = _experiment(
+        {"flat": [0.0, 0.01, -0.01, 0.0, 0.0, 0.0], "some": [0.0, 0.0, 0.0, 0.6, 0.6, 0.9]},
+        accuracy={"some": [0.0, 0.0, 0.0, 1 / 3, 1.0, 1.0]},
+    )
+    floor = findings._floor(exp, "", ["flat", "some"])
+    assert floor.at_chance == ["flat"]  # its mean's CI lies within +-0.05; `some`'s does not
+    assert floor.iqm_at_chance == ["flat"]  # `some`: IQM of 0, 0, 0.6, 0.6 (middle four of six) = 0.3
+    assert (floor.runs, floor.runs_at_chance) == (12, 9) and floor.mostly_at_chance and not floor.nothing_learns
+    assert (floor.solved, floor.solving) == (2, ["some"])
+    text = sentences.floor_sentences(Findings(experiment=None, summary=None, floors=[floor]), short=False)
+    assert text == [
+        f"Most runs learn nothing: 9 of 12 runs end with a final score within ±{MARGIN:g} of chance, and the IQM of "
+        "the final score is at chance in 1 of 2 configurations.",
+        f"1 of 2 configurations does not rise above chance (mean final score within ±{MARGIN:g}, CI included): flat.",
+        "2 of 12 runs solve the task (greedy policy sorts every training prompt), in 1 configuration: some.",
+    ]
+
+
+def test_nothing_learns_and_nothing_solves_are_stated():
+    exp = _experiment({"a": [0.0] * 6, "b": [0.02, -0.01, 0.0, 0.01, 0.0, -0.02]})
+    floor = findings._floor(exp, "reward=exact_match", ["a", "b"])
+    assert floor.nothing_learns and floor.solved == 0
+    text = sentences.floor_sentences(Findings(experiment=None, summary=None, floors=[floor]))
+    assert text == [
+        f"Nothing learns under reward=exact_match: every configuration's mean final score lies within ±{MARGIN:g} "
+        "of chance, 95% CI included (0 = the uniform random policy).",
+        "No run solves the task: none of the 12 runs ends with a greedy policy that sorts every training prompt.",
+    ]
+
+
+def test_intervals_are_never_printed_degenerate():
+    assert findings.fmt_interval(1.0, 1.0, 1.0, 2, n=32) == "1.00 (all 32 equal)"
+    assert findings.fmt_interval(0.0, 0.0, 0.0, 3) == "0.000 (same in every resample)"
+    assert findings.fmt_effect(Interval(0.0, 0.0, 0.0, 128)) == "+0.000 (all 128 equal)"
+    # ends that differ but round alike get more decimals, never `1.00 [1.00, 1.00]`
+    assert findings.fmt_interval(0.99912, 0.99843, 0.99968, 2) == "0.999 [0.998, 1.000]"
+    assert findings.fmt_interval(0.99912, 0.99903, 0.99948, 2) == "0.9991 [0.9990, 0.9995]"
+    assert findings.fmt_interval(0.5, 0.4, 0.6, 2) == "0.50 [0.40, 0.60]"
+    assert findings.fmt_improve(1.0, 1.0, 1.0) == "1.00 (every run above every reference run)"
+    assert findings.fmt_improve(0.0, 0.0, 0.0) == "0.00 (every run below every reference run)"
+
+
+def test_recipes_are_separated_only_where_the_paired_test_says_so():
+    gap = Interval(0.2, 0.1, 0.3, 32)
+    ranking = Ranking(
+        "exact_match", [("dapo", 0.18, None, False), ("gspo", 0.10, gap, True), ("grpo", 0.09, gap, False)]
+    )
+    found = Findings(experiment=None, summary=None, rankings=[ranking], ranking_setting="eos=false")
+    text = sentences.recipe_sentences(found)[0]
+    assert text.endswith("under exact_match, dapo 0.18 > gspo 0.10, grpo 0.09.")
+    assert "which is no evidence that they are equal" in text
+
+
+def test_eos_length_is_compared_with_the_untrained_policy_paired_by_run():
+    labels = ["a / eos=false", "a / eos=true", "b / eos=false", "b / eos=true"]
+    final = pd.DataFrame(
+        {
+            "configuration": [label for label in labels for _ in range(4)],
+            "final_response_length": [3.0] * 4 + [2.9, 3.0, 2.8, 2.9] + [3.0] * 4 + [2.0, 2.1, 1.9, 2.0],
+            "initial_response_length": [3.0] * 4 + [2.0, 2.1, 1.9, 2.0] + [3.0] * 4 + [2.0, 2.0, 2.0, 2.0],
+        }
+    )
+    configs = pd.DataFrame({"eos": [False, True, False, True]}, index=labels)
+    exp = SimpleNamespace(
+        final=final, configs=configs, axes=["recipe", "eos"], config=lambda label: SimpleNamespace(response_length=3)
+    )
+    (eos,) = findings._eos(exp, [])
+    assert (eos.runs, eos.maximum) == (8, 3)
+    assert eos.final == pytest.approx((2.9 + 3.0 + 2.8 + 2.9 + 2.0 + 2.1 + 1.9 + 2.0) / 8)
+    assert eos.initial == pytest.approx((2.0 + 2.1 + 1.9 + 2.0 + 8.0) / 8)
+    assert eos.change.point == pytest.approx(eos.final - eos.initial)  # mean of per-run differences
+    still = Eos("exact_match", 8, 2.0, 2.0, Interval(0.0, -0.05, 0.04, 8), 3)
+    found = Findings(experiment=None, summary=None, rankings=[Ranking("", [("a", 0.5, None, False)])], eos=[eos, still])
+    text = sentences.recipe_sentences(found)[1]
+    assert f"against {eos.initial:.2f} for the untrained policy (first epoch): longer by +0.45 [" in text
+    assert text.endswith(
+        "2.00 tokens of at most 3 under exact_match, against 2.00 for the untrained policy (first epoch): a change "
+        "of +0.00 [-0.05, +0.04], not separated from 0."
+    )
+
+
+def test_initial_response_length_is_the_first_measured_epoch():
+    rows = pd.DataFrame(
+        {
+            "run": [0, 0, 0, 1, 1, 1],
+            "epoch": [0, 1, 2, 0, 1, 2],
+            "response_length": [2.0, 2.5, 3.0, math.nan, 1.5, 1.0],
+        }
+    )
+    got = scores.compute(["initial_response_length"], rows)["initial_response_length"]
+    assert got.tolist() == [2.0, 1.5]
+
+
+def test_shared_runs_are_named():
+    def section(name, ids):
+        return Findings(experiment=SimpleNamespace(name=name, final=pd.DataFrame({"run_id": ids})), summary=None)
+
+    shared = findings.shared_runs([section("small", ["a", "b"]), section("big", ["a", "b", "c"]), section("x", ["c"])])
+    assert shared == {"small": [("big", 2)], "big": [], "x": [("big", 1)]}
+    assert sentences.shared_sentence(None, shared["small"]) == (
+        "Every one of this grid's 2 finished runs is also a run of `big` (same configuration and seed): its numbers "
+        "repeat those runs', not independent evidence."
+    )
+
+
+BUNDLES = """
+name = "bundles"
+seeds = 2
+baseline = { regime = "short", choice = "default", eos = false }
+
+[grid]
+regime = [{ name = "short" }, { name = "long", num_epochs = 200 }]
+choice = [{ name = "default" }, { name = "binary", reward = "exact_match" }, { name = "hot", temperature = 2.0 }]
+eos = [false, true]
+"""
+
+
+def test_references_keep_the_fields_that_set_chance_bundles_included():
+    """A configuration's reference has its own reward (set by a bundle) and EOS, the baseline's everything else."""
+    configs = experiment._configurations(parse_grid(BUNDLES))
+    ref = configs["reference"].to_dict()
+    assert ref["long / hot / eos=false"] == "short / default / eos=false"  # temperature: not a scale
+    assert ref["long / binary / eos=false"] == "short / binary / eos=false"  # its own reward
+    assert ref["long / hot / eos=true"] == "short / default / eos=true"  # its own EOS (a different chance)
+    assert ref["short / binary / eos=true"] == "short / binary / eos=true"  # its own reference
+    assert configs.at["long / binary / eos=true", "scale"] == "exact_match / eos=true"
+    assert configs.at["long / hot / eos=false", "scale"] == "inclusion_ordering / eos=false"
+    # chance with EOS (6 tokens, a response may end early) is below chance without it
+    with_eos = configs.at["short / default / eos=true", "chance_reward"]
+    assert with_eos < configs.at["short / default / eos=false", "chance_reward"]
+    assert with_eos == pytest.approx(chance_mean_reward(parse_grid(BUNDLES).select({"eos": True}).config))
+    assert math.isnan(configs.at["short / default / eos=true", "chance_eval_reward"])  # no held-out prompts
+
+
+def test_a_top_with_one_configuration_says_so():
+    top = Top("exact_match", Interval(0.1, 0.0, 0.2, 6), ["only"], None, None)
+    assert (
+        sentences._top(top, short=True, several=True)
+        == "For exact_match: only (0.10 [0.00, 0.20]) is the only configuration."
+    )
+    assert isinstance(Floor("", [], [], [], 0, 0, 0, []).nothing_learns, bool)
