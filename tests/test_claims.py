@@ -176,3 +176,25 @@ def test_readme_headline_is_the_ledger(results, sections, tmp_path):
     text = path.read_text()
     assert "**The claims ledger**" in text and "| claim | statement | source |" in text
     assert "centering helps" in text and not math.isnan(ledger[0].p_adjusted)
+
+
+def test_trap_caption_quotes_the_reference_solve_rate_of_the_trap_metric_only():
+    """The sft reference solves every seed; another claim scores sft on another metric ("stuck", 0) in the same grid."""
+    from sortrl import claims_md
+
+    def side(label, mean):
+        return SimpleNamespace(label=label, mean=mean)
+
+    def test(claim_id, metric, figure, sides):
+        claim = SimpleNamespace(id=claim_id, metric=metric, figure=figure)
+        return SimpleNamespace(claim=claim, experiment="trap", n=128, sides=sides)
+
+    ledger = [
+        test("L3", "solved", "solve_bars", [side("lecture / sft", 1.0), side("lecture / lecture default", 0.0)]),
+        test("L3b", "stuck", None, [side("lecture / lecture default", 1.0), side("lecture / sft", 0.0)]),
+        test("E1", "solved", "solve_bars", [side("lecture / sft", 1.0), side("lecture / entropy 0.3", 0.25)]),
+        test("E1", "solved", "solve_bars", [side("lecture / lecture default", 0.0), side("lecture / temp 2", 0.0)]),
+    ]
+    caption = claims_md.trap_caption(ledger)
+    assert "supervised learning (`sft`) solves 1.00 of seeds" in caption
+    assert "over 128 seeds" in caption and "1 of 3 policy-gradient configurations" in caption  # sft is not one
