@@ -437,7 +437,7 @@ def _inner_steps(state: _Batch, ep: _Epoch) -> dict[str, Tensor]:
         grads = torch.autograd.grad(run_loss.sum(), params)
         # per run, the sum of squares along the run's own row: batch-invariant (a fused norm kernel and a
         # [1 n] @ [n 1] bmm both change their summation order with the batch size; the tests caught both)
-        sums["grad_norm"] += torch.stack([(g * g).flatten(1).sum(dim=1) for g in grads]).sum(dim=0).sqrt()
+        sums["grad_norm"] += torch.stack([(r * r).sum(dim=1) for r in map(_memory_rows, grads)]).sum(dim=0).sqrt()
         state.optimizer.step(list(grads))
         sums["loss"] += run_loss.detach()
         if ratio is not None:
@@ -445,6 +445,16 @@ def _inner_steps(state: _Batch, ep: _Epoch) -> dict[str, Tensor]:
         if state.critic is not None:
             sums["critic/vf_loss"] += _critic_step(state, encoded.detach(), ep.rewards)
     return sums
+
+
+def _memory_rows(t: Tensor) -> Tensor:
+    """[run ...] -> [run n]: each run's elements in memory order, a view (no copy) of a dense tensor.
+
+    `decode` is a permuted view (see `sortrl.model.init_params`), so its gradient is too; flattening it in
+    logical order would copy it at every step.
+    """
+    order = sorted(range(1, t.dim()), key=lambda d: -t.stride(d))
+    return t.permute(0, *order).flatten(1)
 
 
 def _critic_step(state: _Batch, encoded: Tensor, rewards: Tensor) -> Tensor:
