@@ -162,7 +162,7 @@ def feature_rows(args: argparse.Namespace, epochs: int, runs: int = 1024) -> lis
 def before(path: Path, epochs: int) -> dict | None:
     """The default 1,024-run batch on one worker from the last `bench.csv` (the same epochs), if there is one."""
     try:
-        old = pd.read_csv(path)
+        old = pd.read_csv(path, dtype={"git_commit": str})  # a hash like 8e123456 would parse as a float
     except (OSError, ValueError, pd.errors.EmptyDataError):
         return None
     key = "workers" if "workers" in old else "threads"

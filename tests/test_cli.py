@@ -512,3 +512,13 @@ def test_report_refuses_a_readme_that_is_not_utf8(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_bytes(b"# notes \xff\xfe\n")
     assert_one_line_error(invoke("report", "--results", tmp_path, "--readme", readme), "readme", "UTF-8", str(readme))
+
+
+def test_sweep_default_chunk_size_is_the_librarys():
+    """The CLI states its default literally (sortrl.sweep stays unimported until a sweep runs); they must agree."""
+    import inspect
+
+    from sortrl import cli, sweep
+
+    assert inspect.signature(cli.sweep).parameters["chunk_size"].default == sweep.CHUNK_SIZE
+    assert inspect.signature(sweep.run_sweep).parameters["chunk_size"].default == sweep.CHUNK_SIZE
