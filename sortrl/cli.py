@@ -234,7 +234,9 @@ def sweep(
     n_jobs: Annotated[
         int, typer.Option(help="Worker processes (loky) or planned parallel chunks (dask); -1 = all.")
     ] = -1,
-    chunk_size: Annotated[int, typer.Option(help="Most runs trained as one tensor program by one worker.")] = 1024,  # sweep.CHUNK_SIZE
+    chunk_size: Annotated[
+        int, typer.Option(help="Most runs trained as one tensor program by one worker.")
+    ] = 1024,  # sweep.CHUNK_SIZE
     backend: Annotated[
         str, typer.Option(help="Where chunks train: loky (processes here) or dask (a Dask cluster).")
     ] = "loky",
