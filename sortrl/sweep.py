@@ -677,7 +677,8 @@ def _dask_client(scheduler: str | None, local_workers: int, timeout: float = 30)
             n_workers=local_workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            # any free port: with None this distributed still tries :8787 and warns when another cluster has it
+            dashboard_address=":0",
             silence_logs=logging.ERROR,
         )
         with cluster, distributed.Client(cluster) as client:

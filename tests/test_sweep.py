@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -452,15 +454,24 @@ def test_kill_9_of_the_sweep_leaves_no_worker_running(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_of_a_dask_sweep_is_one_line(tmp_path):
-    """Defect 7 (a local Dask cluster): one line, no traceback from the cluster's processes, nothing left running."""
+    """Defect 7 (a local Dask cluster): one line, no traceback from the cluster's processes, nothing left running.
+
+    Dask's default dashboard port is held meanwhile (as another cluster or a concurrent test would hold it):
+    the sweep must not print distributed's "Port 8787 is already in use" warning.
+    """
     grid_file = tmp_path / "workers.toml"
     grid_file.write_text(WORKER_GRID)
     results = tmp_path / "results"
     folder = runs_dir(results, "workers")
-    proc = start_sweep(grid_file, results, 2, "--n-jobs", "2", "--backend", "dask")
-    wait_for_chunk(proc, folder)
-    os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    with contextlib.ExitStack() as held:
+        port = held.enter_context(socket.socket())
+        with contextlib.suppress(OSError):  # already taken by someone else: held either way
+            port.bind(("", 8787))
+            port.listen()
+        proc = start_sweep(grid_file, results, 2, "--n-jobs", "2", "--backend", "dask")
+        wait_for_chunk(proc, folder)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
     lines = err.decode().splitlines()
     assert proc.returncode == 130, err.decode()
     assert lines[1:] == [interrupted_line(folder)], err.decode()
