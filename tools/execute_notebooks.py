@@ -22,7 +22,8 @@ What makes two executions on the same stored runs give the same bytes:
 - memory addresses in text outputs (`<object at 0x7f...>`) become `0x...` (the notebooks avoid such reprs anyway);
 - inline PNGs are deterministic with the pinned matplotlib (no timestamp in PNG metadata).
 
-The kernel talks over IPC sockets in a temporary folder (no TCP port to race for). Every notebook runs before any
+The kernel talks over IPC sockets in a temporary folder (no TCP port to race for); the notebooks run side by side,
+one kernel each (as many at once as there are cores). Every notebook runs before any
 file is written, and each file is written atomically, so a failing cell leaves the previous copies whole.
 Exit codes: 0 done, 1 a notebook failed (its cell and traceback are printed), 2 bad input.
 """
@@ -30,6 +31,7 @@ Exit codes: 0 done, 1 a notebook failed (its cell and traceback are printed), 2 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import importlib.util
 import os
 import re
@@ -126,8 +128,14 @@ def execute_all(results: Path, out: Path, notebooks: Path = NOTEBOOKS) -> list[P
     (before writing anything) if a cell of any notebook fails.
     """
     sources = sorted(notebooks.glob("*.ipynb"))
-    with tempfile.TemporaryDirectory(prefix="sortrl-notebooks-") as scratch:
-        executed = {source.name: execute(source, results, Path(scratch)) for source in sources}
+    with (
+        tempfile.TemporaryDirectory(prefix="sortrl-notebooks-") as scratch,
+        # one kernel process per notebook, run side by side (a thread here only waits on its kernel)
+        concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
+    ):
+        folders = [Path(scratch) / source.stem for source in sources]  # IPython configs of their own: no race
+        runs = pool.map(lambda source, folder: execute(source, results, folder), sources, folders)
+        executed = dict(zip((source.name for source in sources), runs, strict=True))  # raises the first failure
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, notebook in executed.items():
