@@ -89,17 +89,24 @@ def plan_chunks(configs: list[RunConfig], chunk_size: int, n_jobs: int) -> list[
 
     Chunks are as even as the batch keys allow (sizes within a batch key
     differ by at most one) and at least `n_jobs` in number when there are
-    enough runs, so every worker gets work. The plan depends only on its
-    arguments, which is what lets a resumed sweep retrain a lost chunk whole.
+    enough runs, so every worker gets work. No chunk holds more than a
+    worker's share (1 / `n_jobs`) of the grid's run-steps when its batch key
+    can be split: a key of few but long runs (1,000 epochs among runs of 100)
+    would otherwise train on one worker while the others wait. The plan
+    depends only on its arguments, which is what lets a resumed sweep
+    retrain a lost chunk whole.
     """
     groups: dict[tuple, list[RunConfig]] = {}
     for cfg in configs:
         groups.setdefault(batch_key(cfg), []).append(cfg)
     total = len(configs)
-    target = max(1, min(chunk_size, math.ceil(total / max(1, n_jobs)))) if total else chunk_size
+    jobs = max(1, n_jobs)
+    target = max(1, min(chunk_size, math.ceil(total / jobs))) if total else chunk_size
+    share = sum(map(_run_steps, configs)) / jobs
     chunks = []
     for members in groups.values():
-        pieces = math.ceil(len(members) / target)
+        by_work = math.ceil(sum(map(_run_steps, members)) / share - 1e-9)
+        pieces = min(len(members), max(math.ceil(len(members) / target), by_work))
         small, extra = divmod(len(members), pieces)  # sizes differ by at most one: 16 runs by 3 -> 3,3,3,3,2,2
         start = 0
         for i in range(pieces):
@@ -107,6 +114,10 @@ def plan_chunks(configs: list[RunConfig], chunk_size: int, n_jobs: int) -> list[
             chunks.append(members[start : start + size])
             start += size
     return chunks
+
+
+def _run_steps(cfg: RunConfig) -> int:
+    return cfg.num_epochs * cfg.num_steps_per_epoch
 
 
 class Trained(NamedTuple):

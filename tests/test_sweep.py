@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import sortrl.sweep as sweep_module
+from sortrl.config import RunConfig
 from sortrl.grid import load_grid, parse_grid
 from sortrl.registry import ConfigError
 from sortrl.store import (
@@ -85,6 +86,19 @@ def test_plan_chunks_share_batch_keys_and_cover_the_grid():
     assert sorted(c.run_id for chunk in chunks for c in chunk) == sorted(c.run_id for c in configs)
     assert all(len({batch_key(c) for c in chunk}) == 1 and len(chunk) <= 4 for chunk in chunks)
     assert len(plan_chunks(configs, chunk_size=100, n_jobs=4)) >= 4
+
+
+def test_plan_chunks_split_a_batch_key_that_holds_most_of_the_work():
+    # 8 runs of 1,000 epochs (one batch key) among 24 runs of 10: 8,000 of 8,240 epochs. By runs alone
+    # (16 per chunk) they were one chunk, trained by one worker while the other finished the rest and waited.
+    long = [RunConfig(seed=s, num_epochs=1000) for s in range(8)]
+    short = [RunConfig(seed=s, num_epochs=10, deltas_mode=m) for s in range(8) for m in ("rewards", "rloo", "remax")]
+    chunks = plan_chunks(long + short, chunk_size=1024, n_jobs=2)
+    work = sorted((sum(c.num_epochs for c in chunk) for chunk in chunks), reverse=True)
+    assert work[0] <= 8240 / 2 and sorted(c.run_id for chunk in chunks for c in chunk) == sorted(
+        c.run_id for c in long + short
+    )
+    assert len(plan_chunks(long[:1] + short, chunk_size=1024, n_jobs=2)) == 3  # one long run cannot be split
 
 
 def test_rerun_skips_everything_and_records_each_sweep(clean, tmp_path):
