@@ -131,8 +131,8 @@ def train(
     | `kl` | the KL estimate to the reference, aggregated by `kl_loss_agg_mode`, step mean (at sampling time with `use_kl_in_reward`); NaN when `kl_penalty == 0` |
     | `clip_ratio`, `clip_ratio/low_mean`, `clip_ratio/high_mean` | share of loss tokens clipped (both / below 1 - eps with A < 0 / above 1 + eps_high with A > 0), step mean; NaN unless the loss clips |
     | `importance_ratio` | mean importance ratio over loss tokens, step mean; NaN for losses without a ratio |
-    | `num_gen_batches` | groups drawn per prompt at most (DAPO re-sampling, batches with `max_num_gen_batches > 1`) |
-    | `critic/vf_loss` | the value head's loss 0.5 (V - r)^2, step mean (batches with a `critic` run) |
+    | `num_gen_batches` | groups drawn per prompt at most (DAPO re-sampling: runs with `max_num_gen_batches > 1`) |
+    | `critic/vf_loss` | the value head's loss 0.5 (V - r)^2, step mean (`critic` runs) |
 
     A run whose loss or parameters become non-finite (e.g. `learning_rate=100` with a KL penalty)
     is removed from its batch at the next epoch boundary (the other runs go on
@@ -258,7 +258,11 @@ class _Batch:
         self.critic = None
         if "values" in self.extras:
             self.critic = init_value_head(len(configs), c0.embedding_dim)
-            lr = torch.tensor([c.critic_learning_rate for c in configs], dtype=torch.float64)
+            # every run has a head (one tensor program), but only critic runs train theirs or report its loss:
+            # a run's numbers must not depend on whether a critic run shares its batch
+            uses = ["values" in extras(DELTA_MODES[c.deltas_mode]) for c in configs]
+            self.numbers["uses_critic"] = torch.tensor(uses)
+            lr = torch.tensor([c.critic_learning_rate * u for c, u in zip(configs, uses)], dtype=torch.float64)
             self.critic_optimizer = Adam(list(self.critic.values()), lr)
         self.ref: Params | None = None
 
@@ -396,7 +400,8 @@ def _setup_epoch(state: _Batch, epoch: int, logits: Tensor) -> _Epoch:
     if kl_metric is not None:
         found["kl"] = kl_metric
     if rounds is not None:
-        found["num_gen_batches"] = rounds.float()
+        # only runs that re-sample report it (as alone; a batch-mate's re-sampling says nothing of this run)
+        found["num_gen_batches"] = rounds.float().where(n["max_gen_batches"] > 1, math.nan)
     return _Epoch(prompts, rewards, policy, entropy, kl, found)
 
 
@@ -443,7 +448,8 @@ def _inner_steps(state: _Batch, ep: _Epoch) -> dict[str, Tensor]:
         if ratio is not None:
             ratio_stats(sums, ep.policy, ratio, clip)
         if state.critic is not None:
-            sums["critic/vf_loss"] += _critic_step(state, encoded.detach(), ep.rewards)
+            loss = _critic_step(state, encoded.detach(), ep.rewards)
+            sums["critic/vf_loss"] += loss.where(state.numbers["uses_critic"], math.nan)
     return sums
 
 

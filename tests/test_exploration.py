@@ -295,6 +295,8 @@ def test_batch_invariance_with_every_feature_in_the_batch(loss_mode):
         alone = train([target], workers=1, with_config=False)
         inside = together[together.run_id == target.run_id].reset_index(drop=True)
         pd.testing.assert_frame_equal(alone, inside[alone.columns], check_exact=True)
+        # a column only a batch-mate's feature adds (critic/vf_loss, num_gen_batches, ...) says nothing of this run
+        assert inside.drop(columns=alone.columns).isna().all().all(), inside.drop(columns=alone.columns).iloc[0]
 
 
 def test_workers_give_the_same_table():
