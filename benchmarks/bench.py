@@ -88,7 +88,7 @@ FEATURES = {
 
 
 def run_steps(configs: list[RunConfig]) -> int:
-    return sum(c.num_epochs * c.num_steps_per_epoch for c in configs)
+    return sum(c.run_steps for c in configs)
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:

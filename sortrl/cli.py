@@ -166,7 +166,7 @@ def train_command(
     for name, why in ignored_fields(configs[0]).items():
         if name in given:
             warnings.warn(f"{name}: has no effect here ({why})", stacklevel=1)
-    total = sum(c.num_epochs * c.num_steps_per_epoch for c in configs)
+    total = sum(c.run_steps for c in configs)
     with _progress() as bar:
         task = bar.add_task("training", total=total)
         table = train(configs, progress=lambda n: bar.advance(task, n))

@@ -178,6 +178,11 @@ class RunConfig:
         return self.epsilon if self.epsilon_high is None else self.epsilon_high
 
     @property
+    def run_steps(self) -> int:
+        """Inner Adam steps this run trains: `num_epochs` x `num_steps_per_epoch` (the unit of every speed figure)."""
+        return self.num_epochs * self.num_steps_per_epoch
+
+    @property
     def memory_bytes(self) -> int:
         """Estimated peak memory of training this run in a batch, bytes (the dominant tensors, float32 = 4 B).
 

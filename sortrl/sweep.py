@@ -102,10 +102,10 @@ def plan_chunks(configs: list[RunConfig], chunk_size: int, n_jobs: int) -> list[
     total = len(configs)
     jobs = max(1, n_jobs)
     target = max(1, min(chunk_size, math.ceil(total / jobs))) if total else chunk_size
-    share = sum(map(_run_steps, configs)) / jobs
+    share = sum(c.run_steps for c in configs) / jobs
     chunks = []
     for members in groups.values():
-        by_work = math.ceil(sum(map(_run_steps, members)) / share - 1e-9)
+        by_work = math.ceil(sum(c.run_steps for c in members) / share - 1e-9)
         pieces = min(len(members), max(math.ceil(len(members) / target), by_work))
         small, extra = divmod(len(members), pieces)  # sizes differ by at most one: 16 runs by 3 -> 3,3,3,3,2,2
         start = 0
@@ -114,10 +114,6 @@ def plan_chunks(configs: list[RunConfig], chunk_size: int, n_jobs: int) -> list[
             chunks.append(members[start : start + size])
             start += size
     return chunks
-
-
-def _run_steps(cfg: RunConfig) -> int:
-    return cfg.num_epochs * cfg.num_steps_per_epoch
 
 
 class Trained(NamedTuple):
@@ -308,7 +304,7 @@ def run_sweep(
             atomic_write_text(folder / "grid.toml", grid.text)
             write_manifest(folder, manifest)
             announced = True
-            steps = sum(c.num_epochs * c.num_steps_per_epoch for c in missing)
+            steps = sum(c.run_steps for c in missing)
             if on_plan is not None:
                 on_plan(Plan(len(configs), len(stored), len(missing), steps, pool.workers))
             local = _versions()
@@ -373,7 +369,7 @@ def _train_all(
     those chunks count an attempt. A lost chunk goes back to the front of the
     queue. Any other error in a chunk (a bug, a bad plug-in) ends the sweep.
     """
-    cost = [sum(c.num_epochs * c.num_steps_per_epoch for c in chunk) for chunk in chunks]
+    cost = [sum(c.run_steps for c in chunk) for chunk in chunks]
     queue = collections.deque(sorted(range(len(chunks)), key=lambda i: -cost[i]))
     attempts: collections.Counter[int] = collections.Counter()
     given_up: dict[int, str] = {}
