@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from sortrl.experiment import Experiment
+from sortrl.experiment import SEED, Experiment  # one bootstrap seed for the report and the ledger
 from sortrl.grid import Claim, Configuration, value_label
 from sortrl.verdicts import (
     Interval,
@@ -41,9 +41,6 @@ from sortrl.verdicts import (
     wilcoxon_p,
     wilson,
 )
-
-SEED = 0
-"""Seed of every bootstrap in the ledger."""
 
 BINARY = ("solved", "stuck")
 """Scores that are 0/1 per run: tested with McNemar's exact test, summarised with Wilson intervals."""

@@ -236,11 +236,11 @@ def trap_caption(tests: list[Test]) -> str:
     trap = [t for t in tests if t.claim.id == headline_claim(tests)]
     if not trap:
         return "Solve rate by choice."
-    sides = {s.label: s for t in trap for s in t.sides if REFERENCE not in s.label.split(" / ")}
+    sides = {s.label: s for t in trap for s in t.sides if not _is_reference(s.label)}
     solving = sorted(label for label, s in sides.items() if s.mean > 0)
     # the reference's solve rate from the tests on the trap's metric only (L3b scores sft on "stuck", which is 0)
     same_metric = [t for t in tests if t.experiment == trap[0].experiment and t.claim.metric == trap[0].claim.metric]
-    reference = {s.label: s for t in same_metric for s in t.sides if REFERENCE in s.label.split(" / ")}.values()
+    reference = {s.label: s for t in same_metric for s in t.sides if _is_reference(s.label)}.values()
     ref = (
         f"supervised learning (`sft`) solves {fmt(np.mean([s.mean for s in reference]), 2)} of seeds; "
         if reference
@@ -252,6 +252,11 @@ def trap_caption(tests: list[Test]) -> str:
         f"{len(solving)} of {len(sides)} policy-gradient configurations (choice x regime) solve any seed. Drawn by "
         "`sortrl report` from the stored runs."
     )
+
+
+def _is_reference(label: str) -> bool:
+    """Whether a configuration label (`"lecture / sft"`) names the supervised reference."""
+    return REFERENCE in label.split(" / ")
 
 
 def headline_claim(tests: list[Test]) -> str | None:

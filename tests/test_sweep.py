@@ -477,8 +477,7 @@ def test_ctrl_c_of_a_dask_sweep_is_one_line(tmp_path):
     grid_file.write_text(WORKER_GRID)
     results = tmp_path / "results"
     folder = runs_dir(results, "workers")
-    with contextlib.ExitStack() as held:
-        port = held.enter_context(socket.socket())
+    with socket.socket() as port:
         with contextlib.suppress(OSError):  # already taken by someone else: held either way
             port.bind(("", 8787))
             port.listen()
