@@ -139,6 +139,20 @@ def test_a_failing_cell_writes_nothing_and_keeps_the_old_copies(tmp_path, capsys
     )
 
 
+@pytest.mark.slow
+def test_kernels_start_without_warnings(tmp_path, capfd):
+    """Each kernel gets an IPython folder that can be created (its parent exists): no fallback warning on stderr."""
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    (tmp_path / "runs").mkdir()
+    for name in ("a", "b"):
+        nbformat.write(
+            nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)")]), sources / f"{name}.ipynb"
+        )
+    assert tool.main(["--results", str(tmp_path), "--out", str(tmp_path / "out"), "--notebooks", str(sources)]) == 0
+    assert "not a writable location" not in capfd.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def tiny_runs(report_results):
     return report_results[0]  # the report tests' sweep and report (tests/conftest.py), not a sweep of its own

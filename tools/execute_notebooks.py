@@ -134,6 +134,8 @@ def execute_all(results: Path, out: Path, notebooks: Path = NOTEBOOKS) -> list[P
         concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
     ):
         folders = [Path(scratch) / source.stem for source in sources]  # IPython configs of their own: no race
+        for folder in folders:
+            folder.mkdir()  # IPYTHONDIR's parent must exist, or IPython warns and falls back to a temp folder
         runs = pool.map(lambda source, folder: execute(source, results, folder), sources, folders)
         executed = dict(zip((source.name for source in sources), runs, strict=True))  # raises the first failure
     out.mkdir(parents=True, exist_ok=True)
