@@ -33,18 +33,24 @@ class Adam:
 
     @torch.no_grad()
     def step(self, grads: list[Tensor]) -> None:
-        """Apply one update given each parameter's gradient (same shapes as the params)."""
+        """Apply one update given each parameter's gradient (same shapes as the params; any strides)."""
         self.step_count += 1
         t = self.step_count
         bias_correction1 = 1 - self.beta1**t
         bias_correction2_sqrt = (1 - self.beta2**t) ** 0.5
         neg_step_size = (-(self.lr / bias_correction1)).to(torch.float32)
+        # one step size for every run (the usual batch): torch's own `value=` form, which saves a pass over m
+        uniform = bool((neg_step_size == neg_step_size[0]).all())
         for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
+            if g.stride() != p.stride():  # element-wise ops over mixed layouts are several times slower
+                g = torch.empty_like(p).copy_(g)
             m.lerp_(g, 1 - self.beta1)
             v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
             denom = (v.sqrt() / bias_correction2_sqrt).add_(self.eps)
-            # addcdiv_(m * s, d) == addcdiv_(m, d, value=s) bit for bit (value * t1 / t2)
-            p.addcdiv_(m * neg_step_size.view(-1, *[1] * (p.dim() - 1)), denom)
+            if uniform:
+                p.addcdiv_(m, denom, value=float(neg_step_size[0]))
+            else:  # addcdiv_(m * s, d) == addcdiv_(m, d, value=s) bit for bit (value * t1 / t2)
+                p.addcdiv_(m * neg_step_size.view(-1, *[1] * (p.dim() - 1)), denom)
 
     def keep(self, index: Tensor, params: list[Tensor]) -> None:
         """Restrict the state to the runs at `index` (used to drop diverged runs); `params` are the new leaves."""

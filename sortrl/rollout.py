@@ -2,8 +2,9 @@
 
 Shapes use the axes `run batch trial pos vocab` (batch = prompt, trial = one
 response of the prompt's group). Every random draw comes from the run's own
-`torch.Generator`, one `torch.multinomial` per run and draw (the lecture's
-order), so a run's responses never depend on its batch-mates.
+`torch.Generator`, in the order of the lecture's one `torch.multinomial` per run
+and epoch (`sample` reproduces that call for all runs at once), so a run's
+responses never depend on its batch-mates.
 
 A response's score is the run's reward function (`sortrl.task.REWARDS`); the
 reward training uses is shaped from it, in order: minus `length_penalty` x
@@ -43,14 +44,52 @@ class Rollout(NamedTuple):
     """Shaped rewards, what training uses: scores - length penalty + overlong penalty (reward points)."""
 
 
+def uniforms(generators: Sequence[torch.Generator], count: int) -> Float[Tensor, "run count"]:
+    """`count` U[0, 1) doubles per run, each from the run's own generator, as `torch.multinomial` draws them.
+
+    Both take one 53-bit double per draw (`at::uniform_real_distribution<double>`), so
+    drawing here and then searching (`sample`) consumes each run's stream exactly as the
+    lecture's multinomial does, and the draws of several epochs can be taken at once.
+    """
+    out = torch.empty(len(generators), count, dtype=torch.float64)
+    for row, g in zip(out, generators, strict=True):
+        row.uniform_(generator=g)
+    return out
+
+
 def sample(
-    probs: Float[Tensor, "run batch pos vocab"], generators: Sequence[torch.Generator], num_responses: int
+    probs: Float[Tensor, "run batch pos vocab"],
+    generators: Sequence[torch.Generator],
+    num_responses: int,
+    draws: Float[Tensor, "run draw"] | None = None,
 ) -> Int[Tensor, "run batch trial pos"]:
-    """`num_responses` responses per prompt: one multinomial per run over its [(batch pos) vocab] rows, as the lecture."""
-    _, batch, _, vocab = probs.shape
-    flat = probs.reshape(len(generators), -1, vocab)
-    draws = [torch.multinomial(flat[r], num_responses, replacement=True, generator=g) for r, g in enumerate(generators)]
-    return rearrange(torch.stack(draws), "run (batch pos) trial -> run batch trial pos", batch=batch)
+    """`num_responses` responses per prompt: per run, `torch.multinomial(rows, num_responses, replacement=True)`.
+
+    probs [run batch pos vocab] (finite, each row with a positive sum) -> token ids
+    [run batch trial pos], equal to the lecture's one multinomial per run over its
+    [(batch pos) vocab] rows with the run's generator (a tested property). torch's
+    kernel (aten/src/ATen/native/cpu/MultinomialKernel.cpp) takes, per row, the
+    float cumulative sum in category order over its total, then per draw u the first
+    category whose share is >= u; here that is one `searchsorted` for every run. `draws`:
+    the runs' next (batch pos trial) uniforms (`uniforms`), else drawn here. A single
+    response uses torch's own call (it draws one sample by another algorithm).
+    Raises ValueError for a row that is not finite or sums to zero (as torch).
+    """
+    runs, batch, _, vocab = probs.shape
+    flat = probs.reshape(runs, -1, vocab)
+    if num_responses == 1:
+        one = [torch.multinomial(flat[r], 1, replacement=True, generator=g) for r, g in enumerate(generators)]
+        return rearrange(torch.stack(one), "run (batch pos) trial -> run batch trial pos", batch=batch)
+    cum = flat.clone()
+    for v in range(1, vocab):  # float adds in category order, as the kernel's running sum
+        cum[..., v] += cum[..., v - 1]
+    total = cum[..., -1:]
+    if not bool((torch.isfinite(total) & (total > 0)).all() & (flat >= 0).all()):
+        raise ValueError("probs: every row must be finite, non-negative and sum to more than 0")
+    if draws is None:
+        draws = uniforms(generators, flat.shape[1] * num_responses)
+    index = torch.searchsorted((cum / total).double(), draws.reshape(runs, -1, num_responses).contiguous())
+    return rearrange(index, "run (batch pos) trial -> run batch trial pos", batch=batch)
 
 
 def with_run_axis(prompts: Tensor) -> Tensor:

@@ -49,6 +49,7 @@ from sortrl.rollout import (
     per_run,
     resample_zero_std,
     sample,
+    uniforms,
     zero_std,
 )
 from sortrl.task import TASKS
@@ -81,6 +82,12 @@ EVAL_SEED_OFFSET = 1 << 40
 
 MIN_SHARD = 64
 """`train` splits a batch over workers only into shards of at least this many runs (smaller ones gain nothing)."""
+
+DRAW_AHEAD = 10
+"""Epochs of sampling draws taken from the runs' generators at once (`_Batch.sampling_draws`)."""
+
+DRAW_BUDGET = 1 << 21
+"""Most doubles a batch holds drawn ahead (16 MiB): fewer epochs ahead for big batches."""
 
 Progress = Callable[[int], None]
 
@@ -265,6 +272,26 @@ class _Batch:
             lr = torch.tensor([c.critic_learning_rate * u for c, u in zip(configs, uses)], dtype=torch.float64)
             self.critic_optimizer = Adam(list(self.critic.values()), lr)
         self.ref: Params | None = None
+        # The uniforms `sample` searches, drawn several epochs ahead when the runs' generators feed nothing else in
+        # between (no prompt minibatches, no re-sampling, no single-response draws): the same numbers in the same
+        # order as epoch by epoch, with a tenth of the per-run calls (which cost the most with threads: the GIL).
+        self.per_epoch = len(self.task.train) * width * c0.num_responses
+        subsample = c0.prompts_per_epoch is not None and c0.prompts_per_epoch < len(self.task.train)
+        fits = DRAW_BUDGET // (len(configs) * self.per_epoch)
+        single = subsample or self.resample or c0.num_responses == 1
+        self.draw_ahead = 1 if single else max(1, min(DRAW_AHEAD, fits))
+        self.draws: Tensor | None = None
+
+    def sampling_draws(self, epoch: int) -> Tensor | None:
+        """The training uniforms of `epoch`, [run (batch pos trial)], from the block drawn ahead (None: none drawn ahead)."""
+        if self.draw_ahead == 1:
+            return None
+        offset = epoch % self.draw_ahead
+        if offset == 0:
+            epochs = min(self.draw_ahead, self.c0.num_epochs - epoch)
+            block = uniforms(self.generators, epochs * self.per_epoch).view(-1, epochs, self.per_epoch)
+            self.draws = block.transpose(0, 1).contiguous()  # [epoch run draw]: each epoch's slice contiguous
+        return self.draws[offset]
 
     def keep(self, alive: Tensor) -> None:
         """Drop the runs where `alive` is False (they diverged)."""
@@ -282,6 +309,8 @@ class _Batch:
         self.names = {k: [v[i] for i in pick] for k, v in self.names.items()}
         if self.ref is not None:
             self.ref = {k: v[index] for k, v in self.ref.items()}
+        if self.draws is not None:
+            self.draws = self.draws[:, index]
 
     def clip(self, ndim: int) -> ClipRange:
         shape = (-1,) + (1,) * (ndim - 1)
@@ -338,7 +367,8 @@ def _setup_epoch(state: _Batch, epoch: int, logits: Tensor) -> _Epoch:
     probs = torch.softmax(logits, dim=-1)
 
     scorer = state.scorer()
-    first = roll = scorer.score(prompts, sample(probs, state.generators, c0.num_responses))
+    responses = sample(probs, state.generators, c0.num_responses, state.sampling_draws(epoch))
+    first = roll = scorer.score(prompts, responses)
     rounds = None
     if state.resample:
         roll, rounds = resample_zero_std(scorer, roll, prompts, probs, state.generators, n["max_gen_batches"])

@@ -64,16 +64,26 @@ def test_other_seeds_match_the_lecture_algorithm(seed):
     assert max(abs(a - b) for a, b in zip(out.mean_reward, mine, strict=True)) <= 1e-6
 
 
-@pytest.mark.parametrize("lr", [1e-3, 3e-3, 7e-4, 0.1])
-def test_adam_matches_torch_adam_bit_for_bit(lr):
-    # sortrl.optim.Adam over two stacked runs == torch.optim.Adam on each run, when lr is given exactly (float64)
+@pytest.mark.parametrize(
+    "lrs",
+    [(1e-3, 1e-3), (3e-3, 3e-3), (7e-4, 7e-4), (0.1, 0.1), (1e-3, 3e-3), (0.1, 7e-4)],
+    ids=["1e-3", "3e-3", "7e-4", "0.1", "two-lrs", "two-lrs-far"],
+)
+@pytest.mark.parametrize("layout", ["dense", "transposed"])
+def test_adam_matches_torch_adam_bit_for_bit(lrs, layout):
+    # sortrl.optim.Adam over two stacked runs == torch.optim.Adam on each run, when lr is given exactly (float64):
+    # one lr for both runs (torch's `value=` step), a lr per run (a [run] step size), and gradients of another
+    # layout than the parameter (the embedding's, from the tied decode)
     gen = torch.Generator().manual_seed(0)
     start = torch.randn(2, 6, 10, generator=gen)
     grads = [torch.randn(2, 6, 10, generator=gen) for _ in range(25)]
+    if layout == "transposed":
+        grads = [g.transpose(1, 2).contiguous().transpose(1, 2) for g in grads]
+        assert grads[0].stride() != start.stride()
     stacked = start.clone().requires_grad_()
-    ours = Adam([stacked], torch.tensor([lr, lr], dtype=torch.float64))
+    ours = Adam([stacked], torch.tensor(lrs, dtype=torch.float64))
     singles = [start[r].clone().requires_grad_() for r in range(2)]
-    theirs = [torch.optim.Adam([p], lr=lr) for p in singles]
+    theirs = [torch.optim.Adam([p], lr=lr) for p, lr in zip(singles, lrs)]
     for g in grads:
         ours.step([g])
         for r in range(2):
