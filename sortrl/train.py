@@ -288,10 +288,8 @@ class _Batch:
             return None
         offset = epoch % self.draw_ahead
         if offset == 0:
-            epochs = min(self.draw_ahead, self.c0.num_epochs - epoch)
-            block = uniforms(self.generators, epochs * self.per_epoch).view(-1, epochs, self.per_epoch)
-            self.draws = block.transpose(0, 1).contiguous()  # [epoch run draw]: each epoch's slice contiguous
-        return self.draws[offset]
+            self.draws = uniforms(self.generators, min(self.draw_ahead, self.c0.num_epochs - epoch) * self.per_epoch)
+        return self.draws[:, offset * self.per_epoch : (offset + 1) * self.per_epoch]
 
     def keep(self, alive: Tensor) -> None:
         """Drop the runs where `alive` is False (they diverged)."""
@@ -310,7 +308,7 @@ class _Batch:
         if self.ref is not None:
             self.ref = {k: v[index] for k, v in self.ref.items()}
         if self.draws is not None:
-            self.draws = self.draws[:, index]
+            self.draws = self.draws[index]
 
     def clip(self, ndim: int) -> ClipRange:
         shape = (-1,) + (1,) * (ndim - 1)
