@@ -23,13 +23,18 @@ class Adam:
     """
 
     def __init__(self, params: list[Tensor], lr: Tensor, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        self.params = params
-        self.lr = lr.to(torch.float64)
         self.beta1, self.beta2 = betas
         self.eps = eps
         self.step_count = 0
         self.exp_avg = [torch.zeros_like(p) for p in params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        self._set(params, lr.to(torch.float64))
+
+    def _set(self, params: list[Tensor], lr: Tensor) -> None:
+        self.params, self.lr = params, lr
+        self.strides = [p.stride() for p in params]
+        # one lr for every run (the usual batch): torch's own scalar step, a Python float (no [run] tensor pass)
+        self.uniform_lr = float(lr[0]) if len(lr) and bool((lr == lr[0]).all()) else None
 
     @torch.no_grad()
     def step(self, grads: list[Tensor]) -> None:
@@ -38,23 +43,22 @@ class Adam:
         t = self.step_count
         bias_correction1 = 1 - self.beta1**t
         bias_correction2_sqrt = (1 - self.beta2**t) ** 0.5
-        neg_step_size = (-(self.lr / bias_correction1)).to(torch.float32)
-        # one step size for every run (the usual batch): torch's own `value=` form, which saves a pass over m
-        uniform = bool((neg_step_size == neg_step_size[0]).all())
-        for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
-            if g.stride() != p.stride():  # element-wise ops over mixed layouts are several times slower
+        if self.uniform_lr is not None:  # torch: param.addcdiv_(exp_avg, denom, value=-(lr / bias_correction1))
+            neg_step_size, value = None, -(self.uniform_lr / bias_correction1)
+        else:
+            neg_step_size, value = (-(self.lr / bias_correction1)).to(torch.float32), 1.0
+        for p, stride, g, m, v in zip(self.params, self.strides, grads, self.exp_avg, self.exp_avg_sq):
+            if g.stride() != stride:  # element-wise ops over mixed layouts are several times slower
                 g = torch.empty_like(p).copy_(g)
             m.lerp_(g, 1 - self.beta1)
             v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
             denom = (v.sqrt() / bias_correction2_sqrt).add_(self.eps)
-            if uniform:
-                p.addcdiv_(m, denom, value=float(neg_step_size[0]))
-            else:  # addcdiv_(m * s, d) == addcdiv_(m, d, value=s) bit for bit (value * t1 / t2)
-                p.addcdiv_(m * neg_step_size.view(-1, *[1] * (p.dim() - 1)), denom)
+            # addcdiv_(m * s, d) == addcdiv_(m, d, value=s) bit for bit (value * t1 / t2)
+            step = m if neg_step_size is None else m * neg_step_size.view(-1, *[1] * (p.dim() - 1))
+            p.addcdiv_(step, denom, value=value)
 
     def keep(self, index: Tensor, params: list[Tensor]) -> None:
         """Restrict the state to the runs at `index` (used to drop diverged runs); `params` are the new leaves."""
-        self.params = params
-        self.lr = self.lr[index]
+        self._set(params, self.lr[index])
         self.exp_avg = [m[index] for m in self.exp_avg]
         self.exp_avg_sq = [v[index] for v in self.exp_avg_sq]

@@ -487,7 +487,8 @@ def _memory_rows(t: Tensor) -> Tensor:
     `decode` is a permuted view (see `sortrl.model.init_params`), so its gradient is too; flattening it in
     logical order would copy it at every step.
     """
-    order = sorted(range(1, t.dim()), key=lambda d: -t.stride(d))
+    strides = t.stride()
+    order = sorted(range(1, len(strides)), key=lambda d: -strides[d])
     return t.permute(0, *order).flatten(1)
 
 
