@@ -213,7 +213,7 @@ def test_dask_backend_gives_the_loky_results(clean, tmp_path):
     grid = parse_grid(GRID)
     run_sweep(grid, tmp_path / "loky", n_jobs=2, chunk_size=2, backend="loky")
     with LocalCluster(
-        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None, silence_logs=logging.ERROR
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0", silence_logs=logging.ERROR
     ) as cluster:
         outcome = run_sweep(
             grid, tmp_path / "dask", n_jobs=2, chunk_size=2, backend="dask", scheduler=cluster.scheduler_address
@@ -564,7 +564,7 @@ def test_a_stopped_dask_worker_is_reported_while_the_sweep_waits(tmp_path):
 
     with (
         LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
         ) as cluster,
         Client(cluster) as client,
     ):
