@@ -65,20 +65,22 @@ def sample(
 ) -> Int[Tensor, "run batch trial pos"]:
     """`num_responses` responses per prompt: per run, `torch.multinomial(rows, num_responses, replacement=True)`.
 
-    probs [run batch pos vocab] (finite, each row with a positive sum) -> token ids
-    [run batch trial pos], equal to the lecture's one multinomial per run over its
-    [(batch pos) vocab] rows with the run's generator (a tested property). torch's
-    kernel (aten/src/ATen/native/cpu/MultinomialKernel.cpp) takes, per row, the
-    float cumulative sum in category order over its total, then per draw u the first
-    category whose share is >= u; here that is one `searchsorted` for every run. `draws`:
-    the runs' next (batch pos trial) uniforms (`uniforms`), else drawn here. A single
-    response uses torch's own call (it draws one sample by another algorithm).
-    Raises ValueError for a row that is not finite or sums to zero (as torch).
+    probs [run batch pos vocab] -> token ids [run batch trial pos]: the lecture's one
+    multinomial per run over its [(batch pos) vocab] rows with the run's generator.
+    With `draws`, the runs' next (batch pos trial) uniforms taken ahead (`uniforms`;
+    more than one response), the same responses come from searching those draws as
+    torch's kernel (aten/src/ATen/native/cpu/MultinomialKernel.cpp) searches its own:
+    per row, the float cumulative sum in category order over its total, then per draw
+    u the first category whose share is >= u; one `searchsorted` for every run (a
+    tested equality). Raises ValueError for a row that is not finite, has a negative
+    entry or sums to zero (as torch does).
     """
     runs, batch, _, vocab = probs.shape
     flat = probs.reshape(runs, -1, vocab)
-    if num_responses == 1:
-        one = [torch.multinomial(flat[r], 1, replacement=True, generator=g) for r, g in enumerate(generators)]
+    if draws is None:
+        one = [
+            torch.multinomial(flat[r], num_responses, replacement=True, generator=g) for r, g in enumerate(generators)
+        ]
         return rearrange(torch.stack(one), "run (batch pos) trial -> run batch trial pos", batch=batch)
     cum = flat.clone()
     for v in range(1, vocab):  # float adds in category order, as the kernel's running sum
@@ -86,8 +88,7 @@ def sample(
     total = cum[..., -1:]
     if not bool((torch.isfinite(total) & (total > 0)).all() & (flat >= 0).all()):
         raise ValueError("probs: every row must be finite, non-negative and sum to more than 0")
-    if draws is None:
-        draws = uniforms(generators, flat.shape[1] * num_responses)
+    # a slice of a block drawn ahead is strided: searchsorted wants its values contiguous
     index = torch.searchsorted((cum / total).double(), draws.reshape(runs, -1, num_responses).contiguous())
     return rearrange(index, "run (batch pos) trial -> run batch trial pos", batch=batch)
 
