@@ -81,15 +81,16 @@ def sample(
         one = [
             torch.multinomial(flat[r], num_responses, replacement=True, generator=g) for r, g in enumerate(generators)
         ]
-        return rearrange(torch.stack(one), "run (batch pos) trial -> run batch trial pos", batch=batch)
-    cum = flat.clone()
-    for v in range(1, vocab):  # float adds in category order, as the kernel's running sum
-        cum[..., v] += cum[..., v - 1]
-    total = cum[..., -1:]
-    if not bool((torch.isfinite(total) & (total > 0)).all() & (flat >= 0).all()):
-        raise ValueError("probs: every row must be finite, non-negative and sum to more than 0")
-    # a slice of a block drawn ahead is strided: searchsorted wants its values contiguous
-    index = torch.searchsorted((cum / total).double(), draws.reshape(runs, -1, num_responses).contiguous())
+        index = torch.stack(one)
+    else:
+        cum = flat.clone()
+        for v in range(1, vocab):  # float adds in category order, as the kernel's running sum
+            cum[..., v] += cum[..., v - 1]
+        total = cum[..., -1:]
+        if not bool((torch.isfinite(total) & (total > 0)).all() & (flat >= 0).all()):
+            raise ValueError("probs: every row must be finite, non-negative and sum to more than 0")
+        # a slice of a block drawn ahead is strided: searchsorted wants its values contiguous
+        index = torch.searchsorted((cum / total).double(), draws.reshape(runs, -1, num_responses).contiguous())
     return rearrange(index, "run (batch pos) trial -> run batch trial pos", batch=batch)
 
 

@@ -77,9 +77,10 @@ REQUIRED_COLUMNS = ("run_id", "epoch")
 MANIFEST = "manifest.json"
 HISTORY = "manifests.jsonl"
 KNOWN_FILES = ("grid.toml", MANIFEST, HISTORY, "chunk-*.parquet")
+"""Names a sweep writes into an experiment folder; anything else there is foreign (hidden files aside)."""
+
 CHUNK_NAME = re.compile(r"^chunk-(?P<runs>[0-9a-f]{16})-(?P<sum>[0-9a-f]{16})\.parquet$")
 """A chunk's file name: a hash of its run ids and the checksum of its bytes (`checksum`)."""
-"""Names a sweep writes into an experiment folder; anything else there is foreign (hidden files aside)."""
 
 STALE_SECONDS = 24 * 3600
 """A temporary file older than this is removed even if its writer's liveness cannot be checked."""

@@ -370,22 +370,22 @@ def _train_all(
     queue. Any other error in a chunk (a bug, a bad plug-in) ends the sweep.
     """
     cost = [sum(c.run_steps for c in chunk) for chunk in chunks]
-    queue = collections.deque(sorted(range(len(chunks)), key=lambda i: -cost[i]))
+    todo = collections.deque(sorted(range(len(chunks)), key=lambda i: -cost[i]))
     attempts: collections.Counter[int] = collections.Counter()
     given_up: dict[int, str] = {}
     running: dict[Any, int] = {}
     quiet_since = time.monotonic()
 
     def hand_out() -> None:
-        while queue and len(running) < pool.workers:
-            i = queue.popleft()
+        while todo and len(running) < pool.workers:
+            i = todo.popleft()
             running[pool.submit(chunks[i], labels[i], threads)] = i
 
-    while queue or running:
+    while todo or running:
         hand_out()
         finished = pool.wait(list(running), max(0.0, quiet_since + heartbeat - time.monotonic()))
         if not finished:
-            waiting = f", {len(queue)} waiting" if queue else ""
+            waiting = f", {len(todo)} waiting" if todo else ""
             warnings.warn(
                 f"{name}: no chunk finished in the last {time.monotonic() - quiet_since:.0f} s "
                 f"({len(running)} running{pool.where(list(running))}{waiting}); a worker may be stopped or "
@@ -413,7 +413,7 @@ def _train_all(
                 attempts[i] += 1
             retry = [i for i in lost if attempts[i] < MAX_ATTEMPTS]
             given_up.update((i, lost[i]) for i in lost if attempts[i] >= MAX_ATTEMPTS)
-            queue.extendleft(sorted(retry, key=lambda i: cost[i]))  # back in front, longest first
+            todo.extendleft(sorted(retry, key=lambda i: cost[i]))  # back in front, longest first
             pool.renew()
             if retry:
                 runs = sum(len(chunks[i]) for i in retry)

@@ -278,8 +278,8 @@ class _Batch:
         self.per_epoch = len(self.task.train) * width * c0.num_responses
         subsample = c0.prompts_per_epoch is not None and c0.prompts_per_epoch < len(self.task.train)
         fits = DRAW_BUDGET // (len(configs) * self.per_epoch)
-        single = subsample or self.resample or c0.num_responses == 1
-        self.draw_ahead = 1 if single else max(1, min(DRAW_AHEAD, fits))
+        epoch_by_epoch = subsample or self.resample or c0.num_responses == 1
+        self.draw_ahead = 1 if epoch_by_epoch else max(1, min(DRAW_AHEAD, fits))
         self.draws: Tensor | None = None
 
     def sampling_draws(self, epoch: int) -> Tensor | None:
