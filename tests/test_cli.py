@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import subprocess
+import sys
 import tempfile
 
 import pandas as pd
@@ -430,6 +432,30 @@ def test_every_grid_file_is_checked_before_any_training(tmp_path):
     results = tmp_path / "r"
     assert_one_line_error(invoke("sweep", first, second, "--results", results), "rs.toml", "num_prompts")
     assert not list(results.rglob("chunk-*")) and not list(results.rglob("grid.toml"))
+
+
+def test_sweep_refuses_an_unknown_figure_before_training(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text(grid(top='name = "g"\nseeds = 2\nfigures = ["reward_curves", "nope"]\n'))
+    results = tmp_path / "r"
+    assert_one_line_error(invoke("sweep", path, "--results", results), "g.toml", "figures", "'nope'", "reward_curves")
+    assert not list(results.rglob("chunk-*"))
+
+
+def test_a_sweep_of_a_plain_grid_skips_the_report_libraries(tmp_path):
+    """Without claims or figures to check, `sortrl sweep` imports no scipy, seaborn or matplotlib (~1 s of start-up)."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(GOOD_GRID)
+    code = (
+        "import sys\nfrom sortrl.cli import main\n"
+        f"sys.argv = ['sortrl', 'sweep', {str(path)!r}, '--results', {str(tmp_path / 'r')!r}, '--n-jobs', '1']\n"
+        "try:\n    main()\nfinally:\n"
+        "    print(sorted(m for m in ('scipy.stats', 'seaborn', 'matplotlib', 'sortrl.scores') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+    assert load_runs(tmp_path / "r")["run_id"].nunique() == 4
 
 
 def test_sweep_warns_once_per_grid_file_about_fields_without_effect(tmp_path):
