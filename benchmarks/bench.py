@@ -426,7 +426,8 @@ def write_speed_block(path: Path, rows: list[dict], facts: dict, repeats: int) -
         )
     lines += [
         f"\n`sortrl sweep` of {r['runs']:,} runs reaches {r['speedup_vs_one_core']:.2f}x the run-steps/s of one "
-        "`train()` call on one core (1,024 of the same runs)."
+        "`train()` call on one core (1,024 of the same runs; the two timed alternately, the median of "
+        f"{repeats} pairs' ratios)."
         for r in rows
         if r.get("speedup_vs_one_core") is not None
     ]
