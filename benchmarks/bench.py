@@ -431,7 +431,7 @@ def write_speed_block(path: Path, rows: list[dict], facts: dict, repeats: int) -
         for r in rows
         if r.get("speedup_vs_one_core") is not None
     ]
-    lines += ["", "Reproduce with `make bench` (writes `results/bench.csv`; about 15 minutes)."]
+    lines += ["", "Reproduce with `make bench` (writes `results/bench.csv`; about 20 minutes)."]
     text = path.read_text()
     atomic_write_bytes(path, replace_blocks(text, {"speed": "\n".join(lines)}, path).encode())
 

@@ -433,6 +433,6 @@ def recipes() -> None:
 def main() -> None:
     """Console-script entry point."""
     # Exiting collects every object torch and pandas made at import, about 0.5 s of a short command;
-    # frozen at exit (the last atexit handler: everything is written), the collector skips them.
+    # frozen at exit (after the handlers of what the command imported: everything is written), it skips them.
     atexit.register(gc.freeze)
     app()
