@@ -230,7 +230,7 @@ def scale_rows(args: argparse.Namespace, quick: bool) -> list[dict]:
         sweep[key] = statistics.median(row[key] for _, row in pairs)
     sweep["peak_rss_mb"] = max(row["peak_rss_mb"] for _, row in pairs)
     sweep["run_steps_per_s"] = sweep["run_steps"] / sweep["seconds"]
-    ratios = [(row["run_steps_per_s"] * wall / core["run_steps"]) for (wall, _), row in pairs]
+    ratios = [row["run_steps_per_s"] / (core["run_steps"] / wall) for (wall, _), row in pairs]  # each pair's own
     sweep["speedup_vs_one_core"] = statistics.median(ratios)
     sweep["target"] = f">= {TARGET_SWEEP_SPEEDUP:g}x train() on 1 core"
     sweep["meets_target"] = None if quick else sweep["speedup_vs_one_core"] >= TARGET_SWEEP_SPEEDUP

@@ -14,9 +14,9 @@ os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 _collecting = gc.isenabled()
 gc.disable()
 try:
-    from sortrl.config import RunConfig  # noqa: E402
-    from sortrl.registry import ConfigError  # noqa: E402
-    from sortrl.train import train  # noqa: E402
+    from sortrl.config import RunConfig
+    from sortrl.registry import ConfigError
+    from sortrl.train import train
 finally:
     if _collecting:
         gc.enable()
