@@ -2,12 +2,12 @@
 
 Measures, each as the median of `--repeats` repetitions:
 
-- run-steps/s of `sortrl.train.train` (a run-step is one inner Adam step of one
+- run-steps/s of `sortrl.engine.train.train` (a run-step is one inner Adam step of one
   run; a default run is 100 epochs x 10 steps = 1,000) on the `ablations` grid
   (all 1,152 configs in one call) and on batches of 1 ... 4,096 default
   configs (seeds 0..n-1), with each number of `--workers` (train's threads);
 - the same algorithm written plainly and trained one run at a time
-  (`sortrl.reference.lecture_loop`, `--alone` runs), measured in the same run,
+  (`sortrl.engine.reference.lecture_loop`, `--alone` runs), measured in the same run,
   and each engine row's ratio to it ("x plain loop");
 - what each new option costs when a batch uses it (1,024 default runs with one
   option on), and the default batch before (the last `bench.csv`) and now;
@@ -52,12 +52,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from sortrl.config import RunConfig
-from sortrl.grid import load_grid, parse_grid
-from sortrl.reference import lecture_loop
-from sortrl.store import atomic_write_bytes, atomic_write_text
-from sortrl.sweep import environment
-from sortrl.train import default_workers, train
+from sortrl.engine.config import RunConfig
+from sortrl.engine.reference import lecture_loop
+from sortrl.engine.train import default_workers, train
+from sortrl.study.grid import load_grid, parse_grid
+from sortrl.study.store import atomic_write_bytes, atomic_write_text
+from sortrl.study.sweep import environment
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID = ROOT / "experiments" / "ablations.toml"
@@ -109,7 +109,7 @@ def defaults(n: int, epochs: int) -> list[RunConfig]:
 
 
 def plain_row(args: argparse.Namespace, epochs: int) -> dict:
-    """The lecture's algorithm written plainly, one run at a time (`sortrl.reference.lecture_loop`)."""
+    """The lecture's algorithm written plainly, one run at a time (`sortrl.engine.reference.lecture_loop`)."""
     lecture_loop(0, "centered_rewards", 2)  # warm-up
     seeds = range(args.alone)
     seconds, cpu = timed(lambda: [lecture_loop(s, "centered_rewards", epochs) for s in seeds], args.repeats)
@@ -405,12 +405,12 @@ def main() -> None:
 
 def write_speed_block(path: Path, rows: list[dict], facts: dict, repeats: int) -> None:
     """Rewrite the README's generated `speed` block from this benchmark's rows (nothing in it is typed by hand)."""
-    from sortrl.readme import replace_blocks
+    from sortrl.render.readme import replace_blocks
 
     lines = [
         f"Measured by `make bench` (medians of {repeats}) on {facts['cpu_count']} cores, torch {facts['torch']}: "
         "engine rows are one `train` call with `workers` threads (one torch thread each); x plain loop is the "
-        "ratio to the lecture's algorithm written plainly and trained one run at a time (`sortrl.reference`), "
+        "ratio to the lecture's algorithm written plainly and trained one run at a time (`sortrl.engine.reference`), "
         "measured in the same run:",
         "",
         "| benchmark | runs | workers | run-steps/s | seconds | x plain loop | peak MB |",

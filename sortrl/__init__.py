@@ -1,6 +1,7 @@
 """sortrl: a reproducible ablation harness for GRPO-style policy gradient on CS336 lecture 17's sorting task."""
 
 import gc
+import importlib.metadata
 import os
 
 # MKL's batched matmul picks code paths by memory alignment, so a run's numbers could depend on its
@@ -14,13 +15,13 @@ os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 _collecting = gc.isenabled()
 gc.disable()
 try:
-    from sortrl.config import RunConfig
-    from sortrl.registry import ConfigError
-    from sortrl.train import train
+    from sortrl.engine.config import RunConfig
+    from sortrl.engine.registry import ConfigError
+    from sortrl.engine.train import train
 finally:
     if _collecting:
         gc.enable()
     del _collecting
 
 __all__ = ["ConfigError", "RunConfig", "train"]
-__version__ = "0.1.0"
+__version__ = importlib.metadata.version("sortrl")

@@ -28,12 +28,12 @@ from rich.table import Table
 from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
 from typer.core import TyperGroup
 
-from sortrl.config import CHOICES, RunConfig, choice_docs, field_docs, ignored_fields, make_config
-from sortrl.recipes import RECIPES
-from sortrl.registry import ConfigError
+from sortrl.engine.config import CHOICES, RunConfig, choice_docs, field_docs, ignored_fields, make_config
+from sortrl.engine.recipes import RECIPES
+from sortrl.engine.registry import ConfigError
 
 if TYPE_CHECKING:
-    from sortrl.sweep import Plan
+    from sortrl.study.sweep import Plan
 
 
 class _OneLineErrors(TyperGroup):
@@ -149,7 +149,7 @@ def train_command(
     **fields: Any,
 ) -> None:
     """Train one configuration over one or more seeds and print each seed's final mean reward."""
-    from sortrl.train import train
+    from sortrl.engine.train import train
 
     given = {k: v for k, v in fields.items() if v is not None}
     if plugin:
@@ -181,7 +181,7 @@ def train_command(
     Console().print(summary)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        from sortrl.store import atomic_write_bytes
+        from sortrl.study.store import atomic_write_bytes
 
         data = table.to_csv(index=False).encode() if out.suffix == ".csv" else table.to_parquet(index=False)
         atomic_write_bytes(out, data)
@@ -251,8 +251,8 @@ def sweep(
 
     Every grid file is checked before any training starts.
     """
-    from sortrl.grid import load_grid
-    from sortrl.sweep import BACKENDS, check_scheduler, release_workers, run_sweep
+    from sortrl.study.grid import load_grid
+    from sortrl.study.sweep import BACKENDS, check_scheduler, release_workers, run_sweep
 
     if chunk_size < 1:
         raise ConfigError(f"chunk-size: must be >= 1, got {chunk_size}")
@@ -264,14 +264,10 @@ def sweep(
         check_scheduler(scheduler, backend)
     grids = [load_grid(path) for path in grid_files]
     for path, grid in zip(grid_files, grids, strict=True):
-        if grid.figures:  # sortrl.figures imports seaborn, matplotlib and scipy: only when there are names to check
-            from sortrl.figures import FIGURES
+        if grid.figures or grid.claims:  # the report's modules import scipy, seaborn, matplotlib: only when needed
+            from sortrl.render.publish import check_names
 
-            unknown = sorted(set(grid.figures) - set(FIGURES))
-            if unknown:
-                raise ConfigError(
-                    f"{path}: figures: unknown figure {unknown[0]!r}; valid figures: {', '.join(FIGURES)}"
-                )
+            check_names(grid, path)
     names = [grid.name for grid in grids]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
@@ -345,8 +341,8 @@ class _SweepProgress:
 
 
 def _plan_line(plan: Plan) -> str:
-    """What a sweep is about to do and roughly how long it takes (`sortrl.sweep.ASSUMED_RUN_STEPS_PER_S`)."""
-    from sortrl.sweep import ASSUMED_RUN_STEPS_PER_S
+    """What a sweep is about to do and roughly how long it takes (`sortrl.study.sweep.ASSUMED_RUN_STEPS_PER_S`)."""
+    from sortrl.study.sweep import ASSUMED_RUN_STEPS_PER_S
 
     line = f"{plan.total:,} runs, {plan.stored:,} already stored, {plan.to_train:,} to train"
     if not plan.to_train:
@@ -371,7 +367,7 @@ def _duration(seconds: float) -> str:
 
 def _check_results(results: Path, experiment: str | None = None) -> None:
     """Fail early, with one line, if the results folder cannot be used (not a folder, not writable, unreadable)."""
-    from sortrl.store import temporary_prefix
+    from sortrl.study.store import temporary_prefix
 
     if results.exists() and not results.is_dir():
         raise ConfigError(f"results: {results} exists and is not a folder")
@@ -406,7 +402,7 @@ def report(
     ] = None,
 ) -> None:
     """Figures, summary tables and REPORT.md from the runs stored under RESULTS/runs/."""
-    from sortrl.publish import write_report
+    from sortrl.render.publish import write_report
 
     if not (results / "runs").is_dir():
         raise ConfigError(f"results: no runs folder at {results / 'runs'}; run `sortrl sweep` first")

@@ -21,9 +21,9 @@ The contract of each kind (shapes use the axes `run batch trial pos vocab`):
 
 | kind | signature | notes |
 | --- | --- | --- |
-| `deltas_mode` | `fn(rewards [run batch trial], **extras) -> [run batch trial]` | extras by parameter name: `sortrl.deltas.EXTRAS` |
+| `deltas_mode` | `fn(rewards [run batch trial], **extras) -> [run batch trial]` | extras by parameter name: `sortrl.engine.deltas.EXTRAS` |
 | `loss_mode` | `fn(log_probs, old_log_probs, advantages, clip: ClipRange) -> per-token loss` | flags below |
-| `reward` | `fn(prompts [batch pos] or [run batch pos], responses [run batch trial pos], content) -> [run batch trial]` | see `sortrl.task` |
+| `reward` | `fn(prompts [batch pos] or [run batch pos], responses [run batch trial pos], content) -> [run batch trial]` | see `sortrl.engine.task` |
 | `kl_estimator` | `fn(log_probs, ref_log_probs) -> per-token KL estimate (same shape)` | must be >= 0 to be a divergence |
 | `loss_agg_mode` | `fn(mask [run batch trial pos], max_len) -> per-token weights omega (same shape)` | also a `kl_loss_agg_mode` |
 
@@ -31,7 +31,7 @@ A loss mode declares `linear` (linear in the advantage A), `uses_ratio`
 (needs the old policy's log-probs), `clips` (log clip fractions) and, by
 default, `foldable=True`: positively homogeneous in A, f(lp, old, c*A) =
 c*f(lp, old, A) for c > 0, which lets the engine fold responses into per-token
-weights (`sortrl.losses`). A loss without that property registers with
+weights (`sortrl.engine.losses`). A loss without that property registers with
 `foldable=False` and is then applied to every sampled token, with that
 response's advantage (slower, but exact).
 """
@@ -41,9 +41,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sortrl.deltas import DELTA_MODES, extras
-from sortrl.losses import KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES, LossMode
-from sortrl.task import REWARDS
+from sortrl.engine.deltas import DELTA_MODES, extras
+from sortrl.engine.losses import KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES, LossMode
+from sortrl.engine.task import REWARDS
 
 KINDS = ("deltas_mode", "loss_mode", "reward", "kl_estimator", "loss_agg_mode")
 """What a plug-in can register (the `RunConfig` field that names it)."""

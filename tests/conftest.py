@@ -27,7 +27,7 @@ def tiny():
 
 @pytest.fixture
 def engine_spy(monkeypatch):
-    """Record what `sortrl.train` feeds its optimizer and samples, without changing either.
+    """Record what `sortrl.engine.train` feeds its optimizer and samples, without changing either.
 
     Returns a namespace with `steps` (one `(params_before, grads)` pair of
     `{"embedding","encode","decode"}` dicts per inner step), `responses` (each
@@ -37,7 +37,7 @@ def engine_spy(monkeypatch):
     import importlib
     from types import SimpleNamespace
 
-    engine = importlib.import_module("sortrl.train")  # `sortrl.train` the attribute is the function
+    engine = importlib.import_module("sortrl.engine.train")  # the module (`sortrl.train` is the function)
     log = SimpleNamespace(steps=[], responses=[], optimizers=[])
     names = ("embedding", "encode", "decode")
 
@@ -145,9 +145,9 @@ def report_results(tmp_path_factory, worker_id, report_grids):
     """
     from filelock import FileLock
 
-    from sortrl.grid import parse_grid
-    from sortrl.publish import write_report
-    from sortrl.sweep import run_sweep
+    from sortrl.render.publish import write_report
+    from sortrl.study.grid import parse_grid
+    from sortrl.study.sweep import run_sweep
 
     shared = tmp_path_factory.getbasetemp()
     shared = shared.parent if worker_id != "master" else shared
@@ -175,7 +175,8 @@ def written(report_results):
 @pytest.fixture(scope="module")
 def sections(results, written):
     """The findings of each experiment, as `write_report` passes them to the README."""
-    from sortrl import experiment, figures, findings
+    from sortrl.analysis import experiment, findings
+    from sortrl.render import figures
 
     out = []
     for exp in experiment.load_experiments(results, figures.curve_metrics()):

@@ -1,4 +1,4 @@
-"""The claims ledger (sortrl.claims, claims_md, claim_figures): every kind of claim on hand-made scores,
+"""The claims ledger (sortrl.analysis.claims, claims_md, claim_figures): every kind of claim on hand-made scores,
 paired by seed and Holm-corrected, and the files `sortrl report` writes for the tiny grid's two claims."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sortrl import claims, experiment, readme
-from sortrl.grid import parse_grid
-from sortrl.verdicts import holm, paired_effect, verdict, wilcoxon_p
+from sortrl.analysis import claims, experiment
+from sortrl.analysis.verdicts import holm, paired_effect, verdict, wilcoxon_p
+from sortrl.render import readme
+from sortrl.study.grid import parse_grid
 
 GRID = """
 name = "hand"
@@ -180,7 +181,7 @@ def test_readme_headline_is_the_ledger(results, sections, tmp_path):
 
 def test_trap_caption_quotes_the_reference_solve_rate_of_the_trap_metric_only():
     """The sft reference solves every seed; another claim scores sft on another metric ("stuck", 0) in the same grid."""
-    from sortrl import claims_md
+    from sortrl.render import claims_md
 
     def side(label, mean):
         return SimpleNamespace(label=label, mean=mean)

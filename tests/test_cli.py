@@ -14,10 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from sortrl.cli import app
-from sortrl.config import RunConfig
-from sortrl.grid import MAX_RUNS
-from sortrl.recipes import RECIPES
-from sortrl.store import load_runs, read_manifest, runs_dir
+from sortrl.engine.config import RunConfig
+from sortrl.engine.recipes import RECIPES
+from sortrl.study.grid import MAX_RUNS
+from sortrl.study.store import load_runs, read_manifest, runs_dir
 
 runner = CliRunner()
 
@@ -355,7 +355,7 @@ def test_bad_train_options(tmp_path, case):
 def test_out_that_is_a_folder_fails_before_training(tmp_path, monkeypatch):
     """An --out that cannot be written (here: a folder named x.parquet) is refused with one line before any training."""
     (tmp_path / "x.parquet").mkdir()
-    engine = importlib.import_module("sortrl.train")  # the package attribute `sortrl.train` is the function
+    engine = importlib.import_module("sortrl.engine.train")  # the module (`sortrl.train` is the function)
     monkeypatch.setattr(engine, "train", lambda *a, **k: pytest.fail("trained before checking --out"))
     result = invoke("train", "--num-epochs", 2, "--num-steps-per-epoch", 1, "--out", tmp_path / "x.parquet")
     assert_one_line_error(result, "out", "folder")
@@ -442,6 +442,33 @@ def test_sweep_refuses_an_unknown_figure_before_training(tmp_path):
     assert not list(results.rglob("chunk-*"))
 
 
+CLAIM = """
+[[claim]]
+id = "C1"
+statement = "centering helps"
+source = "a lecture"
+new = { deltas_mode = "centered_rewards" }
+old = { deltas_mode = "rewards" }
+predicts = "higher"
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "needles"),
+    [
+        ('metric = "vibes"\n', ["[[claim]] C1", "metric", "'vibes'", "final_reward"]),
+        ('figure = "nope"\n', ["[[claim]] C1", "figure", "'nope'", "paired"]),
+    ],
+)
+def test_sweep_refuses_a_claim_naming_an_unknown_score_or_figure_before_training(tmp_path, extra, needles):
+    """The results side's names a claim uses are checked with the grid, before any run trains."""
+    path = tmp_path / "g.toml"
+    path.write_text(grid(axes='deltas_mode = ["rewards", "centered_rewards"]\n') + CLAIM + extra)
+    results = tmp_path / "r"
+    assert_one_line_error(invoke("sweep", path, "--results", results), "g.toml", *needles)
+    assert not list(results.rglob("chunk-*"))
+
+
 def test_a_sweep_of_a_plain_grid_skips_the_report_libraries(tmp_path):
     """Without claims or figures to check, `sortrl sweep` imports no scipy, seaborn or matplotlib (~1 s of start-up)."""
     path = tmp_path / "tiny.toml"
@@ -450,7 +477,7 @@ def test_a_sweep_of_a_plain_grid_skips_the_report_libraries(tmp_path):
         "import sys\nfrom sortrl.cli import main\n"
         f"sys.argv = ['sortrl', 'sweep', {str(path)!r}, '--results', {str(tmp_path / 'r')!r}, '--n-jobs', '1']\n"
         "try:\n    main()\nfinally:\n"
-        "    print(sorted(m for m in ('scipy.stats', 'seaborn', 'matplotlib', 'sortrl.scores') if m in sys.modules))\n"
+        "    print(sorted(m for m in ('scipy.stats', 'seaborn', 'matplotlib', 'sortrl.analysis.scores') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -476,7 +503,7 @@ def test_sweep_warns_once_per_grid_file_about_fields_without_effect(tmp_path):
 def test_sweep_says_how_many_runs_before_training(tmp_path, monkeypatch):
     """The run count, what is stored and the workers come first (a 100k-run grid used to plan silently)."""
     from sortrl.cli import _plan_line
-    from sortrl.sweep import Plan
+    from sortrl.study.sweep import Plan
 
     grid_file = tmp_path / "tiny.toml"
     grid_file.write_text(GOOD_GRID)
@@ -490,32 +517,34 @@ def test_sweep_says_how_many_runs_before_training(tmp_path, monkeypatch):
 
 def test_a_grid_validates_each_configuration_once_not_each_run(monkeypatch):
     """Planning a grid checks a configuration once (a 100,000-run grid planned for about a minute)."""
-    import sortrl.config
-    from sortrl.grid import parse_grid
+    import sortrl.engine.config
+    from sortrl.study.grid import parse_grid
 
     calls = []
-    real = sortrl.config.validate
-    monkeypatch.setattr(sortrl.config, "validate", lambda cfg: calls.append(1) or real(cfg))
+    real = sortrl.engine.config.validate
+    monkeypatch.setattr(sortrl.engine.config, "validate", lambda cfg: calls.append(1) or real(cfg))
     grid_ = parse_grid(grid(top='name = "g"\nseeds = 5000\n', axes='deltas_mode = ["rewards", "centered_rewards"]\n'))
     calls.clear()
     runs = grid_.runs()
     assert len(runs) == 10_000 and len(calls) <= 2
     for run in runs[::997]:  # the same configs (and run ids) as checking each one
-        fresh = sortrl.config.make_config(**parse_grid(grid()).base, deltas_mode=run.config.deltas_mode, seed=run.seed)
+        fresh = sortrl.engine.config.make_config(
+            **parse_grid(grid()).base, deltas_mode=run.config.deltas_mode, seed=run.seed
+        )
         assert fresh == run.config and fresh.run_id == run.config.run_id
 
 
 def test_a_full_disk_names_the_file(tmp_path, monkeypatch):
     import errno
 
-    import sortrl.store
+    import sortrl.study.store
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     grid_file = tmp_path / "tiny.toml"
     grid_file.write_text(GOOD_GRID)
-    monkeypatch.setattr(sortrl.store.os, "fsync", full)
+    monkeypatch.setattr(sortrl.study.store.os, "fsync", full)
     result = invoke("sweep", grid_file, "--results", tmp_path / "r", "--n-jobs", 1)
     assert result.exit_code == 1
     (line,) = result.stderr.strip().splitlines()
@@ -541,10 +570,11 @@ def test_report_refuses_a_readme_that_is_not_utf8(tmp_path):
 
 
 def test_sweep_default_chunk_size_is_the_librarys():
-    """The CLI states its default literally (sortrl.sweep stays unimported until a sweep runs); they must agree."""
+    """The CLI states its default literally (sortrl.study.sweep stays unimported until a sweep runs); they must agree."""
     import inspect
 
-    from sortrl import cli, sweep
+    from sortrl import cli
+    from sortrl.study import sweep
 
     assert inspect.signature(cli.sweep).parameters["chunk_size"].default == sweep.CHUNK_SIZE
     assert inspect.signature(sweep.run_sweep).parameters["chunk_size"].default == sweep.CHUNK_SIZE

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from sortrl.config import FIELD_NAMES, RunConfig
-from sortrl.deltas import DELTA_MODES
-from sortrl.losses import IMPORTANCE_SAMPLING_LEVELS, KL_ESTIMATORS, LOSS_AGG_MODES, LOSS_MODES
-from sortrl.registry import ConfigError
-from sortrl.task import REWARDS
+from sortrl.engine.config import FIELD_NAMES, RunConfig
+from sortrl.engine.deltas import DELTA_MODES
+from sortrl.engine.losses import IMPORTANCE_SAMPLING_LEVELS, KL_ESTIMATORS, LOSS_AGG_MODES, LOSS_MODES
+from sortrl.engine.registry import ConfigError
+from sortrl.engine.task import REWARDS
 
 DEFAULT_RUN_ID = "d7cdd56d1a9306e1"  # changed on purpose with the exploration fields (issue 10)
 """run_id of `RunConfig()`: the key of every stored lecture-default run. Changing it orphans stored results."""
@@ -202,8 +202,8 @@ def test_unknown_field_lists_valid_fields():
 
 
 def test_seed_bounds_keep_every_generator_seed_in_64_bits():
-    from sortrl.config import MAX_SEED, MAX_TASK_SEED
-    from sortrl.train import EVAL_SEED_OFFSET
+    from sortrl.engine.config import MAX_SEED, MAX_TASK_SEED
+    from sortrl.engine.train import EVAL_SEED_OFFSET
 
     assert MAX_SEED + EVAL_SEED_OFFSET == 2**64 - 1
     assert MAX_TASK_SEED * 1000 + 10**6 < 2**64
@@ -215,7 +215,7 @@ def test_seed_bounds_keep_every_generator_seed_in_64_bits():
 
 def test_largest_seed_trains():
     from sortrl import train
-    from sortrl.config import MAX_SEED
+    from sortrl.engine.config import MAX_SEED
 
     out = train([RunConfig(seed=MAX_SEED, num_epochs=2, num_steps_per_epoch=1, task="random", num_prompts=4,
                            num_eval_prompts=2, task_seed=10**15)])  # fmt: skip
@@ -239,7 +239,7 @@ def test_train_refuses_a_batch_that_cannot_fit_and_duplicate_runs():
 
 
 def test_ignored_fields_name_what_has_no_effect():
-    from sortrl.config import ignored_fields
+    from sortrl.engine.config import ignored_fields
 
     assert ignored_fields(RunConfig()) == {}
     assert ignored_fields(RunConfig(epsilon=0.1, kl_estimator="k1", prompt_length=5)) == {

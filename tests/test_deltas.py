@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sortrl.deltas import (
+from sortrl.engine.deltas import (
     DELTA_MODES,
     STD_EPS,
     batch_normalized,

@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sortrl.config import RunConfig
-from sortrl.grid import parse_grid
-from sortrl.store import load_runs, read_manifest, runs_dir
-from sortrl.sweep import run_sweep
-from sortrl.train import METRICS, batch_key, train
+from sortrl.engine.config import RunConfig
+from sortrl.engine.train import METRICS, batch_key, train
+from sortrl.study.grid import parse_grid
+from sortrl.study.store import load_runs, read_manifest, runs_dir
+from sortrl.study.sweep import run_sweep
 
 GRPO = {"num_epochs": 5, "num_steps_per_epoch": 2, "loss_mode": "clipped", "deltas_mode": "normalized_rewards"}
 GOOD = [RunConfig(**GRPO, seed=s, learning_rate=lr) for s, lr in [(0, 1e-3), (1, 1e-2), (3, 1e-3)]]

@@ -1,7 +1,7 @@
 """What a reader sees of the notebooks (#15): the executed copies in results/notebooks/, their byte-for-byte
 regeneration by tools/execute_notebooks.py, and `make notebooks` serving JupyterLab.
 
-A reader must see every figure: a code cell that calls `plt.show()` or a `sortrl.figures.plot_*` function has to
+A reader must see every figure: a code cell that calls `plt.show()` or a `sortrl.render.figures.plot_*` function has to
 show at least one PNG, and no cell may show an error or stderr (a warning would also print a checkout's path).
 """
 

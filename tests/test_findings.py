@@ -1,4 +1,4 @@
-"""Findings and their sentences (sortrl.findings, sortrl.sentences) on hand-made cases."""
+"""Findings and their sentences (sortrl.analysis.findings, sortrl.render.sentences) on hand-made cases."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sortrl import experiment, findings, scores, sentences
-from sortrl.experiment import MARGIN, comparison_verdict
-from sortrl.findings import Eos, Findings, Floor, Ranking, Top
-from sortrl.grid import parse_grid
-from sortrl.task import chance_mean_reward
-from sortrl.verdicts import Interval
+from sortrl.analysis import experiment, findings, scores
+from sortrl.analysis.experiment import MARGIN, comparison_verdict
+from sortrl.analysis.findings import Eos, Findings, Floor, Ranking, Top
+from sortrl.analysis.verdicts import Interval
+from sortrl.engine.task import chance_mean_reward
+from sortrl.render import sentences
+from sortrl.study.grid import parse_grid
 
 
 def _experiment(table: dict[str, list[float]], accuracy: dict[str, list[float]] | None = None) -> SimpleNamespace:

@@ -1,4 +1,4 @@
-"""Policy losses, loss aggregation weights and KL estimators (sortrl.losses), on hand values."""
+"""Policy losses, loss aggregation weights and KL estimators (sortrl.engine.losses), on hand values."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sortrl.losses import (
+from sortrl.engine.losses import (
     IMPORTANCE_SAMPLING_LEVELS,
     KL_ESTIMATORS,
     LOSS_AGG_MODES,

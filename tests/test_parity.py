@@ -15,10 +15,10 @@ import torch
 from einops import einsum, repeat
 
 from sortrl import RunConfig, train
-from sortrl.deltas import DELTA_MODES
-from sortrl.optim import Adam
-from sortrl.reference import lecture_loop
-from sortrl.task import inclusion_ordering_reward
+from sortrl.engine.deltas import DELTA_MODES
+from sortrl.engine.optim import Adam
+from sortrl.engine.reference import lecture_loop
+from sortrl.engine.task import inclusion_ordering_reward
 
 LECTURE_MODES = ["rewards", "centered_rewards", "normalized_rewards", "max_rewards"]
 
@@ -50,7 +50,7 @@ def test_lecture_parity_per_epoch_mean_reward():
 
 
 def test_reference_implementation_matches_the_csv():
-    # validates sortrl.reference.lecture_loop against the lecture's own numbers (seed 5, centered, first 30 epochs)
+    # validates sortrl.engine.reference.lecture_loop against the lecture's own numbers (seed 5, centered, first 30 epochs)
     ref = pd.read_csv(reference_csv())
     ref = ref[(ref.deltas_mode == "centered_rewards") & (ref.seed == 5)].sort_values("epoch")
     mine, _ = lecture_loop(5, "centered_rewards", num_epochs=30)
@@ -71,7 +71,7 @@ def test_other_seeds_match_the_lecture_algorithm(seed):
 )
 @pytest.mark.parametrize("layout", ["dense", "transposed"])
 def test_adam_matches_torch_adam_bit_for_bit(lrs, layout):
-    # sortrl.optim.Adam over two stacked runs == torch.optim.Adam on each run, when lr is given exactly (float64):
+    # sortrl.engine.optim.Adam over two stacked runs == torch.optim.Adam on each run, when lr is given exactly (float64):
     # one lr for both runs (torch's `value=` step), a lr per run (a [run] step size), and gradients of another
     # layout than the parameter (the embedding's, from the tied decode)
     gen = torch.Generator().manual_seed(0)

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from sortrl import RunConfig, train
-from sortrl.deltas import DELTA_MODES
-from sortrl.losses import KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES
+from sortrl.engine.deltas import DELTA_MODES
+from sortrl.engine.losses import KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES
+from sortrl.engine.registry import ConfigError
+from sortrl.engine.task import REWARDS
 from sortrl.plugins import register
-from sortrl.registry import ConfigError
-from sortrl.task import REWARDS
 
 SORTRL = Path(sys.executable).parent / "sortrl"
 

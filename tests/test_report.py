@@ -12,14 +12,16 @@ import pytest
 from matplotlib.collections import PathCollection
 from scipy.stats import wilcoxon
 
-from sortrl import experiment, figures, findings, grid, readme, report, stats, verdicts
-from sortrl.config import make_config
-from sortrl.grid import parse_grid
-from sortrl.publish import write_report
-from sortrl.registry import ConfigError
-from sortrl.store import load_runs, read_chunks, read_rows, runs_dir, write_chunk
-from sortrl.sweep import run_sweep
-from sortrl.task import best_mean_reward, chance_mean_reward
+from sortrl.analysis import experiment, findings, stats, verdicts
+from sortrl.engine.config import make_config
+from sortrl.engine.registry import ConfigError
+from sortrl.engine.task import best_mean_reward, chance_mean_reward
+from sortrl.render import figures, readme, report
+from sortrl.render.publish import write_report
+from sortrl.study import grid
+from sortrl.study.grid import parse_grid
+from sortrl.study.store import load_runs, read_chunks, read_rows, runs_dir, write_chunk
+from sortrl.study.sweep import run_sweep
 
 
 @pytest.fixture

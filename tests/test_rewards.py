@@ -1,4 +1,4 @@
-"""Reward functions and response masks (sortrl.task), checked on hand-computed cases.
+"""Reward functions and response masks (sortrl.engine.task), checked on hand-computed cases.
 
 Rewards are vectorised: prompts [batch pos], responses [run batch trial pos],
 content mask [run batch trial pos] -> rewards [run batch trial].
@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sortrl.registry import ConfigError
-from sortrl.task import (
+from sortrl.engine.registry import ConfigError
+from sortrl.engine.task import (
     REWARDS,
     distance_reward,
     eos_masks,
@@ -84,7 +84,7 @@ def test_exact_match_reward():
 
 def test_reward_registry_and_unknown_reward_lists_choices():
     assert set(REWARDS) >= {"inclusion_ordering", "distance", "exact_match"}
-    from sortrl.config import RunConfig
+    from sortrl.engine.config import RunConfig
 
     with pytest.raises(ConfigError, match=r"reward.*'sorted'.*inclusion_ordering.*distance.*exact_match"):
         RunConfig(reward="sorted")

@@ -1,4 +1,4 @@
-"""`sortrl.rollout.sample` reproduces the lecture's per-run `torch.multinomial` exactly, and drawing ahead changes nothing."""
+"""`sortrl.engine.rollout.sample` reproduces the lecture's per-run `torch.multinomial` exactly, and drawing ahead changes nothing."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sortrl import RunConfig, train
-from sortrl.rollout import sample, uniforms
+from sortrl.engine.rollout import sample, uniforms
 
-ENGINE = sys.modules["sortrl.train"]  # the module (the package exports the function `train` under the same name)
+ENGINE = sys.modules["sortrl.engine.train"]  # the module (`sortrl.train` is the function)
 
 
 def _multinomial(probs: torch.Tensor, seeds: list[int], n: int) -> tuple[torch.Tensor, list[torch.Generator]]:

@@ -1,4 +1,4 @@
-"""sortrl.stats on cases small enough to compute by hand."""
+"""sortrl.analysis.stats on cases small enough to compute by hand."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sortrl import stats
+from sortrl.analysis import stats
 
 
 def test_iqm_averages_the_middle_half():

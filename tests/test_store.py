@@ -17,9 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sortrl import store
-from sortrl.config import RunConfig
-from sortrl.store import (
+from sortrl.engine.config import RunConfig
+from sortrl.engine.train import train
+from sortrl.study import store
+from sortrl.study.store import (
     CHUNK_NAME,
     HISTORY,
     RUNS_KEY,
@@ -41,7 +42,6 @@ from sortrl.store import (
     write_chunk,
     write_manifest,
 )
-from sortrl.train import train
 
 CONFIGS = [RunConfig(num_epochs=4, num_steps_per_epoch=2, seed=s, kl_penalty=0.1 * (s % 2)) for s in range(4)]
 

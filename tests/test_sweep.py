@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
-import sortrl.sweep as sweep_module
-from sortrl.config import RunConfig
-from sortrl.grid import load_grid, parse_grid
-from sortrl.registry import ConfigError
-from sortrl.store import (
+import sortrl.study.sweep as sweep_module
+from sortrl.engine.config import RunConfig
+from sortrl.engine.registry import ConfigError
+from sortrl.engine.train import batch_key
+from sortrl.study.grid import load_grid, parse_grid
+from sortrl.study.store import (
     StoreWarning,
     _host,
     completed_run_ids,
@@ -32,8 +33,7 @@ from sortrl.store import (
     read_manifest,
     runs_dir,
 )
-from sortrl.sweep import DASK_MISSING, _dask_client, plan_chunks, run_sweep
-from sortrl.train import batch_key
+from sortrl.study.sweep import DASK_MISSING, _dask_client, plan_chunks, run_sweep
 
 SORTRL = Path(sys.executable).parent / "sortrl"
 

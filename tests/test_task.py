@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from sortrl import ConfigError, RunConfig, metrics, train
-from sortrl.model import forward, init_params
-from sortrl.task import PAD, TASKS, is_sorted_exactly, sorted_prompts
+from sortrl import ConfigError, RunConfig, train
+from sortrl.engine import metrics
+from sortrl.engine.model import forward, init_params
+from sortrl.engine.task import PAD, TASKS, is_sorted_exactly, sorted_prompts
 
 RANDOM = dict(task="random", vocab_size=6, prompt_length=4, num_prompts=12, num_eval_prompts=8)
 TRAINING_COLUMNS = ["mean_reward", "reward_std", "entropy", "loss", "greedy_accuracy", "response_length"]
@@ -145,7 +146,7 @@ def test_mixed_lengths_train_and_report_per_length_accuracy():
 def test_chance_score_of_the_uniform_policy_exactly_for_a_three_number_prompt():
     import itertools
 
-    from sortrl.task import REWARDS, chance_scores
+    from sortrl.engine.task import REWARDS, chance_scores
 
     prompt = (1, 0, 2)
 
@@ -168,8 +169,8 @@ def test_chance_mean_reward_of_the_held_out_prompts_by_hand():
     Under `distance`, each position matches sorted(prompt) with probability 1/4, so a length-L prompt's
     chance is L/4: training (2/4 + 2/4 + 3/4) / 3 = 7/12, held-out 2/4. Under `exact_match`: 1/4^L.
     """
-    from sortrl.config import make_config
-    from sortrl.task import chance_mean_reward
+    from sortrl.engine.config import make_config
+    from sortrl.engine.task import chance_mean_reward
 
     fields = {"task": "random", "prompt_length": (2, 3), "vocab_size": 4, "num_prompts": 3, "num_eval_prompts": 1}
     cfg = make_config(reward="distance", **fields)
@@ -184,7 +185,7 @@ def test_chance_mean_reward_of_the_held_out_prompts_by_hand():
 
 
 def test_chance_score_is_sampled_when_enumeration_is_too_big():
-    from sortrl.task import REWARDS, chance_scores
+    from sortrl.engine.task import REWARDS, chance_scores
 
     prompts = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])  # 10^8 responses: sampled
     got = chance_scores(prompts, REWARDS["distance"], 10, None).item()

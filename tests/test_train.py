@@ -1,4 +1,4 @@
-"""The population trainer (sortrl.train): folded loss vs a direct computation, batch invariance,
+"""The population trainer (sortrl.engine.train): folded loss vs a direct computation, batch invariance,
 determinism, the KL path, and that training learns."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from sortrl import RunConfig, train
-from sortrl.deltas import DELTA_MODES
-from sortrl.losses import KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES, ClipRange
-from sortrl.model import forward
-from sortrl.task import REWARDS, eos_masks
+from sortrl.engine.deltas import DELTA_MODES
+from sortrl.engine.losses import KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES, ClipRange
+from sortrl.engine.model import forward
+from sortrl.engine.task import REWARDS, eos_masks
 
 NAMES = ("embedding", "encode", "decode")
 
@@ -129,7 +129,10 @@ def check_against_direct(configs, spy, rtol=2e-5):
             for name, g in zip(NAMES, expected, strict=True):
                 scale = g.abs().max().item()
                 moving += scale > 0
-                atol = rtol * max(scale, 1e-3)  # a zero direct gradient (all clipped / filtered) must be ~0 too
+                # A zero direct gradient (all clipped / filtered) must be ~0 too, to float32's resolution: terms of
+                # order 1 are summed, so an entry can be a few 1e-8 off zero by rounding alone, and where depends on
+                # the CPU's kernels (seen: 2.2e-8 on an AVX-512 Xeon, within 2e-8 on an AVX2 EPYC).
+                atol = max(rtol * scale, 2 * torch.finfo(torch.float32).eps)
                 torch.testing.assert_close(grads[name][r : r + 1], g, rtol=0, atol=atol, msg=f"run {r} step {i}")
             losses.append(loss.item())
             kls.append(kl.item())
@@ -350,7 +353,7 @@ def test_forward_does_not_depend_on_batch_position():
     is set before the first BLAS call (sortrl/__init__.py sets it): bmm results then depend on each batch
     entry's memory alignment.
     """
-    from sortrl.model import init_params
+    from sortrl.engine.model import init_params
 
     prompts = torch.tensor(RunConfig().prompts)
     pair = init_params([torch.Generator().manual_seed(s) for s in (100, 3)], 5, 10, 3, 3)
@@ -459,7 +462,7 @@ def test_batch_invariance_does_not_depend_on_the_callers_thread_count():
 
 
 def test_with_config_false_leaves_out_only_the_config_columns():
-    from sortrl.config import FIELD_NAMES
+    from sortrl.engine.config import FIELD_NAMES
 
     configs = [RunConfig(num_epochs=3, num_steps_per_epoch=2, seed=s) for s in range(2)]
     wide, narrow = train(configs), train(configs, with_config=False)

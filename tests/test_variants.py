@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from sortrl import RunConfig, train
-from sortrl.config import make_config
-from sortrl.recipes import RECIPES
-from sortrl.registry import ConfigError
+from sortrl.engine.config import make_config
+from sortrl.engine.recipes import RECIPES
+from sortrl.engine.registry import ConfigError
 
 LECTURE = [[1, 0, 2], [3, 2, 4], [1, 2, 3]]
 
@@ -121,8 +121,8 @@ def test_gspo_clip_metrics_are_batch_invariant():
 def test_clip_ratio_metrics_follow_trl(level, engine_spy):
     # TRL: low = mean over loss tokens of [ratio < 1 - eps_low and A < 0]; high = [ratio > 1 + eps_high and A > 0];
     # clip_ratio = low + high (TRL's region_mean); each averaged over the inner steps.
-    from sortrl.model import forward
-    from sortrl.task import eos_masks
+    from sortrl.engine.model import forward
+    from sortrl.engine.task import eos_masks
 
     cfg = RunConfig(
         seed=1, num_epochs=2, num_steps_per_epoch=4, loss_mode="clipped", importance_sampling_level=level,

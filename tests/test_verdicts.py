@@ -1,4 +1,4 @@
-"""Paired statistics and verdicts (sortrl.verdicts) on hand-made cases."""
+"""Paired statistics and verdicts (sortrl.analysis.verdicts) on hand-made cases."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from sortrl.verdicts import (
+from sortrl.analysis.verdicts import (
     N_RESAMPLES,
     Interval,
     bootstrap_mean,

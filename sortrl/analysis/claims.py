@@ -1,11 +1,11 @@
 """The claims ledger: each declared claim tested on the stored runs, paired by seed, Holm-corrected, with a verdict.
 
-A grid file declares the claims it tests (`sortrl.grid.Claim`, `[[claim]]`
+A grid file declares the claims it tests (`sortrl.study.grid.Claim`, `[[claim]]`
 tables); `tests(exp)` computes every test of every claim of one experiment
 (one test per value of the claim's `across` axis, e.g. per regime) from its
 per-run scores, and `ledger(tests)` corrects all p-values of the whole ledger
-together (Holm) and gives each test its verdict (`sortrl.verdicts`). Pure:
-no files, no figures; `sortrl.claims_md` renders the results.
+together (Holm) and gives each test its verdict (`sortrl.analysis.verdicts`). Pure:
+no files, no figures; `sortrl.render.claims_md` renders the results.
 
 Per kind (effects per seed, averaged over the seeds that finished every
 configuration involved; CI: percentile bootstrap over seeds):
@@ -28,9 +28,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from sortrl.experiment import SEED, Experiment  # one bootstrap seed for the report and the ledger
-from sortrl.grid import Claim, Configuration, value_label
-from sortrl.verdicts import (
+from sortrl.analysis.experiment import SEED, Experiment  # one bootstrap seed for the report and the ledger
+from sortrl.analysis.verdicts import (
     Interval,
     bootstrap_mean,
     holm,
@@ -41,6 +40,7 @@ from sortrl.verdicts import (
     wilcoxon_p,
     wilson,
 )
+from sortrl.study.grid import Claim, Configuration, value_label
 
 BINARY = ("solved", "stuck")
 """Scores that are 0/1 per run: tested with McNemar's exact test, summarised with Wilson intervals."""

@@ -15,8 +15,8 @@ import torch
 from einops import einsum, rearrange, repeat
 from torch import Tensor
 
-from sortrl.deltas import DELTA_MODES
-from sortrl.task import inclusion_ordering_reward
+from sortrl.engine.deltas import DELTA_MODES
+from sortrl.engine.task import inclusion_ordering_reward
 
 LECTURE_PROMPTS = [[1, 0, 2], [3, 2, 4], [1, 2, 3]]
 

@@ -26,7 +26,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 from scipy import stats
 
-from sortrl.stats import bootstrap_ci, mean
+from sortrl.analysis.stats import bootstrap_ci, mean
 
 ALPHA = 0.05
 """Family-wise error rate of every corrected family of tests."""
@@ -68,7 +68,7 @@ class Interval(NamedTuple):
 
 
 def bootstrap_mean(values: np.ndarray, seed: int = 0, n_resamples: int = N_RESAMPLES) -> Interval:
-    """Mean of `values` [seed] with its percentile-bootstrap CI (`sortrl.stats.bootstrap_ci`); NaN CI below 2 values."""
+    """Mean of `values` [seed] with its percentile-bootstrap CI (`sortrl.analysis.stats.bootstrap_ci`); NaN CI below 2 values."""
     values = np.asarray(values, dtype=float)
     if len(values) == 0:
         return Interval(math.nan, math.nan, math.nan, 0)

@@ -1,20 +1,20 @@
 """The report stage's outputs: `write_report` loads every experiment and writes its files.
 
 `write_report(results)` reads every experiment stored under `results/runs/`
-(`sortrl.experiment.load_experiment`, keeping only the curves the figures
+(`sortrl.analysis.experiment.load_experiment`, keeping only the curves the figures
 draw) and writes, per experiment `<exp>`:
 
-    results/figures/<exp>_<figure>.png   one file per entry of `sortrl.figures.FIGURES` that applies
-    results/<exp>_summary.csv            one row per configuration (see `sortrl.experiment.summarize`)
+    results/figures/<exp>_<figure>.png   one file per entry of `sortrl.render.figures.FIGURES` that applies
+    results/<exp>_summary.csv            one row per configuration (see `sortrl.analysis.experiment.summarize`)
 
-    results/figures/claim_<id>.png       one figure per declared claim (`sortrl.claim_figures`)
+    results/figures/claim_<id>.png       one figure per declared claim (`sortrl.render.claim_figures`)
 
-and one `results/REPORT.md` (`sortrl.report`), every sentence of which is
-generated from the experiments' findings (`sortrl.findings`), and
-`results/CLAIMS.md` (`sortrl.claims_md`): every claim the grids declare,
-tested on their runs, Holm-corrected over the whole ledger (`sortrl.claims`),
+and one `results/REPORT.md` (`sortrl.render.report`), every sentence of which is
+generated from the experiments' findings (`sortrl.analysis.findings`), and
+`results/CLAIMS.md` (`sortrl.render.claims_md`): every claim the grids declare,
+tested on their runs, Holm-corrected over the whole ledger (`sortrl.analysis.claims`),
 with the same numbers in `results/claims.csv` (one row per test).
-With `readme=`, also the README's generated blocks (`sortrl.readme`): the
+With `readme=`, also the README's generated blocks (`sortrl.render.readme`): the
 trap figure and the ledger's verdict table, and the findings.
 Diverged runs are listed and left out of every aggregate. The output is
 deterministic: bootstraps use fixed seeds, tables are in grid order, and PNGs
@@ -30,21 +30,23 @@ from pathlib import Path
 
 import joblib
 
-from sortrl.claim_figures import curves_needed
-from sortrl.claim_figures import draw as draw_claim
-from sortrl.claims import Test, ledger
-from sortrl.claims import table as claims_table
-from sortrl.claims import tests as claim_tests
-from sortrl.claims_md import headline_claim
-from sortrl.claims_md import render as render_claims
-from sortrl.experiment import experiment_names, load_experiment, summarize
-from sortrl.figures import FIGURES, curve_metrics, save_figure
-from sortrl.findings import Findings, findings
-from sortrl.grid import parse_grid
-from sortrl.readme import read_readme, write_readme
-from sortrl.registry import ConfigError
-from sortrl.report import render_report
-from sortrl.store import atomic_write_text, runs_dir
+from sortrl.analysis.claims import Test, ledger
+from sortrl.analysis.claims import table as claims_table
+from sortrl.analysis.claims import tests as claim_tests
+from sortrl.analysis.experiment import experiment_names, load_experiment, summarize
+from sortrl.analysis.findings import Findings, findings
+from sortrl.analysis.scores import DERIVED, SCORES
+from sortrl.engine.registry import ConfigError
+from sortrl.render.claim_figures import FIGURES as CLAIM_FIGURES
+from sortrl.render.claim_figures import curves_needed
+from sortrl.render.claim_figures import draw as draw_claim
+from sortrl.render.claims_md import headline_claim
+from sortrl.render.claims_md import render as render_claims
+from sortrl.render.figures import FIGURES, curve_metrics, save_figure
+from sortrl.render.readme import read_readme, write_readme
+from sortrl.render.report import render_report
+from sortrl.study.grid import Grid, parse_grid
+from sortrl.study.store import atomic_write_text, runs_dir
 
 Outputs = tuple[Findings, list[Test], dict[str, Path], list[Path], list[warnings.WarningMessage]]
 """What one experiment gives: findings, claim tests (uncorrected), claim figures by id, paths written, warnings."""
@@ -63,7 +65,9 @@ def _experiment_outputs(results: Path, name: str) -> Outputs:
 
 def _outputs(results: Path, name: str) -> tuple[Findings, list[Test], dict[str, Path], list[Path]]:
     folder = runs_dir(results, name)
-    claims = parse_grid((folder / "grid.toml").read_text(), folder / "grid.toml").claims
+    grid = parse_grid((folder / "grid.toml").read_text(), folder / "grid.toml")
+    check_names(grid, folder / "grid.toml")
+    claims = grid.claims
     exp = load_experiment(results, name, [*curve_metrics(), *curves_needed(list(claims))])
     summary = summarize(exp)
     path = results / f"{exp.name}_summary.csv"
@@ -87,11 +91,37 @@ def _outputs(results: Path, name: str) -> tuple[Findings, list[Test], dict[str, 
     return findings(exp, summary, drawn), tests, figures, written
 
 
+def check_names(grid: Grid, path: str | Path) -> None:
+    """The names `grid` gives the results side exist: its `figures`, each claim's `metric`, `x` and `figure`.
+
+    `sortrl sweep` calls it before any training (a grid names them as strings; their registries live here, above
+    the grid's own checks). Raises `ConfigError` naming the file, the field and the valid choices.
+    """
+    if grid.figures:
+        unknown = sorted(set(grid.figures) - set(FIGURES))
+        if unknown:
+            raise ConfigError(f"{path}: figures: unknown figure {unknown[0]!r}; valid figures: {', '.join(FIGURES)}")
+    metrics = [*SCORES, *DERIVED]
+    for claim in grid.claims:
+        for key in ("metric", "x"):
+            value = getattr(claim, key)
+            if value is not None and value not in metrics:
+                raise ConfigError(
+                    f"{path}: [[claim]] {claim.id}: {key}: unknown value {value!r}; valid choices: {', '.join(metrics)}"
+                )
+        figure = claim.figure
+        if figure is not None and figure not in CLAIM_FIGURES and not figure.startswith("curves:"):
+            choices = ", ".join([*CLAIM_FIGURES, "curves:<metric>"])
+            raise ConfigError(
+                f"{path}: [[claim]] {claim.id}: figure: unknown value {figure!r}; valid choices: {choices}"
+            )
+
+
 def write_report(results: str | Path, readme: str | Path | None = None) -> list[Path]:
     """Write figures, `<exp>_summary.csv` files and `REPORT.md` under `results`; return the paths written.
 
     `readme`: also rewrite the generated `headline` and `findings` blocks of
-    that Markdown file (`sortrl.readme.write_readme`). Its markers are checked
+    that Markdown file (`sortrl.render.readme.write_readme`). Its markers are checked
     before anything is written, so a file without them fails fast with a
     `ConfigError` that names the file and the marker.
     """

@@ -1,6 +1,6 @@
 """Recipes: named presets that set several `RunConfig` fields at once (data only).
 
-`sortrl.config.make_config(recipe="dapo", num_epochs=50)` applies the recipe's
+`sortrl.engine.config.make_config(recipe="dapo", num_epochs=50)` applies the recipe's
 fields first and the explicit ones after, so explicit options always win. Each
 recipe cites the paper (and the TRL/verl option names) it follows.
 """

@@ -5,7 +5,7 @@ shape (reward units, or unitless after std normalisation). A group is the
 `trial` axis of one prompt (`batch` entry) of one run. Lecture modes follow
 `compute_deltas` of CS336 lecture 17; the others name their source.
 
-The contract (also for a plug-in's own mode, `sortrl.registry.register`): a
+The contract (also for a plug-in's own mode, `sortrl.engine.registry.register`): a
 function whose first parameter is the rewards; any further parameters must be
 names of `EXTRAS`, which the engine computes (only in batches that have a run
 whose mode asks for them) and passes by keyword. It must treat every run (and
@@ -84,7 +84,7 @@ def critic(
     V is a linear value head on the policy's prompt encoding (its input
     detached, so the critic never moves the policy), zero at the start and
     trained by Adam (`critic_learning_rate`) on 0.5 * (V - r)^2 averaged over
-    the epoch's responses, one step per inner step (`sortrl.model.value`).
+    the epoch's responses, one step per inner step (`sortrl.engine.model.value`).
     verl's `gae` with gamma = lambda = 1 gives A_t = r - V(s_t) for one
     sequence-level reward, which for this non-autoregressive policy (one state
     per prompt) is this delta; verl then also whitens the advantages over the

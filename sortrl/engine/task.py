@@ -207,7 +207,7 @@ def random_prompts(cfg: TaskFields) -> PromptSet:
     Deterministic given the task fields; independent of the run's `seed`.
     Raises `ConfigError` when there are not enough distinct prompts.
     """
-    from sortrl.registry import ConfigError
+    from sortrl.engine.registry import ConfigError
 
     lengths, values = cfg.lengths, cfg.num_values
     train: list[tuple[int, ...]] = []

@@ -26,7 +26,7 @@ from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from sortrl.task import PAD
+from sortrl.engine.task import PAD
 
 Params = dict[str, Tensor]
 

@@ -1,4 +1,4 @@
-"""`CLAIMS.md` and the README's ledger blocks, rendered from the ledger's tests (`sortrl.claims`).
+"""`CLAIMS.md` and the README's ledger blocks, rendered from the ledger's tests (`sortrl.analysis.claims`).
 
 Every sentence is generated from the numbers: the verdict table (one row per
 test), then a section per claim with its figure, what it compared, the effect
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sortrl.claim_figures import REFERENCE, metric_label
-from sortrl.claims import BINARY, Test
-from sortrl.scores import DERIVED, SCORES
-from sortrl.verdicts import ALPHA, N_RESAMPLES, VERDICTS, Interval
+from sortrl.analysis.claims import BINARY, Test
+from sortrl.analysis.scores import DERIVED, SCORES
+from sortrl.analysis.verdicts import ALPHA, N_RESAMPLES, VERDICTS, Interval
+from sortrl.render.claim_figures import REFERENCE, metric_label
 
 
 def fmt(x: float, digits: int = 3, sign: bool = False) -> str:

@@ -6,12 +6,12 @@ response of the prompt's group). Every random draw comes from the run's own
 and epoch (`sample` reproduces that call for all runs at once), so a run's
 responses never depend on its batch-mates.
 
-A response's score is the run's reward function (`sortrl.task.REWARDS`); the
+A response's score is the run's reward function (`sortrl.engine.task.REWARDS`); the
 reward training uses is shaped from it, in order: minus `length_penalty` x
 response length, plus DAPO's overlong penalty (`overlong_penalty`); zero-std
 groups may then be sampled again (DAPO dynamic sampling, `resample_zero_std`);
 finally, with `use_kl_in_reward`, minus beta x the response's summed per-token
-KL (verl `apply_kl_penalty`, in `sortrl.train`). Reports compare scores, which
+KL (verl `apply_kl_penalty`, in `sortrl.engine.train`). Reports compare scores, which
 mean the same under every shaping.
 """
 
@@ -25,7 +25,7 @@ from einops import rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from sortrl.task import PAD, REWARDS, eos_masks
+from sortrl.engine.task import PAD, REWARDS, eos_masks
 
 
 class Rollout(NamedTuple):

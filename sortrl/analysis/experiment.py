@@ -1,13 +1,13 @@
 """Experiments: one grid's stored runs joined to its configurations, scored per run, and the summary table.
 
 `load_experiment(results, name)` reads `results/runs/<name>/`: its
-`grid.toml` (`sortrl.grid`), manifest and chunks (`sortrl.store`). Every
+`grid.toml` (`sortrl.study.grid`), manifest and chunks (`sortrl.study.store`). Every
 stored run is joined to its configuration by the label and seed stored with
 it, and kept only if its stored config is the one `grid.toml` asks for now.
 While the chunks are read, one at a time and only the columns needed, each
-finished run's scores are computed (`FINAL_SCORES`, `sortrl.scores`: a run's *final*
+finished run's scores are computed (`FINAL_SCORES`, `sortrl.analysis.scores`: a run's *final*
 reward is its mean reward averaged over the last 10% of its epochs,
-`sortrl.stats.final_scores`), and the per-epoch curves are kept only for the
+`sortrl.analysis.stats.final_scores`), and the per-epoch curves are kept only for the
 metrics asked for (`curves`, those the figures draw). So memory holds
 runs x scores plus the curves, not runs x epochs x every column.
 
@@ -20,7 +20,7 @@ solve rate with its Wilson interval. Bootstraps use the fixed seed `SEED`, so
 every number is reproducible bit for bit.
 
 Each configuration also knows its highest possible mean reward (`max_reward`,
-`sortrl.task.best_mean_reward`), which grows with the prompt length, and the
+`sortrl.engine.task.best_mean_reward`), which grows with the prompt length, and the
 uniform random policy's (`chance_reward`, `chance_eval_reward`); where
 configurations' maxima differ (`Experiment.scales_differ`), figures show
 rewards chance-normalised.
@@ -39,15 +39,11 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from sortrl import stats
-from sortrl.config import RunConfig, plain
-from sortrl.grid import DEFAULT_MARGIN, Configuration, Grid, parse_grid, value_label
-from sortrl.scores import SCORES
-from sortrl.scores import columns as score_columns
-from sortrl.scores import compute as compute_scores
-from sortrl.store import read_chunks, read_manifest, read_rows, runs_dir
-from sortrl.task import best_mean_reward, chance_mean_reward
-from sortrl.verdicts import (
+from sortrl.analysis import stats
+from sortrl.analysis.scores import SCORES
+from sortrl.analysis.scores import columns as score_columns
+from sortrl.analysis.scores import compute as compute_scores
+from sortrl.analysis.verdicts import (
     Interval,
     bootstrap_mean,
     chance_normalised,
@@ -58,6 +54,10 @@ from sortrl.verdicts import (
     wilcoxon_p,
     wilson,
 )
+from sortrl.engine.config import RunConfig, plain
+from sortrl.engine.task import best_mean_reward, chance_mean_reward
+from sortrl.study.grid import DEFAULT_MARGIN, Configuration, Grid, parse_grid, value_label
+from sortrl.study.store import read_chunks, read_manifest, read_rows, runs_dir
 
 SEED = 0
 """Seed of every bootstrap in the report."""
@@ -88,7 +88,7 @@ FINAL_SCORES = (
     f"final_{EVAL_REWARD}",
     f"final_{EVAL_ACCURACY}",
 )
-"""Per-run scores (`sortrl.scores.SCORES`) every experiment computes while loading; a grid's claims add theirs.
+"""Per-run scores (`sortrl.analysis.scores.SCORES`) every experiment computes while loading; a grid's claims add theirs.
 
 A held-out score no run has (without held-out prompts) is left out. `final_score`, the chance-normalised
 final reward, is derived from `final_reward` and each configuration's chance and best mean reward.
@@ -160,7 +160,7 @@ class Experiment:
 
         Then a figure that puts them on one reward axis shows each one's reward
         chance-normalised, (reward - chance) / (max - chance) with its own
-        chance and maximum, not in reward points (`sortrl.figures.reward_label`).
+        chance and maximum, not in reward points (`sortrl.render.figures.reward_label`).
         """
         maxima = self.configs["max_reward"]
         return bool(maxima.notna().all()) and maxima.nunique() > 1
@@ -320,7 +320,7 @@ def _read_runs(
     """Read the chunks of `folder` one at a time: (runs, final scores, curves, number of runs stored).
 
     `runs`: one row per run of the grid (`RUN_COLUMNS`); `final`: one row per
-    finished run with the scores `names` (`sortrl.scores`), both in grid then seed order;
+    finished run with the scores `names` (`sortrl.analysis.scores`), both in grid then seed order;
     `curves`: the per-epoch `curves` of the finished runs.
     """
     expected = {c.label: _without_seed(c.config.to_dict()) for c in grid.configurations()}
@@ -417,7 +417,7 @@ VERDICTS = ("better", "worse", "no difference", "inconclusive")
 
 def comparison_verdict(effect: Interval, p_holm: float, margin: float = MARGIN) -> str:
     """`better` / `worse` (corrected p < 0.05, by the sign of the paired effect), `no difference` (not significant,
-    CI inside +-margin) or `inconclusive`: `sortrl.verdicts.verdict` of the prediction "higher", in plain words."""
+    CI inside +-margin) or `inconclusive`: `sortrl.analysis.verdicts.verdict` of the prediction "higher", in plain words."""
     found = verdict(effect, p_holm, ">", margin)
     return dict(zip(("supported", "contradicted", "no effect", "inconclusive"), VERDICTS))[found]
 
@@ -439,7 +439,7 @@ def summarize(exp: Experiment) -> pd.DataFrame:
     Against the reference (NaN for a reference itself), paired by seed on
     the final score (`n_paired` seeds finished by both): `effect` = mean of the
     per-seed differences with `effect_ci_low/high` (bootstrap over seeds,
-    `sortrl.verdicts.paired_effect`), `p_value` (two-sided Wilcoxon signed-rank),
+    `sortrl.analysis.verdicts.paired_effect`), `p_value` (two-sided Wilcoxon signed-rank),
     `p_holm` (Holm over the table's comparisons: one family per experiment),
     `verdict` (`comparison_verdict`, margin `MARGIN`), `seeds_needed` (for an
     inconclusive one: seeds a paired test would need to detect an effect of

@@ -9,7 +9,7 @@ Layout under a results folder (default `results/`):
 
 A chunk (schema version 3) is one Parquet file. Its rows are the per-epoch
 metrics, one row per (run, epoch): `run_id`, `epoch`, `step` and the metric
-columns of `sortrl.train.train`. Its key-value metadata holds `SCHEMA_KEY`
+columns of `sortrl.engine.train.train`. Its key-value metadata holds `SCHEMA_KEY`
 and, under `RUNS_KEY`, the per-run table as JSON:
 `{"configs": [config, ...], "runs": [run, ...]}`, where each run has
 `run_id`, `configuration` (its label in its grid), `seed`, `status` (`ok` or
@@ -186,7 +186,7 @@ def write_chunk(folder: Path, table: pd.DataFrame, runs: Iterable[dict[str, Any]
 def encode_chunk(table: pd.DataFrame, runs: Iterable[dict[str, Any]]) -> tuple[str, bytes]:
     """One chunk of finished runs as (file name, Parquet bytes); a sweep's workers call it, the client stores it.
 
-    `table`: a `sortrl.train.train(..., with_config=False)` table (`run_id`,
+    `table`: a `sortrl.engine.train.train(..., with_config=False)` table (`run_id`,
     `status`, `diverged_epoch`, `epoch`, `step`, metrics). `runs`: one dict per
     run of `table` with its `run_id`, `configuration` (label), `seed` and
     `config` (`RunConfig.to_dict()`). The rows keep `run_id`, `epoch`, `step`

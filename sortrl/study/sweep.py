@@ -1,12 +1,12 @@
 """Sweeps: a grid's runs trained in chunks by a pool of workers, stored as they arrive, resumable.
 
-`run_sweep(grid, results)` trains every run of a `sortrl.grid.Grid` (the grid
+`run_sweep(grid, results)` trains every run of a `sortrl.study.grid.Grid` (the grid
 file format and its expansion live there) that `results/runs/<name>/` does not
 hold yet: `plan_chunks` splits the runs into chunks that share a batch key,
 workers (loky processes here, or a Dask cluster) train each chunk and encode
-it as a Parquet file (`sortrl.store.encode_chunk`, with each run's
+it as a Parquet file (`sortrl.study.store.encode_chunk`, with each run's
 configuration label and config), and this process writes each file as it
-arrives (`sortrl.store.store_chunk`) and the sweep's manifests.
+arrives (`sortrl.study.store.store_chunk`) and the sweep's manifests.
 
 What can go wrong, and what happens (each is a tested property):
 
@@ -44,14 +44,15 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sortrl import __version__
-from sortrl.config import RunConfig
-from sortrl.grid import Grid
-from sortrl.registry import ConfigError, check_choice
-from sortrl.store import (
+from sortrl.engine.config import RunConfig
+from sortrl.engine.registry import ConfigError, check_choice
+from sortrl.engine.train import batch_key, train
+from sortrl.study.grid import Grid
+from sortrl.study.store import (
     atomic_write_text,
     completed_run_ids,
     encode_chunk,
@@ -60,7 +61,6 @@ from sortrl.store import (
     store_chunk,
     write_manifest,
 )
-from sortrl.train import batch_key, train
 
 MAX_ATTEMPTS = 3
 """Most times a chunk is trained when its worker keeps getting lost (killed, crashed)."""
@@ -127,7 +127,7 @@ class Trained(NamedTuple):
 
 
 def _train_chunk(configs: list[RunConfig], labels: list[str], threads: int) -> Trained:
-    """Worker entry point: train one chunk with `threads` torch threads and encode it (`sortrl.store.encode_chunk`).
+    """Worker entry point: train one chunk with `threads` torch threads and encode it (`sortrl.study.store.encode_chunk`).
 
     `labels[i]` is the configuration label of `configs[i]`. Encoding here, not
     in the client, keeps the client (which shares the machine's cores with the
@@ -151,7 +151,7 @@ def _versions() -> dict[str, str]:
     import torch
 
     return {
-        "sortrl": __version__,
+        "sortrl": version("sortrl"),
         "torch": torch.__version__,
         "MKL_CBWR": os.environ.get("MKL_CBWR", ""),  # MKL's reproducibility mode (set by `import sortrl`)
         "host": socket.gethostname(),
@@ -184,7 +184,7 @@ def environment() -> dict[str, Any]:
     import torch
 
     return {
-        "sortrl": __version__,
+        "sortrl": version("sortrl"),
         "git_commit": _git_commit(),
         "git_dirty": _git_dirty(),
         "python": platform.python_version(),

@@ -22,11 +22,17 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from sortrl.deltas import DELTA_MODES, extras
-from sortrl.losses import IMPORTANCE_SAMPLING_LEVELS, KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES
-from sortrl.recipes import RECIPES
-from sortrl.registry import ConfigError, check_choice, lookup
-from sortrl.task import REWARDS, TASKS
+from sortrl.engine.deltas import DELTA_MODES, extras
+from sortrl.engine.losses import (
+    IMPORTANCE_SAMPLING_LEVELS,
+    KL_ESTIMATORS,
+    KL_LOSS_AGG_MODES,
+    LOSS_AGG_MODES,
+    LOSS_MODES,
+)
+from sortrl.engine.recipes import RECIPES
+from sortrl.engine.registry import ConfigError, check_choice, lookup
+from sortrl.engine.task import REWARDS, TASKS
 
 LECTURE_PROMPTS: tuple[tuple[int, ...], ...] = ((1, 0, 2), (3, 2, 4), (1, 2, 3))
 
@@ -137,10 +143,10 @@ class RunConfig:
 
     # --- bookkeeping ----------------------------------------------------
     recipe: str | None = None
-    """Name of the preset (`sortrl.recipes`) this config was built from, a label only."""
+    """Name of the preset (`sortrl.engine.recipes`) this config was built from, a label only."""
     plugins: tuple[str, ...] = ()
     """Python modules imported before the config is checked and before training (in every worker), so a delta mode,
-    loss, reward or KL estimator they register (`sortrl.registry.register`) can be used by name."""
+    loss, reward or KL estimator they register (`sortrl.engine.registry.register`) can be used by name."""
 
     def __post_init__(self) -> None:
         _normalise(self)
@@ -518,7 +524,7 @@ def load_plugins(modules: tuple[str, ...] | list[str]) -> None:
 
 
 def make_config(recipe: str | None = None, **fields: Any) -> RunConfig:
-    """A `RunConfig` from an optional recipe (`sortrl.recipes.RECIPES`) plus explicit fields (explicit ones win).
+    """A `RunConfig` from an optional recipe (`sortrl.engine.recipes.RECIPES`) plus explicit fields (explicit ones win).
 
     Raises `ConfigError` for an unknown recipe (listing the valid ones) or a bad field.
     """

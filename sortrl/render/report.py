@@ -1,14 +1,14 @@
 """`REPORT.md`: every experiment's findings, tables and figures in generated sentences.
 
-`render_report(findings)` renders the `sortrl.findings.Findings` of every
-experiment (`sortrl.publish.write_report` computes them and writes the file):
+`render_report(findings)` renders the `sortrl.analysis.findings.Findings` of every
+experiment (`sortrl.render.publish.write_report` computes them and writes the file):
 what was run, the summary table (also `<exp>_summary.csv`), the paired,
 Holm-corrected comparisons with the baseline (or reference) and the other
-findings (`sortrl.sentences`: the top, null results, grid-specific ones), the
+findings (`sortrl.render.sentences`: the top, null results, grid-specific ones), the
 declared claims, the diverged runs and the figures. Every sentence about
 results is generated from the numbers; none is computed here. Mean reward is
 the headline quantity; a run's *final* reward is its mean reward averaged over
-the last 10% of its epochs (`sortrl.stats.final_scores`), its final score that
+the last 10% of its epochs (`sortrl.analysis.stats.final_scores`), its final score that
 reward chance-normalised.
 """
 
@@ -22,14 +22,23 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from sortrl import stats
-from sortrl.claims import Test
-from sortrl.claims_md import fmt_effect as fmt_claim_effect
-from sortrl.experiment import MARGIN, SEED, VERDICTS, Experiment, compared_with, reference_axes
-from sortrl.figures import FIGURES
-from sortrl.findings import Comparison, Findings, fmt_ci, fmt_effect, fmt_improve, fmt_interval, fmt_p, shared_runs
-from sortrl.sentences import experiment_sentences
-from sortrl.verdicts import N_RESAMPLES
+from sortrl.analysis import stats
+from sortrl.analysis.claims import Test
+from sortrl.analysis.experiment import MARGIN, SEED, VERDICTS, Experiment, compared_with, reference_axes
+from sortrl.analysis.findings import (
+    Comparison,
+    Findings,
+    fmt_ci,
+    fmt_effect,
+    fmt_improve,
+    fmt_interval,
+    fmt_p,
+    shared_runs,
+)
+from sortrl.analysis.verdicts import N_RESAMPLES
+from sortrl.render.claims_md import fmt_effect as fmt_claim_effect
+from sortrl.render.figures import FIGURES
+from sortrl.render.sentences import experiment_sentences
 
 
 def _findings(f: Findings, shared: list[tuple[str, int]] = ()) -> list[str]:
@@ -210,7 +219,7 @@ def _diverged(exp: Experiment) -> list[str]:
 
 
 def render_report(experiments: list[Findings], tests: list[Test] = ()) -> str:
-    """REPORT.md text from the findings of every experiment (in order) and the ledger's tests (`sortrl.claims`)."""
+    """REPORT.md text from the findings of every experiment (in order) and the ledger's tests (`sortrl.analysis.claims`)."""
     import scipy
 
     lines = [

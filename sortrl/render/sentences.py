@@ -1,6 +1,6 @@
 """The generated sentences about one experiment's findings, shared by `REPORT.md` and the README.
 
-Every sentence is built from a `sortrl.findings.Findings` (nothing is computed
+Every sentence is built from a `sortrl.analysis.findings.Findings` (nothing is computed
 here) and says no more than its statistics support: a single best
 configuration only when it separates from every other (paired CI), a tie
 otherwise; verdicts only from the Holm-corrected paired tests; null results
@@ -11,8 +11,8 @@ lists (a few names, then how many more).
 
 from __future__ import annotations
 
-from sortrl.experiment import MARGIN, reference_axes
-from sortrl.findings import (
+from sortrl.analysis.experiment import MARGIN, reference_axes
+from sortrl.analysis.findings import (
     Comparison,
     Findings,
     Floor,

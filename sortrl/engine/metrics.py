@@ -1,10 +1,10 @@
 """What the engine measures: the per-epoch metrics of every run (names and definitions) and the output table.
 
-`sortrl.train` records, per run and epoch, the metrics of the epoch's sampled
+`sortrl.engine.train` records, per run and epoch, the metrics of the epoch's sampled
 responses (`sampled`), of what training made of them (`signal`), of the greedy
 policy after the epoch (`greedy`) and the step means of the inner steps; the
 table of `train` is built by `to_frame`. Every function is vectorised over a
-leading `run` axis; see `sortrl.train.train` for what each column means.
+leading `run` axis; see `sortrl.engine.train.train` for what each column means.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from sortrl.config import FIELD_NAMES, RunConfig, plain
-from sortrl.rollout import Rollout, zero_std
-from sortrl.task import PAD, REWARDS, PromptSet, is_sorted_exactly
+from sortrl.engine.config import FIELD_NAMES, RunConfig, plain
+from sortrl.engine.rollout import Rollout, zero_std
+from sortrl.engine.task import PAD, REWARDS, PromptSet, is_sorted_exactly
 
 METRICS = (
     "mean_reward",

@@ -13,9 +13,9 @@ lecture's numbers exactly. A feature costs only in batches that use it (the
 entropy bonus, temperature, KL, the critic, re-sampling).
 
 One epoch (lecture 17 `run_policy_gradient`): sample `num_responses`
-responses per prompt from the current policy (`sortrl.rollout`), score them,
-turn rewards into deltas (`sortrl.deltas`), then take `num_steps_per_epoch`
-Adam steps on those same responses (`sortrl.objective` holds the loss).
+responses per prompt from the current policy (`sortrl.engine.rollout`), score them,
+turn rewards into deltas (`sortrl.engine.deltas`), then take `num_steps_per_epoch`
+Adam steps on those same responses (`sortrl.engine.objective` holds the loss).
 """
 
 from __future__ import annotations
@@ -32,16 +32,16 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from sortrl import metrics
-from sortrl.config import FIELD_NAMES, RunConfig, load_plugins, physical_memory
-from sortrl.deltas import DELTA_MODES, extras
-from sortrl.losses import KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES, ClipRange
-from sortrl.metrics import METRICS  # noqa: F401 -- part of the engine's interface (sortrl.train.METRICS)
-from sortrl.model import Params, decode, encode, forward, init_params, init_value_head, value
-from sortrl.objective import Entropy, Kl, Policy, fold, ratio_stats, sft_targets
-from sortrl.optim import Adam
-from sortrl.registry import ConfigError
-from sortrl.rollout import (
+from sortrl.engine import metrics
+from sortrl.engine.config import FIELD_NAMES, RunConfig, load_plugins, physical_memory
+from sortrl.engine.deltas import DELTA_MODES, extras
+from sortrl.engine.losses import KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES, ClipRange
+from sortrl.engine.metrics import METRICS  # noqa: F401 -- part of the engine's interface (sortrl.engine.train.METRICS)
+from sortrl.engine.model import Params, decode, encode, forward, init_params, init_value_head, value
+from sortrl.engine.objective import Entropy, Kl, Policy, fold, ratio_stats, sft_targets
+from sortrl.engine.optim import Adam
+from sortrl.engine.registry import ConfigError
+from sortrl.engine.rollout import (
     Scorer,
     gather,
     grad_sq_norms,
@@ -52,7 +52,7 @@ from sortrl.rollout import (
     uniforms,
     zero_std,
 )
-from sortrl.task import TASKS
+from sortrl.engine.task import TASKS
 
 BATCH_KEY = (
     "task",
@@ -115,7 +115,7 @@ def train(
     Columns: `run_id`, `status` (`ok` or `diverged`), `diverged_epoch`, every
     `RunConfig` field (lists such as `prompts` as JSON text; left out with
     `with_config=False`, for callers that keep each run's config once, such as
-    `sortrl.store`), `epoch`, `step` (global inner step at the start of the
+    `sortrl.study.store`), `epoch`, `step` (global inner step at the start of the
     epoch), and the metrics (NaN where a metric does not apply):
 
     | column | meaning (per run and epoch) |
@@ -484,7 +484,7 @@ def _inner_steps(state: _Batch, ep: _Epoch) -> dict[str, Tensor]:
 def _memory_rows(t: Tensor) -> Tensor:
     """[run ...] -> [run n]: each run's elements in memory order, a view (no copy) of a dense tensor.
 
-    `decode` is a permuted view (see `sortrl.model.init_params`), so its gradient is too; flattening it in
+    `decode` is a permuted view (see `sortrl.engine.model.init_params`), so its gradient is too; flattening it in
     logical order would copy it at every step.
     """
     strides = t.stride()

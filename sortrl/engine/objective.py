@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from sortrl.losses import ClipRange, KlFn, LossMode
-from sortrl.rollout import Rollout, gather, with_run_axis
-from sortrl.task import PAD, sorted_prompts
+from sortrl.engine.losses import ClipRange, KlFn, LossMode
+from sortrl.engine.rollout import Rollout, gather, with_run_axis
+from sortrl.engine.task import PAD, sorted_prompts
 
 
 def fold(values: Float[Tensor, "run batch trial pos"], onehot: Tensor) -> Float[Tensor, "run batch pos vocab"]:

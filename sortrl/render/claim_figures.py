@@ -4,7 +4,7 @@
 `DEFAULTS`) to a function `(experiment, claim, tests) -> Figure`, with the
 per-epoch curves it needs (`curves_needed`). Every figure has one panel per
 test of the claim (one per regime), shares the report's style and writes
-byte-identical PNGs (`sortrl.figures.save_figure`).
+byte-identical PNGs (`sortrl.render.figures.save_figure`).
 
 | figure | shows |
 | --- | --- |
@@ -26,13 +26,13 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from sortrl import stats
-from sortrl.claims import SEED, Test
-from sortrl.experiment import Experiment, make_palette
-from sortrl.figures import style, subplots
-from sortrl.grid import Claim
-from sortrl.scores import DERIVED, SCORES
-from sortrl.verdicts import wilson
+from sortrl.analysis import stats
+from sortrl.analysis.claims import SEED, Test
+from sortrl.analysis.experiment import Experiment, make_palette
+from sortrl.analysis.scores import DERIVED, SCORES
+from sortrl.analysis.verdicts import wilson
+from sortrl.render.figures import style, subplots
+from sortrl.study.grid import Claim
 
 DEFAULTS = {"pair": "paired", "each": "paired", "interaction": "paired", "trend": "trend", "correlation": "scatter"}
 """The figure of a claim that names none, by its kind."""

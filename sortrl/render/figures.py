@@ -3,13 +3,13 @@
 `FIGURES` maps a figure's name to a `FigureSpec`: its function `(experiment,
 summary) -> Figure or None` (None when the figure does not apply to the
 experiment), its caption and the metrics whose per-epoch curves it draws
-(which `sortrl.publish.write_report` asks `load_experiment` to keep); the
+(which `sortrl.render.publish.write_report` asks `load_experiment` to keep); the
 report saves each as `results/figures/<exp>_<name>.png`. Figures are made without pyplot (no global
 state) and drawn in one fixed style (`style`: matplotlib's defaults plus
 seaborn's whitegrid, whatever the user's matplotlibrc), and `png_bytes` writes
 no timestamp or version metadata, so equal runs give byte-identical PNGs.
 Mean reward, never loss, is on every reward axis; bands and error bars are 95%
-percentile-bootstrap CIs over seeds (`sortrl.stats.bootstrap_ci`).
+percentile-bootstrap CIs over seeds (`sortrl.analysis.stats.bootstrap_ci`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from sortrl import stats
-from sortrl.experiment import (
+from sortrl.analysis import stats
+from sortrl.analysis.experiment import (
     EVAL_ACCURACY,
     EVAL_REWARD,
     LECTURE_SEED,
@@ -45,8 +45,8 @@ from sortrl.experiment import (
     reward_ceiling,
     reward_maxima,
 )
-from sortrl.grid import join_labels, value_label
-from sortrl.store import atomic_write_bytes
+from sortrl.study.grid import join_labels, value_label
+from sortrl.study.store import atomic_write_bytes
 
 CURVE_POINTS = 26
 """Epochs (evenly spaced, last included) at which IQM-over-steps curves are bootstrapped."""

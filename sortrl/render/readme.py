@@ -5,14 +5,14 @@ results live between marker comments that `sortrl report --readme README.md`
 rewrites (`write_readme`):
 
     <!-- BEGIN GENERATED: headline -->   the trap figure (solve rate by choice, the SFT reference) and the
-    <!-- END GENERATED: headline -->     claims ledger's verdict table (`sortrl.claims_md.readme_block`)
+    <!-- END GENERATED: headline -->     claims ledger's verdict table (`sortrl.render.claims_md.readme_block`)
     <!-- BEGIN GENERATED: findings -->   per experiment, 2-4 sentences from its findings
     <!-- END GENERATED: findings -->
 
 Only the text between the markers of `BLOCKS` changes; every other byte of the
 file (hand-written text, other generated blocks such as `speed`, which the
 benchmarks fill) stays as it is. The sentences render the same
-`sortrl.findings.Findings` as `REPORT.md` (`sortrl.report`), in fewer words,
+`sortrl.analysis.findings.Findings` as `REPORT.md` (`sortrl.render.report`), in fewer words,
 and the output is deterministic: the same runs give the same README.
 """
 
@@ -21,13 +21,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sortrl import sentences, stats
-from sortrl.claims import Test
-from sortrl.claims_md import readme_block, trap_caption
-from sortrl.experiment import LECTURE_SEED, Experiment
-from sortrl.findings import Findings, shared_runs
-from sortrl.registry import ConfigError
-from sortrl.store import atomic_write_bytes
+from sortrl.analysis import stats
+from sortrl.analysis.claims import Test
+from sortrl.analysis.experiment import LECTURE_SEED, Experiment
+from sortrl.analysis.findings import Findings, shared_runs
+from sortrl.engine.registry import ConfigError
+from sortrl.render import sentences
+from sortrl.render.claims_md import readme_block, trap_caption
+from sortrl.study.store import atomic_write_bytes
 
 BLOCKS = ("headline", "findings")
 """The README blocks `write_readme` fills (others, e.g. `speed`, are left alone)."""
@@ -86,7 +87,7 @@ def write_readme(
 ) -> Path:
     """Rewrite the `BLOCKS` of the Markdown file `path` from `sections` and the ledger, atomically; returns `path`.
 
-    `tests`: the claims ledger (`sortrl.claims.ledger`); `trap`: the figure of
+    `tests`: the claims ledger (`sortrl.analysis.claims.ledger`); `trap`: the figure of
     solve rate by choice. With neither, the headline is the first experiment's
     reward curves. Links (the figure, `REPORT.md`, `CLAIMS.md`) are relative to
     `path`'s folder. The file is not touched when its blocks already say what

@@ -24,7 +24,7 @@ A grid file is TOML:
     predicts = "higher"
 
 Any `RunConfig` field may be a base value or an axis, and so may `recipe`
-(a named preset, `sortrl.recipes`): a recipe's fields come first and explicit
+(a named preset, `sortrl.engine.recipes`): a recipe's fields come first and explicit
 fields override them. An axis that is not a field is a *bundle* axis: each of
 its values is a table of fields with a `name` (which labels it), e.g. two
 regimes a claim is tested in:
@@ -55,9 +55,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from sortrl.config import FIELD_NAMES, MAX_SEED, RunConfig, ignored_fields, make_config, plain, run_id_of
-from sortrl.registry import ConfigError, check_choice
-from sortrl.task import TASKS
+from sortrl.engine.config import FIELD_NAMES, MAX_SEED, RunConfig, ignored_fields, make_config, plain, run_id_of
+from sortrl.engine.registry import ConfigError, check_choice
+from sortrl.engine.task import TASKS
 
 GRID_KEYS = ("name", "seeds", "highlight_seed", "baseline", "figures", "base", "grid", "claim")
 MAX_RUNS = 1_000_000
@@ -155,7 +155,7 @@ class Claim:
 
     Every effect is computed per seed (a seed is the same initial model and
     data stream in every configuration) on the per-run score `metric`
-    (`sortrl.scores.SCORES`, or `final_score`), then averaged over seeds:
+    (`sortrl.analysis.scores.SCORES`, or `final_score`), then averaged over seeds:
 
     | kind | effect per seed |
     | --- | --- |
@@ -199,7 +199,7 @@ class Claim:
     implied: float | None = None
     """The effect size the source implies (metric units), for the seeds a test would need; None: `margin`."""
     figure: str | None = None
-    """The figure drawn for the claim (`sortrl.claims` figure name); None: the kind's default."""
+    """The figure drawn for the claim (`sortrl.render.claim_figures.FIGURES`); None: the kind's default."""
     x: str | None = None
     """`correlation`: the metric on the other axis."""
     skip: tuple[Any, ...] = ()
@@ -212,7 +212,7 @@ class Claim:
 
     @property
     def prediction(self) -> str:
-        """The prediction as `sortrl.verdicts` spells it: `>`, `<` or `=`."""
+        """The prediction as `sortrl.analysis.verdicts` spells it: `>`, `<` or `=`."""
         return {"higher": ">", "lower": "<", "same": "="}[self.predicts]
 
 
@@ -229,7 +229,7 @@ class Grid:
     text: str = ""
     claims: tuple[Claim, ...] = ()
     figures: tuple[str, ...] | None = None
-    """The report's figures to draw for the grid (`sortrl.figures.FIGURES` names); None: every one that applies."""
+    """The report's figures to draw for the grid (`sortrl.render.figures.FIGURES` names); None: every one that applies."""
 
     @cached_property
     def _configurations(self) -> tuple[Configuration, ...]:
@@ -326,7 +326,7 @@ class Grid:
 
 
 def with_seed(config: RunConfig, seed: int, fields: dict[str, Any] | None = None) -> RunConfig:
-    """`config` with `seed` (checked against `sortrl.config.MAX_SEED`), without checking its other fields again.
+    """`config` with `seed` (checked against `sortrl.engine.config.MAX_SEED`), without checking its other fields again.
 
     Equal to `make_config(**fields, seed=seed)` for the fields `config` was made
     from (a tested property): no check of `RunConfig` depends on the seed but
@@ -414,7 +414,7 @@ def parse_grid(text: str, path: str | Path = "<grid>") -> Grid:
     figures = data.get("figures")
     if figures is not None:
         if not isinstance(figures, list) or not all(isinstance(f, str) for f in figures):
-            raise _fail(path, f"figures: a list of figure names (sortrl.figures.FIGURES), got {figures!r}")
+            raise _fail(path, f"figures: a list of figure names (sortrl.render.figures.FIGURES), got {figures!r}")
         figures = tuple(figures)
     return Grid(name, seeds, tables["base"], axes, tables["baseline"], highlight, text, claims, figures)
 
@@ -517,11 +517,6 @@ def _parse_claims(tables: Any, grid: Grid, path: str | Path) -> tuple[Claim, ...
     """The `[[claim]]` tables: each complete, and every configuration it compares in the grid."""
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise _fail(path, "claim: declare each claim as a [[claim]] table")
-    if not tables:  # sortrl.scores imports scipy (0.6 s): a sweep of a grid without claims does without it
-        return ()
-    from sortrl.scores import DERIVED, SCORES  # the scores a metric may name (sortrl.scores imports no grid)
-
-    metrics = {*SCORES, *DERIVED}
     claims: list[Claim] = []
     for i, table in enumerate(tables):
         where = f"[[claim]] {table.get('id', i + 1)!s}"
@@ -543,12 +538,14 @@ def _parse_claims(tables: Any, grid: Grid, path: str | Path) -> tuple[Claim, ...
         values.setdefault("old", {})
         values.setdefault("new", {})
         values.setdefault("across", "regime" if "regime" in grid.axes else None)
-        for key, choices in (("kind", KINDS), ("predicts", PREDICTIONS), ("metric", metrics), ("x", metrics)):
-            if key in values or key in ("kind", "predicts"):
-                try:
-                    check_choice(key, values.get(key), dict.fromkeys(choices))
-                except ConfigError as err:
-                    raise fail(str(err)) from None
+        for key, choices in (("kind", KINDS), ("predicts", PREDICTIONS)):
+            try:
+                check_choice(key, values.get(key), dict.fromkeys(choices))
+            except ConfigError as err:
+                raise fail(str(err)) from None
+        for key in ("metric", "x", "figure"):  # names the results side defines: it checks them (`check_names`)
+            if key in values and (not isinstance(values[key], str) or not values[key]):
+                raise fail(f"{key}: a non-empty string, got {values[key]!r}")
         for key in ("margin", "implied"):
             value = values.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):

@@ -5,7 +5,7 @@ score may read every `abs_delta/prompt=*` column a run has) and reduces the
 rows of many runs at once: `reduce(rows)` takes one row per (run, epoch)
 with a `run` column (an integer per run), `epoch` and the metrics, and returns
 a Series indexed by `run`. A score whose metrics a run lacks is NaN for it.
-`sortrl.experiment` computes the scores while it reads the stored chunks.
+`sortrl.analysis.experiment` computes the scores while it reads the stored chunks.
 
 The final-value convention is rliable's and the lecture's: a run's *final*
 value of a metric is its mean over the last `stats.FINAL_FRACTION` (10%) of
@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from sortrl import stats
+from sortrl.analysis import stats
 
 LATE_FRACTION = 0.2
 """`reward_volatility` looks at the last 20% of a run's epochs."""
@@ -188,7 +188,7 @@ SCORES: dict[str, Score] = {
 DERIVED = {
     "final_score": "final reward, chance-normalised: (final reward - uniform policy's) / (best - uniform policy's)"
 }
-"""Scores `sortrl.experiment` derives from a score and the configuration (not from the rows alone)."""
+"""Scores `sortrl.analysis.experiment` derives from a score and the configuration (not from the rows alone)."""
 
 
 def columns(names: list[str], available: list[str]) -> list[str]:

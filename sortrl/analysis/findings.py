@@ -1,6 +1,6 @@
 """Findings: what an experiment's numbers say, as data, for the renderers to put into words.
 
-`findings(exp, summary)` turns a loaded experiment (`sortrl.experiment`) and
+`findings(exp, summary)` turns a loaded experiment (`sortrl.analysis.experiment`) and
 its summary table into a `Findings`, following the statistics of DESIGN.md
 ("Statistics the reports follow"):
 
@@ -10,7 +10,7 @@ its summary table into a `Findings`, following the statistics of DESIGN.md
   correction over the experiment's comparisons and a verdict from the
   corrected test (`better`, `worse`, `no difference` within the margin,
   `inconclusive`), with P(improve) beside it as the unpaired view
-  (`Comparison`; the numbers are the summary's, `sortrl.experiment.summarize`);
+  (`Comparison`; the numbers are the summary's, `sortrl.analysis.experiment.summarize`);
 - the top of each reward scale: a single best configuration only when it
   separates from every other configuration (paired CI above 0 and a
   Holm-corrected Wilcoxon test), else who is tied with it (`Top`);
@@ -21,8 +21,8 @@ its summary table into a `Findings`, following the statistics of DESIGN.md
   of neighbours, and what EOS does to the response length against the
   untrained policy's.
 
-`REPORT.md` (`sortrl.report`) and the README's findings block
-(`sortrl.readme`) are two renderings of the same findings; neither computes a
+`REPORT.md` (`sortrl.render.report`) and the README's findings block
+(`sortrl.render.readme`) are two renderings of the same findings; neither computes a
 number of its own. Numbers are formatted here too (`fmt_num`, `fmt_interval`,
 `fmt_estimate`, `fmt_effect`), so both say them alike, and a degenerate
 interval (every resample the same) is flagged, never printed as `[x, x]`.
@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from sortrl import stats
-from sortrl.experiment import (
+from sortrl.analysis import stats
+from sortrl.analysis.experiment import (
     EVAL_ACCURACY,
     EVAL_REWARD,
     MARGIN,
@@ -48,8 +48,8 @@ from sortrl.experiment import (
     paired,
     scores,
 )
-from sortrl.grid import join_labels, value_label
-from sortrl.verdicts import ALPHA, Interval, bootstrap_mean, holm, paired_effect, wilcoxon_p
+from sortrl.analysis.verdicts import ALPHA, Interval, bootstrap_mean, holm, paired_effect, wilcoxon_p
+from sortrl.study.grid import join_labels, value_label
 
 
 # --- numbers as text -------------------------------------------------------------
@@ -114,7 +114,7 @@ def verdict(low: float, high: float) -> str:
     """Where a P(improve) CI lies relative to 0.5: `above 0.5`, `below 0.5` or `contains 0.5`.
 
     The unpaired view only: the report's verdicts come from the paired, Holm-corrected test
-    (`sortrl.experiment.comparison_verdict`); a CI containing 0.5 is no evidence of equality.
+    (`sortrl.analysis.experiment.comparison_verdict`); a CI containing 0.5 is no evidence of equality.
     """
     if low > 0.5:
         return "above 0.5"
@@ -137,7 +137,7 @@ class Comparison:
     p_holm: float
     """Holm-corrected over the experiment's comparisons."""
     verdict: str
-    """`better`, `worse`, `no difference`, `inconclusive` (`sortrl.experiment.VERDICTS`); `""` without a test."""
+    """`better`, `worse`, `no difference`, `inconclusive` (`sortrl.analysis.experiment.VERDICTS`); `""` without a test."""
     seeds_needed: int | None
     """For an inconclusive comparison: seeds a paired test would need to detect an effect of the margin."""
     improve: Interval
@@ -250,7 +250,7 @@ class Findings:
     experiment: Experiment
     summary: pd.DataFrame
     figures: list[str] = field(default_factory=list)
-    """Names of the figures drawn (`sortrl.figures.FIGURES`)."""
+    """Names of the figures drawn (`sortrl.render.figures.FIGURES`)."""
     comparisons: list[Comparison] = field(default_factory=list)
     """Every configuration that has a reference other than itself, in grid order."""
     tops: list[Top] = field(default_factory=list)
@@ -274,7 +274,7 @@ class Findings:
 
 
 def findings(exp: Experiment, summary: pd.DataFrame, figures: list[str] | None = None) -> Findings:
-    """The findings of `exp` (its summary table from `sortrl.experiment.summarize`)."""
+    """The findings of `exp` (its summary table from `sortrl.analysis.experiment.summarize`)."""
     out = Findings(experiment=exp, summary=summary, figures=list(figures or []), comparisons=_comparisons(summary))
     for scale, part in _by_scale(summary):
         labels = list(part["configuration"])
