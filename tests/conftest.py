@@ -182,4 +182,4 @@ def sections(results, written):
     for exp in experiment.load_experiments(results, figures.curve_metrics()):
         names = [n for n in figures.FIGURES if (results / "figures" / f"{exp.name}_{n}.png").is_file()]
         out.append(findings.findings(exp, experiment.summarize(exp), names))
-    return out
+    return findings.link_shared(out)

@@ -202,9 +202,12 @@ def test_shared_runs_are_named():
     def section(name, ids):
         return Findings(experiment=SimpleNamespace(name=name, final=pd.DataFrame({"run_id": ids})), summary=None)
 
-    shared = findings.shared_runs([section("small", ["a", "b"]), section("big", ["a", "b", "c"]), section("x", ["c"])])
+    sections = [section("small", ["a", "b"]), section("big", ["a", "b", "c"]), section("x", ["c"])]
+    shared = findings.shared_runs(sections)
     assert shared == {"small": [("big", 2)], "big": [], "x": [("big", 1)]}
-    assert sentences.shared_sentence(None, shared["small"]) == (
+    small, big, _ = findings.link_shared(sections)
+    assert (small.shared, big.shared) == ([("big", 2)], []) and sentences.shared_sentence(big) == ""
+    assert sentences.shared_sentence(small) == (
         "Every one of this grid's 2 finished runs is also a run of `big` (same configuration and seed): its numbers "
         "repeat those runs', not independent evidence."
     )

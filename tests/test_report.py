@@ -183,7 +183,7 @@ def test_scale_axes_compare_within_the_same_prompt_length(results, written):
     assert summary["p_improve"].isna().tolist() == [True, False, True, False]
     assert {"eval_mean_reward", "eval_greedy_accuracy"} <= set(summary.columns)
     assert summary["scale"].tolist() == ["prompt_length=3"] * 2 + ["prompt_length=4"] * 2
-    assert experiment.reference_axes(exp) == ["prompt_length"]
+    assert exp.reference_axes == ["prompt_length"]
 
 
 def test_runs_are_joined_by_label_and_seed_and_stale_runs_ignored(copy, report_grids):

@@ -173,6 +173,17 @@ class Experiment:
         """
         return self.scales_differ or not set(self.axes[1:3]) & set(SCALE_FIELDS)
 
+    @property
+    def reference_axes(self) -> list[str]:
+        """The axes on which some configuration's reference differs from the baseline (it keeps its own value)."""
+        references = self.configs.loc[self.configs["reference"]]
+        return [a for a in self.axes if any(v != self.configs.at[self.baseline, a] for v in references[a].tolist())]
+
+    @property
+    def compared_with(self) -> str:
+        """What configurations are compared with: `the baseline`, or `the reference` when some have another."""
+        return "the reference" if self.reference_axes else "the baseline"
+
     def colour(self, label: str) -> Any:
         """The colour of configuration `label` (the same in every figure of the experiment)."""
         return self.palette[self.configs.at[label, "hue"]]
@@ -261,8 +272,18 @@ def experiment_names(results: str | Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / "grid.toml").is_file()) if root.is_dir() else []
 
 
+def stored_grid(results: str | Path, name: str) -> Grid:
+    """The grid file stored with experiment `name` (`results/runs/<name>/grid.toml`), parsed."""
+    path = runs_dir(results, name) / "grid.toml"
+    return parse_grid(path.read_text(), path)
+
+
 def load_experiment(
-    results: str | Path, name: str, curves: Iterable[str] = CURVES, extra_scores: Iterable[str] = ()
+    results: str | Path,
+    name: str,
+    curves: Iterable[str] = CURVES,
+    extra_scores: Iterable[str] = (),
+    grid: Grid | None = None,
 ) -> Experiment:
     """Load experiment `name` from `results/runs/<name>/` (its `grid.toml`, manifest and chunks).
 
@@ -272,10 +293,11 @@ def load_experiment(
     `RunConfig`) and extra copies of a (configuration, seed) pair are ignored,
     with a line in `notes`. `curves`: the metrics whose per-epoch values are
     kept (`Experiment.curves`); every other metric is read only to score runs.
-    The scores are `FINAL_SCORES`, those the grid's claims name, and `extra_scores`.
+    The scores are `FINAL_SCORES`, those the grid's claims name, and `extra_scores`. `grid`: the experiment's
+    `stored_grid`, when the caller has read it already.
     """
     folder = runs_dir(results, name)
-    grid = parse_grid((folder / "grid.toml").read_text(), folder / "grid.toml")
+    grid = grid if grid is not None else stored_grid(results, name)
     configs = _configurations(grid)
     wanted = [*FINAL_SCORES, *(m for c in grid.claims for m in c.scores), *extra_scores]
     names = list(dict.fromkeys(n for n in wanted if n in SCORES))
@@ -541,14 +563,3 @@ def is_lecture_experiment(exp: Experiment) -> bool:
     return all(
         c.config == RunConfig(deltas_mode=c.config.deltas_mode, seed=c.config.seed) for c in exp.grid.configurations()
     )
-
-
-def reference_axes(exp: Experiment) -> list[str]:
-    """The axes on which some configuration's reference differs from the baseline (it keeps its own value there)."""
-    references = exp.configs.loc[exp.configs["reference"]]
-    return [a for a in exp.axes if any(v != exp.configs.at[exp.baseline, a] for v in references[a].tolist())]
-
-
-def compared_with(exp: Experiment) -> str:
-    """What configurations are compared with: `the baseline`, or `the reference` when some have another."""
-    return "the reference" if reference_axes(exp) else "the baseline"

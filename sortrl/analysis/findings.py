@@ -32,7 +32,7 @@ Everything is pure: no files, no figures.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -264,6 +264,8 @@ class Findings:
     ranking_setting: str = ""
     """The labels of the axes held at the baseline's values while recipes are ranked."""
     eos: list[Eos] = field(default_factory=list)
+    shared: list[tuple[str, int]] = field(default_factory=list)
+    """The other experiments holding every one of this one's finished runs, and how many (`link_shared`)."""
 
     @property
     def tested(self) -> list[Comparison]:
@@ -446,6 +448,12 @@ def _eos(exp: Experiment, groups: list[str]) -> list[Eos]:
         longest = max(exp.config(label).response_length for label in part["configuration"].unique())
         out.append(Eos(where, len(part), now.mean(), before.mean(), paired_effect(now, before, SEED), longest))
     return out
+
+
+def link_shared(sections: list[Findings]) -> list[Findings]:
+    """`sections` with each one's `shared` filled in (`shared_runs`): the one finding that spans experiments."""
+    shared = shared_runs(sections)
+    return [replace(f, shared=shared.get(f.experiment.name, [])) for f in sections]
 
 
 def shared_runs(sections: list[Findings]) -> dict[str, list[tuple[str, int]]]:

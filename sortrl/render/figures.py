@@ -39,7 +39,6 @@ from sortrl.analysis.experiment import (
     SEED,
     VERDICTS,
     Experiment,
-    compared_with,
     is_lecture_experiment,
     make_palette,
     reward_ceiling,
@@ -362,9 +361,9 @@ def plot_improvement(exp: Experiment, summary: pd.DataFrame) -> Figure | None:
         ax.axvline(0.5, color="black", lw=1)
         ax.set_xlim(0, 1)
         ax.set_xlabel(
-            f"P(final reward of configuration > final reward of {compared_with(exp)})\nbaseline: {exp.baseline}"
+            f"P(final reward of configuration > final reward of {exp.compared_with})\nbaseline: {exp.baseline}"
         )
-        ax.set_title(f"{exp.name}: probability of improvement over {compared_with(exp)} (95% bootstrap CIs)")
+        ax.set_title(f"{exp.name}: probability of improvement over {exp.compared_with} (95% bootstrap CIs)")
     return fig
 
 
@@ -393,7 +392,7 @@ def plot_effects(exp: Experiment, summary: pd.DataFrame) -> Figure | None:
         handles.append(Line2D([], [], color="grey", alpha=0.3, lw=8, label=f"margin ±{MARGIN:g}"))
         fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False, title="Holm verdict")
         ax.set_xlabel(
-            f"final score minus {compared_with(exp)}'s, mean over seeds of the per-seed difference\n"
+            f"final score minus {exp.compared_with}'s, mean over seeds of the per-seed difference\n"
             f"(final score = (reward − chance) / (max − chance)); baseline: {exp.baseline}"
         )
         ax.set_title(f"{exp.name}: paired effects on the final score (95% bootstrap CIs)")

@@ -33,8 +33,8 @@ import joblib
 from sortrl.analysis.claims import Test, ledger
 from sortrl.analysis.claims import table as claims_table
 from sortrl.analysis.claims import tests as claim_tests
-from sortrl.analysis.experiment import experiment_names, load_experiment, summarize
-from sortrl.analysis.findings import Findings, findings
+from sortrl.analysis.experiment import experiment_names, load_experiment, stored_grid, summarize
+from sortrl.analysis.findings import Findings, findings, link_shared
 from sortrl.analysis.scores import DERIVED, SCORES
 from sortrl.engine.registry import ConfigError
 from sortrl.render.claim_figures import FIGURES as CLAIM_FIGURES
@@ -45,7 +45,7 @@ from sortrl.render.claims_md import render as render_claims
 from sortrl.render.figures import FIGURES, curve_metrics, save_figure
 from sortrl.render.readme import read_readme, write_readme
 from sortrl.render.report import render_report
-from sortrl.study.grid import Grid, parse_grid
+from sortrl.study.grid import Grid
 from sortrl.study.store import atomic_write_text, runs_dir
 
 Outputs = tuple[Findings, list[Test], dict[str, Path], list[Path], list[warnings.WarningMessage]]
@@ -64,11 +64,9 @@ def _experiment_outputs(results: Path, name: str) -> Outputs:
 
 
 def _outputs(results: Path, name: str) -> tuple[Findings, list[Test], dict[str, Path], list[Path]]:
-    folder = runs_dir(results, name)
-    grid = parse_grid((folder / "grid.toml").read_text(), folder / "grid.toml")
-    check_names(grid, folder / "grid.toml")
-    claims = grid.claims
-    exp = load_experiment(results, name, [*curve_metrics(), *curves_needed(list(claims))])
+    grid = stored_grid(results, name)
+    check_names(grid, runs_dir(results, name) / "grid.toml")
+    exp = load_experiment(results, name, [*curve_metrics(), *curves_needed(list(grid.claims))], grid=grid)
     summary = summarize(exp)
     path = results / f"{exp.name}_summary.csv"
     atomic_write_text(path, summary.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
@@ -140,7 +138,7 @@ def write_report(results: str | Path, readme: str | Path | None = None) -> list[
         for warning in caught:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     written = [path for *_, paths, _ in outputs for path in paths]
-    sections = [found for found, *_ in outputs]
+    sections = link_shared([found for found, *_ in outputs])  # the one finding across experiments
     tests = ledger([t for _, mine, *_ in outputs for t in mine])  # Holm over every claim of every grid
     figures = {claim_id: path for _, _, mine, *_ in outputs for claim_id, path in mine.items()}
     _check_claim_ids(tests)

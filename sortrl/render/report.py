@@ -24,7 +24,7 @@ import seaborn as sns
 
 from sortrl.analysis import stats
 from sortrl.analysis.claims import Test
-from sortrl.analysis.experiment import MARGIN, SEED, VERDICTS, Experiment, compared_with, reference_axes
+from sortrl.analysis.experiment import MARGIN, SEED, VERDICTS, Experiment
 from sortrl.analysis.findings import (
     Comparison,
     Findings,
@@ -33,7 +33,6 @@ from sortrl.analysis.findings import (
     fmt_improve,
     fmt_interval,
     fmt_p,
-    shared_runs,
 )
 from sortrl.analysis.verdicts import N_RESAMPLES
 from sortrl.render.claims_md import fmt_effect as fmt_claim_effect
@@ -41,11 +40,11 @@ from sortrl.render.figures import FIGURES
 from sortrl.render.sentences import experiment_sentences
 
 
-def _findings(f: Findings, shared: list[tuple[str, int]] = ()) -> list[str]:
+def _findings(f: Findings) -> list[str]:
     exp = f.experiment
     m = len(f.tested)
     lines = [f"Baseline: **{exp.baseline}**."]
-    own = reference_axes(exp)
+    own = exp.reference_axes
     if own:
         lines[0] += (
             f" Configurations whose {' / '.join(f'`{a}`' for a in own)} {'differs' if len(own) == 1 else 'differ'} "
@@ -62,9 +61,9 @@ def _findings(f: Findings, shared: list[tuple[str, int]] = ()) -> list[str]:
     for word in VERDICTS:
         chosen = f.verdicts(word)
         items = "; ".join(_compared(exp, c) for c in chosen) if chosen else "none"
-        lines.append(f"- {HEADS[word].format(versus=compared_with(exp), margin=f'{MARGIN:g}')}: {items}.")
+        lines.append(f"- {HEADS[word].format(versus=exp.compared_with, margin=f'{MARGIN:g}')}: {items}.")
     lines += _untested(f)
-    lines += [f"- {sentence}" for sentence in experiment_sentences(f, shared, short=False)]
+    lines += [f"- {sentence}" for sentence in experiment_sentences(f, short=False)]
     return lines
 
 
@@ -178,7 +177,7 @@ def _what_was_run(exp: Experiment) -> list[str]:
 
 
 def _table(exp: Experiment, summary: pd.DataFrame) -> list[str]:
-    versus = "reference" if reference_axes(exp) else "baseline"
+    versus = "reference" if exp.reference_axes else "baseline"
     head = ["configuration", "n", "mean reward [95% CI]", "IQM [95% CI]", "final score [95% CI]"]
     head += [f"paired effect vs {versus} [95% CI]", "p (Holm)", "verdict", f"P(improve) over {versus} [95% CI]"]
     head += ["reference"] if versus == "reference" else []
@@ -269,7 +268,6 @@ def render_report(experiments: list[Findings], tests: list[Test] = ()) -> str:
         f"seaborn `{sns.__version__}`, matplotlib `{mpl.__version__}`.",
         "",
     ]
-    shared = shared_runs(experiments)
     for f in experiments:
         exp, summary = f.experiment, f.summary
         lines += [f"## Experiment `{exp.name}`", "", "### What was run", "", *_what_was_run(exp), ""]
@@ -281,7 +279,7 @@ def render_report(experiments: list[Findings], tests: list[Test] = ()) -> str:
             *_table(exp, summary),
             "",
         ]
-        lines += ["### Findings", "", *_findings(f, shared.get(exp.name, [])), ""]
+        lines += ["### Findings", "", *_findings(f), ""]
         lines += _claims(f, list(tests))
         lines += ["### Diverged runs", "", *_diverged(exp), ""]
         lines += ["### Figures", ""]

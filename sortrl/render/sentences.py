@@ -11,7 +11,7 @@ lists (a few names, then how many more).
 
 from __future__ import annotations
 
-from sortrl.analysis.experiment import MARGIN, reference_axes
+from sortrl.analysis.experiment import MARGIN
 from sortrl.analysis.findings import (
     Comparison,
     Findings,
@@ -88,7 +88,7 @@ def comparisons_sentence(f: Findings, short: bool = True) -> str:
                 "fewer than the two a paired test needs."
             )
         return ""
-    own = reference_axes(exp)
+    own = exp.reference_axes
     against = (
         f"its reference (the baseline's settings, {exp.baseline}, at its own {' / '.join(own)})"
         if own
@@ -226,19 +226,19 @@ def recipe_sentences(f: Findings) -> list[str]:
     return out
 
 
-def shared_sentence(f: Findings, shared: list[tuple[str, int]]) -> str:
-    """That every run of this experiment is also a run of another (same configuration and seed)."""
-    if not shared:
+def shared_sentence(f: Findings) -> str:
+    """That every run of this experiment is also a run of another (same configuration and seed: `f.shared`)."""
+    if not f.shared:
         return ""
-    others = _and([f"`{name}`" for name, _ in shared])
-    n = shared[0][1]
+    others = _and([f"`{name}`" for name, _ in f.shared])
+    n = f.shared[0][1]
     return (
         f"Every one of this grid's {n:,} finished runs is also a run of {others} (same configuration and seed): "
         "its numbers repeat those runs', not independent evidence."
     )
 
 
-def experiment_sentences(f: Findings, shared: list[tuple[str, int]] = (), short: bool = True) -> list[str]:
+def experiment_sentences(f: Findings, short: bool = True) -> list[str]:
     """Every finding of one experiment in sentences: the top, null results, the grid's own findings, shared runs.
 
     (The comparisons with the reference are the caller's: a count in the README, full lists in REPORT.md.)
@@ -247,5 +247,5 @@ def experiment_sentences(f: Findings, shared: list[tuple[str, int]] = (), short:
     out += floor_sentences(f, short)
     out += prompt_length_sentences(f)
     out += recipe_sentences(f)
-    out.append(shared_sentence(f, list(shared)))
+    out.append(shared_sentence(f))
     return [s for s in out if s]
