@@ -146,12 +146,16 @@ def _train_chunk(configs: list[RunConfig], labels: list[str], threads: int) -> T
     return Trained(name, data, sorted(cfg.run_id for cfg in configs), _versions())
 
 
+SORTRL_VERSION = version("sortrl")
+"""The installed sortrl's version (its package metadata), read once per process."""
+
+
 def _versions() -> dict[str, str]:
     """What must match between the client and every worker for their results to mix (plus the worker's host)."""
     import torch
 
     return {
-        "sortrl": version("sortrl"),
+        "sortrl": SORTRL_VERSION,
         "torch": torch.__version__,
         "MKL_CBWR": os.environ.get("MKL_CBWR", ""),  # MKL's reproducibility mode (set by `import sortrl`)
         "host": socket.gethostname(),
@@ -184,7 +188,7 @@ def environment() -> dict[str, Any]:
     import torch
 
     return {
-        "sortrl": version("sortrl"),
+        "sortrl": SORTRL_VERSION,
         "git_commit": _git_commit(),
         "git_dirty": _git_dirty(),
         "python": platform.python_version(),
