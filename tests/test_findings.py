@@ -13,9 +13,9 @@ from sortrl.analysis import experiment, findings, scores
 from sortrl.analysis.experiment import MARGIN, comparison_verdict
 from sortrl.analysis.findings import Eos, Findings, Floor, Ranking, Top
 from sortrl.analysis.verdicts import Interval
-from sortrl.engine.task import chance_mean_reward
+from sortrl.engine.task import CHANCE_FIELDS, chance_mean_reward, reward_bounds
 from sortrl.render import sentences
-from sortrl.study.grid import parse_grid
+from sortrl.study.grid import parse_grid, varying_labels
 
 
 def _experiment(table: dict[str, list[float]], accuracy: dict[str, list[float]] | None = None) -> SimpleNamespace:
@@ -227,7 +227,9 @@ eos = [false, true]
 
 def test_references_keep_the_fields_that_set_chance_bundles_included():
     """A configuration's reference has its own reward (set by a bundle) and EOS, the baseline's everything else."""
-    configs = experiment._configurations(parse_grid(BUNDLES))
+    grid = parse_grid(BUNDLES)
+    scales = varying_labels(grid.configurations(), CHANCE_FIELDS)  # as load_experiment passes them
+    configs = experiment._configurations(grid, scales, [reward_bounds(c.config) for c in grid.configurations()])
     ref = configs["reference"].to_dict()
     assert ref["long / hot / eos=false"] == "short / default / eos=false"  # temperature: not a scale
     assert ref["long / binary / eos=false"] == "short / binary / eos=false"  # its own reward

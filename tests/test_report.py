@@ -65,6 +65,16 @@ def test_report_writes_every_output_and_is_byte_identical_when_rerun(results, wr
     assert changed == []
 
 
+def test_a_report_that_fails_writes_nothing(results, tmp_path):
+    """Every output is made before any is written: a claim id declared by two grids refuses the whole report."""
+    copy = tmp_path / "r"
+    shutil.copytree(results / "runs" / "tiny", copy / "runs" / "tiny")
+    shutil.copytree(results / "runs" / "tiny", copy / "runs" / "tiny2")  # a second grid declaring C1 and C2
+    with pytest.raises(ConfigError, match="claim: id 'C1' is declared by grids 'tiny' and 'tiny2'"):
+        write_report(copy)
+    assert sorted(p.name for p in copy.iterdir()) == ["runs"]
+
+
 def test_pngs_carry_no_software_or_time_metadata(results, written):
     png = (results / "figures" / "tiny_reward_curves.png").read_bytes()
     assert png.startswith(b"\x89PNG")

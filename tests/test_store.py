@@ -132,6 +132,11 @@ def test_each_config_is_stored_once_per_run_not_per_row(folder, tables):
     assert [r["config"] for r in chunk.runs] == [c.to_dict() for c in sorted(CONFIGS, key=lambda c: c.run_id)]
     assert {(r["status"], r["diverged_epoch"]) for r in chunk.runs} == {("ok", -1)}
     assert list(read_rows(chunk, ["mean_reward", "no_such_column"]).columns) == ["run_id", "epoch", "mean_reward"]
+    # glob patterns add the chunk's matching columns, in the chunk's order, after the named ones
+    matching = [c for c in chunk.columns if c.startswith("clip_ratio/") or c.startswith("response_length/")]
+    assert len(matching) >= 4
+    got = read_rows(chunk, ["mean_reward"], ["response_length/*", "clip_ratio/*", "no_such_*"]).columns
+    assert list(got) == ["run_id", "epoch", "mean_reward", *matching]
 
 
 def test_write_chunk_needs_every_run_described(folder, tables):

@@ -13,7 +13,15 @@ import torch
 from sortrl import ConfigError, RunConfig, train
 from sortrl.engine import metrics
 from sortrl.engine.model import forward, init_params
-from sortrl.engine.task import PAD, TASKS, is_sorted_exactly, sorted_prompts
+from sortrl.engine.task import (
+    PAD,
+    TASKS,
+    best_mean_reward,
+    chance_mean_reward,
+    is_sorted_exactly,
+    reward_bounds,
+    sorted_prompts,
+)
 
 RANDOM = dict(task="random", vocab_size=6, prompt_length=4, num_prompts=12, num_eval_prompts=8)
 TRAINING_COLUMNS = ["mean_reward", "reward_std", "entropy", "loss", "greedy_accuracy", "response_length"]
@@ -190,3 +198,19 @@ def test_chance_score_is_sampled_when_enumeration_is_too_big():
     prompts = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])  # 10^8 responses: sampled
     got = chance_scores(prompts, REWARDS["distance"], 10, None).item()
     assert got == pytest.approx(8 / 10, abs=0.01)  # each position matches sorted(prompt) with probability 1/10
+
+
+def test_reward_bounds_are_the_best_and_chance_rewards_cached_by_what_chance_depends_on():
+    """Configurations that share the chance fields share the cached chances; any chance field changes them."""
+    configs = [
+        RunConfig(),
+        RunConfig(learning_rate=0.1),  # not a chance field: the cached chances serve it
+        RunConfig(reward="exact_match"),
+        RunConfig(eos=True),
+        RunConfig(task="random", num_prompts=6, num_eval_prompts=3, prompts_per_epoch=2),
+    ]
+    for cfg in configs:
+        want = (best_mean_reward(cfg), chance_mean_reward(cfg), chance_mean_reward(cfg, "eval"))
+        assert reward_bounds(cfg) == pytest.approx(want, nan_ok=True)
+    chances = {reward_bounds(cfg).chance for cfg in configs}
+    assert len(chances) == 4 and reward_bounds(configs[0]) == reward_bounds(configs[1])

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
 from sortrl.analysis.experiment import SEED, Experiment  # one bootstrap seed for the report and the ledger
+from sortrl.analysis.scores import DERIVED, SCORES
 from sortrl.analysis.verdicts import (
     Interval,
     bootstrap_mean,
@@ -40,7 +42,8 @@ from sortrl.analysis.verdicts import (
     wilcoxon_p,
     wilson,
 )
-from sortrl.study.grid import Claim, Configuration, value_label
+from sortrl.engine.registry import ConfigError
+from sortrl.study.grid import Claim, Configuration, Grid, value_label
 
 BINARY = ("solved", "stuck")
 """Scores that are 0/1 per run: tested with McNemar's exact test, summarised with Wilson intervals."""
@@ -91,6 +94,19 @@ class Test:
         """`L1 (regime=explore)`, `G2 (regime=lecture: kl=0.1)`: the claim and where this test of it was made."""
         inside = ": ".join(x for x in (self.where, self.case) if x)
         return f"{self.claim.id}" + (f" ({inside})" if inside else "")
+
+
+def check_metrics(grid: Grid, path: str | Path) -> None:
+    """Every claim of `grid` names known scores (`metric`, `x`: `SCORES` or `DERIVED`); `ConfigError` otherwise,
+    naming the file `path`, the claim, the field and the valid choices."""
+    metrics = [*SCORES, *DERIVED]
+    for claim in grid.claims:
+        for key in ("metric", "x"):
+            value = getattr(claim, key)
+            if value is not None and value not in metrics:
+                raise ConfigError(
+                    f"{path}: [[claim]] {claim.id}: {key}: unknown value {value!r}; valid choices: {', '.join(metrics)}"
+                )
 
 
 def tests(exp: Experiment) -> list[Test]:

@@ -41,8 +41,8 @@ import seaborn as sns
 
 from sortrl.analysis import stats
 from sortrl.analysis.scores import SCORES
-from sortrl.analysis.scores import columns as score_columns
 from sortrl.analysis.scores import compute as compute_scores
+from sortrl.analysis.scores import patterns as score_patterns
 from sortrl.analysis.verdicts import (
     Interval,
     bootstrap_mean,
@@ -54,10 +54,10 @@ from sortrl.analysis.verdicts import (
     wilcoxon_p,
     wilson,
 )
-from sortrl.engine.config import RunConfig, plain
-from sortrl.engine.task import best_mean_reward, chance_mean_reward
-from sortrl.study.grid import DEFAULT_MARGIN, Configuration, Grid, parse_grid, value_label
-from sortrl.study.store import read_chunks, read_manifest, read_rows, runs_dir
+from sortrl.engine.config import RunConfig
+from sortrl.engine.task import CHANCE_FIELDS, RewardBounds, reward_bounds
+from sortrl.study.grid import DEFAULT_MARGIN, Claim, Configuration, Grid, parse_grid, varying_labels
+from sortrl.study.store import Chunk, experiment_names, read_chunks, read_manifest, read_rows, runs_dir
 
 SEED = 0
 """Seed of every bootstrap in the report."""
@@ -118,6 +118,8 @@ class Experiment:
     """
 
     name: str
+    folder: Path
+    """Where its runs are stored (`results/runs/<name>/`)."""
     grid: Grid
     manifest: dict[str, Any] | None
     configs: pd.DataFrame
@@ -189,22 +191,22 @@ class Experiment:
         return self.palette[self.configs.at[label, "hue"]]
 
 
-def _configurations(grid: Grid) -> pd.DataFrame:
+def _configurations(grid: Grid, scales: dict[str, str], bounds: list[RewardBounds]) -> pd.DataFrame:
     """One row per configuration of the grid, in its order: axis values, colour and facet keys, reference, scale.
 
     `max_reward`, `chance_reward` and `chance_eval_reward` (NaN without held-out prompts) are the best and the
-    uniform random policy's mean reward; `scale` labels the configuration's values of `CHANCE_FIELDS` that vary
-    in the grid (`exact_match / eos=true`; empty when none vary): configurations of one scale share chance and
-    maximum, so their rewards compare in reward points and their final scores alike.
+    uniform random policy's mean reward (`bounds`, per configuration in grid order); `scale` labels the
+    configuration's values of `CHANCE_FIELDS` that vary in the grid (`scales`: `exact_match / eos=true`; empty when
+    none vary): configurations of one scale share chance and maximum, so their rewards compare in reward points and
+    their final scores alike.
     """
     axes = list(grid.axes)
     hue_axes = axes[:1] + axes[3:]
     configurations = grid.configurations()
     baseline = grid.baseline_configuration
     by_key = {c.key: c.label for c in configurations}
-    varying = [f for f in CHANCE_FIELDS if len({json.dumps(plain(getattr(c.config, f))) for c in configurations}) > 1]
     rows = []
-    for c in configurations:
+    for c, bound in zip(configurations, bounds, strict=True):
         own = [_sets_scale(grid, a, c, baseline) for a in axes]
         reference = tuple(mine if kept else base for mine, base, kept in zip(c.key, baseline.key, own))
         rows.append(
@@ -215,10 +217,10 @@ def _configurations(grid: Grid) -> pd.DataFrame:
                 "col": c.labels[axes[1]] if len(axes) > 1 else "",
                 "row": c.labels[axes[2]] if len(axes) > 2 else "",
                 "reference": by_key.get(reference, c.label),
-                "scale": " / ".join(_scale_label(f, getattr(c.config, f)) for f in varying),
-                "max_reward": best_mean_reward(c.config),
-                "chance_reward": _chance(c.config),
-                "chance_eval_reward": _chance(c.config, "eval"),
+                "scale": scales[c.label],
+                "max_reward": bound.best,
+                "chance_reward": bound.chance,
+                "chance_eval_reward": bound.chance_eval,
             }
         )
     return pd.DataFrame(rows).set_index("configuration")
@@ -234,26 +236,6 @@ def _sets_scale(grid: Grid, axis: str, c: Configuration, baseline: Configuration
     return any(set(side.values[axis]) & set(CHANCE_FIELDS) for side in (c, baseline))
 
 
-def _scale_label(field_name: str, value: Any) -> str:
-    value = plain(value)
-    return value_label(field_name, value if not isinstance(value, list) else json.dumps(value, separators=(",", ":")))
-
-
-def _chance(cfg: RunConfig, split: str = "train") -> float:
-    """The uniform random policy's mean reward on `cfg`'s `split` prompts (`task.chance_mean_reward`), cached."""
-    key = (split, *(json.dumps(plain(getattr(cfg, f))) for f in CHANCE_FIELDS))
-    if key not in _CHANCE:
-        _CHANCE[key] = chance_mean_reward(cfg, split)
-    return _CHANCE[key]
-
-
-CHANCE_FIELDS = ("task", "prompts", "vocab_size", "prompt_length", "num_prompts", "num_eval_prompts",
-                 "allow_repeats", "task_seed", "reward", "eos")  # fmt: skip
-"""The fields a configuration's chance score depends on."""
-
-_CHANCE: dict[tuple, float] = {}
-
-
 def make_palette(keys: list[str], name: str = "colorblind") -> dict[str, Any]:
     """A colour per distinct key, in order (colorblind-safe up to 10 keys, then evenly spaced hues)."""
     keys = list(dict.fromkeys(keys))
@@ -266,24 +248,12 @@ def make_palette(keys: list[str], name: str = "colorblind") -> dict[str, Any]:
     return dict(zip(keys, colours))
 
 
-def experiment_names(results: str | Path) -> list[str]:
-    """Experiments stored under `results/runs/` (folders holding a `grid.toml`), sorted."""
-    root = Path(results) / "runs"
-    return sorted(p.name for p in root.iterdir() if (p / "grid.toml").is_file()) if root.is_dir() else []
-
-
-def stored_grid(results: str | Path, name: str) -> Grid:
-    """The grid file stored with experiment `name` (`results/runs/<name>/grid.toml`), parsed."""
-    path = runs_dir(results, name) / "grid.toml"
-    return parse_grid(path.read_text(), path)
-
-
 def load_experiment(
     results: str | Path,
     name: str,
     curves: Iterable[str] = CURVES,
     extra_scores: Iterable[str] = (),
-    grid: Grid | None = None,
+    claim_curves: Callable[[list[Claim]], Iterable[str]] | None = None,
 ) -> Experiment:
     """Load experiment `name` from `results/runs/<name>/` (its `grid.toml`, manifest and chunks).
 
@@ -293,16 +263,22 @@ def load_experiment(
     `RunConfig`) and extra copies of a (configuration, seed) pair are ignored,
     with a line in `notes`. `curves`: the metrics whose per-epoch values are
     kept (`Experiment.curves`); every other metric is read only to score runs.
-    The scores are `FINAL_SCORES`, those the grid's claims name, and `extra_scores`. `grid`: the experiment's
-    `stored_grid`, when the caller has read it already.
+    The scores are `FINAL_SCORES`, those the grid's claims name, and `extra_scores`. `claim_curves`: the
+    metrics the claims' figures draw per epoch, kept too (`sortrl.render.claim_figures.curves_needed`).
     """
     folder = runs_dir(results, name)
-    grid = grid if grid is not None else stored_grid(results, name)
-    configs = _configurations(grid)
+    grid = parse_grid((folder / "grid.toml").read_text(), folder / "grid.toml")
+    manifest = read_manifest(folder)
+    chunks = read_chunks(folder)
+    configurations = grid.configurations()
+    scales = varying_labels(configurations, CHANCE_FIELDS)
+    bounds = [reward_bounds(c.config) for c in configurations]
+    curves = [*curves, *(claim_curves(list(grid.claims)) if claim_curves is not None else ())]
     wanted = [*FINAL_SCORES, *(m for c in grid.claims for m in c.scores), *extra_scores]
     names = list(dict.fromkeys(n for n in wanted if n in SCORES))
+    configs = _configurations(grid, scales, bounds)
     runs, final, curves_table, stored = _read_runs(
-        folder, grid, list(configs.index), list(dict.fromkeys(curves)), names
+        chunks, grid, list(configs.index), list(dict.fromkeys(curves)), names
     )
     notes = []
     if stored > len(runs):
@@ -324,8 +300,9 @@ def load_experiment(
     diverged = runs[runs["status"] != "ok"][["configuration", "seed", "run_id", "diverged_epoch"]]
     return Experiment(
         name=name,
+        folder=folder,
         grid=grid,
-        manifest=read_manifest(folder),
+        manifest=manifest,
         configs=configs,
         final=final,
         curves=curves_table,
@@ -337,34 +314,35 @@ def load_experiment(
 
 
 def _read_runs(
-    folder: Path, grid: Grid, labels: list[str], curves: list[str], names: list[str]
+    chunks: list[Chunk], grid: Grid, labels: list[str], curves: list[str], names: list[str]
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
-    """Read the chunks of `folder` one at a time: (runs, final scores, curves, number of runs stored).
+    """Read the rows of `chunks` one chunk at a time: (runs, final scores, curves, number of runs stored).
 
     `runs`: one row per run of the grid (`RUN_COLUMNS`); `final`: one row per
     finished run with the scores `names` (`sortrl.analysis.scores`), both in grid then seed order;
     `curves`: the per-epoch `curves` of the finished runs.
     """
-    expected = {c.label: _without_seed(c.config.to_dict()) for c in grid.configurations()}
+    expected = {c.label: {**c.config.to_dict(), "seed": None} for c in grid.configurations()}
     seeds = set(grid.seeds)
     order = {label: i for i, label in enumerate(labels)}
+    columns, patterns = ["step", *curves], score_patterns(names)
     stored, matched, scored, kept, taken = 0, [], [], [], set()
-    for chunk in read_chunks(folder):
+    for chunk in chunks:
         stored += len(chunk.runs)
-        runs = [
+        runs = [  # a run counts when its stored config, but for the seed, is the configuration's today
             r
             for r in chunk.runs
             if r["configuration"] in expected
             and r["seed"] in seeds
             and (r["configuration"], r["seed"]) not in taken
-            and _without_seed(r["config"]) == expected[r["configuration"]]
+            and {**r["config"], "seed": None} == expected[r["configuration"]]
         ]
         taken |= {(r["configuration"], r["seed"]) for r in runs}
         matched.append(pd.DataFrame(runs, columns=list(RUN_COLUMNS)))
         ok = matched[-1][matched[-1]["status"] == "ok"].reset_index(drop=True)
         if ok.empty:
             continue
-        rows = read_rows(chunk, list(dict.fromkeys(["step", *curves, *score_columns(names, chunk.columns)])))
+        rows = read_rows(chunk, columns, patterns)
         codes, ids = pd.factorize(rows["run_id"])
         position = pd.Series(np.arange(len(ok)), index=ok["run_id"]).reindex(ids, fill_value=-1).to_numpy()
         run = position[codes]  # each row's run, as its position in `ok` (-1: not a run of this experiment)
@@ -390,10 +368,6 @@ def _read_runs(
 
 CORE_SCORES = ("final_reward", "final_greedy_accuracy", "final_response_length")
 """Scores every run has (always columns of `Experiment.final`, NaN without runs)."""
-
-
-def _without_seed(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k != "seed"}
 
 
 RUN_COLUMNS = ("run_id", "configuration", "seed", "status", "diverged_epoch")

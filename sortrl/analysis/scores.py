@@ -191,10 +191,9 @@ DERIVED = {
 """Scores `sortrl.analysis.experiment` derives from a score and the configuration (not from the rows alone)."""
 
 
-def columns(names: list[str], available: list[str]) -> list[str]:
-    """The metric columns of `available` that the scores `names` read (their glob patterns resolved)."""
-    patterns = [p for name in names for p in SCORES[name].metrics]
-    return [c for c in available if any(fnmatch.fnmatchcase(c, p) for p in patterns)]
+def patterns(names: list[str]) -> list[str]:
+    """The metric columns the scores `names` read, as glob patterns (`sortrl.study.store.read_rows` resolves them)."""
+    return list(dict.fromkeys(p for name in names for p in SCORES[name].metrics))
 
 
 def compute(names: list[str], rows: pd.DataFrame) -> pd.DataFrame:

@@ -12,6 +12,7 @@ points). The lecture's Python versions are `sort_distance_reward` and
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
@@ -274,6 +275,36 @@ def best_mean_reward(cfg: RewardFields) -> float:
         return float(per_prompt[0])
     whole_batch = cfg.prompts_per_epoch is None or cfg.prompts_per_epoch >= len(task.train)
     return float(per_prompt.mean()) if whole_batch and not len(task.eval) else math.nan
+
+
+CHANCE_FIELDS = ("task", "prompts", "vocab_size", "prompt_length", "num_prompts", "num_eval_prompts",
+                 "allow_repeats", "task_seed", "reward", "eos")  # fmt: skip
+"""The fields a configuration's chance score depends on (its prompt sets, reward and EOS)."""
+
+
+class RewardBounds(NamedTuple):
+    """A configuration's reward scale, in reward points (`reward_bounds`)."""
+
+    best: float
+    """`best_mean_reward`: the highest possible mean reward (NaN when not one known number)."""
+    chance: float
+    """`chance_mean_reward` on the training prompts."""
+    chance_eval: float
+    """`chance_mean_reward` on the held-out prompts (NaN without them)."""
+
+
+_CHANCES: dict[str, tuple[float, float]] = {}
+
+
+def reward_bounds(cfg: RewardFields) -> RewardBounds:
+    """The best and the uniform random policy's mean rewards of `cfg`, the chances cached by their `CHANCE_FIELDS`.
+
+    (Counting chance can take a fraction of a second per prompt set; a grid's configurations share a few.)
+    """
+    key = json.dumps([getattr(cfg, f) for f in CHANCE_FIELDS])
+    if key not in _CHANCES:
+        _CHANCES[key] = (chance_mean_reward(cfg), chance_mean_reward(cfg, "eval"))
+    return RewardBounds(best_mean_reward(cfg), *_CHANCES[key])
 
 
 def chance_mean_reward(cfg: RewardFields, split: str = "train") -> float:

@@ -4,7 +4,7 @@
 `DEFAULTS`) to a function `(experiment, claim, tests) -> Figure`, with the
 per-epoch curves it needs (`curves_needed`). Every figure has one panel per
 test of the claim (one per regime), shares the report's style and writes
-byte-identical PNGs (`sortrl.render.figures.save_figure`).
+byte-identical PNGs (`sortrl.render.figures.png_bytes`).
 
 | figure | shows |
 | --- | --- |

@@ -19,7 +19,6 @@ import io
 import itertools
 import math
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import matplotlib as mpl
@@ -45,7 +44,6 @@ from sortrl.analysis.experiment import (
     reward_maxima,
 )
 from sortrl.study.grid import join_labels, value_label
-from sortrl.study.store import atomic_write_bytes
 
 CURVE_POINTS = 26
 """Epochs (evenly spaced, last included) at which IQM-over-steps curves are bootstrapped."""
@@ -608,9 +606,3 @@ def png_bytes(fig: Figure) -> bytes:
     with style():
         fig.savefig(buffer, format="png", **PNG_OPTIONS)
     return buffer.getvalue()
-
-
-def save_figure(fig: Figure, path: Path) -> Path:
-    """Write `fig` as PNG (`png_bytes`) atomically; returns `path`."""
-    atomic_write_bytes(path, png_bytes(fig))
-    return path

@@ -1,8 +1,11 @@
 """The report stage's outputs: `write_report` loads every experiment and writes its files.
 
-`write_report(results)` reads every experiment stored under `results/runs/`
-(`sortrl.analysis.experiment.load_experiment`, keeping only the curves the figures
-draw) and writes, per experiment `<exp>`:
+One straight path: per experiment (one process each), its stored runs are loaded
+and scored once (`sortrl.analysis.experiment.load_experiment`, keeping only the
+curves the figures draw), analysed (summary, claim tests, findings) and drawn;
+then, across experiments, the shared runs and the ledger; then the Markdown;
+and only then is anything written (`sortrl.study.store.write_files`), so a
+report that fails leaves the results folder as it was. Per experiment `<exp>`:
 
     results/figures/<exp>_<figure>.png   one file per entry of `sortrl.render.figures.FIGURES` that applies
     results/<exp>_summary.csv            one row per configuration (see `sortrl.analysis.experiment.summarize`)
@@ -26,67 +29,79 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import joblib
+import pandas as pd
 
-from sortrl.analysis.claims import Test, ledger
+from sortrl.analysis.claims import Test, check_metrics, ledger
 from sortrl.analysis.claims import table as claims_table
 from sortrl.analysis.claims import tests as claim_tests
-from sortrl.analysis.experiment import experiment_names, load_experiment, stored_grid, summarize
+from sortrl.analysis.experiment import load_experiment, summarize
 from sortrl.analysis.findings import Findings, findings, link_shared
-from sortrl.analysis.scores import DERIVED, SCORES
 from sortrl.engine.registry import ConfigError
 from sortrl.render.claim_figures import FIGURES as CLAIM_FIGURES
 from sortrl.render.claim_figures import curves_needed
 from sortrl.render.claim_figures import draw as draw_claim
 from sortrl.render.claims_md import headline_claim
 from sortrl.render.claims_md import render as render_claims
-from sortrl.render.figures import FIGURES, curve_metrics, save_figure
-from sortrl.render.readme import read_readme, write_readme
+from sortrl.render.figures import FIGURES, curve_metrics, png_bytes
+from sortrl.render.readme import read_readme, readme_text
 from sortrl.render.report import render_report
 from sortrl.study.grid import Grid
-from sortrl.study.store import atomic_write_text, runs_dir
+from sortrl.study.store import experiment_names, write_files
 
-Outputs = tuple[Findings, list[Test], dict[str, Path], list[Path], list[warnings.WarningMessage]]
-"""What one experiment gives: findings, claim tests (uncorrected), claim figures by id, paths written, warnings."""
+
+class Outputs(NamedTuple):
+    """What one experiment gives the report: its analysis, its files' bytes, and what it saw."""
+
+    findings: Findings
+    tests: list[Test]
+    """Its claims' tests, uncorrected (`ledger` corrects them over every grid)."""
+    claim_figures: dict[str, Path]
+    """Where each claim's figure goes, by claim id."""
+    files: dict[Path, bytes]
+    """Every file to write, in the order `sortrl report` lists them."""
+    stale: list[Path]
+    """Figures of an earlier report that no longer apply."""
+    warnings: list[warnings.WarningMessage]
 
 
 def _experiment_outputs(results: Path, name: str) -> Outputs:
-    """Load one experiment, write its summary CSV and figures; return its findings, claim tests, paths and warnings.
+    """Load, analyse and draw one experiment, in that order; nothing is written here (`write_report` does it).
 
     Warnings (e.g. a skipped chunk) are returned, not shown, so that a worker process's reach the caller.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        found, tests, claim_figures, written = _outputs(results, name)
-    return found, tests, claim_figures, written, caught
+        exp = load_experiment(results, name, curve_metrics(), claim_curves=curves_needed)
+        check_metrics(exp.grid, exp.folder / "grid.toml")  # before the claims' tests read them
+        summary = summarize(exp)
+        tests = claim_tests(exp)
+        found = findings(exp, summary)
+        check_figures(exp.grid, exp.folder / "grid.toml")
+        files = {results / f"{name}_summary.csv": _csv(summary)}
+        stale, drawn = [], []
+        chosen = exp.grid.figures
+        for figure, spec in FIGURES.items():
+            fig = spec.draw(exp, summary) if chosen is None or figure in chosen else None
+            path = results / "figures" / f"{name}_{figure}.png"
+            if fig is None:
+                stale.append(path)  # left from an earlier report, when the figure applied
+                continue
+            files[path] = png_bytes(fig)
+            drawn.append(figure)
+        claim_figures = {}
+        for claim in exp.grid.claims:
+            path = claim_figures[claim.id] = results / "figures" / f"claim_{claim.id}.png"
+            files[path] = png_bytes(draw_claim(exp, claim, [t for t in tests if t.claim.id == claim.id]))
+    return Outputs(replace(found, figures=drawn), tests, claim_figures, files, stale, caught)
 
 
-def _outputs(results: Path, name: str) -> tuple[Findings, list[Test], dict[str, Path], list[Path]]:
-    grid = stored_grid(results, name)
-    check_names(grid, runs_dir(results, name) / "grid.toml")
-    exp = load_experiment(results, name, [*curve_metrics(), *curves_needed(list(grid.claims))], grid=grid)
-    summary = summarize(exp)
-    path = results / f"{exp.name}_summary.csv"
-    atomic_write_text(path, summary.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
-    written, drawn = [path], []
-    chosen = exp.grid.figures
-    for figure, spec in FIGURES.items():
-        fig = spec.draw(exp, summary) if chosen is None or figure in chosen else None
-        path = results / "figures" / f"{exp.name}_{figure}.png"
-        if fig is None:
-            path.unlink(missing_ok=True)  # left from an earlier report, when the figure applied
-            continue
-        written.append(save_figure(fig, path))
-        drawn.append(figure)
-    tests = claim_tests(exp)
-    figures = {}
-    for claim in exp.grid.claims:
-        path = results / "figures" / f"claim_{claim.id}.png"
-        figures[claim.id] = save_figure(draw_claim(exp, claim, [t for t in tests if t.claim.id == claim.id]), path)
-        written.append(path)
-    return findings(exp, summary, drawn), tests, figures, written
+def _csv(table: pd.DataFrame) -> bytes:
+    return table.to_csv(index=False, float_format="%.6g", lineterminator="\n").encode("utf-8")
 
 
 def check_names(grid: Grid, path: str | Path) -> None:
@@ -95,18 +110,17 @@ def check_names(grid: Grid, path: str | Path) -> None:
     `sortrl sweep` calls it before any training (a grid names them as strings; their registries live here, above
     the grid's own checks). Raises `ConfigError` naming the file, the field and the valid choices.
     """
+    check_metrics(grid, path)
+    check_figures(grid, path)
+
+
+def check_figures(grid: Grid, path: str | Path) -> None:
+    """The figures `grid` names exist: its `figures` (`FIGURES`) and each claim's `figure` (`CLAIM_FIGURES`)."""
     if grid.figures:
         unknown = sorted(set(grid.figures) - set(FIGURES))
         if unknown:
             raise ConfigError(f"{path}: figures: unknown figure {unknown[0]!r}; valid figures: {', '.join(FIGURES)}")
-    metrics = [*SCORES, *DERIVED]
     for claim in grid.claims:
-        for key in ("metric", "x"):
-            value = getattr(claim, key)
-            if value is not None and value not in metrics:
-                raise ConfigError(
-                    f"{path}: [[claim]] {claim.id}: {key}: unknown value {value!r}; valid choices: {', '.join(metrics)}"
-                )
         figure = claim.figure
         if figure is not None and figure not in CLAIM_FIGURES and not figure.startswith("curves:"):
             choices = ", ".join([*CLAIM_FIGURES, "curves:<metric>"])
@@ -125,8 +139,7 @@ def write_report(results: str | Path, readme: str | Path | None = None) -> list[
     """
     results = Path(results)
     readme = Path(readme) if readme is not None else None
-    if readme is not None:
-        read_readme(readme)
+    readme_before = read_readme(readme) if readme is not None else None
     names = experiment_names(results)
     jobs = min(len(names), os.cpu_count() or 1)
     if jobs > 1:  # one experiment per process: figures are independent and each process draws them identically
@@ -134,31 +147,32 @@ def write_report(results: str | Path, readme: str | Path | None = None) -> list[
         outputs = parallel(joblib.delayed(_experiment_outputs)(results, name) for name in names)
     else:
         outputs = [_experiment_outputs(results, name) for name in names]
-    for *_, caught in outputs:
-        for warning in caught:
+    for out in outputs:
+        for warning in out.warnings:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    written = [path for *_, paths, _ in outputs for path in paths]
-    sections = link_shared([found for found, *_ in outputs])  # the one finding across experiments
-    tests = ledger([t for _, mine, *_ in outputs for t in mine])  # Holm over every claim of every grid
-    figures = {claim_id: path for _, _, mine, *_ in outputs for claim_id, path in mine.items()}
+    # across experiments: the runs they share and the ledger (Holm over every claim of every grid)
+    sections = link_shared([out.findings for out in outputs])
+    tests = ledger([t for out in outputs for t in out.tests])
     _check_claim_ids(tests)
+    figures = {claim_id: path for out in outputs for claim_id, path in out.claim_figures.items()}
+    files = {path: data for out in outputs for path, data in out.files.items()}
+    stale = [path for out in outputs for path in out.stale]
     claims_md, claims_csv = results / "CLAIMS.md", results / "claims.csv"
     if tests:
         links = {k: Path(os.path.relpath(v, results)).as_posix() for k, v in figures.items()}
-        atomic_write_text(claims_md, render_claims(tests, links))
-        atomic_write_text(claims_csv, claims_table(tests).to_csv(index=False, float_format="%.6g", lineterminator="\n"))
-        written += [claims_md, claims_csv]
+        files[claims_md] = render_claims(tests, links).encode("utf-8")
+        files[claims_csv] = _csv(claims_table(tests))
     else:
-        for path in (claims_md, claims_csv):
-            path.unlink(missing_ok=True)  # left from an earlier report
-    report = results / "REPORT.md"
-    atomic_write_text(report, render_report(sections, tests))
-    written.append(report)
+        stale += [claims_md, claims_csv]  # left from an earlier report
+    files[results / "REPORT.md"] = render_report(sections, tests).encode("utf-8")
     if readme is not None:
         headline = headline_claim(tests)
         trap = figures.get(headline) if headline is not None else None
-        written.append(write_readme(readme, sections, results, tests, trap))
-    return written
+        text = readme_text(readme_before, readme, sections, results, tests, trap)
+        if text != readme_before:  # a README whose blocks already say this is not touched
+            files[readme] = text.encode("utf-8")
+    written = write_files(files, stale)
+    return written if readme is None or readme in files else [*written, readme]
 
 
 def _check_claim_ids(tests: list[Test]) -> None:

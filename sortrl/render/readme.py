@@ -94,6 +94,16 @@ def write_readme(
     they would say.
     """
     text = read_readme(path)
+    new = readme_text(text, path, sections, results, tests, trap)
+    if new != text:
+        atomic_write_bytes(path, new.encode("utf-8"))
+    return path
+
+
+def readme_text(
+    text: str, path: Path, sections: list[Findings], results: Path, tests: list[Test] = (), trap: Path | None = None
+) -> str:
+    """`text` (the Markdown file `path`, `read_readme`) with its `BLOCKS` generated anew (see `write_readme`)."""
     if tests:
         figure = Path(_link(trap, path.parent)) if trap is not None else None
         caption = trap_caption(list(tests))
@@ -101,10 +111,7 @@ def write_readme(
     else:
         top = headline(sections, results, path.parent)
     blocks = {"headline": top, "findings": findings(sections, results, path.parent)}
-    new = replace_blocks(text, blocks, path)
-    if new != text:
-        atomic_write_bytes(path, new.encode("utf-8"))
-    return path
+    return replace_blocks(text, blocks, path)
 
 
 # --- blocks --------------------------------------------------------------------

@@ -116,6 +116,17 @@ def value_label(axis: str, value: Any) -> str:
     return f"{name}={json.dumps(value, separators=(',', ':'))}"
 
 
+def varying_labels(configurations: list[Configuration], fields: tuple[str, ...]) -> dict[str, str]:
+    """Per configuration (by label), its values of those `fields` that differ between `configurations`, as one
+    label (`exact_match / eos=true`; empty when none differ)."""
+
+    def text(value: Any) -> Any:  # prompts and mixed prompt lengths as compact JSON (tuples dump as lists)
+        return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, tuple)) else value
+
+    varying = [f for f in fields if len({json.dumps(getattr(c.config, f)) for c in configurations}) > 1]
+    return {c.label: " / ".join(value_label(f, text(getattr(c.config, f))) for f in varying) for c in configurations}
+
+
 def join_labels(parts: list[str], empty: str = "") -> str:
     return " / ".join(parts) if parts else empty
 

@@ -143,6 +143,18 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def write_files(files: dict[Path, bytes], stale: Iterable[Path] = ()) -> list[Path]:
+    """Write each of `files` atomically (`atomic_write_bytes`), in order, then remove the `stale` paths that exist.
+
+    Returns the paths written, in order. A failed write raises (naming the path) before any file after it.
+    """
+    for path, data in files.items():
+        atomic_write_bytes(path, data)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return list(files)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -348,13 +360,18 @@ def read_chunks(folder: Path) -> list[Chunk]:
     return out
 
 
-def read_rows(chunk: Chunk, columns: Iterable[str] | None = None) -> pd.DataFrame:
+def read_rows(chunk: Chunk, columns: Iterable[str] | None = None, patterns: Iterable[str] = ()) -> pd.DataFrame:
     """The rows of `chunk`'s runs (as `read_chunks` kept them): `run_id`, `epoch` and `columns` (default: all).
 
-    Only the named columns are read from disk (Parquet column projection);
+    `patterns`: glob patterns (`per_prompt/*`) adding the chunk's columns that match any of them, in the
+    chunk's column order. Only the named columns are read from disk (Parquet column projection);
     columns the chunk does not have are left out. A file whose rows cannot be
     decoded gives an empty table, with a `StoreWarning`.
     """
+    patterns = list(patterns)
+    if patterns:
+        matching = (c for c in chunk.columns if any(fnmatch.fnmatchcase(c, p) for p in patterns))
+        columns = list(dict.fromkeys([*(columns or []), *matching]))
     rows = _read_rows(chunk, columns)
     if rows is None:
         return pd.DataFrame(columns=[*REQUIRED_COLUMNS, *(columns or [])])
@@ -388,6 +405,12 @@ def experiment_folders(results: str | Path) -> list[Path]:
             elif not path.name.startswith("."):
                 _warn(f"skipping {path}: not an experiment folder (runs/ holds one folder per experiment)")
     return folders
+
+
+def experiment_names(results: str | Path) -> list[str]:
+    """Experiments stored under `results/runs/` (folders holding a `grid.toml`), sorted."""
+    root = Path(results) / "runs"
+    return sorted(p.name for p in root.iterdir() if (p / "grid.toml").is_file()) if root.is_dir() else []
 
 
 def load_runs(
