@@ -251,7 +251,7 @@ def sweep(
 
     Every grid file is checked before any training starts.
     """
-    from sortrl.study.grid import load_grid
+    from sortrl.study.grid import check_claim_ids, load_grid
     from sortrl.study.sweep import BACKENDS, check_scheduler, release_workers, run_sweep
 
     if chunk_size < 1:
@@ -263,11 +263,13 @@ def sweep(
     if scheduler is not None:
         check_scheduler(scheduler, backend)
     grids = [load_grid(path) for path in grid_files]
-    for path, grid in zip(grid_files, grids, strict=True):
-        if grid.figures or grid.claims:  # the report's modules import scipy, seaborn, matplotlib: only when needed
-            from sortrl.render.publish import check_names
+    check_claim_ids(list(zip(grid_files, grids, strict=True)))
+    if len(grids) > 1 or any(grid.figures or grid.claims for grid in grids):  # else nothing can collide or be unknown
+        from sortrl.render.publish import check_names, check_outputs  # scipy, seaborn, matplotlib: only when needed
 
+        for path, grid in zip(grid_files, grids, strict=True):
             check_names(grid, path)
+        check_outputs([(grid.name, grid) for grid in grids])
     names = [grid.name for grid in grids]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:

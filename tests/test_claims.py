@@ -4,6 +4,7 @@ paired by seed and Holm-corrected, and the files `sortrl report` writes for the 
 from __future__ import annotations
 
 import math
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -199,3 +200,15 @@ def test_trap_caption_quotes_the_reference_solve_rate_of_the_trap_metric_only():
     caption = claims_md.trap_caption(ledger)
     assert "supervised learning (`sft`) solves 1.00 of seeds" in caption
     assert "over 128 seeds" in caption and "1 of 3 policy-gradient configurations" in caption  # sft is not one
+
+
+def test_a_bar_in_a_statement_does_not_split_the_ledger_tables_cells():
+    """D1's statement says "mean |advantage|": in a Markdown table row the bars are escaped, one cell each."""
+    from sortrl.render import claims_md
+
+    claim = SimpleNamespace(id="D1", statement="weight (mean |advantage|) drifts", source="a | paper")
+    effect = SimpleNamespace(point=0.5, low=0.4, high=0.6)
+    t = SimpleNamespace(claim=claim, where="", verdict="supported", effect=effect)
+    (row,) = claims_md.compact_table([t], "CLAIMS.md")[2:]
+    assert "mean \\|advantage\\|" in row and "a \\| paper" in row
+    assert len(re.findall(r"(?<!\\)\|", row)) == 5  # the row's own separators: 4 cells

@@ -469,6 +469,27 @@ def test_sweep_refuses_a_claim_naming_an_unknown_score_or_figure_before_training
     assert not list(results.rglob("chunk-*"))
 
 
+def test_sweep_refuses_two_outputs_with_one_file_name_before_training(tmp_path):
+    """Experiment `claim`'s figure `final_reward` and a claim `final_reward` are both figures/claim_final_reward.png."""
+    path = tmp_path / "g.toml"
+    text = grid(top='name = "claim"\nseeds = 2\n', axes='deltas_mode = ["rewards", "centered_rewards"]\n')
+    path.write_text(text + CLAIM.replace('id = "C1"', 'id = "final_reward"'))
+    results = tmp_path / "r"
+    result = invoke("sweep", path, "--results", results)
+    assert_one_line_error(result, "figures/claim_final_reward.png", "experiment 'claim'", "claim 'final_reward'")
+    assert not list(results.rglob("chunk-*"))
+
+
+def test_sweep_refuses_one_claim_id_in_two_grid_files_before_training(tmp_path):
+    axes = 'deltas_mode = ["rewards", "centered_rewards"]\n'
+    first, second = tmp_path / "a.toml", tmp_path / "b.toml"
+    first.write_text(grid(top='name = "a"\nseeds = 2\n', axes=axes) + CLAIM)
+    second.write_text(grid(top='name = "b"\nseeds = 2\n', axes=axes) + CLAIM)
+    results = tmp_path / "r"
+    assert_one_line_error(invoke("sweep", first, second, "--results", results), "b.toml", "C1", "also declared by")
+    assert not list(results.rglob("chunk-*"))
+
+
 def test_a_sweep_of_a_plain_grid_skips_the_report_libraries(tmp_path):
     """Without claims or figures to check, `sortrl sweep` imports no scipy, seaborn or matplotlib (~1 s of start-up)."""
     path = tmp_path / "tiny.toml"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from sortrl.engine.config import make_config
 from sortrl.engine.registry import ConfigError
-from sortrl.study.grid import normal, parse_grid, value_label
+from sortrl.study.grid import check_claim_ids, normal, parse_grid, value_label
 
 GRID = """
 name = "g"
@@ -148,7 +149,12 @@ def test_claims_are_declared_data_compared_at_the_baseline():
         (('predicts = "higher"', 'predicts = "higher"\nseed = 7'), "seed: must be one of the grid's seeds"),
         (('predicts = "higher"', 'predicts = "higher"\nmetric = 3'), "metric: a non-empty string, got 3"),
         (('predicts = "higher"', 'predicts = "higher"\nkind = "trend"'), "axis: a trend claim needs one of"),
-        (('predicts = "higher"', 'predicts = "higher"\nmargin = -1'), "margin: must be a number >= 0"),
+        (('predicts = "higher"', 'predicts = "higher"\nmargin = -1'), "margin: must be a finite number > 0"),
+        (('predicts = "higher"', 'predicts = "higher"\nmargin = inf'), "margin: must be a finite number > 0, got inf"),
+        (('predicts = "higher"', 'predicts = "higher"\nmargin = nan'), "margin: must be a finite number > 0, got nan"),
+        (('predicts = "higher"', 'predicts = "higher"\nmargin = 0'), "margin: must be a finite number > 0, got 0"),
+        (('predicts = "higher"', 'predicts = "higher"\nimplied = nan'), "implied: must be a finite number > 0"),
+        (('statement = "a KL penalty helps"', 'statement = "a KL\\npenalty helps"'), "statement: one line of text"),
         (('predicts = "higher"', 'predicts = "higher"\nacross = "colour"'), "across: must be one of the grid's axes"),
         (("old = { kl_penalty = 0.0 }\n", ""), "new, old: a pair claim compares two configurations"),
     ],
@@ -158,6 +164,35 @@ def test_bad_claims_are_one_line_errors(change, needle):
         parse_grid(GRID + CLAIM.replace(*change), "claims.toml")
     message = str(error.value)
     assert message.startswith("claims.toml: [[claim]] K1: ") and needle in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "claim_id", ["../../../escaped", "/tmp/abs", "A\nB | x", "a.b", "with space", "x/y", ""], ids=repr
+)
+def test_a_claim_id_is_a_safe_file_name(claim_id):
+    """A claim id becomes `figures/claim_<id>.png`: no separator, dot, newline or space gets through."""
+    with pytest.raises(ConfigError) as error:
+        parse_grid(GRID + CLAIM.replace('id = "K1"', f"id = {json.dumps(claim_id)}"), "claims.toml")
+    message = str(error.value)
+    assert message.startswith("claims.toml: [[claim]] 1: id: ") and "\n" not in message
+
+
+def test_an_interaction_within_two_equal_values_is_refused():
+    """`within = { kl_penalty = [0.0, 0]}` would make the interaction 0 by construction."""
+    text = GRID + CLAIM.replace('predicts = "higher"', 'predicts = "higher"\nkind = "interaction"')
+    text = text.replace(
+        "old = { kl_penalty = 0.0 }", 'old = { kl_penalty = 0.0 }\nwithin = { deltas_mode = ["rewards", "rewards"] }'
+    )
+    with pytest.raises(ConfigError, match="within: two different values of its axis, got 'rewards' twice"):
+        parse_grid(text, "claims.toml")
+    parse_grid(text.replace('["rewards", "rewards"]', '["rewards", "centered_rewards"]'))  # distinct: accepted
+
+
+def test_claim_ids_are_unique_across_grid_files():
+    grid = parse_grid(GRID + CLAIM)
+    check_claim_ids([("a.toml", grid), ("b.toml", parse_grid(GRID))])  # no clash
+    with pytest.raises(ConfigError, match="b.toml: \\[\\[claim\\]\\] K1: id: also declared by a.toml"):
+        check_claim_ids([("a.toml", grid), ("b.toml", grid)])
 
 
 BUNDLED = """

@@ -75,6 +75,17 @@ def test_a_report_that_fails_writes_nothing(results, tmp_path):
     assert sorted(p.name for p in copy.iterdir()) == ["runs"]
 
 
+def test_a_report_refuses_two_outputs_with_one_file_name_and_writes_nothing(results, tmp_path):
+    """A stored experiment `claim` with a claim `final_reward`: its figure and the claim's share one file name."""
+    copy = tmp_path / "r"
+    shutil.copytree(results / "runs" / "tiny", copy / "runs" / "claim")
+    stored = copy / "runs" / "claim" / "grid.toml"
+    stored.write_text(stored.read_text().replace('id = "C1"', 'id = "final_reward"'))
+    with pytest.raises(ConfigError, match="figures/claim_final_reward.png: would be written for both"):
+        write_report(copy)
+    assert sorted(p.name for p in copy.iterdir()) == ["runs"]
+
+
 def test_pngs_carry_no_software_or_time_metadata(results, written):
     png = (results / "figures" / "tiny_reward_curves.png").read_bytes()
     assert png.startswith(b"\x89PNG")

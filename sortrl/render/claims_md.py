@@ -61,7 +61,7 @@ def verdict_table(tests: list[Test], link: str = "") -> list[str]:
     for t in tests:
         where = "; ".join(x for x in (t.where, t.case) if x) or "–"
         lines.append(
-            f"| [{t.claim.id}]({link}#{_anchor(t.claim.id)}) | {t.claim.statement} | {t.claim.source} | {where} | "
+            f"| [{t.claim.id}]({link}#{_anchor(t.claim.id)}) | {_cell(t.claim.statement)} | {_cell(t.claim.source)} | {where} | "
             f"{fmt_effect(t.effect)} | {fmt_p(t.p_adjusted)} | **{t.verdict}** | {t.n} |"
         )
     return lines
@@ -211,7 +211,7 @@ def compact_table(tests: list[Test], link: str) -> list[str]:
                 cells.append(f"{where or 'all'}: {listed} (of {len(here)} {here[0].claim.axis} values)")
         claim = mine[0].claim
         lines.append(
-            f"| [{claim_id}]({link}#{_anchor(claim_id)}) | {claim.statement} | {claim.source} | {'; '.join(cells)} |"
+            f"| [{claim_id}]({link}#{_anchor(claim_id)}) | {_cell(claim.statement)} | {_cell(claim.source)} | {'; '.join(cells)} |"
         )
     return lines
 
@@ -263,3 +263,8 @@ def headline_claim(tests: list[Test]) -> str | None:
     """The claim whose figure heads the README: the solve-rate figure with the most tests (the trap's E1)."""
     drawn = Counter(t.claim.id for t in tests if t.claim.figure == "solve_bars")
     return max(drawn, key=lambda k: (drawn[k], k)) if drawn else None
+
+
+def _cell(text: str) -> str:
+    """`text` in a Markdown table cell: a `|` of its own (`mean |advantage|`) escaped, so it does not split the cell."""
+    return text.replace("|", "\\|")

@@ -82,12 +82,12 @@ def _experiment_outputs(results: Path, name: str) -> Outputs:
         tests = claim_tests(exp)
         found = findings(exp, summary)
         check_figures(exp.grid, exp.folder / "grid.toml")
-        files = {results / f"{name}_summary.csv": _csv(summary)}
+        files = {results / summary_file(name): _csv(summary)}
         stale, drawn = [], []
         chosen = exp.grid.figures
         for figure, spec in FIGURES.items():
             fig = spec.draw(exp, summary) if chosen is None or figure in chosen else None
-            path = results / "figures" / f"{name}_{figure}.png"
+            path = results / figure_file(name, figure)
             if fig is None:
                 stale.append(path)  # left from an earlier report, when the figure applied
                 continue
@@ -95,13 +95,51 @@ def _experiment_outputs(results: Path, name: str) -> Outputs:
             drawn.append(figure)
         claim_figures = {}
         for claim in exp.grid.claims:
-            path = claim_figures[claim.id] = results / "figures" / f"claim_{claim.id}.png"
+            path = claim_figures[claim.id] = results / claim_figure_file(claim.id)
             files[path] = png_bytes(draw_claim(exp, claim, [t for t in tests if t.claim.id == claim.id]))
     return Outputs(replace(found, figures=drawn), tests, claim_figures, files, stale, caught)
 
 
 def _csv(table: pd.DataFrame) -> bytes:
     return table.to_csv(index=False, float_format="%.6g", lineterminator="\n").encode("utf-8")
+
+
+def summary_file(experiment: str) -> str:
+    """Where an experiment's summary table goes, relative to the results folder."""
+    return f"{experiment}_summary.csv"
+
+
+def figure_file(experiment: str, figure: str) -> str:
+    """Where an experiment's report figure goes, relative to the results folder."""
+    return f"figures/{experiment}_{figure}.png"
+
+
+def claim_figure_file(claim_id: str) -> str:
+    """Where a claim's figure goes, relative to the results folder."""
+    return f"figures/claim_{claim_id}.png"
+
+
+def check_outputs(grids: list[tuple[str, Grid]]) -> None:
+    """No two experiments' outputs share a file (experiment `claim`'s figure `final_reward` and a claim with id
+    `final_reward` would both be `figures/claim_final_reward.png`): `ConfigError` naming the file and both owners.
+
+    `grids`: (experiment name, grid) pairs; every figure that might apply counts.
+    """
+    owner: dict[str, str] = {}
+    for name, grid in grids:
+        mine = [
+            (summary_file(name), f"experiment {name!r}"),
+            *(
+                (figure_file(name, f), f"experiment {name!r}")
+                for f in FIGURES
+                if grid.figures is None or f in grid.figures
+            ),
+            *((claim_figure_file(c.id), f"claim {c.id!r} of experiment {name!r}") for c in grid.claims),
+        ]
+        for path, who in mine:
+            first = owner.setdefault(path, who)
+            if first != who:
+                raise ConfigError(f"{path}: would be written for both {first} and {who}; rename one of them")
 
 
 def check_names(grid: Grid, path: str | Path) -> None:
@@ -154,6 +192,7 @@ def write_report(results: str | Path, readme: str | Path | None = None) -> list[
     sections = link_shared([out.findings for out in outputs])
     tests = ledger([t for out in outputs for t in out.tests])
     _check_claim_ids(tests)
+    check_outputs([(name, out.findings.experiment.grid) for name, out in zip(names, outputs)])
     figures = {claim_id: path for out in outputs for claim_id, path in out.claim_figures.items()}
     files = {path: data for out in outputs for path, data in out.files.items()}
     stale = [path for out in outputs for path in out.stale]

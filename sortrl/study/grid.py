@@ -374,7 +374,7 @@ def parse_grid(text: str, path: str | Path = "<grid>") -> Grid:
     if unknown:
         raise _fail(path, f"unknown key {unknown[0]!r}; valid keys: {', '.join(GRID_KEYS)}")
     name = data.get("name")
-    if not isinstance(name, str) or not name or not all(ch.isalnum() or ch in "-_" for ch in name):
+    if not is_safe_name(name):
         raise _fail(path, "name: required, a non-empty string of letters, digits, '-' or '_'")
     seeds = _parse_seeds(data.get("seeds", 1), path)
     tables = {}
@@ -524,13 +524,30 @@ def _check_baseline(grid: Grid, path: str | Path) -> None:
         raise _fail(path, "baseline: no configuration of the grid has all of these values together")
 
 
+def is_safe_name(name: Any) -> bool:
+    """Whether `name` may become part of a file name: a non-empty string of letters, digits, '-' and '_' only
+    (no path separator, no dot, no newline). Experiment names and claim ids must be."""
+    return isinstance(name, str) and bool(name) and all(ch.isalnum() or ch in "-_" for ch in name)
+
+
+def check_claim_ids(grids: list[tuple[str | Path, Grid]]) -> None:
+    """A claim id names one claim across every grid given (its figure file, its CLAIMS.md section): `ConfigError`
+    naming both grid files otherwise."""
+    where: dict[str, str | Path] = {}
+    for path, grid in grids:
+        for claim in grid.claims:
+            first = where.setdefault(claim.id, path)
+            if first != path:
+                raise ConfigError(f"{path}: [[claim]] {claim.id}: id: also declared by {first}; claim ids are unique")
+
+
 def _parse_claims(tables: Any, grid: Grid, path: str | Path) -> tuple[Claim, ...]:
     """The `[[claim]]` tables: each complete, and every configuration it compares in the grid."""
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise _fail(path, "claim: declare each claim as a [[claim]] table")
     claims: list[Claim] = []
     for i, table in enumerate(tables):
-        where = f"[[claim]] {table.get('id', i + 1)!s}"
+        where = f"[[claim]] {table['id'] if is_safe_name(table.get('id')) else i + 1}"
 
         def fail(message: str, where: str = where) -> ConfigError:
             return _fail(path, f"{where}: {message}")
@@ -541,6 +558,11 @@ def _parse_claims(tables: Any, grid: Grid, path: str | Path) -> tuple[Claim, ...
         for key in ("id", "statement", "source"):
             if not isinstance(table.get(key), str) or not table[key].strip():
                 raise fail(f"{key}: required, a non-empty string")
+        if not is_safe_name(table["id"]):
+            raise fail(f"id: letters, digits, '-' or '_' only (it names the claim's figure file), got {table['id']!r}")
+        for key in ("statement", "subject", "source"):  # table cells and headings of CLAIMS.md: one line each
+            if key in table and (not isinstance(table[key], str) or "\n" in table[key] or "\r" in table[key]):
+                raise fail(f"{key}: one line of text, got {table[key]!r}")
         if table["id"] in {c.id for c in claims}:
             raise fail("id: two claims have this id")
         values = dict(table)
@@ -557,10 +579,12 @@ def _parse_claims(tables: Any, grid: Grid, path: str | Path) -> tuple[Claim, ...
         for key in ("metric", "x", "figure"):  # names the results side defines: it checks them (`check_names`)
             if key in values and (not isinstance(values[key], str) or not values[key]):
                 raise fail(f"{key}: a non-empty string, got {values[key]!r}")
-        for key in ("margin", "implied"):
+        for key in ("margin", "implied"):  # in the metric's units; an infinite margin would call anything "no effect"
             value = values.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-                raise fail(f"{key}: must be a number >= 0, got {value!r}")
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf
+            ):
+                raise fail(f"{key}: must be a finite number > 0, got {value!r}")
         seed = values.get("seed")
         if seed is not None and seed not in grid.seeds:
             raise fail(f"seed: must be one of the grid's seeds, got {seed!r}")
@@ -591,6 +615,9 @@ def _parse_claims(tables: Any, grid: Grid, path: str | Path) -> tuple[Claim, ...
                 raise fail(
                     'within: an interaction claim needs one grid axis and two of its values, e.g. { reward = ["exact_match", "distance"] }'
                 )
+            first, second = next(iter(within.values()))
+            if normal(first) == normal(second):  # the interaction would be 0 by construction
+                raise fail(f"within: two different values of its axis, got {first!r} twice")
         if kind == "correlation" and "x" not in values:
             raise fail("x: a correlation claim needs the metric of its other axis")
         if values["across"] is not None and values["across"] not in grid.axes:
