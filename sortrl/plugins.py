@@ -43,10 +43,21 @@ from typing import Any
 
 from sortrl.engine.deltas import DELTA_MODES, extras
 from sortrl.engine.losses import KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES, LossMode
+from sortrl.engine.registry import PLUGGED
 from sortrl.engine.task import REWARDS
 
 KINDS = ("deltas_mode", "loss_mode", "reward", "kl_estimator", "loss_agg_mode")
 """What a plug-in can register (the `RunConfig` field that names it)."""
+
+_REGISTRIES: dict[str, list[dict[str, Any]]] = {
+    "deltas_mode": [DELTA_MODES],
+    "loss_mode": [LOSS_MODES],
+    "reward": [REWARDS],
+    "kl_estimator": [KL_ESTIMATORS],
+    "loss_agg_mode": [LOSS_AGG_MODES, KL_LOSS_AGG_MODES],
+}
+BUILT_IN: dict[str, frozenset[str]] = {kind: frozenset().union(*r) for kind, r in _REGISTRIES.items()}
+"""sortrl's own variants, by kind: a plug-in cannot replace one, whatever its function's `__module__` says."""
 
 
 def register(kind: str, name: str, fn: Callable[..., Any] | None = None, **flags: Any) -> Any:
@@ -56,7 +67,8 @@ def register(kind: str, name: str, fn: Callable[..., Any] | None = None, **flags
     `clips`, and optionally `supervised`, `foldable`); other kinds take none.
     Registering the same function again (a module imported twice, a notebook
     cell run again: same module and name) replaces it.
-    Raises `ValueError` for an unknown kind, a taken name, a delta mode asking
+    Raises `ValueError` for an unknown kind, a taken name (one of sortrl's own, `BUILT_IN`, is never replaced,
+    whatever the function's `__module__` claims), a delta mode asking
     for an extra the engine does not provide, or flags that do not fit.
     """
     if fn is None:
@@ -75,14 +87,10 @@ def register(kind: str, name: str, fn: Callable[..., Any] | None = None, **flags
             raise ValueError(f"register: loss mode {name!r} needs flags linear, uses_ratio, clips ({err})") from None
     if kind == "deltas_mode":
         extras(fn)  # raises ValueError for a parameter the engine cannot provide
-    registries: dict[str, list[dict[str, Any]]] = {
-        "deltas_mode": [DELTA_MODES],
-        "loss_mode": [LOSS_MODES],
-        "reward": [REWARDS],
-        "kl_estimator": [KL_ESTIMATORS],
-        "loss_agg_mode": [LOSS_AGG_MODES, KL_LOSS_AGG_MODES],
-    }
-    for registry in registries[kind]:
+    if name in BUILT_IN[kind]:
+        raise ValueError(f"register: {kind} {name!r} is one of sortrl's own; choose another name")
+    PLUGGED.setdefault(kind, set()).add(name)
+    for registry in _REGISTRIES[kind]:
         old = registry.get(name)
         if old is not None and old != entry and _origin(old) != _origin(entry):
             raise ValueError(f"register: {kind} {name!r} is already registered (by {_origin(old)})")

@@ -80,13 +80,40 @@ def test_a_non_foldable_loss_is_computed_per_token(plugin, engine_spy):
 def test_register_refuses_what_the_engine_cannot_use():
     with pytest.raises(ValueError, match="unknown kind"):
         register("optimizer", "sgd", lambda: None)
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="'rewards' is one of sortrl's own"):
         register("deltas_mode", "rewards", lambda r: r)
+    spoof = lambda r: r  # noqa: E731 -- claims to be sortrl's own function: still refused
+    spoof.__module__, spoof.__qualname__ = "sortrl.engine.deltas", "rewards"
+    with pytest.raises(ValueError, match="'rewards' is one of sortrl's own"):
+        register("deltas_mode", "rewards", spoof)
+    with pytest.raises(ValueError, match="'lecture' is one of sortrl's own"):
+        register("loss_agg_mode", "lecture", lambda x, m: x)  # the KL's own aggregation
+
+    def first(r):
+        return r
+
+    def second(r):
+        return -r
+
+    register("deltas_mode", "taken_test", first)
+    with pytest.raises(ValueError, match="already registered"):  # another plug-in's function under that name
+        register("deltas_mode", "taken_test", second)
     with pytest.raises(ValueError, match="not one the engine provides"):
         register("deltas_mode", "needs_more", lambda r, secret: r)
     with pytest.raises(ValueError, match="needs flags linear, uses_ratio, clips"):
         register("loss_mode", "flagless", lambda lp, old, a, clip: -a * lp)
     assert "needs_more" not in DELTA_MODES and "flagless" not in LOSS_MODES
+
+
+@pytest.mark.parametrize(
+    ("body", "name"), [("import sys\nsys.exit(3)\n", "SystemExit"), ("raise KeyboardInterrupt\n", "KeyboardInterrupt")]
+)
+def test_a_plugin_that_exits_at_import_is_one_line(tmp_path, monkeypatch, body, name):
+    module = f"exits_at_import_{name.lower()}"
+    (tmp_path / f"{module}.py").write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=rf"^plugins: cannot import '{module}' \({name}"):
+        RunConfig(plugins=[module])
 
 
 def test_a_missing_plugin_is_one_line():
@@ -131,3 +158,65 @@ def test_sweep_workers_import_the_plugin(plugin, tmp_path, backend):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "8 trained" in done.stderr, done.stderr
+
+
+BAD_RESULTS = {
+    "a [run batch 1] tensor": (lambda r: r[..., :1], "a tensor of shape [1, 3, 1]"),
+    "a float": (lambda r: 0.5, "a float"),
+    "a list": (lambda r: r.tolist(), "a list"),
+    "a numpy array": (lambda r: r.numpy(), "a ndarray"),
+    "None": (lambda r: None, "a NoneType"),
+    "an integer tensor": (lambda r: r.long(), "a tensor of torch.int64"),
+    "nan": (lambda r: r * float("nan"), "a tensor with inf or nan values"),
+}
+
+
+@pytest.fixture
+def registries():
+    """The registries as they were, restored after the test (it registers plug-ins of its own)."""
+    kept = [DELTA_MODES, LOSS_MODES, REWARDS, KL_ESTIMATORS, LOSS_AGG_MODES, KL_LOSS_AGG_MODES]
+    saved = [dict(r) for r in kept]
+    yield
+    for registry, before in zip(kept, saved, strict=True):
+        registry.clear()
+        registry.update(before)
+
+
+@pytest.mark.parametrize("case", BAD_RESULTS, ids=str)
+def test_a_plugin_returning_the_wrong_thing_is_one_line_naming_it(registries, case):
+    fn, what = BAD_RESULTS[case]
+    register("deltas_mode", "bad_test", fn)
+    with pytest.raises(ConfigError) as error:
+        train([RunConfig(deltas_mode="bad_test", num_epochs=1, num_steps_per_epoch=1)])
+    message = str(error.value)
+    assert message.startswith("deltas_mode 'bad_test' (") and f"returned {what};" in message, message
+    assert "float tensor of shape [1, 3, 10]" in message and "\n" not in message
+
+
+def test_a_plugin_reward_and_aggregation_are_checked_too(registries):
+    register("reward", "bad_reward_test", lambda prompts, responses, content: responses.float())
+    with pytest.raises(ConfigError, match=r"^reward 'bad_reward_test' .* returned a tensor of shape \[1, 3, 10, 3\]"):
+        train([RunConfig(reward="bad_reward_test", num_epochs=1, num_steps_per_epoch=1)])
+    register("loss_agg_mode", "bad_agg_test", lambda mask, max_len: mask.sum(dim=-1))
+    with pytest.raises(ConfigError, match=r"^loss_agg_mode 'bad_agg_test' .* returned a tensor of shape \[1, 3, 10\]"):
+        train([RunConfig(loss_agg_mode="bad_agg_test", num_epochs=1, num_steps_per_epoch=1)])
+
+
+@pytest.mark.slow
+def test_a_plugin_returning_the_wrong_thing_in_a_sweep_worker_is_one_line(tmp_path):
+    """The same one line from loky worker processes, not a remote traceback."""
+    (tmp_path / "bad_plugin_for_tests.py").write_text(
+        "from sortrl.plugins import register\nregister('deltas_mode', 'bad_test', lambda r: r[..., :1])\n"
+    )
+    (tmp_path / "bad.toml").write_text(
+        GRID.replace("plugin_for_tests", "bad_plugin_for_tests")
+        .replace('"rank_test", ', "")
+        .replace("centered_rewards", "bad_test")
+    )
+    done = subprocess.run(
+        [SORTRL, "sweep", "bad.toml", "--results", "res", "--n-jobs", "2", "--chunk-size", "2"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and lines[-1].startswith("error: deltas_mode 'bad_test' ("), done.stderr
+    assert "Traceback" not in done.stderr and "returned a tensor of shape [2, 3, 1]" in lines[-1]  # a chunk of 2 runs

@@ -519,7 +519,8 @@ def load_plugins(modules: tuple[str, ...] | list[str]) -> None:
             continue
         try:
             importlib.import_module(name)
-        except Exception as err:  # noqa: BLE001 -- any failure to import a user's module is a bad `plugins` value
+        except (Exception, SystemExit, KeyboardInterrupt) as err:  # noqa: BLE001 -- a user's module failing to import
+            # (even by sys.exit or KeyboardInterrupt) is a bad `plugins` value: one line, not a silent exit
             raise ConfigError(f"plugins: cannot import {name!r} ({err.__class__.__name__}: {err})") from None
 
 

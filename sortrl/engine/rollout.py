@@ -25,6 +25,7 @@ from einops import rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from sortrl.engine.registry import check_plugin_result
 from sortrl.engine.task import PAD, REWARDS, eos_masks
 
 
@@ -100,20 +101,33 @@ def with_run_axis(prompts: Tensor) -> Tensor:
 
 
 def per_run(
-    names: list[str], registry: dict[str, Callable[..., Tensor]], run_args: dict[str, Tensor], **shared: Any
+    names: list[str],
+    registry: dict[str, Callable[..., Tensor]],
+    run_args: dict[str, Tensor],
+    kind: str,
+    axes: int | None = None,
+    **shared: Any,
 ) -> Tensor:
     """Call `registry[names[r]]` for run r, one call per distinct name.
 
     `run_args` are tensors with a leading `run` axis, sliced to the runs of
     each name; `shared` arguments are passed to every call as they are.
+    A plug-in's result (`kind`: the `RunConfig` field naming it) must have the
+    first `axes` axes of the first run argument (all of them when None):
+    `sortrl.engine.registry.check_plugin_result`.
     """
     unique = sorted(set(names))
+
+    def call(name: str, args: dict[str, Tensor]) -> Tensor:
+        shape = next(iter(args.values())).shape[:axes]
+        return check_plugin_result(kind, name, registry[name], registry[name](**args, **shared), shape)
+
     if len(unique) == 1:
-        return registry[unique[0]](**run_args, **shared)
+        return call(unique[0], run_args)
     out = None
     for name in unique:
         index = torch.tensor([r for r, n in enumerate(names) if n == name])
-        part = registry[name](**{k: v[index] for k, v in run_args.items()}, **shared)
+        part = call(name, {k: v[index] for k, v in run_args.items()})
         if out is None:
             out = part.new_empty((len(names), *part.shape[1:]))
         out[index] = part
@@ -162,7 +176,7 @@ class Scorer(NamedTuple):
         if prompts.dim() == 3:  # per-run prompt minibatches
             run_args["prompts"] = prompts
         shared = {} if prompts.dim() == 3 else {"prompts": prompts}
-        scores = per_run(self.rewards, REWARDS, run_args, **shared)
+        scores = per_run(self.rewards, REWARDS, run_args, "reward", 3, **shared)
         rewards = scores - self.length_penalty[:, None, None] * lengths
         if self.overlong_buffer is not None:
             counts = action.sum(dim=-1).float()

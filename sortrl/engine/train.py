@@ -40,7 +40,7 @@ from sortrl.engine.metrics import METRICS  # noqa: F401 -- part of the engine's 
 from sortrl.engine.model import Params, decode, encode, forward, init_params, init_value_head, value
 from sortrl.engine.objective import Entropy, Kl, Policy, fold, ratio_stats, sft_targets
 from sortrl.engine.optim import Adam
-from sortrl.engine.registry import ConfigError
+from sortrl.engine.registry import ConfigError, check_plugin_result
 from sortrl.engine.rollout import (
     Scorer,
     gather,
@@ -372,7 +372,9 @@ def _setup_epoch(state: _Batch, epoch: int, logits: Tensor) -> _Epoch:
         roll, rounds = resample_zero_std(scorer, roll, prompts, probs, state.generators, n["max_gen_batches"])
     kept = ~(zero_std(roll.rewards) & n["filter"][:, None])  # [run batch]
     mask = (roll.action & kept[:, :, None, None]).float()  # tokens in the loss
-    omega = per_run(state.names["loss_agg_mode"], LOSS_AGG_MODES, {"mask": mask}, max_len=c0.response_length)
+    omega = per_run(
+        state.names["loss_agg_mode"], LOSS_AGG_MODES, {"mask": mask}, kind="loss_agg_mode", max_len=c0.response_length
+    )
 
     rewards, kl, kl_metric = roll.rewards, None, None
     if state.use_kl:
@@ -381,7 +383,11 @@ def _setup_epoch(state: _Batch, epoch: int, logits: Tensor) -> _Epoch:
             state.ref = {k: v.detach().clone() for k, v in state.params.items()}
         ref_log_probs = torch.log_softmax(state.temper(forward(state.ref, prompts, state.padded)), dim=-1)
         kl_omega = per_run(
-            state.names["kl_loss_agg_mode"], KL_LOSS_AGG_MODES, {"mask": mask}, max_len=c0.response_length
+            state.names["kl_loss_agg_mode"],
+            KL_LOSS_AGG_MODES,
+            {"mask": mask},
+            kind="loss_agg_mode",
+            max_len=c0.response_length,
         )
         estimator = KL_ESTIMATORS[c0.kl_estimator]
         in_reward = (n["kl_penalty"] != 0) & n["kl_in_reward"]
@@ -441,7 +447,8 @@ def _deltas(names: list[str], rewards: Tensor, available: dict[str, Tensor]) -> 
         index = torch.tensor([r for r, m in enumerate(names) if m == name])
         whole = len(index) == len(names)
         args = {k: available[k] if whole else available[k][index] for k in extras(fn)}
-        part = fn(rewards if whole else rewards[index], **args)
+        mine = rewards if whole else rewards[index]
+        part = check_plugin_result("deltas_mode", name, fn, fn(mine, **args), mine.shape)
         if whole:
             return part
         if out is None:
