@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -599,3 +601,16 @@ def test_sweep_default_chunk_size_is_the_librarys():
 
     assert inspect.signature(cli.sweep).parameters["chunk_size"].default == sweep.CHUNK_SIZE
     assert inspect.signature(sweep.run_sweep).parameters["chunk_size"].default == sweep.CHUNK_SIZE
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_command_starts_up_is_one_line():
+    """The imports take about a second: a Ctrl-C then ends with one line and exit code 130, no traceback."""
+    import signal
+
+    sortrl = Path(sys.executable).parent / "sortrl"
+    process = subprocess.Popen([sortrl, "train", "--num-epochs", "50"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.3)  # still importing torch, pandas and typer
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.decode().strip() == "interrupted (while starting up)", (out, err)

@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "sortrl"
 LAYERS = ("engine", "study", "analysis", "render")
 """Bottom to top; a module may import its own folder and the folders below it."""
-TOP = ("cli", "plugins")
+TOP = ("cli", "plugins", "__main__")
 """Modules on top of every folder (the CLI and the plug-in API), free to import any of them."""
 
 
