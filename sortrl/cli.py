@@ -285,6 +285,8 @@ def sweep(
     problems = []
     try:
         for grid in grids:
+            if grid.num_runs >= BIG_GRID:  # planning takes ~25 us a run: say what is happening first
+                print(f"{grid.name}: {grid.num_runs:,} runs: planning them", file=sys.stderr)
             with _progress() as bar:
                 shown = _SweepProgress(grid.name, grid.num_runs, bar)
                 outcome = run_sweep(
@@ -340,6 +342,10 @@ class _SweepProgress:
     def stored_chunk(self, runs: int) -> None:
         self.stored = (self.stored or 0) + runs
         self.bar.advance(self.task, runs)
+
+
+BIG_GRID = 50_000
+"""Runs from which `sortrl sweep` announces a grid's size before planning it (a second or more)."""
 
 
 def _plan_line(plan: Plan) -> str:

@@ -614,3 +614,15 @@ def test_ctrl_c_while_the_command_starts_up_is_one_line():
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130 and err.decode().strip() == "interrupted (while starting up)", (out, err)
+
+
+def test_a_big_grid_is_announced_before_it_is_planned(tmp_path, monkeypatch):
+    """From BIG_GRID runs on, planning takes seconds: the grid's size is said first."""
+    from sortrl import cli
+
+    monkeypatch.setattr(cli, "BIG_GRID", 4)
+    path = tmp_path / "g.toml"
+    path.write_text(grid(top='name = "g"\nseeds = 4\n'))
+    result = invoke("sweep", path, "--results", tmp_path / "r", "--n-jobs", 1)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[0] == "g: 4 runs: planning them"

@@ -502,8 +502,9 @@ class _ThreadExecutor(concurrent.futures.ThreadPoolExecutor):
         super().shutdown(wait=wait)
 
 
-def test_n_jobs_is_capped_at_the_chunks_and_warned_above_the_cores(tmp_path, monkeypatch):
-    """Defect 5: --n-jobs 16 for 3 chunks asks loky for 3 workers (not 16), with a warning: more than the cores."""
+def test_n_jobs_is_capped_at_the_chunks_and_at_the_cores_with_a_warning(tmp_path, monkeypatch):
+    """Defect 5: --n-jobs 16 for cores + 1 chunks asks loky for one worker per core (not 16, not cores + 1),
+    with a warning that says so."""
     import joblib.externals.loky
 
     asked = []
@@ -515,10 +516,25 @@ def test_n_jobs_is_capped_at_the_chunks_and_warned_above_the_cores(tmp_path, mon
     cores = os.cpu_count() or 1
     chunks = cores + 1
     grid = parse_grid(f'name = "few"\nseeds = {chunks}\n[base]\nnum_epochs = 1\nnum_steps_per_epoch = 1\n')
-    with pytest.warns(sweep_module.SweepWarning, match=f"n_jobs: {chunks} worker processes on {cores} cores"):
+    with pytest.warns(sweep_module.SweepWarning, match=f"n_jobs: {chunks} worker processes on {cores} cores.*using"):
         outcome = run_sweep(grid, tmp_path, n_jobs=16, chunk_size=1)
-    assert outcome.trained == chunks and asked == [chunks]
-    assert read_manifest(runs_dir(tmp_path, "few"))["n_jobs"] == chunks
+    assert outcome.trained == chunks and asked == ([cores] if cores > 1 else [])  # one core: trained here
+    assert read_manifest(runs_dir(tmp_path, "few"))["n_jobs"] == cores
+
+
+def test_chunks_trained_side_by_side_must_fit_in_memory_together(tmp_path, monkeypatch):
+    """Each of two chunks fits in memory alone, both at once do not: refused before training, in one line."""
+    import sortrl.engine.train as engine
+
+    grid = parse_grid('name = "mem"\nseeds = 4\n[base]\nnum_epochs = 1\nnum_steps_per_epoch = 1\n')
+    chunk = 2 * grid.runs()[0].config.memory_bytes
+    monkeypatch.setattr(engine, "physical_memory", lambda: int(1.5 * chunk))
+    monkeypatch.setattr(sweep_module.os, "cpu_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"^configs: training these 4 runs needs about .* GiB at once"):
+        run_sweep(grid, tmp_path, n_jobs=2, chunk_size=2)
+    assert not list(tmp_path.rglob("chunk-*"))
+    outcome = run_sweep(grid, tmp_path, n_jobs=1, chunk_size=2)  # one chunk at a time fits
+    assert outcome.trained == 4
 
 
 def test_lost_chunks_are_retried_a_bounded_number_of_times(tmp_path, monkeypatch):

@@ -171,7 +171,7 @@ def train(
     for i, cfg in enumerate(configs):
         batches[batch_key(cfg)].append(i)
     shards = [part for indices in batches.values() for part in _shards(indices, workers)]
-    _check_memory(configs, shards, min(workers, len(shards)))
+    check_memory(configs, shards, min(workers, len(shards)))
     callers = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -188,8 +188,10 @@ def train(
     return table.drop(columns="_run").reset_index(drop=True)
 
 
-def _check_memory(configs: list[RunConfig], shards: list[list[int]], parallel: int) -> None:
-    """Refuse (`ConfigError`) before allocating when the largest shards trained at once would not fit in memory."""
+def check_memory(configs: list[RunConfig], shards: list[list[int]], parallel: int) -> None:
+    """Refuse (`ConfigError`) before allocating when the largest `parallel` of `shards` (lists of indices into
+    `configs`) trained at once would not fit in this machine's memory (`RunConfig.memory_bytes`, estimated).
+    `train` checks its thread shards; `sortrl sweep` the chunks its workers train side by side."""
     sizes = sorted((sum(configs[i].memory_bytes for i in shard) for shard in shards), reverse=True)
     need, have = sum(sizes[:parallel]), physical_memory()
     if need > have:

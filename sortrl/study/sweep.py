@@ -50,7 +50,7 @@ from typing import Any, NamedTuple
 
 from sortrl.engine.config import RunConfig
 from sortrl.engine.registry import ConfigError, check_choice
-from sortrl.engine.train import batch_key, train
+from sortrl.engine.train import batch_key, check_memory, train
 from sortrl.study.grid import Grid
 from sortrl.study.store import (
     atomic_write_text,
@@ -275,6 +275,7 @@ def run_sweep(
     remove_stale_temporaries(folder)
     runs = {run.config.run_id: run for run in grid.runs()}  # distinct configurations have distinct runs (parse_grid)
     configs = [run.config for run in runs.values()]
+    index = {c.run_id: i for i, c in enumerate(configs)}
     done = completed_run_ids(folder)
     missing = [c for c in configs if c.run_id not in done]
     stored = {c.run_id for c in configs} & done
@@ -305,6 +306,8 @@ def run_sweep(
             planned = plan_chunks(configs, chunk_size, pool.parallel)
             chunks = [chunk for chunk in ([c for c in chunk if c.run_id not in done] for chunk in planned) if chunk]
             pool.start(len(chunks))
+            if scheduler is None:  # chunks train side by side on this machine: together they must fit its memory
+                check_memory(configs, [[index[c.run_id] for c in chunk] for chunk in chunks], pool.workers)
             manifest["n_jobs"] = pool.workers
             atomic_write_text(folder / "grid.toml", grid.text)
             write_manifest(folder, manifest)
@@ -519,11 +522,12 @@ class _LokyPool(_Pool):
         cores = os.cpu_count() or 1
         if self.workers > cores:
             warnings.warn(
-                f"n_jobs: {self.workers} worker processes on {cores} cores compete for them (and for memory); "
-                f"a sweep is fastest with at most {cores}",
+                f"n_jobs: {self.workers} worker processes on {cores} cores would compete for them (and for memory); "
+                f"using {cores}",
                 SweepWarning,
                 stacklevel=3,
             )
+            self.workers = cores
         self.renew()
 
     def renew(self) -> None:
