@@ -220,3 +220,56 @@ def test_a_plugin_returning_the_wrong_thing_in_a_sweep_worker_is_one_line(tmp_pa
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and lines[-1].startswith("error: deltas_mode 'bad_test' ("), done.stderr
     assert "Traceback" not in done.stderr and "returned a tensor of shape [2, 3, 1]" in lines[-1]  # a chunk of 2 runs
+
+
+def test_a_plugins_code_is_part_of_its_runs_identity(plugin, tmp_path):
+    """Editing a plug-in changes the run ids of the runs using it; runs without plug-ins keep theirs."""
+    from sortrl.engine import config as config_module
+
+    before = RunConfig(deltas_mode="rank_test", plugins=[plugin]).run_id
+    assert RunConfig().run_id == config_module.run_id_of(RunConfig().to_dict())  # no plug-in: the fields alone
+    (tmp_path / f"{plugin}.py").write_text(PLUGIN + "\n# edited\n")
+    sys.modules.pop(plugin)
+    config_module.plugin_digest.cache_clear()
+    after = RunConfig(deltas_mode="rank_test", plugins=[plugin]).run_id
+    assert after != before
+
+
+@pytest.mark.slow
+def test_a_changed_plugin_retrains_its_runs(plugin, tmp_path):
+    """A sweep after the plug-in's code changed trains its runs anew (the old ones were another code's), and the
+    report counts only the new ones."""
+    from sortrl.analysis.experiment import load_experiment
+
+    (tmp_path / "ranked.toml").write_text(GRID)
+    sweep = [SORTRL, "sweep", "ranked.toml", "--results", "res", "--n-jobs", "1"]
+    first = subprocess.run(sweep, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert "8 trained, 0 already stored" in first.stderr, first.stderr
+    again = subprocess.run(sweep, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert "0 trained, 8 already stored" in again.stderr, again.stderr  # unchanged code: resumed
+    (tmp_path / f"{plugin}.py").write_text(PLUGIN.replace("ranks - ranks.mean", "2 * ranks - 2 * ranks.mean"))
+    edited = subprocess.run(sweep, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert "8 trained, 0 already stored" in edited.stderr, edited.stderr  # every run loads the plug-in
+    sys.modules.pop(plugin, None)
+    from sortrl.engine import config as config_module
+
+    config_module.plugin_digest.cache_clear()
+    exp = load_experiment(tmp_path / "res", "ranked")
+    assert len(exp.final) == 8 and "8 stored run(s) match no configuration" in " ".join(exp.notes)
+
+
+@pytest.mark.slow
+def test_a_plugin_next_to_its_grid_file_is_found_from_another_folder(tmp_path):
+    """`sortrl sweep grids/ranked.toml` from elsewhere: the plug-in beside the grid file is imported here and in
+    the loky workers."""
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    (grids / "plugin_beside_grid.py").write_text(PLUGIN)
+    (grids / "ranked.toml").write_text(GRID.replace("plugin_for_tests", "plugin_beside_grid"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run(
+        [SORTRL, "sweep", grids / "ranked.toml", "--results", "res", "--n-jobs", "2", "--chunk-size", "2"],
+        cwd=elsewhere, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0 and "8 trained" in done.stderr, done.stderr

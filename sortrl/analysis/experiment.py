@@ -322,20 +322,17 @@ def _read_runs(
     finished run with the scores `names` (`sortrl.analysis.scores`), both in grid then seed order;
     `curves`: the per-epoch `curves` of the finished runs.
     """
-    expected = {c.label: {**c.config.to_dict(), "seed": None} for c in grid.configurations()}
-    seeds = set(grid.seeds)
+    expected = {(run.configuration, run.seed): run.config.run_id for run in grid.runs()}
     order = {label: i for i, label in enumerate(labels)}
     columns, patterns = ["step", *curves], score_patterns(names)
     stored, matched, scored, kept, taken = 0, [], [], [], set()
     for chunk in chunks:
         stored += len(chunk.runs)
-        runs = [  # a run counts when its stored config, but for the seed, is the configuration's today
+        runs = [  # a run counts when it is the one the grid asks for today: its config and plug-ins' code (run id)
             r
             for r in chunk.runs
-            if r["configuration"] in expected
-            and r["seed"] in seeds
+            if expected.get((r["configuration"], r["seed"])) == r["run_id"]
             and (r["configuration"], r["seed"]) not in taken
-            and {**r["config"], "seed": None} == expected[r["configuration"]]
         ]
         taken |= {(r["configuration"], r["seed"]) for r in runs}
         matched.append(pd.DataFrame(runs, columns=list(RUN_COLUMNS)))

@@ -18,6 +18,7 @@ import json
 import math
 import numbers
 import os
+import pathlib
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -227,7 +228,8 @@ class RunConfig:
 
     @functools.cached_property
     def run_id(self) -> str:
-        """Stable 16-hex-digit hash of every field (same config -> same id, on any machine)."""
+        """Stable 16-hex-digit hash of every field (same config -> same id, on any machine), and of the source code of
+        its plug-ins (`plugin_digest`): a changed plug-in makes new runs, it does not resume the old ones."""
         return run_id_of(self.to_dict())
 
     # --- serialisation -------------------------------------------------
@@ -243,9 +245,29 @@ class RunConfig:
 
 
 def run_id_of(fields: dict[str, Any]) -> str:
-    """The `RunConfig.run_id` of the config whose `to_dict()` is `fields` (so a grid hashes seeds without configs)."""
+    """The `RunConfig.run_id` of the config whose `to_dict()` is `fields` (so a grid hashes seeds without configs).
+
+    With plug-ins, the hash covers their modules' source too (`plugin_digest`); without, it is the fields' alone.
+    """
+    if fields.get("plugins"):
+        fields = {**fields, "plugin_sources": plugin_digest(tuple(fields["plugins"]))}
     blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@functools.cache
+def plugin_digest(modules: tuple[str, ...]) -> str:
+    """SHA-256 of the source files of plug-in `modules` (imported by `load_plugins`), read once per process.
+
+    Part of a run's identity: editing a plug-in changes the run ids of the runs that use it, so a sweep
+    retrains them and a report does not count the old ones. A module without a source file counts by name.
+    """
+    load_plugins(modules)
+    digest = hashlib.sha256()
+    for name in sorted(modules):
+        path = getattr(sys.modules[name], "__file__", None)
+        digest.update(name.encode() + b"\0" + (pathlib.Path(path).read_bytes() if path else b"") + b"\0")
+    return digest.hexdigest()[:16]
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RunConfig))

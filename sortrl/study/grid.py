@@ -46,7 +46,9 @@ import copy
 import itertools
 import json
 import math
+import os
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -695,11 +697,27 @@ def _parse_seeds(value: Any, path: str | Path) -> tuple[int, ...]:
 
 
 def load_grid(path: str | Path) -> Grid:
-    """Read a grid file; a missing or unreadable file raises `ConfigError`."""
+    """Read a grid file; a missing or unreadable file raises `ConfigError`.
+
+    A grid that names plug-ins finds them next to itself: its folder is searched for them (after the installed
+    packages) here and in the worker processes this process starts (`PYTHONPATH`), from whatever folder
+    `sortrl sweep` runs.
+    """
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise _fail(
             path, f"cannot read grid file ({err.__class__.__name__}: {getattr(err, 'strerror', err)})"
         ) from None
+    if "plugins" in text:
+        _search_for_plugins(Path(path).resolve().parent)
     return parse_grid(text, path)
+
+
+def _search_for_plugins(folder: Path) -> None:
+    """Let this process and the ones it starts import modules from `folder` (searched last)."""
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(folder) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([*paths, str(folder)])
