@@ -33,7 +33,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
-import joblib
 import pandas as pd
 
 from sortrl.analysis.claims import Test, check_metrics, ledger
@@ -52,6 +51,7 @@ from sortrl.render.readme import read_readme, readme_text
 from sortrl.render.report import render_report
 from sortrl.study.grid import Grid
 from sortrl.study.store import experiment_names, write_files
+from sortrl.study.sweep import worker_init
 
 
 class Outputs(NamedTuple):
@@ -98,6 +98,20 @@ def _experiment_outputs(results: Path, name: str) -> Outputs:
             path = claim_figures[claim.id] = results / claim_figure_file(claim.id)
             files[path] = png_bytes(draw_claim(exp, claim, [t for t in tests if t.claim.id == claim.id]))
     return Outputs(replace(found, figures=drawn), tests, claim_figures, files, stale, caught)
+
+
+def _in_workers(jobs: int, results: Path, names: list[str]) -> list[Outputs]:
+    """`_experiment_outputs` of each experiment in `jobs` loky processes, which ignore Ctrl-C and exit within a
+    second of this process's death (`sortrl.study.sweep.worker_init`); stopped at once if this process is
+    interrupted or fails."""
+    from joblib.externals.loky import get_reusable_executor
+
+    executor = get_reusable_executor(max_workers=jobs, timeout=30, initializer=worker_init, initargs=(os.getpid(),))
+    try:
+        return list(executor.map(_experiment_outputs, [results] * len(names), names))
+    except BaseException:
+        executor.shutdown(wait=False, kill_workers=True)
+        raise
 
 
 def _csv(table: pd.DataFrame) -> bytes:
@@ -181,8 +195,7 @@ def write_report(results: str | Path, readme: str | Path | None = None) -> list[
     names = experiment_names(results)
     jobs = min(len(names), os.cpu_count() or 1)
     if jobs > 1:  # one experiment per process: figures are independent and each process draws them identically
-        parallel = joblib.Parallel(n_jobs=jobs, backend="loky")
-        outputs = parallel(joblib.delayed(_experiment_outputs)(results, name) for name in names)
+        outputs = _in_workers(jobs, results, names)
     else:
         outputs = [_experiment_outputs(results, name) for name in names]
     for out in outputs:

@@ -535,7 +535,7 @@ class _LokyPool(_Pool):
 
         with _sigint_blocked():  # workers start with SIGINT blocked (inherited): Ctrl-C is ours to handle
             self.executor = get_reusable_executor(
-                max_workers=self.workers, timeout=300, initializer=_worker_init, initargs=(os.getpid(),)
+                max_workers=self.workers, timeout=300, initializer=worker_init, initargs=(os.getpid(),)
             )
         _EXECUTORS.append(self.executor)
 
@@ -657,8 +657,9 @@ def _sigint_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _worker_init(parent: int) -> None:
-    """Set up a loky worker: ignore Ctrl-C (the client handles it) and exit soon after `parent` dies."""
+def worker_init(parent: int) -> None:
+    """Set up a loky worker (a sweep's, a report's): ignore Ctrl-C (the client handles it) and exit soon after
+    `parent` dies (`WATCH_SECONDS`), so that a killed client leaves no process behind."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # the imports' objects (torch's, pandas') live as long as the worker: out of every collection,
     # including the one at exit, which took ~0.5 s of each worker's shutdown at the end of a sweep
