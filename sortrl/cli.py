@@ -13,10 +13,14 @@ import dataclasses
 import gc
 import inspect
 import json
+import math
 import os
+import re
+import shutil
 import signal
 import sys
 import tempfile
+import textwrap
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -106,7 +110,13 @@ def _train_parameters() -> list[inspect.Parameter]:
         kind: Any = _OPTION_TYPES.get(f.type, str)  # prompts, prompt_length: JSON text, parsed below
         help_text = docs.get(f.name, "") + f" [default: {_show_default(f.default)}]"
         if f.name in CHOICES:  # one value per line ("\b": click keeps the lines), as TRL's GRPOConfig documents them
-            lines = [f"  {name}: {doc}" for name, doc in choice_docs(f.name).items()]
+            # wrapped by hand to the help column's width (the options take ~34 columns of the terminal's)
+            width = max(30, shutil.get_terminal_size().columns - 34)
+            lines = [
+                line
+                for name, doc in choice_docs(f.name).items()
+                for line in textwrap.wrap(f"{name}: {doc}", width, initial_indent="  ", subsequent_indent="    ")
+            ]
             help_text += "\n\n\b\nChoices:\n" + "\n".join(lines)
         if f.name == "prompts":
             help_text = "Prompts as JSON, e.g. '[[1,0,2],[3,2,4]]'. " + help_text
@@ -132,7 +142,15 @@ def _show_default(value: Any) -> str:
 
 def train_command(
     seed: Annotated[
-        list[int] | None, typer.Option("--seed", help="Seed of a run; repeat for several (default 0).")
+        list[str] | None,
+        typer.Option(
+            "--seed",
+            metavar="SEEDS",
+            help="Seeds of the runs: 3, a list 0,1,5 or a range 0-31 (both ends included); repeatable (default 0).",
+        ),
+    ] = None,
+    seeds: Annotated[
+        int | None, typer.Option("--seeds", metavar="N", help="N runs, seeds 0 to N-1 (instead of --seed).")
     ] = None,
     recipe: Annotated[
         str | None, typer.Option(help=f"Named preset ({', '.join(RECIPES)}); explicit options win.")
@@ -160,10 +178,7 @@ def train_command(
         given["prompt_length"] = _parse_prompt_length(given["prompt_length"])
     if out is not None:
         _check_out(out)
-    seeds = seed or [0]
-    twice = sorted({s for s in seeds if seeds.count(s) > 1})
-    if twice:
-        raise ConfigError(f"seed: {twice[0]} is given twice; each seed names one run")
+    seeds = _parse_seeds(seed, seeds)
     configs = [make_config(recipe=recipe, **given, seed=s) for s in seeds]
     for name, why in ignored_fields(configs[0]).items():
         if name in given:
@@ -172,13 +187,7 @@ def train_command(
     with _progress() as bar:
         task = bar.add_task("training", total=total)
         table = train(configs, progress=lambda n: bar.advance(task, n))
-    final = table.sort_values("epoch").groupby("seed", sort=True).tail(1)
-    summary = Table(title=f"final mean reward ({configs[0].num_epochs} epochs)")
-    for name in ("seed", "mean_reward", "greedy_accuracy", "status"):
-        summary.add_column(name)
-    for _, row in final.sort_values("seed").iterrows():
-        summary.add_row(str(row["seed"]), f"{row['mean_reward']:.3f}", f"{row['greedy_accuracy']:.2f}", row["status"])
-    Console().print(summary)
+    Console().print(_summary(table, configs[0]))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         from sortrl.study.store import atomic_write_bytes
@@ -186,6 +195,53 @@ def train_command(
         data = table.to_csv(index=False).encode() if out.suffix == ".csv" else table.to_parquet(index=False)
         atomic_write_bytes(out, data)
         console.print(f"wrote {len(table)} rows to {out}")
+
+
+def _parse_seeds(given: list[str] | None, count: int | None) -> list[int]:
+    """The seeds of `--seed` (each `3`, `0,1,5` or `0-31`) or `--seeds N` (0 .. N-1); `ConfigError` if bad."""
+    if count is not None:
+        if given:
+            raise ConfigError("seeds: give --seed or --seeds, not both")
+        if count < 1:
+            raise ConfigError(f"seeds: must be >= 1, got {count}")
+        return list(range(count))
+    seeds: list[int] = []
+    for text in given or ["0"]:
+        for part in text.split(","):
+            found = re.fullmatch(r"\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?", part)  # a negative seed is RunConfig's to refuse
+            if found is None:
+                raise ConfigError(f"seed: {text!r} is not a seed, a list (0,1,5) or a range (0-31)")
+            first = int(found[1])
+            last = int(found[2]) if found[2] is not None else first
+            if last < first:
+                raise ConfigError(f"seed: the range {part.strip()!r} is empty (write the smaller seed first)")
+            seeds += range(first, last + 1)
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ConfigError(f"seed: {twice[0]} is given twice; each seed names one run")
+    return seeds
+
+
+def _summary(table: Any, cfg: RunConfig) -> Table:
+    """Each seed's final reward as the report defines it (mean reward over the last 10% of epochs), against the best
+    possible mean reward and the uniform random policy's, and its greedy accuracy after the last epoch."""
+    from sortrl.analysis.stats import FINAL_FRACTION, final_scores
+    from sortrl.engine.task import reward_bounds
+
+    final = final_scores(table, by="seed")
+    last = table.sort_values("epoch").groupby("seed", sort=True).tail(1).set_index("seed")
+    bounds = reward_bounds(cfg)
+    epochs = max(1, math.ceil(FINAL_FRACTION * cfg.num_epochs - 1e-9))
+    summary = Table(
+        title=f"final reward: mean reward of the last {epochs} of {cfg.num_epochs} epochs "
+        f"(best possible {bounds.best:.3g}, uniform random policy {bounds.chance:.3g})"
+    )
+    for name in ("seed", "final reward", "greedy accuracy", "status"):
+        summary.add_column(name)
+    for seed in final.index:
+        row = last.loc[seed]
+        summary.add_row(str(seed), f"{final[seed]:.3f}", f"{row['greedy_accuracy']:.2f}", row["status"])
+    return summary
 
 
 def _check_out(out: Path) -> None:
@@ -221,7 +277,8 @@ def _parse_prompts(text: str) -> list[list[int]]:
 
 
 train_command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    [p for p in inspect.signature(train_command).parameters.values() if p.kind != p.VAR_KEYWORD] + _train_parameters()
+    [p for p in inspect.signature(train_command, eval_str=True).parameters.values() if p.kind != p.VAR_KEYWORD]
+    + _train_parameters()
 )
 app.command("train")(train_command)
 
@@ -424,14 +481,12 @@ def report(
 def recipes() -> None:
     """List the named presets and the fields each one sets."""
     table = Table(title="recipes (explicit options override them)")
-    table.add_column("recipe")
-    table.add_column("sets")
-    table.add_column("KL coefficient")
-    table.add_column("source")
+    for column in ("recipe", "sets", "KL coefficient", "source"):
+        table.add_column(column, overflow="fold")  # a long field=value wraps, it is not cut
     for name, recipe in RECIPES.items():
         fields = ", ".join(f"{k}={v}" for k, v in recipe.fields.items())
         table.add_row(name, fields, make_config(recipe=name).kl_description, recipe.source)
-    Console(width=200).print(table)
+    Console().print(table)  # the terminal's width (80 columns when not a terminal): rich wraps the cells
 
 
 def main() -> None:

@@ -61,7 +61,7 @@ def test_train_writes_a_table(tmp_path, suffix):
     table = pd.read_parquet(out) if suffix == ".parquet" else pd.read_csv(out)
     assert sorted(table.seed.unique()) == [0, 1] and len(table) == 2 * 3
     assert set(table.status) == {"ok"} and table.mean_reward.notna().all()
-    assert "final mean reward" in result.stdout
+    assert "final reward: mean reward of the last" in " ".join(result.stdout.split())
 
 
 def test_sweep_then_rerun_skips_everything(tmp_path):
@@ -626,3 +626,59 @@ def test_a_big_grid_is_announced_before_it_is_planned(tmp_path, monkeypatch):
     result = invoke("sweep", path, "--results", tmp_path / "r", "--n-jobs", 1)
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines()[0] == "g: 4 runs: planning them"
+
+
+@pytest.mark.slow
+def test_train_help_shows_every_options_help_within_80_columns():
+    sortrl = Path(sys.executable).parent / "sortrl"
+    shown = subprocess.run(
+        [sortrl, "train", "--help"], capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "80"}
+    )
+    lines = shown.stdout.splitlines()
+    assert shown.returncode == 0 and max(len(line) for line in lines) <= 80
+    for option, words in (("--seed", "Seeds of the runs"), ("--recipe", "Named preset"), ("--plugin", "module"),
+                          ("--out", "per-epoch metrics")):  # fmt: skip
+        at = next(i for i, line in enumerate(lines) if line.strip().startswith(option + " "))
+        assert words in " ".join(lines[at : at + 3]), lines[at : at + 3]
+
+
+@pytest.mark.parametrize(
+    ("options", "seeds"),
+    [(["--seed", "0-2,5"], [0, 1, 2, 5]), (["--seeds", "3"], [0, 1, 2]), (["--seed", "4", "--seed", "1"], [1, 4])],
+)
+def test_train_takes_seed_lists_ranges_and_counts(tmp_path, options, seeds):
+    out = tmp_path / "t.csv"
+    result = invoke("train", *options, "--num-epochs", 2, "--num-steps-per-epoch", 1, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(pd.read_csv(out)["seed"].unique()) == seeds
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        (["--seed", "5-1"], "the range '5-1' is empty"),
+        (["--seed", "x"], "'x' is not a seed"),
+        (["--seed", "0-3", "--seed", "2"], "2 is given twice"),
+        (["--seeds", "0"], "seeds: must be >= 1"),
+        (["--seeds", "2", "--seed", "1"], "not both"),
+    ],
+)
+def test_bad_seeds_are_one_line(options, needle):
+    assert_one_line_error(invoke("train", *options), needle)
+
+
+def test_the_run_summary_is_the_reports_final_reward_against_best_and_chance(tmp_path):
+    """The summary's final reward is the mean reward over the last 10% of epochs (the report's), not the last epoch's."""
+    from sortrl.analysis.stats import final_scores
+
+    out = tmp_path / "t.csv"
+    result = invoke("train", "--seed", "0-1", "--num-epochs", 20, "--num-steps-per-epoch", 1, "--out", out)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "mean reward of the last 2 of 20 epochs" in text and "best possible 5" in text
+    assert "uniform random policy 2.66" in text
+    final = final_scores(pd.read_csv(out), by="seed")
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip() for line in result.stdout.splitlines() if "│" in line
+    }
+    assert {seed: rows[str(seed)] for seed in final.index} == {seed: f"{v:.3f}" for seed, v in final.items()}
