@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv/ and install sortrl with the exact pins of constraints.txt (torch 2.13.0 CPU)
+	@echo "sortrl is installed in $(VENV)/: 'source $(VENV)/bin/activate' puts the sortrl command on your PATH"
 
 # JupyterLab is the `notebooks` extra, installed on demand so that `make install` stays lean
 $(NOTEBOOKS_STAMP): $(STAMP) pyproject.toml constraints.txt
