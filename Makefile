@@ -62,7 +62,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml constraints.txt
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP) ## Measure engine throughput and sweep wall time (writes results/bench.csv)
-	$(PY) benchmarks/bench.py --results $(RESULTS) --readme README.md
+	$(PY) benchmarks/bench.py --results $(RESULTS) --readme docs/engine.md
 
 lock: $(STAMP) $(NOTEBOOKS_STAMP) ## Rewrite constraints.txt from the current environment
 	@{ echo "# Exact pins for a reproducible study (pip constraints); ranges live in pyproject.toml."; \

@@ -404,7 +404,7 @@ def main() -> None:
 
 
 def write_speed_block(path: Path, rows: list[dict], facts: dict, repeats: int) -> None:
-    """Rewrite the README's generated `speed` block from this benchmark's rows (nothing in it is typed by hand)."""
+    """Rewrite the generated `speed` block (docs/engine.md) from this benchmark's rows (nothing in it is typed by hand)."""
     from sortrl.render.readme import replace_blocks
 
     lines = [

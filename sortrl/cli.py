@@ -462,7 +462,7 @@ def report(
         Path | None,
         typer.Option(
             "--readme",
-            help="Also rewrite the generated headline and findings blocks of this Markdown file (e.g. README.md).",
+            help="Also rewrite the generated headline block of this Markdown file (e.g. README.md).",
         ),
     ] = None,
 ) -> None:

@@ -37,7 +37,7 @@ from sortrl.analysis.findings import (
 from sortrl.analysis.verdicts import N_RESAMPLES
 from sortrl.render.claims_md import fmt_effect as fmt_claim_effect
 from sortrl.render.figures import FIGURES
-from sortrl.render.sentences import experiment_sentences
+from sortrl.render.sentences import experiment_sentences, ordered, summary_sentences
 
 
 def _findings(f: Findings) -> list[str]:
@@ -268,6 +268,8 @@ def render_report(experiments: list[Findings], tests: list[Test] = ()) -> str:
         f"seaborn `{sns.__version__}`, matplotlib `{mpl.__version__}`.",
         "",
     ]
+    lines += ["## At a glance", ""]
+    lines += [p for f in ordered(experiments) for p in (" ".join(summary_sentences(f)), "")]
     for f in experiments:
         exp, summary = f.experiment, f.summary
         lines += [f"## Experiment `{exp.name}`", "", "### What was run", "", *_what_was_run(exp), ""]

@@ -75,7 +75,7 @@ def _capital(sentence: str) -> str:
     return sentence[:1].upper() + sentence[1:]
 
 
-# --- comparisons (README) -------------------------------------------------------
+# --- comparisons (at a glance) -------------------------------------------------------
 def comparisons_sentence(f: Findings, short: bool = True) -> str:
     """How many configurations are better / worse / no different / inconclusive against their references."""
     exp = f.experiment
@@ -249,3 +249,25 @@ def experiment_sentences(f: Findings, short: bool = True) -> list[str]:
     out += recipe_sentences(f)
     out.append(shared_sentence(f))
     return [s for s in out if s]
+
+
+# --- at a glance (REPORT.md's first section) -----------------------------------------------------------
+ORDER = ("lecture", "ablations", "algorithms", "difficulty")
+"""Order of the experiments at a glance (and the README's headline choice); experiments not listed follow, by name."""
+
+
+def ordered(sections: list[Findings]) -> list[Findings]:
+    """`sections` in `ORDER`, then by name."""
+    rank = {name: i for i, name in enumerate(ORDER)}
+    return sorted(sections, key=lambda f: (rank.get(f.experiment.name, len(ORDER)), f.experiment.name))
+
+
+def summary_sentences(f: Findings) -> list[str]:
+    """One experiment in a paragraph: its size, the top, the comparisons, null results, the rest."""
+    exp = f.experiment
+    if f.summary["n"].sum() == 0:
+        return [f"**`{exp.name}`**: no finished runs yet."]
+    head = f"**`{exp.name}`** ({len(exp.configs)} configurations × {len(exp.grid.seeds)} seeds)."
+    found = experiment_sentences(f, short=True)
+    tops = len(f.tops)
+    return [s for s in (head, *found[:tops], comparisons_sentence(f), *found[tops:]) if s]
