@@ -554,3 +554,22 @@ def test_killing_the_report_stops_its_workers(results, tmp_path):
     while time.time() < deadline and [w for w in workers if _running(w)]:
         time.sleep(0.1)
     assert not [w for w in workers if _running(w)]
+
+
+def test_a_report_before_any_run_of_a_claims_grid_says_no_runs_yet(tmp_path):
+    """A sweep stopped before its first chunk leaves grid.toml alone: the report still exits 0, and a claim whose
+    score no run has yet (`length_gap`) says "no runs yet" (it was a KeyError traceback)."""
+    from typer.testing import CliRunner
+
+    from sortrl.cli import app
+
+    grid = Path(__file__).resolve().parents[1] / "experiments" / "claims" / "length.toml"
+    assert 'metric = "length_gap"' in grid.read_text()
+    folder = tmp_path / "runs" / "claims-length"
+    folder.mkdir(parents=True)
+    shutil.copy(grid, folder / "grid.toml")
+    outcome = CliRunner().invoke(app, ["report", "--results", str(tmp_path)])
+    assert outcome.exit_code == 0, outcome.output
+    claims = (tmp_path / "CLAIMS.md").read_text()
+    assert "no runs yet: no seed finished every configuration this test compares" in claims
+    assert "no number of seeds would make it conclusive" not in claims

@@ -144,6 +144,8 @@ def _tests(exp: Experiment, claim: Claim, setting: dict, where: str) -> list[Tes
 
 def _matrix(exp: Experiment, labels: list[str], metric: str) -> tuple[np.ndarray, np.ndarray]:
     """Scores [seed configuration] of the seeds that finished every configuration of `labels`, and those seeds."""
+    if metric not in exp.final:  # no run has this score (none stored yet): no seed to compare
+        return np.zeros((0, len(labels))), np.zeros(0, dtype=int)
     final = exp.final[exp.final["configuration"].isin(labels)]
     table = final.pivot_table(index="seed", columns="configuration", values=metric, aggfunc="first", observed=True)
     table = table.reindex(columns=labels).dropna()

@@ -162,6 +162,8 @@ def _values(values: dict) -> str:
 def _sentence(t: Test) -> str:
     where = "; ".join(x for x in (t.where, t.case) if x)
     head = f"**{where}**: " if where else ""
+    if t.n == 0:  # a sweep stopped before the runs this test needs (or they all diverged): nothing to weigh
+        return f"{head}no runs yet: no seed finished every configuration this test compares; it is **{t.verdict}**."
     if t.claim.kind == "correlation":
         body = f"over {t.n} configurations, Spearman rho = {fmt_effect(t.effect, 2)} (bootstrap over configurations)"
     else:
