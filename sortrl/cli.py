@@ -287,8 +287,9 @@ app.command("train")(train_command)
 @app.command()
 def sweep(
     grid_files: Annotated[
-        list[Path], typer.Argument(help="One or more grid files (TOML), e.g. experiments/ablations.toml.")
-    ],
+        list[Path] | None,
+        typer.Argument(help="Grid files (TOML), e.g. experiments/ablations.toml; or build one with --axis/--set."),
+    ] = None,
     results: ResultsOption = Path("results"),
     n_jobs: Annotated[
         int, typer.Option(help="Worker processes (loky) or planned parallel chunks (dask); -1 = all.")
@@ -303,10 +304,27 @@ def sweep(
         str | None,
         typer.Option(help="Dask scheduler address (tcp://host:8786) for --backend dask; none: a local cluster."),
     ] = None,
+    axis: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="FIELD=V1,V2",
+            help="A grid built here: an axis (a RunConfig field and its values, or a JSON list); repeatable.",
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="FIELD=VALUE", help="A grid built here: a field every run shares; repeatable."),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="A grid built here: its experiment name (default adhoc).")] = None,
+    seeds: Annotated[int | None, typer.Option(help="A grid built here: seeds 0 .. N-1 (default 1).")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List each grid's configurations and run counts; train nothing.")
+    ] = False,
 ) -> None:
     """Train every configuration x seed of each grid file; runs already stored are skipped (resume).
 
-    Every grid file is checked before any training starts.
+    Every grid file is checked before any training starts. Without a grid file, --axis, --set, --name and --seeds
+    build one (written to RESULTS/NAME.toml, so the same grid resumes and reports like any other).
     """
     from sortrl.study.grid import check_claim_ids, load_grid
     from sortrl.study.sweep import BACKENDS, check_scheduler, release_workers, run_sweep
@@ -319,7 +337,18 @@ def sweep(
         raise ConfigError(f"backend: unknown value {backend!r}; valid choices: {', '.join(BACKENDS)}")
     if scheduler is not None:
         check_scheduler(scheduler, backend)
-    grids = [load_grid(path) for path in grid_files]
+    grid_files = list(grid_files or [])
+    built = _built_grid(axis, set_, name, seeds)
+    if built is not None:
+        if grid_files:
+            raise ConfigError("sweep: give grid files or --axis/--set/--name/--seeds, not both")
+        from sortrl.study.grid import parse_grid
+
+        path = results / f"{parse_grid(built, '<command line>').name}.toml"  # checked before it is written
+        grid_files = [path]
+    elif not grid_files:
+        raise ConfigError("sweep: give one or more grid files, or build a grid with --axis and --set")
+    grids = [load_grid(path) if built is None else parse_grid(built, path) for path in grid_files]
     check_claim_ids(list(zip(grid_files, grids, strict=True)))
     if len(grids) > 1 or any(grid.figures or grid.claims for grid in grids):  # else nothing can collide or be unknown
         from sortrl.render.publish import check_names, check_outputs  # scipy, seaborn, matplotlib: only when needed
@@ -334,8 +363,17 @@ def sweep(
     for grid in grids:
         _check_results(results, grid.name)
     for path, grid in zip(grid_files, grids):  # once per grid file, not once per run
-        for name, why in grid.ignored_fields().items():
-            warnings.warn(f"{path}: {name}: has no effect here ({why})", stacklevel=1)
+        for field_name, why in grid.ignored_fields().items():
+            warnings.warn(f"{path}: {field_name}: has no effect here ({why})", stacklevel=1)
+    if dry_run:
+        for grid in grids:
+            _dry_run(grid, results)
+        return
+    if built is not None:
+        from sortrl.study.store import atomic_write_text
+
+        atomic_write_text(grid_files[0], built)
+        print(f"wrote {grid_files[0]}: run it again with `sortrl sweep {grid_files[0]}`", file=sys.stderr)
     # SIGTERM (a batch system's time limit, `kill`): unwind like Ctrl-C, so the manifest says "interrupted"
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     shown: _SweepProgress | None = None
@@ -399,6 +437,59 @@ class _SweepProgress:
     def stored_chunk(self, runs: int) -> None:
         self.stored = (self.stored or 0) + runs
         self.bar.advance(self.task, runs)
+
+
+def _built_grid(axis: list[str] | None, sets: list[str] | None, name: str | None, seeds: int | None) -> str | None:
+    """The grid file text that --axis, --set, --name and --seeds describe, or None when none is given."""
+    if axis is None and sets is None and name is None and seeds is None:
+        return None
+    from sortrl.study.grid import grid_text
+
+    axes = {field: values for field, values in map(_assignment, axis or [])}
+    base = {field: values[0] if len(values) == 1 else values for field, values in map(_assignment, sets or [])}
+    return grid_text(name or "adhoc", 1 if seeds is None else seeds, base, axes)
+
+
+def _assignment(text: str) -> tuple[str, list[Any]]:
+    """`field=v1,v2` (or `field=[...]`, JSON) as (field, values): numbers, booleans and JSON lists as such, the rest
+    as strings; `ConfigError` without a field."""
+    field, equals, values = text.partition("=")
+    if not equals or not field.strip():
+        raise ConfigError(f"axis/set: {text!r} is not FIELD=VALUE or FIELD=V1,V2")
+    field = field.strip().replace("-", "_")
+    if values.strip().startswith("[["):  # one list-valued value (prompts): its JSON
+        return field, [_value(values)]
+    if values.strip().startswith("["):
+        try:
+            return field, list(json.loads(values))
+        except ValueError:
+            raise ConfigError(f"{field}: {values!r} is not a JSON list") from None
+    return field, [_value(v) for v in values.split(",")]
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text.strip()
+
+
+def _dry_run(grid: Any, results: Path) -> None:
+    """What `sortrl sweep` would do with `grid`: its configurations and how many of its runs are stored already."""
+    from sortrl.study.store import completed_run_ids, runs_dir
+
+    folder = runs_dir(results, grid.name)
+    done = completed_run_ids(folder) if folder.is_dir() else set()
+    runs = grid.runs()
+    stored = {run.config.run_id for run in runs} & done
+    steps = sum(run.config.run_steps for run in runs if run.config.run_id not in stored)
+    configurations = grid.configurations()
+    print(
+        f"{grid.name}: {len(configurations):,} configurations x {len(grid.seeds):,} seeds = {len(runs):,} runs, "
+        f"{len(stored):,} already stored, {len(runs) - len(stored):,} to train ({steps:,} run-steps)"
+    )
+    for c in configurations:
+        print(f"  {c.label}")
 
 
 BIG_GRID = 50_000

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from sortrl.cli import app
 from sortrl.engine.config import RunConfig
 from sortrl.engine.recipes import RECIPES
-from sortrl.study.grid import MAX_RUNS
+from sortrl.study.grid import MAX_RUNS, parse_grid
 from sortrl.study.store import load_runs, read_manifest, runs_dir
 
 runner = CliRunner()
@@ -136,7 +136,7 @@ def test_sweep_grid_file_is_a_folder(tmp_path):
 
 
 def test_sweep_without_a_grid_file():
-    assert_one_line_error(invoke("sweep"), "grid_file")
+    assert_one_line_error(invoke("sweep"), "give one or more grid files", "--axis")
 
 
 @pytest.mark.parametrize("where", ["results", "results/runs", "results/runs/tiny"])
@@ -682,3 +682,36 @@ def test_the_run_summary_is_the_reports_final_reward_against_best_and_chance(tmp
         line.split("│")[1].strip(): line.split("│")[2].strip() for line in result.stdout.splitlines() if "│" in line
     }
     assert {seed: rows[str(seed)] for seed in final.index} == {seed: f"{v:.3f}" for seed, v in final.items()}
+
+
+def test_an_ad_hoc_grid_from_the_command_line_sweeps_resumes_and_dry_runs(tmp_path):
+    """--name/--seeds/--axis/--set build a grid, written to RESULTS/NAME.toml; it resumes like any grid file."""
+    results = tmp_path / "r"
+    options = ["--name", "quick", "--seeds", 3, "--axis", "deltas_mode=rewards,centered_rewards"]
+    options += ["--set", "num_epochs=3", "--set", "num_steps_per_epoch=1", "--results", results]
+    listed = invoke("sweep", *options, "--dry-run")
+    assert listed.exit_code == 0, listed.output
+    assert "quick: 2 configurations x 3 seeds = 6 runs, 0 already stored, 6 to train" in listed.stdout
+    assert "  rewards\n  centered_rewards\n" in listed.stdout
+    assert not (results / "quick.toml").exists() and not list(results.rglob("chunk-*"))  # nothing trained or kept
+    done = invoke("sweep", *options, "--n-jobs", 1)
+    assert done.exit_code == 0, done.output
+    grid_file = results / "quick.toml"
+    assert "6 trained" in done.stderr and f"wrote {grid_file}" in done.stderr
+    assert parse_grid(grid_file.read_text()).axes == {"deltas_mode": ["rewards", "centered_rewards"]}
+    again = invoke("sweep", grid_file, "--results", results, "--dry-run")
+    assert "6 already stored, 0 to train" in again.stdout
+    assert load_runs(results, fields=["num_epochs"])["num_epochs"].eq(3).all()
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        (["--axis", "deltas_mode"], "'deltas_mode' is not FIELD=VALUE"),
+        (["--axis", "deltas_mode=nope"], "deltas_mode"),
+        (["--set", "learning_rate=[1,"], "learning_rate"),
+        ([], "give one or more grid files"),
+    ],
+)
+def test_bad_ad_hoc_grids_are_one_line(tmp_path, options, needle):
+    assert_one_line_error(invoke("sweep", *options, "--results", tmp_path / "r"), needle)

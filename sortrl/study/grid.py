@@ -696,6 +696,16 @@ def _parse_seeds(value: Any, path: str | Path) -> tuple[int, ...]:
     raise _fail(path, f"seeds: a count (seeds = 32) or a non-empty list of integers (seeds = [5]), got {value!r}")
 
 
+def grid_text(name: str, seeds: int, base: dict[str, Any], axes: dict[str, list[Any]]) -> str:
+    """The grid file (TOML) of an experiment `name` with `seeds` seeds (0 .. seeds-1), the fields `base` every run
+    shares and the crossed `axes`; what `sortrl sweep --axis/--set` writes. Values are strings, numbers, booleans or
+    lists of them (their JSON is their TOML)."""
+    lines = [f"name = {json.dumps(name)}", f"seeds = {seeds}", "", "[base]"]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in base.items()]
+    lines += ["", "[grid]", *(f"{key} = {json.dumps(values)}" for key, values in axes.items())]
+    return "\n".join(lines) + "\n"
+
+
 def load_grid(path: str | Path) -> Grid:
     """Read a grid file; a missing or unreadable file raises `ConfigError`.
 
