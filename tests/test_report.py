@@ -573,3 +573,16 @@ def test_a_report_before_any_run_of_a_claims_grid_says_no_runs_yet(tmp_path):
     claims = (tmp_path / "CLAIMS.md").read_text()
     assert "no runs yet: no seed finished every configuration this test compares" in claims
     assert "no number of seeds would make it conclusive" not in claims
+
+
+def test_generated_text_names_no_repository_folder_and_gets_plurals_right(results, tmp_path):
+    """A user's results elsewhere: no "`experiments/`" or "make report" as if it were this repository's, and
+    one claim, one test (not "1 claims, 1 tests")."""
+    copy = tmp_path / "mine"
+    shutil.copytree(results / "runs" / "tiny", copy / "runs" / "tiny")
+    stored = copy / "runs" / "tiny" / "grid.toml"
+    stored.write_text(stored.read_text().split('[[claim]]\nid = "C2"')[0])  # keep C1 only
+    write_report(copy)
+    claims, report_text = (copy / "CLAIMS.md").read_text(), (copy / "REPORT.md").read_text()
+    assert "1 claim, 1 test:" in claims and "Tested in grid `tiny`" in claims
+    assert "`experiments/`" not in claims and "Regenerate with `sortrl report`" in report_text

@@ -118,7 +118,9 @@ def headline(sections: list[Findings], results: Path, folder: Path) -> str:
     drawn = [f for f in ordered(sections) if "reward_curves" in f.figures]
     chosen = next((f for f in drawn if f.experiment.name == HEADLINE_EXPERIMENT), drawn[0] if drawn else None)
     if chosen is None:
-        return f"*No figure yet: no finished runs under `{_link(results / 'runs', folder)}/`; `make ablations` trains them.*"
+        return (
+            f"*No figure yet: no finished runs under `{_link(results / 'runs', folder)}/`; `sortrl sweep` trains them.*"
+        )
     exp = chosen.experiment
     link = _link(results / "figures" / f"{exp.name}_reward_curves.png", folder)
     return f"![{exp.name}: mean reward during training]({link})\n\n*{_caption(exp)}*"

@@ -41,7 +41,8 @@ def _under(scale: str) -> str:
     return f" under {scale}" if scale else ""
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
+    """`1 claim`, `2 claims`: `n` and `word`, in the plural unless `n` is 1."""
     return f"{n} {word}{'s' * (n != 1)}"
 
 
@@ -65,7 +66,7 @@ def _top(top: Top, short: bool, several: bool) -> str:
         )
     others = top.tied[1:]
     return _capital(
-        f"{head}no single best configuration: {_plural(len(top.tied), 'configuration')} are tied at the top "
+        f"{head}no single best configuration: {plural(len(top.tied), 'configuration')} are tied at the top "
         f"(not separated from the leader, {leader}, by a paired CI above 0 and a Holm-corrected Wilcoxon test): "
         f"{_listed(others, short)}."
     )
@@ -84,7 +85,7 @@ def comparisons_sentence(f: Findings, short: bool = True) -> str:
         finished = int(f.summary.set_index("configuration")["n"].get(exp.baseline, 0))
         if f.comparisons and finished < 2:  # say whose runs are missing, not the others'
             return (
-                f"Nothing is compared with the baseline ({exp.baseline}): it has {_plural(finished, 'finished run')}, "
+                f"Nothing is compared with the baseline ({exp.baseline}): it has {plural(finished, 'finished run')}, "
                 "fewer than the two a paired test needs."
             )
         return ""
@@ -103,7 +104,7 @@ def comparisons_sentence(f: Findings, short: bool = True) -> str:
 
     return (
         f"Against {against}, paired by seed on the final score with Holm's correction over the "
-        f"{_plural(m, 'comparison')}: better for {len(better)}{named(better)}; worse for {len(worse)}{named(worse)}; "
+        f"{plural(m, 'comparison')}: better for {len(better)}{named(better)}; worse for {len(worse)}{named(worse)}; "
         f"no difference (paired CI within ±{MARGIN:g}) for {len(same)}{named(same)}; inconclusive for {len(open_)}."
     )
 
@@ -152,7 +153,7 @@ def _solves(floor: Floor, short: bool) -> str:
         return f"No run solves the task{where} (0 of {floor.runs:,} runs)."
     return (
         f"{floor.solved:,} of {floor.runs:,} runs{where} solve the task (greedy policy sorts every training prompt), "
-        f"in {_plural(len(floor.solving), 'configuration')}: {_listed(floor.solving, short)}."
+        f"in {plural(len(floor.solving), 'configuration')}: {_listed(floor.solving, short)}."
     )
 
 
