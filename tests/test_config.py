@@ -183,11 +183,18 @@ def test_bad_value_error_names_the_field(kwargs, field):
         RunConfig(**kwargs)
 
 
-@pytest.mark.parametrize("mode", ["normalized_rewards", "rloo"])
+@pytest.mark.parametrize("mode", ["normalized_rewards", "rloo", "optimal_baseline"])
 def test_group_modes_need_two_responses(mode):
     with pytest.raises(ConfigError, match=rf"^num_responses:.*{mode}.*2"):
         RunConfig(deltas_mode=mode, num_responses=1)
     assert RunConfig(deltas_mode=mode, num_responses=2).num_responses == 2
+
+
+def test_dropping_zero_std_groups_of_one_response_is_refused():
+    """Every group of one response has no reward spread: the filter would drop them all and nothing would train."""
+    with pytest.raises(ConfigError, match=r"^num_responses: filter_zero_std_groups drops every group of 1 response"):
+        RunConfig(filter_zero_std_groups=True, num_responses=1)
+    assert RunConfig(filter_zero_std_groups=True, num_responses=2).filter_zero_std_groups
 
 
 def test_batch_normalized_needs_two_rewards_per_run():

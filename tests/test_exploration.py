@@ -311,3 +311,17 @@ def test_workers_give_the_same_table():
         RunConfig(seed=s, num_epochs=4, num_steps_per_epoch=2, deltas_mode="centered_rewards") for s in range(130)
     ]
     pd.testing.assert_frame_equal(train(configs, workers=1), train(configs, workers=2), check_exact=True)
+
+
+def test_an_epoch_the_filter_empties_is_warned_once_per_run():
+    """Exact-match rewards are all 0 at the start: DAPO's filter drops every group, the epoch trains on nothing,
+    and each run says so once (not once per epoch); a run without the filter says nothing."""
+    from sortrl.engine.train import EmptyEpochWarning
+
+    base = dict(reward="exact_match", num_responses=2, num_epochs=4, num_steps_per_epoch=1)
+    configs = [RunConfig(**base, filter_zero_std_groups=True, seed=s) for s in (0, 1)] + [RunConfig(**base, seed=2)]
+    with pytest.warns(EmptyEpochWarning) as caught:
+        out = train(configs)
+    messages = sorted(str(w.message) for w in caught if issubclass(w.category, EmptyEpochWarning))
+    assert [m.split(":")[0] for m in messages] == ["seed 0", "seed 1"], messages
+    assert out[out.seed < 2]["frac_reward_zero_std"].eq(1).any()

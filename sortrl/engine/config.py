@@ -474,9 +474,14 @@ def validate(cfg: RunConfig) -> None:
         )
     if cfg.deltas_mode == "batch_normalized" and cfg.num_responses * _prompts_per_epoch(cfg) < 2:
         raise ConfigError("num_responses: batch_normalized needs at least 2 rewards per epoch (prompts x responses)")
-    if cfg.deltas_mode in ("normalized_rewards", "rloo") and cfg.num_responses < 2:
+    if cfg.deltas_mode in ("normalized_rewards", "rloo", "optimal_baseline") and cfg.num_responses < 2:  # 0 deltas
         raise ConfigError(
             f"num_responses: {cfg.deltas_mode} needs at least 2 responses per prompt, got {cfg.num_responses}"
+        )
+    if cfg.filter_zero_std_groups and cfg.num_responses < 2 and not LOSS_MODES[cfg.loss_mode].supervised:
+        raise ConfigError(
+            "num_responses: filter_zero_std_groups drops every group of 1 response (no reward spread), so nothing "
+            "would train; use at least 2 responses per prompt"
         )
     if cfg.recipe is not None:
         check_choice("recipe", cfg.recipe, RECIPES)

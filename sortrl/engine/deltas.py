@@ -104,9 +104,12 @@ def optimal_baseline(
     own responses. |g_j|^2 is the squared norm of the gradient of
     log pi(y_j | x) with respect to the logits, sum over the response's action
     positions of |onehot(y_t) - pi_t|^2 (exact for the last layer's input, a
-    cheap proxy for the full parameter gradient). verl's `opo` is the same
-    estimator with the response length as the weight. Falls back to the group
-    mean where every weight is 0 (a fully deterministic policy).
+    cheap proxy for the full parameter gradient). These are the weights of
+    verl's `optimal_token_baseline` estimator (which forms a baseline per token;
+    the two agree at a response's last token), not OPO's (verl `opo`), which
+    weights by response length. Falls back to the group mean where every
+    weight is 0 (a fully deterministic policy). Needs 2 or more responses per
+    prompt (with one, every delta is 0: refused by `RunConfig`).
     """
     total = grad_sq_norms.sum(dim=-1, keepdim=True)
     weighted = (grad_sq_norms * r).sum(dim=-1, keepdim=True)

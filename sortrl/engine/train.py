@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -252,6 +253,9 @@ class _Batch:
                 [c.max_num_gen_batches if c.filter_zero_std_groups else 1 for c in configs]
             ),
         }
+        self.filtering = any(c.filter_zero_std_groups for c in configs)
+        self.seeds = [c.seed for c in configs]
+        self.warned_empty: set[int] = set()  # runs already warned that an epoch kept no prompt
         self.names = {
             "reward": [c.reward for c in configs],
             "deltas_mode": [c.deltas_mode for c in configs],
@@ -373,6 +377,8 @@ def _setup_epoch(state: _Batch, epoch: int, logits: Tensor) -> _Epoch:
     if state.resample:
         roll, rounds = resample_zero_std(scorer, roll, prompts, probs, state.generators, n["max_gen_batches"])
     kept = ~(zero_std(roll.rewards) & n["filter"][:, None])  # [run batch]
+    if state.filtering:
+        _warn_empty_epoch(state, kept, epoch)
     mask = (roll.action & kept[:, :, None, None]).float()  # tokens in the loss
     omega = per_run(
         state.names["loss_agg_mode"], LOSS_AGG_MODES, {"mask": mask}, kind="loss_agg_mode", max_len=c0.response_length
@@ -439,6 +445,25 @@ def _setup_epoch(state: _Batch, epoch: int, logits: Tensor) -> _Epoch:
         # only runs that re-sample report it (as alone; a batch-mate's re-sampling says nothing of this run)
         found["num_gen_batches"] = rounds.float().where(n["max_gen_batches"] > 1, math.nan)
     return _Epoch(prompts, rewards, policy, entropy, kl, found)
+
+
+class EmptyEpochWarning(UserWarning):
+    """An epoch of a run kept no prompt (DAPO's filter dropped them all): it trained on nothing."""
+
+
+def _warn_empty_epoch(state: _Batch, kept: Tensor, epoch: int) -> None:
+    """Warn, once per run, when the zero-std filter left a run's epoch without a prompt (verl's DAPO trainer
+    would draw more prompts; here the epoch trains on nothing, its loss is 0 and `frac_reward_zero_std` 1)."""
+    for r in (~kept.any(dim=1) & state.numbers["filter"]).nonzero().flatten().tolist():
+        run = int(state.runs[r])
+        if run not in state.warned_empty:
+            state.warned_empty.add(run)
+            warnings.warn(
+                f"seed {state.seeds[run]}: epoch {epoch} kept no prompt (every group's rewards were equal, even after "
+                "max_num_gen_batches draws), so it trained on nothing; warned once per run",
+                EmptyEpochWarning,
+                stacklevel=2,
+            )
 
 
 def _deltas(names: list[str], rewards: Tensor, available: dict[str, Tensor]) -> Tensor:
