@@ -49,7 +49,7 @@ from sortrl.render.claims_md import render as render_claims
 from sortrl.render.figures import FIGURES, curve_metrics, png_bytes
 from sortrl.render.readme import read_readme, readme_text
 from sortrl.render.report import render_report
-from sortrl.study.grid import Grid
+from sortrl.study.grid import Grid, check_claim_ids
 from sortrl.study.store import experiment_names, write_files
 from sortrl.study.sweep import worker_init
 
@@ -204,7 +204,7 @@ def write_report(results: str | Path, readme: str | Path | None = None) -> list[
     # across experiments: the runs they share and the ledger (Holm over every claim of every grid)
     sections = link_shared([out.findings for out in outputs])
     tests = ledger([t for out in outputs for t in out.tests])
-    _check_claim_ids(tests)
+    check_claim_ids([(out.findings.experiment.folder / "grid.toml", out.findings.experiment.grid) for out in outputs])
     check_outputs([(name, out.findings.experiment.grid) for name, out in zip(names, outputs)])
     figures = {claim_id: path for out in outputs for claim_id, path in out.claim_figures.items()}
     files = {path: data for out in outputs for path, data in out.files.items()}
@@ -225,13 +225,3 @@ def write_report(results: str | Path, readme: str | Path | None = None) -> list[
             files[readme] = text.encode("utf-8")
     written = write_files(files, stale)
     return written if readme is None or readme in files else [*written, readme]
-
-
-def _check_claim_ids(tests: list[Test]) -> None:
-    """Claim ids name one claim across the whole ledger (its figure, its section): `ConfigError` otherwise."""
-    where: dict[str, str] = {}
-    for t in tests:
-        if where.setdefault(t.claim.id, t.experiment) != t.experiment:
-            raise ConfigError(
-                f"claim: id {t.claim.id!r} is declared by grids {where[t.claim.id]!r} and {t.experiment!r}"
-            )
