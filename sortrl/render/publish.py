@@ -184,7 +184,7 @@ def check_figures(grid: Grid, path: str | Path) -> None:
 def write_report(results: str | Path, readme: str | Path | None = None) -> list[Path]:
     """Write figures, `<exp>_summary.csv` files and `REPORT.md` under `results`; return the paths written.
 
-    `readme`: also rewrite the generated `headline` and `findings` blocks of
+    `readme`: also rewrite the generated `headline` block of
     that Markdown file (`sortrl.render.readme.write_readme`). Its markers are checked
     before anything is written, so a file without them fails fast with a
     `ConfigError` that names the file and the marker.
