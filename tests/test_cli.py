@@ -609,7 +609,17 @@ def test_ctrl_c_while_the_command_starts_up_is_one_line():
     import signal
 
     sortrl = Path(sys.executable).parent / "sortrl"
-    process = subprocess.Popen([sortrl, "train", "--num-epochs", "50"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def default_sigint() -> None:  # as from a terminal: a test runner's process may ignore or block SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+    process = subprocess.Popen(
+        [sortrl, "train", "--num-epochs", "50"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=default_sigint,
+    )
     time.sleep(0.3)  # still importing torch, pandas and typer
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)

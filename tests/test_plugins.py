@@ -203,8 +203,9 @@ def test_a_plugin_reward_and_aggregation_are_checked_too(registries):
 
 
 @pytest.mark.slow
-def test_a_plugin_returning_the_wrong_thing_in_a_sweep_worker_is_one_line(tmp_path):
-    """The same one line from loky worker processes, not a remote traceback."""
+@pytest.mark.parametrize("backend", ["loky", "dask"])
+def test_a_plugin_returning_the_wrong_thing_in_a_sweep_worker_is_one_line(tmp_path, backend):
+    """The same one line from loky worker processes or a local Dask cluster, not a remote traceback or worker logs."""
     (tmp_path / "bad_plugin_for_tests.py").write_text(
         "from sortrl.plugins import register\nregister('deltas_mode', 'bad_test', lambda r: r[..., :1])\n"
     )
@@ -214,10 +215,11 @@ def test_a_plugin_returning_the_wrong_thing_in_a_sweep_worker_is_one_line(tmp_pa
         .replace("centered_rewards", "bad_test")
     )
     done = subprocess.run(
-        [SORTRL, "sweep", "bad.toml", "--results", "res", "--n-jobs", "2", "--chunk-size", "2"],
+        [SORTRL, "sweep", "bad.toml", "--results", "res", "--n-jobs", "2", "--chunk-size", "2", "--backend", backend],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     lines = done.stderr.strip().splitlines()
+    assert len(lines) == 2, done.stderr  # the plan line, then the error
     assert done.returncode == 2 and lines[-1].startswith("error: deltas_mode 'bad_test' ("), done.stderr
     assert "Traceback" not in done.stderr and "returned a tensor of shape [2, 3, 1]" in lines[-1]  # a chunk of 2 runs
 

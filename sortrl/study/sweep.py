@@ -701,7 +701,9 @@ def _dask_client(scheduler: str | None, local_workers: int, timeout: float = 30)
             processes=True,
             # any free port: with None this distributed still tries :8787 and warns when another cluster has it
             dashboard_address=":0",
-            silence_logs=logging.ERROR,
+            # a task's failure reaches us as its exception (one line); what the workers log at ERROR is their
+            # side of it ("Compute Failed") or comm noise, e.g. a heartbeat lost when Ctrl-C stops the scheduler
+            silence_logs=logging.CRITICAL,
         )
         with cluster, distributed.Client(cluster) as client:
             yield client
