@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from sortrl.analysis import claims, experiment
-from sortrl.analysis.verdicts import holm, paired_effect, verdict, wilcoxon_p
+from sortrl.analysis.verdicts import holm, paired_effect, signflip_p, verdict
 from sortrl.render import readme
 from sortrl.study.grid import parse_grid
 
@@ -36,21 +36,30 @@ CLAIMS = {
     "interaction": 'kind = "interaction"\nnew = { deltas_mode = "centered_rewards" }\nold = { deltas_mode = "rewards" }\n'
     'within = { num_responses = [50, 2] }\npredicts = "higher"',
     "each": 'kind = "each"\naxis = "num_responses"\nold = { num_responses = 10 }\npredicts = "higher"',
-    "correlation": 'kind = "correlation"\nx = "final_loss"\npredicts = "same"\nmargin = 0.3',
+    "magnitude": 'kind = "magnitude"\nnew = { deltas_mode = "centered_rewards" }\nold = { deltas_mode = "rewards" }\n'
+    'within = { num_responses = [50, 2] }\npredicts = "higher"',
+    "within-run": 'kind = "within-run"\nx = "loss"\nmetric = "mean_reward"\npredicts = "higher"\nmargin = 0.1',
 }
 
 
-def hand_experiment(kind: str, score) -> SimpleNamespace:
-    """An experiment of `GRID` with one claim of `kind`, whose runs score `score(regime, deltas, G, seed)`."""
+def hand_experiment(kind: str, score, curve=None) -> SimpleNamespace:
+    """An experiment of `GRID` with one claim of `kind`, whose runs score `score(regime, deltas, G, seed)` and whose
+    curves are `curve(regime, deltas, G, seed)` -> (loss [epoch], mean_reward [epoch]) when given."""
     text = GRID + f'\n[[claim]]\nid = "H"\nstatement = "s"\nsource = "a test"\n{CLAIMS[kind]}\n'
     grid = parse_grid(text)
-    rows = []
+    rows, epochs = [], []
     for c in grid.configurations():
         regime, deltas, group = c.labels["regime"], c.config.deltas_mode, c.config.num_responses
         for seed in grid.seeds:
             value = score(regime, deltas, group, seed)
             rows.append({"configuration": c.label, "seed": seed, "final_score": value, "final_loss": -value})
-    return SimpleNamespace(name="hand", grid=grid, final=pd.DataFrame(rows))
+            if curve is not None:
+                loss, reward = curve(regime, deltas, group, seed)
+                epochs += [
+                    {"configuration": c.label, "seed": seed, "epoch": e, "loss": x, "mean_reward": y}
+                    for e, (x, y) in enumerate(zip(loss, reward))
+                ]
+    return SimpleNamespace(name="hand", grid=grid, final=pd.DataFrame(rows), curves=pd.DataFrame(epochs))
 
 
 def noise(seed: int) -> float:
@@ -70,7 +79,7 @@ def test_pair_is_the_mean_of_per_seed_differences_tested_in_each_regime():
     assert lecture.n == 6 and lecture.differences == pytest.approx(d)
     assert lecture.effect.point == pytest.approx(d.mean())
     assert lecture.effect == paired_effect(d + np.arange(6) * 0.1, np.arange(6) * 0.1)
-    assert lecture.p == pytest.approx(wilcoxon_p(d))
+    assert lecture.p == signflip_p(d, "two-sided", 0.0, claims.SEED)  # the test of the mean it reports
     assert [s.label for s in lecture.sides] == [
         "lecture / centered_rewards / num_responses=10",
         "lecture / rewards / num_responses=10",
@@ -78,16 +87,48 @@ def test_pair_is_the_mean_of_per_seed_differences_tested_in_each_regime():
     assert found[1].effect.point == pytest.approx(np.mean([noise(s) for s in range(6)]))
 
 
-def test_trend_is_the_per_seed_slope_along_the_axis():
-    # the score rises by 0.1 per step of num_responses (2 -> 10 -> 50), seed 3 by 0.3
+def test_trend_is_its_steps_between_neighbouring_values():
+    # the score rises by 0.1 from G = 2 to 10 (seed 3 by 0.3), then falls by 0.05 from 10 to 50: not monotone
     def score(regime, deltas, group, seed):
-        step = [2, 10, 50].index(group)
-        return 0.5 + step * (0.3 if seed == 3 else 0.1)
+        return 0.5 + {2: 0.0, 10: 0.3 if seed == 3 else 0.1, 50: 0.05 if seed != 3 else 0.25}[group]
 
-    lecture, _ = claims.tests(hand_experiment("trend", score))
-    assert lecture.differences == pytest.approx([0.1, 0.1, 0.1, 0.3, 0.1, 0.1])
-    assert lecture.effect.point == pytest.approx(0.6 / 6 + 0.2 / 6)
-    assert len(lecture.sides) == 3
+    found = claims.tests(hand_experiment("trend", score))
+    assert [t.label for t in found] == [
+        "H (regime=lecture: monotone (rank correlation))",
+        "H (regime=lecture: 2 → 10)",
+        "H (regime=lecture: 10 → 50)",
+        "H (regime=explore: monotone (rank correlation))",
+        "H (regime=explore: 2 → 10)",
+        "H (regime=explore: 10 → 50)",
+    ]
+    whole, up, down = found[:3]
+    # per seed, Spearman rho of (0, 1, 2) and the scores: 0.5 (up, then part of the way down), except seed 3 (0.5 too)
+    assert whole.differences == pytest.approx([0.5] * 6) and len(whole.sides) == 3
+    assert up.differences == pytest.approx([0.1, 0.1, 0.1, 0.3, 0.1, 0.1])
+    assert down.differences == pytest.approx([-0.05] * 6)
+    assert [s.label.split(" / ")[-1] for s in up.sides] == ["num_responses=10", "num_responses=2"]
+
+
+def test_a_non_monotone_trend_is_not_supported():
+    """Up from G = 2 to 10, down from 10 to 50 on every one of 64 seeds: the claim "higher along G" is mixed, where a
+    slope over the axis index, or a rank trend test alone, would have called it supported (0.4 up, 0.1 down)."""
+
+    def score(regime, deltas, group, seed):
+        return {2: 0.0, 10: 0.4, 50: 0.3}[group] + 0.01 * ((seed * 7) % 5)
+
+    grid = GRID.replace("seeds = 6", "seeds = 64")
+    exp = hand_experiment("trend", score)
+    exp.grid = parse_grid(grid + '\n[[claim]]\nid = "H"\nstatement = "s"\nsource = "a test"\n' + CLAIMS["trend"])
+    exp.final = pd.DataFrame(
+        [
+            {"configuration": c.label, "seed": s, "final_score": score(None, None, c.config.num_responses, s)}
+            for c in exp.grid.configurations()
+            for s in exp.grid.seeds
+        ]
+    )
+    final = claims.ledger(claims.tests(exp))
+    assert [t.verdict for t in final] == ["supported", "supported", "contradicted"] * 2
+    assert claims.claim_verdicts(final) == {"H": "mixed"}
 
 
 def test_interaction_is_the_difference_of_differences():
@@ -114,13 +155,43 @@ def test_each_compares_every_value_of_the_axis_with_the_reference():
     assert found[1].effect.point == pytest.approx(0.15 + np.mean([noise(s) for s in range(6)]))
 
 
-def test_correlation_over_configurations():
-    # final loss is minus the score: a perfect negative rank correlation over the 6 configurations of a regime
+def test_magnitude_compares_the_sizes_of_two_contrasts():
+    # centering changes the score by -0.3 at G = 50 and by +0.1 at G = 2: sizes 0.3 and 0.1, so the magnitude is 0.2
     def score(regime, deltas, group, seed):
-        return [2, 10, 50].index(group) + (deltas == "centered_rewards") * 5
+        return seed * 0.0625 + ({50: -0.3, 2: 0.1}.get(group, 0) if deltas == "centered_rewards" else 0)
 
-    lecture, _ = claims.tests(hand_experiment("correlation", score))
-    assert lecture.n == 6 and lecture.effect.point == pytest.approx(-1.0)
+    lecture, _ = claims.tests(hand_experiment("magnitude", score))
+    assert lecture.effect.point == pytest.approx(0.2)
+    assert lecture.differences == pytest.approx([0.2] * 6)
+
+
+def test_within_run_correlation_of_loss_and_reward_over_epochs():
+    # the loss rises with the reward in every run (rho +1) while centering; it falls (rho -1) otherwise
+    def curve(regime, deltas, group, seed):
+        reward = np.linspace(0, 1, 10) + 0.01 * seed
+        return (reward if deltas == "centered_rewards" else -reward), reward
+
+    lecture, explore = claims.tests(hand_experiment("within-run", lambda *_: 0.0, curve))
+    # per seed: the mean over the regime's 6 configurations (3 centering, 3 not) of rho: (3 - 3) / 6 = 0
+    assert lecture.differences == pytest.approx([0.0] * 6) and lecture.n == 6
+    assert len(lecture.sides) == 6 and [round(s.mean, 9) for s in lecture.sides] == [-1] * 3 + [1] * 3
+
+
+def test_within_run_correlation_supports_a_loss_that_rises_with_the_reward():
+    def curve(regime, deltas, group, seed):
+        reward = np.linspace(0, 1, 10) ** (1 + seed)
+        return reward + 0.05 * np.sin(np.arange(10) * (seed + 1)), reward
+
+    exp = hand_experiment("within-run", lambda *_: 0.0, curve)
+    final = claims.ledger(claims.tests(exp))
+    assert all(t.effect.point > 0.8 for t in final)  # (6 seeds: 2/64 is the smallest two-sided p, too few to decide)
+    # each run's rho is scipy's Spearman rho of its two curves
+    from scipy.stats import spearmanr
+
+    rho = claims.within_run_rho(exp, exp.grid.claims[0]).set_index(["configuration", "seed"])["rho"]
+    for seed in range(6):
+        loss, reward = curve(None, None, None, seed)
+        assert rho.xs(seed, level="seed").to_numpy() == pytest.approx([spearmanr(loss, reward).statistic] * 12)
 
 
 def test_ledger_corrects_every_test_together_and_gives_verdicts():
@@ -131,8 +202,8 @@ def test_ledger_corrects_every_test_together_and_gives_verdicts():
     final = claims.ledger(raw)
     assert [t.p_adjusted for t in final] == pytest.approx(list(holm([t.p for t in raw])))
     for t in final:
-        assert t.verdict == verdict(t.effect, t.p_adjusted, ">", t.claim.margin)
-    # explore: every difference is 0 (degenerate CI inside the margin): no effect
+        assert t.verdict == verdict(t.effect, t.p_adjusted, min(1.0, t.p_contrary * 2), ">")
+    # explore: every difference is 0 (significantly equivalent: TOST within the margin 0.05): no effect
     assert final[1].verdict == "no effect"
 
 
@@ -211,4 +282,4 @@ def test_a_bar_in_a_statement_does_not_split_the_ledger_tables_cells():
     t = SimpleNamespace(claim=claim, where="", verdict="supported", effect=effect)
     (row,) = claims_md.compact_table([t], "CLAIMS.md")[2:]
     assert "mean \\|advantage\\|" in row and "a \\| paper" in row
-    assert len(re.findall(r"(?<!\\)\|", row)) == 5  # the row's own separators: 4 cells
+    assert len(re.findall(r"(?<!\\)\|", row)) == 6  # the row's own separators: 5 cells

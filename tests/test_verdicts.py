@@ -12,10 +12,16 @@ from sortrl.analysis.verdicts import (
     Interval,
     bootstrap_mean,
     chance_normalised,
+    claim_verdict,
+    contrary_p,
+    equal_share_bound,
     holm,
+    hypothesis_p,
     mcnemar_p,
+    paired_binary_interval,
     paired_effect,
     seeds_needed,
+    signflip_p,
     verdict,
     wilcoxon_p,
     wilson,
@@ -56,22 +62,111 @@ def test_wilcoxon_and_mcnemar_by_hand():
     assert mcnemar_p(np.array([1, 0, 1]), np.array([1, 0, 1])) == 1.0
 
 
+def test_signflip_test_of_the_mean_by_hand():
+    # 6 seeds: 2^6 = 64 sign patterns, enumerated exactly. Differences 1, 2, 3, 4, 5, 6 (sum 21): only the all-plus
+    # pattern reaches a sum of 21 and the next largest sums are 21 - 2 = 19 (flip 1), 17 (flip 2), 15 (flip 3 or 1+2)
+    d = np.arange(1.0, 7.0)
+    assert signflip_p(d, "greater") == pytest.approx(1 / 64)
+    assert signflip_p(d, "two-sided") == pytest.approx(2 / 64)
+    assert signflip_p(d, "less") == pytest.approx(1.0)
+    # against a null of 3.5 the differences are -2.5 .. 2.5, symmetric: the mean 0 is in the middle of its null
+    assert signflip_p(d, "greater", null=3.5) > 0.5
+    assert signflip_p(np.zeros(20)) == 1.0 and math.isnan(signflip_p(np.ones(1)))
+
+
+def test_the_test_matches_the_mean_not_the_median():
+    # 80 of 128 differences are 0 and the rest are +1 or -2 in equal numbers: the median is 0 but the mean is -0.1875.
+    # Wilcoxon (a test of the pseudo-median) and the sign-flip test of the mean need not agree; the mean's test is the
+    # one the ledger reports beside the mean
+    d = np.array([0.0] * 80 + [1.0] * 24 + [-2.0] * 24)
+    assert d.mean() == pytest.approx(-0.1875)
+    assert signflip_p(d, "less") < 0.05
+
+
 @pytest.mark.parametrize(
-    ("effect", "p", "predicts", "expected"),
+    ("d", "predicts", "significant", "contrary"),
     [
-        (Interval(0.3, 0.1, 0.5, 32), 0.001, ">", "supported"),
-        (Interval(-0.3, -0.5, -0.1, 32), 0.001, ">", "contradicted"),
-        (Interval(-0.3, -0.5, -0.1, 32), 0.001, "<", "supported"),
-        (Interval(0.01, -0.02, 0.04, 32), 0.6, ">", "no effect"),  # CI inside the margin 0.05
-        (Interval(0.02, -0.1, 0.14, 32), 0.6, ">", "inconclusive"),  # neither
-        (Interval(0.01, -0.02, 0.04, 32), 0.6, "=", "supported"),  # the predicted equivalence
-        (Interval(0.3, 0.1, 0.5, 32), 0.001, "=", "contradicted"),
-        (Interval(0.02, -0.1, 0.14, 32), 0.6, "=", "inconclusive"),
-        (Interval(0.3, 0.1, 0.5, 32), 0.2, ">", "inconclusive"),  # uncorrected it looked significant; corrected not
+        (np.full(64, 0.3) + np.tile([-0.01, 0.01], 32), ">", True, False),  # a difference of 0.3, not equivalent
+        (np.tile([-0.01, 0.01], 32), ">", False, True),  # no difference: TOST within 0.05 is the contrary
+        (np.tile([-0.01, 0.01], 32), "=", True, False),  # equivalence: TOST within 0.05
+        (np.full(64, 0.3) + np.tile([-0.01, 0.01], 32), "=", False, True),  # beyond the margin: contrary
+        (np.full(64, 0.04) + np.tile([-0.1, 0.1], 32), "=", False, False),  # 0.04, spread 0.1: not provably inside
+        (np.full(64, -0.03) + np.tile([-0.01, 0.01], 32), ">=", True, False),  # -0.03 > -0.05: non-inferior
+        (np.full(64, -0.3) + np.tile([-0.01, 0.01], 32), ">=", False, True),  # -0.3 < -0.05: inferior
+        (np.full(64, 0.3) + np.tile([-0.01, 0.01], 32), ">=", True, False),  # better is not inferior
+        (np.full(64, 0.3) + np.tile([-0.01, 0.01], 32), "<=", False, True),
     ],
 )
-def test_verdicts(effect, p, predicts, expected):
-    assert verdict(effect, p, predicts, margin=0.05) == expected
+def test_each_prediction_is_tested_by_its_own_hypothesis(d, predicts, significant, contrary):
+    p, p_contrary = hypothesis_p(d, predicts, margin=0.05), contrary_p(d, predicts, margin=0.05)
+    assert (p < 0.05) == significant and (p_contrary < 0.05) == contrary
+
+
+def test_tost_is_the_larger_of_the_two_one_sided_tests():
+    d = np.random.default_rng(3).normal(0.02, 0.1, 40)
+    p = hypothesis_p(d, "=", margin=0.05)
+    assert p == max(signflip_p(d, "greater", -0.05), signflip_p(d, "less", 0.05))
+
+
+@pytest.mark.parametrize(
+    ("effect", "p", "p_contrary", "predicts", "expected"),
+    [
+        (Interval(0.3, 0.1, 0.5, 32), 0.001, 1.0, ">", "supported"),
+        (Interval(-0.3, -0.5, -0.1, 32), 0.001, 1.0, ">", "contradicted"),
+        (Interval(-0.3, -0.5, -0.1, 32), 0.001, 1.0, "<", "supported"),
+        (Interval(0.01, -0.02, 0.04, 32), 0.6, 0.01, ">", "no effect"),  # significantly equivalent
+        (Interval(0.01, -0.02, 0.04, 32), 0.6, 0.2, ">", "inconclusive"),  # CI inside, equivalence not significant
+        (Interval(0.02, -0.1, 0.14, 32), 0.6, 1.0, ">", "inconclusive"),  # neither
+        (Interval(0.01, -0.02, 0.04, 32), 0.01, 1.0, "=", "supported"),  # the predicted equivalence (TOST)
+        (Interval(0.3, 0.1, 0.5, 32), 1.0, 0.001, "=", "contradicted"),  # beyond the margin
+        # G3's old case: a real difference (p < 0.05) whose CI [-0.108, -0.045] overlaps the margin 0.05: not
+        # contradicted, since the contrary (beyond the margin) is not significant
+        (Interval(-0.075, -0.108, -0.045, 128), 1.0, 0.3, "=", "inconclusive"),
+        (Interval(0.02, -0.1, 0.14, 32), 0.6, 1.0, "=", "inconclusive"),
+        (
+            Interval(0.3, 0.1, 0.5, 32),
+            0.2,
+            1.0,
+            ">",
+            "inconclusive",
+        ),  # uncorrected it looked significant; corrected not
+        (Interval(0.077, 0.046, 0.109, 128), 0.001, 1.0, ">=", "supported"),  # G3: group - critic non-inferior
+        (Interval(-0.3, -0.4, -0.2, 128), 1.0, 0.001, ">=", "contradicted"),  # inferior beyond the margin
+        (Interval(-0.04, -0.08, 0.0, 128), 0.3, 0.4, ">=", "inconclusive"),
+    ],
+)
+def test_verdicts(effect, p, p_contrary, predicts, expected):
+    assert verdict(effect, p, p_contrary, predicts) == expected
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "expected"),
+    [
+        (["supported", "supported"], "supported"),
+        (["supported", "inconclusive", "no effect"], "supported in part"),
+        (["supported", "contradicted"], "mixed"),
+        (["contradicted", "inconclusive"], "contradicted"),
+        (["no effect", "inconclusive"], "not supported"),
+    ],
+)
+def test_claim_level_verdict(verdicts, expected):
+    assert claim_verdict(verdicts) == expected
+
+
+def test_exact_interval_for_0_of_128_discordant_pairs():
+    # nothing solved on either side: the difference of proportions is bounded by the discordant share's exact upper
+    # bound, at 97.5% (Bonferroni with the split, which is unknown here): 1 - 0.0125^(1/128)
+    none = np.zeros(128)
+    got = paired_binary_interval(none, none)
+    assert got.point == 0 and not got.degenerate
+    assert got.high == pytest.approx(1 - 0.0125 ** (1 / 128)) and got.low == -got.high
+    assert 0.028 < got.high < 0.034
+    # Clopper-Pearson's 95% bound on 0 of 128: 1 - 0.025^(1/128), the share of seeds that could differ
+    assert equal_share_bound(128) == pytest.approx(1 - 0.025 ** (1 / 128))
+    # 10 seeds solved by A only: an interval around 10/128 that excludes 0 and covers the bootstrap's
+    a = np.r_[np.ones(10), np.zeros(118)]
+    ten = paired_binary_interval(a, none)
+    assert ten.point == pytest.approx(10 / 128) and 0 < ten.low < 10 / 128 < ten.high < 0.2
 
 
 def test_degenerate_interval_is_flagged():
@@ -80,12 +175,20 @@ def test_degenerate_interval_is_flagged():
     assert not bootstrap_mean(np.array([0.0, 1.0, 1.0])).degenerate
 
 
-def test_seeds_needed_at_80_percent_power():
-    # differences with sd 1: a paired t-test needs 33.37 seeds for a mean difference 0.5 (d = 0.5), Wilcoxon / 0.955
+def test_seeds_needed_at_the_corrected_level():
+    # differences with sd 1: a two-sided paired t-test at alpha 0.05 needs 33.37 seeds for d = 0.5; at alpha 0.05 / 86
+    # (the ledger's Bonferroni level) many more
     d = np.array([-1.0, 1.0] * 8)
     d = d / d.std(ddof=1)
-    assert seeds_needed(d, 0.5) == math.ceil(33.367 / (3 / math.pi))
+    assert seeds_needed(d, 0.5) == 34
+    assert seeds_needed(d, 0.5, alpha=0.05 / 86) > 2.3 * 34
     assert seeds_needed(np.zeros(8), 0.5) is None
+    # TOST at a true effect of 0, margin 0.5, sd 1, alpha 0.05: ((1.645 + 1.282) / 0.5)^2 = 34.3 (power 0.8 needs
+    # z_{0.9} = 1.282 since both one-sided tests must pass)
+    assert seeds_needed(d, 0.0, "=", margin=0.5) == 35
+    assert seeds_needed(d, 0.6, "=", margin=0.5) is None  # an effect beyond the margin is never equivalent
+    # non-inferiority at a true effect of 0, margin 0.5: ((1.645 + 0.842) / 0.5)^2 = 24.7
+    assert seeds_needed(d, 0.0, ">=", margin=0.5) == 25
 
 
 def test_wilson_interval():

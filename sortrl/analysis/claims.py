@@ -7,16 +7,20 @@ per-run scores, and `ledger(tests)` corrects all p-values of the whole ledger
 together (Holm) and gives each test its verdict (`sortrl.analysis.verdicts`). Pure:
 no files, no figures; `sortrl.render.claims_md` renders the results.
 
-Per kind (effects per seed, averaged over the seeds that finished every
-configuration involved; CI: percentile bootstrap over seeds):
+Every kind gives one effect per seed (seeds that finished every configuration
+involved), averaged over the seeds, tested by the hypothesis its prediction
+makes (`test_kind`; `sortrl.analysis.verdicts.hypothesis_p`):
 
-| kind | effect per seed | test |
-| --- | --- | --- |
-| `pair` | score(new) - score(old) | Wilcoxon signed-rank (McNemar's exact test for the 0/1 `solved`) |
-| `each` | as `pair`, for every value of `axis` against `old`'s | as `pair` |
-| `trend` | least-squares slope of the score along `axis` (per step) | Wilcoxon on the slopes |
-| `interaction` | (new - old) at `within`'s first value minus at its second | Wilcoxon |
-| `correlation` | Spearman rho over configurations of `x` and the score (no pairing) | `scipy.stats.spearmanr` |
+| kind | effect per seed |
+| --- | --- |
+| `pair` | score(new) - score(old) |
+| `each` | as `pair`, for every value of `axis` against `old`'s |
+| `trend` | as `pair`, for each step between neighbouring values of `axis` (in file order): a trend is its steps |
+| `interaction` | (new - old) at `within`'s first value minus at its second |
+| `magnitude` | abs(new - old) at `within`'s first value minus at its second: each contrast oriented by the sign of its mean |
+| `within-run` | Spearman rho over a run's epochs between the curves `x` and `metric`, averaged over the test's configurations |
+
+The CI is a percentile bootstrap over seeds, or exact for 0/1 scores.
 """
 
 from __future__ import annotations
@@ -32,18 +36,28 @@ from scipy import stats as scipy_stats
 from sortrl.analysis.experiment import SEED, Experiment  # one bootstrap seed for the report and the ledger
 from sortrl.analysis.scores import DERIVED, SCORES
 from sortrl.analysis.verdicts import (
+    ALPHA,
     Interval,
     bootstrap_mean,
+    claim_verdict,
+    contrary_p,
     holm,
-    mcnemar_p,
+    hypothesis_p,
+    paired_binary_interval,
     paired_effect,
     seeds_needed,
     verdict,
-    wilcoxon_p,
     wilson,
 )
+from sortrl.engine.metrics import METRICS as CURVE_METRICS
 from sortrl.engine.registry import ConfigError
-from sortrl.study.grid import Claim, Configuration, Grid, value_label
+from sortrl.study.grid import SHORT_NAMES, Claim, Configuration, Grid, value_label
+
+MONOTONE = "monotone (rank correlation)"
+"""The `case` of a trend's test as a whole (its other tests are its steps)."""
+
+TREND_MARGIN = 0.1
+"""Margin of a trend's test as a whole, in Spearman rho units: |rho| < 0.1 is negligible (Cohen 1988's 'small')."""
 
 BINARY = ("solved", "stuck")
 """Scores that are 0/1 per run: tested with McNemar's exact test, summarised with Wilson intervals."""
@@ -75,7 +89,9 @@ class Test:
     """Seeds paired (finished in every configuration of the test); configurations for a correlation."""
     effect: Interval
     p: float
-    """Two-sided p-value of the test, uncorrected."""
+    """p-value of the test of the claim's prediction (`hypothesis_p`), uncorrected."""
+    p_contrary: float = math.nan
+    """p-value of its contrary (equivalence for a difference; beyond the margin for the others), uncorrected."""
     differences: np.ndarray = field(repr=False, compare=False, default_factory=lambda: np.zeros(0))
     """The per-seed effects (per configuration pair for a correlation: empty)."""
     seeds: np.ndarray = field(repr=False, compare=False, default_factory=lambda: np.zeros(0, int))
@@ -83,9 +99,13 @@ class Test:
     """The effect on the claim's own `seed` alone (what the source's single run showed), NaN without one."""
     p_adjusted: float = math.nan
     """Holm-corrected over the ledger (`ledger`)."""
+    p_contrary_adjusted: float = math.nan
+    """Bonferroni-corrected over the ledger (`ledger`)."""
     verdict: str = ""
     needed: int | None = None
-    """For an inconclusive test: seeds a paired test would need to detect the implied effect at 80% power."""
+    """For an inconclusive test: seeds its test would need at 80% power at the corrected level (`ledger`)."""
+    needed_for: str = ""
+    """The effect `needed` assumes: `implied` (the claim's) or `observed` (this test's)."""
     setting: dict = field(compare=False, default_factory=dict)
     """The `across` axis value of this test as `Grid.select` takes it (`{"regime": "explore"}`)."""
 
@@ -97,16 +117,34 @@ class Test:
 
 
 def check_metrics(grid: Grid, path: str | Path) -> None:
-    """Every claim of `grid` names known scores (`metric`, `x`: `SCORES` or `DERIVED`); `ConfigError` otherwise,
-    naming the file `path`, the claim, the field and the valid choices."""
-    metrics = [*SCORES, *DERIVED]
+    """Every claim of `grid` names known scores (`metric`, `x`: `SCORES` or `DERIVED`; a `within-run` claim's are
+    per-epoch curves, `sortrl.engine.metrics.METRICS`); `ConfigError` otherwise, naming the file `path`, the claim,
+    the field and the valid choices."""
     for claim in grid.claims:
+        metrics = list(CURVE_METRICS) if claim.kind == "within-run" else [*SCORES, *DERIVED]
         for key in ("metric", "x"):
             value = getattr(claim, key)
             if value is not None and value not in metrics:
                 raise ConfigError(
                     f"{path}: [[claim]] {claim.id}: {key}: unknown value {value!r}; valid choices: {', '.join(metrics)}"
                 )
+
+
+def curves_needed(claims: list[Claim]) -> list[str]:
+    """The per-epoch curves the tests of `claims` read (`within-run`), for `load_experiment(claim_curves=...)`."""
+    return list(dict.fromkeys(c for claim in claims for c in claim.curves))
+
+
+def test_kind(claim: Claim) -> str:
+    """What a claim's tests test: `difference`, `equivalence`, `non-inferiority`, `trend`, `magnitude` or
+    `within-run correlation` (the kind of claim, and for pairs its prediction)."""
+    if claim.kind in ("trend", "magnitude"):
+        return claim.kind
+    if claim.kind == "within-run":
+        return "within-run correlation"
+    return {"same": "equivalence", "not lower": "non-inferiority", "not higher": "non-inferiority"}.get(
+        claim.predicts, "difference"
+    )
 
 
 def tests(exp: Experiment) -> list[Test]:
@@ -133,13 +171,12 @@ def _tests(exp: Experiment, claim: Claim, setting: dict, where: str) -> list[Tes
     if claim.kind == "pair":
         return [_pair(exp, claim, grid.select({**claim.new, **setting}), grid.select({**claim.old, **setting}), where)]
     if claim.kind == "trend":
-        along = [grid.select({**claim.new, claim.axis: v, **setting}) for v in grid.axis_values(claim.axis)]
-        return [_trend(exp, claim, along, where)]
-    if claim.kind == "interaction":
+        return _steps(exp, claim, setting, where)
+    if claim.kind in ("interaction", "magnitude"):
         axis, (first, second) = next(iter(claim.within.items()))
         four = [grid.select({**side, axis: v, **setting}) for v in (first, second) for side in (claim.new, claim.old)]
         return [_interaction(exp, claim, four, where)]
-    return [_correlation(exp, claim, setting, where)]
+    return [_within_run(exp, claim, setting, where)]
 
 
 def _matrix(exp: Experiment, labels: list[str], metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -165,63 +202,128 @@ def _seed_effect(claim: Claim, seeds: np.ndarray, d: np.ndarray) -> float:
     return float(d[list(seeds).index(claim.seed)])
 
 
+def _test(
+    exp: Experiment, claim: Claim, where: str, case: str, sides: tuple[Side, ...], d: np.ndarray, seeds: np.ndarray,
+    effect: Interval | None = None, binary: tuple | None = None,
+) -> Test:  # fmt: skip
+    """A test of the per-seed effects `d`: their mean with its CI (or `effect`), and the prediction's p-values."""
+    p = hypothesis_p(d, claim.prediction, claim.margin, SEED, binary)
+    effect = effect if effect is not None else bootstrap_mean(d, SEED)
+    return Test(
+        claim, exp.name, where, case, sides, len(d), effect, p, math.nan, d, seeds, _seed_effect(claim, seeds, d)
+    )
+
+
 def _pair(exp: Experiment, claim: Claim, new: Configuration, old: Configuration, where: str, case: str = "") -> Test:
     scores, seeds = _matrix(exp, [new.label, old.label], claim.metric)
     a, b = scores[:, 0], scores[:, 1]
-    d = a - b
-    p = mcnemar_p(a, b) if claim.metric in BINARY else wilcoxon_p(d)
-    return Test(
-        claim, exp.name, where, case,
-        (_side(new.label, a, claim.metric), _side(old.label, b, claim.metric)),
-        len(d), paired_effect(a, b, SEED), p, d, seeds, _seed_effect(claim, seeds, d),
-    )  # fmt: skip
+    sides = (_side(new.label, a, claim.metric), _side(old.label, b, claim.metric))
+    if claim.metric in BINARY:  # exact interval and McNemar's exact test for 0/1 outcomes
+        return _test(exp, claim, where, case, sides, a - b, seeds, paired_binary_interval(a, b), binary=(a, b))
+    return _test(exp, claim, where, case, sides, a - b, seeds, paired_effect(a, b, SEED))
 
 
-def _trend(exp: Experiment, claim: Claim, along: list[Configuration], where: str) -> Test:
-    # along the values where the metric is defined (the KL of a run without a KL penalty is not)
-    defined = exp.final.groupby("configuration", observed=True)[claim.metric].apply(lambda v: v.notna().any())
-    labels = [c.label for c in along if defined.get(c.label, False)]
-    scores, seeds = _matrix(exp, labels, claim.metric)
-    steps = np.arange(len(labels), dtype=float)
-    centred = steps - steps.mean()
-    slopes = (
-        (scores - scores.mean(axis=1, keepdims=True)) @ centred / (centred @ centred) if len(scores) else np.zeros(0)
+def _steps(exp: Experiment, claim: Claim, setting: dict, where: str) -> list[Test]:
+    """A trend as its steps: each value of the axis against the one before it (values where the metric is defined:
+    the KL of a run without a KL penalty is not)."""
+    grid = exp.grid
+    along = [(grid.select({**claim.new, claim.axis: v, **setting}), v) for v in grid.axis_values(claim.axis)]
+    defined = (
+        exp.final.groupby("configuration", observed=True)[claim.metric].apply(lambda v: v.notna().any())
+        if claim.metric in exp.final
+        else {}
     )
+    along = [(c, v) for c, v in along if defined.get(c.label, False)] if len(defined) else along
+    steps = [
+        _pair(exp, claim, new, old, where, f"{_value(claim.axis, v)} → {_value(claim.axis, w)}")
+        for (old, v), (new, w) in zip(along, along[1:])
+    ]
+    return [_monotone(exp, claim, [c for c, _ in along], where), *steps] if len(along) > 2 else steps
+
+
+def _monotone(exp: Experiment, claim: Claim, along: list[Configuration], where: str) -> Test:
+    """The trend as a whole: per seed, Spearman rho between the position along the axis and the score (0 for a
+    seed that scores alike everywhere); their mean is tested like any mean (Page's L test is a rank statistic of the
+    same kind: it grows with the average of these per-seed correlations). Margin `TREND_MARGIN` (rho units)."""
+    labels = [c.label for c in along]
+    scores, seeds = _matrix(exp, labels, claim.metric)
+    position = np.arange(len(labels), dtype=float)
+    rho = np.array([_rank_correlation(position, row) for row in scores])
     sides = tuple(_side(label, scores[:, i], claim.metric) for i, label in enumerate(labels))
-    return Test(
-        claim, exp.name, where, "", sides, len(slopes), bootstrap_mean(slopes, SEED), wilcoxon_p(slopes),
-        slopes, seeds, _seed_effect(claim, seeds, slopes),
-    )  # fmt: skip
+    return _test(exp, replace(claim, margin=TREND_MARGIN), where, MONOTONE, sides, rho, seeds)
+
+
+def _rank_correlation(x: np.ndarray, y: np.ndarray) -> float:
+    if np.all(y == y[0]):
+        return 0.0
+    return float(scipy_stats.spearmanr(x, y).statistic)
+
+
+def _value(axis: str, value: object) -> str:
+    """A value of `axis` as its label shows it, without the axis name (`0.01` for `kl=0.01`; a bundle's own name)."""
+    label = value_label(axis, value)
+    prefix = f"{SHORT_NAMES.get(axis, axis)}="
+    return label[len(prefix) :] if label.startswith(prefix) else label
 
 
 def _interaction(exp: Experiment, claim: Claim, four: list[Configuration], where: str) -> Test:
     labels = [c.label for c in four]
     scores, seeds = _matrix(exp, labels, claim.metric)
-    d = (scores[:, 0] - scores[:, 1]) - (scores[:, 2] - scores[:, 3]) if len(scores) else np.zeros(0)
+    first, second = scores[:, 0] - scores[:, 1], scores[:, 2] - scores[:, 3]
+    if claim.kind == "magnitude":  # |mean(first)| - |mean(second)|: each contrast oriented by its mean's sign
+        first, second = first * _sign(first), second * _sign(second)
     sides = tuple(_side(label, scores[:, i], claim.metric) for i, label in enumerate(labels))
-    return Test(
-        claim, exp.name, where, "", sides, len(d), bootstrap_mean(d, SEED), wilcoxon_p(d), d, seeds,
-        _seed_effect(claim, seeds, d),
-    )  # fmt: skip
+    return _test(exp, claim, where, "", sides, first - second, seeds)
 
 
-def _correlation(exp: Experiment, claim: Claim, setting: dict, where: str) -> Test:
-    """Spearman rho over the test's configurations between the mean `x` and the mean metric (bootstrap over them)."""
-    grid = exp.grid
-    labels = [c.label for c in grid.matching(setting)]
-    final = exp.final[exp.final["configuration"].isin(labels)]
-    means = final.groupby("configuration", observed=True)[[claim.x, claim.metric]].mean().dropna()
-    x, y = means[claim.x].to_numpy(float), means[claim.metric].to_numpy(float)
-    if len(x) < 3:
-        return Test(claim, exp.name, where, "", (), len(x), Interval(math.nan, math.nan, math.nan, len(x)), math.nan)
-    rho = scipy_stats.spearmanr(x, y)
-    rng = np.random.default_rng(SEED)
-    picks = rng.integers(0, len(x), size=(2000, len(x)))
-    boots = np.array([scipy_stats.spearmanr(x[i], y[i]).statistic for i in picks])
-    boots = boots[np.isfinite(boots)]
-    low, high = np.percentile(boots, [2.5, 97.5]) if len(boots) else (math.nan, math.nan)
-    effect = Interval(float(rho.statistic), float(low), float(high), len(x))
-    return Test(claim, exp.name, where, "", (), len(x), effect, float(rho.pvalue))
+def _sign(values: np.ndarray) -> float:
+    return -1.0 if len(values) and values.mean() < 0 else 1.0
+
+
+def _within_run(exp: Experiment, claim: Claim, setting: dict, where: str) -> Test:
+    """Per seed: the mean over the test's configurations of Spearman rho between the curves `x` and `metric`."""
+    labels = [c.label for c in exp.grid.matching(setting)]
+    rho = within_run_rho(exp, claim)
+    table = rho[rho["configuration"].isin(labels)].pivot_table(
+        index="seed", columns="configuration", values="rho", aggfunc="first", observed=True
+    )
+    table = table.reindex(columns=labels).dropna()
+    d, seeds = table.to_numpy(float).mean(axis=1), table.index.to_numpy()
+    sides = tuple(Side(label, *_mean_side(table[label].to_numpy(float))) for label in labels)
+    return _test(exp, claim, where, "", sides, d, seeds)
+
+
+def _mean_side(values: np.ndarray) -> tuple[float, Interval]:
+    interval = bootstrap_mean(values, SEED)
+    return interval.point, interval
+
+
+def within_run_rho(exp: Experiment, claim: Claim) -> pd.DataFrame:
+    """Spearman rho over each run's epochs between its curves `claim.x` and `claim.metric`: one row per run
+    (`configuration`, `seed`, `rho`; NaN where a curve is constant or has fewer than 3 epochs).
+
+    Spearman's rho is Pearson's correlation of the average ranks (as `scipy.stats.spearmanr`), computed for every
+    run at once from grouped sums (a run's epochs with a missing value in either curve are left out).
+    """
+    columns = [claim.x, claim.metric]
+    curves = exp.curves
+    if curves.empty or any(c not in curves for c in columns):
+        return pd.DataFrame({"configuration": pd.Series(dtype=object), "seed": pd.Series(dtype=int), "rho": []})
+    keys = ["configuration", "seed"]
+    rows = curves[[*keys, *columns]].dropna()
+    ranks = rows.groupby(keys, observed=True)[columns].rank(method="average")
+    x, y = ranks[claim.x], ranks[claim.metric]
+    sums = (
+        pd.DataFrame({"n": 1.0, "x": x, "y": y, "xx": x * x, "yy": y * y, "xy": x * y})
+        .groupby([rows[k] for k in keys], observed=True)
+        .sum()
+    )
+    n = sums["n"]
+    cov = sums["xy"] - sums["x"] * sums["y"] / n
+    var_x, var_y = sums["xx"] - sums["x"] ** 2 / n, sums["yy"] - sums["y"] ** 2 / n
+    spread = (var_x > 1e-12) & (var_y > 1e-12) & (n >= 3)
+    rho = (cov / np.sqrt(var_x * var_y)).where(spread).clip(-1.0, 1.0)
+    return rho.rename("rho").reset_index()
 
 
 SOURCE_ORDER = "LDGRE"
@@ -234,20 +336,51 @@ def _order(test: Test) -> tuple:
 
 
 def ledger(all_tests: list[Test]) -> list[Test]:
-    """`all_tests` with Holm-corrected p-values over the whole ledger, verdicts, and seeds needed where inconclusive.
+    """`all_tests` with corrected p-values over the whole ledger, verdicts, and seeds needed where inconclusive.
 
-    The tests come back in ledger order: by claim (`SOURCE_ORDER`, then id), each claim's tests as they were.
+    The tests of predictions are Holm-corrected together; their contraries
+    Bonferroni-corrected over the same family (`p x k`, k tests). An
+    inconclusive test's `needed` is sized at level alpha / k (Holm's strictest
+    step) for the claim's `implied` effect when it declares one, else the
+    observed effect. The tests come back in ledger order: by claim
+    (`SOURCE_ORDER`, then id), each claim's tests as they were.
     """
     all_tests = sorted(all_tests, key=_order)  # stable: a claim's tests keep their order
     adjusted = holm([t.p for t in all_tests])
+    family = max(1, sum(not math.isnan(t.p) for t in all_tests))
     out = []
     for test, p in zip(all_tests, adjusted, strict=True):
-        found = verdict(test.effect, float(p), test.claim.prediction, test.claim.margin)
-        needed = None
+        test = _with_contrary(test, float(p))
+        contrary = min(1.0, test.p_contrary * family) if not math.isnan(test.p_contrary) else math.nan
+        found = verdict(test.effect, float(p), contrary, test.claim.prediction)
+        needed, needed_for = None, ""
         if found == "inconclusive" and len(test.differences) > 1:
-            needed = seeds_needed(test.differences, test.claim.implied or test.claim.margin)
-        out.append(replace(test, p_adjusted=float(p), verdict=found, needed=needed))
+            needed_for = "implied" if test.claim.implied is not None else "observed"
+            size = test.claim.implied if test.claim.implied is not None else test.effect.point
+            needed = seeds_needed(test.differences, size, test.claim.prediction, test.claim.margin, ALPHA / family)
+        out.append(
+            replace(
+                test, p_adjusted=float(p), p_contrary_adjusted=contrary, verdict=found, needed=needed,
+                needed_for=needed_for,
+            )
+        )  # fmt: skip
     return out
+
+
+def _with_contrary(test: Test, p_adjusted: float) -> Test:
+    """`test` with the p-value of its contrary (`contrary_p`), computed only where a verdict can turn on it: a
+    significant difference is decided by its sign (the sign-flip tests cost ~0.1 s each)."""
+    if len(test.differences) < 2 or (test.claim.prediction in (">", "<") and p_adjusted < ALPHA):
+        return test
+    return replace(test, p_contrary=contrary_p(test.differences, test.claim.prediction, test.claim.margin, SEED))
+
+
+def claim_verdicts(all_tests: list[Test]) -> dict[str, str]:
+    """Each claim's verdict over all its tests (`sortrl.analysis.verdicts.claim_verdict`), in ledger order."""
+    by_claim: dict[str, list[str]] = {}
+    for t in all_tests:
+        by_claim.setdefault(t.claim.id, []).append(t.verdict)
+    return {claim_id: claim_verdict(found) for claim_id, found in by_claim.items()}
 
 
 def per_run(exp: Experiment, labels: list[str], metric: str) -> pd.DataFrame:
@@ -265,6 +398,7 @@ def table(all_tests: list[Test]) -> pd.DataFrame:
             "where": t.where,
             "case": t.case,
             "kind": t.claim.kind,
+            "test": test_kind(t.claim),
             "metric": t.claim.metric,
             "predicts": t.claim.predicts,
             "margin": t.claim.margin,
@@ -274,8 +408,11 @@ def table(all_tests: list[Test]) -> pd.DataFrame:
             "effect_ci_high": t.effect.high,
             "p": t.p,
             "p_holm": t.p_adjusted,
+            "p_contrary": t.p_contrary,
+            "p_contrary_bonferroni": t.p_contrary_adjusted,
             "verdict": t.verdict,
             "seeds_needed": t.needed,
+            "seeds_needed_for": t.needed_for,
             "seed_effect": t.seed_effect,
             "compared": " | ".join(side.label for side in t.sides),
         }

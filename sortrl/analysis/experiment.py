@@ -44,20 +44,28 @@ from sortrl.analysis.scores import SCORES
 from sortrl.analysis.scores import compute as compute_scores
 from sortrl.analysis.scores import patterns as score_patterns
 from sortrl.analysis.verdicts import (
+    ALPHA,
     Interval,
     bootstrap_mean,
     chance_normalised,
     holm,
     paired_effect,
     seeds_needed,
-    verdict,
     wilcoxon_p,
     wilson,
 )
 from sortrl.engine.config import RunConfig
 from sortrl.engine.task import CHANCE_FIELDS, RewardBounds, reward_bounds
 from sortrl.study.grid import DEFAULT_MARGIN, Claim, Configuration, Grid, parse_grid, varying_labels
-from sortrl.study.store import Chunk, experiment_names, read_chunks, read_manifest, read_rows, runs_dir
+from sortrl.study.store import (
+    Chunk,
+    experiment_names,
+    read_chunks,
+    read_history,
+    read_manifest,
+    read_rows,
+    runs_dir,
+)
 
 SEED = 0
 """Seed of every bootstrap in the report."""
@@ -122,6 +130,7 @@ class Experiment:
     """Where its runs are stored (`results/runs/<name>/`)."""
     grid: Grid
     manifest: dict[str, Any] | None
+    """The latest sweep's manifest (`sortrl.study.store.read_manifest`)."""
     configs: pd.DataFrame
     final: pd.DataFrame
     curves: pd.DataFrame
@@ -129,6 +138,9 @@ class Experiment:
     baseline: str
     palette: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    trained_by: dict[str, Any] | None = None
+    """The manifest of the latest sweep that trained runs (from `manifests.jsonl`): whose versions trained the
+    stored runs, which a later sweep that found nothing to train (e.g. to store an edited claim) does not change."""
 
     @property
     def axes(self) -> list[str]:
@@ -269,6 +281,7 @@ def load_experiment(
     folder = runs_dir(results, name)
     grid = parse_grid((folder / "grid.toml").read_text(), folder / "grid.toml")
     manifest = read_manifest(folder)
+    trained_by = next((m for m in reversed(read_history(folder)) if m.get("trained")), None)
     chunks = read_chunks(folder)
     configurations = grid.configurations()
     scales = varying_labels(configurations, CHANCE_FIELDS)
@@ -303,6 +316,7 @@ def load_experiment(
         folder=folder,
         grid=grid,
         manifest=manifest,
+        trained_by=trained_by,
         configs=configs,
         final=final,
         curves=curves_table,
@@ -408,11 +422,20 @@ VERDICTS = ("better", "worse", "no difference", "inconclusive")
 """A comparison's verdict, from its Holm-corrected test (`comparison_verdict`)."""
 
 
+WILCOXON_EFFICIENCY = 3 / math.pi
+"""Asymptotic relative efficiency of the Wilcoxon signed-rank test to the paired t-test for normal data (0.955)."""
+
+
 def comparison_verdict(effect: Interval, p_holm: float, margin: float = MARGIN) -> str:
     """`better` / `worse` (corrected p < 0.05, by the sign of the paired effect), `no difference` (not significant,
-    CI inside +-margin) or `inconclusive`: `sortrl.analysis.verdicts.verdict` of the prediction "higher", in plain words."""
-    found = verdict(effect, p_holm, ">", margin)
-    return dict(zip(("supported", "contradicted", "no effect", "inconclusive"), VERDICTS))[found]
+    95% CI inside +-margin) or `inconclusive`. The report's descriptive reading of a comparison nobody predicted;
+    the claims ledger's verdicts test predictions (`sortrl.analysis.verdicts.verdict`)."""
+    if math.isnan(effect.point) or math.isnan(p_holm):
+        return "inconclusive"
+    if p_holm < ALPHA and effect.point != 0:
+        return "better" if effect.point > 0 else "worse"
+    inside = not math.isnan(effect.low) and effect.within(margin)
+    return "no difference" if inside else "inconclusive"
 
 
 def summarize(exp: Experiment) -> pd.DataFrame:
@@ -508,7 +531,7 @@ def _against_reference(exp: Experiment, label: str, reference: str) -> dict[str,
 
 def _seeds_needed(exp: Experiment, label: str, reference: str) -> float:
     a, b = paired(exp, label, reference)
-    needed = seeds_needed(a - b, MARGIN)
+    needed = seeds_needed(a - b, MARGIN, efficiency=WILCOXON_EFFICIENCY)  # the report's comparisons use Wilcoxon
     return float(needed) if needed is not None else math.nan
 
 

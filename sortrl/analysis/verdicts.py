@@ -5,15 +5,24 @@ model and data stream in every configuration, so comparisons are paired by
 seed). The conventions (DESIGN.md, "Statistics the reports follow"):
 
 - the effect of A over B is the mean of the per-seed differences A - B, with a
-  percentile-bootstrap CI over seeds (`paired_effect`);
-- its test is the Wilcoxon signed-rank test of the differences (zeros split,
-  `scipy.stats.wilcoxon`), or McNemar's exact test for 0/1 outcomes such as
-  solved / not solved (`mcnemar_p`);
+  percentile-bootstrap CI over seeds (`paired_effect`), or an exact interval
+  for 0/1 outcomes (`paired_binary_interval`) and for differences that are all
+  equal (`equal_share_bound`): never a degenerate `[x, x]`;
+- the test matches the effect (a mean): a sign-flip permutation test of the
+  per-seed differences (`signflip_p`), or McNemar's exact test for 0/1
+  outcomes such as solved / not solved (`mcnemar_p`); the report's own
+  comparisons (`sortrl.analysis.findings`) still use Wilcoxon (`wilcoxon_p`);
+- each prediction is tested by the hypothesis it makes (`hypothesis_p`): a
+  difference two-sided, "no difference" by TOST against the margin, "not
+  lower" / "not higher" by a one-sided non-inferiority test against it;
 - p-values are corrected with Holm's method over their family (`holm`, via
-  statsmodels);
-- a verdict (`verdict`) is `supported`, `contradicted`, `no effect` (the CI
-  lies inside the declared equivalence margin) or `inconclusive`, for which
-  `seeds_needed` says how many seeds a paired test would need at 80% power.
+  statsmodels); the contrary test of a verdict (equivalence for a directional
+  prediction, an effect beyond the margin for the others) is Bonferroni-corrected
+  over the same family;
+- a verdict (`verdict`) is `supported`, `contradicted`, `no effect` or
+  `inconclusive`, for which `seeds_needed` says how many seeds the test would
+  need at 80% power at the corrected level; a claim tested more than once
+  gets one claim-level verdict (`claim_verdict`).
 
 Bootstraps use a fixed seed, so every number is reproducible bit for bit.
 """
@@ -21,6 +30,7 @@ Bootstraps use a fixed seed, so every number is reproducible bit for bit.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -41,13 +51,14 @@ bootstrap seeds (measured in `tests/test_verdicts.py`)."""
 POWER = 0.8
 """Power at which `seeds_needed` sizes a paired test."""
 
-WILCOXON_EFFICIENCY = 3 / math.pi
-"""Asymptotic relative efficiency of the Wilcoxon signed-rank test to the paired t-test for normal data (0.955)."""
-
-Prediction = Literal[">", "<", "="]
-"""What a claim predicts of A - B: A higher, A lower, or no difference (within the margin)."""
+Prediction = Literal[">", "<", "=", ">=", "<="]
+"""What a claim predicts of A - B: A higher, A lower, no difference (within the margin), A not lower (non-inferior:
+above -margin) or A not higher (below +margin)."""
 
 VERDICTS = ("supported", "contradicted", "no effect", "inconclusive")
+
+CLAIM_VERDICTS = ("supported", "supported in part", "mixed", "contradicted", "not supported")
+"""A claim's verdict over all its tests (`claim_verdict`)."""
 
 
 class Interval(NamedTuple):
@@ -125,46 +136,217 @@ def holm(pvalues: list[float] | np.ndarray) -> np.ndarray:
     return out
 
 
-def verdict(effect: Interval, p_adjusted: float, predicts: Prediction, margin: float) -> str:
-    """`supported`, `contradicted`, `no effect` or `inconclusive` for an effect of A - B and its corrected p-value.
+def signflip_p(
+    differences: np.ndarray,
+    alternative: Literal["two-sided", "greater", "less"] = "two-sided",
+    null: float = 0.0,
+    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+) -> float:
+    """Sign-flip permutation p-value of the mean of paired differences against `null`.
 
-    For a directional prediction (`>`: A higher; `<`: A lower): significant
-    (p_adjusted < ALPHA) in the predicted direction is `supported`, in the other
-    `contradicted`; otherwise a CI inside [-margin, margin] is `no effect`, and
-    anything else `inconclusive`. For `=` (no difference predicted): a CI inside
-    the margin is `supported`, a significant effect whose CI leaves the margin
-    `contradicted`, anything else `inconclusive`.
+    H0: the per-seed differences are symmetric about `null` (their mean is `null`);
+    `greater`: the alternative is a mean above `null`. `scipy.stats.permutation_test`
+    with one sample and `permutation_type="samples"` flips the sign of each
+    `differences - null` at random (exactly, over all 2^n sign patterns, when
+    that is fewer than `n_resamples`); the statistic is the mean, so the test
+    is about the number the ledger reports. The smallest p-value of a random
+    test is 1 / (n_resamples + 1). 1.0 when every difference equals `null`;
+    NaN with fewer than 2 differences.
+    """
+    d = np.asarray(differences, dtype=float) - null
+    if len(d) < 2:
+        return math.nan
+    if np.all(d == 0):
+        return 1.0
+    result = stats.permutation_test(
+        (d,), _mean, permutation_type="samples", vectorized=True, n_resamples=n_resamples,
+        alternative=alternative, random_state=np.random.default_rng(seed), batch=1000,
+    )  # fmt: skip
+    return float(result.pvalue)
+
+
+def _mean(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(x, axis=axis)
+
+
+def hypothesis_p(
+    differences: np.ndarray, predicts: Prediction, margin: float, seed: int = 0, binary: tuple | None = None
+) -> float:
+    """The p-value of the test of what `predicts` says of the mean of paired differences (H1: the prediction).
+
+    | predicts | test | its contrary (`contrary_p`) |
+    | --- | --- | --- |
+    | `>`, `<` | two-sided difference from 0 | equivalence: TOST against +-margin |
+    | `=` | equivalence: TOST, the larger one-sided p | beyond the margin: 2 x the smaller one-sided p |
+    | `>=` | non-inferiority: mean > -margin (one-sided) | inferiority: mean < -margin |
+    | `<=` | mean < +margin (one-sided) | mean > +margin |
+
+    Every one-sided test is `signflip_p` of the differences shifted by the
+    margin (TOST: Schuirmann 1987). `binary`: the two 0/1 samples `(a, b)` of
+    a difference, tested with McNemar's exact test (`mcnemar_p`) instead of the
+    sign flip; margin tests of 0/1 outcomes stay sign flips of the differences
+    (which are -1, 0 or 1). `ValueError` for an unknown `predicts`.
+    """
+    if predicts in (">", "<"):
+        return mcnemar_p(*binary) if binary is not None else signflip_p(differences, "two-sided", 0.0, seed)
+    return _margin_p(differences, predicts, margin, seed, contrary=False)
+
+
+def contrary_p(differences: np.ndarray, predicts: Prediction, margin: float, seed: int = 0) -> float:
+    """The p-value of the contrary of `predicts` (H1: the contrary; see `hypothesis_p`'s table)."""
+    if predicts in (">", "<"):
+        return _margin_p(differences, "=", margin, seed, contrary=False)
+    return _margin_p(differences, predicts, margin, seed, contrary=True)
+
+
+def _margin_p(differences: np.ndarray, predicts: str, margin: float, seed: int, contrary: bool) -> float:
+    def one(alternative: str, null: float) -> float:
+        return signflip_p(differences, alternative, null, seed)  # type: ignore[arg-type]
+
+    if predicts == "=":
+        if contrary:
+            return min(1.0, 2 * min(one("greater", margin), one("less", -margin)))
+        return max(one("greater", -margin), one("less", margin))
+    if predicts == ">=":
+        return one("less", -margin) if contrary else one("greater", -margin)
+    if predicts == "<=":
+        return one("greater", margin) if contrary else one("less", margin)
+    raise ValueError(f"predicts: unknown value {predicts!r}; valid choices: >, <, =, >=, <=")
+
+
+def verdict(effect: Interval, p_adjusted: float, p_contrary_adjusted: float, predicts: Prediction) -> str:
+    """`supported`, `contradicted`, `no effect` or `inconclusive` for an effect of A - B from its corrected tests.
+
+    `p_adjusted`: the prediction's test (`hypothesis_p`), Holm-corrected;
+    `p_contrary_adjusted`: its contrary test, corrected over the same family.
+    For a directional prediction (`>`, `<`): a significant difference in the
+    predicted direction is `supported`, in the other `contradicted`; a
+    significant equivalence (TOST within the margin) is `no effect`. For `=`,
+    `>=`, `<=`: a significant test of the prediction is `supported`; a
+    significant contrary (the effect wholly beyond the margin on the wrong
+    side) is `contradicted`. Anything else is `inconclusive`.
     """
     if math.isnan(effect.point) or math.isnan(p_adjusted):
         return "inconclusive"
     significant = p_adjusted < ALPHA
-    inside = not math.isnan(effect.low) and effect.within(margin)
-    if predicts == "=":
-        if inside:
-            return "supported"
-        return "contradicted" if significant else "inconclusive"
-    if significant and effect.point != 0:
-        agrees = (effect.point > 0) == (predicts == ">")
-        return "supported" if agrees else "contradicted"
-    return "no effect" if inside else "inconclusive"
+    contrary = not math.isnan(p_contrary_adjusted) and p_contrary_adjusted < ALPHA
+    if predicts in (">", "<"):
+        if significant and effect.point != 0:
+            agrees = (effect.point > 0) == (predicts == ">")
+            return "supported" if agrees else "contradicted"
+        return "no effect" if contrary else "inconclusive"
+    if significant:
+        return "supported"
+    return "contradicted" if contrary else "inconclusive"
 
 
-def seeds_needed(differences: np.ndarray, effect: float, alpha: float = ALPHA, power: float = POWER) -> int | None:
-    """Seeds a paired Wilcoxon test would need to detect a mean difference `effect` at `power` (two-sided).
+def claim_verdict(verdicts: list[str]) -> str:
+    """One verdict for a claim from its tests' verdicts (`CLAIM_VERDICTS`).
 
-    The paired t-test's sample size (statsmodels `TTestPower`) for the
-    standardised effect d = effect / sd(differences), divided by the Wilcoxon
-    test's asymptotic efficiency 3/pi. None when the differences have no spread
-    or `effect` is 0 (no finite number of seeds).
+    `supported`: every test supports it; `supported in part`: some do and none
+    contradicts it; `mixed`: some support and some contradict it;
+    `contradicted`: some contradict it and none supports it; `not supported`:
+    none either way (no effect or inconclusive everywhere).
+    """
+    if not verdicts:
+        raise ValueError("a claim-level verdict needs at least one test")
+    supported, contradicted = "supported" in verdicts, "contradicted" in verdicts
+    if supported and contradicted:
+        return "mixed"
+    if supported:
+        return "supported" if all(v == "supported" for v in verdicts) else "supported in part"
+    return "contradicted" if contradicted else "not supported"
+
+
+def seeds_needed(
+    differences: np.ndarray,
+    effect: float,
+    predicts: Prediction = ">",
+    margin: float = 0.0,
+    alpha: float = ALPHA,
+    power: float = POWER,
+    efficiency: float = 1.0,
+) -> int | None:
+    """Seeds the test of `predicts` would need at `power` and level `alpha`, if the true mean difference were `effect`.
+
+    The spread is the sample sd of `differences` (the sign-flip test of a
+    mean is asymptotically the paired t-test). A difference (`>`, `<`): the
+    two-sided paired t-test's size (statsmodels `TTestPower`) for d = effect /
+    sd. Equivalence (`=`, TOST) and non-inferiority (`>=`, `<=`): the normal
+    approximation n = ((z_{1-alpha} + z_power') sd / gap)^2, gap the distance
+    from `effect` to the margin the test must clear, z_power' = z_{1-(1-power)/2}
+    for TOST at an effect of 0 (both sides count) and z_power otherwise (Chow,
+    Shao & Wang 2008, sections 3.2.2-3.2.3). Pass the corrected level as
+    `alpha`. `efficiency`: of the test actually run relative to the t-test
+    (3 / pi for Wilcoxon's signed-rank test on normal data); n is divided by it. None when the differences have no spread or no number of seeds
+    could show it (effect 0 for a difference; effect beyond the margin).
     """
     from statsmodels.stats.power import TTestPower
+    from statsmodels.tools import sm_exceptions  # imported first: importing it sets its warnings to "always"
 
     d = np.asarray(differences, dtype=float)
     spread = float(np.std(d, ddof=1)) if len(d) > 1 else math.nan
-    if not (spread > 0) or effect == 0 or math.isnan(effect):
+    if not (spread > 0) or math.isnan(effect):
         return None
-    n = TTestPower().solve_power(effect_size=abs(effect) / spread, alpha=alpha, power=power, alternative="two-sided")
-    return math.ceil(float(n) / WILCOXON_EFFICIENCY)
+    if predicts in (">", "<"):
+        if effect == 0:
+            return None
+        with warnings.catch_warnings():  # its root finder gives up (NaN) when a handful of seeds would do
+            warnings.simplefilter("ignore", sm_exceptions.ConvergenceWarning)
+            n = TTestPower().solve_power(
+                effect_size=abs(effect) / spread, alpha=alpha, power=power, alternative="two-sided"
+            )
+        if not math.isnan(n):
+            return math.ceil(float(n) / efficiency)
+        return _normal_size(spread, abs(effect), alpha / 2, 1 - power, efficiency)
+    gap = {"=": margin - abs(effect), ">=": effect + margin, "<=": margin - effect}[predicts]
+    if gap <= 0:
+        return None
+    beta = (1 - power) / 2 if predicts == "=" and effect == 0 else 1 - power
+    return _normal_size(spread, gap, alpha, beta, efficiency)
+
+
+def _normal_size(spread: float, gap: float, alpha: float, beta: float, efficiency: float) -> int:
+    """((z_{1-alpha} + z_{1-beta}) spread / gap)^2 / efficiency, rounded up, at least 2."""
+    n = ((stats.norm.ppf(1 - alpha) + stats.norm.ppf(1 - beta)) * spread / gap) ** 2
+    return max(2, math.ceil(float(n) / efficiency))
+
+
+def paired_binary_interval(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE) -> Interval:
+    """The difference of two paired proportions, mean(a) - mean(b), with an exact (conservative) interval.
+
+    With n seeds, m discordant (one outcome 1, the other 0) of which k favour
+    `a`: the difference is q (2r - 1), q the share of discordant seeds and r
+    the share of them that favour `a`. The interval is the range of q (2r - 1)
+    over Clopper-Pearson intervals of q (m of n) and r (k of m), each
+    at level 1 - (1 - confidence) / 2 (Bonferroni: coverage >= `confidence`).
+    With no discordant seed r is unknown and the interval is +-q_high: for 0
+    of 128 at 95%, +-0.034. `a`, `b`: 0/1 [seed].
+    """
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    n = len(a)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+    m = only_a + only_b
+    level = 1 - (1 - confidence) / 2
+    q = stats.binomtest(m, n).proportion_ci(confidence_level=level, method="exact")
+    if m == 0:
+        low_r, high_r = 0.0, 1.0
+    else:
+        r = stats.binomtest(only_a, m).proportion_ci(confidence_level=level, method="exact")
+        low_r, high_r = r.low, r.high
+    corners = [qq * (2 * rr - 1) for qq in (q.low, q.high) for rr in (low_r, high_r)]
+    return Interval((only_a - only_b) / n, float(min(corners)), float(max(corners)), n)
+
+
+def equal_share_bound(n: int, confidence: float = CONFIDENCE) -> float:
+    """Upper `confidence` bound on the share of seeds that would differ when all `n` seeds gave the same value.
+
+    Clopper-Pearson for 0 events of n, two-sided: 1 - ((1 - confidence) / 2)^(1/n); 0.028 for 128 seeds at 95%.
+    """
+    return float(stats.binomtest(0, n).proportion_ci(confidence_level=confidence, method="exact").high)
 
 
 def wilson(successes: int, n: int) -> Interval:

@@ -9,8 +9,7 @@ byte-identical PNGs (`sortrl.render.figures.png_bytes`).
 | figure | shows |
 | --- | --- |
 | `paired` | each seed's effect (dots), the mean effect with its 95% CI, 0, and the equivalence margin (band) |
-| `trend` | the score along the claim's axis: mean over seeds with its 95% CI |
-| `scatter` | one point per configuration: the claim's `x` score against its metric |
+| `trend` | the score along the claim's axis: mean over seeds with its 95% CI, each step's verdict marked |
 | `solve_bars` | solve rate with its Wilson 95% CI per configuration of the claim's axis, the `sft` reference dashed |
 | `curves:<metric>` | the metric per epoch of the compared configurations, mean over seeds with a 95% CI band |
 | `length_by_sign` | response length of responses below (solid) and above (dashed) their group's mean reward, per epoch |
@@ -27,14 +26,18 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from sortrl.analysis import stats
-from sortrl.analysis.claims import SEED, Test
+from sortrl.analysis.claims import MONOTONE, SEED, Test
+from sortrl.analysis.claims import curves_needed as tests_curves
 from sortrl.analysis.experiment import Experiment, make_palette
 from sortrl.analysis.scores import DERIVED, SCORES
 from sortrl.analysis.verdicts import wilson
 from sortrl.render.figures import style, subplots
 from sortrl.study.grid import Claim
 
-DEFAULTS = {"pair": "paired", "each": "paired", "interaction": "paired", "trend": "trend", "correlation": "scatter"}
+DEFAULTS = {
+    "pair": "paired", "each": "paired", "interaction": "paired", "magnitude": "paired", "trend": "trend",
+    "within-run": "paired",
+}  # fmt: skip
 """The figure of a claim that names none, by its kind."""
 
 REFERENCE = "sft"
@@ -46,8 +49,8 @@ def figure_name(claim: Claim) -> str:
 
 
 def curves_needed(claims: list[Claim]) -> list[str]:
-    """The per-epoch metrics the figures of `claims` draw (what `load_experiment` must keep)."""
-    out = []
+    """The per-epoch metrics the figures and tests of `claims` read (what `load_experiment` must keep)."""
+    out = list(tests_curves(claims))
     for claim in claims:
         name = figure_name(claim)
         if name.startswith("curves:"):
@@ -61,6 +64,8 @@ def metric_label(metric: str) -> str:
     """An axis label for a score: its name and unit."""
     if metric in DERIVED:
         return "final score (0 = uniform random policy, 1 = best)"
+    if metric not in SCORES:  # a per-epoch curve (a within-run claim's)
+        return f"{metric.replace('_', ' ')} per epoch"
     return f"{metric.replace('_', ' ')} ({SCORES[metric].unit})"
 
 
@@ -128,53 +133,50 @@ def _row_label(test: Test, where: str) -> str:
 def _effect_words(claim: Claim) -> str:
     new = ", ".join(f"{v}" for v in claim.new.values())
     old = ", ".join(f"{v}" for v in claim.old.values())
-    if claim.kind == "interaction":
+    if claim.kind in ("interaction", "magnitude"):
         axis, (a, b) = next(iter(claim.within.items()))
-        return f"({new} - {old}) at {a} minus at {b}"
+        bars = "|" if claim.kind == "magnitude" else ""
+        return f"{bars or '('}{new} - {old}{bars or ')'} at {a} minus at {b}"
+    if claim.kind == "within-run":
+        return f"Spearman rho of {claim.x} and {claim.metric} over a run's epochs"
     if claim.kind == "each":
         return f"each {claim.axis} minus {old}"
     return f"{new} minus {old}"
 
 
 def trend(exp: Experiment, claim: Claim, tests: list[Test]) -> Figure:
-    """The score along the claim's axis, mean with its 95% CI, one line per test."""
+    """The score along the claim's axis, mean with its 95% CI, from its steps' tests; one panel per setting."""
 
     with style():
         fig, panels = _panels(tests)
+        by_label = {c.label: c for c in exp.grid.configurations()}
         for where, ax in panels:
-            for test in [t for t in tests if _in(t, where)]:
-                x = np.arange(len(test.sides))
-                means = [s.mean for s in test.sides]
-                low = [s.interval.low for s in test.sides]
-                high = [s.interval.high for s in test.sides]
-                ax.plot(x, means, "o-", color="tab:blue")
-                ax.fill_between(x, low, high, color="tab:blue", alpha=0.2, lw=0)
-                by_label = {c.label: c for c in exp.grid.configurations()}
-                ax.set_xticks(x, [by_label[side.label].labels[claim.axis] for side in test.sides])
-                ax.set_title(f"{where or exp.name}: slope {test.effect.point:+.3f} per step")
+            mine = [t for t in tests if _in(t, where)]
+            steps = [t for t in mine if t.case != MONOTONE]
+            sides = [steps[0].sides[1], *(t.sides[0] for t in steps)] if steps else []
+            whole = next((t for t in mine if t.case == MONOTONE), None)
+            x = np.arange(len(sides))
+            ax.plot(x, [s.mean for s in sides], "o-", color="tab:blue")
+            ax.fill_between(
+                x, [s.interval.low for s in sides], [s.interval.high for s in sides], color="tab:blue", alpha=0.2, lw=0
+            )
+            ax.set_xticks(x, [by_label[side.label].labels[claim.axis] for side in sides])
+            for i, step in enumerate(steps):  # each step's verdict between its two points
+                ax.annotate(
+                    _STEP_MARK.get(step.verdict, "?"), (i + 0.5, np.mean([sides[i].mean, sides[i + 1].mean])),
+                    ha="center", va="bottom", fontsize=8, color="tab:red" if step.verdict == "contradicted" else "black",
+                )  # fmt: skip
+            rho = f": rank correlation {whole.effect.point:+.2f} ({whole.verdict})" if whole is not None else ""
+            ax.set_title(f"{where or exp.name}{rho}")
             ax.set_xlabel(claim.axis)
             ax.set_ylabel(metric_label(claim.metric))
         fig.suptitle(_title(claim))
+        fig.text(0.5, 0.0, "step verdicts: + supported, x contradicted, = no effect, ? inconclusive", ha="center",
+                 fontsize=8)  # fmt: skip
     return fig
 
 
-def scatter(exp: Experiment, claim: Claim, tests: list[Test]) -> Figure:
-    """One point per configuration: mean `x` score against mean metric, with the Spearman rho."""
-
-    with style():
-        fig, panels = _panels(tests)
-        for where, ax in panels:
-            test = next((t for t in tests if t.where == where), None)
-            labels = [c.label for c in exp.grid.matching(test.setting if test is not None else {})]
-            means = exp.final[exp.final["configuration"].isin(labels)]
-            means = means.groupby("configuration", observed=True)[[claim.x, claim.metric]].mean()
-            ax.scatter(means[claim.x], means[claim.metric], s=18, color="tab:blue")
-            rho = f"Spearman rho {test.effect.point:+.2f}" if test is not None else ""
-            ax.set_title(f"{where or exp.name}: {len(means)} configurations, {rho}")
-            ax.set_xlabel(metric_label(claim.x))
-            ax.set_ylabel(metric_label(claim.metric))
-        fig.suptitle(_title(claim))
-    return fig
+_STEP_MARK = {"supported": "+", "contradicted": "x", "no effect": "=", "inconclusive": "?"}
 
 
 def solve_bars(exp: Experiment, claim: Claim, tests: list[Test]) -> Figure:
@@ -277,7 +279,6 @@ def _short(label: str, test: Test) -> str:
 FIGURES: dict[str, Callable[[Experiment, Claim, list[Test]], Figure]] = {
     "paired": paired,
     "trend": trend,
-    "scatter": scatter,
     "solve_bars": solve_bars,
     "length_by_sign": length_by_sign,
 }

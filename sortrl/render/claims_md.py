@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sortrl.analysis.claims import BINARY, Test
+from sortrl.analysis.claims import BINARY, Test, claim_verdicts, test_kind
 from sortrl.analysis.scores import DERIVED, SCORES
-from sortrl.analysis.verdicts import ALPHA, N_RESAMPLES, VERDICTS, Interval
+from sortrl.analysis.verdicts import ALPHA, CLAIM_VERDICTS, N_RESAMPLES, POWER, VERDICTS, Interval, equal_share_bound
 from sortrl.render.claim_figures import REFERENCE, metric_label
 from sortrl.render.sentences import plural
 
@@ -37,9 +37,11 @@ def fmt_p(p: float) -> str:
 
 
 def fmt_effect(effect: Interval, digits: int = 3) -> str:
-    """`+0.123 [+0.100, +0.150]`; a degenerate interval (every seed equal) is flagged, not shown as `[x, x]`."""
+    """`+0.123 [+0.100, +0.150]`; when every seed's effect is the same there is no interval of the mean (nothing bounds
+    a seed that would differ): what is exact is the share of seeds that would differ (`equal_share_bound`)."""
     if effect.degenerate:
-        return f"{fmt(effect.point, digits, True)} (all {effect.n} equal)"
+        share = equal_share_bound(effect.n)
+        return f"{fmt(effect.point, digits, True)} (all {effect.n} seeds; < {100 * share:.1f}% of seeds would differ)"
     return f"{fmt(effect.point, digits, True)} [{fmt(effect.low, digits, True)}, {fmt(effect.high, digits, True)}]"
 
 
@@ -56,13 +58,14 @@ def fmt_side(test: Test, i: int) -> str:
 def verdict_table(tests: list[Test], link: str = "") -> list[str]:
     """The verdict table: one row per test (`link`: where the claim sections are, for the id links)."""
     lines = [
-        "| claim | statement | source | tested in | effect [95% CI] | p (Holm) | verdict | seeds |",
-        "| --- | --- | --- | --- | --- | ---: | --- | ---: |",
+        "| claim | statement | source | test | tested in | effect [95% CI] | p (Holm) | verdict | seeds |",
+        "| --- | --- | --- | --- | --- | --- | ---: | --- | ---: |",
     ]
     for t in tests:
         where = "; ".join(x for x in (t.where, t.case) if x) or "–"
         lines.append(
-            f"| [{t.claim.id}]({link}#{_anchor(t.claim.id)}) | {_cell(t.claim.statement)} | {_cell(t.claim.source)} | {where} | "
+            f"| [{t.claim.id}]({link}#{_anchor(t.claim.id)}) | {_cell(t.claim.statement)} | {_cell(t.claim.source)} | "
+            f"{test_kind(t.claim)} | {where} | "
             f"{fmt_effect(t.effect)} | {fmt_p(t.p_adjusted)} | **{t.verdict}** | {t.n} |"
         )
     return lines
@@ -78,10 +81,16 @@ def counts(tests: list[Test]) -> str:
     return ", ".join(f"{found[v]} {v}" for v in VERDICTS)
 
 
+def claim_counts(tests: list[Test]) -> str:
+    """`5 supported, 2 mixed, ...` over the ledger's claims (claim-level verdicts; those that occur)."""
+    found = Counter(claim_verdicts(tests).values())
+    return ", ".join(f"{found[v]} {v}" for v in CLAIM_VERDICTS if found[v])
+
+
 def render(tests: list[Test], figures: dict[str, str]) -> str:
     """CLAIMS.md text from the ledger's tests (`claims.ledger`) and each claim's figure path (relative to it)."""
     claims = list(dict.fromkeys(t.claim.id for t in tests))
-    n_min = min((t.n for t in tests if t.claim.kind != "correlation" and t.n), default=0)
+    n_min = min((t.n for t in tests if t.n), default=0)
     lines = [
         "# sortrl claims ledger",
         "",
@@ -93,15 +102,25 @@ def render(tests: list[Test], figures: dict[str, str]) -> str:
         "",
         "- A seed is the same initial model and the same data stream in every configuration of a grid, so "
         "configurations are compared **paired by seed**: a test's effect is the mean over seeds of the per-seed "
-        f"effect, with a 95% percentile-bootstrap CI over seeds ({N_RESAMPLES:,} resamples, seed 0).",
-        "- Each test's p-value is two-sided: Wilcoxon signed-rank on the per-seed effects (zeros split), McNemar's "
-        "exact test for solved/unsolved, Spearman's test for a correlation over configurations. All "
-        f"{len(tests)} p-values of the ledger are corrected together with Holm's method (family-wise error "
-        f"{ALPHA:g}).",
-        "- Verdicts: **supported** (corrected p < 0.05, effect in the predicted direction), **contradicted** "
-        "(corrected p < 0.05, the other direction), **no effect** (the CI lies inside the claim's equivalence "
-        "margin), **inconclusive** (neither; the section says how many seeds a paired test would need at 80% "
-        "power). A claim that predicts no difference is supported by a CI inside its margin.",
+        f"effect, with a 95% percentile-bootstrap CI over seeds ({N_RESAMPLES:,} resamples, seed 0); for solved / "
+        "unsolved an exact interval (Clopper-Pearson, conservative); where every seed's effect is the same, the "
+        "exact bound on the share of seeds that would differ.",
+        "- Each test tests what its claim predicts (column *test*): a **difference** (two-sided sign-flip "
+        "permutation test of the mean effect; McNemar's exact test for solved / unsolved), **equivalence** (TOST: "
+        "both one-sided tests against the margin), **non-inferiority** (one-sided, against minus the margin), a "
+        "**trend** (as a whole: the per-seed Spearman rho between the position along the axis and the score; "
+        "then each step between neighbouring values, a difference each), a **magnitude** (the "
+        "size of a contrast at one setting minus at another) or a **within-run correlation** (Spearman rho over a "
+        f"run's epochs). All {len(tests)} p-values are corrected together with Holm's method (family-wise error "
+        f"{ALPHA:g}); the contrary tests below with Bonferroni's, over the same family. A sign-flip test draws "
+        f"{N_RESAMPLES:,} sign patterns, so its smallest p-value is 1/{N_RESAMPLES + 1:,}.",
+        "- Verdicts: **supported** (the prediction's corrected test is significant, a difference in the predicted "
+        "direction); **contradicted** (a difference the other way; for equivalence or non-inferiority, an effect "
+        "significantly beyond the margin on the wrong side); **no effect** (a predicted difference that is "
+        "significantly equivalent: TOST within the margin); **inconclusive** (neither; the section says how many "
+        f"seeds the test would need at {POWER:.0%} power at the corrected level). A claim tested more than once "
+        "gets a claim-level verdict: supported (every test), supported in part (some, none against), mixed, "
+        "contradicted, or not supported.",
         "- Rewards are compared on a common scale, the **final score**: the final reward (mean over the last 10% "
         "of epochs) minus the uniform random policy's expected reward, divided by the best possible minus that "
         "(0 = chance, 1 = every response sorted); the random policy's reward is computed exactly by enumerating "
@@ -110,7 +129,8 @@ def render(tests: list[Test], figures: dict[str, str]) -> str:
         "",
         "## Verdicts",
         "",
-        f"{plural(len(claims), 'claim')}, {plural(len(tests), 'test')}: {counts(tests)}.",
+        f"{plural(len(claims), 'claim')}, {plural(len(tests), 'test')}: {counts(tests)}. Claims: "
+        f"{claim_counts(tests)}.",
         "",
         *verdict_table(tests),
         "",
@@ -124,13 +144,18 @@ def render(tests: list[Test], figures: dict[str, str]) -> str:
 def _section(tests: list[Test], figure: str | None) -> list[str]:
     claim = tests[0].claim
     metric = claim.metric
-    doc = DERIVED.get(metric) or SCORES[metric].doc
+    doc = "a per-epoch curve" if claim.kind == "within-run" else DERIVED.get(metric) or SCORES[metric].doc
+    verdict_line = (
+        f"Claim-level verdict over its {len(tests)} tests: **{claim_verdicts(tests)[claim.id]}**."
+        if len(tests) > 1
+        else ""
+    )
     lines = [
         f'<a id="{_anchor(claim.id)}"></a>',
         f"### {claim.id} · {claim.statement}",
         "",
-        f"Source: {claim.source}. Tested in grid `{tests[0].experiment}`, on {metric_label(metric)}: "
-        f"{doc}. Prediction: {_prediction(claim)}; equivalence margin ±{claim.margin:g}.",
+        f"Source: {claim.source}. Tested in grid `{tests[0].experiment}`, as a {test_kind(claim)}, on "
+        f"{metric_label(metric)}: {doc}. Prediction: {_prediction(claim)}; margin ±{claim.margin:g}. {verdict_line}",
         "",
     ]
     if figure:
@@ -141,18 +166,26 @@ def _section(tests: list[Test], figure: str | None) -> list[str]:
 
 
 def _prediction(claim) -> str:
-    if claim.kind == "correlation":
-        what = f"Spearman rho between {claim.x} and {claim.metric} across configurations"
+    if claim.kind == "within-run":
+        what = f"the per-seed Spearman rho between {claim.x} and {claim.metric} over a run's epochs"
     elif claim.kind == "trend":
-        what = f"the per-seed slope of the score along `{claim.axis}`"
-    elif claim.kind == "interaction":
+        what = f"each step along `{claim.axis}` (a value minus the one before it)"
+    elif claim.kind in ("interaction", "magnitude"):
         axis, (a, b) = next(iter(claim.within.items()))
-        what = f"the difference ({_values(claim.new)} minus {_values(claim.old)}) at {axis}={a} minus at {axis}={b}"
+        contrast = f"{_values(claim.new)} minus {_values(claim.old)}"
+        contrast = f"the size of ({contrast})" if claim.kind == "magnitude" else f"the difference ({contrast})"
+        what = f"{contrast} at {axis}={a} minus at {axis}={b}"
     elif claim.kind == "each":
         what = f"each value of `{claim.axis}` minus {_values(claim.old)}"
     else:
         what = f"{_values(claim.new)} minus {_values(claim.old)}"
-    word = {"higher": "above 0", "lower": "below 0", "same": "0 (within the margin)"}[claim.predicts]
+    word = {
+        "higher": "above 0",
+        "lower": "below 0",
+        "same": "0 (within the margin)",
+        "not lower": "not below minus the margin",
+        "not higher": "not above the margin",
+    }[claim.predicts]
     return f"{what} is {word}"
 
 
@@ -165,11 +198,8 @@ def _sentence(t: Test) -> str:
     head = f"**{where}**: " if where else ""
     if t.n == 0:  # a sweep stopped before the runs this test needs (or they all diverged): nothing to weigh
         return f"{head}no runs yet: no seed finished every configuration this test compares; it is **{t.verdict}**."
-    if t.claim.kind == "correlation":
-        body = f"over {t.n} configurations, Spearman rho = {fmt_effect(t.effect, 2)} (bootstrap over configurations)"
-    else:
-        compared = "; ".join(fmt_side(t, i) for i in range(len(t.sides)))
-        body = f"over {t.n} seeds, effect {fmt_effect(t.effect)} ({compared})"
+    compared = "; ".join(fmt_side(t, i) for i in range(len(t.sides)))
+    body = f"over {t.n} seeds, effect {fmt_effect(t.effect)} ({compared})"
     text = f"{head}{body}; p = {fmt_p(t.p)}, Holm-corrected {fmt_p(t.p_adjusted)}: **{t.verdict}**."
     if t.verdict == "contradicted" and t.claim.predicts == "same" and len(t.sides) == 2:
         text += f" The difference is real: `{t.sides[0].label}` scores {'higher' if t.effect.point > 0 else 'lower'}."
@@ -181,26 +211,40 @@ def _sentence(t: Test) -> str:
             else f"{'agrees' if agrees else 'does not agree'} with its prediction; across seeds: {t.verdict}."
         )
     if t.verdict == "inconclusive":
-        implied = t.claim.implied or t.claim.margin
-        text += (
-            f" A paired test would need about {t.needed:,} seeds to detect an effect of {implied:g} at 80% power."
-            if t.needed
-            else " The per-seed effects do not vary, so no number of seeds would make it conclusive."
-        )
+        text += " " + _needed(t)
     if t.claim.metric in BINARY and all(s.mean == 0 for s in t.sides):
         text += " No run of either configuration solved the task."
     return text
 
 
+def _needed(t: Test) -> str:
+    """Why an inconclusive test is so, and how many seeds would settle it (or why none would)."""
+    size = t.claim.implied if t.needed_for == "implied" else t.effect.point
+    which = "the effect its source implies" if t.needed_for == "implied" else "the observed effect"
+    if t.needed:
+        return (
+            f"Its test would need about {t.needed:,} seeds at {POWER:.0%} power at the corrected level, if the true "
+            f"effect were {which} ({fmt(size, 3, True)})."
+        )
+    if len(t.differences) > 1 and np.all(t.differences == t.differences[0]):
+        return "Every seed's effect is the same, so more seeds would not change it."
+    return f"At {which} ({fmt(size, 3, True)}) no number of seeds would make its test conclusive."
+
+
 def _agrees(predicts: str, value: float, margin: float) -> bool:
-    if predicts == "same":
-        return abs(value) <= margin
-    return value > 0 if predicts == "higher" else value < 0
+    return {
+        "same": abs(value) <= margin,
+        "higher": value > 0,
+        "lower": value < 0,
+        "not lower": value > -margin,
+        "not higher": value < margin,
+    }[predicts]
 
 
 def compact_table(tests: list[Test], link: str) -> list[str]:
     """One row per claim: its statement, source and each setting's verdict (counted where a claim has many tests)."""
-    lines = ["| claim | statement | source | verdicts |", "| --- | --- | --- | --- |"]
+    lines = ["| claim | statement | source | verdict | tests |", "| --- | --- | --- | --- | --- |"]
+    overall = claim_verdicts(tests)
     for claim_id in dict.fromkeys(t.claim.id for t in tests):
         mine = [t for t in tests if t.claim.id == claim_id]
         cells = []
@@ -211,10 +255,11 @@ def compact_table(tests: list[Test], link: str) -> list[str]:
             else:
                 found = Counter(t.verdict for t in here)
                 listed = ", ".join(f"{found[v]} {v}" for v in VERDICTS if found[v])
-                cells.append(f"{where or 'all'}: {listed} (of {len(here)} {here[0].claim.axis} values)")
+                cells.append(f"{where or 'all'}: {listed} (of {plural(len(here), 'test')})")
         claim = mine[0].claim
         lines.append(
-            f"| [{claim_id}]({link}#{_anchor(claim_id)}) | {_cell(claim.statement)} | {_cell(claim.source)} | {'; '.join(cells)} |"
+            f"| [{claim_id}]({link}#{_anchor(claim_id)}) | {_cell(claim.statement)} | {_cell(claim.source)} | "
+            f"**{overall[claim_id]}** | {'; '.join(cells)} |"
         )
     return lines
 
@@ -225,8 +270,8 @@ def readme_block(tests: list[Test], figure: Path | None, claims_link: str, capti
     if figure is not None:
         lines += [f"![the partial-credit trap: solve rate by choice]({figure.as_posix()})", "", f"*{caption}*", ""]
     lines += [
-        f"**The claims ledger** ({counts(tests)} over {plural(len(tests), 'test')} of "
-        f"{plural(len({t.claim.id for t in tests}), 'claim')}; paired by seed, Holm-corrected over the whole ledger; effects on the chance-normalised final score "
+        f"**The claims ledger** (claims: {claim_counts(tests)}; tests: {counts(tests)}; paired by seed, "
+        "Holm-corrected over the whole ledger; effects on the chance-normalised final score "
         f"unless the claim says otherwise; every test, figure and number: [{claims_link}]({claims_link})):",
         "",
         *compact_table(tests, claims_link),

@@ -160,7 +160,7 @@ def _what_was_run(exp: Experiment) -> list[str]:
     lines.append(
         f"- Baseline: {exp.baseline}" + (" (the grid's first configuration)" if not grid.baseline else "") + "."
     )
-    m = exp.manifest or {}
+    m = exp.trained_by or exp.manifest or {}
     keys = [
         ("sortrl", "sortrl"),
         ("git_commit", "git commit"),

@@ -70,12 +70,13 @@ SHORT_NAMES = {"kl_penalty": "kl", "learning_rate": "lr"}
 
 CLAIM_KEYS = (
     "id", "statement", "subject", "source", "kind", "metric", "new", "old", "predicts", "margin",
-    "axis", "within", "across", "seed", "implied", "figure", "x", "skip",
+    "axis", "within", "across", "seed", "implied", "figure", "x", "skip", "margin_reason",
 )  # fmt: skip
-KINDS = ("pair", "each", "trend", "interaction", "correlation")
+KINDS = ("pair", "each", "trend", "interaction", "magnitude", "within-run")
 """How a claim compares configurations (see `Claim`)."""
-PREDICTIONS = ("higher", "lower", "same")
-"""What a claim predicts of its effect: above 0, below 0, or 0 within its margin."""
+PREDICTIONS = {"higher": ">", "lower": "<", "same": "=", "not lower": ">=", "not higher": "<="}
+"""What a claim predicts of its effect (as `sortrl.analysis.verdicts` spells it): above 0, below 0, 0 within its
+margin, above -margin (non-inferior), below +margin."""
 DEFAULT_METRIC = "final_score"
 """A claim's metric unless it names one: the chance-normalised final reward."""
 DEFAULT_MARGIN = 0.05
@@ -174,15 +175,17 @@ class Claim:
     | --- | --- |
     | `pair` | metric of `new` minus metric of `old` |
     | `each` | as `pair`, for every value of `axis` (at `new`'s other values) against `old` |
-    | `trend` | slope of the metric along `axis` (per step through its values, in file order), others at `new` |
+    | `trend` | each step along `axis` (a value minus the one before it, in file order), others at `new` |
     | `interaction` | (`new` - `old`) at the first value of `within`'s axis minus at its second |
-    | `correlation` | (not per seed) Spearman rho over the configurations between metric `x` and `metric` |
+    | `magnitude` | abs(`new` - `old`) at the first value of `within`'s axis minus at its second |
+    | `within-run` | Spearman rho over a run's epochs between the curves `x` and `metric`, mean over configurations |
 
     Configurations are chosen by `new` / `old` (axis or field values); the
     axes they leave open take the baseline's values. With `across` (an axis,
     by default `regime` when the grid has one) the claim is tested once at each
-    of that axis's values. `predicts`: `higher` (effect > 0), `lower` or `same`
-    (|effect| within `margin`).
+    of that axis's values. `predicts`: `higher` (effect > 0), `lower`, `same`
+    (|effect| within `margin`), `not lower` (effect > -margin: non-inferiority)
+    or `not higher` (effect < margin).
     """
 
     id: str
@@ -196,17 +199,19 @@ class Claim:
     new: dict[str, Any]
     old: dict[str, Any]
     predicts: str
-    """`higher`, `lower` or `same`: what the source predicts of the effect."""
+    """`higher`, `lower`, `same`, `not lower` or `not higher`: what the source predicts of the effect."""
     seed: int | None = None
     """The seed of the single run the source drew the claim from, if it did (the lecture's: 5)."""
     kind: str = "pair"
     metric: str = DEFAULT_METRIC
     margin: float = DEFAULT_MARGIN
-    """Equivalence margin, in the metric's units: an effect whose CI lies within +-margin is no effect."""
+    """Equivalence margin, in the metric's units: the smallest effect that matters (`margin_reason` says why)."""
+    margin_reason: str = ""
+    """Why `margin` has its value, from the source or a stated unit (never from the data it judges)."""
     axis: str | None = None
-    """`trend`: the axis whose values the metric is regressed on."""
+    """`trend`: the axis along which each step is tested."""
     within: dict[str, list[Any]] = field(default_factory=dict)
-    """`interaction`: one axis and two of its values, where the `new` - `old` contrast is compared."""
+    """`interaction`, `magnitude`: one axis and two of its values, where the `new` - `old` contrast is compared."""
     across: str | None = None
     """The axis whose every value gets its own test (`regime`); None: one test."""
     implied: float | None = None
@@ -214,19 +219,24 @@ class Claim:
     figure: str | None = None
     """The figure drawn for the claim (`sortrl.render.claim_figures.FIGURES`); None: the kind's default."""
     x: str | None = None
-    """`correlation`: the metric on the other axis."""
+    """`within-run`: the curve on the other axis (a per-epoch metric, like `metric` for this kind)."""
     skip: tuple[Any, ...] = ()
     """`each`: values of `axis` not compared with `old` (a reference drawn beside them, such as `sft`)."""
 
     @property
     def scores(self) -> tuple[str, ...]:
-        """The per-run scores this claim needs."""
-        return tuple(m for m in (self.metric, self.x) if m)
+        """The per-run scores this claim needs (none for `within-run`: it reads curves, `curves`)."""
+        return () if self.kind == "within-run" else tuple(m for m in (self.metric, self.x) if m)
+
+    @property
+    def curves(self) -> tuple[str, ...]:
+        """The per-epoch curves this claim's test reads (`within-run`: `x` and `metric`)."""
+        return (self.x, self.metric) if self.kind == "within-run" and self.x else ()
 
     @property
     def prediction(self) -> str:
-        """The prediction as `sortrl.analysis.verdicts` spells it: `>`, `<` or `=`."""
-        return {"higher": ">", "lower": "<", "same": "="}[self.predicts]
+        """The prediction as `sortrl.analysis.verdicts` spells it: `>`, `<`, `=`, `>=` or `<=`."""
+        return PREDICTIONS[self.predicts]
 
 
 @dataclass(frozen=True)
@@ -562,7 +572,7 @@ def _parse_claims(tables: Any, grid: Grid, path: str | Path) -> tuple[Claim, ...
                 raise fail(f"{key}: required, a non-empty string")
         if not is_safe_name(table["id"]):
             raise fail(f"id: letters, digits, '-' or '_' only (it names the claim's figure file), got {table['id']!r}")
-        for key in ("statement", "subject", "source"):  # table cells and headings of CLAIMS.md: one line each
+        for key in ("statement", "subject", "source", "margin_reason"):  # cells and headings of CLAIMS.md: one line
             if key in table and (not isinstance(table[key], str) or "\n" in table[key] or "\r" in table[key]):
                 raise fail(f"{key}: one line of text, got {table[key]!r}")
         if table["id"] in {c.id for c in claims}:
@@ -598,7 +608,7 @@ def _parse_claims(tables: Any, grid: Grid, path: str | Path) -> tuple[Claim, ...
             if bad:
                 raise fail(f"{side}: {bad[0]!r} is not an axis or a RunConfig field a configuration can set")
         kind = values["kind"]
-        if kind in ("pair", "interaction") and (not values["new"] or not values["old"]):
+        if kind in ("pair", "interaction", "magnitude") and (not values["new"] or not values["old"]):
             raise fail(f"new, old: a {kind} claim compares two configurations; give both")
         if kind in ("trend", "each") and values.get("axis") not in grid.axes:
             raise fail(
@@ -607,7 +617,7 @@ def _parse_claims(tables: Any, grid: Grid, path: str | Path) -> tuple[Claim, ...
         if kind == "each" and not values["old"]:
             raise fail("old: an each claim compares every value of its axis with one configuration; give it")
         within = values.get("within", {})
-        if kind == "interaction":
+        if kind in ("interaction", "magnitude"):
             ok = (
                 isinstance(within, dict)
                 and len(within) == 1
@@ -615,13 +625,15 @@ def _parse_claims(tables: Any, grid: Grid, path: str | Path) -> tuple[Claim, ...
             )
             if not ok or next(iter(within)) not in grid.axes:
                 raise fail(
-                    'within: an interaction claim needs one grid axis and two of its values, e.g. { reward = ["exact_match", "distance"] }'
+                    f'within: an {kind} claim needs one grid axis and two of its values, e.g. {{ reward = ["exact_match", "distance"] }}'
                 )
             first, second = next(iter(within.values()))
             if normal(first) == normal(second):  # the interaction would be 0 by construction
                 raise fail(f"within: two different values of its axis, got {first!r} twice")
-        if kind == "correlation" and "x" not in values:
-            raise fail("x: a correlation claim needs the metric of its other axis")
+        if kind == "within-run" and "x" not in values:
+            raise fail("x: a within-run claim needs the curve of its other axis (e.g. loss)")
+        if kind == "within-run" and "metric" not in values:
+            raise fail("metric: a within-run claim names its curve (a per-epoch metric, e.g. mean_reward)")
         if values["across"] is not None and values["across"] not in grid.axes:
             raise fail(
                 f"across: must be one of the grid's axes ({', '.join(grid.axes) or 'none'}), got {values['across']!r}"
@@ -644,8 +656,8 @@ def _parse_claims(tables: Any, grid: Grid, path: str | Path) -> tuple[Claim, ...
 def _check_claim_configurations(claim: Claim, grid: Grid, fail: Any) -> None:
     """Every configuration `claim` compares exists, in every one of its tests."""
     for test in grid.tests(claim):
-        sides = [claim.new, claim.old] if claim.kind in ("pair", "interaction") else [claim.new]
-        if claim.kind == "interaction":
+        sides = [claim.new, claim.old] if claim.kind in ("pair", "interaction", "magnitude") else [claim.new]
+        if claim.kind in ("interaction", "magnitude"):
             axis, pair = next(iter(claim.within.items()))
             sides = [{**side, axis: v} for side in sides for v in pair]
         if claim.kind in ("trend", "each"):
