@@ -283,3 +283,48 @@ def test_a_bar_in_a_statement_does_not_split_the_ledger_tables_cells():
     (row,) = claims_md.compact_table([t], "CLAIMS.md")[2:]
     assert "mean \\|advantage\\|" in row and "a \\| paper" in row
     assert len(re.findall(r"(?<!\\)\|", row)) == 6  # the row's own separators: 5 cells
+
+
+def test_an_identity_is_an_implementation_check_outside_the_family_and_the_counts():
+    """A claim that holds by construction is checked seed by seed (no statistics), within its tolerance; it is not in
+    the Holm family, the verdict counts or the claim-level verdicts, and CLAIMS.md lists it in its own section."""
+    from sortrl.render import claims_md
+
+    def score(regime, deltas, group, seed):  # centering changes nothing but float rounding in seed 2 (lecture: 2e-7)
+        return seed * 0.1 + (2e-7 if deltas == "centered_rewards" and seed == 2 and regime == "lecture" else 0.0)
+
+    exp = hand_experiment("pair", score)
+    same = 'new = { deltas_mode = "centered_rewards" }\nold = { deltas_mode = "rewards" }\npredicts = "same"\n'
+    text = GRID + '\n[[claim]]\nid = "H"\nstatement = "s"\nsource = "a test"\n' + CLAIMS["pair"] + "\n"
+    checks = {"K": 'identity = "ratio 1"\ntolerance = 1e-6', "K0": 'identity = "ratio 1"'}  # K0: to the last bit
+    for claim_id, extra in checks.items():
+        text += f'\n[[claim]]\nid = "{claim_id}"\nstatement = "same"\nsource = "a test"\n{same}{extra}\n'
+    exp.grid = parse_grid(text)
+    final = claims.ledger(claims.tests(exp))
+    by_id = {t.label: t for t in final}
+    assert by_id["K (regime=lecture)"].verdict == "holds" and math.isnan(by_id["K (regime=lecture)"].p_adjusted)
+    assert by_id["K0 (regime=lecture)"].verdict == "not in every seed"  # 2e-7 is not the last bit
+    assert by_id["K0 (regime=explore)"].verdict == "holds"  # identical in every seed
+    evidence = claims.evidence(final)
+    assert [t.claim.id for t in evidence] == ["H", "H"]
+    assert [t.p_adjusted for t in evidence] == pytest.approx(list(holm([t.p for t in evidence])))  # a family of 2
+    text = claims_md.render(final, {})
+    assert "1 claim, 2 tests:" in text and "## Implementation checks" in text
+    assert "| [K0](#claim-k0) | same | ratio 1 | regime=lecture | **not in every seed**: 5 of 6 seeds identical" in text
+    with pytest.raises(ValueError, match="tolerance: only an implementation check"):
+        parse_grid(GRID + '\n[[claim]]\nid = "T"\nstatement = "s"\nsource = "a"\n' + same + "tolerance = 0.1\n")
+
+
+def test_a_within_run_claim_reads_its_curves_from_the_stored_runs(tmp_path):
+    """`load_experiment` keeps the curves a within-run claim's test reads, whoever loads it (a notebook passes no
+    `claim_curves`): the test pairs every seed."""
+    from sortrl.study.sweep import run_sweep
+
+    text = (
+        'name = "w"\nseeds = 3\n[base]\nnum_epochs = 6\n[grid]\ndeltas_mode = ["rewards", "centered_rewards"]\n'
+        '[[claim]]\nid = "W"\nstatement = "s"\nsource = "a test"\nkind = "within-run"\nx = "loss"\n'
+        'metric = "mean_reward"\npredicts = "higher"\nmargin = 0.1\n'
+    )
+    run_sweep(parse_grid(text), tmp_path, n_jobs=1)
+    (test,) = claims.tests(experiment.load_experiment(tmp_path, "w", curves=()))
+    assert test.n == 3 and not np.isnan(test.effect.point) and len(test.sides) == 2

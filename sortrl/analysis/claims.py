@@ -130,14 +130,11 @@ def check_metrics(grid: Grid, path: str | Path) -> None:
                 )
 
 
-def curves_needed(claims: list[Claim]) -> list[str]:
-    """The per-epoch curves the tests of `claims` read (`within-run`), for `load_experiment(claim_curves=...)`."""
-    return list(dict.fromkeys(c for claim in claims for c in claim.curves))
-
-
 def test_kind(claim: Claim) -> str:
-    """What a claim's tests test: `difference`, `equivalence`, `non-inferiority`, `trend`, `magnitude` or
-    `within-run correlation` (the kind of claim, and for pairs its prediction)."""
+    """What a claim's tests test: `implementation check` (a claim that holds by construction), `difference`,
+    `equivalence`, `non-inferiority`, `trend`, `magnitude` or `within-run correlation`."""
+    if claim.identity:
+        return "implementation check"
     if claim.kind in ("trend", "magnitude"):
         return claim.kind
     if claim.kind == "within-run":
@@ -170,6 +167,11 @@ def _tests(exp: Experiment, claim: Claim, setting: dict, where: str) -> list[Tes
         ]
     if claim.kind == "pair":
         return [_pair(exp, claim, grid.select({**claim.new, **setting}), grid.select({**claim.old, **setting}), where)]
+    if claim.kind == "trend" and claim.identity:  # checked over the whole axis: last value against the first
+        ends = [grid.select({**claim.new, claim.axis: v, **setting}) for v in _defined(exp, claim, setting)]
+        return [
+            _pair(exp, claim, ends[-1], ends[0], where, f"{ends[0].labels[claim.axis]} → {ends[-1].labels[claim.axis]}")
+        ]
     if claim.kind == "trend":
         return _steps(exp, claim, setting, where)
     if claim.kind in ("interaction", "magnitude"):
@@ -227,13 +229,7 @@ def _steps(exp: Experiment, claim: Claim, setting: dict, where: str) -> list[Tes
     """A trend as its steps: each value of the axis against the one before it (values where the metric is defined:
     the KL of a run without a KL penalty is not)."""
     grid = exp.grid
-    along = [(grid.select({**claim.new, claim.axis: v, **setting}), v) for v in grid.axis_values(claim.axis)]
-    defined = (
-        exp.final.groupby("configuration", observed=True)[claim.metric].apply(lambda v: v.notna().any())
-        if claim.metric in exp.final
-        else {}
-    )
-    along = [(c, v) for c, v in along if defined.get(c.label, False)] if len(defined) else along
+    along = [(grid.select({**claim.new, claim.axis: v, **setting}), v) for v in _defined(exp, claim, setting)]
     steps = [
         _pair(exp, claim, new, old, where, f"{_value(claim.axis, v)} → {_value(claim.axis, w)}")
         for (old, v), (new, w) in zip(along, along[1:])
@@ -257,6 +253,16 @@ def _rank_correlation(x: np.ndarray, y: np.ndarray) -> float:
     if np.all(y == y[0]):
         return 0.0
     return float(scipy_stats.spearmanr(x, y).statistic)
+
+
+def _defined(exp: Experiment, claim: Claim, setting: dict) -> list:
+    """The values of the claim's axis whose configuration has the metric (all, before any run is stored)."""
+    grid = exp.grid
+    values = grid.axis_values(claim.axis)
+    if claim.metric not in exp.final:
+        return values
+    defined = exp.final.groupby("configuration", observed=True)[claim.metric].apply(lambda v: v.notna().any())
+    return [v for v in values if defined.get(grid.select({**claim.new, claim.axis: v, **setting}).label, False)]
 
 
 def _value(axis: str, value: object) -> str:
@@ -346,10 +352,11 @@ def ledger(all_tests: list[Test]) -> list[Test]:
     (`SOURCE_ORDER`, then id), each claim's tests as they were.
     """
     all_tests = sorted(all_tests, key=_order)  # stable: a claim's tests keep their order
-    adjusted = holm([t.p for t in all_tests])
-    family = max(1, sum(not math.isnan(t.p) for t in all_tests))
-    out = []
-    for test, p in zip(all_tests, adjusted, strict=True):
+    evidence = [t for t in all_tests if not t.claim.identity]
+    adjusted = holm([t.p for t in evidence])
+    family = max(1, sum(not math.isnan(t.p) for t in evidence))
+    out = [replace(t, verdict=check(t)) for t in all_tests if t.claim.identity]
+    for test, p in zip(evidence, adjusted, strict=True):
         test = _with_contrary(test, float(p))
         contrary = min(1.0, test.p_contrary * family) if not math.isnan(test.p_contrary) else math.nan
         found = verdict(test.effect, float(p), contrary, test.claim.prediction)
@@ -364,7 +371,39 @@ def ledger(all_tests: list[Test]) -> list[Test]:
                 needed_for=needed_for,
             )
         )  # fmt: skip
-    return out
+    return sorted(out, key=_order)
+
+
+CHECKS = ("holds", "not in every seed", "no runs yet")
+"""An implementation check's result (`check`)."""
+
+
+def check(test: Test) -> str:
+    """An implementation check (a claim with `identity`): `holds` when every seed's effect agrees with the prediction
+    within the claim's `tolerance` (`same`: |effect| <= tolerance; `higher`: effect > -tolerance ... and so on, 0
+    itself agreeing with `not lower` / `not higher` only), `not in every seed` otherwise. No statistics: a
+    construction holds in every seed or it does not."""
+    d, tol = test.differences, test.claim.tolerance
+    if len(d) == 0:
+        return "no runs yet"
+    agree = {
+        "same": np.abs(d) <= tol,
+        "higher": d > -tol if tol else d > 0,
+        "lower": d < tol if tol else d < 0,
+        "not lower": d >= -tol,
+        "not higher": d <= tol,
+    }[test.claim.predicts]
+    return "holds" if bool(np.all(agree)) else "not in every seed"
+
+
+def evidence(all_tests: list[Test]) -> list[Test]:
+    """The tests that weigh evidence (Holm family, verdict counts): every test but the implementation checks."""
+    return [t for t in all_tests if not t.claim.identity]
+
+
+def checks(all_tests: list[Test]) -> list[Test]:
+    """The implementation checks: tests of claims that hold by construction (`Claim.identity`)."""
+    return [t for t in all_tests if t.claim.identity]
 
 
 def _with_contrary(test: Test, p_adjusted: float) -> Test:

@@ -276,7 +276,8 @@ def load_experiment(
     with a line in `notes`. `curves`: the metrics whose per-epoch values are
     kept (`Experiment.curves`); every other metric is read only to score runs.
     The scores are `FINAL_SCORES`, those the grid's claims name, and `extra_scores`. `claim_curves`: the
-    metrics the claims' figures draw per epoch, kept too (`sortrl.render.claim_figures.curves_needed`).
+    metrics the claims' figures draw per epoch, kept too (`sortrl.render.claim_figures.curves_needed`); the curves
+    the claims' own tests read (`Claim.curves`, within-run correlations) are always kept.
     """
     folder = runs_dir(results, name)
     grid = parse_grid((folder / "grid.toml").read_text(), folder / "grid.toml")
@@ -286,7 +287,8 @@ def load_experiment(
     configurations = grid.configurations()
     scales = varying_labels(configurations, CHANCE_FIELDS)
     bounds = [reward_bounds(c.config) for c in configurations]
-    curves = [*curves, *(claim_curves(list(grid.claims)) if claim_curves is not None else ())]
+    claim_tests_curves = [c for claim in grid.claims for c in claim.curves]  # what within-run tests read
+    curves = [*curves, *claim_tests_curves, *(claim_curves(list(grid.claims)) if claim_curves is not None else ())]
     wanted = [*FINAL_SCORES, *(m for c in grid.claims for m in c.scores), *extra_scores]
     names = list(dict.fromkeys(n for n in wanted if n in SCORES))
     configs = _configurations(grid, scales, bounds)

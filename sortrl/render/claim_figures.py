@@ -27,7 +27,6 @@ from matplotlib.lines import Line2D
 
 from sortrl.analysis import stats
 from sortrl.analysis.claims import MONOTONE, SEED, Test
-from sortrl.analysis.claims import curves_needed as tests_curves
 from sortrl.analysis.experiment import Experiment, make_palette
 from sortrl.analysis.scores import DERIVED, SCORES
 from sortrl.analysis.verdicts import wilson
@@ -49,8 +48,8 @@ def figure_name(claim: Claim) -> str:
 
 
 def curves_needed(claims: list[Claim]) -> list[str]:
-    """The per-epoch metrics the figures and tests of `claims` read (what `load_experiment` must keep)."""
-    out = list(tests_curves(claims))
+    """The per-epoch metrics the figures of `claims` draw (what `load_experiment` must keep besides its own)."""
+    out = []
     for claim in claims:
         name = figure_name(claim)
         if name.startswith("curves:"):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sortrl.analysis.claims import BINARY, Test, claim_verdicts, test_kind
+from sortrl.analysis.claims import BINARY, Test, checks, claim_verdicts, evidence, test_kind
 from sortrl.analysis.scores import DERIVED, SCORES
 from sortrl.analysis.verdicts import ALPHA, CLAIM_VERDICTS, N_RESAMPLES, POWER, VERDICTS, Interval, equal_share_bound
 from sortrl.render.claim_figures import REFERENCE, metric_label
@@ -62,13 +62,18 @@ def verdict_table(tests: list[Test], link: str = "") -> list[str]:
         "| --- | --- | --- | --- | --- | --- | ---: | --- | ---: |",
     ]
     for t in tests:
-        where = "; ".join(x for x in (t.where, t.case) if x) or "–"
+        where = _where(t) or "–"
         lines.append(
             f"| [{t.claim.id}]({link}#{_anchor(t.claim.id)}) | {_cell(t.claim.statement)} | {_cell(t.claim.source)} | "
             f"{test_kind(t.claim)} | {where} | "
             f"{fmt_effect(t.effect)} | {fmt_p(t.p_adjusted)} | **{t.verdict}** | {t.n} |"
         )
     return lines
+
+
+def _where(t: Test) -> str:
+    """Where a test was made: `regime=explore; kl=0.1` (empty for a claim tested once)."""
+    return "; ".join(x for x in (t.where, t.case) if x)
 
 
 def _anchor(claim_id: str) -> str:
@@ -87,8 +92,9 @@ def claim_counts(tests: list[Test]) -> str:
     return ", ".join(f"{found[v]} {v}" for v in CLAIM_VERDICTS if found[v])
 
 
-def render(tests: list[Test], figures: dict[str, str]) -> str:
+def render(all_tests: list[Test], figures: dict[str, str]) -> str:
     """CLAIMS.md text from the ledger's tests (`claims.ledger`) and each claim's figure path (relative to it)."""
+    tests, checked = evidence(all_tests), checks(all_tests)
     claims = list(dict.fromkeys(t.claim.id for t in tests))
     n_min = min((t.n for t in tests if t.n), default=0)
     lines = [
@@ -134,11 +140,53 @@ def render(tests: list[Test], figures: dict[str, str]) -> str:
         "",
         *verdict_table(tests),
         "",
+        *check_table(checked),
     ]
-    for claim_id in claims:
-        mine = [t for t in tests if t.claim.id == claim_id]
+    for claim_id in dict.fromkeys(t.claim.id for t in all_tests):
+        mine = [t for t in all_tests if t.claim.id == claim_id]
         lines += _section(mine, figures.get(claim_id))
     return "\n".join(lines).rstrip() + "\n"
+
+
+def check_table(checked: list[Test], link: str = "") -> list[str]:
+    """The implementation checks: claims that hold by construction, checked seed by seed, outside the counts."""
+    if not checked:
+        return []
+    lines = [
+        "## Implementation checks",
+        "",
+        "These claims hold by construction (the column *why* says how), so their runs are no evidence for them: "
+        "they check that the implementation does what the construction says. Each must hold in every seed (within "
+        "its stated tolerance, for float rounding); they are outside the Holm family and the counts above.",
+        "",
+        "| claim | statement | why it holds by construction | tested in | result |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for t in checked:
+        where = _where(t) or "–"
+        lines.append(
+            f"| [{t.claim.id}]({link}#{_anchor(t.claim.id)}) | {_cell(t.claim.statement)} | {_cell(t.claim.identity)} "
+            f"| {where} | **{t.verdict}**: {_check_result(t)} |"
+        )
+    return [*lines, ""]
+
+
+def _check_result(t: Test) -> str:
+    """`126 of 128 seeds identical to the last bit, the others within 0.0029 (tolerance 0.005)` and the like."""
+    d, claim = t.differences, t.claim
+    if len(d) == 0:
+        return "no seed finished both configurations"
+    if claim.predicts == "same":
+        exact = int((d == 0).sum())
+        text = f"{exact} of {len(d)} seeds identical to the last bit"
+        rest = d[d != 0]
+        if len(rest):
+            text += f", the others within {float(np.abs(rest).max()):.2g} (tolerance {claim.tolerance:g})"
+        return text
+    sign = {"higher": 1, "not lower": 1, "lower": -1, "not higher": -1}[claim.predicts]
+    agree = int((sign * d > (-claim.tolerance if claim.tolerance else 0)).sum())
+    worst = float(np.min(sign * d)) * sign
+    return f"{claim.predicts} in {agree} of {len(d)} seeds (least: {worst:+.2g})"
 
 
 def _section(tests: list[Test], figure: str | None) -> list[str]:
@@ -155,14 +203,29 @@ def _section(tests: list[Test], figure: str | None) -> list[str]:
         f"### {claim.id} · {claim.statement}",
         "",
         f"Source: {claim.source}. Tested in grid `{tests[0].experiment}`, as a {test_kind(claim)}, on "
-        f"{metric_label(metric)}: {doc}. Prediction: {_prediction(claim)}; margin ±{claim.margin:g}. {verdict_line}",
+        f"{metric_label(metric)}: {doc}. Prediction: {_prediction(claim)}"
+        + (
+            f"; tolerance ±{claim.tolerance:g}."
+            if claim.identity
+            else f"; margin ±{claim.margin:g} ({claim.margin_reason or 'no reason given in the grid file'}). "
+            f"{verdict_line}"
+        ),
         "",
     ]
     if figure:
         lines += [f"![{claim.id}]({figure})", ""]
+    if claim.identity:
+        lines += [f"An implementation check, not evidence: {claim.identity}", ""]
     for t in tests:
-        lines.append(f"- {_sentence(t)}")
+        lines.append(f"- {_check_sentence(t) if claim.identity else _sentence(t)}")
     return lines + [""]
+
+
+def _check_sentence(t: Test) -> str:
+    where = _where(t)
+    head = f"**{where}**: " if where else ""
+    compared = "; ".join(fmt_side(t, i) for i in range(len(t.sides)))
+    return f"{head}{_check_result(t)} ({compared}): **{t.verdict}**."
 
 
 def _prediction(claim) -> str:
@@ -194,7 +257,7 @@ def _values(values: dict) -> str:
 
 
 def _sentence(t: Test) -> str:
-    where = "; ".join(x for x in (t.where, t.case) if x)
+    where = _where(t)
     head = f"**{where}**: " if where else ""
     if t.n == 0:  # a sweep stopped before the runs this test needs (or they all diverged): nothing to weigh
         return f"{head}no runs yet: no seed finished every configuration this test compares; it is **{t.verdict}**."
@@ -264,8 +327,9 @@ def compact_table(tests: list[Test], link: str) -> list[str]:
     return lines
 
 
-def readme_block(tests: list[Test], figure: Path | None, claims_link: str, caption: str) -> str:
+def readme_block(all_tests: list[Test], figure: Path | None, claims_link: str, caption: str) -> str:
     """The README headline: the trap figure (solve rate by choice, SFT reference) and the ledger, one row per claim."""
+    tests, checked = evidence(all_tests), checks(all_tests)
     lines = []
     if figure is not None:
         lines += [f"![the partial-credit trap: solve rate by choice]({figure.as_posix()})", "", f"*{caption}*", ""]
@@ -276,6 +340,15 @@ def readme_block(tests: list[Test], figure: Path | None, claims_link: str, capti
         "",
         *compact_table(tests, claims_link),
     ]
+    if checked:
+        ids = ", ".join(dict.fromkeys(t.claim.id for t in checked))
+        failed = [t.label for t in checked if t.verdict != "holds"]
+        lines += [
+            "",
+            f"Implementation checks (claims that hold by construction, so not evidence: {ids}): "
+            f"{sum(t.verdict == 'holds' for t in checked)} of {plural(len(checked), 'check')} hold in every seed"
+            + (f"; not in every seed: {', '.join(failed)}." if failed else "."),
+        ]
     return "\n".join(lines)
 
 

@@ -70,7 +70,7 @@ SHORT_NAMES = {"kl_penalty": "kl", "learning_rate": "lr"}
 
 CLAIM_KEYS = (
     "id", "statement", "subject", "source", "kind", "metric", "new", "old", "predicts", "margin",
-    "axis", "within", "across", "seed", "implied", "figure", "x", "skip", "margin_reason",
+    "axis", "within", "across", "seed", "implied", "figure", "x", "skip", "margin_reason", "identity", "tolerance",
 )  # fmt: skip
 KINDS = ("pair", "each", "trend", "interaction", "magnitude", "within-run")
 """How a claim compares configurations (see `Claim`)."""
@@ -81,6 +81,8 @@ DEFAULT_METRIC = "final_score"
 """A claim's metric unless it names one: the chance-normalised final reward."""
 DEFAULT_MARGIN = 0.05
 """A claim's equivalence margin unless it gives one (in the metric's units: 5% of the range above chance)."""
+DEFAULT_MARGIN_REASON = "5% of the range from chance to the best score: the ledger's rule, 5% of the metric's range."
+"""Why `DEFAULT_MARGIN` (for the default metric, the chance-normalised final score)."""
 
 
 # --- values and labels ----------------------------------------------------------
@@ -208,6 +210,11 @@ class Claim:
     """Equivalence margin, in the metric's units: the smallest effect that matters (`margin_reason` says why)."""
     margin_reason: str = ""
     """Why `margin` has its value, from the source or a stated unit (never from the data it judges)."""
+    identity: str = ""
+    """Why the claim holds by construction, if it does: then it is an implementation check (every seed must agree
+    with the prediction, within `tolerance`), outside the ledger's tests and counts."""
+    tolerance: float = 0.0
+    """An implementation check's allowance per seed (metric units): float rounding of two orders of summation."""
     axis: str | None = None
     """`trend`: the axis along which each step is tested."""
     within: dict[str, list[Any]] = field(default_factory=dict)
@@ -572,7 +579,7 @@ def _parse_claims(tables: Any, grid: Grid, path: str | Path) -> tuple[Claim, ...
                 raise fail(f"{key}: required, a non-empty string")
         if not is_safe_name(table["id"]):
             raise fail(f"id: letters, digits, '-' or '_' only (it names the claim's figure file), got {table['id']!r}")
-        for key in ("statement", "subject", "source", "margin_reason"):  # cells and headings of CLAIMS.md: one line
+        for key in ("statement", "subject", "source", "margin_reason", "identity"):  # CLAIMS.md cells: one line each
             if key in table and (not isinstance(table[key], str) or "\n" in table[key] or "\r" in table[key]):
                 raise fail(f"{key}: one line of text, got {table[key]!r}")
         if table["id"] in {c.id for c in claims}:
@@ -583,6 +590,8 @@ def _parse_claims(tables: Any, grid: Grid, path: str | Path) -> tuple[Claim, ...
         values.setdefault("old", {})
         values.setdefault("new", {})
         values.setdefault("across", "regime" if "regime" in grid.axes else None)
+        if "margin" not in values and values.get("metric", DEFAULT_METRIC) == DEFAULT_METRIC:
+            values.setdefault("margin_reason", DEFAULT_MARGIN_REASON)
         for key, choices in (("kind", KINDS), ("predicts", PREDICTIONS)):
             try:
                 check_choice(key, values.get(key), dict.fromkeys(choices))
@@ -597,6 +606,11 @@ def _parse_claims(tables: Any, grid: Grid, path: str | Path) -> tuple[Claim, ...
                 isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf
             ):
                 raise fail(f"{key}: must be a finite number > 0, got {value!r}")
+        tolerance = values.get("tolerance", 0.0)
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < math.inf:
+            raise fail(f"tolerance: must be a finite number >= 0, got {tolerance!r}")
+        if "tolerance" in values and not values.get("identity"):
+            raise fail("tolerance: only an implementation check (a claim with `identity`) has one")
         seed = values.get("seed")
         if seed is not None and seed not in grid.seeds:
             raise fail(f"seed: must be one of the grid's seeds, got {seed!r}")
