@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS_STAMP := $(VENV)/.notebooks-installed
 BENCH_STAMP := $(VENV)/.bench-installed
 RESULTS ?= results
-GRIDS := $(wildcard experiments/*.toml experiments/claims/*.toml)
+GRIDS := $(wildcard experiments/pilot/*.toml experiments/*.toml experiments/claims/*.toml)
 JUPYTER_ARGS ?=
 # executed copies of notebooks/ with their outputs, for a reader (byte-reproducible; see the script's docstring)
 EXECUTE_NOTEBOOKS := $(PY) tools/execute_notebooks.py --results $(RESULTS)

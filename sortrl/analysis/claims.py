@@ -71,6 +71,8 @@ class Side:
     mean: float
     interval: Interval
     """The score's mean with its CI over seeds (Wilson for a 0/1 score)."""
+    uniform: int = 0
+    """How many of its paired seeds' runs end near a uniform policy: they learned nothing."""
 
 
 @dataclass(frozen=True)
@@ -191,11 +193,22 @@ def _matrix(exp: Experiment, labels: list[str], metric: str) -> tuple[np.ndarray
     return table.to_numpy(dtype=float), table.index.to_numpy()
 
 
-def _side(label: str, values: np.ndarray, metric: str) -> Side:
+def _side(exp: Experiment, label: str, values: np.ndarray, metric: str, seeds: np.ndarray) -> Side:
+    uniform = _uniform(exp, label, seeds)
     if metric in BINARY:
-        return Side(label, float(values.mean()) if len(values) else math.nan, wilson(int(values.sum()), len(values)))
+        mean = float(values.mean()) if len(values) else math.nan
+        return Side(label, mean, wilson(int(values.sum()), len(values)), uniform)
     interval = bootstrap_mean(values, SEED)
-    return Side(label, interval.point, interval)
+    return Side(label, interval.point, interval, uniform)
+
+
+def _uniform(exp: Experiment, label: str, seeds: np.ndarray) -> int:
+    """How many of `seeds`' runs of `label` end near a uniform policy (`Experiment.final`'s `near_uniform`)."""
+    if "near_uniform" not in exp.final:
+        return 0
+    final = exp.final
+    mine = final[(final["configuration"] == label) & final["seed"].isin(seeds)]
+    return int(mine["near_uniform"].sum())
 
 
 def _seed_effect(claim: Claim, seeds: np.ndarray, d: np.ndarray) -> float:
@@ -219,7 +232,7 @@ def _test(
 def _pair(exp: Experiment, claim: Claim, new: Configuration, old: Configuration, where: str, case: str = "") -> Test:
     scores, seeds = _matrix(exp, [new.label, old.label], claim.metric)
     a, b = scores[:, 0], scores[:, 1]
-    sides = (_side(new.label, a, claim.metric), _side(old.label, b, claim.metric))
+    sides = (_side(exp, new.label, a, claim.metric, seeds), _side(exp, old.label, b, claim.metric, seeds))
     if claim.metric in BINARY:  # exact interval and McNemar's exact test for 0/1 outcomes
         return _test(exp, claim, where, case, sides, a - b, seeds, paired_binary_interval(a, b), binary=(a, b))
     return _test(exp, claim, where, case, sides, a - b, seeds, paired_effect(a, b, SEED))
@@ -245,7 +258,7 @@ def _monotone(exp: Experiment, claim: Claim, along: list[Configuration], where: 
     scores, seeds = _matrix(exp, labels, claim.metric)
     position = np.arange(len(labels), dtype=float)
     rho = np.array([_rank_correlation(position, row) for row in scores])
-    sides = tuple(_side(label, scores[:, i], claim.metric) for i, label in enumerate(labels))
+    sides = tuple(_side(exp, label, scores[:, i], claim.metric, seeds) for i, label in enumerate(labels))
     return _test(exp, replace(claim, margin=TREND_MARGIN), where, MONOTONE, sides, rho, seeds)
 
 
@@ -278,7 +291,7 @@ def _interaction(exp: Experiment, claim: Claim, four: list[Configuration], where
     first, second = scores[:, 0] - scores[:, 1], scores[:, 2] - scores[:, 3]
     if claim.kind == "magnitude":  # |mean(first)| - |mean(second)|: each contrast oriented by its mean's sign
         first, second = first * _sign(first), second * _sign(second)
-    sides = tuple(_side(label, scores[:, i], claim.metric) for i, label in enumerate(labels))
+    sides = tuple(_side(exp, label, scores[:, i], claim.metric, seeds) for i, label in enumerate(labels))
     return _test(exp, claim, where, "", sides, first - second, seeds)
 
 
@@ -295,7 +308,9 @@ def _within_run(exp: Experiment, claim: Claim, setting: dict, where: str) -> Tes
     )
     table = table.reindex(columns=labels).dropna()
     d, seeds = table.to_numpy(float).mean(axis=1), table.index.to_numpy()
-    sides = tuple(Side(label, *_mean_side(table[label].to_numpy(float))) for label in labels)
+    sides = tuple(
+        Side(label, *_mean_side(table[label].to_numpy(float)), _uniform(exp, label, seeds)) for label in labels
+    )
     return _test(exp, claim, where, "", sides, d, seeds)
 
 

@@ -90,6 +90,8 @@ EVAL_REWARD = "eval/mean_reward"
 
 FINAL_SCORES = (
     "final_reward",
+    "final_entropy",
+    "solved",
     "final_greedy_accuracy",
     "final_response_length",
     "initial_response_length",
@@ -312,6 +314,8 @@ def load_experiment(
     chance = final["configuration"].map(configs["chance_reward"]).to_numpy(float)
     best = final["configuration"].map(configs["max_reward"]).to_numpy(float)
     final["final_score"] = chance_normalised(final["final_reward"].to_numpy(float), chance, best)
+    tokens = {c.label: c.config.num_tokens for c in configurations}
+    final["near_uniform"] = _near_uniform(final, tokens)
     diverged = runs[runs["status"] != "ok"][["configuration", "seed", "run_id", "diverged_epoch"]]
     return Experiment(
         name=name,
@@ -401,6 +405,20 @@ def _in_grid_order(table: pd.DataFrame, order: dict[str, int]) -> pd.DataFrame:
 def load_experiments(results: str | Path, curves: Iterable[str] = CURVES) -> list[Experiment]:
     """Every experiment under `results/runs/`, in name order."""
     return [load_experiment(results, name, curves) for name in experiment_names(results)]
+
+
+NEAR_UNIFORM = 0.9
+"""A run whose final entropy is at least this share of ln(vocabulary) ends near a uniform policy: it learned nothing."""
+
+
+def _near_uniform(final: pd.DataFrame, tokens: dict[str, int]) -> pd.Series:
+    """Per run: whether its final entropy is >= NEAR_UNIFORM x ln(its vocabulary size `tokens[label]`), the entropy of
+    a uniform policy over the tokens it samples (`RunConfig.num_tokens`); False where unknown. `Experiment.final`'s
+    `near_uniform` column."""
+    if final.empty or "final_entropy" not in final:
+        return pd.Series(False, index=final.index, dtype=bool)
+    ln_v = np.log(final["configuration"].map(tokens).astype(float))
+    return (final["final_entropy"] >= NEAR_UNIFORM * ln_v).fillna(False).astype(bool)
 
 
 def scores(exp: Experiment, label: str, column: str = "final_reward") -> np.ndarray:

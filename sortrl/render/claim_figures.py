@@ -126,7 +126,10 @@ def _in(test: Test, where: str) -> bool:
 
 
 def _row_label(test: Test, where: str) -> str:
-    return test.case or f"{test.n} seeds"
+    label = test.case or f"{test.n} seeds"
+    if any(side.uniform > test.n / 2 for side in test.sides):  # most of a side's runs end near uniform
+        label += "\n(learned nothing)"
+    return label
 
 
 def _effect_words(claim: Claim) -> str:

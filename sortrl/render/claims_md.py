@@ -273,11 +273,24 @@ def _sentence(t: Test) -> str:
             if agrees and t.verdict == "supported"
             else f"{'agrees' if agrees else 'does not agree'} with its prediction; across seeds: {t.verdict}."
         )
+    text += _learned_nothing(t)
     if t.verdict == "inconclusive":
         text += " " + _needed(t)
     if t.claim.metric in BINARY and all(s.mean == 0 for s in t.sides):
         text += " No run of either configuration solved the task."
     return text
+
+
+def _learned_nothing(t: Test) -> str:
+    """A warning for sides whose runs end near a uniform policy (final entropy >= 0.9 ln V): they learned nothing."""
+    flagged = [side for side in t.sides if side.uniform]
+    if not flagged:
+        return ""
+    which = "; ".join(f"`{side.label}` in {side.uniform} of {t.n} seeds" for side in flagged)
+    most = any(side.uniform > t.n / 2 for side in flagged)
+    return f" Runs that end near a uniform policy (learned nothing): {which}" + (
+        ", so this verdict rests on a policy that did not learn." if most else "."
+    )
 
 
 def _needed(t: Test) -> str:

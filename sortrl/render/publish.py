@@ -16,7 +16,8 @@ and one `results/REPORT.md` (`sortrl.render.report`), every sentence of which is
 generated from the experiments' findings (`sortrl.analysis.findings`), and
 `results/CLAIMS.md` (`sortrl.render.claims_md`): every claim the grids declare,
 tested on their runs, Holm-corrected over the whole ledger (`sortrl.analysis.claims`),
-with the same numbers in `results/claims.csv` (one row per test).
+with the same numbers in `results/claims.csv` (one row per test), and, when pilot
+grids are stored, `results/PILOT.md` (`sortrl.render.pilot_md`): what they tried and chose.
 With `readme=`, also the README's generated blocks (`sortrl.render.readme`): the
 trap figure and the ledger's verdict table, and the findings.
 Diverged runs are listed and left out of every aggregate. The output is
@@ -40,6 +41,7 @@ from sortrl.analysis.claims import table as claims_table
 from sortrl.analysis.claims import tests as claim_tests
 from sortrl.analysis.experiment import load_experiment, summarize
 from sortrl.analysis.findings import Findings, findings, link_shared
+from sortrl.analysis.pilot import outcome as pilot_outcome
 from sortrl.engine.registry import ConfigError
 from sortrl.render.claim_figures import FIGURES as CLAIM_FIGURES
 from sortrl.render.claim_figures import curves_needed
@@ -47,6 +49,7 @@ from sortrl.render.claim_figures import draw as draw_claim
 from sortrl.render.claims_md import headline_claim
 from sortrl.render.claims_md import render as render_claims
 from sortrl.render.figures import FIGURES, curve_metrics, png_bytes
+from sortrl.render.pilot_md import render as render_pilots
 from sortrl.render.readme import read_readme, readme_text
 from sortrl.render.report import render_report
 from sortrl.study.grid import Grid, check_claim_ids
@@ -209,6 +212,12 @@ def write_report(results: str | Path, readme: str | Path | None = None) -> list[
     figures = {claim_id: path for out in outputs for claim_id, path in out.claim_figures.items()}
     files = {path: data for out in outputs for path, data in out.files.items()}
     stale = [path for out in outputs for path in out.stale]
+    pilots = [out.findings.experiment for out in outputs if out.findings.experiment.grid.pilot is not None]
+    ledger_grids = [out.findings.experiment.grid for out in outputs if out.findings.experiment.grid.claims]
+    if pilots:
+        files[results / "PILOT.md"] = render_pilots([pilot_outcome(e, ledger_grids) for e in pilots]).encode("utf-8")
+    else:
+        stale.append(results / "PILOT.md")  # left from an earlier report
     claims_md, claims_csv = results / "CLAIMS.md", results / "claims.csv"
     if tests:
         links = {k: Path(os.path.relpath(v, results)).as_posix() for k, v in figures.items()}

@@ -3,7 +3,7 @@
 A grid file is TOML:
 
     name = "ablations"          # names the outputs (results/runs/<name>/, figures)
-    seeds = 32                  # seeds 0..31, or an explicit list: seeds = [5]
+    seeds = 32                  # seeds 0..31; or a range: seeds = { start = 1000, count = 128 }; or a list: [5]
     highlight_seed = 5          # optional: the report draws this seed's curve on top
     figures = ["reward_curves"] # optional: only these report figures (default: every one that applies)
     baseline = { deltas_mode = "rewards", loss_mode = "naive" }  # optional: the reference configuration
@@ -61,7 +61,9 @@ from sortrl.engine.config import FIELD_NAMES, MAX_SEED, RunConfig, ignored_field
 from sortrl.engine.registry import ConfigError, check_choice
 from sortrl.engine.task import TASKS
 
-GRID_KEYS = ("name", "seeds", "highlight_seed", "baseline", "figures", "base", "grid", "claim")
+GRID_KEYS = ("name", "seeds", "highlight_seed", "baseline", "figures", "base", "grid", "claim", "pilot")
+PILOT_KEYS = ("purpose", "choose", "family")
+"""A pilot grid's `[pilot]` table (`Pilot`)."""
 MAX_RUNS = 1_000_000
 """Most runs one grid file may expand to (axis values x seeds)."""
 
@@ -247,6 +249,22 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Pilot:
+    """A pilot grid's declaration (`[pilot]`): a grid run on seeds no ledger grid uses, whose outcomes `sortrl report`
+    writes to PILOT.md, so the choices the ledger makes are recorded before the data that judges them.
+
+    `choose`: the axis whose value the pilot picks for the ledger (the value whose configurations score highest on
+    the final score, among values none of whose configurations ends near a uniform policy); `family`: the ledger
+    grid and axis that must hold every configuration the pilot tried (so the correction pays for the search).
+    """
+
+    purpose: str
+    choose: str | None = None
+    family: tuple[str, str] | None = None
+    """`(grid name, axis)`."""
+
+
+@dataclass(frozen=True)
 class Grid:
     """A parsed grid file: the experiment's name, seeds, shared fields, crossed axes and claims."""
 
@@ -260,6 +278,8 @@ class Grid:
     claims: tuple[Claim, ...] = ()
     figures: tuple[str, ...] | None = None
     """The report's figures to draw for the grid (`sortrl.render.figures.FIGURES` names); None: every one that applies."""
+    pilot: Pilot | None = None
+    """Set for a pilot grid (`[pilot]`)."""
 
     @cached_property
     def _configurations(self) -> tuple[Configuration, ...]:
@@ -446,7 +466,35 @@ def parse_grid(text: str, path: str | Path = "<grid>") -> Grid:
         if not isinstance(figures, list) or not all(isinstance(f, str) for f in figures):
             raise _fail(path, f"figures: a list of figure names (sortrl.render.figures.FIGURES), got {figures!r}")
         figures = tuple(figures)
-    return Grid(name, seeds, tables["base"], axes, tables["baseline"], highlight, text, claims, figures)
+    pilot = _parse_pilot(data.get("pilot"), axes, path)
+    return Grid(name, seeds, tables["base"], axes, tables["baseline"], highlight, text, claims, figures, pilot)
+
+
+def _parse_pilot(value: Any, axes: dict[str, list[Any]], path: str | Path) -> Pilot | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _fail(path, "pilot: a table: purpose (text), and choose (an axis) or family = { grid, axis }")
+    unknown = sorted(set(value) - set(PILOT_KEYS))
+    if unknown:
+        raise _fail(path, f"pilot: unknown key {unknown[0]!r}; valid keys: {', '.join(PILOT_KEYS)}")
+    purpose = value.get("purpose")
+    if not isinstance(purpose, str) or not purpose.strip() or "\n" in purpose:
+        raise _fail(path, "pilot: purpose: required, one line of text")
+    choose = value.get("choose")
+    if choose is not None and choose not in axes:
+        raise _fail(path, f"pilot: choose: one of the grid's axes ({', '.join(axes) or 'none'}), got {choose!r}")
+    family = value.get("family")
+    if family is not None:
+        ok = (
+            isinstance(family, dict)
+            and set(family) == {"grid", "axis"}
+            and all(isinstance(v, str) and v for v in family.values())
+        )
+        if not ok or not is_safe_name(family["grid"]):
+            raise _fail(path, 'pilot: family: { grid = "<ledger grid name>", axis = "<its axis>" }')
+        family = (family["grid"], family["axis"])
+    return Pilot(purpose, choose, family)
 
 
 def _bundle_fields(value: dict[str, Any]) -> dict[str, Any]:
@@ -719,7 +767,23 @@ def _parse_seeds(value: Any, path: str | Path) -> tuple[int, ...]:
         if max(value) > MAX_SEED:
             raise _fail(path, f"seeds: at most {MAX_SEED:,} (generator seeds are 64-bit), got {max(value)}")
         return tuple(value)
-    raise _fail(path, f"seeds: a count (seeds = 32) or a non-empty list of integers (seeds = [5]), got {value!r}")
+    if isinstance(value, dict):
+        start, count = value.get("start", 0), value.get("count")
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (start, count))
+        if set(value) - {"start", "count"} or not ints or start < 0 or count < 1:
+            raise _fail(
+                path, f"seeds: a range is {{ start = 1000, count = 128 }} (start >= 0, count >= 1), got {value!r}"
+            )
+        if count > MAX_RUNS:
+            raise _fail(path, f"seeds: {count:,} seeds; at most {MAX_RUNS:,} runs per grid file")
+        if start + count - 1 > MAX_SEED:
+            raise _fail(path, f"seeds: at most {MAX_SEED:,} (generator seeds are 64-bit), got {start + count - 1}")
+        return tuple(range(start, start + count))
+    raise _fail(
+        path,
+        "seeds: a count (seeds = 32), a range (seeds = { start = 1000, count = 128 }) or a non-empty list of "
+        f"integers (seeds = [5]), got {value!r}",
+    )
 
 
 def grid_text(name: str, seeds: int, base: dict[str, Any], axes: dict[str, list[Any]]) -> str:
