@@ -198,6 +198,22 @@ def test_initial_response_length_is_the_first_measured_epoch():
     assert got.tolist() == [2.0, 1.5]
 
 
+def test_greedy_volatility_and_gradient_norm_scores_by_hand():
+    # 10 epochs: the late 20% are epochs >= 7.2, i.e. 8 and 9; run 0's greedy accuracy flips 0 -> 1 there (std of
+    # [0, 1] = 0.7071), run 1's stays 1 (std 0). Gradient norms 1 and 3 in turn: mean square 5, log 5
+    rows = pd.DataFrame(
+        {
+            "run": [0] * 10 + [1] * 10,
+            "epoch": list(range(10)) * 2,
+            "greedy_accuracy": [1.0] * 8 + [0.0, 1.0] + [1.0] * 10,
+            "grad_norm": [1.0, 3.0] * 10,
+        }
+    )
+    got = scores.compute(["greedy_volatility", "grad_norm_log"], rows)
+    assert got["greedy_volatility"].tolist() == pytest.approx([math.sqrt(0.5), 0.0])
+    assert got["grad_norm_log"].tolist() == pytest.approx([math.log(5.0)] * 2)
+
+
 def test_shared_runs_are_named():
     def section(name, ids):
         return Findings(experiment=SimpleNamespace(name=name, final=pd.DataFrame({"run_id": ids})), summary=None)

@@ -159,3 +159,14 @@ def test_report_writes_pilot_md_and_flags_runs_that_learned_nothing(tmp_path):
     assert "## `p`" in page and "Picked: **`" in page and "hot" in page
     claims = (tmp_path / "CLAIMS.md").read_text()
     assert "end near a uniform policy (learned nothing): `hot` in 4 of 4 seeds" in claims
+
+
+def test_every_ledger_claim_says_why_its_test_and_its_margin():
+    """A reviewer reads, per claim, why the test measures what the source claims and why the margin has its value
+    (or, for an implementation check, why it holds by construction)."""
+    for grid in _grids("claims"):
+        for claim in grid.claims:
+            if claim.identity:
+                continue
+            assert claim.rationale, f"{grid.name}: {claim.id} has no rationale"
+            assert claim.margin_reason, f"{grid.name}: {claim.id} has no margin_reason"

@@ -70,6 +70,13 @@ def _late_std(metric: str) -> Callable[[pd.DataFrame], pd.Series]:
     return reduce
 
 
+def _log_mean_square(metric: str) -> Callable[[pd.DataFrame], pd.Series]:
+    def reduce(rows: pd.DataFrame) -> pd.Series:
+        return np.log((rows[metric] ** 2).groupby(rows["run"]).mean())
+
+    return reduce
+
+
 def _mean_over_training(metric: str) -> Callable[[pd.DataFrame], pd.Series]:
     def reduce(rows: pd.DataFrame) -> pd.Series:
         return rows.groupby("run")[metric].mean()
@@ -163,6 +170,18 @@ SCORES: dict[str, Score] = {
         _late_std("mean_reward"),
         "std over the last 20% of epochs of the epoch's mean reward",
         "reward",
+    ),
+    "greedy_volatility": Score(
+        ("greedy_accuracy",),
+        _late_std("greedy_accuracy"),
+        "std over the last 20% of epochs of the greedy policy's accuracy (the policy itself, without sampling noise)",
+        "share",
+    ),
+    "grad_norm_log": Score(
+        ("grad_norm",),
+        _log_mean_square("grad_norm"),
+        "log of the mean squared gradient norm over training: E|g|^2 = |E g|^2 + the gradient's variance",
+        "log",
     ),
     "reward_auc": Score(
         ("mean_reward",),

@@ -214,6 +214,8 @@ def _section(tests: list[Test], figure: str | None) -> list[str]:
     ]
     if figure:
         lines += [f"![{claim.id}]({figure})", ""]
+    if claim.rationale:
+        lines += [f"Why this test: {claim.rationale}", ""]
     if claim.identity:
         lines += [f"An implementation check, not evidence: {claim.identity}", ""]
     for t in tests:

@@ -73,6 +73,7 @@ SHORT_NAMES = {"kl_penalty": "kl", "learning_rate": "lr"}
 CLAIM_KEYS = (
     "id", "statement", "subject", "source", "kind", "metric", "new", "old", "predicts", "margin",
     "axis", "within", "across", "seed", "implied", "figure", "x", "skip", "margin_reason", "identity", "tolerance",
+    "rationale",
 )  # fmt: skip
 KINDS = ("pair", "each", "trend", "interaction", "magnitude", "within-run")
 """How a claim compares configurations (see `Claim`)."""
@@ -212,6 +213,8 @@ class Claim:
     """Equivalence margin, in the metric's units: the smallest effect that matters (`margin_reason` says why)."""
     margin_reason: str = ""
     """Why `margin` has its value, from the source or a stated unit (never from the data it judges)."""
+    rationale: str = ""
+    """Why the test measures what the source claims (its kind, metric and arms), in one line."""
     identity: str = ""
     """Why the claim holds by construction, if it does: then it is an implementation check (every seed must agree
     with the prediction, within `tolerance`), outside the ledger's tests and counts."""
@@ -627,7 +630,14 @@ def _parse_claims(tables: Any, grid: Grid, path: str | Path) -> tuple[Claim, ...
                 raise fail(f"{key}: required, a non-empty string")
         if not is_safe_name(table["id"]):
             raise fail(f"id: letters, digits, '-' or '_' only (it names the claim's figure file), got {table['id']!r}")
-        for key in ("statement", "subject", "source", "margin_reason", "identity"):  # CLAIMS.md cells: one line each
+        for key in (
+            "statement",
+            "subject",
+            "source",
+            "margin_reason",
+            "identity",
+            "rationale",
+        ):  # CLAIMS.md cells: one line each
             if key in table and (not isinstance(table[key], str) or "\n" in table[key] or "\r" in table[key]):
                 raise fail(f"{key}: one line of text, got {table[key]!r}")
         if table["id"] in {c.id for c in claims}:
