@@ -214,6 +214,23 @@ def test_greedy_volatility_and_gradient_norm_scores_by_hand():
     assert got["grad_norm_log"].tolist() == pytest.approx([math.log(5.0)] * 2)
 
 
+def test_reward_per_sample_is_at_the_budget_of_one_group_per_epoch():
+    # 4 epochs each: run 0 draws 1 group an epoch (its mean reward over the 4 epochs, 2.5); run 1 draws 3, 2, ...:
+    # its first 4 groups are epoch 0's 3 (reward 1) and 1 of epoch 1's 2 (reward 5): (3 x 1 + 1 x 5) / 4 = 2
+    rows = pd.DataFrame(
+        {
+            "run": [0] * 4 + [1] * 4,
+            "epoch": list(range(4)) * 2,
+            "mean_reward": [1.0, 2.0, 3.0, 4.0, 1.0, 5.0, 9.0, 9.0],
+            "num_gen_batches": [math.nan] * 4 + [3.0, 2.0, 1.0, 1.0],
+        }
+    )
+    got = scores.compute(["reward_per_sample"], rows)["reward_per_sample"]
+    assert got.tolist() == pytest.approx([2.5, 2.0])
+    without = scores.compute(["reward_per_sample"], rows.drop(columns="num_gen_batches").iloc[:4])
+    assert without["reward_per_sample"].tolist() == pytest.approx([2.5])  # no re-sampling column: one group an epoch
+
+
 def test_shared_runs_are_named():
     def section(name, ids):
         return Findings(experiment=SimpleNamespace(name=name, final=pd.DataFrame({"run_id": ids})), summary=None)

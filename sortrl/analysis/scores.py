@@ -31,10 +31,12 @@ class Score(NamedTuple):
     """A per-run score: its metrics, how it reduces them, what it means and its unit."""
 
     metrics: tuple[str, ...]
-    """Metric columns read (glob patterns)."""
+    """Metric columns read (glob patterns); the score is computed where every one is present."""
     reduce: Callable[[pd.DataFrame], pd.Series]
     doc: str
     unit: str
+    optional: tuple[str, ...] = ()
+    """Metric columns read when present (a run that lacks one has its default, as `reduce` says)."""
 
 
 def _final(metric: str, fraction: float = stats.FINAL_FRACTION) -> Callable[[pd.DataFrame], pd.Series]:
@@ -75,6 +77,19 @@ def _log_mean_square(metric: str) -> Callable[[pd.DataFrame], pd.Series]:
         return np.log((rows[metric] ** 2).groupby(rows["run"]).mean())
 
     return reduce
+
+
+def _reward_per_sample(rows: pd.DataFrame) -> pd.Series:
+    """Per run: the mean reward over the first N groups it sampled per prompt, N = its number of epochs (the budget
+    of a run that draws one group per epoch); an epoch's groups (`num_gen_batches`, 1 where absent) count with the
+    epoch's mean reward, the last one in part."""
+    rows = rows.sort_values(["run", "epoch"], kind="stable")
+    drawn = rows["num_gen_batches"].fillna(1.0) if "num_gen_batches" in rows else pd.Series(1.0, index=rows.index)
+    budget = rows.groupby("run")["epoch"].transform("size").astype(float)
+    before = drawn.groupby(rows["run"]).cumsum() - drawn
+    weight = (budget - before).clip(lower=0.0).clip(upper=drawn)
+    weighted = (weight * rows["mean_reward"]).groupby(rows["run"]).sum()
+    return weighted / weight.groupby(rows["run"]).sum()
 
 
 def _mean_over_training(metric: str) -> Callable[[pd.DataFrame], pd.Series]:
@@ -171,6 +186,14 @@ SCORES: dict[str, Score] = {
         "std over the last 20% of epochs of the epoch's mean reward",
         "reward",
     ),
+    "reward_per_sample": Score(
+        ("mean_reward",),
+        _reward_per_sample,
+        "mean reward over the first N groups sampled per prompt, N = the run's epochs (reward per sampled response "
+        "at the budget of one group per epoch)",
+        "reward",
+        optional=("num_gen_batches",),
+    ),
     "greedy_volatility": Score(
         ("greedy_accuracy",),
         _late_std("greedy_accuracy"),
@@ -212,7 +235,7 @@ DERIVED = {
 
 def patterns(names: list[str]) -> list[str]:
     """The metric columns the scores `names` read, as glob patterns (`sortrl.study.store.read_rows` resolves them)."""
-    return list(dict.fromkeys(p for name in names for p in SCORES[name].metrics))
+    return list(dict.fromkeys(p for name in names for p in (*SCORES[name].metrics, *SCORES[name].optional)))
 
 
 def compute(names: list[str], rows: pd.DataFrame) -> pd.DataFrame:
