@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from sortrl.analysis.claims import BINARY, Test, checks, claim_verdicts, evidence, test_kind
+from sortrl.analysis.findings import fmt_interval
 from sortrl.analysis.scores import DERIVED, SCORES
 from sortrl.analysis.verdicts import ALPHA, CLAIM_VERDICTS, N_RESAMPLES, POWER, VERDICTS, Interval, equal_share_bound
 from sortrl.render.claim_figures import REFERENCE, metric_label
@@ -42,7 +43,16 @@ def fmt_effect(effect: Interval, digits: int = 3) -> str:
     if effect.degenerate:
         share = equal_share_bound(effect.n)
         return f"{fmt(effect.point, digits, True)} (all {effect.n} seeds; < {100 * share:.1f}% of seeds would differ)"
-    return f"{fmt(effect.point, digits, True)} [{fmt(effect.low, digits, True)}, {fmt(effect.high, digits, True)}]"
+    digits = _digits(digits, effect.low, effect.high)
+    return fmt_interval(effect.point, effect.low, effect.high, digits, sign=True)  # more decimals if ends print alike
+
+
+def _digits(digits: int, *ends: float) -> int:
+    """Decimals enough to show the larger end of an interval (up to 8): +-0.000469, not -0.000 [-0.000, +0.000]."""
+    largest = max((abs(x) for x in ends if not math.isnan(x)), default=0.0)
+    if largest == 0:
+        return digits
+    return int(min(8, max(digits, 1 - math.floor(math.log10(largest)))))
 
 
 def fmt_side(test: Test, i: int) -> str:
@@ -50,9 +60,8 @@ def fmt_side(test: Test, i: int) -> str:
     if test.claim.metric in BINARY:
         ci = side.interval
         return f"`{side.label}` solves {round(ci.point * ci.n)}/{ci.n} ({fmt(ci.point, 2)} [{fmt(ci.low, 2)}, {fmt(ci.high, 2)}])"
-    if side.interval.degenerate:
-        return f"`{side.label}` {fmt(side.mean)} (all {side.interval.n} equal)"
-    return f"`{side.label}` {fmt(side.mean)} [{fmt(side.interval.low)}, {fmt(side.interval.high)}]"
+    ci = side.interval
+    return f"`{side.label}` {fmt_interval(side.mean, ci.low, ci.high, n=ci.n)}"
 
 
 def verdict_table(tests: list[Test], link: str = "") -> list[str]:
