@@ -567,6 +567,57 @@ def report(
         console.print(f"wrote {path}")
 
 
+# --- sortrl verify -------------------------------------------------------
+@app.command()
+def verify(
+    results: Annotated[Path, typer.Argument(help="Results folder whose runs/ to check.")] = Path("results"),
+    sample: Annotated[
+        int,
+        typer.Option("--sample", help="Runs to retrain, drawn at random (seeded) over every experiment; 0: all."),
+    ] = 64,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sample (the same runs every time).")] = 0,
+) -> None:
+    """Retrain a seeded sample of the stored runs and check they are what this sortrl trains, bit for bit.
+
+    Exit code 1 if any retrained run differs from its stored rows (the runs are named, with the column of the
+    largest difference); checksums only guard against bit rot, this checks the engine, torch and CPU kernels.
+    """
+    from sortrl.render.sentences import plural
+    from sortrl.study.verify import sample as draw
+    from sortrl.study.verify import verify as run_verify
+
+    if sample < 0:
+        raise ConfigError(f"sample: must be >= 0 (0: every stored run), got {sample}")
+    if not (results / "runs").is_dir():
+        raise ConfigError(f"results: no runs folder at {results / 'runs'}; nothing to verify")
+    size = sample or None
+    picked = sum(len(v) for v in draw(results, size, seed).values())
+    if not picked:
+        raise ConfigError(f"results: no stored runs under {results / 'runs'}; nothing to verify")
+    import torch
+
+    console.print(
+        f"retraining {picked:,} stored run(s) of {results / 'runs'} "
+        f"({'every run' if size is None else f'a random sample, seed {seed}'}; torch {torch.__version__}, CPU "
+        f"capability {torch.backends.cpu.get_cpu_capability()})"
+    )
+
+    def show(check: Any) -> None:
+        if check.identical:
+            console.print(f"{check.experiment}: {plural(check.runs, 'run')}, identical to the stored ones")
+            return
+        console.print(f"{check.experiment}: {len(check.mismatches)} of {plural(check.runs, 'run')} differ:")
+        for m in check.mismatches:
+            console.print(f"  {m.run_id} ({m.configuration}, seed {m.seed}): {m.what}", highlight=False)
+
+    checks = run_verify(results, size, seed, on_experiment=show)
+    bad = sum(len(c.mismatches) for c in checks)
+    if bad:
+        console.print(f"{bad} of {picked:,} retrained runs differ from the stored ones")
+        raise typer.Exit(1)
+    console.print(f"all {picked:,} retrained runs are identical to the stored ones, bit for bit")
+
+
 # --- sortrl recipes ------------------------------------------------------
 @app.command()
 def recipes() -> None:
