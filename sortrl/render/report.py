@@ -165,6 +165,8 @@ def _what_was_run(exp: Experiment) -> list[str]:
         ("sortrl", "sortrl"),
         ("git_commit", "git commit"),
         ("torch", "torch"),
+        ("cpu_capability", "CPU kernels"),
+        ("cpu", "CPU"),
         ("python", "python"),
         ("platform", "platform"),
     ]

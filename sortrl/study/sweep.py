@@ -160,11 +160,12 @@ def _versions() -> dict[str, str]:
         "sortrl": SORTRL_VERSION,
         "torch": torch.__version__,
         "MKL_CBWR": os.environ.get("MKL_CBWR", ""),  # MKL's reproducibility mode (set by `import sortrl`)
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels torch runs (pinned by sortrl)
         "host": socket.gethostname(),
     }
 
 
-MUST_MATCH = ("sortrl", "torch", "MKL_CBWR")
+MUST_MATCH = ("sortrl", "torch", "MKL_CBWR", "cpu_capability")
 
 
 def _git(*args: str) -> str | None:
@@ -195,9 +196,22 @@ def environment() -> dict[str, Any]:
         "git_dirty": _git_dirty(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the CPU kernels (sortrl pins AVX2 on x86-64)
+        "cpu": _cpu_model(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
     }
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what `platform.processor()` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 @dataclass
