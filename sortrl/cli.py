@@ -556,13 +556,25 @@ def report(
             help="Also rewrite the generated headline block of this Markdown file (e.g. README.md).",
         ),
     ] = None,
+    grid: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--grid",
+            help="A grid file to report its experiment with instead of the copy its sweep stored (its claims and "
+            "figures, on the same runs); repeatable.",
+        ),
+    ] = None,
 ) -> None:
-    """Figures, summary tables and REPORT.md from the runs stored under RESULTS/runs/."""
+    """Figures, summary tables and REPORT.md from the runs stored under RESULTS/runs/.
+
+    The report reads each experiment's grid from the copy its sweep stored; a grid file under experiments/ that
+    differs from it is warned about (use --grid to report with yours).
+    """
     from sortrl.render.publish import write_report
 
     if not (results / "runs").is_dir():
         raise ConfigError(f"results: no runs folder at {results / 'runs'}; run `sortrl sweep` first")
-    written = write_report(results, readme=readme)
+    written = write_report(results, readme=readme, grids=grid or [])
     for path in written:
         console.print(f"wrote {path}")
 

@@ -588,3 +588,44 @@ def test_generated_text_names_no_repository_folder_and_gets_plurals_right(result
     claims, report_text = (copy / "CLAIMS.md").read_text(), (copy / "REPORT.md").read_text()
     assert "1 claim, 1 test:" in claims and "Tested in grid `tiny`" in claims
     assert "`experiments/`" not in claims and "Regenerate with `sortrl report`" in report_text
+
+
+def test_report_uses_a_grid_file_given_and_warns_about_one_that_differs(results, tmp_path, monkeypatch):
+    """A claim added to the grid file after its sweep: the report warns (naming both files) and keeps the stored
+    copy; with --grid it reports the claim on the same runs. A grid whose configurations differ is refused."""
+    import shutil
+    import warnings
+
+    from conftest import TINY
+    from test_cli import assert_one_line_error, invoke
+
+    from sortrl.render.publish import StaleGridWarning, write_report
+
+    copy = tmp_path / "results"
+    shutil.copytree(results / "runs", copy / "runs")
+    extra = '\n[[claim]]\nid = "C3"\nstatement = "normalising beats raw"\nsource = "a test"\n'
+    extra += 'new = { deltas_mode = "normalized_rewards" }\nold = { deltas_mode = "rewards" }\npredicts = "higher"\n'
+    (tmp_path / "experiments").mkdir()
+    mine = tmp_path / "experiments" / "tiny.toml"
+    mine.write_text(TINY + extra)
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        write_report(copy)
+    stale = [str(w.message) for w in caught if issubclass(w.category, StaleGridWarning)]
+    assert len(stale) == 1 and "experiments/tiny.toml differs from the copy its sweep stored" in stale[0]
+    assert "C3" not in (copy / "CLAIMS.md").read_text()
+
+    result = invoke("report", "--results", copy, "--grid", mine)
+    assert result.exit_code == 0, result.output
+    assert "| [C3](#claim-c3) | normalising beats raw |" in (copy / "CLAIMS.md").read_text()
+    assert (copy / "runs" / "tiny" / "grid.toml").read_text() == TINY  # the stored copy is the sweep's
+
+    changed = tmp_path / "changed.toml"
+    changed.write_text(TINY.replace("num_epochs = 5", "num_epochs = 6"))
+    assert_one_line_error(
+        invoke("report", "--results", copy, "--grid", changed), "changed.toml", "differs from the runs stored"
+    )
+    other = tmp_path / "other.toml"
+    other.write_text(TINY.replace('name = "tiny"', 'name = "nope"'))
+    assert_one_line_error(invoke("report", "--results", copy, "--grid", other), "which has no stored runs")

@@ -55,6 +55,7 @@ from sortrl.analysis.verdicts import (
     wilson,
 )
 from sortrl.engine.config import RunConfig
+from sortrl.engine.registry import ConfigError
 from sortrl.engine.task import CHANCE_FIELDS, RewardBounds, reward_bounds
 from sortrl.study.grid import DEFAULT_MARGIN, Claim, Configuration, Grid, parse_grid, varying_labels
 from sortrl.study.store import (
@@ -268,6 +269,7 @@ def load_experiment(
     curves: Iterable[str] = CURVES,
     extra_scores: Iterable[str] = (),
     claim_curves: Callable[[list[Claim]], Iterable[str]] | None = None,
+    grid_file: tuple[str | Path, str] | None = None,
 ) -> Experiment:
     """Load experiment `name` from `results/runs/<name>/` (its `grid.toml`, manifest and chunks).
 
@@ -283,6 +285,9 @@ def load_experiment(
     """
     folder = runs_dir(results, name)
     grid = parse_grid((folder / "grid.toml").read_text(), folder / "grid.toml")
+    if grid_file is not None:  # the user's file: its claims and figures, on the stored runs
+        path, text = grid_file
+        grid = _same_runs(parse_grid(text, path), grid, path)
     manifest = read_manifest(folder)
     trained_by = next((m for m in reversed(read_history(folder)) if m.get("trained")), None)
     chunks = read_chunks(folder)
@@ -400,6 +405,30 @@ def _in_grid_order(table: pd.DataFrame, order: dict[str, int]) -> pd.DataFrame:
     """`table` (a `configuration` and a `seed` column) sorted by configuration in grid order, then seed."""
     rank = table["configuration"].map(order).to_numpy()
     return table.iloc[np.lexsort([table["seed"].to_numpy(), rank])].reset_index(drop=True)
+
+
+def _same_runs(mine: Grid, stored: Grid, path: str | Path) -> Grid:
+    """`mine` if it names the same experiment, seeds and configurations as `stored` (what the runs were trained
+    from); `ConfigError` naming `path` and what differs otherwise."""
+    if mine.name != stored.name:
+        raise ConfigError(f"{path}: name {mine.name!r}, but it is to replace the stored grid of {stored.name!r}")
+
+    def configurations(grid: Grid) -> dict[str, dict]:
+        return {c.label: {k: v for k, v in c.config.to_dict().items() if k != "seed"} for c in grid.configurations()}
+
+    ours, theirs = configurations(mine), configurations(stored)
+    if mine.seeds != stored.seeds or ours != theirs:
+        changed = sorted(k for k in ours if ours[k] != theirs.get(k))
+        if mine.seeds != stored.seeds:
+            what = "its seeds differ"
+        elif changed:
+            what = f"configuration {changed[0]!r} differs"
+        else:
+            what = f"configuration {sorted(set(theirs) - set(ours))[0]!r} is gone"
+        raise ConfigError(
+            f"{path}: {what} from the runs stored for {stored.name}; run `sortrl sweep {path}` to train them first"
+        )
+    return mine
 
 
 def load_experiments(results: str | Path, curves: Iterable[str] = CURVES) -> list[Experiment]:

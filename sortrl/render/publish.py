@@ -29,6 +29,7 @@ same runs gives byte-identical files.
 from __future__ import annotations
 
 import os
+import tomllib
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -53,7 +54,7 @@ from sortrl.render.pilot_md import render as render_pilots
 from sortrl.render.readme import read_readme, readme_text
 from sortrl.render.report import render_report
 from sortrl.study.grid import Grid, check_claim_ids
-from sortrl.study.store import experiment_names, write_files
+from sortrl.study.store import experiment_names, runs_dir, write_files
 from sortrl.study.sweep import worker_init
 
 
@@ -72,19 +73,21 @@ class Outputs(NamedTuple):
     warnings: list[warnings.WarningMessage]
 
 
-def _experiment_outputs(results: Path, name: str) -> Outputs:
+def _experiment_outputs(results: Path, name: str, grid_file: tuple[Path, str] | None = None) -> Outputs:
     """Load, analyse and draw one experiment, in that order; nothing is written here (`write_report` does it).
 
+    `grid_file`: (path, text) of the user's grid file to use instead of the stored copy (same runs, its claims).
     Warnings (e.g. a skipped chunk) are returned, not shown, so that a worker process's reach the caller.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        exp = load_experiment(results, name, curve_metrics(), claim_curves=curves_needed)
-        check_metrics(exp.grid, exp.folder / "grid.toml")  # before the claims' tests read them
+        exp = load_experiment(results, name, curve_metrics(), claim_curves=curves_needed, grid_file=grid_file)
+        source = grid_file[0] if grid_file is not None else exp.folder / "grid.toml"
+        check_metrics(exp.grid, source)  # before the claims' tests read them
         summary = summarize(exp)
         tests = claim_tests(exp)
         found = findings(exp, summary)
-        check_figures(exp.grid, exp.folder / "grid.toml")
+        check_figures(exp.grid, source)
         files = {results / summary_file(name): _csv(summary)}
         stale, drawn = [], []
         chosen = exp.grid.figures
@@ -103,7 +106,7 @@ def _experiment_outputs(results: Path, name: str) -> Outputs:
     return Outputs(replace(found, figures=drawn), tests, claim_figures, files, stale, caught)
 
 
-def _in_workers(jobs: int, results: Path, names: list[str]) -> list[Outputs]:
+def _in_workers(jobs: int, results: Path, names: list[str], files: list) -> list[Outputs]:
     """`_experiment_outputs` of each experiment in `jobs` loky processes, which ignore Ctrl-C and exit within a
     second of this process's death (`sortrl.study.sweep.worker_init`); stopped at once if this process is
     interrupted or fails."""
@@ -111,10 +114,60 @@ def _in_workers(jobs: int, results: Path, names: list[str]) -> list[Outputs]:
 
     executor = get_reusable_executor(max_workers=jobs, timeout=30, initializer=worker_init, initargs=(os.getpid(),))
     try:
-        return list(executor.map(_experiment_outputs, [results] * len(names), names))
+        return list(executor.map(_experiment_outputs, [results] * len(names), names, files))
     except BaseException:
         executor.shutdown(wait=False, kill_workers=True)
         raise
+
+
+class StaleGridWarning(UserWarning):
+    """A grid file differs from the copy its sweep stored, which the report reads."""
+
+
+def _grid_name(text: str) -> str | None:
+    try:
+        name = tomllib.loads(text).get("name")
+    except tomllib.TOMLDecodeError:
+        return None
+    return name if isinstance(name, str) else None
+
+
+def _given_grids(grids: list[str | Path], names: list[str]) -> dict[str, tuple[Path, str]]:
+    """The grid files the user gave, by experiment name: (path, text); `ConfigError` for one not stored."""
+    out = {}
+    for path in map(Path, grids):
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise ConfigError(f"grid: cannot read {path} ({err.strerror or err})") from None
+        name = _grid_name(text)
+        if name not in names:
+            stored = ", ".join(names) or "none"
+            raise ConfigError(f"grid: {path} names experiment {name!r}, which has no stored runs (stored: {stored})")
+        out[name] = (path, text)
+    return out
+
+
+def _warn_stale(results: Path, names: list[str], given: dict, experiments: str | Path | None) -> None:
+    """Warn, per experiment, when a grid file of that name under `experiments` differs from the stored copy."""
+    if experiments is None or not Path(experiments).is_dir():
+        return
+    for path in sorted(Path(experiments).rglob("*.toml")):
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        name = _grid_name(text)
+        if name not in names or name in given:
+            continue
+        stored = runs_dir(results, name) / "grid.toml"
+        if stored.is_file() and stored.read_text() != text:
+            warnings.warn(
+                f"{name}: {path} differs from the copy its sweep stored ({stored}), which the report uses; "
+                f"`sortrl report --grid {path}` uses yours on the same runs (or re-run its sweep)",
+                StaleGridWarning,
+                stacklevel=3,
+            )
 
 
 def _csv(table: pd.DataFrame) -> bytes:
@@ -184,23 +237,35 @@ def check_figures(grid: Grid, path: str | Path) -> None:
             )
 
 
-def write_report(results: str | Path, readme: str | Path | None = None) -> list[Path]:
+def write_report(
+    results: str | Path,
+    readme: str | Path | None = None,
+    grids: list[str | Path] = (),
+    experiments: str | Path | None = "experiments",
+) -> list[Path]:
     """Write figures, `<exp>_summary.csv` files and `REPORT.md` under `results`; return the paths written.
 
     `readme`: also rewrite the generated `headline` block of
     that Markdown file (`sortrl.render.readme.write_readme`). Its markers are checked
     before anything is written, so a file without them fails fast with a
     `ConfigError` that names the file and the marker.
+    `grids`: grid files to use instead of the copies their sweeps stored (their claims and figures, on the
+    stored runs: the seeds and configurations must be the same); `ConfigError` for one whose experiment is
+    not stored. Any other experiment whose grid file under `experiments` (a folder, searched recursively)
+    differs from its stored copy is warned about, naming both (`StaleGridWarning`).
     """
     results = Path(results)
     readme = Path(readme) if readme is not None else None
     readme_before = read_readme(readme) if readme is not None else None
     names = experiment_names(results)
+    given = _given_grids(grids, names)
+    _warn_stale(results, names, given, experiments)
+    files = [given.get(name) for name in names]
     jobs = min(len(names), os.cpu_count() or 1)
     if jobs > 1:  # one experiment per process: figures are independent and each process draws them identically
-        outputs = _in_workers(jobs, results, names)
+        outputs = _in_workers(jobs, results, names, files)
     else:
-        outputs = [_experiment_outputs(results, name) for name in names]
+        outputs = [_experiment_outputs(results, name, file) for name, file in zip(names, files)]
     for out in outputs:
         for warning in out.warnings:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
