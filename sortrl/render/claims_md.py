@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sortrl.analysis.claims import BINARY, Test, checks, claim_verdicts, evidence, test_kind
+from sortrl.analysis.claims import BINARY, TREND_MARGIN, Test, checks, claim_verdicts, evidence, test_kind
 from sortrl.analysis.findings import fmt_interval
 from sortrl.analysis.scores import DERIVED, SCORES
 from sortrl.analysis.verdicts import ALPHA, CLAIM_VERDICTS, N_RESAMPLES, POWER, VERDICTS, Interval, equal_share_bound
@@ -243,7 +243,10 @@ def _prediction(claim) -> str:
     if claim.kind == "within-run":
         what = f"the per-seed Spearman rho between {claim.x} and {claim.metric} over a run's epochs"
     elif claim.kind == "trend":
-        what = f"each step along `{claim.axis}` (a value minus the one before it)"
+        what = (
+            f"the per-seed rank correlation along `{claim.axis}` (margin ±{TREND_MARGIN:g} rho) and each step along "
+            "it (a value minus the one before it)"
+        )
     elif claim.kind in ("interaction", "magnitude"):
         axis, (a, b) = next(iter(claim.within.items()))
         contrast = f"{_values(claim.new)} minus {_values(claim.old)}"
