@@ -308,15 +308,8 @@ def _within_run(exp: Experiment, claim: Claim, setting: dict, where: str) -> Tes
     )
     table = table.reindex(columns=labels).dropna()
     d, seeds = table.to_numpy(float).mean(axis=1), table.index.to_numpy()
-    sides = tuple(
-        Side(label, *_mean_side(table[label].to_numpy(float)), _uniform(exp, label, seeds)) for label in labels
-    )
+    sides = tuple(_side(exp, label, table[label].to_numpy(float), claim.metric, seeds) for label in labels)
     return _test(exp, claim, where, "", sides, d, seeds)
-
-
-def _mean_side(values: np.ndarray) -> tuple[float, Interval]:
-    interval = bootstrap_mean(values, SEED)
-    return interval.point, interval
 
 
 def within_run_rho(exp: Experiment, claim: Claim) -> pd.DataFrame:
@@ -363,15 +356,16 @@ def ledger(all_tests: list[Test]) -> list[Test]:
     Bonferroni-corrected over the same family (`p x k`, k tests). An
     inconclusive test's `needed` is sized at level alpha / k (Holm's strictest
     step) for the claim's `implied` effect when it declares one, else the
-    observed effect. The tests come back in ledger order: by claim
-    (`SOURCE_ORDER`, then id), each claim's tests as they were.
+    observed effect. Implementation checks (claims with `identity`) are outside
+    the family: each gets `check`'s result. The tests come back in ledger order:
+    by claim (`SOURCE_ORDER`, then id), each claim's tests as they were.
     """
     all_tests = sorted(all_tests, key=_order)  # stable: a claim's tests keep their order
-    evidence = [t for t in all_tests if not t.claim.identity]
-    adjusted = holm([t.p for t in evidence])
-    family = max(1, sum(not math.isnan(t.p) for t in evidence))
-    out = [replace(t, verdict=check(t)) for t in all_tests if t.claim.identity]
-    for test, p in zip(evidence, adjusted, strict=True):
+    weighed = evidence(all_tests)
+    adjusted = holm([t.p for t in weighed])
+    family = max(1, sum(not math.isnan(t.p) for t in weighed))
+    out = [replace(t, verdict=check(t)) for t in checks(all_tests)]
+    for test, p in zip(weighed, adjusted, strict=True):
         test = _with_contrary(test, float(p))
         contrary = min(1.0, test.p_contrary * family) if not math.isnan(test.p_contrary) else math.nan
         found = verdict(test.effect, float(p), contrary, test.claim.prediction)
