@@ -109,8 +109,11 @@ def verify(
             with warnings.catch_warnings():  # the sweep that stored them warned already
                 warnings.simplefilter("ignore", EmptyEpochWarning)
                 table = train(configs, workers=workers, with_config=False)
+            stored: dict[Path, pd.DataFrame] = {}  # each chunk read once, however many of its runs were drawn
             for chunk, run in kept:
-                problem = _compare(chunk, run, table[table["run_id"] == run["run_id"]])
+                if chunk.path not in stored:
+                    stored[chunk.path] = read_rows(chunk)
+                problem = _compare(stored[chunk.path], run, table[table["run_id"] == run["run_id"]])
                 if problem:
                     check.mismatches.append(_mismatch(run, problem))
         checks.append(check)
@@ -127,13 +130,13 @@ def _column(table: pd.DataFrame, column: str) -> np.ndarray:
     return table[column].to_numpy() if column in table else np.full(len(table), np.nan)
 
 
-def _compare(chunk: Chunk, run: dict, new: pd.DataFrame) -> str:
-    """'' when the retrained rows `new` equal the stored ones bit for bit; else where they differ first and most."""
+def _compare(rows: pd.DataFrame, run: dict, new: pd.DataFrame) -> str:
+    """'' when the retrained rows `new` equal the stored ones (`rows`: the run's chunk's) bit for bit; else where
+    they differ first and most."""
     status = str(new["status"].iloc[0]) if len(new) else "missing"
     if status != run["status"] or (len(new) and int(new["diverged_epoch"].iloc[0]) != int(run["diverged_epoch"])):
         return f"status: stored {run['status']} (epoch {run['diverged_epoch']}), retrained {status}"
-    stored = read_rows(chunk)
-    stored = stored[stored["run_id"] == run["run_id"]].sort_values("epoch", kind="stable").reset_index(drop=True)
+    stored = rows[rows["run_id"] == run["run_id"]].sort_values("epoch", kind="stable").reset_index(drop=True)
     new = new.drop(columns=["status", "diverged_epoch"]).sort_values("epoch", kind="stable").reset_index(drop=True)
     if len(stored) != len(new):
         return f"rows: {len(stored)} stored, {len(new)} retrained"
