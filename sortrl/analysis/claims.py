@@ -392,17 +392,22 @@ def check(test: Test) -> str:
     within the claim's `tolerance` (`same`: |effect| <= tolerance; `higher`: effect > -tolerance ... and so on, 0
     itself agreeing with `not lower` / `not higher` only), `not in every seed` otherwise. No statistics: a
     construction holds in every seed or it does not."""
-    d, tol = test.differences, test.claim.tolerance
-    if len(d) == 0:
+    if len(test.differences) == 0:
         return "no runs yet"
-    agree = {
+    return "holds" if bool(np.all(agreeing(test))) else "not in every seed"
+
+
+def agreeing(test: Test) -> np.ndarray:
+    """Per seed of an implementation check: whether its effect agrees with the prediction within the tolerance
+    (`check`'s rule) -> `[seed]` bool."""
+    d, tol = test.differences, test.claim.tolerance
+    return {
         "same": np.abs(d) <= tol,
         "higher": d > -tol if tol else d > 0,
         "lower": d < tol if tol else d < 0,
         "not lower": d >= -tol,
         "not higher": d <= tol,
     }[test.claim.predicts]
-    return "holds" if bool(np.all(agree)) else "not in every seed"
 
 
 def evidence(all_tests: list[Test]) -> list[Test]:

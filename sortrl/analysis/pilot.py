@@ -29,7 +29,7 @@ import pandas as pd
 
 from sortrl.analysis.experiment import SEED, Experiment
 from sortrl.analysis.verdicts import bootstrap_mean
-from sortrl.study.grid import Grid
+from sortrl.study.grid import Grid, bundle_fields
 
 
 @dataclass(frozen=True)
@@ -117,8 +117,8 @@ def _choose(out: Outcome, axis: str, ledger: list[Grid]) -> Outcome:
 
 
 def _fields(value: Any) -> Any:
-    """An axis value as what it sets: a bundle's fields without its name; a plain value as itself."""
-    return {k: v for k, v in value.items() if k != "name"} if isinstance(value, dict) else value
+    """An axis value as what it sets: a bundle's fields (`bundle_fields`); a plain value as itself."""
+    return bundle_fields(value) if isinstance(value, dict) else value
 
 
 def _name(value: Any) -> str:

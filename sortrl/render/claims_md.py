@@ -15,7 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from sortrl.analysis.claims import BINARY, TREND_MARGIN, Test, checks, claim_verdicts, evidence, test_kind
+from sortrl.analysis.claims import (
+    BINARY,
+    TREND_MARGIN,
+    Test,
+    agreeing,
+    checks,
+    claim_verdicts,
+    evidence,
+    test_kind,
+)
 from sortrl.analysis.findings import fmt_interval
 from sortrl.analysis.scores import DERIVED, SCORES
 from sortrl.analysis.verdicts import ALPHA, CLAIM_VERDICTS, N_RESAMPLES, POWER, VERDICTS, Interval, equal_share_bound
@@ -193,7 +202,7 @@ def _check_result(t: Test) -> str:
             text += f", the others within {float(np.abs(rest).max()):.2g} (tolerance {claim.tolerance:g})"
         return text
     sign = {"higher": 1, "not lower": 1, "lower": -1, "not higher": -1}[claim.predicts]
-    agree = int((sign * d > (-claim.tolerance if claim.tolerance else 0)).sum())
+    agree = int(agreeing(t).sum())  # the seeds `check` counts as agreeing
     worst = float(np.min(sign * d)) * sign
     return f"{claim.predicts} in {agree} of {len(d)} seeds (least: {worst:+.2g})"
 

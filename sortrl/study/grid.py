@@ -293,7 +293,7 @@ class Grid:
             labels = {axis: value_label(axis, value) for axis, value in chosen.items()}
             fields = dict(self.base)
             for axis, value in chosen.items():  # a bundle axis's value is a table of fields
-                fields.update(_bundle_fields(value) if isinstance(value, dict) else {axis: value})
+                fields.update(bundle_fields(value) if isinstance(value, dict) else {axis: value})
             label = join_labels(list(labels.values()), "all runs")
             out.append(Configuration(label, chosen, labels, fields, make_config(**fields, seed=self.seeds[0])))
         return tuple(out)
@@ -500,7 +500,7 @@ def _parse_pilot(value: Any, axes: dict[str, list[Any]], path: str | Path) -> Pi
     return Pilot(purpose, choose, family)
 
 
-def _bundle_fields(value: dict[str, Any]) -> dict[str, Any]:
+def bundle_fields(value: dict[str, Any]) -> dict[str, Any]:
     """The fields a bundle axis's value sets (all of its table but its `name`)."""
     return {k: v for k, v in value.items() if k != "name"}
 
@@ -519,10 +519,10 @@ def _check_bundle(axis: str, values: list[Any], axes: dict[str, list[Any]], path
         name = value.get("name")
         if not isinstance(name, str) or not name:
             raise _fail(path, f'[grid] {axis}: each value needs a name, e.g. {{ name = "explore", temperature = 2.0 }}')
-        bad = sorted(set(_bundle_fields(value)) - {*FIELD_NAMES, "recipe"})
+        bad = sorted(set(bundle_fields(value)) - {*FIELD_NAMES, "recipe"})
         if bad:
             raise _fail(path, f"[grid] {axis} {name}: unknown field {bad[0]!r}; valid fields: {', '.join(FIELD_NAMES)}")
-        both = sorted(set(_bundle_fields(value)) & set(axes))
+        both = sorted(set(bundle_fields(value)) & set(axes))
         if both:
             raise _fail(path, f"[grid] {axis} {name}: sets {both[0]!r}, which is an axis too; keep one")
     names = [v["name"] for v in values]
