@@ -327,7 +327,7 @@ def sweep(
     build one (written to RESULTS/NAME.toml, so the same grid resumes and reports like any other).
     """
     from sortrl.study.grid import check_claim_ids, load_grid
-    from sortrl.study.sweep import BACKENDS, check_scheduler, release_workers, run_sweep
+    from sortrl.study.sweep import BACKENDS, check_scheduler, release_workers, run_sweeps
 
     if chunk_size < 1:
         raise ConfigError(f"chunk-size: must be >= 1, got {chunk_size}")
@@ -377,44 +377,35 @@ def sweep(
     # SIGTERM (a batch system's time limit, `kill`): unwind like Ctrl-C, so the manifest says "interrupted"
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     shown: _SweepProgress | None = None
-    problems = []
     try:
         for grid in grids:
             if grid.num_runs >= BIG_GRID:  # planning takes ~25 us a run: say what is happening first
                 print(f"{grid.name}: {grid.num_runs:,} runs: planning them", file=sys.stderr)
-            with _progress() as bar:
-                shown = _SweepProgress(grid.name, grid.num_runs, bar)
-                outcome = run_sweep(
-                    grid,
-                    results,
-                    n_jobs=n_jobs,
-                    chunk_size=chunk_size,
-                    on_chunk=shown.stored_chunk,
-                    on_plan=shown.planned,
-                    backend=backend,
-                    scheduler=scheduler,
-                )
-            console.print(
-                f"{grid.name}: {outcome.total} runs, {outcome.trained} trained, {outcome.skipped} already stored, "
-                f"{outcome.wall_seconds:.1f} s -> {Path(results) / 'runs' / grid.name}",
-                soft_wrap=True,
+        with _progress() as bar:
+            shown = _SweepProgress(grids, results, bar)
+            outcomes = run_sweeps(
+                grids,
+                results,
+                n_jobs=n_jobs,
+                chunk_size=chunk_size,
+                on_chunk=shown.stored_chunk,
+                on_plan=shown.planned,
+                on_done=shown.done,
+                backend=backend,
+                scheduler=scheduler,
             )
-            if outcome.problem is not None:
-                problems.append(outcome.problem)
         release_workers()
     except (KeyboardInterrupt, SystemExit) as err:  # one line: what is stored, how to resume (no traceback)
         code = err.code if isinstance(err, SystemExit) else 130
         what = "interrupted" if isinstance(err, KeyboardInterrupt) else "stopped"
-        if shown is None or shown.stored is None:
-            held = "nothing trained yet"
-        else:
-            held = f"{shown.stored:,} of {shown.total:,} runs stored in {Path(results) / 'runs' / shown.name}"
         print(
-            f"{what}: {shown.name if shown else 'sweep'}: {held}; run the same command again to resume", file=sys.stderr
+            f"{what}: {shown.held() if shown else 'sweep: nothing trained yet'}; run the same command again to resume",
+            file=sys.stderr,
         )
         sys.exit(code)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    problems = [outcome.problem for outcome in outcomes if outcome.problem is not None]
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if problems:
@@ -422,21 +413,54 @@ def sweep(
 
 
 class _SweepProgress:
-    """The grid being swept: its progress bar, its plan's line, and how many of its runs are stored."""
+    """The grids being swept together: a bar per grid (and one for all of them), each grid's plan line as it is
+    planned and its outcome line as soon as its last chunk is stored, and how many runs are stored."""
 
-    def __init__(self, name: str, total: int, bar: Progress):
-        self.name, self.total, self.bar = name, total, bar
-        self.stored: int | None = None  # unknown until the sweep is planned
-        self.task = bar.add_task(f"sweep {name}", total=total)
+    def __init__(self, grids: list[Any], results: Path, bar: Progress):
+        self.results, self.bar = results, bar
+        self.total = {grid.name: grid.num_runs for grid in grids}
+        self.stored: dict[str, int] = {}  # grid name -> runs stored, once the grid is planned
+        self.tasks = {grid.name: bar.add_task(f"sweep {grid.name}", total=grid.num_runs) for grid in grids}
+        self.steps, self.steps_done = 0, 0
+        self.overall = bar.add_task("all grids (run-steps)", total=None) if len(grids) > 1 else None
 
-    def planned(self, plan: Plan) -> None:
-        self.stored = plan.stored
-        self.bar.update(self.task, completed=plan.stored)
-        console.print(f"{self.name}: {_plan_line(plan)}", soft_wrap=True)
+    def planned(self, name: str, plan: Plan) -> None:
+        self.stored[name] = plan.stored
+        self.bar.update(self.tasks[name], completed=plan.stored)
+        self.steps += plan.run_steps
+        if self.overall is not None:
+            self.bar.update(self.overall, total=self.steps)
+        console.print(f"{name}: {_plan_line(plan)}", soft_wrap=True)
 
-    def stored_chunk(self, runs: int) -> None:
-        self.stored = (self.stored or 0) + runs
-        self.bar.advance(self.task, runs)
+    def stored_chunk(self, name: str, runs: int, steps: int) -> None:
+        self.stored[name] += runs
+        self.steps_done += steps
+        self.bar.advance(self.tasks[name], runs)
+        if self.overall is not None:
+            self.bar.advance(self.overall, steps)
+
+    def done(self, outcome: Any) -> None:
+        console.print(
+            f"{outcome.name}: {outcome.total} runs, {outcome.trained} trained, {outcome.skipped} already stored, "
+            f"{outcome.wall_seconds:.1f} s -> {Path(self.results) / 'runs' / outcome.name}",
+            soft_wrap=True,
+        )
+
+    def held(self) -> str:
+        """What an interrupted sweep leaves stored, for its one line."""
+        folder = Path(self.results) / "runs"
+        if len(self.total) == 1:
+            ((name, total),) = self.total.items()
+            if name not in self.stored:
+                return f"{name}: nothing trained yet"
+            return f"{name}: {self.stored[name]:,} of {total:,} runs stored in {folder / name}"
+        if not self.stored:
+            return "sweep: nothing trained yet"
+        complete = sum(self.stored.get(name) == total for name, total in self.total.items())
+        return (
+            f"sweep: {sum(self.stored.values()):,} of {sum(self.total.values()):,} runs stored in "
+            f"{folder} ({complete} of {len(self.total)} grids complete)"
+        )
 
 
 def _built_grid(axis: list[str] | None, sets: list[str] | None, name: str | None, seeds: int | None) -> str | None:

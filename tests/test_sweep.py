@@ -614,3 +614,40 @@ def test_a_stopped_dask_worker_is_reported_while_the_sweep_waits(tmp_path):
             thread.join()
     assert outcome.trained == 16
     assert any(f"1 running on {address}" in str(w.message) for w in caught), [str(w.message) for w in caught]
+
+
+def test_grids_swept_together_share_one_queue_and_store_the_same_chunks(clean, slow_clean, tmp_path, monkeypatch):
+    """`run_sweeps` hands out every grid's chunks from one queue, longest first (grid by grid, the short grid
+    listed first went first and a worker idled at each grid's end); each grid stores the chunks a sweep of it alone
+    stores, byte for byte (same names: run ids and checksums), and its manifest is complete as soon as it is."""
+    import joblib.externals.loky
+
+    handed: list[tuple[str, int]] = []  # (first label, run-steps) of each chunk in the order workers got them
+    real = sweep_module._train_chunk
+
+    def chunk(configs, labels, threads):
+        handed.append((configs[0].deltas_mode, sum(c.run_steps for c in configs)))
+        return real(configs, labels, threads)
+
+    monkeypatch.setattr(joblib.externals.loky, "get_reusable_executor", lambda max_workers, **kw: _ThreadExecutor(1))
+    monkeypatch.setattr(sweep_module, "_train_chunk", chunk)
+    alone = tmp_path / "alone"
+    run_sweep(parse_grid(SLOW_GRID), alone, n_jobs=2, chunk_size=2)
+    run_sweep(parse_grid(GRID), alone, n_jobs=2, chunk_size=2)
+    handed.clear()
+    together, done = tmp_path / "together", []
+    outcomes = sweep_module.run_sweeps(
+        [parse_grid(GRID), parse_grid(SLOW_GRID)], together, n_jobs=2, chunk_size=2, on_done=done.append
+    )
+    steps = [s for _, s in handed]
+    assert steps == sorted(steps, reverse=True) and steps[0] > steps[-1]  # slow's chunks first, though listed second
+    assert [o.name for o in outcomes] == ["tiny", "slow"] and [o.trained for o in outcomes] == [12, 16]
+    assert sorted(o.name for o in done) == ["slow", "tiny"]
+    for name in ("tiny", "slow"):
+        assert sorted(p.name for p in runs_dir(together, name).glob("chunk-*.parquet")) == sorted(
+            p.name for p in runs_dir(alone, name).glob("chunk-*.parquet")
+        )
+        manifest = read_manifest(runs_dir(together, name))
+        assert manifest["status"] == "complete" and manifest["queue"] == ["tiny", "slow"]
+    again = sweep_module.run_sweeps([parse_grid(GRID), parse_grid(SLOW_GRID)], together, n_jobs=2, chunk_size=2)
+    assert [(o.trained, o.skipped) for o in again] == [(0, 12), (0, 16)]

@@ -42,7 +42,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -221,6 +221,7 @@ class SweepResult:
     skipped: int
     trained: int
     wall_seconds: float
+    """From the start of the sweep to this grid's last stored chunk (grids swept together share one queue)."""
     failed: int = 0
     """Runs left untrained because their chunk's worker was lost `MAX_ATTEMPTS` times."""
     problem: str | None = None
@@ -246,6 +247,106 @@ def _stamp(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
+class _GridSweep:
+    """One grid's part of a sweep: its runs, what is stored, its manifest, and what its chunks bring back."""
+
+    def __init__(self, grid: Grid, results: str | Path, start: float, settings: dict[str, Any]):
+        self.grid, self.start = grid, start
+        self.folder = runs_dir(results, grid.name)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.folder)
+        self.runs = {run.config.run_id: run for run in grid.runs()}  # distinct configurations: distinct runs
+        self.configs = [run.config for run in self.runs.values()]
+        done = completed_run_ids(self.folder)
+        self.missing = [c for c in self.configs if c.run_id not in done]
+        self.stored = {c.run_id for c in self.configs} & done
+        self.trained, self.failed, self.gave_up, self.open = 0, 0, 0, 0
+        self.problem: str | None = None
+        self.announced = False
+        self.manifest: dict[str, Any] = {
+            **environment(),
+            "experiment": grid.name,
+            "grid": grid.text,
+            "runs": len(self.configs),
+            "skipped": len(self.configs) - len(self.missing),
+            "to_train": len(self.missing),
+            "trained": 0,
+            **settings,
+            "sweep_id": uuid.uuid4().hex[:12],
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "argv": sys.argv,
+            "status": "running",
+            "started": _stamp(start),
+            "finished": None,
+            "wall_seconds": None,
+        }
+
+    def chunks(self, chunk_size: int, parallel: int) -> list[list[RunConfig]]:
+        """This grid's chunks still to train: its whole plan (`plan_chunks`, which depends only on the grid,
+        `chunk_size` and `parallel`), less the runs stored, so a resumed run has the batch-mates it would have had."""
+        missing = {c.run_id for c in self.missing}
+        planned = plan_chunks(self.configs, chunk_size, parallel)
+        return [chunk for chunk in ([c for c in chunk if c.run_id in missing] for chunk in planned) if chunk]
+
+    def announce(self, workers: int, chunks: int, grids: list[str]) -> Plan:
+        """Write the grid file's copy and the `running` manifest; the `Plan` for the caller's progress line."""
+        self.open = chunks
+        self.manifest.update(n_jobs=workers, queue=grids)
+        atomic_write_text(self.folder / "grid.toml", self.grid.text)
+        write_manifest(self.folder, self.manifest)
+        self.announced = True
+        steps = sum(c.run_steps for c in self.missing)
+        return Plan(len(self.configs), len(self.stored), len(self.missing), steps, workers)
+
+    def labels(self, chunk: list[RunConfig]) -> list[str]:
+        return [self.runs[c.run_id].configuration for c in chunk]
+
+    def store(self, result: Trained) -> None:
+        store_chunk(self.folder, result.name, result.data)
+        self.stored.update(result.run_ids)
+        self.trained += len(result.run_ids)
+        self.open -= 1
+
+    def give_up(self, lost: _GaveUp) -> None:
+        """A chunk whose worker was lost `MAX_ATTEMPTS` times: its runs stay untrained, said in one line."""
+        self.gave_up, self.failed, self.open = self.gave_up + 1, self.failed + lost.runs, self.open - 1
+        self.problem = (
+            f"{self.grid.name}: {self.failed:,} runs in {self.gave_up} chunk(s) not trained: their worker was lost "
+            f"{MAX_ATTEMPTS} times (last: {lost.reason}); run the same command again to train them"
+        )
+
+    def finish(self) -> SweepResult:
+        """The final manifest (`complete` or `incomplete`) and the grid's `SweepResult`."""
+        end = time.time()
+        configs = self.configs
+        self.manifest.update(trained=self.trained, missing=len(configs) - len(self.stored), finished=_stamp(end))
+        self.manifest.update(status="complete" if len(self.stored) == len(configs) else "incomplete")
+        if self.problem is not None:
+            self.manifest["error"] = self.problem
+        self.manifest["wall_seconds"] = round(end - self.start, 3)
+        write_manifest(self.folder, self.manifest)
+        remove_stale_temporaries(self.folder)
+        skipped = len(configs) - len(self.missing)
+        return SweepResult(
+            self.grid.name, len(configs), skipped, self.trained, end - self.start, self.failed, self.problem
+        )
+
+    def abort(self, err: BaseException) -> None:
+        """Replace the `running` manifest on disk (if any) by what happened: `interrupted` or `failed`."""
+        if not self.announced:
+            return
+        end = time.time()
+        status = "interrupted" if isinstance(err, KeyboardInterrupt | SystemExit) else "failed"
+        message = " ".join(str(err).split())[:300]
+        error = f"{err.__class__.__name__}: {message}" if message else err.__class__.__name__
+        missing = len(self.configs) - len(self.stored)
+        self.manifest.update(status=status, error=error, trained=self.trained, missing=missing)
+        self.manifest.update(finished=_stamp(end), wall_seconds=round(end - self.start, 3))
+        with contextlib.suppress(OSError):
+            write_manifest(self.folder, self.manifest)
+
+
 def run_sweep(
     grid: Grid,
     results: str | Path = "results",
@@ -258,111 +359,123 @@ def run_sweep(
     on_plan: Callable[[Plan], None] | None = None,
     heartbeat: float = HEARTBEAT_SECONDS,
 ) -> SweepResult:
-    """Train every run of `grid` not already stored under `results/runs/<name>/`.
+    """Train every run of `grid` not already stored under `results/runs/<name>/`: `run_sweeps` of one grid.
 
-    The grid's runs are split into chunks by `plan_chunks` (the plan depends
-    only on the grid, `chunk_size` and `n_jobs`, not on what is stored or on
-    the machine, so a resumed sweep trains each missing run with the
-    batch-mates it would have had). Chunks are trained by workers:
-    `backend="loky"` uses up to `n_jobs` processes here (-1: one per core;
-    never more than there are chunks; a `SweepWarning` when more than the
-    cores); `backend="dask"` uses the Dask cluster at `scheduler` (an address
-    such as ``tcp://host:8786``), or a `LocalCluster` of `n_jobs` one-thread
-    workers on this machine if none is given. Each chunk trains with `threads`
-    torch threads (default 1: the tensors are too small for intra-op threads
-    to pay, and two levels of threads would oversubscribe the cores;
-    parallelism comes from chunks). The longest chunks are handed out first.
+    `on_plan` is called once with the `Plan` before training starts, `on_chunk` with the number of runs in each
+    stored chunk.
+    """
+    (outcome,) = run_sweeps(
+        [grid],
+        results,
+        n_jobs,
+        chunk_size,
+        on_chunk=None if on_chunk is None else lambda _, runs, steps: on_chunk(runs),
+        backend=backend,
+        scheduler=scheduler,
+        threads=threads,
+        on_plan=None if on_plan is None else lambda _, plan: on_plan(plan),
+        heartbeat=heartbeat,
+    )
+    return outcome
+
+
+def run_sweeps(
+    grids: list[Grid],
+    results: str | Path = "results",
+    n_jobs: int = -1,
+    chunk_size: int = CHUNK_SIZE,
+    on_chunk: Callable[[str, int, int], None] | None = None,
+    backend: str = "loky",
+    scheduler: str | None = None,
+    threads: int = 1,
+    on_plan: Callable[[str, Plan], None] | None = None,
+    heartbeat: float = HEARTBEAT_SECONDS,
+    on_done: Callable[[SweepResult], None] | None = None,
+) -> list[SweepResult]:
+    """Train every run of each of `grids` not already stored under `results/runs/<name>/`, in one queue.
+
+    Each grid's runs are split into chunks by `plan_chunks` (the plan depends
+    only on the grid, `chunk_size` and `n_jobs`, not on what is stored, on the
+    other grids or on the machine, so a resumed sweep trains each missing run
+    with the batch-mates it would have had, and sweeping grids together or one
+    by one stores the same bytes). Every grid's chunks then join one queue,
+    longest first, so the workers stay busy until the last chunk of the last
+    grid (one grid at a time left a worker idle at each grid's end). Chunks are
+    trained by workers: `backend="loky"` uses up to `n_jobs` processes here
+    (-1: one per core; never more than there are chunks; a `SweepWarning` when
+    more than the cores); `backend="dask"` uses the Dask cluster at
+    `scheduler` (an address such as ``tcp://host:8786``), or a `LocalCluster`
+    of `n_jobs` one-thread workers on this machine if none is given. Each
+    chunk trains with `threads` torch threads (default 1: the tensors are too
+    small for intra-op threads to pay, and two levels of threads would
+    oversubscribe the cores; parallelism comes from chunks).
 
     Workers send each chunk back as a Parquet file, which this process writes
     atomically as it arrives (workers need no access to `results`), so a
-    sweep killed at any moment resumes where it stopped. `manifest.json` says
-    `running` while the sweep runs and `complete`, `incomplete` (some chunk
-    lost its worker `MAX_ATTEMPTS` times), `interrupted` or `failed` at its
-    end; every state is also appended to `manifests.jsonl`. `on_plan` is called
-    once with the `Plan` before training starts, `on_chunk` with the number of
-    runs in each stored chunk.
+    sweep killed at any moment resumes where it stopped. Each grid's
+    `manifest.json` says `running` while the sweep runs and `complete`,
+    `incomplete` (some chunk lost its worker `MAX_ATTEMPTS` times),
+    `interrupted` or `failed` at its end; every state is also appended to
+    `manifests.jsonl`. Callbacks, each given the grid's name first:
+    `on_plan(name, Plan)` once per grid before training starts,
+    `on_chunk(name, runs, run_steps)` for each stored chunk, `on_done(SweepResult)` as
+    soon as a grid's last chunk is stored. Returns one `SweepResult` per grid,
+    in the order of `grids`.
     """
     check_choice("backend", backend, dict.fromkeys(BACKENDS))
     if scheduler is not None:
         check_scheduler(scheduler, backend)
     start = time.time()
-    folder = runs_dir(results, grid.name)
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(folder)
-    runs = {run.config.run_id: run for run in grid.runs()}  # distinct configurations have distinct runs (parse_grid)
-    configs = [run.config for run in runs.values()]
-    index = {c.run_id: i for i, c in enumerate(configs)}
-    done = completed_run_ids(folder)
-    missing = [c for c in configs if c.run_id not in done]
-    stored = {c.run_id for c in configs} & done
-    manifest: dict[str, Any] = {
-        **environment(),
-        "experiment": grid.name,
-        "grid": grid.text,
-        "runs": len(configs),
-        "skipped": len(configs) - len(missing),
-        "to_train": len(missing),
-        "trained": 0,
-        "chunk_size": chunk_size,
-        "threads": threads,
-        "backend": backend,
-        "scheduler": scheduler,
-        "sweep_id": uuid.uuid4().hex[:12],
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "argv": sys.argv,
-        "status": "running",
-        "started": _stamp(start),
-        "finished": None,
-        "wall_seconds": None,
-    }
-    trained, announced, problem, failed = 0, False, None, 0
+    settings = {"chunk_size": chunk_size, "threads": threads, "backend": backend, "scheduler": scheduler}
+    sweeps = [_GridSweep(grid, results, start, settings) for grid in grids]
+    outcomes: dict[int, SweepResult] = {}
+
+    def done(g: int) -> None:
+        outcomes[g] = sweeps[g].finish()
+        if on_done is not None:
+            on_done(outcomes[g])
+
     try:
-        with _pool(backend, scheduler, n_jobs, threads, bool(missing)) as pool:
-            planned = plan_chunks(configs, chunk_size, pool.parallel)
-            chunks = [chunk for chunk in ([c for c in chunk if c.run_id not in done] for chunk in planned) if chunk]
+        with _pool(backend, scheduler, n_jobs, threads, any(s.missing for s in sweeps)) as pool:
+            planned = [s.chunks(chunk_size, pool.parallel) for s in sweeps]
+            owner = [g for g, chunks in enumerate(planned) for _ in chunks]
+            chunks = [chunk for grid_chunks in planned for chunk in grid_chunks]
             pool.start(len(chunks))
             if scheduler is None:  # chunks train side by side on this machine: together they must fit its memory
-                check_memory(configs, [[index[c.run_id] for c in chunk] for chunk in chunks], pool.workers)
-            manifest["n_jobs"] = pool.workers
-            atomic_write_text(folder / "grid.toml", grid.text)
-            write_manifest(folder, manifest)
-            announced = True
-            steps = sum(c.run_steps for c in missing)
-            if on_plan is not None:
-                on_plan(Plan(len(configs), len(stored), len(missing), steps, pool.workers))
+                configs = [c for chunk in chunks for c in chunk]
+                shards, at = [], 0
+                for chunk in chunks:
+                    shards.append(list(range(at, at + len(chunk))))
+                    at += len(chunk)
+                check_memory(configs, shards, pool.workers)
+            names = [s.grid.name for s in sweeps]
+            for g, s in enumerate(sweeps):
+                plan = s.announce(pool.workers, len(planned[g]), names)
+                if on_plan is not None:
+                    on_plan(s.grid.name, plan)
+            for g, s in enumerate(sweeps):
+                if not s.open:  # nothing to train: finished before the queue starts
+                    done(g)
             local = _versions()
-            labels = [[runs[c.run_id].configuration for c in chunk] for chunk in chunks]
-            for result in _train_all(pool, chunks, labels, threads, grid.name, heartbeat):
+            labels = [sweeps[owner[i]].labels(chunk) for i, chunk in enumerate(chunks)]
+            cost = [sum(c.run_steps for c in chunk) for chunk in chunks]
+            for i, result in _train_all(pool, chunks, labels, threads, [names[g] for g in owner], heartbeat):
+                g = owner[i]
                 if isinstance(result, _GaveUp):
-                    failed, problem = result.runs, result.line
-                    continue
-                _check_versions(result.versions, local)
-                store_chunk(folder, result.name, result.data)
-                stored.update(result.run_ids)
-                trained += len(result.run_ids)
-                if on_chunk is not None:
-                    on_chunk(len(result.run_ids))
+                    sweeps[g].give_up(result)
+                else:
+                    _check_versions(result.versions, local)
+                    sweeps[g].store(result)
+                    if on_chunk is not None:
+                        on_chunk(names[g], len(result.run_ids), cost[i])
+                if not sweeps[g].open:
+                    done(g)
     except BaseException as err:
-        if announced:  # the `running` manifest is on disk: replace it with what happened
-            end = time.time()
-            status = "interrupted" if isinstance(err, KeyboardInterrupt | SystemExit) else "failed"
-            message = " ".join(str(err).split())[:300]
-            error = f"{err.__class__.__name__}: {message}" if message else err.__class__.__name__
-            manifest.update(status=status, error=error, trained=trained, missing=len(configs) - len(stored))
-            manifest.update(finished=_stamp(end), wall_seconds=round(end - start, 3))
-            with contextlib.suppress(OSError):
-                write_manifest(folder, manifest)
+        for g, s in enumerate(sweeps):
+            if g not in outcomes:
+                s.abort(err)
         raise
-    end = time.time()
-    manifest.update(trained=trained, missing=len(configs) - len(stored), finished=_stamp(end))
-    manifest.update(status="complete" if len(stored) == len(configs) else "incomplete")
-    if problem is not None:
-        manifest["error"] = problem
-    manifest["wall_seconds"] = round(end - start, 3)
-    write_manifest(folder, manifest)
-    remove_stale_temporaries(folder)
-    return SweepResult(grid.name, len(configs), len(configs) - len(missing), trained, end - start, failed, problem)
+    return [outcomes[g] for g in range(len(sweeps))]
 
 
 def _check_versions(versions: dict[str, str], local: dict[str, str]) -> None:
@@ -377,16 +490,23 @@ def _check_versions(versions: dict[str, str], local: dict[str, str]) -> None:
 
 
 class _GaveUp(NamedTuple):
-    """Yielded last by `_train_all` when some chunks lost their worker `MAX_ATTEMPTS` times."""
+    """Yielded by `_train_all`, after every other chunk, for a chunk that lost its worker `MAX_ATTEMPTS` times."""
 
     runs: int
-    line: str
+    reason: str
+    """Why the last attempt was lost (`_why_lost`)."""
 
 
 def _train_all(
-    pool: _Pool, chunks: list[list[RunConfig]], labels: list[list[str]], threads: int, name: str, heartbeat: float
-) -> Iterator[Trained | _GaveUp]:
-    """Train `chunks` on `pool`, yielding each `Trained` as it arrives (then a `_GaveUp` if some were given up).
+    pool: _Pool,
+    chunks: list[list[RunConfig]],
+    labels: list[list[str]],
+    threads: int,
+    names: list[str],
+    heartbeat: float,
+) -> Iterator[tuple[int, Trained | _GaveUp]]:
+    """Train `chunks` on `pool`, yielding (chunk index, `Trained`) as each arrives, then (index, `_GaveUp`) for each
+    chunk given up. `names[i]`: the experiment chunk i belongs to (for the warnings).
 
     At most `pool.workers` chunks are handed out at once, longest first, so a
     chunk that was handed out was running when its worker was lost: only
@@ -400,6 +520,9 @@ def _train_all(
     running: dict[Any, int] = {}
     quiet_since = time.monotonic()
 
+    def which(indices: Iterable[int]) -> str:
+        return ", ".join(dict.fromkeys(names[i] for i in sorted(indices)))
+
     def hand_out() -> None:
         while todo and len(running) < pool.workers:
             i = todo.popleft()
@@ -411,7 +534,7 @@ def _train_all(
         if not finished:
             waiting = f", {len(todo)} waiting" if todo else ""
             warnings.warn(
-                f"{name}: no chunk finished in the last {time.monotonic() - quiet_since:.0f} s "
+                f"{which(running.values())}: no chunk finished in the last {time.monotonic() - quiet_since:.0f} s "
                 f"({len(running)} running{pool.where(list(running))}{waiting}); a worker may be stopped or "
                 "overloaded; still waiting",
                 SweepWarning,
@@ -419,13 +542,13 @@ def _train_all(
             )
             quiet_since = time.monotonic()
             continue
-        arrived: list[Trained] = []
+        arrived: list[tuple[int, Trained]] = []
         lost: dict[int, str] = {}
         while finished:
             for future in finished:
                 i = running.pop(future)
                 try:
-                    arrived.append(pool.result(future))
+                    arrived.append((i, pool.result(future)))
                 except Exception as err:  # noqa: BLE001 -- a lost worker is retried; anything else is re-raised
                     if not pool.is_lost(err):
                         raise
@@ -442,8 +565,9 @@ def _train_all(
             if retry:
                 runs = sum(len(chunks[i]) for i in retry)
                 warnings.warn(
-                    f"{name}: a worker was lost ({next(iter(lost.values()))}); training its {len(retry)} chunk(s) "
-                    f"of {runs:,} runs again (attempt {max(attempts[i] for i in retry) + 1} of {MAX_ATTEMPTS})",
+                    f"{which(retry)}: a worker was lost ({next(iter(lost.values()))}); training its {len(retry)} "
+                    f"chunk(s) of {runs:,} runs again (attempt {max(attempts[i] for i in retry) + 1} of "
+                    f"{MAX_ATTEMPTS})",
                     SweepWarning,
                     stacklevel=2,
                 )
@@ -452,13 +576,8 @@ def _train_all(
             if pool.background:  # the idle workers get their next chunk before this process stores these
                 hand_out()
             yield from arrived
-    if given_up:
-        runs = sum(len(chunks[i]) for i in given_up)
-        yield _GaveUp(
-            runs,
-            f"{name}: {runs:,} runs in {len(given_up)} chunk(s) not trained: their worker was lost "
-            f"{MAX_ATTEMPTS} times (last: {next(iter(given_up.values()))}); run the same command again to train them",
-        )
+    for i, reason in given_up.items():
+        yield i, _GaveUp(len(chunks[i]), reason)
 
 
 def _why_lost(err: BaseException) -> str:
