@@ -21,7 +21,9 @@ Measures, each as the median of `--repeats` repetitions:
   (issue #14's target: at least 1.8x on 2 cores), the two timed alternately and
   the speed-up the median of each pair's ratio;
 - peak memory of training 4,096 default runs in one batch: `ru_maxrss` of a
-  fresh child process that does only that (kernel high-water mark, exact).
+  fresh child process that does only that (kernel high-water mark, exact);
+- last, where `make ablations`' time goes (`benchmarks/ablations_time.py`: its
+  phases from an empty results folder, per grid, experiment and notebook).
 
 Engine rows run with each `--workers` count (default: 1 and every core): `train`
 shards a batch over that many threads, one torch intra-op thread each (exact:
@@ -401,6 +403,9 @@ def main() -> None:
     if args.readme is not None and not args.quick:
         write_speed_block(args.readme, rows, facts, args.repeats)
         print(f"wrote the speed block of {args.readme}")
+    if not args.quick:  # last: where `make ablations`' time goes (benchmarks/ablations_time.py; ~6 min)
+        command = [sys.executable, str(Path(__file__).with_name("ablations_time.py"))]
+        subprocess.run([*command, *(["--readme", str(args.readme)] if args.readme is not None else [])], check=True)
 
 
 def write_speed_block(path: Path, rows: list[dict], facts: dict, repeats: int) -> None:

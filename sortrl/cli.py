@@ -442,9 +442,15 @@ class _SweepProgress:
     def done(self, outcome: Any) -> None:
         console.print(
             f"{outcome.name}: {outcome.total} runs, {outcome.trained} trained, {outcome.skipped} already stored, "
-            f"{outcome.wall_seconds:.1f} s -> {Path(self.results) / 'runs' / outcome.name}",
+            f"{outcome.wall_seconds:.1f} s{self._cost(outcome)} -> {Path(self.results) / 'runs' / outcome.name}",
             soft_wrap=True,
         )
+
+    def _cost(self, outcome: Any) -> str:
+        """The grid's own cost, when it was swept with others (its wall time is then the queue's, up to its end)."""
+        if len(self.total) == 1 or not outcome.trained:
+            return ""
+        return f" (done then; its chunks took {outcome.worker_seconds:.1f} s of worker time)"
 
     def held(self) -> str:
         """What an interrupted sweep leaves stored, for its one line."""
@@ -588,6 +594,14 @@ def report(
             "figures, on the same runs); repeatable.",
         ),
     ] = None,
+    cache: Annotated[
+        bool,
+        typer.Option(
+            "--cache/--no-cache",
+            help="Reuse an experiment's analysis and figures from its report cache (RESULTS/runs/<name>/) while "
+            "nothing they depend on changed: its runs, grid, sortrl's code, the libraries. Same bytes either way.",
+        ),
+    ] = True,
 ) -> None:
     """Figures, summary tables and REPORT.md from the runs stored under RESULTS/runs/.
 
@@ -598,7 +612,28 @@ def report(
 
     if not (results / "runs").is_dir():
         raise ConfigError(f"results: no runs folder at {results / 'runs'}; run `sortrl sweep` first")
-    written = write_report(results, readme=readme, grids=grid or [])
+    from sortrl.render.sentences import plural
+    from sortrl.study.store import experiment_names
+
+    names = experiment_names(results)
+    done: list[Any] = []
+
+    def planned(cached: list[str], todo: list[str]) -> None:
+        line = f"report: {plural(len(names), 'experiment')} of {results / 'runs'}"
+        if cached:
+            line += f", {len(cached)} unchanged since the last report (from their report caches)"
+        if todo:
+            line += f", {len(todo)} to analyse and draw"
+        console.print(line, soft_wrap=True)
+
+    def finished(experiment: Any) -> None:
+        done.append(experiment)
+        how = "from its report cache" if experiment.cached else "analysed and drawn"
+        console.print(f"report: {len(done)}/{len(names)} {experiment.name}: {how} in {experiment.seconds:.1f} s")
+
+    written = write_report(
+        results, readme=readme, grids=grid or [], use_cache=cache, on_experiment=finished, on_plan=planned
+    )
     for path in written:
         console.print(f"wrote {path}")
 

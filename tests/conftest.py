@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# the report cache's signing key (sortrl.render.cache.key_file) lives under the temporary folder, not the user's
+# home; one folder for every test process of a run (and the CLI's subprocesses), so they read each other's caches
+os.environ["XDG_CACHE_HOME"] = os.path.join(tempfile.gettempdir(), f"sortrl-tests-{os.getuid()}", "cache")
 
 import torch  # noqa: E402
 

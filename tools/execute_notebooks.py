@@ -37,6 +37,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import nbformat
@@ -121,22 +122,34 @@ def execute(source: Path, results: Path, scratch: Path) -> nbformat.NotebookNode
     return normalise(notebook)
 
 
-def execute_all(results: Path, out: Path, notebooks: Path = NOTEBOOKS) -> list[Path]:
+def execute_all(results: Path, out: Path, notebooks: Path = NOTEBOOKS, say=lambda line: None) -> list[Path]:
     """Execute every `notebooks/*.ipynb` on `results`, then write each to `out/<name>.ipynb`; return the paths.
 
     Executed copies in `out` whose source notebook no longer exists are removed. Raises `NotebookError`
-    (before writing anything) if a cell of any notebook fails.
+    (before writing anything) if a cell of any notebook fails. `say(line)`: what is being done, a line at the start
+    and one per notebook executed (with its time).
     """
     sources = sorted(notebooks.glob("*.ipynb"))
+    kernels = min(len(sources), os.cpu_count() or 1)
+    say(f"notebooks: executing {len(sources)} notebooks of {notebooks} on {results}, {kernels} kernels at a time")
+    done = []
+
+    def timed(source: Path, folder: Path) -> dict:
+        start = time.perf_counter()
+        notebook = execute(source, results, folder)
+        done.append(source)
+        say(f"notebooks: {len(done)}/{len(sources)} {source.name} executed in {time.perf_counter() - start:.1f} s")
+        return notebook
+
     with (
         tempfile.TemporaryDirectory(prefix="sortrl-notebooks-") as scratch,
         # one kernel process per notebook, run side by side (a thread here only waits on its kernel)
-        concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
+        concurrent.futures.ThreadPoolExecutor(max_workers=kernels) as pool,
     ):
         folders = [Path(scratch) / source.stem for source in sources]  # IPython configs of their own: no race
         for folder in folders:
             folder.mkdir()  # IPYTHONDIR's parent must exist, or IPython warns and falls back to a temp folder
-        runs = pool.map(lambda source, folder: execute(source, results, folder), sources, folders)
+        runs = pool.map(timed, sources, folders)
         executed = dict(zip((source.name for source in sources), runs, strict=True))  # raises the first failure
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -162,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: notebooks: no .ipynb files in {args.notebooks}", file=sys.stderr)
         return 2
     try:
-        written = execute_all(args.results, args.out or args.results / "notebooks", args.notebooks)
+        written = execute_all(
+            args.results, args.out or args.results / "notebooks", args.notebooks, lambda line: print(line, flush=True)
+        )
     except NotebookError as error:
         print(f"{error}\nerror: {str(error).splitlines()[0]}; no executed notebook was written", file=sys.stderr)
         return 1

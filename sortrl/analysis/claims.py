@@ -147,13 +147,18 @@ def test_kind(claim: Claim) -> str:
 
 
 def tests(exp: Experiment) -> list[Test]:
-    """Every test of every claim of `exp`, uncorrected (`p_adjusted` and `verdict` unset)."""
+    """Every test of every claim of `exp`, uncorrected (`p_adjusted` and `verdict` unset).
+
+    The contrary's p-value is computed here wherever the verdict will need it whatever the correction (`_with_contrary`
+    computes the rest, in `ledger`): here it runs in the report's worker processes, one experiment each, and is
+    cached with its experiment.
+    """
     out = []
     for claim in exp.grid.claims:
         for setting in exp.grid.tests(claim):
             where = ", ".join(f"{k}={v}" for k, v in setting.items())
             out += [replace(t, setting=setting) for t in _tests(exp, claim, setting, where)]
-    return out
+    return [_with_contrary(t, t.p) if not t.claim.identity else t for t in out]  # corrected p >= p
 
 
 def _tests(exp: Experiment, claim: Claim, setting: dict, where: str) -> list[Test]:
@@ -424,6 +429,8 @@ def _with_contrary(test: Test, p_adjusted: float) -> Test:
     """`test` with the p-value of its contrary (`contrary_p`), computed only where a verdict can turn on it: a
     significant difference is decided by its sign (the sign-flip tests cost ~0.1 s each)."""
     if len(test.differences) < 2 or (test.claim.prediction in (">", "<") and p_adjusted < ALPHA):
+        return test
+    if not math.isnan(test.p_contrary):  # computed already (`tests`)
         return test
     return replace(test, p_contrary=contrary_p(test.differences, test.claim.prediction, test.claim.margin, SEED))
 

@@ -287,7 +287,7 @@ def load_experiment(
     grid = parse_grid((folder / "grid.toml").read_text(), folder / "grid.toml")
     if grid_file is not None:  # the user's file: its claims and figures, on the stored runs
         path, text = grid_file
-        grid = _same_runs(parse_grid(text, path), grid, path)
+        grid = same_runs(parse_grid(text, path), grid, path)
     manifest = read_manifest(folder)
     trained_by = next((m for m in reversed(read_history(folder)) if m.get("trained")), None)
     chunks = read_chunks(folder)
@@ -407,7 +407,7 @@ def _in_grid_order(table: pd.DataFrame, order: dict[str, int]) -> pd.DataFrame:
     return table.iloc[np.lexsort([table["seed"].to_numpy(), rank])].reset_index(drop=True)
 
 
-def _same_runs(mine: Grid, stored: Grid, path: str | Path) -> Grid:
+def same_runs(mine: Grid, stored: Grid, path: str | Path) -> Grid:
     """`mine` if it names the same experiment, seeds and configurations as `stored` (what the runs were trained
     from); `ConfigError` naming `path` and what differs otherwise."""
     if mine.name != stored.name:

@@ -28,22 +28,26 @@ same runs gives byte-identical files.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import time
 import tomllib
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pandas as pd
 
 from sortrl.analysis.claims import Test, check_metrics, ledger
 from sortrl.analysis.claims import table as claims_table
 from sortrl.analysis.claims import tests as claim_tests
-from sortrl.analysis.experiment import load_experiment, summarize
+from sortrl.analysis.experiment import load_experiment, same_runs, summarize
 from sortrl.analysis.findings import Findings, findings, link_shared
 from sortrl.analysis.pilot import outcome as pilot_outcome
 from sortrl.engine.registry import ConfigError
+from sortrl.render import cache
 from sortrl.render.claim_figures import FIGURES as CLAIM_FIGURES
 from sortrl.render.claim_figures import curves_needed
 from sortrl.render.claim_figures import draw as draw_claim
@@ -53,7 +57,7 @@ from sortrl.render.figures import FIGURES, curve_metrics, png_bytes
 from sortrl.render.pilot_md import render as render_pilots
 from sortrl.render.readme import read_readme, readme_text
 from sortrl.render.report import render_report
-from sortrl.study.grid import Grid, check_claim_ids
+from sortrl.study.grid import Grid, check_claim_ids, parse_grid
 from sortrl.study.store import experiment_names, runs_dir, write_files
 from sortrl.study.sweep import worker_init
 
@@ -106,18 +110,109 @@ def _experiment_outputs(results: Path, name: str, grid_file: tuple[Path, str] | 
     return Outputs(replace(found, figures=drawn), tests, claim_figures, files, stale, caught)
 
 
-def _in_workers(jobs: int, results: Path, names: list[str], files: list) -> list[Outputs]:
-    """`_experiment_outputs` of each experiment in `jobs` loky processes, which ignore Ctrl-C and exit within a
-    second of this process's death (`sortrl.study.sweep.worker_init`); stopped at once if this process is
-    interrupted or fails."""
+class Done(NamedTuple):
+    """One experiment's part of the report, as `write_report`'s `on_experiment` hears of it."""
+
+    name: str
+    cached: bool
+    """Whether its outputs came from its report cache (`sortrl.render.cache`)."""
+    seconds: float
+    """How long it took (loading, analysing and drawing; or reading the cache)."""
+
+
+def _outputs(results: Path, name: str, grid_file: tuple[Path, str] | None, key: bytes | None) -> tuple[Outputs, Done]:
+    """`_experiment_outputs`, then stored in the experiment's report cache under `key` (`sortrl.render.cache`)."""
+    start = time.perf_counter()
+    out = _experiment_outputs(results, name, grid_file)
+    cache.store(results, name, key, out)
+    return out, Done(name, False, time.perf_counter() - start)
+
+
+def _cached(results: Path, name: str, grid_file: tuple[Path, str] | None, use_cache: bool) -> tuple[Any, Any]:
+    """(key, cached `Outputs` or None) of one experiment: None and None without the cache."""
+    if not use_cache:
+        return None, None
+    if grid_file is not None:
+        grid = f"{grid_file[0]}\n{grid_file[1]}"
+    else:
+        try:
+            grid = (runs_dir(results, name) / "grid.toml").read_text()
+        except OSError:  # the uncached path says what is wrong
+            return None, None
+    key = cache.key(results, name, grid)
+    return key, cache.load(results, name, key)
+
+
+def _in_workers(
+    jobs: int,
+    results: Path,
+    names: list[str],
+    files: list,
+    keys: list,
+    cost: list[float],
+    heard: Callable[[int, Outputs, Done], None],
+) -> None:
+    """`_outputs` of each experiment in `jobs` loky processes, which ignore Ctrl-C and exit within a second of this
+    process's death (`sortrl.study.sweep.worker_init`); stopped at once if this process is interrupted or fails.
+    `heard(i, outputs, done)` as experiment i is ready. The costliest experiments (`cost`, e.g. their stored bytes)
+    are handed out first, so no process is left with a long one at the end."""
     from joblib.externals.loky import get_reusable_executor
 
     executor = get_reusable_executor(max_workers=jobs, timeout=30, initializer=worker_init, initargs=(os.getpid(),))
+    order = sorted(range(len(names)), key=lambda i: -cost[i])
     try:
-        return list(executor.map(_experiment_outputs, [results] * len(names), names, files))
+        futures = {executor.submit(_outputs, results, names[i], files[i], keys[i]): i for i in order}
+        for future in concurrent.futures.as_completed(futures):
+            heard(futures[future], *future.result())
     except BaseException:
         executor.shutdown(wait=False, kill_workers=True)
         raise
+
+
+def _all_outputs(
+    results: Path,
+    names: list[str],
+    files: list,
+    use_cache: bool,
+    on_experiment: Callable[[Done], None] | None,
+    on_plan: Callable[[list[str], list[str]], None] | None,
+) -> list[Outputs]:
+    """Every experiment's `Outputs`: from its report cache when unchanged (read here: no process to start), else
+    computed, by `_in_workers` when more than one is, and cached."""
+    found: dict[int, Outputs] = {}
+    keys = []
+
+    def heard(i: int, out: Outputs, done: Done) -> None:
+        found[i] = out
+        if on_experiment is not None:
+            on_experiment(done)
+
+    cached: dict[int, tuple[Outputs, Done]] = {}
+    for i, name in enumerate(names):
+        start = time.perf_counter()
+        key, out = _cached(results, name, files[i], use_cache)
+        keys.append(key)
+        if out is not None:
+            cached[i] = out, Done(name, True, time.perf_counter() - start)
+    todo = [i for i in range(len(names)) if i not in cached]
+    if on_plan is not None:
+        on_plan([names[i] for i in cached], [names[i] for i in todo])
+    for i, (out, done) in cached.items():
+        heard(i, out, done)
+    jobs = min(len(todo), os.cpu_count() or 1)
+    if jobs > 1:  # one experiment per process: figures are independent and each process draws them identically
+        cost = [_stored_bytes(results, names[i]) for i in todo]
+        picked = [names[i] for i in todo], [files[i] for i in todo], [keys[i] for i in todo]
+        _in_workers(jobs, results, *picked, cost, lambda j, out, done: heard(todo[j], out, done))
+    else:
+        for i in todo:
+            heard(i, *_outputs(results, names[i], files[i], keys[i]))
+    return [found[i] for i in range(len(names))]
+
+
+def _stored_bytes(results: Path, name: str) -> float:
+    """The size of an experiment's stored chunks: how long its report takes, roughly."""
+    return float(sum(p.stat().st_size for p in runs_dir(results, name).glob("chunk-*.parquet")))
 
 
 class StaleGridWarning(UserWarning):
@@ -132,8 +227,9 @@ def _grid_name(text: str) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _given_grids(grids: list[str | Path], names: list[str]) -> dict[str, tuple[Path, str]]:
-    """The grid files the user gave, by experiment name: (path, text); `ConfigError` for one not stored."""
+def _given_grids(results: Path, grids: list[str | Path], names: list[str]) -> dict[str, tuple[Path, str]]:
+    """The grid files the user gave, by experiment name: (path, text); `ConfigError` for one not stored or whose
+    seeds or configurations are not the stored runs' (`sortrl.analysis.experiment.same_runs`)."""
     out = {}
     for path in map(Path, grids):
         try:
@@ -144,6 +240,8 @@ def _given_grids(grids: list[str | Path], names: list[str]) -> dict[str, tuple[P
         if name not in names:
             stored = ", ".join(names) or "none"
             raise ConfigError(f"grid: {path} names experiment {name!r}, which has no stored runs (stored: {stored})")
+        copy = runs_dir(results, name) / "grid.toml"
+        same_runs(parse_grid(text, path), parse_grid(copy.read_text(), copy), path)  # before any work
         out[name] = (path, text)
     return out
 
@@ -242,6 +340,9 @@ def write_report(
     readme: str | Path | None = None,
     grids: list[str | Path] = (),
     experiments: str | Path | None = "experiments",
+    use_cache: bool = True,
+    on_experiment: Callable[[Done], None] | None = None,
+    on_plan: Callable[[list[str], list[str]], None] | None = None,
 ) -> list[Path]:
     """Write figures, `<exp>_summary.csv` files and `REPORT.md` under `results`; return the paths written.
 
@@ -253,19 +354,18 @@ def write_report(
     stored runs: the seeds and configurations must be the same); `ConfigError` for one whose experiment is
     not stored. Any other experiment whose grid file under `experiments` (a folder, searched recursively)
     differs from its stored copy is warned about, naming both (`StaleGridWarning`).
+    `use_cache`: reuse each experiment's outputs from its report cache while nothing they depend on changed
+    (`sortrl.render.cache`; the files are the same bytes either way). `on_plan(cached, to_compute)` is called with
+    the experiments' names once the caches are read, `on_experiment` with each experiment's `Done` as it is ready.
     """
     results = Path(results)
     readme = Path(readme) if readme is not None else None
     readme_before = read_readme(readme) if readme is not None else None
     names = experiment_names(results)
-    given = _given_grids(grids, names)
+    given = _given_grids(results, grids, names)
     _warn_stale(results, names, given, experiments)
     files = [given.get(name) for name in names]
-    jobs = min(len(names), os.cpu_count() or 1)
-    if jobs > 1:  # one experiment per process: figures are independent and each process draws them identically
-        outputs = _in_workers(jobs, results, names, files)
-    else:
-        outputs = [_experiment_outputs(results, name, file) for name, file in zip(names, files)]
+    outputs = _all_outputs(results, names, files, use_cache, on_experiment, on_plan)
     for out in outputs:
         for warning in out.warnings:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)

@@ -6,6 +6,7 @@ Layout under a results folder (default `results/`):
     runs/<experiment>/manifest.json       the latest sweep: versions, status, times and wall time
     runs/<experiment>/manifests.jsonl     every sweep's manifest, one JSON object per line (start and end)
     runs/<experiment>/chunk-<runs>-<sum>.parquet  one chunk of runs (schema below)
+    runs/<experiment>/report-cache.pkl    the report's analysis and figures of it (`sortrl.render.cache`)
 
 A chunk (schema version 3) is one Parquet file. Its rows are the per-epoch
 metrics, one row per (run, epoch): `run_id`, `epoch`, `step` and the metric
@@ -76,8 +77,12 @@ REQUIRED_COLUMNS = ("run_id", "epoch")
 
 MANIFEST = "manifest.json"
 HISTORY = "manifests.jsonl"
-KNOWN_FILES = ("grid.toml", MANIFEST, HISTORY, "chunk-*.parquet")
-"""Names a sweep writes into an experiment folder; anything else there is foreign (hidden files aside)."""
+REPORT_CACHE = "report-cache.pkl"
+"""The report's cache of an experiment's outputs (`sortrl.render.cache`), beside its runs."""
+
+KNOWN_FILES = ("grid.toml", MANIFEST, HISTORY, "chunk-*.parquet", REPORT_CACHE)
+"""Names a sweep or the report writes into an experiment folder; anything else there is foreign (hidden files
+aside)."""
 
 CHUNK_NAME = re.compile(r"^chunk-(?P<runs>[0-9a-f]{16})-(?P<sum>[0-9a-f]{16})\.parquet$")
 """A chunk's file name: a hash of its run ids and the checksum of its bytes (`checksum`)."""

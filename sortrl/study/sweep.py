@@ -118,12 +118,15 @@ def plan_chunks(configs: list[RunConfig], chunk_size: int, n_jobs: int) -> list[
 
 
 class Trained(NamedTuple):
-    """What a worker sends back for one chunk: its file (name and bytes), its run ids and the worker's versions."""
+    """What a worker sends back for one chunk: its file (name and bytes), its run ids, the worker's versions and how
+    long the chunk took it."""
 
     name: str
     data: bytes
     run_ids: list[str]
     versions: dict[str, str]
+    seconds: float = 0.0
+    """Wall time of training and encoding the chunk, on its worker."""
 
 
 def _train_chunk(configs: list[RunConfig], labels: list[str], threads: int) -> Trained:
@@ -134,6 +137,7 @@ def _train_chunk(configs: list[RunConfig], labels: list[str], threads: int) -> T
     workers) nearly idle. The worker's versions let the client refuse results
     from a worker whose sortrl or torch differs from its own.
     """
+    start = time.perf_counter()
     with warnings.catch_warnings():  # a sweep's runs record an empty epoch in their data (frac_reward_zero_std = 1);
         warnings.simplefilter("ignore", EmptyEpochWarning)  # a line per run of a 10,000-run grid would drown the rest
         table = train(configs, workers=threads, with_config=False)
@@ -145,7 +149,7 @@ def _train_chunk(configs: list[RunConfig], labels: list[str], threads: int) -> T
         config = shared[label]
         runs.append({"run_id": cfg.run_id, "configuration": label, "seed": cfg.seed, "config": config})
     name, data = encode_chunk(table, runs)
-    return Trained(name, data, sorted(cfg.run_id for cfg in configs), _versions())
+    return Trained(name, data, sorted(cfg.run_id for cfg in configs), _versions(), time.perf_counter() - start)
 
 
 SORTRL_VERSION = version("sortrl")
@@ -226,6 +230,8 @@ class SweepResult:
     """Runs left untrained because their chunk's worker was lost `MAX_ATTEMPTS` times."""
     problem: str | None = None
     """One line saying what could not be done (None when every run is stored)."""
+    worker_seconds: float = 0.0
+    """The workers' time on this grid's chunks (summed over chunks: the grid's own cost, whatever ran beside it)."""
 
 
 class Plan(NamedTuple):
@@ -261,6 +267,7 @@ class _GridSweep:
         self.missing = [c for c in self.configs if c.run_id not in done]
         self.stored = {c.run_id for c in self.configs} & done
         self.trained, self.failed, self.gave_up, self.open = 0, 0, 0, 0
+        self.worker_seconds = 0.0
         self.problem: str | None = None
         self.announced = False
         self.manifest: dict[str, Any] = {
@@ -306,6 +313,7 @@ class _GridSweep:
         store_chunk(self.folder, result.name, result.data)
         self.stored.update(result.run_ids)
         self.trained += len(result.run_ids)
+        self.worker_seconds += result.seconds
         self.open -= 1
 
     def give_up(self, lost: _GaveUp) -> None:
@@ -325,11 +333,19 @@ class _GridSweep:
         if self.problem is not None:
             self.manifest["error"] = self.problem
         self.manifest["wall_seconds"] = round(end - self.start, 3)
+        self.manifest["worker_seconds"] = round(self.worker_seconds, 3)
         write_manifest(self.folder, self.manifest)
         remove_stale_temporaries(self.folder)
         skipped = len(configs) - len(self.missing)
         return SweepResult(
-            self.grid.name, len(configs), skipped, self.trained, end - self.start, self.failed, self.problem
+            self.grid.name,
+            len(configs),
+            skipped,
+            self.trained,
+            end - self.start,
+            self.failed,
+            self.problem,
+            self.worker_seconds,
         )
 
     def abort(self, err: BaseException) -> None:
