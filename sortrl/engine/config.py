@@ -138,7 +138,9 @@ class RunConfig:
     """verl `algorithm.use_kl_in_reward`: subtract beta * (the response's summed per-token KL at sampling time) from its
     reward before deltas, instead of adding the KL to the loss."""
     use_bias_correction_kl: bool = False
-    """TRL `use_bias_correction_kl`: multiply the per-token KL by the importance ratio pi / pi_old."""
+    """TRL `use_bias_correction_kl`: multiply the per-token KL in the loss by the importance ratio of the loss's level,
+    pi / pi_old per token, or the response's GSPO ratio s at `importance_sampling_level = "sequence"`, as TRL does.
+    TRL 1.16's default is True; False is verl's form and DeepSeekMath's (the `grpo` recipe's)."""
     compute_ref_model_period: int = 10
     """Epochs between reference-policy refreshes; 0 keeps the initial policy as the reference."""
 

@@ -40,6 +40,18 @@ def fold(values: Float[Tensor, "run batch trial pos"], onehot: Tensor) -> Float[
     return (onehot * values[..., None]).sum(dim=2)
 
 
+def sequence_log_ratio(
+    tokens: Float[Tensor, "run batch trial pos"],
+    old_tokens: Float[Tensor, "run batch trial pos"],
+    action: Tensor,
+    n_actions: Tensor,
+) -> Float[Tensor, "run batch trial"]:
+    """log s = sum_t (log pi(y_t) - log pi_old(y_t)) / n over a response's n action tokens (GSPO; TRL 1.16
+    `importance_sampling_level="sequence"`, whose `log_importance_weights` this is). `action` [run batch trial pos]
+    marks the action tokens, `n_actions` [run batch trial] counts them (at least 1)."""
+    return ((tokens - old_tokens) * action).sum(dim=-1) / n_actions
+
+
 def sft_targets(prompts: Tensor, runs: int, num_tokens: int) -> Float[Tensor, "run batch pos vocab"]:
     """Weights of the sorted answers for the `sft` loss: one-hot of sorted(prompt) / the run's number of target tokens."""
     target = sorted_prompts(with_run_axis(prompts))  # [1|run batch pos]
@@ -101,7 +113,7 @@ class Policy:
             ratio = torch.exp(tokens.detach() - self.old_tokens) if self.counts else None
             return (self.omega * per_token).sum(dim=(1, 2, 3)), ratio
         # GSPO: s = exp(mean_t log rho_t), one clipped ratio per response
-        log_ratio = ((tokens - self.old_tokens) * self.roll.action).sum(dim=-1) / self.n_actions
+        log_ratio = sequence_log_ratio(tokens, self.old_tokens, self.roll.action, self.n_actions)
         zeros = torch.zeros_like(log_ratio)
         if self.mode.foldable:
             loss = fn(log_ratio, zeros, self.seq_weights, clip)
@@ -151,6 +163,17 @@ class Entropy(NamedTuple):
         return (self.weights * entropy).sum(dim=(1, 2))
 
 
+class SequenceTokens(NamedTuple):
+    """The sampled tokens of the KL runs that weigh their KL by GSPO's sequence ratio (TRL's bias correction at
+    `importance_sampling_level="sequence"`); j = those runs."""
+
+    index: Tensor  # [j] their positions among the `Kl`'s runs
+    responses: Tensor  # [j batch trial pos] token ids
+    action: Tensor  # [j batch trial pos] their action tokens
+    n_actions: Tensor  # [j batch trial] how many (at least 1)
+    weights: Float[Tensor, "j batch trial pos"]  # the KL's aggregation weights omega_kl, not folded
+
+
 class Kl(NamedTuple):
     """The KL penalty of the runs that have one in the loss: beta * sum over loss tokens of omega_kl * k(logp, ref)."""
 
@@ -161,12 +184,28 @@ class Kl(NamedTuple):
     coeff: Float[Tensor, " k"]
     bias_correction: Tensor  # [k] bool: TRL `use_bias_correction_kl`
     estimator: KlFn
+    sequence: SequenceTokens | None = None  # sequence-level runs with bias correction (None: token level, or none)
 
     def value(self, log_probs: Tensor) -> Tensor:
-        """The aggregated KL estimate [k] (TRL/verl: per-token KL aggregated like the policy loss)."""
+        """The aggregated KL estimate [k] (TRL/verl: per-token KL aggregated like the policy loss).
+
+        With `use_bias_correction_kl` (TRL 1.16 `GRPOTrainer._compute_loss`: `per_token_kl * coef_1`, coef_1 =
+        exp(log_importance_weights)), each token's KL is multiplied by the importance ratio of the loss's level:
+        rho_t = pi(y_t) / pi_old(y_t) per token, or at sequence level the response's GSPO ratio s (unclipped,
+        `sequence_log_ratio`), which then multiplies every token of the response.
+        """
         lp = log_probs[self.runs]
         kl = self.estimator(lp, self.ref_log_probs)
-        if bool(self.bias_correction.any()):
+        if self.sequence is None and bool(self.bias_correction.any()):
             ratio = torch.exp(lp - self.old_log_probs)
             kl = torch.where(self.bias_correction[:, None, None, None], kl * ratio, kl)
-        return (self.weights * kl).sum(dim=(1, 2, 3))
+        out = (self.weights * kl).sum(dim=(1, 2, 3))
+        if self.sequence is not None:  # s depends on the whole response: per sampled token, not folded
+            seq = self.sequence
+            tokens, old, ref = (
+                gather(x[seq.index], seq.responses) for x in (lp, self.old_log_probs, self.ref_log_probs)
+            )
+            s = torch.exp(sequence_log_ratio(tokens, old, seq.action, seq.n_actions))  # [j batch trial]
+            corrected = (seq.weights * self.estimator(tokens, ref) * s[..., None]).sum(dim=(1, 2, 3))
+            out = out.index_copy(0, seq.index, corrected)
+        return out

@@ -39,7 +39,7 @@ from sortrl.engine.deltas import DELTA_MODES, extras
 from sortrl.engine.losses import KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES, ClipRange
 from sortrl.engine.metrics import METRICS  # noqa: F401 -- part of the engine's interface (sortrl.engine.train.METRICS)
 from sortrl.engine.model import Params, decode, encode, forward, init_params, init_value_head, value
-from sortrl.engine.objective import Entropy, Kl, Policy, fold, ratio_stats, sft_targets
+from sortrl.engine.objective import Entropy, Kl, Policy, SequenceTokens, fold, ratio_stats, sft_targets
 from sortrl.engine.optim import Adam
 from sortrl.engine.registry import ConfigError, check_plugin_result
 from sortrl.engine.rollout import (
@@ -408,14 +408,23 @@ def _setup_epoch(state: _Batch, epoch: int, logits: Tensor) -> _Epoch:
         in_loss = ((n["kl_penalty"] != 0) & ~n["kl_in_reward"]).nonzero().flatten()
         if len(in_loss):  # only these runs: 0 * an infinite KL would make another run's loss NaN
             onehot = torch.nn.functional.one_hot(roll.responses[in_loss], c0.num_tokens).float()
+            corrected = n["kl_bias_correction"][in_loss]
+            sequence = None
+            if c0.importance_sampling_level == "sequence" and bool(corrected.any()):  # TRL: KL x the sequence ratio
+                index = corrected.nonzero().flatten()
+                runs = in_loss[index]
+                action = roll.action[runs]
+                n_actions = action.sum(dim=-1).clamp(min=1)
+                sequence = SequenceTokens(index, roll.responses[runs], action, n_actions, kl_omega[runs])
             kl = Kl(
                 in_loss,
                 fold(kl_omega[in_loss], onehot),
                 ref_log_probs[in_loss],
                 old_log_probs[in_loss],
                 n["kl_penalty"][in_loss],
-                n["kl_bias_correction"][in_loss],
+                corrected,
                 estimator,
+                sequence,
             )
 
     available: dict[str, Tensor] = {}  # what the batch's delta modes ask for besides the rewards
