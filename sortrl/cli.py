@@ -640,7 +640,12 @@ def recipes() -> None:
     for name, recipe in RECIPES.items():
         fields = ", ".join(f"{k}={v}" for k, v in recipe.fields.items())
         table.add_row(name, fields, make_config(recipe=name).kl_description, recipe.source)
-    Console().print(table)  # the terminal's width (80 columns when not a terminal): rich wraps the cells
+    out = Console()
+    out.print(table)  # the terminal's width (80 columns when not a terminal): rich wraps the cells
+    out.print("\nWhere a recipe differs from the peers' trainers (TRL 1.16.0, verl 0.9.1):")
+    for name, recipe in RECIPES.items():
+        if recipe.peers:
+            out.print(f"- {name}: {recipe.peers}", highlight=False)
 
 
 def main() -> None:

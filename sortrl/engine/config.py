@@ -211,22 +211,31 @@ class RunConfig:
 
     @property
     def kl_description(self) -> str:
-        """What the KL coefficient means for this config, in words (`sortrl recipes` shows it per recipe)."""
+        """What the KL coefficient means for this config, in words, and in whose units (`sortrl recipes` shows it)."""
         if not self.kl_penalty:
             return "no KL"
-        agg = self.kl_loss_agg_mode or self.loss_agg_mode
-        unit = (
-            "summed over positions (the lecture's: L times the TRL/verl token mean at length L)"
-            if agg == "lecture"
-            else f"aggregated like the loss ({agg}), so beta means what it means in TRL/verl"
-        )
         ref = (
             "the initial policy"
             if self.compute_ref_model_period == 0
             else (f"the policy of every {self.compute_ref_model_period}th epoch")
         )
-        where = "subtracted from the reward" if self.use_kl_in_reward else "added to the loss"
-        return f"beta {self.kl_penalty:g} x {self.kl_estimator} KL to {ref}, {where}, {unit}"
+        head = f"beta {self.kl_penalty:g} x {self.kl_estimator} KL to {ref}"
+        if self.use_kl_in_reward:
+            return (
+                f"{head}, summed over the response's tokens and subtracted from its reward (verl use_kl_in_reward, "
+                "whose own default is k1 with beta 0.001)"
+            )
+        agg = self.kl_loss_agg_mode or self.loss_agg_mode
+        if agg == "lecture":
+            return f"{head}, added to the loss summed over positions (the lecture's: L times the TRL/verl token mean)"
+        peer = (
+            "times pi/pi_old, so beta means what it means in TRL (use_bias_correction_kl=True, its default); verl has "
+            "no such factor"
+            if self.use_bias_correction_kl
+            else "so beta means what it means in verl, and in TRL with use_bias_correction_kl=False (TRL's default, "
+            "True, multiplies the KL by pi/pi_old)"
+        )
+        return f"{head}, added to the loss aggregated like it ({agg}), {peer}"
 
     @functools.cached_property
     def run_id(self) -> str:
