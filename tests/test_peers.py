@@ -4,13 +4,17 @@ one-line warnings of the differences sortrl keeps."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from sortrl.engine.losses import kl_k1
-from sortrl.engine.objective import Kl, SequenceTokens
+from sortrl import RunConfig, train
+from sortrl.engine.losses import LOSS_AGG_MODES, kl_k1
+from sortrl.engine.model import encode, value
+from sortrl.engine.objective import Kl, SequenceTokens, ValueLoss
+from sortrl.engine.task import REWARDS, eos_masks
 
 LOG = math.log
 
@@ -75,8 +79,8 @@ def test_trl_recipe_is_trls_defaults():
 
     cfg = make_config("trl")
     assert set(AS_SORTRL) == set(TRL_DEFAULTS)
-    for option, (field, value) in AS_SORTRL.items():
-        assert getattr(cfg, field) == value, (option, field)
+    for option, (field, wanted) in AS_SORTRL.items():
+        assert getattr(cfg, field) == wanted, (option, field)
     assert cfg.loss_mode == "clipped" and cfg.kl_estimator == "k3"  # TRL's only loss form and KL estimator here
 
 
@@ -91,3 +95,85 @@ def test_recipes_say_whose_units_beta_is_in():
     assert "times pi/pi_old, so beta means what it means in TRL" in trl
     in_reward = make_config("grpo", use_kl_in_reward=True).kl_description
     assert "subtracted from its reward" in in_reward and "k1 with beta 0.001" in in_reward
+
+
+# --- the critic's value loss (verl 0.9.1 compute_value_loss, agg_loss) --------------------------------------------
+def _value_case(clip: float, weights=None) -> tuple[float, float]:
+    """One prompt, V = 1 now and V_old = 0 at sampling, returns 2 and -1: (loss, d loss / d V)."""
+    v = torch.tensor([[[1.0]]], requires_grad=True)
+    target = ValueLoss(
+        torch.tensor([[[2.0, -1.0]]]),
+        torch.zeros(1, 1, 1),
+        torch.tensor([clip]),
+        None if weights is None else torch.tensor([[weights]]),
+        torch.tensor([weights is None]),
+    )
+    loss = target.value(v)
+    (grad,) = torch.autograd.grad(loss.sum(), v)
+    return loss.item(), grad.item()
+
+
+def test_value_loss_by_hand():
+    # unclipped mean: 0.5 * ((1-2)^2 + (1+1)^2) / 2 = 1.25; dV = 0.5 * (2(V-2) + 2(V+1)) / 2 = 0.5
+    assert _value_case(math.inf) == pytest.approx((1.25, 0.5))
+    # c = 0.5: clip(V) = 0.5, clipped losses (0.5-2)^2 = 2.25 and (0.5+1)^2 = 2.25; max with 1 and 4 -> 2.25 and 4:
+    # 0.5 * 3.125 = 1.5625; the first response's max is the clipped branch, flat in V: dV = 0.5 * 2(V+1) / 2 = 1
+    assert _value_case(0.5) == pytest.approx((1.5625, 1.0))
+    # verl agg_loss with token weights summing to 1/4 and 3/4 per response: 0.5 * (2.25/4 + 4 * 3/4) = 1.78125
+    assert _value_case(0.5, weights=[0.25, 0.75]) == pytest.approx((1.78125, 1.5))
+
+
+def _verl_value_loss(cfg, head, old_head, params, old_params, responses):
+    """One run's critic loss as verl writes it, per token: vpreds, values and returns [batch trial pos] (V per prompt,
+    R = the shaped reward at every token), `agg_loss` over the loss tokens (the zero-std filter's prompts left out).
+    With `response-mean`, sortrl's own form: the mean over every response."""
+    prompts = torch.tensor(cfg.prompts)
+    v = value(head, encode(params, prompts, False))[0][:, None, None].expand(-1, *responses.shape[2:])
+    v_old = value(old_head, encode(old_params, prompts, False))[0][:, None, None].expand_as(v)
+    content, action = eos_masks(responses, cfg.num_values if cfg.eos else None)
+    rewards = REWARDS[cfg.reward](prompts, responses, content)[0]  # [batch trial]
+    returns = rewards[..., None].expand_as(v)
+    kept = rewards.max(-1).values != rewards.min(-1).values if cfg.filter_zero_std_groups else torch.ones(len(prompts))
+    mask = (action[0] & kept.bool()[:, None, None]).float()
+    sq = (v - returns) ** 2
+    if cfg.cliprange_value is not None:
+        c = cfg.cliprange_value
+        sq = torch.maximum(sq, (torch.clamp(v, v_old - c, v_old + c) - returns) ** 2)
+    if cfg.critic_loss_agg_mode == "response-mean":
+        return 0.5 * sq[..., 0].mean()
+    mode = cfg.loss_agg_mode if cfg.critic_loss_agg_mode == "actor" else cfg.critic_loss_agg_mode
+    return 0.5 * (LOSS_AGG_MODES[mode](mask[None], cfg.response_length)[0] * sq).sum()
+
+
+CRITIC_CASE = dict(deltas_mode="critic", eos=True, filter_zero_std_groups=True, reward="distance", num_responses=3)
+CRITIC_CASE.update(num_epochs=3, num_steps_per_epoch=3, learning_rate=0.05, critic_learning_rate=0.3, seed=2)
+"""EOS and DAPO's filter (3 responses, distance reward: some prompt is dropped), a head that moves fast enough to clip."""
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),  # sortrl's form: the mean over every response, filtered prompts included, unclipped
+        dict(critic_loss_agg_mode="actor", loss_agg_mode="token-mean", cliprange_value=0.05),
+        dict(critic_loss_agg_mode="seq-mean-token-sum-norm", cliprange_value=0.02),
+    ],
+    ids=["response-mean", "actor-token-mean-clipped", "sum-norm-clipped"],
+)
+def test_critic_gradient_equals_verls_value_loss(kwargs, engine_spy):
+    cfg = RunConfig(**CRITIC_CASE, **kwargs)
+    out = train([cfg])
+    assert out["frac_reward_zero_std"].max() > 0, "the case should filter some prompt"
+    steps, binds = cfg.num_steps_per_epoch, 0
+    for i, ((head, grads), (params, _)) in enumerate(zip(engine_spy.critic_steps, engine_spy.steps, strict=True)):
+        start = i // steps * steps
+        old_head, old_params = engine_spy.critic_steps[start][0], engine_spy.steps[start][0]
+        leaves = {k: v.clone().requires_grad_() for k, v in head.items()}
+        args = (old_head, params, old_params, engine_spy.responses[i // steps])
+        expected = torch.autograd.grad(_verl_value_loss(cfg, leaves, *args), list(leaves.values()))
+        for name, g in zip(("weight", "bias"), expected, strict=True):
+            torch.testing.assert_close(grads[name], g, rtol=1e-5, atol=1e-7, msg=f"step {i} {name}")
+        if cfg.cliprange_value is not None:
+            unclipped = dataclasses.replace(cfg, cliprange_value=None)
+            other = torch.autograd.grad(_verl_value_loss(unclipped, leaves, *args), list(leaves.values()))
+            binds += not torch.allclose(expected[1], other[1])
+    assert cfg.cliprange_value is None or binds > 0, "the clip never bound: the check would be vacuous"

@@ -25,6 +25,7 @@ from typing import Any
 
 from sortrl.engine.deltas import DELTA_MODES, extras
 from sortrl.engine.losses import (
+    CRITIC_LOSS_AGG_MODES,
     IMPORTANCE_SAMPLING_LEVELS,
     KL_ESTIMATORS,
     KL_LOSS_AGG_MODES,
@@ -107,6 +108,15 @@ class RunConfig:
     in all, until one has a reward spread; 1 only drops such prompts. No effect without `filter_zero_std_groups`."""
     critic_learning_rate: float = 1e-2
     """Adam learning rate of the value head of the `critic` delta mode (PPO's critic; verl `critic.optim.lr`)."""
+    critic_loss_agg_mode: str = "response-mean"
+    """How the `critic`'s value loss is aggregated: `response-mean` (sortrl's form) averages it over every response
+    of the epoch, prompts the zero-std filter dropped included; `actor` aggregates the per-token loss over the loss
+    tokens with `loss_agg_mode`, as verl's critic does by default; a `loss_agg_mode` value, that way (verl
+    `critic.loss_agg_mode`)."""
+    cliprange_value: float | None = None
+    """Value clipping of the `critic` (verl `critic.cliprange_value`, whose default is 0.5): loss 0.5 max((V - R)^2,
+    (clip(V, V_old - c, V_old + c) - R)^2), V_old the value when the epoch's responses were sampled (verl
+    `compute_value_loss`). None: unclipped, sortrl's form."""
 
     # --- policy loss ----------------------------------------------------
     loss_mode: str = "naive"
@@ -255,11 +265,19 @@ class RunConfig:
         return cls(**data)
 
 
+ADDED_FIELDS: dict[str, Any] = {"critic_loss_agg_mode": "response-mean", "cliprange_value": None}
+"""Fields added after results were stored, each with the value that keeps the behaviour from before it. At that value
+a field is left out of the run id, so every stored run keeps its id; at any other value it is hashed like the rest.
+A new field goes here with its default (which must keep the old behaviour); this value never changes."""
+
+
 def run_id_of(fields: dict[str, Any]) -> str:
     """The `RunConfig.run_id` of the config whose `to_dict()` is `fields` (so a grid hashes seeds without configs).
 
     With plug-ins, the hash covers their modules' source too (`plugin_digest`); without, it is the fields' alone.
+    A field of `ADDED_FIELDS` at its listed value is left out.
     """
+    fields = {k: v for k, v in fields.items() if k not in ADDED_FIELDS or v != ADDED_FIELDS[k]}
     if fields.get("plugins"):
         fields = {**fields, "plugin_sources": plugin_digest(tuple(fields["plugins"]))}
     blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
@@ -291,6 +309,7 @@ CHOICES: dict[str, dict[str, Any]] = {
     "loss_agg_mode": LOSS_AGG_MODES,
     "kl_estimator": KL_ESTIMATORS,
     "kl_loss_agg_mode": KL_LOSS_AGG_MODES,
+    "critic_loss_agg_mode": CRITIC_LOSS_AGG_MODES,
     "importance_sampling_level": IMPORTANCE_SAMPLING_LEVELS,
 }
 """Fields whose value is a key of a registry, and that registry."""
@@ -457,6 +476,8 @@ def validate(cfg: RunConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"{name}: must be a finite number >= 0, got {value}")
+    if cfg.cliprange_value is not None and not (math.isfinite(cfg.cliprange_value) and cfg.cliprange_value > 0):
+        raise ConfigError(f"cliprange_value: must be a finite number > 0 (or unset), got {cfg.cliprange_value}")
     if cfg.clip_ratio_c is not None and not (math.isfinite(cfg.clip_ratio_c) and cfg.clip_ratio_c > 1):
         raise ConfigError(f"clip_ratio_c: must be a finite number > 1 (or unset), got {cfg.clip_ratio_c}")
     for name in ("temperature", "critic_learning_rate"):
@@ -531,7 +552,11 @@ def ignored_fields(cfg: RunConfig) -> dict[str, str]:
             "kl_penalty is 0",
         ),
         (("max_num_gen_batches",), not cfg.filter_zero_std_groups, "filter_zero_std_groups is off"),
-        (("critic_learning_rate",), "values" not in extras(DELTA_MODES[cfg.deltas_mode]), "no critic is trained"),
+        (
+            ("critic_learning_rate", "critic_loss_agg_mode", "cliprange_value"),
+            "values" not in extras(DELTA_MODES[cfg.deltas_mode]),
+            "no critic is trained",
+        ),
         (("overlong_penalty_factor",), cfg.overlong_buffer_len == 0, "overlong_buffer_len is 0"),
         (("deltas_mode", "filter_zero_std_groups"), LOSS_MODES[cfg.loss_mode].supervised, "sft ignores rewards"),
     ]

@@ -83,8 +83,10 @@ def critic(
 
     V is a linear value head on the policy's prompt encoding (its input
     detached, so the critic never moves the policy), zero at the start and
-    trained by Adam (`critic_learning_rate`) on 0.5 * (V - r)^2 averaged over
-    the epoch's responses, one step per inner step (`sortrl.engine.model.value`).
+    trained by Adam (`critic_learning_rate`) on 0.5 * (V - r)^2, one step per
+    inner step (`sortrl.engine.model.value`): averaged over the epoch's
+    responses by default, or as verl 0.9.1's critic does it
+    (`critic_loss_agg_mode`, `cliprange_value`; `sortrl.engine.objective.ValueLoss`).
     verl's `gae` with gamma = lambda = 1 gives A_t = r - V(s_t) for one
     sequence-level reward, which for this non-autoregressive policy (one state
     per prompt) is this delta; verl then also whitens the advantages over the

@@ -209,3 +209,36 @@ class Kl(NamedTuple):
             corrected = (seq.weights * self.estimator(tokens, ref) * s[..., None]).sum(dim=(1, 2, 3))
             out = out.index_copy(0, seq.index, corrected)
         return out
+
+
+class ValueLoss(NamedTuple):
+    """The `critic`'s loss of one epoch, every run of the batch: PPO's value loss (verl 0.9.1 `compute_value_loss`).
+
+    The value head gives one V per prompt (this policy has one state per prompt), and with gamma = lambda = 1 every
+    token of a response has the return R = its reward, so each token's loss is its response's, and the token
+    weights omega_v of the aggregation sum per response.
+    """
+
+    returns: Float[Tensor, "run batch trial"]  # R, what the deltas were computed from
+    old_values: Float[Tensor, "run batch 1"]  # V_old: the value head when the responses were sampled
+    clip: Float[Tensor, " run"]  # `cliprange_value` c; inf where off
+    weights: Float[Tensor, "run batch trial"] | None  # sum over pos of omega_v; None: every run `response-mean`
+    response_mean: Tensor  # [run] bool: runs whose loss is the plain mean over responses (`response-mean`)
+
+    def value(self, v: Float[Tensor, "run batch 1"]) -> Float[Tensor, " run"]:
+        """0.5 agg(max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2)) per run (unclipped where c is off).
+
+        `response-mean` runs take the mean over responses as `.mean()`, as before (bit for bit); the others
+        sum omega_v-weighted losses (verl `agg_loss`). Clipping and weighting are computed only in batches
+        that have a run using them, and chosen per run, so a run's numbers never depend on its batch-mates.
+        """
+        sq = (v - self.returns) ** 2
+        clipped = torch.isfinite(self.clip)
+        if bool(clipped.any()):
+            c = self.clip[:, None, None]
+            near = torch.clamp(v, self.old_values - c, self.old_values + c)  # verl `clip_by_value`
+            sq = torch.where(clipped[:, None, None], torch.maximum(sq, (near - self.returns) ** 2), sq)
+        loss = 0.5 * sq.mean(dim=(1, 2))
+        if self.weights is not None:
+            loss = torch.where(self.response_mean, loss, 0.5 * (self.weights * sq).sum(dim=(1, 2)))
+        return loss
