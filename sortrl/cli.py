@@ -365,6 +365,8 @@ def sweep(
     for path, grid in zip(grid_files, grids):  # once per grid file, not once per run
         for field_name, why in grid.ignored_fields().items():
             warnings.warn(f"{path}: {field_name}: has no effect here ({why})", stacklevel=1)
+        for field_name, what in grid.peer_differences().items():
+            warnings.warn(f"{path}: {field_name}: {what} (docs/variants.md)", stacklevel=1)
     if dry_run:
         for grid in grids:
             _dry_run(grid, results)

@@ -177,3 +177,62 @@ def test_critic_gradient_equals_verls_value_loss(kwargs, engine_spy):
             other = torch.autograd.grad(_verl_value_loss(unclipped, leaves, *args), list(leaves.values()))
             binds += not torch.allclose(expected[1], other[1])
     assert cfg.cliprange_value is None or binds > 0, "the clip never bound: the check would be vacuous"
+
+
+# --- what sortrl keeps otherwise than verl: one line, once per train call or grid file ------------------------------
+@pytest.mark.parametrize(
+    ("fields", "warned"),
+    [
+        (dict(deltas_mode="remax", kl_penalty=0.1, use_kl_in_reward=True), ["use_kl_in_reward"]),
+        (dict(deltas_mode="critic", kl_penalty=0.1, use_kl_in_reward=True), ["use_kl_in_reward"]),
+        (dict(deltas_mode="reinforce_plus_plus", kl_penalty=0.1, use_kl_in_reward=True), ["use_kl_in_reward"]),
+        (dict(deltas_mode="normalized_rewards", kl_penalty=0.1, use_kl_in_reward=True), []),  # verl's grpo: whole KL
+        (dict(deltas_mode="remax", kl_penalty=0.1), []),  # the KL in the loss
+        (dict(filter_zero_std_groups=True), ["filter_zero_std_groups"]),
+        (dict(filter_zero_std_groups=True, loss_mode="sft"), []),  # sft reads no rewards
+        (dict(), []),
+    ],
+)
+def test_peer_differences(fields, warned):
+    from sortrl.engine.config import peer_differences
+
+    assert sorted(peer_differences(RunConfig(**fields))) == warned
+
+
+def test_train_warns_a_peer_difference_once_per_call():
+    from sortrl.engine.train import PeerDifferenceWarning
+
+    base = dict(num_epochs=2, num_steps_per_epoch=1, kl_penalty=0.1, use_kl_in_reward=True)
+    configs = [RunConfig(deltas_mode="remax", seed=s, **base) for s in (0, 1)] + [RunConfig(**base, seed=2)]
+    with pytest.warns(PeerDifferenceWarning) as caught:
+        train(configs)
+    lines = [str(w.message) for w in caught if issubclass(w.category, PeerDifferenceWarning)]
+    assert len(lines) == 1 and lines[0].startswith("use_kl_in_reward: with deltas_mode critic, remax"), lines
+    assert "\n" not in lines[0] and "later ones" in lines[0]
+
+
+def test_sweep_warns_a_peer_difference_once_per_grid_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from sortrl.cli import app
+
+    path = tmp_path / "g.toml"
+    path.write_text(
+        'name = "g"\nseeds = 2\n[base]\nnum_epochs = 2\nnum_steps_per_epoch = 1\nnum_responses = 3\n'
+        "[grid]\nfilter_zero_std_groups = [true, false]\nmax_num_gen_batches = [1, 3]\n"
+    )
+    result = CliRunner().invoke(app, ["sweep", str(path), "--results", str(tmp_path / "r"), "--n-jobs", "1"])
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 1 and warned[0].startswith(f"warning: {path}: filter_zero_std_groups: a zero-std prompt")
+    assert "verl's DAPO trainer fills its batch with new prompts and raises" in warned[0]
+
+
+def test_k3_differs_from_trls_only_beyond_verls_clamp():
+    # TRL computes exp(d) - d - 1 unclamped; sortrl clamps at 10 as verl: equal at d = 2.6 (9.86), not at d = 2.62
+    from sortrl.engine.losses import kl_k3
+
+    for d, trl in ((2.6, math.exp(2.6) - 3.6), (-10.9, math.exp(-10.9) + 9.9), (2.62, math.exp(2.62) - 3.62)):
+        ours = kl_k3(torch.tensor([0.0], dtype=torch.float64), torch.tensor([d], dtype=torch.float64)).item()
+        assert ours == pytest.approx(min(trl, 10.0), rel=1e-12)
+        assert (ours == pytest.approx(trl, rel=1e-12)) == (trl <= 10)

@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from sortrl.engine.deltas import DELTA_MODES, extras
+from sortrl.engine.deltas import DELTA_MODES, REWARD_TO_GO_MODES, extras
 from sortrl.engine.losses import (
     CRITIC_LOSS_AGG_MODES,
     IMPORTANCE_SAMPLING_LEVELS,
@@ -105,7 +105,9 @@ class RunConfig:
     max_num_gen_batches: int = 1
     """DAPO dynamic sampling (verl `filter_groups.max_num_gen_batches`), with `filter_zero_std_groups`: a prompt whose
     responses all got one reward is sampled again (a new group, from the run's generator), up to this many groups
-    in all, until one has a reward spread; 1 only drops such prompts. No effect without `filter_zero_std_groups`."""
+    in all, until one has a reward spread; 1 only drops such prompts. No effect without `filter_zero_std_groups`.
+    verl's DAPO trainer instead fills its batch with groups of new prompts and raises after this many generation
+    batches; here the epoch trains on the prompts kept (warned; an epoch that keeps none is warned per run)."""
     critic_learning_rate: float = 1e-2
     """Adam learning rate of the value head of the `critic` delta mode (PPO's critic; verl `critic.optim.lr`)."""
     critic_loss_agg_mode: str = "response-mean"
@@ -133,7 +135,8 @@ class RunConfig:
     """How per-token losses are averaged (verl names); `token-mean` at fixed length is the lecture's mean."""
     entropy_coeff: float = 0.0
     """Entropy bonus (verl `actor.entropy_coeff`): loss = policy loss - entropy_coeff * entropy, the per-token entropy
-    of the (tempered) policy aggregated with `loss_agg_mode` over the loss tokens, as verl does; 0 turns it off."""
+    of the (tempered) policy aggregated with `loss_agg_mode` over the loss tokens, as verl does; 0 turns it off.
+    TRL's `entropy_coef` always takes the token mean (the same at `token-mean`)."""
 
     # --- KL penalty -----------------------------------------------------
     kl_penalty: float = 0.0
@@ -146,7 +149,9 @@ class RunConfig:
     (L times the token mean at length L)."""
     use_kl_in_reward: bool = False
     """verl `algorithm.use_kl_in_reward`: subtract beta * (the response's summed per-token KL at sampling time) from its
-    reward before deltas, instead of adding the KL to the loss."""
+    reward before deltas, instead of adding the KL to the loss. The estimator is `kl_estimator` and beta `kl_penalty`
+    (verl's own defaults there are k1, `algorithm.kl_penalty: kl`, and 0.001). With `critic`, `remax` or
+    `reinforce_plus_plus` verl's return at token t holds only the KL of tokens >= t (warned; docs/variants.md)."""
     use_bias_correction_kl: bool = False
     """TRL `use_bias_correction_kl`: multiply the per-token KL in the loss by the importance ratio of the loss's level,
     pi / pi_old per token, or the response's GSPO ratio s at `importance_sampling_level = "sequence"`, as TRL does.
@@ -566,6 +571,26 @@ def ignored_fields(cfg: RunConfig) -> dict[str, str]:
             if unused and getattr(cfg, name) != defaults[name]:
                 out[name] = why
     return out
+
+
+PEER_DIFFERENCES: dict[str, str] = {
+    "use_kl_in_reward": "with deltas_mode critic, remax or reinforce_plus_plus the response's whole KL is in its "
+    "return; verl's per-token return holds only the KL of that token and the later ones",
+    "filter_zero_std_groups": "a zero-std prompt is drawn again, up to max_num_gen_batches groups, then left out, and "
+    "the epoch trains on the prompts kept; verl's DAPO trainer fills its batch with new prompts and raises after "
+    "max_num_gen_batches",
+}
+"""What sortrl computes otherwise than the peer code an option is named after (verl 0.9.1), one line each."""
+
+
+def peer_differences(cfg: RunConfig) -> dict[str, str]:
+    """The fields whose value makes `cfg` compute otherwise than the peer code of the same name: {field: what differs},
+    for a warning once per `train` call or grid file (docs/variants.md says the same)."""
+    applies = {
+        "use_kl_in_reward": cfg.use_kl_in_reward and cfg.kl_penalty != 0 and cfg.deltas_mode in REWARD_TO_GO_MODES,
+        "filter_zero_std_groups": cfg.filter_zero_std_groups and not LOSS_MODES[cfg.loss_mode].supervised,
+    }
+    return {name: PEER_DIFFERENCES[name] for name, yes in applies.items() if yes}
 
 
 def load_plugins(modules: tuple[str, ...] | list[str]) -> None:

@@ -227,7 +227,8 @@ def kl_k3(log_probs: Tensor, ref_log_probs: Tensor) -> Tensor:
     Computed as expm1(d) - d, which is never negative in floating point
     (exp(d) - d - 1 rounds to small negatives near d = 0); zero iff the two
     log-probs agree. Clamped as verl 0.9.1 does: d to [-20, 20], k3 to at most
-    10 (no gradient beyond); TRL does not clamp, and the two agree inside.
+    10 (no gradient beyond); TRL 1.16 does not clamp, so the two differ exactly
+    where k3 > 10, i.e. d > 2.61 or d < -11.
     The lecture's `compute_kl_penalty` estimator.
     """
     diff = (ref_log_probs - log_probs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)

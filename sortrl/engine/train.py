@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from sortrl.engine import metrics
-from sortrl.engine.config import FIELD_NAMES, RunConfig, load_plugins, physical_memory
+from sortrl.engine.config import FIELD_NAMES, RunConfig, load_plugins, peer_differences, physical_memory
 from sortrl.engine.deltas import DELTA_MODES, extras
 from sortrl.engine.losses import (
     CRITIC_LOSS_AGG_MODES,
@@ -176,6 +176,8 @@ def train(
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers: must be >= 1, got {workers}")
+    for note in sorted({f"{k}: {v}" for cfg in configs for k, v in peer_differences(cfg).items()}):
+        warnings.warn(f"{note} (docs/variants.md)", PeerDifferenceWarning, stacklevel=2)
     seen: set[str] = set()
     for cfg in configs:
         if cfg.run_id in seen:
@@ -485,6 +487,10 @@ def _setup_epoch(state: _Batch, epoch: int, logits: Tensor) -> _Epoch:
         # only runs that re-sample report it (as alone; a batch-mate's re-sampling says nothing of this run)
         found["num_gen_batches"] = rounds.float().where(n["max_gen_batches"] > 1, math.nan)
     return _Epoch(prompts, policy, entropy, kl, value_loss, found)
+
+
+class PeerDifferenceWarning(UserWarning):
+    """A config computes otherwise than the peer code its option is named after (`peer_differences`)."""
 
 
 class EmptyEpochWarning(UserWarning):
