@@ -98,13 +98,13 @@ def test_recipes_say_whose_units_beta_is_in():
 
 
 # --- the critic's value loss (verl 0.9.1 compute_value_loss, agg_loss) --------------------------------------------
-def _value_case(clip: float, weights=None) -> tuple[float, float]:
+def _value_case(clip: float | None, weights=None) -> tuple[float, float]:
     """One prompt, V = 1 now and V_old = 0 at sampling, returns 2 and -1: (loss, d loss / d V)."""
     v = torch.tensor([[[1.0]]], requires_grad=True)
     target = ValueLoss(
         torch.tensor([[[2.0, -1.0]]]),
         torch.zeros(1, 1, 1),
-        torch.tensor([clip]),
+        None if clip is None else torch.tensor([clip]),
         None if weights is None else torch.tensor([[weights]]),
         torch.tensor([weights is None]),
     )
@@ -115,7 +115,7 @@ def _value_case(clip: float, weights=None) -> tuple[float, float]:
 
 def test_value_loss_by_hand():
     # unclipped mean: 0.5 * ((1-2)^2 + (1+1)^2) / 2 = 1.25; dV = 0.5 * (2(V-2) + 2(V+1)) / 2 = 0.5
-    assert _value_case(math.inf) == pytest.approx((1.25, 0.5))
+    assert _value_case(None) == _value_case(math.inf) == pytest.approx((1.25, 0.5))  # c off: no run, or this run
     # c = 0.5: clip(V) = 0.5, clipped losses (0.5-2)^2 = 2.25 and (0.5+1)^2 = 2.25; max with 1 and 4 -> 2.25 and 4:
     # 0.5 * 3.125 = 1.5625; the first response's max is the clipped branch, flat in V: dV = 0.5 * 2(V+1) / 2 = 1
     assert _value_case(0.5) == pytest.approx((1.5625, 1.0))

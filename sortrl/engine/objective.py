@@ -221,7 +221,7 @@ class ValueLoss(NamedTuple):
 
     returns: Float[Tensor, "run batch trial"]  # R, what the deltas were computed from
     old_values: Float[Tensor, "run batch 1"]  # V_old: the value head when the responses were sampled
-    clip: Float[Tensor, " run"]  # `cliprange_value` c; inf where off
+    clip: Float[Tensor, " run"] | None  # `cliprange_value` c, inf where off; None: no run of the batch clips
     weights: Float[Tensor, "run batch trial"] | None  # sum over pos of omega_v; None: every run `response-mean`
     response_mean: Tensor  # [run] bool: runs whose loss is the plain mean over responses (`response-mean`)
 
@@ -233,11 +233,10 @@ class ValueLoss(NamedTuple):
         that have a run using them, and chosen per run, so a run's numbers never depend on its batch-mates.
         """
         sq = (v - self.returns) ** 2
-        clipped = torch.isfinite(self.clip)
-        if bool(clipped.any()):
+        if self.clip is not None:
             c = self.clip[:, None, None]
             near = torch.clamp(v, self.old_values - c, self.old_values + c)  # verl `clip_by_value`
-            sq = torch.where(clipped[:, None, None], torch.maximum(sq, (near - self.returns) ** 2), sq)
+            sq = torch.where(torch.isfinite(c), torch.maximum(sq, (near - self.returns) ** 2), sq)
         loss = 0.5 * sq.mean(dim=(1, 2))
         if self.weights is not None:
             loss = torch.where(self.response_mean, loss, 0.5 * (self.weights * sq).sum(dim=(1, 2)))

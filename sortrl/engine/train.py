@@ -156,7 +156,7 @@ def train(
     | `clip_ratio`, `clip_ratio/low_mean`, `clip_ratio/high_mean` | share of loss tokens clipped (both / below 1 - eps with A < 0 / above 1 + eps_high with A > 0), step mean; NaN unless the loss clips |
     | `importance_ratio` | mean importance ratio over loss tokens, step mean; NaN for losses without a ratio |
     | `num_gen_batches` | groups drawn per prompt at most (DAPO re-sampling: runs with `max_num_gen_batches > 1`) |
-    | `critic/vf_loss` | the value head's loss 0.5 (V - r)^2, step mean (`critic` runs) |
+    | `critic/vf_loss` | the value head's loss 0.5 (V - r)^2, clipped and aggregated as `cliprange_value` and `critic_loss_agg_mode` say, step mean (`critic` runs) |
 
     A run whose loss or parameters become non-finite (e.g. `learning_rate=100` with a KL penalty)
     is removed from its batch at the next epoch boundary (the other runs go on
@@ -469,7 +469,8 @@ def _setup_epoch(state: _Batch, epoch: int, logits: Tensor) -> _Epoch:
                 names, CRITIC_LOSS_AGG_MODES, {"mask": mask}, kind="loss_agg_mode", max_len=c0.response_length
             )
             weights = omega_v.sum(dim=-1)
-        value_loss = ValueLoss(rewards, available["values"], n["cliprange_value"], weights, n["critic_response_mean"])
+        clip = n["cliprange_value"] if bool(torch.isfinite(n["cliprange_value"]).any()) else None
+        value_loss = ValueLoss(rewards, available["values"], clip, weights, n["critic_response_mean"])
 
     mode = LOSS_MODES[c0.loss_mode]
     targets = sft_targets(prompts, len(state.runs), c0.num_tokens) if mode.supervised else None
