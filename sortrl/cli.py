@@ -365,6 +365,8 @@ def sweep(
     for path, grid in zip(grid_files, grids):  # once per grid file, not once per run
         for field_name, why in grid.ignored_fields().items():
             warnings.warn(f"{path}: {field_name}: has no effect here ({why})", stacklevel=1)
+        for field_name, what in grid.peer_differences().items():
+            warnings.warn(f"{path}: {field_name}: {what} (docs/variants.md)", stacklevel=1)
     if dry_run:
         for grid in grids:
             _dry_run(grid, results)
@@ -699,7 +701,12 @@ def recipes() -> None:
     for name, recipe in RECIPES.items():
         fields = ", ".join(f"{k}={v}" for k, v in recipe.fields.items())
         table.add_row(name, fields, make_config(recipe=name).kl_description, recipe.source)
-    Console().print(table)  # the terminal's width (80 columns when not a terminal): rich wraps the cells
+    out = Console()
+    out.print(table)  # the terminal's width (80 columns when not a terminal): rich wraps the cells
+    out.print("\nWhere a recipe differs from the peers' trainers (TRL 1.16.0, verl 0.9.1):")
+    for name, recipe in RECIPES.items():
+        if recipe.peers:
+            out.print(f"- {name}: {recipe.peers}", highlight=False)
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ The contract of each kind (shapes use the axes `run batch trial pos vocab`):
 | `loss_mode` | `fn(log_probs, old_log_probs, advantages, clip: ClipRange) -> per-token loss` | flags below |
 | `reward` | `fn(prompts [batch pos] or [run batch pos], responses [run batch trial pos], content) -> [run batch trial]` | see `sortrl.engine.task` |
 | `kl_estimator` | `fn(log_probs, ref_log_probs) -> per-token KL estimate (same shape)` | must be >= 0 to be a divergence |
-| `loss_agg_mode` | `fn(mask [run batch trial pos], max_len) -> per-token weights omega (same shape)` | also a `kl_loss_agg_mode` |
+| `loss_agg_mode` | `fn(mask [run batch trial pos], max_len) -> per-token weights omega (same shape)` | also a `kl_loss_agg_mode` and a `critic_loss_agg_mode` |
 
 A loss mode declares `linear` (linear in the advantage A), `uses_ratio`
 (needs the old policy's log-probs), `clips` (log clip fractions) and, by
@@ -42,7 +42,14 @@ from collections.abc import Callable
 from typing import Any
 
 from sortrl.engine.deltas import DELTA_MODES, extras
-from sortrl.engine.losses import KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES, LossMode
+from sortrl.engine.losses import (
+    CRITIC_LOSS_AGG_MODES,
+    KL_ESTIMATORS,
+    KL_LOSS_AGG_MODES,
+    LOSS_AGG_MODES,
+    LOSS_MODES,
+    LossMode,
+)
 from sortrl.engine.registry import PLUGGED
 from sortrl.engine.task import REWARDS
 
@@ -54,7 +61,7 @@ _REGISTRIES: dict[str, list[dict[str, Any]]] = {
     "loss_mode": [LOSS_MODES],
     "reward": [REWARDS],
     "kl_estimator": [KL_ESTIMATORS],
-    "loss_agg_mode": [LOSS_AGG_MODES, KL_LOSS_AGG_MODES],
+    "loss_agg_mode": [LOSS_AGG_MODES, KL_LOSS_AGG_MODES, CRITIC_LOSS_AGG_MODES],
 }
 BUILT_IN: dict[str, frozenset[str]] = {kind: frozenset().union(*r) for kind, r in _REGISTRIES.items()}
 """sortrl's own variants, by kind: a plug-in cannot replace one, whatever its function's `__module__` says."""

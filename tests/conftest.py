@@ -36,13 +36,14 @@ def engine_spy(monkeypatch):
     Returns a namespace with `steps` (one `(params_before, grads)` pair of
     `{"embedding","encode","decode"}` dicts per inner step), `responses` (each
     `sample` result, [run batch trial pos], replaced by the re-sampled responses
-    when DAPO re-sampling ran) and `optimizers` (the policy's Adam objects).
+    when DAPO re-sampling ran), `optimizers` (the policy's Adam objects) and
+    `critic_steps` (the value head's `(params_before, grads)`, `{"weight","bias"}`, per inner step).
     """
     import importlib
     from types import SimpleNamespace
 
     engine = importlib.import_module("sortrl.engine.train")  # the module (`sortrl.train` is the function)
-    log = SimpleNamespace(steps=[], responses=[], optimizers=[])
+    log = SimpleNamespace(steps=[], responses=[], optimizers=[], critic_steps=[])
     names = ("embedding", "encode", "decode")
 
     class SpyAdam(engine.Adam):
@@ -54,6 +55,9 @@ def engine_spy(monkeypatch):
 
         def step(self, grads):
             if not self.policy:
+                head = ("weight", "bias")
+                before = {n: p.detach().clone() for n, p in zip(head, self.params)}
+                log.critic_steps.append((before, {n: g.detach().clone() for n, g in zip(head, grads)}))
                 return super().step(grads)
             before = {n: p.detach().clone() for n, p in zip(names, self.params)}
             log.steps.append((before, {n: g.detach().clone() for n, g in zip(names, grads)}))

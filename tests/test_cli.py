@@ -268,6 +268,8 @@ OUT_OF_RANGE = {  # a bad value of every field that has a range or a registry
     "entropy_coeff": "-0.1",
     "kl_loss_agg_mode": '"sum"',
     "critic_learning_rate": "0.0",
+    "critic_loss_agg_mode": '"mean"',
+    "cliprange_value": "0.0",
     "overlong_buffer_len": "-1",
     "overlong_penalty_factor": "-1.0",
     "max_num_gen_batches": "0",

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from sortrl.engine.config import FIELD_NAMES, RunConfig
+from sortrl.engine.config import ADDED_FIELDS, FIELD_NAMES, RunConfig, run_id_of
 from sortrl.engine.deltas import DELTA_MODES
 from sortrl.engine.losses import IMPORTANCE_SAMPLING_LEVELS, KL_ESTIMATORS, LOSS_AGG_MODES, LOSS_MODES
 from sortrl.engine.registry import ConfigError
@@ -60,6 +60,8 @@ ALTERNATIVES = {
     "overlong_penalty_factor": 0.5,
     "max_num_gen_batches": 3,
     "plugins": ("json",),
+    "critic_loss_agg_mode": "actor",
+    "cliprange_value": 0.5,
 }
 
 
@@ -115,6 +117,23 @@ def test_run_id_hard_coded_regression_guard():
         "the default config's run_id changed (a field was added/renamed or the hash changed): stored runs "
         "keyed by the old id will no longer be found; update DEFAULT_RUN_ID only if that is intended"
     )
+
+
+CRITIC_G1_RUN_ID = "44cac4bc1e103618"
+"""run_id of the claims-critic grid's `critic G=1` configuration, seed 0, computed before `critic_loss_agg_mode` and
+`cliprange_value` were added (issue 22)."""
+
+
+def test_fields_added_later_leave_stored_run_ids_alone():
+    # at the value that keeps the old behaviour, a field added later is not hashed: every stored id stays
+    cfg = RunConfig(deltas_mode="critic", num_responses=1, num_epochs=1000)
+    assert cfg.run_id == CRITIC_G1_RUN_ID
+    assert {name: getattr(RunConfig(), name) for name in ADDED_FIELDS} == ADDED_FIELDS
+    # at any other value it is hashed like every field
+    for name, value in {"critic_loss_agg_mode": "actor", "cliprange_value": 0.5}.items():
+        changed = dataclasses.replace(cfg, **{name: value})
+        assert changed.run_id != cfg.run_id
+        assert changed.run_id == run_id_of(changed.to_dict()) != run_id_of(cfg.to_dict())
 
 
 def test_alternatives_cover_every_field():

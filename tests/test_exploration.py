@@ -281,6 +281,7 @@ FEATURE_MATES = [
     dict(temperature=1.5),
     dict(entropy_coeff=0.1),
     dict(deltas_mode="critic"),
+    dict(deltas_mode="critic", critic_loss_agg_mode="actor", cliprange_value=0.01, critic_learning_rate=0.1),
     dict(deltas_mode="remax"),
     dict(deltas_mode="optimal_baseline"),
     dict(deltas_mode="reinforce_plus_plus"),

@@ -83,8 +83,11 @@ def direct_loss(cfg: RunConfig, params, old_params, ref_params, responses):
         kl_omega = KL_LOSS_AGG_MODES[cfg.kl_loss_agg_mode or cfg.loss_agg_mode](mask, cfg.response_length)
         # in the reward, the KL is the sampling policy's (the `kl` column then reports that); in the loss, the current
         per_token = KL_ESTIMATORS[cfg.kl_estimator](old if cfg.use_kl_in_reward else lp, ref)
-        if cfg.use_bias_correction_kl:  # TRL: per_token_kl * coef_1
-            per_token = per_token * torch.exp(lp - old)
+        if cfg.use_bias_correction_kl:  # TRL: per_token_kl * coef_1, the ratio of the loss's level
+            log_ratio = lp - old
+            if cfg.importance_sampling_level == "sequence":  # the response's s, broadcast to its tokens
+                log_ratio = ((log_ratio * action).sum(-1) / action.sum(-1).clamp(min=1))[..., None]
+            per_token = per_token * torch.exp(log_ratio)
         kl = (kl_omega * per_token).sum()
         if not cfg.use_kl_in_reward:
             loss = loss + cfg.kl_penalty * kl
@@ -201,6 +204,16 @@ FAST = dict(num_epochs=2, num_steps_per_epoch=3, learning_rate=0.05, seed=2)
         dict(
             kl_penalty=0.3, use_bias_correction_kl=True, loss_mode="clipped", compute_ref_model_period=0, num_epochs=3
         ),
+        dict(
+            kl_penalty=0.3,
+            use_bias_correction_kl=True,
+            loss_mode="clipped",
+            importance_sampling_level="sequence",
+            epsilon=0.05,
+            eos=True,
+            compute_ref_model_period=0,
+            num_epochs=3,
+        ),  # fmt: skip
         dict(loss_mode="sft"),
         dict(loss_mode="sft", entropy_coeff=0.1),
         dict(deltas_mode="remax", loss_mode="clipped", eos=True),
@@ -234,6 +247,7 @@ FAST = dict(num_epochs=2, num_steps_per_epoch=3, learning_rate=0.05, seed=2)
         "kl-follows-sumnorm-filtered",
         "kl-in-reward",
         "kl-bias-correction",
+        "kl-bias-correction-sequence",
         "sft",
         "sft-entropy",
         "remax",

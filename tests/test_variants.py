@@ -266,6 +266,8 @@ EXPECTED_RECIPES = {
     "gspo": dict(loss_mode="clipped", importance_sampling_level="sequence", epsilon=3e-4, epsilon_high=4e-4,
                  loss_agg_mode="seq-mean-token-mean"),
     "rloo": dict(deltas_mode="rloo", loss_mode="clipped"),
+    "trl": dict(deltas_mode="normalized_rewards", loss_mode="clipped", epsilon=0.2, epsilon_high=None,
+                loss_agg_mode="token-mean", kl_penalty=0.0, use_bias_correction_kl=True, compute_ref_model_period=0),
 }  # fmt: skip
 
 

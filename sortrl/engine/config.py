@@ -23,8 +23,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from sortrl.engine.deltas import DELTA_MODES, extras
+from sortrl.engine.deltas import DELTA_MODES, REWARD_TO_GO_MODES, extras
 from sortrl.engine.losses import (
+    CRITIC_LOSS_AGG_MODES,
     IMPORTANCE_SAMPLING_LEVELS,
     KL_ESTIMATORS,
     KL_LOSS_AGG_MODES,
@@ -104,9 +105,20 @@ class RunConfig:
     max_num_gen_batches: int = 1
     """DAPO dynamic sampling (verl `filter_groups.max_num_gen_batches`), with `filter_zero_std_groups`: a prompt whose
     responses all got one reward is sampled again (a new group, from the run's generator), up to this many groups
-    in all, until one has a reward spread; 1 only drops such prompts. No effect without `filter_zero_std_groups`."""
+    in all, until one has a reward spread; 1 only drops such prompts. No effect without `filter_zero_std_groups`.
+    verl's DAPO trainer instead fills its batch with groups of new prompts and raises after this many generation
+    batches; here the epoch trains on the prompts kept (warned; an epoch that keeps none is warned per run)."""
     critic_learning_rate: float = 1e-2
     """Adam learning rate of the value head of the `critic` delta mode (PPO's critic; verl `critic.optim.lr`)."""
+    critic_loss_agg_mode: str = "response-mean"
+    """How the `critic`'s value loss is aggregated: `response-mean` (sortrl's form) averages it over every response
+    of the epoch, prompts the zero-std filter dropped included; `actor` aggregates the per-token loss over the loss
+    tokens with `loss_agg_mode`, as verl's critic does by default; a `loss_agg_mode` value, that way (verl
+    `critic.loss_agg_mode`)."""
+    cliprange_value: float | None = None
+    """Value clipping of the `critic` (verl `critic.cliprange_value`, whose default is 0.5): loss 0.5 max((V - R)^2,
+    (clip(V, V_old - c, V_old + c) - R)^2), V_old the value when the epoch's responses were sampled (verl
+    `compute_value_loss`). None: unclipped, sortrl's form."""
 
     # --- policy loss ----------------------------------------------------
     loss_mode: str = "naive"
@@ -123,7 +135,8 @@ class RunConfig:
     """How per-token losses are averaged (verl names); `token-mean` at fixed length is the lecture's mean."""
     entropy_coeff: float = 0.0
     """Entropy bonus (verl `actor.entropy_coeff`): loss = policy loss - entropy_coeff * entropy, the per-token entropy
-    of the (tempered) policy aggregated with `loss_agg_mode` over the loss tokens, as verl does; 0 turns it off."""
+    of the (tempered) policy aggregated with `loss_agg_mode` over the loss tokens, as verl does; 0 turns it off.
+    TRL's `entropy_coef` always takes the token mean (the same at `token-mean`)."""
 
     # --- KL penalty -----------------------------------------------------
     kl_penalty: float = 0.0
@@ -136,9 +149,13 @@ class RunConfig:
     (L times the token mean at length L)."""
     use_kl_in_reward: bool = False
     """verl `algorithm.use_kl_in_reward`: subtract beta * (the response's summed per-token KL at sampling time) from its
-    reward before deltas, instead of adding the KL to the loss."""
+    reward before deltas, instead of adding the KL to the loss. The estimator is `kl_estimator` and beta `kl_penalty`
+    (verl's own defaults there are k1, `algorithm.kl_penalty: kl`, and 0.001). With `critic`, `remax` or
+    `reinforce_plus_plus` verl's return at token t holds only the KL of tokens >= t (warned; docs/variants.md)."""
     use_bias_correction_kl: bool = False
-    """TRL `use_bias_correction_kl`: multiply the per-token KL by the importance ratio pi / pi_old."""
+    """TRL `use_bias_correction_kl`: multiply the per-token KL in the loss by the importance ratio of the loss's level,
+    pi / pi_old per token, or the response's GSPO ratio s at `importance_sampling_level = "sequence"`, as TRL does.
+    TRL 1.16's default is True; False is verl's form and DeepSeekMath's (the `grpo` recipe's)."""
     compute_ref_model_period: int = 10
     """Epochs between reference-policy refreshes; 0 keeps the initial policy as the reference."""
 
@@ -209,22 +226,31 @@ class RunConfig:
 
     @property
     def kl_description(self) -> str:
-        """What the KL coefficient means for this config, in words (`sortrl recipes` shows it per recipe)."""
+        """What the KL coefficient means for this config, in words, and in whose units (`sortrl recipes` shows it)."""
         if not self.kl_penalty:
             return "no KL"
-        agg = self.kl_loss_agg_mode or self.loss_agg_mode
-        unit = (
-            "summed over positions (the lecture's: L times the TRL/verl token mean at length L)"
-            if agg == "lecture"
-            else f"aggregated like the loss ({agg}), so beta means what it means in TRL/verl"
-        )
         ref = (
             "the initial policy"
             if self.compute_ref_model_period == 0
             else (f"the policy of every {self.compute_ref_model_period}th epoch")
         )
-        where = "subtracted from the reward" if self.use_kl_in_reward else "added to the loss"
-        return f"beta {self.kl_penalty:g} x {self.kl_estimator} KL to {ref}, {where}, {unit}"
+        head = f"beta {self.kl_penalty:g} x {self.kl_estimator} KL to {ref}"
+        if self.use_kl_in_reward:
+            return (
+                f"{head}, summed over the response's tokens and subtracted from its reward (verl use_kl_in_reward, "
+                "whose own default is k1 with beta 0.001)"
+            )
+        agg = self.kl_loss_agg_mode or self.loss_agg_mode
+        if agg == "lecture":
+            return f"{head}, added to the loss summed over positions (the lecture's: L times the TRL/verl token mean)"
+        peer = (
+            "times pi/pi_old, so beta means what it means in TRL (use_bias_correction_kl=True, its default); verl has "
+            "no such factor"
+            if self.use_bias_correction_kl
+            else "so beta means what it means in verl, and in TRL with use_bias_correction_kl=False (TRL's default, "
+            "True, multiplies the KL by pi/pi_old)"
+        )
+        return f"{head}, added to the loss aggregated like it ({agg}), {peer}"
 
     @functools.cached_property
     def run_id(self) -> str:
@@ -244,11 +270,19 @@ class RunConfig:
         return cls(**data)
 
 
+ADDED_FIELDS: dict[str, Any] = {"critic_loss_agg_mode": "response-mean", "cliprange_value": None}
+"""Fields added after results were stored, each with the value that keeps the behaviour from before it. At that value
+a field is left out of the run id, so every stored run keeps its id; at any other value it is hashed like the rest.
+A new field goes here with its default (which must keep the old behaviour); this value never changes."""
+
+
 def run_id_of(fields: dict[str, Any]) -> str:
     """The `RunConfig.run_id` of the config whose `to_dict()` is `fields` (so a grid hashes seeds without configs).
 
     With plug-ins, the hash covers their modules' source too (`plugin_digest`); without, it is the fields' alone.
+    A field of `ADDED_FIELDS` at its listed value is left out.
     """
+    fields = {k: v for k, v in fields.items() if k not in ADDED_FIELDS or v != ADDED_FIELDS[k]}
     if fields.get("plugins"):
         fields = {**fields, "plugin_sources": plugin_digest(tuple(fields["plugins"]))}
     blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
@@ -280,6 +314,7 @@ CHOICES: dict[str, dict[str, Any]] = {
     "loss_agg_mode": LOSS_AGG_MODES,
     "kl_estimator": KL_ESTIMATORS,
     "kl_loss_agg_mode": KL_LOSS_AGG_MODES,
+    "critic_loss_agg_mode": CRITIC_LOSS_AGG_MODES,
     "importance_sampling_level": IMPORTANCE_SAMPLING_LEVELS,
 }
 """Fields whose value is a key of a registry, and that registry."""
@@ -446,6 +481,8 @@ def validate(cfg: RunConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"{name}: must be a finite number >= 0, got {value}")
+    if cfg.cliprange_value is not None and not (math.isfinite(cfg.cliprange_value) and cfg.cliprange_value > 0):
+        raise ConfigError(f"cliprange_value: must be a finite number > 0 (or unset), got {cfg.cliprange_value}")
     if cfg.clip_ratio_c is not None and not (math.isfinite(cfg.clip_ratio_c) and cfg.clip_ratio_c > 1):
         raise ConfigError(f"clip_ratio_c: must be a finite number > 1 (or unset), got {cfg.clip_ratio_c}")
     for name in ("temperature", "critic_learning_rate"):
@@ -520,7 +557,11 @@ def ignored_fields(cfg: RunConfig) -> dict[str, str]:
             "kl_penalty is 0",
         ),
         (("max_num_gen_batches",), not cfg.filter_zero_std_groups, "filter_zero_std_groups is off"),
-        (("critic_learning_rate",), "values" not in extras(DELTA_MODES[cfg.deltas_mode]), "no critic is trained"),
+        (
+            ("critic_learning_rate", "critic_loss_agg_mode", "cliprange_value"),
+            "values" not in extras(DELTA_MODES[cfg.deltas_mode]),
+            "no critic is trained",
+        ),
         (("overlong_penalty_factor",), cfg.overlong_buffer_len == 0, "overlong_buffer_len is 0"),
         (("deltas_mode", "filter_zero_std_groups"), LOSS_MODES[cfg.loss_mode].supervised, "sft ignores rewards"),
     ]
@@ -530,6 +571,26 @@ def ignored_fields(cfg: RunConfig) -> dict[str, str]:
             if unused and getattr(cfg, name) != defaults[name]:
                 out[name] = why
     return out
+
+
+PEER_DIFFERENCES: dict[str, str] = {
+    "use_kl_in_reward": "with deltas_mode critic, remax or reinforce_plus_plus the response's whole KL is in its "
+    "return; verl's per-token return holds only the KL of that token and the later ones",
+    "filter_zero_std_groups": "a zero-std prompt is drawn again, up to max_num_gen_batches groups, then left out, and "
+    "the epoch trains on the prompts kept; verl's DAPO trainer fills its batch with new prompts and raises after "
+    "max_num_gen_batches",
+}
+"""What sortrl computes otherwise than the peer code an option is named after (verl 0.9.1), one line each."""
+
+
+def peer_differences(cfg: RunConfig) -> dict[str, str]:
+    """The fields whose value makes `cfg` compute otherwise than the peer code of the same name: {field: what differs},
+    for a warning once per `train` call or grid file (docs/variants.md says the same)."""
+    applies = {
+        "use_kl_in_reward": cfg.use_kl_in_reward and cfg.kl_penalty != 0 and cfg.deltas_mode in REWARD_TO_GO_MODES,
+        "filter_zero_std_groups": cfg.filter_zero_std_groups and not LOSS_MODES[cfg.loss_mode].supervised,
+    }
+    return {name: PEER_DIFFERENCES[name] for name, yes in applies.items() if yes}
 
 
 def load_plugins(modules: tuple[str, ...] | list[str]) -> None:

@@ -83,12 +83,16 @@ def critic(
 
     V is a linear value head on the policy's prompt encoding (its input
     detached, so the critic never moves the policy), zero at the start and
-    trained by Adam (`critic_learning_rate`) on 0.5 * (V - r)^2 averaged over
-    the epoch's responses, one step per inner step (`sortrl.engine.model.value`).
+    trained by Adam (`critic_learning_rate`) on 0.5 * (V - r)^2, one step per
+    inner step (`sortrl.engine.model.value`): averaged over the epoch's
+    responses by default, or as verl 0.9.1's critic does it
+    (`critic_loss_agg_mode`, `cliprange_value`; `sortrl.engine.objective.ValueLoss`).
     verl's `gae` with gamma = lambda = 1 gives A_t = r - V(s_t) for one
     sequence-level reward, which for this non-autoregressive policy (one state
     per prompt) is this delta; verl then also whitens the advantages over the
-    batch, which this mode does not. Works with `num_responses = 1`.
+    batch, which this mode does not, and with `use_kl_in_reward` its return at
+    token t holds only the KL of tokens >= t, where r here holds the
+    response's whole KL (`REWARD_TO_GO_MODES`). Works with `num_responses = 1`.
     """
     return r - values
 
@@ -124,7 +128,10 @@ def remax(
 
     The greedy response takes the argmax token at every position (it ends at
     its first EOS, as a sampled one does) and is scored by the run's reward,
-    length penalty and overlong penalty (not by a KL-in-reward penalty).
+    length penalty and overlong penalty (not by a KL-in-reward penalty). With
+    `use_kl_in_reward`, verl's `compute_remax_outcome_advantage` gives token t
+    the return of tokens >= t (the KL of earlier tokens left out); here the
+    response's whole KL is in r (`REWARD_TO_GO_MODES`).
     """
     return r - greedy_rewards
 
@@ -167,6 +174,12 @@ DELTA_MODES: dict[str, DeltaFn] = {
     "remax": remax,
     "reinforce_plus_plus": reinforce_plus_plus,
 }
+
+REWARD_TO_GO_MODES = frozenset({"critic", "remax", "reinforce_plus_plus"})
+"""Modes whose verl 0.9.1 estimator (`gae`, `remax`, `reinforce_plus_plus`) gives each token the return of that token
+and the later ones. With `use_kl_in_reward` verl's return at token t holds only the KL of tokens >= t; here a delta is
+one number per response, whose return holds the response's whole KL (the return at its first token). verl's
+outcome estimators (`grpo`, `rloo`) sum the token rewards, whole KL included, as sortrl does."""
 
 EXTRAS: dict[str, str] = {
     "values": "[run batch 1] the critic's V(prompt) when the responses were sampled (`critic`)",

@@ -180,6 +180,27 @@ KL_LOSS_AGG_MODES: dict[str, AggFn] = {**LOSS_AGG_MODES, "lecture": lecture_kl_a
 """How the KL term is aggregated (`kl_loss_agg_mode`): a loss aggregation mode, or the lecture's."""
 
 
+def response_mean(mask: Tensor, max_len: int) -> Tensor:
+    """omega = 1 / (#responses x L) everywhere: the mean over every sampled response of the epoch (sortrl's critic).
+
+    The `critic`'s value loss as sortrl computed it before issue 22: every response of the epoch counts once,
+    whatever its length and whether the zero-std filter dropped its prompt (the mask is not read). verl's critic
+    aggregates over the loss tokens instead (`actor`).
+    """
+    _, batch, trial, pos = mask.shape
+    return torch.full_like(mask, 1 / (batch * trial * pos))
+
+
+CRITIC_LOSS_AGG_MODES: dict[str, AggFn | str] = {
+    "response-mean": response_mean,
+    "actor": "the run's `loss_agg_mode` over the loss tokens, as verl 0.9.1's critic by default "
+    "(`critic.loss_agg_mode: ${actor.loss_agg_mode}`); filtered prompts leave it",
+    **LOSS_AGG_MODES,
+}
+"""How the critic's per-token value loss is aggregated (`critic_loss_agg_mode`): sortrl's response mean, the actor's
+mode, or a loss aggregation mode (verl `critic.loss_agg_mode`, over the loss tokens)."""
+
+
 # --- KL estimators (Schulman 2020, "Approximating KL divergence") ---------
 KlFn = Callable[[Float[Tensor, "..."], Float[Tensor, "..."]], Float[Tensor, "..."]]
 
@@ -206,7 +227,8 @@ def kl_k3(log_probs: Tensor, ref_log_probs: Tensor) -> Tensor:
     Computed as expm1(d) - d, which is never negative in floating point
     (exp(d) - d - 1 rounds to small negatives near d = 0); zero iff the two
     log-probs agree. Clamped as verl 0.9.1 does: d to [-20, 20], k3 to at most
-    10 (no gradient beyond); TRL does not clamp, and the two agree inside.
+    10 (no gradient beyond); TRL 1.16 does not clamp, so the two differ exactly
+    where k3 > 10, i.e. d > 2.61 or d < -11.
     The lecture's `compute_kl_penalty` estimator.
     """
     diff = (ref_log_probs - log_probs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)

@@ -40,6 +40,18 @@ def fold(values: Float[Tensor, "run batch trial pos"], onehot: Tensor) -> Float[
     return (onehot * values[..., None]).sum(dim=2)
 
 
+def sequence_log_ratio(
+    tokens: Float[Tensor, "run batch trial pos"],
+    old_tokens: Float[Tensor, "run batch trial pos"],
+    action: Tensor,
+    n_actions: Tensor,
+) -> Float[Tensor, "run batch trial"]:
+    """log s = sum_t (log pi(y_t) - log pi_old(y_t)) / n over a response's n action tokens (GSPO; TRL 1.16
+    `importance_sampling_level="sequence"`, whose `log_importance_weights` this is). `action` [run batch trial pos]
+    marks the action tokens, `n_actions` [run batch trial] counts them (at least 1)."""
+    return ((tokens - old_tokens) * action).sum(dim=-1) / n_actions
+
+
 def sft_targets(prompts: Tensor, runs: int, num_tokens: int) -> Float[Tensor, "run batch pos vocab"]:
     """Weights of the sorted answers for the `sft` loss: one-hot of sorted(prompt) / the run's number of target tokens."""
     target = sorted_prompts(with_run_axis(prompts))  # [1|run batch pos]
@@ -101,7 +113,7 @@ class Policy:
             ratio = torch.exp(tokens.detach() - self.old_tokens) if self.counts else None
             return (self.omega * per_token).sum(dim=(1, 2, 3)), ratio
         # GSPO: s = exp(mean_t log rho_t), one clipped ratio per response
-        log_ratio = ((tokens - self.old_tokens) * self.roll.action).sum(dim=-1) / self.n_actions
+        log_ratio = sequence_log_ratio(tokens, self.old_tokens, self.roll.action, self.n_actions)
         zeros = torch.zeros_like(log_ratio)
         if self.mode.foldable:
             loss = fn(log_ratio, zeros, self.seq_weights, clip)
@@ -151,6 +163,17 @@ class Entropy(NamedTuple):
         return (self.weights * entropy).sum(dim=(1, 2))
 
 
+class SequenceTokens(NamedTuple):
+    """The sampled tokens of the KL runs that weigh their KL by GSPO's sequence ratio (TRL's bias correction at
+    `importance_sampling_level="sequence"`); j = those runs."""
+
+    index: Tensor  # [j] their positions among the `Kl`'s runs
+    responses: Tensor  # [j batch trial pos] token ids
+    action: Tensor  # [j batch trial pos] their action tokens
+    n_actions: Tensor  # [j batch trial] how many (at least 1)
+    weights: Float[Tensor, "j batch trial pos"]  # the KL's aggregation weights omega_kl, not folded
+
+
 class Kl(NamedTuple):
     """The KL penalty of the runs that have one in the loss: beta * sum over loss tokens of omega_kl * k(logp, ref)."""
 
@@ -161,12 +184,60 @@ class Kl(NamedTuple):
     coeff: Float[Tensor, " k"]
     bias_correction: Tensor  # [k] bool: TRL `use_bias_correction_kl`
     estimator: KlFn
+    sequence: SequenceTokens | None = None  # sequence-level runs with bias correction (None: token level, or none)
 
     def value(self, log_probs: Tensor) -> Tensor:
-        """The aggregated KL estimate [k] (TRL/verl: per-token KL aggregated like the policy loss)."""
+        """The aggregated KL estimate [k] (TRL/verl: per-token KL aggregated like the policy loss).
+
+        With `use_bias_correction_kl` (TRL 1.16 `GRPOTrainer._compute_loss`: `per_token_kl * coef_1`, coef_1 =
+        exp(log_importance_weights)), each token's KL is multiplied by the importance ratio of the loss's level:
+        rho_t = pi(y_t) / pi_old(y_t) per token, or at sequence level the response's GSPO ratio s (unclipped,
+        `sequence_log_ratio`), which then multiplies every token of the response.
+        """
         lp = log_probs[self.runs]
         kl = self.estimator(lp, self.ref_log_probs)
-        if bool(self.bias_correction.any()):
+        if self.sequence is None and bool(self.bias_correction.any()):
             ratio = torch.exp(lp - self.old_log_probs)
             kl = torch.where(self.bias_correction[:, None, None, None], kl * ratio, kl)
-        return (self.weights * kl).sum(dim=(1, 2, 3))
+        out = (self.weights * kl).sum(dim=(1, 2, 3))
+        if self.sequence is not None:  # s depends on the whole response: per sampled token, not folded
+            seq = self.sequence
+            tokens, old, ref = (
+                gather(x[seq.index], seq.responses) for x in (lp, self.old_log_probs, self.ref_log_probs)
+            )
+            s = torch.exp(sequence_log_ratio(tokens, old, seq.action, seq.n_actions))  # [j batch trial]
+            corrected = (seq.weights * self.estimator(tokens, ref) * s[..., None]).sum(dim=(1, 2, 3))
+            out = out.index_copy(0, seq.index, corrected)
+        return out
+
+
+class ValueLoss(NamedTuple):
+    """The `critic`'s loss of one epoch, every run of the batch: PPO's value loss (verl 0.9.1 `compute_value_loss`).
+
+    The value head gives one V per prompt (this policy has one state per prompt), and with gamma = lambda = 1 every
+    token of a response has the return R = its reward, so each token's loss is its response's, and the token
+    weights omega_v of the aggregation sum per response.
+    """
+
+    returns: Float[Tensor, "run batch trial"]  # R, what the deltas were computed from
+    old_values: Float[Tensor, "run batch 1"]  # V_old: the value head when the responses were sampled
+    clip: Float[Tensor, " run"] | None  # `cliprange_value` c, inf where off; None: no run of the batch clips
+    weights: Float[Tensor, "run batch trial"] | None  # sum over pos of omega_v; None: every run `response-mean`
+    response_mean: Tensor  # [run] bool: runs whose loss is the plain mean over responses (`response-mean`)
+
+    def value(self, v: Float[Tensor, "run batch 1"]) -> Float[Tensor, " run"]:
+        """0.5 agg(max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2)) per run (unclipped where c is off).
+
+        `response-mean` runs take the mean over responses as `.mean()`, as before (bit for bit); the others
+        sum omega_v-weighted losses (verl `agg_loss`). Clipping and weighting are computed only in batches
+        that have a run using them, and chosen per run, so a run's numbers never depend on its batch-mates.
+        """
+        sq = (v - self.returns) ** 2
+        if self.clip is not None:
+            c = self.clip[:, None, None]
+            near = torch.clamp(v, self.old_values - c, self.old_values + c)  # verl `clip_by_value`
+            sq = torch.where(torch.isfinite(c), torch.maximum(sq, (near - self.returns) ** 2), sq)
+        loss = 0.5 * sq.mean(dim=(1, 2))
+        if self.weights is not None:
+            loss = torch.where(self.response_mean, loss, 0.5 * (self.weights * sq).sum(dim=(1, 2)))
+        return loss

@@ -34,12 +34,28 @@ import torch
 from torch import Tensor
 
 from sortrl.engine import metrics
-from sortrl.engine.config import FIELD_NAMES, RunConfig, load_plugins, physical_memory
+from sortrl.engine.config import FIELD_NAMES, RunConfig, load_plugins, peer_differences, physical_memory
 from sortrl.engine.deltas import DELTA_MODES, extras
-from sortrl.engine.losses import KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES, ClipRange
+from sortrl.engine.losses import (
+    CRITIC_LOSS_AGG_MODES,
+    KL_ESTIMATORS,
+    KL_LOSS_AGG_MODES,
+    LOSS_AGG_MODES,
+    LOSS_MODES,
+    ClipRange,
+)
 from sortrl.engine.metrics import METRICS  # noqa: F401 -- part of the engine's interface (sortrl.engine.train.METRICS)
 from sortrl.engine.model import Params, decode, encode, forward, init_params, init_value_head, value
-from sortrl.engine.objective import Entropy, Kl, Policy, fold, ratio_stats, sft_targets
+from sortrl.engine.objective import (
+    Entropy,
+    Kl,
+    Policy,
+    SequenceTokens,
+    ValueLoss,
+    fold,
+    ratio_stats,
+    sft_targets,
+)
 from sortrl.engine.optim import Adam
 from sortrl.engine.registry import ConfigError, check_plugin_result
 from sortrl.engine.rollout import (
@@ -140,7 +156,7 @@ def train(
     | `clip_ratio`, `clip_ratio/low_mean`, `clip_ratio/high_mean` | share of loss tokens clipped (both / below 1 - eps with A < 0 / above 1 + eps_high with A > 0), step mean; NaN unless the loss clips |
     | `importance_ratio` | mean importance ratio over loss tokens, step mean; NaN for losses without a ratio |
     | `num_gen_batches` | groups drawn per prompt at most (DAPO re-sampling: runs with `max_num_gen_batches > 1`) |
-    | `critic/vf_loss` | the value head's loss 0.5 (V - r)^2, step mean (`critic` runs) |
+    | `critic/vf_loss` | the value head's loss 0.5 (V - r)^2, clipped and aggregated as `cliprange_value` and `critic_loss_agg_mode` say, step mean (`critic` runs) |
 
     A run whose loss or parameters become non-finite (e.g. `learning_rate=100` with a KL penalty)
     is removed from its batch at the next epoch boundary (the other runs go on
@@ -160,6 +176,8 @@ def train(
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers: must be >= 1, got {workers}")
+    for note in sorted({f"{k}: {v}" for cfg in configs for k, v in peer_differences(cfg).items()}):
+        warnings.warn(f"{note} (docs/variants.md)", PeerDifferenceWarning, stacklevel=2)
     seen: set[str] = set()
     for cfg in configs:
         if cfg.run_id in seen:
@@ -277,6 +295,11 @@ class _Batch:
             self.numbers["uses_critic"] = torch.tensor(uses)
             lr = torch.tensor([c.critic_learning_rate * u for c, u in zip(configs, uses)], dtype=torch.float64)
             self.critic_optimizer = Adam(list(self.critic.values()), lr)
+            self.numbers["cliprange_value"] = numbers([c.cliprange_value for c in configs])
+            # `actor`: the run's own loss_agg_mode (verl's default)
+            agg = [c.loss_agg_mode if c.critic_loss_agg_mode == "actor" else c.critic_loss_agg_mode for c in configs]
+            self.names["critic_loss_agg_mode"] = agg
+            self.numbers["critic_response_mean"] = torch.tensor([a == "response-mean" for a in agg])
         self.ref: Params | None = None
         # The uniforms `sample` searches, drawn several epochs ahead when the runs' generators feed nothing else in
         # between (no prompt minibatches, no re-sampling, no single-response draws): the same numbers in the same
@@ -349,10 +372,10 @@ class _Epoch(NamedTuple):
     """One epoch's prompts, responses, deltas and loss terms (`_setup_epoch` makes it)."""
 
     prompts: Tensor  # [batch pos] shared, or [run batch pos] per-run minibatches
-    rewards: Tensor  # [run batch trial] what the deltas (and the critic) were computed from
     policy: Policy
     entropy: Entropy | None
     kl: Kl | None
+    value_loss: ValueLoss | None  # the critic's, in batches with one
     metrics: dict[str, Tensor]
 
 
@@ -408,14 +431,23 @@ def _setup_epoch(state: _Batch, epoch: int, logits: Tensor) -> _Epoch:
         in_loss = ((n["kl_penalty"] != 0) & ~n["kl_in_reward"]).nonzero().flatten()
         if len(in_loss):  # only these runs: 0 * an infinite KL would make another run's loss NaN
             onehot = torch.nn.functional.one_hot(roll.responses[in_loss], c0.num_tokens).float()
+            corrected = n["kl_bias_correction"][in_loss]
+            sequence = None
+            if c0.importance_sampling_level == "sequence" and bool(corrected.any()):  # TRL: KL x the sequence ratio
+                index = corrected.nonzero().flatten()
+                runs = in_loss[index]
+                action = roll.action[runs]
+                n_actions = action.sum(dim=-1).clamp(min=1)
+                sequence = SequenceTokens(index, roll.responses[runs], action, n_actions, kl_omega[runs])
             kl = Kl(
                 in_loss,
                 fold(kl_omega[in_loss], onehot),
                 ref_log_probs[in_loss],
                 old_log_probs[in_loss],
                 n["kl_penalty"][in_loss],
-                n["kl_bias_correction"][in_loss],
+                corrected,
                 estimator,
+                sequence,
             )
 
     available: dict[str, Tensor] = {}  # what the batch's delta modes ask for besides the rewards
@@ -428,6 +460,17 @@ def _setup_epoch(state: _Batch, epoch: int, logits: Tensor) -> _Epoch:
     if "action_counts" in state.extras:
         available["action_counts"] = mask.sum(dim=-1)
     deltas = _deltas(state.names["deltas_mode"], rewards, available)
+    value_loss = None
+    if state.critic is not None:
+        weights = None
+        if not bool(n["critic_response_mean"].all()):  # verl: agg_loss over the loss tokens
+            names = state.names["critic_loss_agg_mode"]
+            omega_v = per_run(
+                names, CRITIC_LOSS_AGG_MODES, {"mask": mask}, kind="loss_agg_mode", max_len=c0.response_length
+            )
+            weights = omega_v.sum(dim=-1)
+        clip = n["cliprange_value"] if bool(torch.isfinite(n["cliprange_value"]).any()) else None
+        value_loss = ValueLoss(rewards, available["values"], clip, weights, n["critic_response_mean"])
 
     mode = LOSS_MODES[c0.loss_mode]
     targets = sft_targets(prompts, len(state.runs), c0.num_tokens) if mode.supervised else None
@@ -444,7 +487,11 @@ def _setup_epoch(state: _Batch, epoch: int, logits: Tensor) -> _Epoch:
     if rounds is not None:
         # only runs that re-sample report it (as alone; a batch-mate's re-sampling says nothing of this run)
         found["num_gen_batches"] = rounds.float().where(n["max_gen_batches"] > 1, math.nan)
-    return _Epoch(prompts, rewards, policy, entropy, kl, found)
+    return _Epoch(prompts, policy, entropy, kl, value_loss, found)
+
+
+class PeerDifferenceWarning(UserWarning):
+    """A config computes otherwise than the peer code its option is named after (`peer_differences`)."""
 
 
 class EmptyEpochWarning(UserWarning):
@@ -510,7 +557,7 @@ def _inner_steps(state: _Batch, ep: _Epoch) -> dict[str, Tensor]:
         if ratio is not None:
             ratio_stats(sums, ep.policy, ratio, clip)
         if state.critic is not None:
-            loss = _critic_step(state, encoded.detach(), ep.rewards)
+            loss = _critic_step(state, encoded.detach(), ep.value_loss)
             sums["critic/vf_loss"] += loss.where(state.numbers["uses_critic"], math.nan)
     return sums
 
@@ -526,11 +573,12 @@ def _memory_rows(t: Tensor) -> Tensor:
     return t.permute(0, *order).flatten(1)
 
 
-def _critic_step(state: _Batch, encoded: Tensor, rewards: Tensor) -> Tensor:
-    """One Adam step of the value head on 0.5 (V(prompt) - r)^2, mean over the epoch's responses; returns that loss."""
+def _critic_step(state: _Batch, encoded: Tensor, target: ValueLoss) -> Tensor:
+    """One Adam step of the value head on its value loss (`ValueLoss`: 0.5 (V(prompt) - r)^2, clipped and aggregated
+    as the run says); returns that loss [run]."""
     with torch.enable_grad():
         v = value(state.critic, encoded)[..., None]  # [run batch 1]
-        loss = 0.5 * ((v - rewards) ** 2).mean(dim=(1, 2))
+        loss = target.value(v)
         grads = torch.autograd.grad(loss.sum(), list(state.critic.values()))
     state.critic_optimizer.step(list(grads))
     return loss.detach()

@@ -57,7 +57,16 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from sortrl.engine.config import FIELD_NAMES, MAX_SEED, RunConfig, ignored_fields, make_config, plain, run_id_of
+from sortrl.engine.config import (
+    FIELD_NAMES,
+    MAX_SEED,
+    RunConfig,
+    ignored_fields,
+    make_config,
+    peer_differences,
+    plain,
+    run_id_of,
+)
 from sortrl.engine.registry import ConfigError, check_choice
 from sortrl.engine.task import TASKS
 
@@ -324,6 +333,11 @@ class Grid:
             for name in (*self.base, *self.axes)
             if unread and all(name in fields for fields in unread)
         }
+
+    def peer_differences(self) -> dict[str, str]:
+        """Where some configuration computes otherwise than the peer code its option is named after: {field: what
+        differs} (`sortrl.engine.config.peer_differences`), for a warning once per grid file."""
+        return {k: v for c in self._configurations for k, v in peer_differences(c.config).items()}
 
     @property
     def num_runs(self) -> int:

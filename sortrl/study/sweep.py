@@ -50,7 +50,7 @@ from typing import Any, NamedTuple
 
 from sortrl.engine.config import RunConfig
 from sortrl.engine.registry import ConfigError, check_choice
-from sortrl.engine.train import EmptyEpochWarning, batch_key, check_memory, train
+from sortrl.engine.train import EmptyEpochWarning, PeerDifferenceWarning, batch_key, check_memory, train
 from sortrl.study.grid import Grid
 from sortrl.study.store import (
     atomic_write_text,
@@ -140,6 +140,7 @@ def _train_chunk(configs: list[RunConfig], labels: list[str], threads: int) -> T
     start = time.perf_counter()
     with warnings.catch_warnings():  # a sweep's runs record an empty epoch in their data (frac_reward_zero_std = 1);
         warnings.simplefilter("ignore", EmptyEpochWarning)  # a line per run of a 10,000-run grid would drown the rest
+        warnings.simplefilter("ignore", PeerDifferenceWarning)  # `sortrl sweep` warns once per grid file instead
         table = train(configs, workers=threads, with_config=False)
     shared: dict[str, dict[str, Any]] = {}  # one config dict per configuration; only the seed differs
     runs = []

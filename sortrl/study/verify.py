@@ -88,7 +88,7 @@ def verify(
     stored config cannot be rebuilt (e.g. a plug-in this process has not registered) is a mismatch that says
     why. `workers`: training processes (`sortrl.engine.train.train`).
     """
-    from sortrl.engine.train import EmptyEpochWarning, train  # torch: imported when training
+    from sortrl.engine.train import EmptyEpochWarning, PeerDifferenceWarning, train  # torch: imported when training
 
     checks = []
     for name, picked in sample(results, size, seed).items():
@@ -108,6 +108,7 @@ def verify(
         if configs:
             with warnings.catch_warnings():  # the sweep that stored them warned already
                 warnings.simplefilter("ignore", EmptyEpochWarning)
+                warnings.simplefilter("ignore", PeerDifferenceWarning)
                 table = train(configs, workers=workers, with_config=False)
             stored: dict[Path, pd.DataFrame] = {}  # each chunk read once, however many of its runs were drawn
             for chunk, run in kept:
