@@ -328,3 +328,29 @@ def test_a_within_run_claim_reads_its_curves_from_the_stored_runs(tmp_path):
     run_sweep(parse_grid(text), tmp_path, n_jobs=1)
     (test,) = claims.tests(experiment.load_experiment(tmp_path, "w", curves=()))
     assert test.n == 3 and not np.isnan(test.effect.point) and len(test.sides) == 2
+
+
+def test_a_constant_side_of_a_0_1_score_is_said_to_make_a_one_sample_result_and_counts_read_by_metric():
+    """L3: `sft` solves every seed by construction, so the paired test is in effect one-sample; L3b counts seeds
+    that end stuck ('ends stuck in 128/128'), not seeds that 'solve'."""
+    from sortrl.render import claims_md
+
+    def side(label, mean, n=128):
+        return SimpleNamespace(label=label, mean=mean, interval=SimpleNamespace(point=mean, low=0.0, high=1.0, n=n))
+
+    def test(metric, sides):
+        claim = SimpleNamespace(metric=metric)
+        return SimpleNamespace(claim=claim, n=128, sides=sides)
+
+    one = test("solved", [side("sft", 1.0), side("entropy 0.3", 0.25)])
+    assert "`sft` is 1 in every seed, so this is in effect a one-sample result: `entropy 0.3`'s rate" in (
+        claims_md._one_sample(one)
+    )
+    both = test("solved", [side("sft", 1.0), side("lecture default", 0.0)])
+    assert "Both sides are the same in every seed (1 and 0)" in claims_md._one_sample(both)
+    assert claims_md._one_sample(test("solved", [side("a", 0.0), side("b", 0.0)])) == ""  # nothing to test
+    assert claims_md._one_sample(test("solved", [side("a", 0.5), side("b", 0.25)])) == ""
+    assert claims_md._one_sample(test("final_score", [side("a", 1.0), side("b", 0.25)])) == ""  # not a 0/1 score
+    stuck = test("stuck", [side("lecture default", 1.0), side("sft", 0.0)])
+    assert claims_md.fmt_side(stuck, 0).startswith("`lecture default` ends stuck in 128/128")
+    assert claims_md.fmt_side(one, 1).startswith("`entropy 0.3` solves 32/128")

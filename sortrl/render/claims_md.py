@@ -64,11 +64,16 @@ def _digits(digits: int, *ends: float) -> int:
     return int(min(8, max(digits, 1 - math.floor(math.log10(largest)))))
 
 
+COUNTED = {"solved": "solves", "stuck": "ends stuck in"}
+"""How a 0/1 score's count of seeds reads (`solves 3/128`, `ends stuck in 128/128`)."""
+
+
 def fmt_side(test: Test, i: int) -> str:
     side = test.sides[i]
     if test.claim.metric in BINARY:
         ci = side.interval
-        return f"`{side.label}` solves {round(ci.point * ci.n)}/{ci.n} ({fmt(ci.point, 2)} [{fmt(ci.low, 2)}, {fmt(ci.high, 2)}])"
+        counted = f"{COUNTED.get(test.claim.metric, 'scores 1 in')} {round(ci.point * ci.n)}/{ci.n}"
+        return f"`{side.label}` {counted} ({fmt(ci.point, 2)} [{fmt(ci.low, 2)}, {fmt(ci.high, 2)}])"
     ci = side.interval
     return f"`{side.label}` {fmt_interval(side.mean, ci.low, ci.high, n=ci.n)}"
 
@@ -275,6 +280,29 @@ def _prediction(claim) -> str:
     return f"{what} is {word}"
 
 
+def _one_sample(t: Test) -> str:
+    """For a 0/1 score where a side is the same in every seed (`sft` solves 128/128 by construction): the paired
+    test is in effect a one-sample result on the other side's rate, and the section says so (empty otherwise)."""
+    if t.claim.metric not in BINARY or len(t.sides) != 2 or t.n == 0:
+        return ""
+    constant = [side for side in t.sides if side.mean in (0.0, 1.0)]
+    if len(constant) == 1:
+        (fixed,) = constant
+        (other,) = [side for side in t.sides if side is not fixed]
+        return (
+            f" `{fixed.label}` is {int(fixed.mean)} in every seed, so this is in effect a one-sample result: "
+            f"`{other.label}`'s rate against the constant {int(fixed.mean)}."
+        )
+    a, b = t.sides
+    if len(constant) == 2 and a.mean != b.mean:
+        return (
+            f" Both sides are the same in every seed ({int(a.mean)} and {int(b.mean)}), so the paired test is in effect "
+            f"one-sample: each of the {t.n} seeds differs the same way, and the exact intervals of the two rates are "
+            "the evidence."
+        )
+    return ""
+
+
 def _values(values: dict) -> str:
     return " / ".join(f"`{v}`" for v in values.values()) or "the baseline"
 
@@ -287,6 +315,7 @@ def _sentence(t: Test) -> str:
     compared = "; ".join(fmt_side(t, i) for i in range(len(t.sides)))
     body = f"over {t.n} seeds, effect {fmt_effect(t.effect)} ({compared})"
     text = f"{head}{body}; p = {fmt_p(t.p)}, Holm-corrected {fmt_p(t.p_adjusted)}: **{t.verdict}**."
+    text += _one_sample(t)
     if t.verdict == "contradicted" and t.claim.predicts == "same" and len(t.sides) == 2:
         text += f" The difference is real: `{t.sides[0].label}` scores {'higher' if t.effect.point > 0 else 'lower'}."
     if not math.isnan(t.seed_effect):
