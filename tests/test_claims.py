@@ -39,6 +39,8 @@ CLAIMS = {
     "magnitude": 'kind = "magnitude"\nnew = { deltas_mode = "centered_rewards" }\nold = { deltas_mode = "rewards" }\n'
     'within = { num_responses = [50, 2] }\npredicts = "higher"',
     "within-run": 'kind = "within-run"\nx = "loss"\nmetric = "mean_reward"\npredicts = "higher"\nmargin = 0.1',
+    "level": 'kind = "level"\nnew = { deltas_mode = "centered_rewards", num_responses = 50 }\nagainst = 0.4\n'
+    'predicts = "same"',
 }
 
 
@@ -85,6 +87,22 @@ def test_pair_is_the_mean_of_per_seed_differences_tested_in_each_regime():
         "lecture / rewards / num_responses=10",
     ]
     assert found[1].effect.point == pytest.approx(np.mean([noise(s) for s in range(6)]))
+
+
+def test_level_is_a_one_sample_test_of_one_configuration_against_a_constant():
+    # under centering with G = 50 the score sits at 0.4 (plus noise) while exploring and at 0.7 in the lecture regime
+    def score(regime, deltas, group, seed):
+        return (0.7 if regime == "lecture" else 0.4) + noise(seed)
+
+    lecture, explore = claims.tests(hand_experiment("level", score))
+    d = np.array([noise(s) for s in range(6)])
+    assert explore.differences == pytest.approx(d) and lecture.differences == pytest.approx(d + 0.3)
+    assert [s.label for s in explore.sides] == ["explore / centered_rewards / num_responses=50"]
+    assert explore.effect.point == pytest.approx(d.mean())
+    assert explore.p == pytest.approx(
+        max(signflip_p(d, "greater", -0.05, claims.SEED), signflip_p(d, "less", 0.05, claims.SEED))
+    )  # TOST within the margin, as for any "same"
+    assert claims.test_kind(explore.claim) == "level (one sample)"
 
 
 def test_trend_is_its_steps_between_neighbouring_values():

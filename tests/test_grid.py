@@ -250,3 +250,16 @@ def test_bad_bundle_axes_are_one_line_errors(change, needle):
     with pytest.raises(ConfigError) as error:
         parse_grid(BUNDLED.replace(*change), "regimes.toml")
     assert str(error.value).startswith("regimes.toml: ") and needle in str(error.value)
+
+
+def test_a_level_claim_compares_one_configuration_with_a_finite_constant():
+    level = CLAIM.replace('old = { kl_penalty = 0.0 }\n', 'kind = "level"\nagainst = 0.5\n')
+    (claim,) = parse_grid(GRID + level).claims
+    assert (claim.kind, claim.against, claim.old) == ("level", 0.5, {})
+    with pytest.raises(ConfigError, match="a level claim compares one configuration .* no old"):
+        parse_grid(GRID + level.replace('kind = "level"', 'kind = "level"\nold = { kl_penalty = 0.0 }'), "c.toml")
+    for bad in ("nan", "inf", '"half"', "true"):
+        with pytest.raises(ConfigError, match="against: "):
+            parse_grid(GRID + level.replace("against = 0.5", f"against = {bad}"), "c.toml")
+    with pytest.raises(ConfigError, match="against: a level claim's constant"):  # only a level claim has one
+        parse_grid(GRID + CLAIM.replace('predicts = "higher"', 'predicts = "higher"\nagainst = 0.0'), "c.toml")

@@ -134,11 +134,13 @@ def check_metrics(grid: Grid, path: str | Path) -> None:
 
 def test_kind(claim: Claim) -> str:
     """What a claim's tests test: `implementation check` (a claim that holds by construction), `difference`,
-    `equivalence`, `non-inferiority`, `trend`, `magnitude` or `within-run correlation`."""
+    `equivalence`, `non-inferiority`, `trend`, `magnitude`, `level (one sample)` or `within-run correlation`."""
     if claim.identity:
         return "implementation check"
     if claim.kind in ("trend", "magnitude"):
         return claim.kind
+    if claim.kind == "level":
+        return "level (one sample)"
     if claim.kind == "within-run":
         return "within-run correlation"
     return {"same": "equivalence", "not lower": "non-inferiority", "not higher": "non-inferiority"}.get(
@@ -174,6 +176,8 @@ def _tests(exp: Experiment, claim: Claim, setting: dict, where: str) -> list[Tes
         ]
     if claim.kind == "pair":
         return [_pair(exp, claim, grid.select({**claim.new, **setting}), grid.select({**claim.old, **setting}), where)]
+    if claim.kind == "level":
+        return [_level(exp, claim, grid.select({**claim.new, **setting}), where)]
     if claim.kind == "trend" and claim.identity:  # checked over the whole axis: last value against the first
         ends = [grid.select({**claim.new, claim.axis: v, **setting}) for v in _defined(exp, claim, setting)]
         return [
@@ -241,6 +245,13 @@ def _pair(exp: Experiment, claim: Claim, new: Configuration, old: Configuration,
     if claim.metric in BINARY:  # exact interval and McNemar's exact test for 0/1 outcomes
         return _test(exp, claim, where, case, sides, a - b, seeds, paired_binary_interval(a, b), binary=(a, b))
     return _test(exp, claim, where, case, sides, a - b, seeds, paired_effect(a, b, SEED))
+
+
+def _level(exp: Experiment, claim: Claim, new: Configuration, where: str) -> Test:
+    """A one-sample test: per seed, the metric of `new` minus the constant `claim.against`."""
+    scores, seeds = _matrix(exp, [new.label], claim.metric)
+    a = scores[:, 0]
+    return _test(exp, claim, where, "", (_side(exp, new.label, a, claim.metric, seeds),), a - claim.against, seeds)
 
 
 def _steps(exp: Experiment, claim: Claim, setting: dict, where: str) -> list[Test]:

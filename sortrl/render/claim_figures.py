@@ -35,7 +35,7 @@ from sortrl.study.grid import Claim
 
 DEFAULTS = {
     "pair": "paired", "each": "paired", "interaction": "paired", "magnitude": "paired", "trend": "trend",
-    "within-run": "paired",
+    "within-run": "paired", "level": "paired",
 }  # fmt: skip
 """The figure of a claim that names none, by its kind."""
 
@@ -143,6 +143,8 @@ def _effect_words(claim: Claim) -> str:
         return f"Spearman rho of {claim.x} and {claim.metric} over a run's epochs"
     if claim.kind == "each":
         return f"each {claim.axis} minus {old}"
+    if claim.kind == "level":
+        return f"{new} minus the constant {claim.against:g}"
     return f"{new} minus {old}"
 
 

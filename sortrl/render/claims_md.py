@@ -268,6 +268,8 @@ def _prediction(claim) -> str:
         what = f"{contrast} at {axis}={a} minus at {axis}={b}"
     elif claim.kind == "each":
         what = f"each value of `{claim.axis}` minus {_values(claim.old)}"
+    elif claim.kind == "level":
+        what = f"{_values(claim.new)} minus the constant {claim.against:g}"
     else:
         what = f"{_values(claim.new)} minus {_values(claim.old)}"
     word = {

@@ -82,9 +82,9 @@ SHORT_NAMES = {"kl_penalty": "kl", "learning_rate": "lr"}
 CLAIM_KEYS = (
     "id", "statement", "subject", "source", "kind", "metric", "new", "old", "predicts", "margin",
     "axis", "within", "across", "seed", "implied", "figure", "x", "skip", "margin_reason", "identity", "tolerance",
-    "rationale",
+    "rationale", "against",
 )  # fmt: skip
-KINDS = ("pair", "each", "trend", "interaction", "magnitude", "within-run")
+KINDS = ("pair", "each", "trend", "interaction", "magnitude", "within-run", "level")
 """How a claim compares configurations (see `Claim`)."""
 PREDICTIONS = {"higher": ">", "lower": "<", "same": "=", "not lower": ">=", "not higher": "<="}
 """What a claim predicts of its effect (as `sortrl.analysis.verdicts` spells it): above 0, below 0, 0 within its
@@ -193,6 +193,7 @@ class Claim:
     | `interaction` | (`new` - `old`) at the first value of `within`'s axis minus at its second |
     | `magnitude` | abs(`new` - `old`) at the first value of `within`'s axis minus at its second |
     | `within-run` | Spearman rho over a run's epochs between the curves `x` and `metric`, mean over configurations |
+    | `level` | metric of `new` minus the constant `against` (a one-sample test: "the bias is gone" is a gap of 0) |
 
     Configurations are chosen by `new` / `old` (axis or field values); the
     axes they leave open take the baseline's values. With `across` (an axis,
@@ -243,6 +244,8 @@ class Claim:
     """`within-run`: the curve on the other axis (a per-epoch metric, like `metric` for this kind)."""
     skip: tuple[Any, ...] = ()
     """`each`: values of `axis` not compared with `old` (a reference drawn beside them, such as `sft`)."""
+    against: float = 0.0
+    """`level`: the constant the metric of `new` is compared with (metric units): what it is without the effect."""
 
     @property
     def scores(self) -> tuple[str, ...]:
@@ -696,6 +699,14 @@ def _parse_claims(tables: Any, grid: Grid, path: str | Path) -> tuple[Claim, ...
         kind = values["kind"]
         if kind in ("pair", "interaction", "magnitude") and (not values["new"] or not values["old"]):
             raise fail(f"new, old: a {kind} claim compares two configurations; give both")
+        if kind == "level" and (not values["new"] or values["old"]):
+            raise fail("new, old: a level claim compares one configuration (new) with a constant (against); no old")
+        if "against" in values:
+            against = values["against"]
+            if kind != "level" or isinstance(against, bool) or not isinstance(against, (int, float)):
+                raise fail(f"against: a level claim's constant, a number, got {against!r}")
+            if not math.isfinite(against):
+                raise fail(f"against: must be finite, got {against!r}")
         if kind in ("trend", "each") and values.get("axis") not in grid.axes:
             raise fail(
                 f"axis: a {kind} claim needs one of the grid's axes ({', '.join(grid.axes)}), got {values.get('axis')!r}"
