@@ -253,7 +253,7 @@ def test_bad_bundle_axes_are_one_line_errors(change, needle):
 
 
 def test_a_level_claim_compares_one_configuration_with_a_finite_constant():
-    level = CLAIM.replace('old = { kl_penalty = 0.0 }\n', 'kind = "level"\nagainst = 0.5\n')
+    level = CLAIM.replace("old = { kl_penalty = 0.0 }\n", 'kind = "level"\nagainst = 0.5\n')
     (claim,) = parse_grid(GRID + level).claims
     assert (claim.kind, claim.against, claim.old) == ("level", 0.5, {})
     with pytest.raises(ConfigError, match="a level claim compares one configuration .* no old"):
