@@ -21,13 +21,23 @@ import signal
 import sys
 import tempfile
 import textwrap
+import threading
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
 from typer.core import TyperGroup
@@ -86,11 +96,12 @@ console = Console(stderr=True)
 ResultsOption = Annotated[Path, typer.Option("--results", help="Results folder (runs/ inside it, figures/ beside).")]
 
 
-def _progress() -> Progress:
+def _progress(count: ProgressColumn | None = None) -> Progress:
+    """Bars on stderr: description, bar, `count` (default: done/total), elapsed time and time left (measured speed)."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        count or MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
@@ -324,7 +335,9 @@ def sweep(
     """Train every configuration x seed of each grid file; runs already stored are skipped (resume).
 
     Every grid file is checked before any training starts. Without a grid file, --axis, --set, --name and --seeds
-    build one (written to RESULTS/NAME.toml, so the same grid resumes and reports like any other).
+    build one (written to RESULTS/NAME.toml, so the same grid resumes and reports like any other). Progress counts
+    run-steps (epochs x steps per epoch) as the workers train; outside a terminal, a line every 10 s says it
+    (SORTRL_PROGRESS_SECONDS=seconds to change that).
     """
     from sortrl.study.grid import check_claim_ids, load_grid
     from sortrl.study.sweep import BACKENDS, check_scheduler, release_workers, run_sweeps
@@ -337,6 +350,7 @@ def sweep(
         raise ConfigError(f"backend: unknown value {backend!r}; valid choices: {', '.join(BACKENDS)}")
     if scheduler is not None:
         check_scheduler(scheduler, backend)
+    every = _progress_seconds()
     grid_files = list(grid_files or [])
     built = _built_grid(axis, set_, name, seeds)
     if built is not None:
@@ -383,8 +397,7 @@ def sweep(
         for grid in grids:
             if grid.num_runs >= BIG_GRID:  # planning takes ~25 us a run: say what is happening first
                 print(f"{grid.name}: {grid.num_runs:,} runs: planning them", file=sys.stderr)
-        with _progress() as bar:
-            shown = _SweepProgress(grids, results, bar)
+        with _progress(TextColumn("{task.fields[count]}")) as bar, _SweepProgress(grids, results, bar, every) as shown:
             outcomes = run_sweeps(
                 grids,
                 results,
@@ -393,6 +406,7 @@ def sweep(
                 on_chunk=shown.stored_chunk,
                 on_plan=shown.planned,
                 on_done=shown.done,
+                on_steps=shown.trained,
                 backend=backend,
                 scheduler=scheduler,
             )
@@ -414,32 +428,92 @@ def sweep(
         sys.exit(1)
 
 
-class _SweepProgress:
-    """The grids being swept together: a bar per grid (and one for all of them), each grid's plan line as it is
-    planned and its outcome line as soon as its last chunk is stored, and how many runs are stored."""
+PROGRESS_SECONDS = 10.0
+"""How often `sortrl sweep` prints a progress line when its output is not a terminal (a log, a pipe), where rich
+shows no bars; the environment variable SORTRL_PROGRESS_SECONDS overrides it."""
 
-    def __init__(self, grids: list[Any], results: Path, bar: Progress):
-        self.results, self.bar = results, bar
+
+def _progress_seconds() -> float:
+    """`PROGRESS_SECONDS`, or SORTRL_PROGRESS_SECONDS when set; `ConfigError` unless that is a positive number."""
+    text = os.environ.get("SORTRL_PROGRESS_SECONDS")
+    if text is None:
+        return PROGRESS_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0:
+        raise ConfigError(f"SORTRL_PROGRESS_SECONDS: expected a number of seconds > 0, got {text!r}")
+    return seconds
+
+
+class _SweepProgress:
+    """The grids being swept together: a bar per grid (and one for all of them), in run-steps as the workers report
+    them, each grid's plan line as it is planned and its outcome line as soon as its last chunk is stored, and how
+    many runs are stored. Outside a terminal (no bars) a thread prints the overall progress every
+    `PROGRESS_SECONDS` instead, until the `with` block ends."""
+
+    def __init__(self, grids: list[Any], results: Path, bar: Progress, every: float = PROGRESS_SECONDS):
+        self.results, self.bar, self.every = results, bar, every
         self.total = {grid.name: grid.num_runs for grid in grids}
         self.stored: dict[str, int] = {}  # grid name -> runs stored, once the grid is planned
-        self.tasks = {grid.name: bar.add_task(f"sweep {grid.name}", total=grid.num_runs) for grid in grids}
-        self.steps, self.steps_done = 0, 0
-        self.overall = bar.add_task("all grids (run-steps)", total=None) if len(grids) > 1 else None
+        self.steps_done: dict[str, int] = {}  # grid name -> run-steps trained (of its plan's)
+        self.tasks = {grid.name: bar.add_task(f"sweep {grid.name}", total=None, count="") for grid in grids}
+        self.steps = 0
+        self.overall = bar.add_task("all grids", total=None, count="", visible=len(grids) > 1)
+        self.who = grids[0].name if len(grids) == 1 else "sweep"
+        self.stop = threading.Event()
+        self.log = None if console.is_terminal else threading.Thread(target=self._log, daemon=True)
+
+    def __enter__(self) -> _SweepProgress:
+        if self.log is not None:
+            self.log.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.log is not None:
+            self.log.join()
 
     def planned(self, name: str, plan: Plan) -> None:
         self.stored[name] = plan.stored
-        self.bar.update(self.tasks[name], completed=plan.stored)
+        self.steps_done[name] = 0
+        self.bar.reset(self.tasks[name], total=plan.run_steps, count=self._runs(name))
         self.steps += plan.run_steps
-        if self.overall is not None:
-            self.bar.update(self.overall, total=self.steps)
+        self.bar.reset(self.overall, total=self.steps, count=f"0/{self.steps:,} run-steps")
         console.print(f"{name}: {_plan_line(plan)}", soft_wrap=True)
+
+    def trained(self, name: str, steps: int) -> None:
+        """`run_sweeps`' `on_steps`: the grid's run-steps trained so far (from its listening thread)."""
+        self.steps_done[name] = steps
+        done = sum(self.steps_done.values())
+        self.bar.update(self.tasks[name], completed=steps)
+        self.bar.update(self.overall, completed=done, count=f"{done:,}/{self.steps:,} run-steps")
 
     def stored_chunk(self, name: str, runs: int, steps: int) -> None:
         self.stored[name] += runs
-        self.steps_done += steps
-        self.bar.advance(self.tasks[name], runs)
-        if self.overall is not None:
-            self.bar.advance(self.overall, steps)
+        self.bar.update(self.tasks[name], count=self._runs(name))
+
+    def _runs(self, name: str) -> str:
+        return f"{self.stored[name]:,}/{self.total[name]:,} runs"
+
+    def _log(self) -> None:
+        while not self.stop.wait(self.every):
+            line = self.line()
+            if line is not None:
+                console.print(line, soft_wrap=True)
+
+    def line(self) -> str | None:
+        """The overall progress in a line, e.g. `sweep: 1,234,000 of 30,512,000 run-steps (4%), 0:00:21 elapsed,
+        about 0:05:40 left` (left: at the speed of the last 30 s, once there is one); None before training."""
+        (task,) = (task for task in self.bar.tasks if task.id == self.overall)
+        if not task.total:
+            return None
+        done, total = int(task.completed), int(task.total)
+        line = f"{self.who}: {done:,} of {total:,} run-steps ({100 * done // total}%), "
+        line += f"{timedelta(seconds=int(task.elapsed or 0))} elapsed"
+        left = task.time_remaining
+        return line if left is None else f"{line}, about {timedelta(seconds=int(left))} left"
 
     def done(self, outcome: Any) -> None:
         console.print(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -538,6 +539,45 @@ def test_sweep_says_how_many_runs_before_training(tmp_path, monkeypatch):
     assert lines[1].startswith("tiny: 4 runs, 4 trained")
     big = _plan_line(Plan(total=100_000, stored=0, to_train=100_000, run_steps=100_000_000, workers=2))
     assert big.endswith("on 2 workers: about 8 min at 100,000 run-steps/s per worker (the default model)")
+
+
+PROGRESS_LINE = re.compile(
+    r"(?P<who>[\w-]+): (?P<done>[\d,]+) of (?P<total>[\d,]+) run-steps \((?P<percent>\d+)%\), "
+    r"\d+:\d\d:\d\d elapsed(, about \d+:\d\d:\d\d left)?"
+)
+
+
+@pytest.mark.slow
+def test_sweep_to_a_log_prints_a_progress_line_every_few_seconds(tmp_path):
+    """Issue 24, item 7: with stderr a pipe (no bars), a line of run-steps, elapsed and time left every
+    SORTRL_PROGRESS_SECONDS, between the plan line and the outcome line; the counts only grow, within the plan."""
+    grid_file = tmp_path / "g.toml"
+    base = "num_epochs = 300\nnum_steps_per_epoch = 5\n"  # 4 chunks of 3,000 run-steps, a second or so each
+    grid_file.write_text(grid('name = "logged"\nseeds = 4\n', base, 'deltas_mode = ["rewards", "centered_rewards"]\n'))
+    shown = subprocess.run(
+        [sys.executable, "-m", "sortrl", "sweep", grid_file, "--results", tmp_path / "r", "--n-jobs", "2",
+         "--chunk-size", "2"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "SORTRL_PROGRESS_SECONDS": "0.25"},
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stderr.splitlines()
+    assert lines[0] == "logged: 8 runs, 0 already stored, 8 to train (12,000 run-steps) on 2 workers", lines
+    assert lines[-1].startswith("logged: 8 runs, 8 trained, 0 already stored, "), lines
+    progress = [PROGRESS_LINE.fullmatch(line) for line in lines[1:-1]]
+    assert all(progress) and len(progress) >= 4, lines
+    done = [int(m["done"].replace(",", "")) for m in progress]
+    assert {m["who"] for m in progress} == {"logged"} and {m["total"] for m in progress} == {"12,000"}
+    assert done == sorted(done) and done[-1] <= 12_000 and any(0 < d < 12_000 and d % 3_000 for d in done), lines
+    assert all(int(m["percent"]) == 100 * d // 12_000 for m, d in zip(progress, done))
+    assert any(m.group(5) for m in progress), lines  # a time left, once a speed is measured
+
+
+def test_a_bad_progress_interval_is_one_line(tmp_path, monkeypatch):
+    grid_file = tmp_path / "tiny.toml"
+    grid_file.write_text(GOOD_GRID)
+    monkeypatch.setenv("SORTRL_PROGRESS_SECONDS", "often")
+    assert_one_line_error(invoke("sweep", grid_file, "--results", tmp_path / "r"), "SORTRL_PROGRESS_SECONDS", "often")
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_grid_validates_each_configuration_once_not_each_run(monkeypatch):

@@ -174,11 +174,11 @@ def test_sweep_removes_its_leftover_temporaries_only(clean, tmp_path):
 def test_a_failed_sweep_says_so_in_its_manifest(tmp_path, monkeypatch, error):
     real, calls = sweep_module._train_chunk, []
 
-    def flaky(chunk, labels, threads):
+    def flaky(chunk, labels, threads, report=None):
         calls.append(1)
         if len(calls) == 2:
             raise error
-        return real(chunk, labels, threads)
+        return real(chunk, labels, threads, report)
 
     monkeypatch.setattr(sweep_module, "_train_chunk", flaky)
     with pytest.raises(type(error)):
@@ -196,8 +196,8 @@ def test_a_failed_sweep_says_so_in_its_manifest(tmp_path, monkeypatch, error):
 def test_results_from_a_worker_with_other_versions_are_refused(tmp_path, monkeypatch):
     real = sweep_module._train_chunk
 
-    def old_worker(chunk, labels, threads):
-        trained = real(chunk, labels, threads)
+    def old_worker(chunk, labels, threads, report=None):
+        trained = real(chunk, labels, threads, report)
         return trained._replace(versions={**trained.versions, "sortrl": "0.0.1", "host": "node7"})
 
     monkeypatch.setattr(sweep_module, "_train_chunk", old_worker)
@@ -262,6 +262,7 @@ def start_sweep(grid_file: Path, results: Path, chunk_size: int, *options: str) 
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group, killed as a whole
         cwd=grid_file.parent,
+        env={**os.environ, "SORTRL_PROGRESS_SECONDS": "3600"},  # stderr is read line by line: no progress lines
     )
 
 
@@ -548,12 +549,12 @@ def test_lost_chunks_are_retried_a_bounded_number_of_times(tmp_path, monkeypatch
     attempts: dict[int, int] = {}
     real = sweep_module._train_chunk
 
-    def chunk(configs, labels, threads):
+    def chunk(configs, labels, threads, report=None):
         seed = configs[0].seed
         attempts[seed] = attempts.get(seed, 0) + 1
         if seed == 1 or (seed == 0 and attempts[seed] == 1):  # seed 1: lost every time; seed 0: lost once
             raise TerminatedWorkerError("The exit codes of the workers are {SIGKILL(-9)}")
-        return real(configs, labels, threads)
+        return real(configs, labels, threads, report)
 
     monkeypatch.setattr(joblib.externals.loky, "get_reusable_executor", lambda max_workers, **kw: _ThreadExecutor(2))
     monkeypatch.setattr(sweep_module, "_train_chunk", chunk)
@@ -625,9 +626,9 @@ def test_grids_swept_together_share_one_queue_and_store_the_same_chunks(clean, s
     handed: list[tuple[str, int]] = []  # (first label, run-steps) of each chunk in the order workers got them
     real = sweep_module._train_chunk
 
-    def chunk(configs, labels, threads):
+    def chunk(configs, labels, threads, report=None):
         handed.append((configs[0].deltas_mode, sum(c.run_steps for c in configs)))
-        return real(configs, labels, threads)
+        return real(configs, labels, threads, report)
 
     monkeypatch.setattr(joblib.externals.loky, "get_reusable_executor", lambda max_workers, **kw: _ThreadExecutor(1))
     monkeypatch.setattr(sweep_module, "_train_chunk", chunk)
@@ -651,3 +652,101 @@ def test_grids_swept_together_share_one_queue_and_store_the_same_chunks(clean, s
         assert manifest["status"] == "complete" and manifest["queue"] == ["tiny", "slow"]
     again = sweep_module.run_sweeps([parse_grid(GRID), parse_grid(SLOW_GRID)], together, n_jobs=2, chunk_size=2)
     assert [(o.trained, o.skipped) for o in again] == [(0, 12), (0, 16)]
+
+
+# --- issue 24, item 7: progress in run-steps, as the workers train -------------------------------------------------
+
+PROGRESS_GRID = """
+name = "progress"
+seeds = 2
+[base]
+num_epochs = 200
+num_steps_per_epoch = 5
+[grid]
+deltas_mode = ["rewards", "centered_rewards"]
+"""
+"""4 runs of 1,000 run-steps in 2 chunks of 2: a chunk trains for a second or so, 200 epochs each reported."""
+
+
+@pytest.mark.slow
+def test_workers_report_run_steps_while_they_train_and_change_nothing_trained(tmp_path, monkeypatch):
+    """loky workers send their chunk's run-steps as they train (here every epoch), so the count moves between
+    chunks; it ends at the plan's run-steps, never passes it, and the chunks stored are the bytes a sweep without
+    progress stores."""
+    monkeypatch.setattr(sweep_module, "REPORT_SECONDS", 0.0)  # read here, sent with each chunk to its worker
+    seen, plans, stored = [], {}, []
+    (outcome,) = sweep_module.run_sweeps(
+        [parse_grid(PROGRESS_GRID)],
+        tmp_path / "with",
+        n_jobs=2,
+        chunk_size=2,
+        on_plan=lambda name, plan: plans.setdefault(name, plan),
+        on_chunk=lambda name, runs, steps: stored.append(steps),
+        on_steps=lambda name, steps: seen.append((name, steps)),
+    )
+    sweep_module.release_workers()
+    total = plans["progress"].run_steps
+    assert outcome.trained == 4 and total == 4_000 and stored == [2_000, 2_000]
+    steps = [s for name, s in seen if name == "progress"]
+    assert steps[-1] == total and max(steps) == total
+    between = [s for s in steps if s % 2_000]  # counts no sum of whole chunks can make: chunks part-way trained
+    assert len(between) >= 10, steps
+    import joblib.externals.loky
+
+    monkeypatch.setattr(joblib.externals.loky, "get_reusable_executor", lambda max_workers, **kw: _ThreadExecutor(2))
+    run_sweep(parse_grid(PROGRESS_GRID), tmp_path / "without", n_jobs=2, chunk_size=2)
+    files = {}
+    for name in ("with", "without"):
+        folder = runs_dir(tmp_path / name, "progress")
+        files[name] = {p.name: p.read_bytes() for p in folder.glob("chunk-*.parquet")}
+    assert files["with"] == files["without"] and len(files["with"]) == 2
+
+
+def test_a_lost_chunks_progress_is_not_counted_twice(tmp_path, monkeypatch):
+    """A chunk whose worker is lost after reporting all its run-steps: they are taken back, and what its retry
+    reports counts once; the count ends at the plan's run-steps, never above."""
+    import joblib.externals.loky
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+    real, reports = sweep_module._train_chunk, []
+
+    def chunk(configs, labels, threads, report=None):
+        if configs[0].seed == 0 and not reports:  # the first attempt at seed 0: reports all of it, then is lost
+            reports.append(report.tag)
+            report.counter()(sum(c.run_steps for c in configs))
+            report.send((report.tag, 1))  # late news from the lost attempt arrives after the retry started
+            raise TerminatedWorkerError("The exit codes of the workers are {SIGKILL(-9)}")
+        return real(configs, labels, threads, report)
+
+    monkeypatch.setattr(sweep_module, "REPORT_SECONDS", 0.0)
+    monkeypatch.setattr(joblib.externals.loky, "get_reusable_executor", lambda max_workers, **kw: _ThreadExecutor(1))
+    monkeypatch.setattr(sweep_module, "_train_chunk", chunk)
+    grid = parse_grid('name = "lost"\nseeds = 2\n[base]\nnum_epochs = 20\nnum_steps_per_epoch = 1\n')
+    seen: list[int] = []
+    with pytest.warns(sweep_module.SweepWarning, match="a worker was lost"):
+        (outcome,) = sweep_module.run_sweeps(
+            [grid], tmp_path, n_jobs=2, chunk_size=1, on_steps=lambda name, steps: seen.append(steps)
+        )
+    assert outcome.trained == 2 and reports == [(0, 1)]
+    assert max(seen) == seen[-1] == 40, seen
+    lost = seen.index(20)  # seed 0's first attempt reported its 20 run-steps ...
+    assert 0 in seen[lost:]  # ... which were taken back when its worker was lost
+
+
+def test_steps_drop_a_lost_attempt_and_its_late_reports():
+    """`_Steps` by hand: two grids, chunk 0 of grid a lost and retried; each call tells its grid's count."""
+    told = []
+    steps = sweep_module._Steps([0, 0, 1], ["a", "b"], [100, 50, 30], lambda name, n: told.append((name, n)))
+    first = steps.start(0)
+    steps.start(2)
+    steps.report((first, 60))
+    steps.report(((2, 1), 10))
+    steps.report((first, 500))  # capped at the chunk's cost
+    steps.lose(0)
+    retry = steps.start(0)
+    steps.report((first, 80))  # the lost attempt, late: ignored
+    steps.report((retry, 20))
+    steps.store(0)
+    steps.store(2)
+    steps.report((retry, 90))  # after the chunk is stored: ignored
+    assert told == [("a", 60), ("b", 10), ("a", 100), ("a", 0), ("a", 20), ("a", 100), ("b", 30)]

@@ -75,6 +75,10 @@ core of a 2020s machine does on the default model (`make bench`); bigger models 
 WATCH_SECONDS = 0.5
 """How often a loky worker checks that the process that started it is still alive."""
 
+REPORT_SECONDS = 0.5
+"""Most often a worker tells the client how far its chunk is (`train` counts run-steps once per epoch): two
+messages a second per worker, which cost nothing measurable, and a bar that moves while a chunk trains."""
+
 
 class SweepWarning(UserWarning):
     """Something a sweep survived or is waiting on: a lost worker retried, no chunk finished for a while."""
@@ -129,19 +133,55 @@ class Trained(NamedTuple):
     """Wall time of training and encoding the chunk, on its worker."""
 
 
-def _train_chunk(configs: list[RunConfig], labels: list[str], threads: int) -> Trained:
+class _Report(NamedTuple):
+    """Where a chunk's worker sends its progress: `send((tag, run-steps so far))`, at most every `every` seconds."""
+
+    send: Callable[[Any], Any]
+    tag: Any
+    """Names the chunk and its attempt, so the client can drop what a lost attempt sent (`_Steps`)."""
+    every: float
+
+    def counter(self) -> Callable[[int], None]:
+        """The `progress` callback for `train` (called with each epoch's run-steps, from its threads).
+
+        It sends running totals, so a message that is late or lost costs
+        nothing. Progress never fails a chunk: once `send` raises (the client
+        is gone or stopping), it stops sending.
+        """
+        lock, steps, due, send = threading.Lock(), 0, time.monotonic() + self.every, self.send
+
+        def count(run_steps: int) -> None:
+            nonlocal steps, due, send
+            with lock:
+                steps += run_steps
+                now = time.monotonic()
+                if send is None or now < due:
+                    return
+                due = now + self.every
+                try:
+                    send((self.tag, steps))
+                except Exception:  # noqa: BLE001 -- see above: a bar is not worth a chunk
+                    send = None
+
+        return count
+
+
+def _train_chunk(configs: list[RunConfig], labels: list[str], threads: int, report: _Report | None = None) -> Trained:
     """Worker entry point: train one chunk with `threads` torch threads and encode it (`sortrl.study.store.encode_chunk`).
 
     `labels[i]` is the configuration label of `configs[i]`. Encoding here, not
     in the client, keeps the client (which shares the machine's cores with the
     workers) nearly idle. The worker's versions let the client refuse results
-    from a worker whose sortrl or torch differs from its own.
+    from a worker whose sortrl or torch differs from its own. `report`, if
+    given, receives the chunk's progress while it trains (it changes nothing
+    that is trained).
     """
     start = time.perf_counter()
+    progress = None if report is None else report.counter()
     with warnings.catch_warnings():  # a sweep's runs record an empty epoch in their data (frac_reward_zero_std = 1);
         warnings.simplefilter("ignore", EmptyEpochWarning)  # a line per run of a 10,000-run grid would drown the rest
         warnings.simplefilter("ignore", PeerDifferenceWarning)  # `sortrl sweep` warns once per grid file instead
-        table = train(configs, workers=threads, with_config=False)
+        table = train(configs, progress=progress, workers=threads, with_config=False)
     shared: dict[str, dict[str, Any]] = {}  # one config dict per configuration; only the seed differs
     runs = []
     for cfg, label in zip(configs, labels):
@@ -408,6 +448,7 @@ def run_sweeps(
     on_plan: Callable[[str, Plan], None] | None = None,
     heartbeat: float = HEARTBEAT_SECONDS,
     on_done: Callable[[SweepResult], None] | None = None,
+    on_steps: Callable[[str, int], None] | None = None,
 ) -> list[SweepResult]:
     """Train every run of each of `grids` not already stored under `results/runs/<name>/`, in one queue.
 
@@ -436,8 +477,13 @@ def run_sweeps(
     `manifests.jsonl`. Callbacks, each given the grid's name first:
     `on_plan(name, Plan)` once per grid before training starts,
     `on_chunk(name, runs, run_steps)` for each stored chunk, `on_done(SweepResult)` as
-    soon as a grid's last chunk is stored. Returns one `SweepResult` per grid,
-    in the order of `grids`.
+    soon as a grid's last chunk is stored, and `on_steps(name, run_steps)` with
+    the grid's run-steps trained so far (of its `Plan.run_steps`) as the
+    workers train, a few times a second (`REPORT_SECONDS` per worker; from
+    another thread). Those count the stored chunks whole plus what running
+    chunks reported, so they can go down when a worker is lost (its chunk
+    starts again). With `backend="dask"` they move only as chunks are stored.
+    Returns one `SweepResult` per grid, in the order of `grids`.
     """
     check_choice("backend", backend, dict.fromkeys(BACKENDS))
     if scheduler is not None:
@@ -476,17 +522,22 @@ def run_sweeps(
             local = _versions()
             labels = [sweeps[owner[i]].labels(chunk) for i, chunk in enumerate(chunks)]
             cost = [sum(c.run_steps for c in chunk) for chunk in chunks]
-            for i, result in _train_all(pool, chunks, labels, threads, [names[g] for g in owner], heartbeat):
-                g = owner[i]
-                if isinstance(result, _GaveUp):
-                    sweeps[g].give_up(result)
-                else:
-                    _check_versions(result.versions, local)
-                    sweeps[g].store(result)
-                    if on_chunk is not None:
-                        on_chunk(names[g], len(result.run_ids), cost[i])
-                if not sweeps[g].open:
-                    done(g)
+            steps = None if on_steps is None else _Steps(owner, names, cost, on_steps)
+            trained = _train_all(pool, chunks, labels, threads, [names[g] for g in owner], heartbeat, steps)
+            with pool.listen(None if steps is None else steps.report):
+                for i, result in trained:
+                    g = owner[i]
+                    if isinstance(result, _GaveUp):
+                        sweeps[g].give_up(result)
+                    else:
+                        _check_versions(result.versions, local)
+                        sweeps[g].store(result)
+                        if steps is not None:
+                            steps.store(i)
+                        if on_chunk is not None:
+                            on_chunk(names[g], len(result.run_ids), cost[i])
+                    if not sweeps[g].open:
+                        done(g)
     except BaseException as err:
         for g, s in enumerate(sweeps):
             if g not in outcomes:
@@ -521,9 +572,11 @@ def _train_all(
     threads: int,
     names: list[str],
     heartbeat: float,
+    steps: _Steps | None = None,
 ) -> Iterator[tuple[int, Trained | _GaveUp]]:
     """Train `chunks` on `pool`, yielding (chunk index, `Trained`) as each arrives, then (index, `_GaveUp`) for each
-    chunk given up. `names[i]`: the experiment chunk i belongs to (for the warnings).
+    chunk given up. `names[i]`: the experiment chunk i belongs to (for the warnings). `steps`, if given, learns of
+    each chunk handed out and lost, and gives each attempt its tag for the progress it reports.
 
     At most `pool.workers` chunks are handed out at once, longest first, so a
     chunk that was handed out was running when its worker was lost: only
@@ -543,7 +596,8 @@ def _train_all(
     def hand_out() -> None:
         while todo and len(running) < pool.workers:
             i = todo.popleft()
-            running[pool.submit(chunks[i], labels[i], threads)] = i
+            report = None if steps is None else pool.report(steps.start(i))
+            running[pool.submit(chunks[i], labels[i], threads, report)] = i
 
     while todo or running:
         hand_out()
@@ -575,6 +629,8 @@ def _train_all(
         if lost:
             for i in lost:
                 attempts[i] += 1
+                if steps is not None:
+                    steps.lose(i)
             retry = [i for i in lost if attempts[i] < MAX_ATTEMPTS]
             given_up.update((i, lost[i]) for i in lost if attempts[i] >= MAX_ATTEMPTS)
             todo.extendleft(sorted(retry, key=lambda i: cost[i]))  # back in front, longest first
@@ -597,6 +653,56 @@ def _train_all(
         yield i, _GaveUp(len(chunks[i]), reason)
 
 
+class _Steps:
+    """Run-steps trained so far, per grid: each stored chunk's whole cost plus what the running chunks reported.
+
+    Each attempt at a chunk has its own tag: when a worker is lost, its
+    chunk's reported steps are dropped, and so are any late messages of that
+    attempt, so the retry counts from zero and no step counts twice. A stored
+    chunk counts its whole cost (a run that diverges stops early, so what a
+    chunk reports can fall short of it). Thread-safe: reports arrive on the
+    pool's listening thread, the rest on the sweep's.
+    """
+
+    def __init__(self, owner: list[int], names: list[str], cost: list[int], on_steps: Callable[[str, int], None]):
+        self.owner, self.names, self.cost, self.on_steps = owner, names, cost, on_steps
+        self.lock = threading.Lock()
+        self.stored = [0] * len(names)
+        self.attempts: collections.Counter[int] = collections.Counter()
+        self.running: dict[int, tuple[int, int]] = {}  # chunk -> (attempt, run-steps it reported)
+
+    def start(self, i: int) -> tuple[int, int]:
+        """Chunk `i` is handed out: the tag its reports carry."""
+        with self.lock:
+            self.attempts[i] += 1
+            self.running[i] = (self.attempts[i], 0)
+            return i, self.attempts[i]
+
+    def report(self, message: tuple[tuple[int, int], int]) -> None:
+        """A worker's `(tag, run-steps so far)`; ignored when that attempt is over (stored or lost)."""
+        (i, attempt), steps = message
+        with self.lock:
+            if self.running.get(i, (None,))[0] != attempt:
+                return
+            self.running[i] = (attempt, min(steps, self.cost[i]))
+            self._tell(self.owner[i])
+
+    def lose(self, i: int) -> None:
+        with self.lock:
+            self.running.pop(i, None)
+            self._tell(self.owner[i])
+
+    def store(self, i: int) -> None:
+        with self.lock:
+            self.running.pop(i, None)
+            self.stored[self.owner[i]] += self.cost[i]
+            self._tell(self.owner[i])
+
+    def _tell(self, g: int) -> None:
+        running = sum(steps for i, (_, steps) in self.running.items() if self.owner[i] == g)
+        self.on_steps(self.names[g], self.stored[g] + running)
+
+
 def _why_lost(err: BaseException) -> str:
     """A few words on a lost worker: loky's exit codes (`SIGKILL(-9)`: killed, e.g. by the OOM killer) or the error."""
     codes = re.search(r"exit codes of the workers are \{(.*?)\}", str(err))
@@ -615,14 +721,30 @@ class _Pool:
     background = False
     """Whether chunks train elsewhere while this process stores results (else `submit` trains them here)."""
 
+    receive: Callable[[Any], None] | None = None
+    """Where chunks' progress reports go while `listen` is on (None: chunks report nothing)."""
+
     def start(self, chunks: int) -> None:
         """Get ready to train `chunks` chunks (processes start lazily, at the first `submit`)."""
         self.workers = max(1, min(self.parallel, chunks))
 
-    def submit(self, configs: list[RunConfig], labels: list[str], threads: int) -> Any:
+    @contextlib.contextmanager
+    def listen(self, receive: Callable[[Any], None] | None) -> Iterator[None]:
+        """Meanwhile, what chunks submitted with a `report` send arrives at `receive` (here: straight from `train`)."""
+        self.receive = receive
+        try:
+            yield
+        finally:
+            self.receive = None
+
+    def report(self, tag: Any) -> _Report | None:
+        """What a chunk submitted now needs to report its progress under `tag` (None: not listening)."""
+        return None if self.receive is None else _Report(self.receive, tag, REPORT_SECONDS)
+
+    def submit(self, configs: list[RunConfig], labels: list[str], threads: int, report: _Report | None = None) -> Any:
         future: concurrent.futures.Future = concurrent.futures.Future()
         try:
-            future.set_result(_train_chunk(configs, labels, threads))
+            future.set_result(_train_chunk(configs, labels, threads, report))
         except Exception as err:  # noqa: BLE001 -- handed to `result`, as a worker's error would be
             future.set_exception(err)
         return future
@@ -691,11 +813,39 @@ class _LokyPool(_Pool):
             )
         _EXECUTORS.append(self.executor)
 
-    def submit(self, configs: list[RunConfig], labels: list[str], threads: int) -> Any:
+    @contextlib.contextmanager
+    def listen(self, receive: Callable[[Any], None] | None) -> Iterator[None]:
+        """Workers report through a queue held by a `multiprocessing` manager process (a proxy survives being sent to
+        a worker, and a worker killed mid-message harms no one else), drained here by a thread that calls `receive`.
+        The manager, like the workers, ignores Ctrl-C and exits once this process is gone."""
+        if self.executor is None or receive is None:  # chunks train here: they report straight to `receive`
+            with super().listen(receive):
+                yield
+            return
+        import multiprocessing
+        from multiprocessing.managers import SyncManager
+
+        # fork: the manager starts in ~30 ms (a spawned one would import sortrl again, ~2 s)
+        manager = SyncManager(ctx=multiprocessing.get_context("fork" if sys.platform == "linux" else None))
+        with _sigint_blocked():
+            manager.start(initializer=worker_init, initargs=(os.getpid(),))
+        reports = manager.Queue()
+        thread = threading.Thread(target=_drain, args=(reports.get, receive), daemon=True, name="sortrl-progress")
+        thread.start()
+        try:
+            with super().listen(reports.put):
+                yield
+        finally:
+            with contextlib.suppress(Exception):  # the manager is gone already: so is what it held
+                reports.put(None)
+            thread.join(timeout=5)
+            manager.shutdown()
+
+    def submit(self, configs: list[RunConfig], labels: list[str], threads: int, report: _Report | None = None) -> Any:
         if self.executor is None:
-            return super().submit(configs, labels, threads)
+            return super().submit(configs, labels, threads, report)
         with _sigint_blocked():  # loky starts (or restarts) worker processes from here
-            return self.executor.submit(_train_chunk, configs, labels, threads)
+            return self.executor.submit(_train_chunk, configs, labels, threads, report)
 
     def is_lost(self, err: BaseException) -> bool:
         return isinstance(err, concurrent.futures.BrokenExecutor)
@@ -706,6 +856,15 @@ class _LokyPool(_Pool):
     def stop(self) -> None:
         if self.executor is not None:
             self.executor.shutdown(wait=False, kill_workers=True)
+
+
+def _drain(get: Callable[[], Any], receive: Callable[[Any], None]) -> None:
+    """Pass what `get` returns to `receive` until it returns None (or fails: the queue's manager is gone)."""
+    try:
+        while (message := get()) is not None:
+            receive(message)
+    except (EOFError, OSError):
+        return
 
 
 _EXECUTORS: list[Any] = []
@@ -731,8 +890,8 @@ class _DaskPool(_Pool):
         self.client, self.parallel = client, parallel
         self.finished: queue.SimpleQueue = queue.SimpleQueue()  # futures as they finish (their callbacks put them)
 
-    def submit(self, configs: list[RunConfig], labels: list[str], threads: int) -> Any:
-        future = self.client.submit(_train_chunk, configs, labels, threads, pure=False)
+    def submit(self, configs: list[RunConfig], labels: list[str], threads: int, report: _Report | None = None) -> Any:
+        future = self.client.submit(_train_chunk, configs, labels, threads, report, pure=False)
         future.add_done_callback(self.finished.put)
         return future
 
@@ -745,6 +904,10 @@ class _DaskPool(_Pool):
             while True:
                 finished.append(self.finished.get_nowait())
         return finished
+
+    def report(self, tag: Any) -> _Report | None:
+        """None: chunks on a cluster report nothing while they train (progress moves as each chunk is stored)."""
+        return None
 
     def is_lost(self, err: BaseException) -> bool:
         import distributed
