@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -372,3 +373,15 @@ def test_a_constant_side_of_a_0_1_score_is_said_to_make_a_one_sample_result_and_
     stuck = test("stuck", [side("lecture default", 1.0), side("sft", 0.0)])
     assert claims_md.fmt_side(stuck, 0).startswith("`lecture default` ends stuck in 128/128")
     assert claims_md.fmt_side(one, 1).startswith("`entropy 0.3` solves 32/128")
+
+
+def test_a_score_undefined_for_every_run_of_a_configuration_is_warned_not_called_no_runs_yet():
+    def score(regime, deltas, group, seed):
+        return math.nan if deltas == "centered_rewards" else 0.1 * seed
+
+    with pytest.warns(claims.UndefinedScoreWarning, match=r"claim H: final_score is undefined \(NaN\) for every run"):
+        found = claims.tests(hand_experiment("pair", score))
+    assert [t.n for t in found] == [0, 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a defined score warns nothing
+        claims.tests(hand_experiment("pair", lambda regime, deltas, group, seed: 0.1 * seed))

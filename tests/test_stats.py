@@ -131,3 +131,14 @@ def test_curve_ci_equals_the_direct_bootstrap(runs, statistic):
 def test_curve_ci_needs_two_runs():
     low, high = stats.curve_ci(np.ones((3, 1)), stats.mean)
     assert np.isnan(low).all() and np.isnan(high).all() and low.shape == (3,)
+
+
+def test_an_undefined_sample_gives_nan_without_a_warning():
+    """A score that is NaN for every run (no one maximum to normalise by) has no interval, and scipy is not asked
+    (its percentile bootstrap of NaNs warns about BCa, a method sortrl does not use)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        low, high = stats.bootstrap_ci([np.full(8, np.nan)], stats.mean)
+    assert np.isnan(low) and np.isnan(high)

@@ -26,6 +26,7 @@ The CI is a percentile bootstrap over seeds, or exact for 0/1 scores.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -160,7 +161,30 @@ def tests(exp: Experiment) -> list[Test]:
         for setting in exp.grid.tests(claim):
             where = ", ".join(f"{k}={v}" for k, v in setting.items())
             out += [replace(t, setting=setting) for t in _tests(exp, claim, setting, where)]
+    _warn_undefined(exp, out)
     return [_with_contrary(t, t.p) if not t.claim.identity else t for t in out]  # corrected p >= p
+
+
+class UndefinedScoreWarning(UserWarning):
+    """A claim's score is undefined (NaN) for every stored run of a configuration it compares: no seed to test."""
+
+
+def _warn_undefined(exp: Experiment, found: list[Test]) -> None:
+    """One warning per claim whose tests have no seed although their configurations have runs: the score is NaN
+    there (e.g. a chance-normalised score without one maximum), not 'no runs yet'."""
+    for claim_id in dict.fromkeys(t.claim.id for t in found if t.n == 0):
+        test = next(t for t in found if t.claim.id == claim_id and t.n == 0)
+        metric = test.claim.metric
+        for side in test.sides:
+            runs = exp.final[exp.final["configuration"] == side.label]
+            if len(runs) and (metric not in runs or runs[metric].isna().all()):
+                warnings.warn(
+                    f"{exp.name}: claim {claim_id}: {metric} is undefined (NaN) for every run of {side.label!r}, "
+                    "so its tests have no seed; choose a metric defined for these runs",
+                    UndefinedScoreWarning,
+                    stacklevel=2,
+                )
+                break
 
 
 def _tests(exp: Experiment, claim: Claim, setting: dict, where: str) -> list[Test]:

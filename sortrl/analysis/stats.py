@@ -75,14 +75,15 @@ def bootstrap_ci(
     resampled independently with replacement. `statistic(*samples, axis=-1)`
     must be vectorised, like `iqm`, `mean` or `probability_of_improvement`.
     Uses `scipy.stats.bootstrap(method="percentile")` (as rliable) with
-    `random_state=seed`. A sample with fewer than two runs gives NaN; a sample
-    whose values are all equal gives the degenerate interval of its statistic.
+    `random_state=seed`. A sample with fewer than two runs, or undefined (NaN) for
+    every run (a score without one maximum), gives NaN; a sample whose values
+    are all equal gives the degenerate interval of its statistic.
     `probability_of_improvement` is computed from each resample's counts of
     runs (`_counted_improvement`: the same resamples and, as its U statistic
     is a sum of halves, exactly the same numbers, at a fraction of the cost).
     """
     samples = [np.asarray(s, dtype=float) for s in samples]
-    if min(s.shape[-1] for s in samples) < 2:
+    if min(s.shape[-1] for s in samples) < 2 or any(np.isnan(s).all() for s in samples):  # nothing to resample
         nan = np.full(samples[0].shape[:-1], math.nan)
         return (nan, nan) if nan.ndim else (math.nan, math.nan)
     if statistic is probability_of_improvement and all(s.ndim == 1 for s in samples):
