@@ -284,3 +284,56 @@ def test_a_top_with_one_configuration_says_so():
         == "For exact_match: only (0.10 [0.00, 0.20]) is the only configuration."
     )
     assert isinstance(Floor("", [], [], [], 0, 0, 0, []).nothing_learns, bool)
+
+
+def _runs(spec: dict[str, dict]) -> tuple[list[str], pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Hand-made tables of `Experiment`'s columns: per configuration, its final rewards and reward curves by seed
+    (`{"seeds": [0, 1], "final": [...], "curve": [[epoch 0, epoch 1], ...], "diverged": {seed: epoch}}`)."""
+    final, curves, diverged = [], [], []
+    for label, runs in spec.items():
+        for seed, reward, curve in zip(runs.get("seeds", [0, 1]), runs.get("final", []), runs.get("curve", [])):
+            final.append({"run_id": f"{label}-{seed}", "configuration": label, "seed": seed, "final_reward": reward})
+            curves += [
+                {"configuration": label, "seed": seed, "epoch": e, "step": e, "mean_reward": r}
+                for e, r in reversed(list(enumerate(curve)))  # curves are stored in no particular order
+            ]
+        for seed, epoch in runs.get("diverged", {}).items():
+            diverged.append(
+                {"configuration": label, "seed": seed, "run_id": f"{label}-{seed}", "diverged_epoch": epoch}
+            )
+    columns = ["configuration", "seed", "run_id", "diverged_epoch"]
+    return list(spec), pd.DataFrame(final), pd.DataFrame(curves), pd.DataFrame(diverged, columns=columns)
+
+
+def test_identical_configurations_repeat_every_number_bit_for_bit_on_every_seed():
+    same = {"final": [3.5, 4.25], "curve": [[1.0, 3.5], [2.0, 4.25]]}
+    ulp = float(np.nextafter(4.25, 5.0))  # the next float after 4.25: equal to 15 digits, not bit for bit
+    labels, final, curves, diverged = _runs(
+        {
+            "centered_rewards": same,
+            "rloo": same,  # every number equal: identical
+            "rewards": {"final": [3.5, 4.25], "curve": [[1.0, 3.5], [2.0, ulp]]},  # one curve value one ulp off
+            "max_rewards": {**same, "seeds": [0, 2]},  # the same numbers, on another seed
+            "one_seed": {"final": [3.5], "curve": [[1.0, 3.5]]},  # seed 1 missing
+            "diverging": {**same, "diverged": {2: 7}},  # also diverged, on seed 2
+            "again": same,  # a third copy: mapped to the first, not to rloo
+            "signed": {"final": [0.0, 4.25], "curve": [[1.0, -0.0], [2.0, 4.25]]},
+            "unsigned": {"final": [0.0, 4.25], "curve": [[1.0, 0.0], [2.0, 4.25]]},  # 0.0 == -0.0, but not its bits
+            "nothing": {},  # no finished run: repeats nothing, though it "equals" the next
+            "nothing either": {},
+            "nan": {"final": [math.nan, 1.0], "curve": [[0.0, math.nan], [0.0, 1.0]]},
+            "nan twin": {"final": [math.nan, 1.0], "curve": [[0.0, math.nan], [0.0, 1.0]]},  # a NaN equals itself
+        }
+    )
+    twins = experiment.identical_configurations(labels, final, curves, diverged)
+    assert twins == {"rloo": "centered_rewards", "again": "centered_rewards", "nan twin": "nan"}
+    # the first in grid order is the one the others repeat
+    assert experiment.identical_configurations(["rloo", "centered_rewards"], final, curves, diverged) == {
+        "centered_rewards": "rloo"
+    }
+    # a score differs, the curves do not
+    final.loc[(final["configuration"] == "rloo") & (final["seed"] == 1), "final_reward"] = ulp
+    assert experiment.identical_configurations(labels, final, curves, diverged) == {
+        "again": "centered_rewards",
+        "nan twin": "nan",
+    }
