@@ -289,6 +289,13 @@ def render_report(experiments: list[Findings], tests: list[Test] = ()) -> str:
         lines += _claims(f, list(tests))
         lines += ["### Diverged runs", "", *_diverged(exp), ""]
         lines += ["### Figures", ""]
+        if exp.identical and f.figures:
+            lines += [
+                "Identical configurations (named in the findings above) draw the same numbers: where one would hide "
+                "another in a line figure, the later one in grid order is dashed, with a marker, and the legend says "
+                "which it is identical to.",
+                "",
+            ]
         for name in f.figures:
             lines += [f"**{FIGURES[name].caption}.**", "", f"![{exp.name} {name}](figures/{exp.name}_{name}.png)", ""]
         if len(exp.axes) < 2:
