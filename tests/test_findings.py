@@ -14,12 +14,17 @@ from sortrl.analysis.experiment import MARGIN, comparison_verdict
 from sortrl.analysis.findings import Eos, Findings, Floor, Ranking, Top
 from sortrl.analysis.verdicts import Interval
 from sortrl.engine.task import CHANCE_FIELDS, chance_mean_reward, reward_bounds
-from sortrl.render import sentences
+from sortrl.render import report, sentences
 from sortrl.study.grid import parse_grid, varying_labels
 
 
-def _experiment(table: dict[str, list[float]], accuracy: dict[str, list[float]] | None = None) -> SimpleNamespace:
-    """A stand-in for `Experiment` with only `final`: per configuration, its final score for seeds 0, 1, ..."""
+def _experiment(
+    table: dict[str, list[float]],
+    accuracy: dict[str, list[float]] | None = None,
+    identical: dict[str, str] | None = None,
+) -> SimpleNamespace:
+    """A stand-in for `Experiment` with only `final` (per configuration, its final score for seeds 0, 1, ...) and
+    `identical` (which configurations repeat which: `Experiment.identical`)."""
     rows = [
         {"configuration": label, "seed": seed, "final_score": value, "run_id": f"{label}-{seed}"}
         for label, values in table.items()
@@ -30,7 +35,7 @@ def _experiment(table: dict[str, list[float]], accuracy: dict[str, list[float]] 
     final["final_greedy_accuracy"] = [
         solved.get(r["configuration"], [0.0] * 99)[r["seed"]] for r in rows
     ]  # 0: no prompt sorted
-    return SimpleNamespace(final=final)
+    return SimpleNamespace(final=final, identical=identical or {})
 
 
 @pytest.mark.parametrize(
@@ -284,3 +289,111 @@ def test_a_top_with_one_configuration_says_so():
         == "For exact_match: only (0.10 [0.00, 0.20]) is the only configuration."
     )
     assert isinstance(Floor("", [], [], [], 0, 0, 0, []).nothing_learns, bool)
+
+
+def _runs(spec: dict[str, dict]) -> tuple[list[str], pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Hand-made tables of `Experiment`'s columns: per configuration, its final rewards and reward curves by seed
+    (`{"seeds": [0, 1], "final": [...], "curve": [[epoch 0, epoch 1], ...], "diverged": {seed: epoch}}`)."""
+    final, curves, diverged = [], [], []
+    for label, runs in spec.items():
+        for seed, reward, curve in zip(runs.get("seeds", [0, 1]), runs.get("final", []), runs.get("curve", [])):
+            final.append({"run_id": f"{label}-{seed}", "configuration": label, "seed": seed, "final_reward": reward})
+            curves += [
+                {"configuration": label, "seed": seed, "epoch": e, "step": e, "mean_reward": r}
+                for e, r in reversed(list(enumerate(curve)))  # curves are stored in no particular order
+            ]
+        for seed, epoch in runs.get("diverged", {}).items():
+            diverged.append(
+                {"configuration": label, "seed": seed, "run_id": f"{label}-{seed}", "diverged_epoch": epoch}
+            )
+    columns = ["configuration", "seed", "run_id", "diverged_epoch"]
+    return list(spec), pd.DataFrame(final), pd.DataFrame(curves), pd.DataFrame(diverged, columns=columns)
+
+
+def test_identical_configurations_repeat_every_number_bit_for_bit_on_every_seed():
+    same = {"final": [3.5, 4.25], "curve": [[1.0, 3.5], [2.0, 4.25]]}
+    ulp = float(np.nextafter(4.25, 5.0))  # the next float after 4.25: equal to 15 digits, not bit for bit
+    labels, final, curves, diverged = _runs(
+        {
+            "centered_rewards": same,
+            "rloo": same,  # every number equal: identical
+            "rewards": {"final": [3.5, 4.25], "curve": [[1.0, 3.5], [2.0, ulp]]},  # one curve value one ulp off
+            "max_rewards": {**same, "seeds": [0, 2]},  # the same numbers, on another seed
+            "one_seed": {"final": [3.5], "curve": [[1.0, 3.5]]},  # seed 1 missing
+            "diverging": {**same, "diverged": {2: 7}},  # also diverged, on seed 2
+            "again": same,  # a third copy: mapped to the first, not to rloo
+            "signed": {"final": [0.0, 4.25], "curve": [[1.0, -0.0], [2.0, 4.25]]},
+            "unsigned": {"final": [0.0, 4.25], "curve": [[1.0, 0.0], [2.0, 4.25]]},  # 0.0 == -0.0, but not its bits
+            "nothing": {},  # no finished run: repeats nothing, though it "equals" the next
+            "nothing either": {},
+            "nan": {"final": [math.nan, 1.0], "curve": [[0.0, math.nan], [0.0, 1.0]]},
+            "nan twin": {"final": [math.nan, 1.0], "curve": [[0.0, math.nan], [0.0, 1.0]]},  # a NaN equals itself
+        }
+    )
+    twins = experiment.identical_configurations(labels, final, curves, diverged)
+    assert twins == {"rloo": "centered_rewards", "again": "centered_rewards", "nan twin": "nan"}
+    # the first in grid order is the one the others repeat
+    assert experiment.identical_configurations(["rloo", "centered_rewards"], final, curves, diverged) == {
+        "centered_rewards": "rloo"
+    }
+    # a score differs, the curves do not
+    final.loc[(final["configuration"] == "rloo") & (final["seed"] == 1), "final_reward"] = ulp
+    assert experiment.identical_configurations(labels, final, curves, diverged) == {
+        "again": "centered_rewards",
+        "nan twin": "nan",
+    }
+
+
+def test_the_top_says_identical_where_configurations_repeat_each_other_not_tied():
+    steps = np.arange(8) / 100
+    ones = np.ones(8)
+    # a2 repeats a, c2 repeats c (`identical`); a separates from b on every seed, not from c
+    table = {"a": 0.2 + steps, "a2": 0.2 + steps, "b": 0.1 * ones, "c": 0.2 + steps[::-1], "c2": 0.2 + steps[::-1]}
+    identical = {"a2": "a", "c2": "c"}
+    exp = _experiment(table, identical=identical)
+    part = _part({"a": 0.235, "a2": 0.235, "b": 0.1, "c": 0.235, "c2": 0.235})
+    top = findings._top(exp, "", part)
+    assert top.tied == ["a", "c"] and top.identical == {"a": ["a2"], "c": ["c2"]}
+    assert top.runner_up == "c" and not top.single  # not the leader's own twin
+    text = sentences._top(top, short=False, several=False)
+    assert text == (
+        "No single best configuration: 2 configurations are tied at the top (not separated from the leader, a "
+        "(0.23 [0.13, 0.33]; a2 is identical to it), by a paired CI above 0 and a Holm-corrected Wilcoxon test): "
+        "c (c2 is identical to it)."
+    )
+    # without c, a separates from every configuration but its own twin: a single best, ahead of b
+    exp = _experiment({k: table[k] for k in ("a", "a2", "b")}, identical={"a2": "a"})
+    top = findings._top(exp, "", _part({"a": 0.235, "a2": 0.235, "b": 0.1}))
+    assert top.single and top.tied == ["a"] and top.runner_up == "b" and top.lead.point > 0
+    assert sentences._top(top, short=False, several=False).startswith(
+        "Highest mean final score: a (0.23 [0.13, 0.33]; a2 is identical to it), ahead of the runner-up, b, by +"
+    )
+    # a scale of twins alone
+    top = findings._top(
+        _experiment({"a": table["a"], "a2": table["a2"]}, identical={"a2": "a"}), "", _part({"a": 0.2, "a2": 0.2})
+    )
+    assert (top.tied, top.runner_up) == (["a"], None)
+    assert sentences._top(top, short=False, several=False) == (
+        "A (0.20 [0.10, 0.30]) and a2, identical to it, are the only configurations."
+    )
+
+
+def test_identical_configurations_are_named_in_the_findings_and_their_comparisons():
+    identical = {"rloo": "centered_rewards", "again": "centered_rewards", "k1": "rewards"}
+    exp = SimpleNamespace(identical=identical, baseline="rewards", reference_axes=[])
+    assert findings.same_results(exp, "again", "rloo") and findings.same_results(exp, "k1", "rewards")
+    assert not findings.same_results(exp, "rloo", "rewards")
+    found = Findings(experiment=exp, summary=None)
+    assert sentences.identical_sentence(found) == (
+        "Identical results (every final score and per-epoch curve equal on every seed, bit for bit): rloo and again "
+        "are identical to centered_rewards; k1 is identical to rewards."
+    )
+    assert sentences.identical_sentence(Findings(experiment=SimpleNamespace(identical={}), summary=None)) == ""
+    zero, improve = Interval(0.0, 0.0, 0.0, 6), Interval(0.5, 0.5, 0.5, 6)
+    twin = findings.Comparison("k1", "rewards", zero, 1.0, 1.0, "no difference", None, improve, identical=True)
+    other = findings.Comparison("x", "rewards", Interval(0.01, 0.0, 0.02, 6), 0.5, 1.0, "no difference", None, improve)
+    found = Findings(experiment=exp, summary=None, comparisons=[twin, other])
+    assert "no difference (paired CI within ±0.05) for 2 (k1 (identical to the baseline) and x +0.010 [" in (
+        sentences.comparisons_sentence(found)
+    )
+    assert report._compared(exp, twin) == "k1 (+0.000 (all 6 equal), p = 1 Holm; identical to the baseline)"

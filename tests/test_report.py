@@ -6,6 +6,7 @@ import math
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -13,11 +14,11 @@ import pytest
 from matplotlib.collections import PathCollection
 from scipy.stats import wilcoxon
 
-from sortrl.analysis import experiment, findings, stats, verdicts
+from sortrl.analysis import claims, experiment, findings, stats, verdicts
 from sortrl.engine.config import make_config
 from sortrl.engine.registry import ConfigError
 from sortrl.engine.task import best_mean_reward, chance_mean_reward
-from sortrl.render import figures, readme, report, sentences
+from sortrl.render import claim_figures, figures, readme, report, sentences
 from sortrl.render.publish import write_report
 from sortrl.study import grid
 from sortrl.study.grid import parse_grid
@@ -264,6 +265,8 @@ def test_diverged_runs_are_listed_and_left_out(copy):
     ]
     text = report.render_report([findings.findings(exp, summary.reset_index())])
     assert "- centered_rewards: seed 3 (epoch 2)" in text
+    # a curve figure's title counts the seeds each configuration finished: 5 of centered_rewards', 6 of the others'
+    assert "5–6 seeds per configuration" in figures.plot_reward_curves(exp)._suptitle.get_text()
 
 
 def test_a_fully_diverged_baseline_is_named_as_the_reason(tmp_path):
@@ -629,3 +632,128 @@ def test_report_uses_a_grid_file_given_and_warns_about_one_that_differs(results,
     other = tmp_path / "other.toml"
     other.write_text(TINY.replace('name = "tiny"', 'name = "nope"'))
     assert_one_line_error(invoke("report", "--results", copy, "--grid", other), "which has no stored runs")
+
+
+TWINS = """
+name = "twins"
+seeds = 4
+highlight_seed = 3
+baseline = { kl_estimator = "k3", deltas_mode = "rewards" }
+
+[base]
+num_epochs = 30
+num_steps_per_epoch = 1
+
+[grid]
+kl_estimator = ["k3", "k1"]  # no KL penalty (kl_penalty = 0): the estimator changes nothing, bit for bit
+deltas_mode = ["rewards", "centered_rewards"]
+
+[[claim]]
+id = "T1"
+statement = "without a KL penalty the estimator changes nothing"
+subject = "the KL estimator"
+source = "by construction"
+new = { kl_estimator = "k1" }
+old = { kl_estimator = "k3" }
+predicts = "same"
+figure = "curves:mean_reward"
+"""
+"""A grid whose configurations come in identical pairs (k1 repeats k3), on the same panel of every line figure."""
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory):
+    """The `TWINS` grid swept and reported: its results folder."""
+    root = tmp_path_factory.mktemp("twins")
+    run_sweep(parse_grid(TWINS), root, n_jobs=1)
+    write_report(root)
+    return root
+
+
+def _mean_lines(ax, exp, label):
+    """The lines of configuration `label` on `ax` drawn as wide as a mean curve (1.6: not the highlight seed's)."""
+    return [line for line in ax.get_lines() if line.get_color() == exp.colour(label) and line.get_linewidth() == 1.6]
+
+
+def test_identical_configurations_are_drawn_apart_and_named(twins):
+    exp = experiment.load_experiment(twins, "twins", figures.curve_metrics())
+    assert exp.identical == {"k1 / rewards": "k3 / rewards", "k1 / centered_rewards": "k3 / centered_rewards"}
+    drawn = {
+        "reward_curves": figures.plot_reward_curves(exp),
+        "sample_efficiency": figures.plot_sample_efficiency(exp),
+        "performance_profile": figures.plot_performance_profile(exp),
+    }
+    for name, fig in drawn.items():
+        for ax, mode in zip(fig.axes, ["rewards", "centered_rewards"]):
+            (first,), (twin,) = _mean_lines(ax, exp, f"k3 / {mode}"), _mean_lines(ax, exp, f"k1 / {mode}")
+            assert np.array_equal(first.get_ydata(), twin.get_ydata()), name  # the same numbers ...
+            assert (first.get_linestyle(), first.get_marker()) == ("-", "None"), name  # ... the first as before,
+            assert (twin.get_linestyle(), twin.get_marker()) == ("--", "o"), name  # the other dashed, with a marker
+        legend = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert "k1 / rewards: identical to k3 / rewards" in legend, name
+        assert "k1 / centered_rewards: identical to k3 / centered_rewards" in legend, name
+    # the sample-efficiency title says at how many of the epochs its IQMs are: 26 of the grid's 30
+    title = drawn["sample_efficiency"]._suptitle.get_text()
+    assert "IQM over seeds of the mean reward at 26 of the 30 epochs, 4 seeds per configuration" in title
+    assert len(_mean_lines(drawn["sample_efficiency"].axes[0], exp, "k3 / rewards")[0].get_xdata()) == 26
+
+    # a claim's curves (new, then old, at the baseline's deltas_mode): the one drawn second is dashed, with a marker
+    fig = claim_figures.draw(exp, exp.grid.claims[0], claims.tests(exp))
+    first, twin = fig.axes[0].get_lines()
+    assert np.array_equal(first.get_ydata(), twin.get_ydata())
+    assert (first.get_linestyle(), first.get_marker(), twin.get_linestyle(), twin.get_marker()) == (
+        "-",
+        "None",
+        "--",
+        "o",
+    )
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["k1 / rewards", "k3 / rewards", "k3 / rewards: identical to k1 / rewards"]
+
+    text = (twins / "REPORT.md").read_text()
+    assert "k1 / rewards (+0.000 (all 4 equal), p = 1 Holm; identical to the baseline)" in text
+    assert (
+        "Identical results (every final score and per-epoch curve equal on every seed, bit for bit): k1 / rewards is "
+        "identical to k3 / rewards; k1 / centered_rewards is identical to k3 / centered_rewards." in text
+    )
+    assert "where one would hide another in a line figure, the later one in grid order is dashed" in text
+    assert "k1 / centered_rewards is identical to it" in text  # at the top, with k3 / centered_rewards
+
+
+@pytest.mark.parametrize("count", [2, 3, 4])
+def test_lines_with_the_same_numbers_show_in_turn(count):
+    """Of `count` lines with the same numbers, the first is solid; each other one's dash starts where it alone
+    shows: at place x the dash length along a period of count dashes (the first line shows in the first gap)."""
+    period = count * figures.TWIN_DASH
+    starts = []
+    for place in range(1, count):
+        offset, (on, off) = figures.twin_style(figures.Twin("first", place, count))["ls"]
+        assert (on, on + off) == (figures.TWIN_DASH, period)
+        starts.append((period - offset) % period)  # matplotlib starts the pattern `offset` into it
+    assert starts == [place * figures.TWIN_DASH for place in range(1, count)]
+    markers = [figures.twin_style(figures.Twin("first", place, count))["marker"] for place in range(1, count)]
+    assert len(set(markers)) == count - 1
+
+
+def test_a_line_repeats_another_when_each_of_its_configurations_does():
+    """A line that pools configurations (one per prompt length) repeats another only if they do, one for one."""
+    exp = SimpleNamespace(identical={"b / L=3": "a / L=3", "b / L=4": "a / L=4", "c / L=4": "a / L=4"})
+    lines = {"a": ["a / L=3", "a / L=4"], "b": ["b / L=3", "b / L=4"], "c": ["c / L=3", "c / L=4"]}
+    assert figures.twin_lines(exp, lines) == {"b": figures.Twin("a", 1, 2)}  # c repeats a at L=4 only
+    exp.identical["c / L=3"] = "a / L=3"
+    assert figures.twin_lines(exp, lines) == {"b": figures.Twin("a", 1, 3), "c": figures.Twin("a", 2, 3)}
+
+
+def test_distinct_configurations_are_drawn_as_before(results):
+    exp = experiment.load_experiment(results, "tiny")
+    assert exp.identical == {}
+    fig = figures.plot_sample_efficiency(exp)
+    for label in exp.labels:
+        (line,) = _mean_lines(fig.axes[0], exp, label)
+        assert (line.get_linestyle(), line.get_marker()) == ("-", "None")
+    assert not any("identical" in t.get_text() for t in fig.legends[0].get_texts())
+    # 5 epochs: the IQMs are at every one of them, and the title says no more
+    assert (
+        fig._suptitle.get_text()
+        == "tiny: sample efficiency, IQM over seeds of the mean reward, 6 seeds per configuration"
+    )

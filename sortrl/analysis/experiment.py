@@ -144,6 +144,9 @@ class Experiment:
     trained_by: dict[str, Any] | None = None
     """The manifest of the latest sweep that trained runs (from `manifests.jsonl`): whose versions trained the
     stored runs, which a later sweep that found nothing to train (e.g. to store an edited claim) does not change."""
+    identical: dict[str, str] = field(default_factory=dict)
+    """Configurations whose results repeat an earlier one's, bit for bit, each mapped to the first configuration it
+    repeats (`identical_configurations`): `{"rloo": "centered_rewards"}`."""
 
     @property
     def axes(self) -> list[str]:
@@ -322,6 +325,7 @@ def load_experiment(
     tokens = {c.label: c.config.num_tokens for c in configurations}
     final["near_uniform"] = _near_uniform(final, tokens)
     diverged = runs[runs["status"] != "ok"][["configuration", "seed", "run_id", "diverged_epoch"]]
+    diverged = diverged.reset_index(drop=True)
     return Experiment(
         name=name,
         folder=folder,
@@ -331,11 +335,56 @@ def load_experiment(
         configs=configs,
         final=final,
         curves=curves_table,
-        diverged=diverged.reset_index(drop=True),
+        diverged=diverged,
         baseline=grid.baseline_configuration.label,
         palette=make_palette(list(configs["hue"])),
         notes=notes,
+        identical=identical_configurations(list(configs.index), final, curves_table, diverged),
     )
+
+
+def identical_configurations(
+    labels: list[str], final: pd.DataFrame, curves: pd.DataFrame, diverged: pd.DataFrame
+) -> dict[str, str]:
+    """Configurations whose results repeat an earlier configuration's, each mapped to the first one it repeats.
+
+    Two configurations of one experiment are *identical* when their runs give the same numbers, bit for bit, on
+    every seed: they finished the same seeds, diverged on the same seeds at the same epochs, and every score
+    (`final`: final reward, entropy, greedy accuracy, final score, ...) and every per-epoch value of every curve
+    kept (`curves`, at least the `mean_reward` the figures draw) is bit-equal seed for seed. (Equal settings give
+    that, but so can different ones: with `kl_penalty = 0` the reference policy's refresh period changes nothing.)
+    A curve or score not loaded is not compared. A configuration without finished runs repeats none.
+
+    `labels`: the configurations compared, in grid order (the first of a set of identical ones is the one the others
+    map to); `final`, `curves`, `diverged`: tables of `Experiment`'s columns (a `configuration` column; `seed` and `epoch`
+    give the order compared). Returns `{twin: first}`, e.g. `{"rloo": "centered_rewards"}`; empty when none repeat.
+    """
+    tables = (
+        final.drop(columns="run_id").sort_values("seed", kind="stable"),
+        curves.sort_values(["seed", "epoch"], kind="stable"),  # stored in no particular order
+        diverged.drop(columns="run_id").sort_values("seed", kind="stable"),
+    )
+    found: dict[str, list[bytes]] = {label: [b""] * len(tables) for label in labels}
+    for i, table in enumerate(tables):
+        for label, part in table.groupby("configuration", sort=False, observed=True):
+            if label in found:
+                found[label][i] = b"".join(_bits(part[c]) for c in part if c != "configuration")
+    first: dict[tuple[bytes, ...], str] = {}
+    twins = {}
+    for label, bits in found.items():
+        if bits[0]:  # it has finished runs
+            earlier = first.setdefault(tuple(bits), label)
+            if earlier != label:
+                twins[label] = earlier
+    return twins
+
+
+def _bits(column: pd.Series) -> bytes:
+    """A column's values as bytes: the bits of a numeric one (so `0.0` and `-0.0` differ, a NaN equals itself)."""
+    values = column.to_numpy()
+    if values.dtype == object:  # no raw bits to compare (they would be pointers): the values' text
+        return "\0".join(map(repr, values)).encode()
+    return np.ascontiguousarray(values).tobytes()
 
 
 def _read_runs(

@@ -13,7 +13,9 @@ its summary table into a `Findings`, following the statistics of DESIGN.md
   (`Comparison`; the numbers are the summary's, `sortrl.analysis.experiment.summarize`);
 - the top of each reward scale: a single best configuration only when it
   separates from every other configuration (paired CI above 0 and a
-  Holm-corrected Wilcoxon test), else who is tied with it (`Top`);
+  Holm-corrected Wilcoxon test), else who is tied with it (`Top`); a
+  configuration whose results repeat another's bit for bit is *identical* to
+  it, never "tied" (`sortrl.analysis.experiment.identical_configurations`);
 - the null results of each scale: configurations and runs that end within the
   margin of chance, and how many runs solve (`Floor`);
 - the grid-specific findings: held-out score by prompt length (chance-normalised
@@ -142,6 +144,8 @@ class Comparison:
     """For an inconclusive comparison: seeds a paired test would need to detect an effect of the margin."""
     improve: Interval
     """P(its final reward > the reference's) with its CI: the unpaired view."""
+    identical: bool = False
+    """Whether its results repeat the reference's bit for bit (`Experiment.identical`)."""
 
     @property
     def within_margin(self) -> bool:
@@ -158,11 +162,15 @@ class Top:
     score: Interval
     """The leader's mean final score with its CI."""
     tied: list[str]
-    """The leader, then every configuration it does not separate from (`separated`), by mean score."""
+    """The leader, then every configuration it does not separate from (`separated`), by mean score; one of each
+    set of identical configurations (the first in grid order: the others are in `identical`)."""
     runner_up: str | None
-    """The configuration with the second highest mean final score (None when the scale has one)."""
+    """The configuration with the second highest mean final score, the leader's identical ones left out (None when
+    there is no other)."""
     lead: Interval | None
     """Paired effect of the leader over the runner-up."""
+    identical: dict[str, list[str]] = field(default_factory=dict)
+    """Configurations of `tied` -> the ones of the scale identical to it (`Experiment.identical`), in grid order."""
 
     @property
     def leader(self) -> str:
@@ -170,7 +178,8 @@ class Top:
 
     @property
     def single(self) -> bool:
-        """True when the leader separates from every other configuration of its scale (`separated`)."""
+        """True when the leader separates from every other configuration of its scale (`separated`) but its
+        identical ones."""
         return len(self.tied) == 1 and self.runner_up is not None
 
 
@@ -277,7 +286,8 @@ class Findings:
 
 def findings(exp: Experiment, summary: pd.DataFrame, figures: list[str] | None = None) -> Findings:
     """The findings of `exp` (its summary table from `sortrl.analysis.experiment.summarize`)."""
-    out = Findings(experiment=exp, summary=summary, figures=list(figures or []), comparisons=_comparisons(summary))
+    comparisons = [replace(c, identical=same_results(exp, c.configuration, c.reference)) for c in _comparisons(summary)]
+    out = Findings(experiment=exp, summary=summary, figures=list(figures or []), comparisons=comparisons)
     for scale, part in _by_scale(summary):
         labels = list(part["configuration"])
         out.tops.append(_top(exp, scale, part))
@@ -311,14 +321,30 @@ def _by_scale(summary: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 
 def _top(exp: Experiment, scale: str, part: pd.DataFrame) -> Top:
-    """The leader by mean final score, the runner-up, and who the leader does not separate from (`separated`)."""
+    """The leader by mean final score, the runner-up, and who the leader does not separate from (`separated`).
+
+    Identical configurations (`Experiment.identical`) have equal scores, so the first of them in grid order ranks
+    first; the others are listed as identical to it, not as tied, and none of the leader's is its runner-up.
+    """
     ranked = part.sort_values("score", ascending=False, kind="stable")
     labels = list(ranked["configuration"])
     first = ranked.iloc[0]
     score = Interval(first["score"], first["score_ci_low"], first["score_ci_high"], int(first["n"]))
     apart, effects = separated(exp, [(labels[0], other) for other in labels[1:]])
     tied = [labels[0]] + [label for label, ok in zip(labels[1:], apart) if not ok]
-    return Top(scale, score, tied, labels[1] if len(labels) > 1 else None, effects[0] if effects else None)
+    twins = {label: exp.identical[label] for label in labels if exp.identical.get(label) in labels}
+    identical: dict[str, list[str]] = {}
+    for twin, original in twins.items():
+        if twin in tied:
+            identical.setdefault(original, []).append(twin)
+    others = [(label, effect) for label, effect in zip(labels[1:], effects) if twins.get(label) != labels[0]]
+    runner_up, lead = others[0] if others else (None, None)
+    return Top(scale, score, [label for label in tied if label not in twins], runner_up, lead, identical)
+
+
+def same_results(exp: Experiment, a: str, b: str) -> bool:
+    """Whether configurations `a` and `b` of `exp` are one and the same or identical (`Experiment.identical`)."""
+    return exp.identical.get(a, a) == exp.identical.get(b, b)
 
 
 def separated(exp: Experiment, pairs: list[tuple[str, str]]) -> tuple[list[bool], list[Interval]]:

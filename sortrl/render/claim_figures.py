@@ -30,7 +30,7 @@ from sortrl.analysis.claims import MONOTONE, SEED, Test
 from sortrl.analysis.experiment import Experiment, make_palette
 from sortrl.analysis.scores import DERIVED, SCORES
 from sortrl.analysis.verdicts import wilson
-from sortrl.render.figures import style, subplots
+from sortrl.render.figures import Twin, style, subplots, twin_handles, twin_lines, twin_style
 from sortrl.study.grid import Claim
 
 DEFAULTS = {
@@ -240,14 +240,20 @@ def _curve_panels(
     """Per test (panel): each compared configuration's curve of each metric, mean over seeds with a 95% CI band.
 
     Epochs where some seed has no value (e.g. no response below its group's mean) are averaged over the seeds
-    that have one, and drawn without a band.
+    that have one, and drawn without a band. A configuration identical to an earlier one of its panel is drawn
+    dashed, with a marker (`sortrl.render.figures.twin_style`), and the legend says which it is identical to.
     """
     names = list(dict.fromkeys(_short(s.label, t) for t in tests for s in t.sides))
     palette = make_palette(names)
+    twins: dict[str, Twin] = {}
+    short = {s.label: _short(s.label, t) for t in tests for s in t.sides}
     with style():
         fig, panels = _panels(tests)
         for where, ax in panels:
-            for test in [t for t in tests if _in(t, where)]:
+            mine = [t for t in tests if _in(t, where)]
+            repeats = twin_lines(exp, {s.label: [s.label] for t in mine for s in t.sides})
+            twins |= repeats
+            for test in mine:
                 for side in test.sides:
                     part = exp.curves[exp.curves["configuration"] == side.label]
                     colour = palette[_short(side.label, test)]
@@ -256,8 +262,9 @@ def _curve_panels(
                             continue
                         wide = part.pivot(index="epoch", columns="seed", values=metric)
                         values = wide.to_numpy(dtype=float)
+                        over = twin_style(repeats[side.label]) if side.label in repeats else {"ls": line}
                         with np.errstate(all="ignore"):
-                            ax.plot(wide.index, np.nanmean(values, axis=1), line, color=colour, lw=1.4)
+                            ax.plot(wide.index, np.nanmean(values, axis=1), color=colour, lw=1.4, **over)
                         complete = ~np.isnan(values).any(axis=1)
                         if complete.any():
                             low, high = stats.curve_ci(values[complete], stats.mean, SEED)
@@ -269,6 +276,7 @@ def _curve_panels(
         handles += [
             Line2D([], [], color="grey", ls=line, label=m.split("/")[-1]) for m, line in metrics if len(metrics) > 1
         ]
+        handles += twin_handles(twins, lambda label: palette[short[label]], short.get)
         fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), frameon=False)
         fig.suptitle(_title(claim))
     return fig

@@ -10,6 +10,10 @@ seaborn's whitegrid, whatever the user's matplotlibrc), and `png_bytes` writes
 no timestamp or version metadata, so equal runs give byte-identical PNGs.
 Mean reward, never loss, is on every reward axis; bands and error bars are 95%
 percentile-bootstrap CIs over seeds (`sortrl.analysis.stats.bootstrap_ci`).
+A line that would hide another drawing the same numbers (identical
+configurations, `sortrl.analysis.experiment.identical_configurations`) is
+dashed, with a marker, so that both show, and the legend says which it is
+identical to (`twin_lines`, `twin_style`).
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ from sortrl.study.grid import join_labels, value_label
 
 CURVE_POINTS = 26
 """Epochs (evenly spaced, last included) at which IQM-over-steps curves are bootstrapped."""
+
+TWIN_MARKERS = ("o", "s", "^", "D", "v", "P")
+"""Markers of the lines drawn over lines with the same numbers: the first such line's, the second's, ..."""
+
+TWIN_DASH = 4.0
+"""Length of the dashes of a line drawn over lines with the same numbers (points, times the line width)."""
 
 PNG_OPTIONS = {"dpi": 110, "bbox_inches": "tight", "metadata": {"Software": None}}
 """`savefig` options: no Software/date metadata, so equal figures give equal bytes."""
@@ -161,6 +171,54 @@ def _finish_facets(fig: Figure, exp: Experiment, extra: list[Line2D] | None = No
     fig.legend(handles=handles, loc="outside right center", frameon=False, title=" / ".join(hue_axes) or None)
 
 
+class Twin(NamedTuple):
+    """A line that draws the same numbers as an earlier line of its panel (identical configurations)."""
+
+    first: str
+    """The first line (in drawing order) with those numbers: drawn as usual."""
+    place: int
+    """Its place among the lines with those numbers (1 for the first drawn over `first`, ...)."""
+    count: int
+    """How many lines draw those numbers, `first` included."""
+
+
+def twin_lines(exp: Experiment, lines: dict[str, list[str]]) -> dict[str, Twin]:
+    """The lines of one panel that would hide an earlier one: each line's configurations are identical to the
+    earlier line's, one for one (`Experiment.identical`).
+
+    `lines`: each line's name -> the configurations it draws (one, or one per x value, in the same order for every
+    line), in drawing order. Returns the name of each line that repeats an earlier one -> `Twin`.
+    """
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name, labels in lines.items():
+        groups.setdefault(tuple(exp.identical.get(label, label) for label in labels), []).append(name)
+    return {name: Twin(names[0], k, len(names)) for names in groups.values() for k, name in enumerate(names) if k}
+
+
+def twin_style(twin: Twin) -> dict[str, Any]:
+    """Line options of a `Twin`: dashes that leave the lines with the same numbers showing in turn (each one's dash
+    at its own place along the line), and a marker of its own, at its own places."""
+    dashes = (TWIN_DASH, (twin.count - 1) * TWIN_DASH)
+    return {
+        "ls": ((twin.count - twin.place) * TWIN_DASH, dashes),  # "on" from place x TWIN_DASH, every count x TWIN_DASH
+        "marker": TWIN_MARKERS[(twin.place - 1) % len(TWIN_MARKERS)],
+        "markevery": (0.1 * (twin.place - 1) / (twin.count - 1), 0.1),  # every tenth of the axes' diagonal
+        "ms": 4,
+    }
+
+
+def twin_handles(
+    twins: dict[str, Twin], colour: Callable[[str], Any], name: Callable[[str], str] = str
+) -> list[Line2D]:
+    """Legend entries of the lines drawn over identical ones: `rloo: identical to centered_rewards`, dashed, with the
+    line's marker. `colour`: a line's colour by name; `name`: what the legend calls a line."""
+    labels = {f"{name(line)}: identical to {name(twin.first)}": (line, twin) for line, twin in twins.items()}
+    return [  # one entry per text: a claim figure shows one pair, under the same short names, in each panel
+        Line2D([], [], color=colour(line), lw=1.6, ls="--", marker=twin_style(twin)["marker"], ms=4, label=label)
+        for label, (line, twin) in labels.items()
+    ]
+
+
 def _highlight_seed(exp: Experiment) -> int | None:
     seed = exp.grid.highlight_seed
     return seed if seed is not None and (exp.final["seed"] == seed).any() else None
@@ -186,18 +244,24 @@ def _curves(
     """`statistic` over seeds of `metric` vs step per configuration, 95% bootstrap CI band, faceted.
 
     `points`: bootstrap at that many evenly spaced epochs (last included) instead of every epoch.
-    With `highlight`, the grid's highlight seed's own curve is drawn on top, dashed. `labels`: only
+    The title says at how many of the epochs (`title`, then `at 26 of the 100 epochs`, when not
+    all). With `highlight`, the grid's highlight seed's own curve is drawn on top, dashed. `labels`: only
     these configurations. `reward`: `metric` is a reward, drawn in the units of `reward_label`.
     """
-    epochs = np.sort(exp.curves["epoch"].unique())
+    every = np.sort(exp.curves["epoch"].unique())
+    epochs = every
     if points is not None:
-        epochs = epochs[np.unique(np.linspace(0, len(epochs) - 1, points).round().astype(int))]
+        epochs = every[np.unique(np.linspace(0, len(every) - 1, points).round().astype(int))]
+        title += f" at {len(epochs)} of the {len(every)} epochs" if len(epochs) < len(every) else ""
     runs = exp.curves[exp.curves["epoch"].isin(epochs)]
     seed = _highlight_seed(exp) if highlight else None
+    twins: dict[str, Twin] = {}
     with style():
         fig, panels = _facets(exp, sharey=exp.panels_share_scale, labels=labels)
-        for ax, labels in panels:
-            for label in labels:
+        for ax, shown in panels:
+            mine = twin_lines(exp, {label: [label] for label in shown})
+            twins |= mine
+            for label in shown:
                 part = runs[runs["configuration"] == label]
                 wide = part.pivot(index="step", columns="seed", values=metric).dropna()  # [step run]
                 if wide.empty:
@@ -206,20 +270,29 @@ def _curves(
                     wide = _scaled(exp, label, wide)
                 low, high = stats.curve_ci(wide.to_numpy(), statistic, SEED)
                 colour = exp.colour(label)
-                ax.plot(wide.index, statistic(wide.to_numpy()), color=colour, lw=1.6)
+                over = twin_style(mine[label]) if label in mine else {}
+                ax.plot(wide.index, statistic(wide.to_numpy()), color=colour, lw=1.6, **over)
                 ax.fill_between(wide.index, low, high, color=colour, alpha=0.2, lw=0)
                 if seed is not None and seed in wide:
-                    ax.plot(wide.index, wide[seed], ls="--", lw=0.9, color=colour)
+                    ax.plot(wide.index, wide[seed], ls=over.get("ls", "--"), lw=0.9, color=colour)
             ax.set_xlabel("step (inner optimiser steps)")
             ax.set_ylabel(ylabel)
         name = "mean" if statistic is stats.mean else "IQM"
         extra = [Line2D([], [], color="grey", lw=1.6, label=f"{name} over seeds, band = 95% CI")]
         if seed is not None:
             extra.append(Line2D([], [], color="grey", ls="--", lw=0.9, label=f"{_seed_note(exp, seed)} (one run)"))
-        _finish_facets(fig, exp, extra)
-        n = exp.final.groupby("configuration")["seed"].nunique().max()
-        fig.suptitle(f"{exp.name}: {title}, {n} seeds per configuration{_facet_note(exp)}")
+        _finish_facets(fig, exp, extra + twin_handles(twins, exp.colour))
+        fig.suptitle(f"{exp.name}: {title}, {_seeds_per_configuration(exp, labels)}{_facet_note(exp)}")
     return fig
+
+
+def _seeds_per_configuration(exp: Experiment, labels: list[str] | None) -> str:
+    """`32 seeds per configuration`, or `30–32 seeds per configuration` when the configurations drawn (`labels`, or
+    every one) finished different numbers of seeds."""
+    final = exp.final if labels is None else exp.final[exp.final["configuration"].isin(labels)]
+    counts = final.groupby("configuration")["seed"].nunique()
+    low, high = (counts.min(), counts.max()) if len(counts) else (0, 0)
+    return f"{low if low == high else f'{low}–{high}'} seeds per configuration"
 
 
 def plot_reward_curves(exp: Experiment) -> Figure | None:
@@ -238,7 +311,7 @@ def plot_sample_efficiency(exp: Experiment) -> Figure | None:
         "mean_reward",
         stats.iqm,
         reward_label(exp, "IQM over seeds of mean reward"),
-        f"sample efficiency, IQM of mean reward at {CURVE_POINTS} epochs",
+        "sample efficiency, IQM over seeds of the mean reward",
         points=CURVE_POINTS,
         highlight=False,
         reward=True,
@@ -402,9 +475,12 @@ def plot_performance_profile(exp: Experiment) -> Figure | None:
     if exp.final.empty:
         return None
     final = _in_units(exp, exp.final, ("final_reward",))
+    twins: dict[str, Twin] = {}
     with style():
         fig, panels = _facets(exp, sharex=exp.panels_share_scale)
         for ax, labels in panels:
+            mine = twin_lines(exp, {label: [label] for label in labels})
+            twins |= mine
             values = final.loc[final["configuration"].isin(labels), "final_reward"].to_numpy()
             if exp.panels_share_scale:
                 values = final["final_reward"].to_numpy()
@@ -417,11 +493,12 @@ def plot_performance_profile(exp: Experiment) -> Figure | None:
                     continue
                 low, high = stats.performance_profile_ci(x, taus, SEED)
                 colour = exp.colour(label)
-                ax.plot(taus, stats.performance_profile(x, taus), color=colour, lw=1.6)
+                over = twin_style(mine[label]) if label in mine else {}
+                ax.plot(taus, stats.performance_profile(x, taus), color=colour, lw=1.6, **over)
                 ax.fill_between(taus, low, high, color=colour, alpha=0.15, lw=0)
             ax.set_xlabel(reward_label(exp, "final mean reward threshold τ"))
             ax.set_ylabel("fraction of runs with final reward > τ")
-        _finish_facets(fig, exp)
+        _finish_facets(fig, exp, twin_handles(twins, exp.colour))
         fig.suptitle(f"{exp.name}: performance profiles of the final reward (band = 95% CI){_facet_note(exp)}")
     return fig
 
@@ -522,6 +599,8 @@ def plot_prompt_length(exp: Experiment) -> Figure | None:
         (reward, reward_label(exp, what, note)),
         ("gap", "train - held-out greedy accuracy"),
     ]
+    drawn = final.drop_duplicates("configuration").sort_values(PROMPT_LENGTH, kind="stable")
+    twins = twin_lines(exp, drawn.groupby("line", sort=False)["configuration"].agg(list).to_dict())
     with style():
         fig, axes = subplots(1, 3, (14, 4))
         for ax, (column, ylabel) in zip(axes[0], panels):
@@ -529,13 +608,15 @@ def plot_prompt_length(exp: Experiment) -> Figure | None:
                 values = part.dropna(subset=[column]).groupby(PROMPT_LENGTH, sort=True)[column].agg(list)
                 means = np.array([np.mean(v) for v in values])
                 cis = np.array([stats.bootstrap_ci([v], stats.mean, SEED) for v in values]).reshape(-1, 2)
-                ax.plot(values.index, means, marker="o", color=palette[line], lw=1.6)
+                over = {**twin_style(twins[line]), "markevery": None} if line in twins else {"marker": "o"}
+                ax.plot(values.index, means, color=palette[line], lw=1.6, **over)
                 ax.fill_between(values.index, cis[:, 0], cis[:, 1], color=palette[line], alpha=0.2, lw=0)
             ax.set_xlabel("prompt length (numbers per prompt)")
             ax.set_ylabel(ylabel)
             ax.set_xticks(sorted(final[PROMPT_LENGTH].unique()))
         axes[0][2].axhline(0, color="black", lw=0.8)
         handles = [Line2D([], [], color=palette[k], lw=2, label=k) for k in dict.fromkeys(final["line"])]
+        handles += twin_handles(twins, palette.get)
         fig.legend(handles=handles, loc="outside right center", frameon=False)
         fig.suptitle(f"{exp.name}: final held-out performance vs prompt length (mean over runs, 95% CI)")
     return fig

@@ -37,7 +37,7 @@ from sortrl.analysis.findings import (
 from sortrl.analysis.verdicts import N_RESAMPLES
 from sortrl.render.claims_md import fmt_effect as fmt_claim_effect
 from sortrl.render.figures import FIGURES
-from sortrl.render.sentences import experiment_sentences, ordered, summary_sentences
+from sortrl.render.sentences import experiment_sentences, identical_to, ordered, summary_sentences
 
 
 def _findings(f: Findings) -> list[str]:
@@ -82,6 +82,8 @@ HEADS = {
 def _compared(exp: Experiment, c: Comparison) -> str:
     """`name (+0.120 [+0.080, +0.160], p = 0.003 Holm; vs reference)` for one comparison."""
     versus = "" if c.reference == exp.baseline else f"; vs {c.reference}"
+    if c.identical:
+        versus = f"; {identical_to(c, exp.baseline)}"
     small = f"; within ±{MARGIN:g}" if c.within_margin else ""
     needed = f", ~{c.seeds_needed:,} seeds" if c.seeds_needed is not None else ""
     p = fmt_p(c.p_holm)
@@ -287,6 +289,13 @@ def render_report(experiments: list[Findings], tests: list[Test] = ()) -> str:
         lines += _claims(f, list(tests))
         lines += ["### Diverged runs", "", *_diverged(exp), ""]
         lines += ["### Figures", ""]
+        if exp.identical and f.figures:
+            lines += [
+                "Identical configurations (named in the findings above) draw the same numbers: where one would hide "
+                "another in a line figure, the later one in grid order is dashed, with a marker, and the legend says "
+                "which it is identical to.",
+                "",
+            ]
         for name in f.figures:
             lines += [f"**{FIGURES[name].caption}.**", "", f"![{exp.name} {name}](figures/{exp.name}_{name}.png)", ""]
         if len(exp.axes) < 2:

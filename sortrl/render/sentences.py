@@ -3,9 +3,10 @@
 Every sentence is built from a `sortrl.analysis.findings.Findings` (nothing is computed
 here) and says no more than its statistics support: a single best
 configuration only when it separates from every other (paired CI), a tie
-otherwise; verdicts only from the Holm-corrected paired tests; null results
-(nothing learns, no run solves) stated as findings; a CI that includes 0 is
-"not separated", never "equal". `short=True` gives the README's shorter
+otherwise (a configuration whose results repeat another's bit for bit is
+"identical" to it, never tied); verdicts only from the Holm-corrected paired
+tests; null results (nothing learns, no run solves) stated as findings; a CI
+that includes 0 is "not separated", never "equal". `short=True` gives the README's shorter
 lists (a few names, then how many more).
 """
 
@@ -53,18 +54,30 @@ def top_sentences(f: Findings, short: bool = True) -> list[str]:
     return [_top(top, short, several) for top in f.tops]
 
 
+def _identical_to(twins: list[str], first: str = "it") -> str:
+    """`b is identical to it`, `b and c are identical to a`: `twins` repeat `first`'s results."""
+    return f"{_and(twins)} {'is' if len(twins) == 1 else 'are'} identical to {first}"
+
+
 def _top(top: Top, short: bool, several: bool) -> str:
     head = f"For {top.scale}: " if several and top.scale else ""
-    leader = f"{top.leader} ({fmt_estimate(top.score, 2)})"
+    twins = top.identical.get(top.leader, [])
+    leader = f"{top.leader} ({fmt_estimate(top.score, 2)}{f'; {_identical_to(twins)}' if twins else ''})"
     if top.runner_up is None:
-        return _capital(f"{head}{leader} is the only configuration{_under(top.scale) if not head else ''}.")
+        where = _under(top.scale) if not head else ""
+        if twins:
+            return _capital(
+                f"{head}{top.leader} ({fmt_estimate(top.score, 2)}) and {_and(twins)}, identical to it, are the only "
+                f"configurations{where}."
+            )
+        return _capital(f"{head}{leader} is the only configuration{where}.")
     if top.single:
         return _capital(
             f"{head}highest mean final score: {leader}, ahead of the runner-up, {top.runner_up}, by "
             f"{fmt_effect(top.lead)} (paired by seed), and separated from every other configuration (paired CI above 0, "
             "Holm-corrected Wilcoxon test)."
         )
-    others = top.tied[1:]
+    others = [f"{t} ({_identical_to(top.identical[t])})" if t in top.identical else t for t in top.tied[1:]]
     return _capital(
         f"{head}no single best configuration: {plural(len(top.tied), 'configuration')} are tied at the top "
         f"(not separated from the leader, {leader}, by a paired CI above 0 and a Holm-corrected Wilcoxon test): "
@@ -100,12 +113,38 @@ def comparisons_sentence(f: Findings, short: bool = True) -> str:
     same, open_ = f.verdicts("no difference"), f.verdicts("inconclusive")
 
     def named(chosen: list[Comparison]) -> str:
-        return f" ({_listed([f'{c.configuration} {fmt_effect(c.effect)}' for c in chosen], short)})" if chosen else ""
+        items = [
+            f"{c.configuration} {f'({identical_to(c, exp.baseline)})' if c.identical else fmt_effect(c.effect)}"
+            for c in chosen
+        ]
+        return f" ({_listed(items, short)})" if chosen else ""
 
     return (
         f"Against {against}, paired by seed on the final score with Holm's correction over the "
         f"{plural(m, 'comparison')}: better for {len(better)}{named(better)}; worse for {len(worse)}{named(worse)}; "
         f"no difference (paired CI within ±{MARGIN:g}) for {len(same)}{named(same)}; inconclusive for {len(open_)}."
+    )
+
+
+def identical_to(c: Comparison, baseline: str) -> str:
+    """`identical to the baseline` or `identical to <its reference>`, for a comparison whose sides are identical."""
+    return f"identical to {'the baseline' if c.reference == baseline else c.reference}"
+
+
+def identical_sentence(f: Findings, short: bool = True) -> str:
+    """Which configurations repeat another's results bit for bit (`Experiment.identical`), each named with the first
+    one it repeats; `""` when none do."""
+    repeats: dict[str, list[str]] = {}
+    for twin, first in f.experiment.identical.items():
+        repeats.setdefault(first, []).append(twin)
+    if not repeats:
+        return ""
+    pairs = [_identical_to(twins, first) for first, twins in repeats.items()]
+    if short and len(pairs) > SHOWN:
+        pairs = pairs[:SHOWN] + [f"{len(pairs) - SHOWN} more"]
+    return (
+        "Identical results (every final score and per-epoch curve equal on every seed, bit for bit): "
+        f"{'; '.join(pairs)}."
     )
 
 
@@ -240,11 +279,13 @@ def shared_sentence(f: Findings) -> str:
 
 
 def experiment_sentences(f: Findings, short: bool = True) -> list[str]:
-    """Every finding of one experiment in sentences: the top, null results, the grid's own findings, shared runs.
+    """Every finding of one experiment in sentences: the top, identical configurations, null results, the grid's own
+    findings, shared runs.
 
     (The comparisons with the reference are the caller's: a count in the README, full lists in REPORT.md.)
     """
     out = top_sentences(f, short)
+    out.append(identical_sentence(f, short))
     out += floor_sentences(f, short)
     out += prompt_length_sentences(f)
     out += recipe_sentences(f)
