@@ -257,6 +257,22 @@ def test_claims_md_and_figures_for_the_tiny_grid(results, written):
     )
 
 
+def test_a_one_row_paired_figure_has_room_for_its_title_label_and_legend(results):
+    """A claim tested once per regime draws one row per panel: at 1.65 inches matplotlib's constrained layout
+    collapsed ('axes sizes collapsed to zero', D2's figure). Every tiny-grid claim figure lays out without it."""
+    from sortrl.render import claim_figures
+    from sortrl.render.figures import png_bytes
+
+    exp = experiment.load_experiment(results, "tiny")
+    ledger = claims.ledger(claims.tests(exp))
+    for claim in exp.grid.claims:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            fig = claim_figures.draw(exp, claim, [t for t in ledger if t.claim.id == claim.id])
+            png_bytes(fig)
+        assert fig.get_size_inches()[1] >= claim_figures.MIN_HEIGHT
+
+
 def test_readme_headline_is_the_ledger(results, sections, tmp_path):
     from test_report import HAND_README
 

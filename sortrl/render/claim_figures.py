@@ -39,6 +39,9 @@ DEFAULTS = {
 }  # fmt: skip
 """The figure of a claim that names none, by its kind."""
 
+MIN_HEIGHT = 2.6
+"""Inches a `paired` figure needs for its title, x label and legend around one row (at 1.65 the layout collapsed)."""
+
 REFERENCE = "sft"
 """The label part that marks the supervised reference configuration in a claim's figures."""
 
@@ -83,7 +86,7 @@ def paired(exp: Experiment, claim: Claim, tests: list[Test]) -> Figure:
     """Per-seed effects, their mean and 95% CI, zero and the margin band; one row per test, one panel per regime."""
 
     with style():
-        fig, panels = _panels(tests, height=1.2 + 0.45 * max(1, _rows(tests)))
+        fig, panels = _panels(tests, height=max(MIN_HEIGHT, 1.2 + 0.45 * _rows(tests)))
         for where, ax in panels:
             mine = [t for t in tests if _in(t, where)]
             rng = np.random.default_rng(SEED)
