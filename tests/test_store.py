@@ -330,3 +330,47 @@ def test_missing_or_corrupt_manifest_reads_none(folder):
     (folder / "manifest.json").write_text("{not json")
     assert read_manifest(folder) is None
     assert read_history(folder) == []
+
+
+def test_write_files_replaces_a_set_or_nothing(tmp_path, monkeypatch):
+    """The report's outputs are replaced as a set: an interrupt (or a full disk) while the new files are written
+    leaves every old file as it was and no temporary; a Ctrl-C during the renames waits until all are in place."""
+    import signal
+
+    from sortrl.study import store
+
+    paths = [tmp_path / "a.md", tmp_path / "figures" / "b.png", tmp_path / "c.csv"]
+    for path in paths:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"old")
+    real, calls = store._stage, []
+
+    def interrupted(path, data):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(path, data)
+
+    monkeypatch.setattr(store, "_stage", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.write_files(dict.fromkeys(paths, b"new"))
+    assert [p.read_bytes() for p in paths] == [b"old"] * 3
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.md", "b.png", "c.csv", "figures"]  # no temporary
+    monkeypatch.setattr(store, "_stage", real)
+
+    renamed, replace = [], store.os.replace
+
+    def replace_then_ctrl_c(src, dst):
+        replace(src, dst)
+        renamed.append(dst)
+        if len(renamed) == 1:
+            signal.raise_signal(signal.SIGINT)  # held back until every file is in place
+
+    monkeypatch.setattr(store.os, "replace", replace_then_ctrl_c)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a test runner's worker may ignore it
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            store.write_files(dict.fromkeys(paths, b"new"), stale=[])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert [p.read_bytes() for p in paths] == [b"new"] * 3 and len(renamed) == 3

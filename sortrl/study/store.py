@@ -45,16 +45,19 @@ are Parquet, manifests JSON, grids TOML.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import tempfile
+import threading
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -120,6 +123,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     An `OSError` (a full disk, a lost permission) names `path`, so the one-line
     error at the command line says where the write failed.
     """
+    tmp = _stage(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise _naming(err, path) from err
+        raise
+
+
+def _stage(path: Path, data: bytes) -> Path:
+    """`data` written and flushed to disk in a hidden temporary beside `path` (not yet renamed to it): its path."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path.name))
@@ -131,12 +146,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError):
             raise _naming(err, path) from err
         raise
+    return Path(tmp)
 
 
 def _naming(err: OSError, path: Path) -> OSError:
@@ -149,15 +164,47 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_files(files: dict[Path, bytes], stale: Iterable[Path] = ()) -> list[Path]:
-    """Write each of `files` atomically (`atomic_write_bytes`), in order, then remove the `stale` paths that exist.
+    """Replace `files` as a set, then remove the `stale` paths that exist; returns the paths of `files`, in order.
 
-    Returns the paths written, in order. A failed write raises (naming the path) before any file after it.
+    Every file is first written in full beside its path as a hidden temporary
+    (flushed to disk); only then are they all renamed into place and the stale
+    ones removed, with Ctrl-C and SIGTERM held back meanwhile (they take effect
+    right after). So a failure (a full disk: the error names the path) or an
+    interrupt while the files are written leaves every old file as it was and
+    no temporary behind; only a kill -9 or a power cut during the renames
+    (microseconds per file) could leave a mix of old and new files.
     """
-    for path, data in files.items():
-        atomic_write_bytes(path, data)
-    for path in stale:
-        path.unlink(missing_ok=True)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files.items():
+            staged.append((_stage(path, data), path))
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    with _signals_held():
+        for tmp, path in staged:
+            os.replace(tmp, path)
+        for path in stale:
+            path.unlink(missing_ok=True)
     return list(files)
+
+
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""What `write_files` holds back while it renames a set of files into place."""
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Block `HELD_SIGNALS` in this thread meanwhile (when it is the main thread); one that arrives is delivered after."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, set(HELD_SIGNALS))
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _pid_alive(pid: int) -> bool:
