@@ -409,9 +409,10 @@ def test_a_changed_plugin_retrains_its_runs(plugin, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_plugin_next_to_its_grid_file_is_found_from_another_folder(tmp_path):
+@pytest.mark.parametrize("backend", ["loky", "dask"])
+def test_a_plugin_next_to_its_grid_file_is_found_from_another_folder(tmp_path, backend):
     """`sortrl sweep grids/ranked.toml` from elsewhere: the plug-in beside the grid file is imported here and in
-    the loky workers."""
+    the loky workers or the local Dask cluster's."""
     grids = tmp_path / "grids"
     grids.mkdir()
     (grids / "plugin_beside_grid.py").write_text(PLUGIN)
@@ -419,7 +420,40 @@ def test_a_plugin_next_to_its_grid_file_is_found_from_another_folder(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     done = subprocess.run(
-        [SORTRL, "sweep", grids / "ranked.toml", "--results", "res", "--n-jobs", "2", "--chunk-size", "2"],
+        [SORTRL, "sweep", grids / "ranked.toml", "--results", "res", "--n-jobs", "2", "--chunk-size", "2",
+         "--backend", backend],
         cwd=elsewhere, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0 and "8 trained" in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+def test_a_report_leaves_out_only_the_experiment_whose_plugin_is_missing(tmp_path):
+    """`sortrl report` where one experiment's plug-in cannot be imported (the sweep found it beside its grid file,
+    the report runs elsewhere): that experiment is left out with one warning naming it and the plug-in, the others
+    are reported; given the grid file (`--grid`), the report finds the plug-in beside it and reports both."""
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    (grids / "plugin_beside_grid.py").write_text(PLUGIN)
+    (grids / "ranked.toml").write_text(GRID.replace("plugin_for_tests", "plugin_beside_grid"))
+    (grids / "plain.toml").write_text(
+        GRID.replace("ranked", "plain").replace('plugins = ["plugin_for_tests"]\n', "").replace("rank_test", "rewards")
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def sortrl(*args):
+        return subprocess.run([SORTRL, *args], cwd=elsewhere, capture_output=True, text=True, timeout=300)
+
+    for grid in ("ranked", "plain"):
+        assert sortrl("sweep", grids / f"{grid}.toml", "--results", "res", "--n-jobs", "1").returncode == 0
+    done = sortrl("report", "--results", "res")
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert warned[0].startswith("warning: ranked: left out of the report") and "'plugin_beside_grid'" in warned[0]
+    report = (elsewhere / "res" / "REPORT.md").read_text()
+    assert "figures/plain_" in report and "figures/ranked_" not in report
+    done = sortrl("report", "--results", "res", "--grid", grids / "ranked.toml")
+    assert done.returncode == 0 and "warning:" not in done.stderr, done.stderr
+    assert "figures/ranked_" in (elsewhere / "res" / "REPORT.md").read_text()

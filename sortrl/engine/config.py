@@ -32,7 +32,7 @@ from sortrl.engine.losses import (
     LOSS_MODES,
 )
 from sortrl.engine.recipes import RECIPES
-from sortrl.engine.registry import ConfigError, check_choice, lookup
+from sortrl.engine.registry import ConfigError, PluginImportError, check_choice, lookup
 from sortrl.engine.task import REWARDS, TASKS
 
 LECTURE_PROMPTS: tuple[tuple[int, ...], ...] = ((1, 0, 2), (3, 2, 4), (1, 2, 3))
@@ -548,7 +548,7 @@ def load_plugins(modules: tuple[str, ...] | list[str]) -> None:
             importlib.import_module(name)
         except (Exception, SystemExit, KeyboardInterrupt) as err:  # noqa: BLE001 -- a user's module failing to import
             # (even by sys.exit or KeyboardInterrupt) is a bad `plugins` value: one line, not a silent exit
-            raise ConfigError(f"plugins: cannot import {name!r} ({err.__class__.__name__}: {err})") from None
+            raise PluginImportError(f"plugins: cannot import {name!r} ({err.__class__.__name__}: {err})") from None
 
 
 def make_config(recipe: str | None = None, **fields: Any) -> RunConfig:

@@ -14,6 +14,10 @@ class ConfigError(ValueError):
     """A field has a bad value; the message is one line naming the field and what is allowed."""
 
 
+class PluginImportError(ConfigError):
+    """A plug-in module a config names cannot be imported (missing, or failing at import)."""
+
+
 def check_choice(field: str, value: Any, registry: Mapping[str, Any]) -> None:
     """Raise `ConfigError` unless `value` is a key of `registry`, listing the valid keys."""
     if value not in registry:

@@ -43,7 +43,7 @@ from sortrl.analysis.claims import tests as claim_tests
 from sortrl.analysis.experiment import load_experiment, summarize
 from sortrl.analysis.findings import Findings, findings, link_shared
 from sortrl.analysis.pilot import outcome as pilot_outcome
-from sortrl.engine.registry import ConfigError
+from sortrl.engine.registry import ConfigError, PluginImportError
 from sortrl.render.claim_figures import FIGURES as CLAIM_FIGURES
 from sortrl.render.claim_figures import curves_needed
 from sortrl.render.claim_figures import draw as draw_claim
@@ -53,7 +53,7 @@ from sortrl.render.figures import FIGURES, curve_metrics, png_bytes
 from sortrl.render.pilot_md import render as render_pilots
 from sortrl.render.readme import read_readme, readme_text
 from sortrl.render.report import render_report
-from sortrl.study.grid import Grid, check_claim_ids
+from sortrl.study.grid import Grid, check_claim_ids, search_for_plugins
 from sortrl.study.store import experiment_names, runs_dir, write_files
 from sortrl.study.sweep import worker_init
 
@@ -61,7 +61,8 @@ from sortrl.study.sweep import worker_init
 class Outputs(NamedTuple):
     """What one experiment gives the report: its analysis, its files' bytes, and what it saw."""
 
-    findings: Findings
+    findings: Findings | None
+    """None: the experiment is left out (a plug-in of its grid cannot be imported; a warning says so)."""
     tests: list[Test]
     """Its claims' tests, uncorrected (`ledger` corrects them over every grid)."""
     claim_figures: dict[str, Path]
@@ -81,7 +82,17 @@ def _experiment_outputs(results: Path, name: str, grid_file: tuple[Path, str] | 
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        exp = load_experiment(results, name, curve_metrics(), claim_curves=curves_needed, grid_file=grid_file)
+        try:
+            exp = load_experiment(results, name, curve_metrics(), claim_curves=curves_needed, grid_file=grid_file)
+        except PluginImportError as err:  # its runs cannot be matched (their ids hash the plug-in's code): the
+            # other experiments are still reported
+            warnings.warn(
+                f"{name}: left out of the report, {err}; make the plug-in importable here (on PYTHONPATH, or beside "
+                "a grid file given with --grid) to report it",
+                LeftOutWarning,
+                stacklevel=2,
+            )
+            return Outputs(None, [], {}, {}, [], caught)
         source = grid_file[0] if grid_file is not None else exp.folder / "grid.toml"
         check_metrics(exp.grid, source)  # before the claims' tests read them
         summary = summarize(exp)
@@ -124,6 +135,10 @@ class StaleGridWarning(UserWarning):
     """A grid file differs from the copy its sweep stored, which the report reads."""
 
 
+class LeftOutWarning(UserWarning):
+    """An experiment is left out of the report: a plug-in its grid names cannot be imported."""
+
+
 def _grid_name(text: str) -> str | None:
     try:
         name = tomllib.loads(text).get("name")
@@ -145,11 +160,13 @@ def _given_grids(grids: list[str | Path], names: list[str]) -> dict[str, tuple[P
             stored = ", ".join(names) or "none"
             raise ConfigError(f"grid: {path} names experiment {name!r}, which has no stored runs (stored: {stored})")
         out[name] = (path, text)
+        search_for_plugins(path, text)
     return out
 
 
 def _warn_stale(results: Path, names: list[str], given: dict, experiments: str | Path | None) -> None:
-    """Warn, per experiment, when a grid file of that name under `experiments` differs from the stored copy."""
+    """Warn, per experiment, when a grid file of that name under `experiments` differs from the stored copy; the
+    plug-ins those files name are found beside them."""
     if experiments is None or not Path(experiments).is_dir():
         return
     for path in sorted(Path(experiments).rglob("*.toml")):
@@ -160,6 +177,7 @@ def _warn_stale(results: Path, names: list[str], given: dict, experiments: str |
         name = _grid_name(text)
         if name not in names or name in given:
             continue
+        search_for_plugins(path, text)
         stored = runs_dir(results, name) / "grid.toml"
         if stored.is_file() and stored.read_text() != text:
             warnings.warn(
@@ -252,7 +270,8 @@ def write_report(
     `grids`: grid files to use instead of the copies their sweeps stored (their claims and figures, on the
     stored runs: the seeds and configurations must be the same); `ConfigError` for one whose experiment is
     not stored. Any other experiment whose grid file under `experiments` (a folder, searched recursively)
-    differs from its stored copy is warned about, naming both (`StaleGridWarning`).
+    differs from its stored copy is warned about, naming both (`StaleGridWarning`). The plug-ins of those grid
+    files are found beside them; an experiment whose plug-in cannot be imported is left out (`LeftOutWarning`).
     """
     results = Path(results)
     readme = Path(readme) if readme is not None else None
@@ -269,6 +288,8 @@ def write_report(
     for out in outputs:
         for warning in out.warnings:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    kept = [i for i, out in enumerate(outputs) if out.findings is not None]  # the others are left out (warned)
+    names, outputs = [names[i] for i in kept], [outputs[i] for i in kept]
     # across experiments: the runs they share and the ledger (Holm over every claim of every grid)
     sections = link_shared([out.findings for out in outputs])
     tests = ledger([t for out in outputs for t in out.tests])
