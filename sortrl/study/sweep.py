@@ -714,7 +714,7 @@ def _dask_client(scheduler: str | None, local_workers: int, timeout: float = 30)
     except ImportError:
         raise ConfigError(DASK_MISSING) from None
     if scheduler is None:
-        import multiprocessing.connection
+        import multiprocessing
 
         before = set(multiprocessing.active_children())
         try:
@@ -731,11 +731,7 @@ def _dask_client(scheduler: str | None, local_workers: int, timeout: float = 30)
             )
         except Exception as err:  # noqa: BLE001 -- whatever stopped the start (distributed's own clean-up may
             # fail too, e.g. an AssertionError closing a worker that is still starting): one line
-            stray = set(multiprocessing.active_children()) - before  # its workers: a stopped one ignores the
-            for process in stray:  # SIGTERM it got, and our exit would wait for it for ever
-                process.kill()
-            # until they are gone, unreaped (distributed reaps its own; it logs a process gone or reaped before)
-            multiprocessing.connection.wait([process.sentinel for process in stray], timeout)
+            _end_workers(set(multiprocessing.active_children()) - before)
             raise ConfigError(
                 f"backend: the local Dask cluster did not start: a worker process died, or did not start within "
                 f"{timeout:g} s ({_start_fault(err)}); run the sweep again, or use --backend loky"
@@ -754,6 +750,21 @@ def _dask_client(scheduler: str | None, local_workers: int, timeout: float = 30)
         except (TimeoutError, OSError):
             raise ConfigError(f"scheduler: no Dask worker joined {scheduler} within {timeout:g} s") from None
         yield client
+
+
+def _end_workers(processes: set[Any]) -> None:
+    """Kill the stopped ones (SIGSTOP) of `processes`, the workers a local Dask cluster started before it failed.
+
+    distributed asked them all to close; a stopped one cannot, and this process's exit would wait for it for ever.
+    distributed reaps them at exit: its log of that ("reaping stray process") is silenced, like its workers' logs.
+    """
+    import psutil  # a requirement of distributed's
+
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            if psutil.Process(process.pid).status() == psutil.STATUS_STOPPED:
+                process.kill()
+    logging.getLogger("distributed.process").setLevel(logging.CRITICAL)
 
 
 def _start_fault(err: BaseException) -> str:
