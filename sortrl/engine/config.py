@@ -191,21 +191,25 @@ class RunConfig:
 
     @property
     def memory_bytes(self) -> int:
-        """Estimated peak memory of training this run in a batch, bytes (the dominant tensors, float32 = 4 B).
+        """Estimated peak memory of training this run in a batch, bytes: what it adds to the process's resident size.
 
-        Parameters with their gradients and Adam state (about 6 copies of vocab x
-        dim + 2 x length x dim^2), an epoch's responses as one-hot rows (3 copies
-        of prompts x responses x length x vocab), its log-probs (10 copies of
-        prompts x length x vocab), the reward's (length x length) comparisons,
-        and the per-epoch history and table rows. An estimate to refuse
+        Calibrated against measurements (the peak resident size `train` adds, `tests/test_config.py` keeps three
+        within 1.5x), in float32 (4 B) copies of
+        - the parameters (vocab x dim + 2 x length x dim^2): 10, for the tensors themselves, their gradients, Adam's
+          two moments and the update's temporaries, and the allocator's freed but kept blocks (large models: 7.5 to
+          13 copies measured; above 32 MB per tensor the allocator returns them, and 6 copies are measured);
+        - each sampled response (prompts x responses): 2 x length x vocab (its one-hot rows), 3 x length (tokens,
+          masks, weights) and 30 (rewards, deltas, lengths and their like);
+        - the epoch's log-probabilities (prompts x length x vocab): 7;
+        plus 1,100 B per epoch (the per-epoch history and the returned table's row). An estimate to refuse
         impossible configs before allocating, not a promise.
         """
         vocab, dim, length = self.num_tokens, self.embedding_dim, self.response_length
         prompts = _prompts_per_epoch(self) + (self.num_eval_prompts if self.task == "random" else 0)
-        group = self.num_responses
-        floats = 6 * (vocab * dim + 2 * length * dim * dim) + 3 * prompts * group * length * vocab
-        floats += 10 * prompts * length * vocab + 8 * prompts * group * length
-        return 4 * floats + prompts * group * length * length + self.num_epochs * (64 * 4 + 600)
+        responses = prompts * self.num_responses
+        floats = 10 * (vocab * dim + 2 * length * dim * dim) + responses * (2 * length * vocab + 3 * length + 30)
+        floats += 7 * prompts * length * vocab
+        return 4 * floats + 1_100 * self.num_epochs
 
     @property
     def kl_description(self) -> str:
