@@ -576,6 +576,32 @@ def test_n_jobs_is_capped_at_the_chunks_and_at_the_cores_with_a_warning(tmp_path
     assert read_manifest(runs_dir(tmp_path, "few"))["n_jobs"] == cores
 
 
+def test_a_local_dask_cluster_has_at_most_one_worker_per_core(monkeypatch):
+    """--n-jobs 16 --backend dask on 2 cores: 2 local workers, with the warning loky's cap gives (it started 16)."""
+    import distributed
+
+    started = []
+
+    class Cluster(contextlib.nullcontext):
+        def __init__(self, n_workers, **_):
+            super().__init__()
+            started.append(n_workers)
+
+    monkeypatch.setattr(distributed, "LocalCluster", Cluster)
+    monkeypatch.setattr(distributed, "Client", lambda cluster: contextlib.nullcontext())
+    monkeypatch.setattr(sweep_module.os, "cpu_count", lambda: 2)
+    with (
+        pytest.warns(sweep_module.SweepWarning, match="^n_jobs: 16 worker processes on 2 cores .*; using 2$"),
+        _dask_client(None, 16),
+    ):
+        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with _dask_client(None, 2):
+            pass
+    assert started == [2, 2]
+
+
 def test_chunks_trained_side_by_side_must_fit_in_memory_together(tmp_path, monkeypatch):
     """Each of two chunks fits in memory alone, both at once do not: refused before training, in one line."""
     import sortrl.engine.train as engine

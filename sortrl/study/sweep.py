@@ -705,7 +705,8 @@ DASK_MISSING = "backend: 'dask' needs the optional extra dask[distributed] (pip 
 def _dask_client(scheduler: str | None, local_workers: int, timeout: float = 30) -> Iterator[Any]:
     """A `distributed.Client` of the cluster at `scheduler`, or of a new `LocalCluster` (closed on exit).
 
-    Within `timeout` seconds a new cluster's workers are up, or a worker has joined `scheduler`; else, or when a
+    A new cluster has `local_workers` workers, at most one per core (a `SweepWarning` says when fewer). Within
+    `timeout` seconds a new cluster's workers are up, or a worker has joined `scheduler`; else, or when a
     local worker process dies (or is stopped) while it starts, a `ConfigError` (one line), and no local worker
     process is left behind.
     """
@@ -716,10 +717,18 @@ def _dask_client(scheduler: str | None, local_workers: int, timeout: float = 30)
     if scheduler is None:
         import multiprocessing
 
+        cores = os.cpu_count() or 1
+        if local_workers > cores:  # as the loky pool caps its workers
+            warnings.warn(
+                f"n_jobs: {local_workers} worker processes on {cores} cores would compete for them (and for memory); "
+                f"using {cores}",
+                SweepWarning,
+                stacklevel=4,
+            )
         before = set(multiprocessing.active_children())
         try:
             cluster = distributed.LocalCluster(
-                n_workers=local_workers,
+                n_workers=min(local_workers, cores),
                 threads_per_worker=1,
                 processes=True,
                 # any free port: with None this distributed still tries :8787 and warns when another cluster has it
