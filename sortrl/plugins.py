@@ -27,6 +27,15 @@ The contract of each kind (shapes use the axes `run batch trial pos vocab`):
 | `kl_estimator` | `fn(log_probs, ref_log_probs) -> per-token KL estimate (same shape)` | must be >= 0 to be a divergence |
 | `loss_agg_mode` | `fn(mask [run batch trial pos], max_len) -> per-token weights omega (same shape)` | also a `kl_loss_agg_mode` and a `critic_loss_agg_mode` |
 
+Every function receives a leading `run` axis (one row per run of the batch being
+trained) and must compute each run's row from that run's inputs alone: the
+runs of a batch are independent experiments, and a run's numbers must not
+change with the runs trained beside it (the chunk size). The engine checks a
+plug-in's results (`sortrl.engine.registry.checked`): a result that is not a
+finite float tensor of the shape above, or that mixes the runs (a run's row
+differs from the plug-in's result on that run alone), stops training with one
+`ConfigError` line naming the plug-in and its function.
+
 A loss mode declares `linear` (linear in the advantage A), `uses_ratio`
 (needs the old policy's log-probs), `clips` (log clip fractions) and, by
 default, `foldable=True`: positively homogeneous in A, f(lp, old, c*A) =

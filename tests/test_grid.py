@@ -11,7 +11,7 @@ import pytest
 
 from sortrl.engine.config import make_config
 from sortrl.engine.registry import ConfigError
-from sortrl.study.grid import check_claim_ids, normal, parse_grid, value_label
+from sortrl.study.grid import MAX_RUNS, check_claim_ids, normal, parse_grid, value_label
 
 GRID = """
 name = "g"
@@ -263,3 +263,24 @@ def test_a_level_claim_compares_one_configuration_with_a_finite_constant():
             parse_grid(GRID + level.replace("against = 0.5", f"against = {bad}"), "c.toml")
     with pytest.raises(ConfigError, match="against: a level claim's constant"):  # only a level claim has one
         parse_grid(GRID + CLAIM.replace('predicts = "higher"', 'predicts = "higher"\nagainst = 0.0'), "c.toml")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"seeds = {MAX_RUNS + 1}",
+        f"seeds = {{ start = 0, count = {MAX_RUNS + 1} }}",
+        "seeds = 100000000000",
+        f"seeds = {MAX_RUNS // 10}\n[grid]\nlearning_rate = [{', '.join(str(i / 100) for i in range(1, 12))}]",
+    ],
+    ids=["count", "range", "a hundred billion", "axes x seeds"],
+)
+def test_a_grid_over_the_run_limit_is_refused_in_under_a_second(text):
+    """Above MAX_RUNS runs per grid file, one line naming the limit, before any run is built (planning a million
+    runs takes a minute and gigabytes)."""
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=rf"at most {MAX_RUNS:,} (runs )?per grid file"):
+        parse_grid(f'name = "huge"\n{text}\n')
+    assert time.perf_counter() - start < 1

@@ -17,7 +17,7 @@ from sortrl.engine.deltas import DELTA_MODES
 from sortrl.engine.losses import KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES
 from sortrl.engine.registry import ConfigError
 from sortrl.engine.task import REWARDS
-from sortrl.plugins import register
+from sortrl.plugins import BUILT_IN, register
 
 SORTRL = Path(sys.executable).parent / "sortrl"
 
@@ -164,7 +164,7 @@ BAD_RESULTS = {
     "a [run batch 1] tensor": (lambda r: r[..., :1], "a tensor of shape [1, 3, 1]"),
     "a float": (lambda r: 0.5, "a float"),
     "a list": (lambda r: r.tolist(), "a list"),
-    "a numpy array": (lambda r: r.numpy(), "a ndarray"),
+    "a numpy array": (lambda r: r.detach().numpy(), "a ndarray"),
     "None": (lambda r: None, "a NoneType"),
     "an integer tensor": (lambda r: r.long(), "a tensor of torch.int64"),
     "nan": (lambda r: r * float("nan"), "a tensor with inf or nan values"),
@@ -202,26 +202,174 @@ def test_a_plugin_reward_and_aggregation_are_checked_too(registries):
         train([RunConfig(loss_agg_mode="bad_agg_test", num_epochs=1, num_steps_per_epoch=1)])
 
 
+def _loss_returning(change, loss=lambda lp, old, a: -a * lp, **flags):
+    """Register loss mode `bad_test`: `loss` (the lecture's naive -A log pi), through `change`."""
+    flags = {"linear": True, "uses_ratio": False, "clips": False, **flags}
+    register("loss_mode", "bad_test", lambda lp, old, a, clip: change(loss(lp, old, a)), **flags)
+
+
+INNER = {  # a loss mode or KL estimator (what it returns goes through `change`), its config, the shape it must return
+    "loss_mode": (_loss_returning, {"loss_mode": "bad_test"}, [1, 3, 3, 5]),  # [run batch pos vocab]: folded
+    "loss_mode, per sampled token": (
+        lambda change: _loss_returning(change, foldable=False),
+        {"loss_mode": "bad_test"},
+        [1, 3, 10, 3],  # [run batch trial pos]
+    ),
+    "loss_mode, per sequence": (
+        lambda change: _loss_returning(change, lambda lp, old, a: -a * torch.exp(lp - old), uses_ratio=True),
+        {"loss_mode": "bad_test", "importance_sampling_level": "sequence"},
+        [1, 3, 10],  # [run batch trial]: GSPO's one ratio per response
+    ),
+    "kl_estimator": (
+        lambda change: register("kl_estimator", "bad_test", lambda lp, ref: change((lp - ref) ** 2)),
+        {"kl_estimator": "bad_test", "kl_penalty": 0.1},
+        [1, 3, 3, 5],
+    ),
+    "kl_estimator, in the reward": (
+        lambda change: register("kl_estimator", "bad_test", lambda lp, ref: change((lp - ref) ** 2)),
+        {"kl_estimator": "bad_test", "kl_penalty": 0.1, "use_kl_in_reward": True},
+        [1, 3, 10, 3],  # the sampled tokens' log-probs
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_RESULTS, ids=str)
+@pytest.mark.parametrize("where", INNER, ids=str)
+def test_a_plugin_loss_or_kl_estimator_returning_the_wrong_thing_is_one_line(registries, where, case):
+    make, fields, shape = INNER[where]
+    change, what = BAD_RESULTS[case]
+    make(change)
+    if case == "a [run batch 1] tensor":
+        what = f"a tensor of shape {[*shape[:-1], 1]}"
+    with pytest.raises(ConfigError) as error:
+        train([RunConfig(**fields, num_epochs=2, num_steps_per_epoch=2)])
+    message, kind = str(error.value), where.split(",")[0]
+    assert message.startswith(f"{kind} 'bad_test' (") and f"returned {what};" in message, message
+    assert f"float tensor of shape {shape}" in message and "\n" not in message
+
+
+def test_a_plugin_loss_that_goes_non_finite_later_is_a_diverged_run(registries):
+    """Non-finite values are refused on a loss plug-in's first call (the initial policy); later, they are the run's
+    divergence, as with sortrl's own losses (a ratio overflowing at `learning_rate=1e4`), not the plug-in's fault."""
+    register("loss_mode", "unclipped_test", LOSS_MODES["unclipped"].fn, linear=True, uses_ratio=True, clips=False)
+    fields = {"deltas_mode": "normalized_rewards", "num_epochs": 5, "num_steps_per_epoch": 2, "learning_rate": 1e4}
+    out = train([RunConfig(**fields, loss_mode="unclipped_test", seed=s) for s in range(4)])
+    builtin = train([RunConfig(**fields, loss_mode="unclipped", seed=s) for s in range(4)])
+    assert out["status"].tolist() == builtin["status"].tolist() and "diverged" in set(out["status"])
+
+
+MIXING = {  # kind: (a plug-in that mixes the runs of a batch, one that does not), and the config naming them
+    "deltas_mode": (
+        lambda r: r - r.mean(dim=0, keepdim=True),  # centred over the runs, not the group
+        lambda r: r - r.mean(dim=-1, keepdim=True),
+        {},
+    ),
+    "reward": (
+        lambda prompts, responses, content: content.float().sum(-1) / content.float().sum(),  # a share of the batch's
+        lambda prompts, responses, content: content.float().sum(-1) / content[0].numel(),
+        {},
+    ),
+    "loss_agg_mode": (
+        lambda mask, max_len: mask / mask.sum(),  # one mean over every run's tokens
+        lambda mask, max_len: mask / mask.sum(dim=(1, 2, 3), keepdim=True),
+        {},
+    ),
+    "loss_mode": (
+        lambda lp, old, a, clip: -a * lp / lp.shape[0],  # scaled by the number of runs
+        lambda lp, old, a, clip: -a * lp,
+        {"linear": True, "uses_ratio": False, "clips": False},
+    ),
+    "kl_estimator": (
+        lambda lp, ref: (lp - ref.mean(dim=0, keepdim=True)) ** 2,  # to the runs' mean reference
+        lambda lp, ref: (lp - ref) ** 2,
+        {},
+    ),
+}
+
+
+def _mixing_configs(kind: str, name: str, seeds: list[int], **more):
+    fields = {kind: name, **({"kl_penalty": 0.1} if kind == "kl_estimator" else {})}
+    return [RunConfig(**fields, num_epochs=3, num_steps_per_epoch=2, seed=s, **more) for s in seeds]
+
+
+@pytest.mark.parametrize("kind", MIXING)
+def test_a_plugin_that_mixes_the_runs_of_a_batch_is_refused(registries, kind):
+    """A plug-in whose result for one run depends on the other runs' inputs would change with the chunk size: refused
+    on its first call in a batch of several runs, naming it. One that treats each run alone trains, and its runs'
+    numbers do not depend on their batch-mates."""
+    mixing, alone, flags = MIXING[kind]
+    register(kind, "mixing_test", mixing, **flags)
+    with pytest.raises(ConfigError) as error:
+        train(_mixing_configs(kind, "mixing_test", [0, 1, 2]))
+    message = str(error.value)
+    assert message.startswith(f"{kind} 'mixing_test' (") and "mixes the runs of a batch" in message, message
+    assert "\n" not in message
+    train(_mixing_configs(kind, "mixing_test", [0]))  # alone, nothing to mix: not refused
+    register(kind, "alone_test", alone, **flags)
+    together = train(_mixing_configs(kind, "alone_test", [0, 1, 2]))
+    apart = pd.concat([train(_mixing_configs(kind, "alone_test", [s])) for s in range(3)], ignore_index=True)
+    pd.testing.assert_frame_equal(together, apart)
+
+
+def test_a_mixing_plugin_is_found_when_the_runs_start_alike(registries):
+    """Runs that start alike (one seed, two learning rates: the same first responses and rewards) cannot show a
+    mixing plug-in on its first call; it is checked on a later call, once their inputs differ."""
+    register("deltas_mode", "mixing_test", lambda r: 2 * r - r.mean(dim=-1, keepdim=True) - r.mean(dim=0, keepdim=True))
+    configs = [RunConfig(deltas_mode="mixing_test", learning_rate=lr, num_epochs=3) for lr in (0.01, 0.1)]
+    with pytest.raises(ConfigError, match="mixes the runs of a batch"):
+        train(configs)
+
+
+def test_sortrls_own_variants_are_called_unchecked():
+    """No cost for sortrl's own variants: the engine calls the registered function itself."""
+    from sortrl.engine.registry import checked
+
+    for kind, registry in [("deltas_mode", DELTA_MODES), ("kl_estimator", KL_ESTIMATORS)]:
+        for name in BUILT_IN[kind]:
+            assert checked(kind, name, registry[name]) is registry[name]
+    assert checked("loss_mode", "clipped", LOSS_MODES["clipped"].fn) is LOSS_MODES["clipped"].fn
+
+
+WORKER_CASES = {  # what a grid's worker trains, and the line it ends with
+    "deltas_mode": (
+        "register('deltas_mode', 'bad_test', lambda r: r[..., :1])",
+        'deltas_mode = ["bad_test"]',
+        "deltas_mode 'bad_test' (",
+        "returned a tensor of shape [2, 3, 1]",  # a chunk of 2 runs
+    ),
+    "loss_mode": (
+        "register('loss_mode', 'bad_test', lambda lp, old, a, clip: 0.5, linear=True, uses_ratio=False, clips=False)",
+        'loss_mode = ["bad_test"]',
+        "loss_mode 'bad_test' (",
+        "returned a float",
+    ),
+    "mixing": (
+        "register('kl_estimator', 'bad_test', lambda lp, ref: (lp - ref.mean(dim=0, keepdim=True)) ** 2)",
+        'kl_estimator = ["bad_test"]\nkl_penalty = [0.1]',
+        "kl_estimator 'bad_test' (",
+        "mixes the runs of a batch",
+    ),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["loky", "dask"])
-def test_a_plugin_returning_the_wrong_thing_in_a_sweep_worker_is_one_line(tmp_path, backend):
+@pytest.mark.parametrize(
+    ("backend", "case"), [("loky", "deltas_mode"), ("dask", "deltas_mode"), ("loky", "loss_mode"), ("loky", "mixing")]
+)
+def test_a_plugin_returning_the_wrong_thing_in_a_sweep_worker_is_one_line(tmp_path, backend, case):
     """The same one line from loky worker processes or a local Dask cluster, not a remote traceback or worker logs."""
-    (tmp_path / "bad_plugin_for_tests.py").write_text(
-        "from sortrl.plugins import register\nregister('deltas_mode', 'bad_test', lambda r: r[..., :1])\n"
-    )
-    (tmp_path / "bad.toml").write_text(
-        GRID.replace("plugin_for_tests", "bad_plugin_for_tests")
-        .replace('"rank_test", ', "")
-        .replace("centered_rewards", "bad_test")
-    )
+    registration, axis, start, what = WORKER_CASES[case]
+    (tmp_path / "bad_plugin_for_tests.py").write_text(f"from sortrl.plugins import register\n{registration}\n")
+    grid = GRID.replace("plugin_for_tests", "bad_plugin_for_tests")
+    (tmp_path / "bad.toml").write_text(grid.replace('deltas_mode = ["rank_test", "centered_rewards"]', axis))
     done = subprocess.run(
         [SORTRL, "sweep", "bad.toml", "--results", "res", "--n-jobs", "2", "--chunk-size", "2", "--backend", backend],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 2, done.stderr  # the plan line, then the error
-    assert done.returncode == 2 and lines[-1].startswith("error: deltas_mode 'bad_test' ("), done.stderr
-    assert "Traceback" not in done.stderr and "returned a tensor of shape [2, 3, 1]" in lines[-1]  # a chunk of 2 runs
+    assert done.returncode == 2 and lines[-1].startswith(f"error: {start}"), done.stderr
+    assert "Traceback" not in done.stderr and what in lines[-1]
 
 
 def test_a_plugins_code_is_part_of_its_runs_identity(plugin, tmp_path):
@@ -261,9 +409,10 @@ def test_a_changed_plugin_retrains_its_runs(plugin, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_plugin_next_to_its_grid_file_is_found_from_another_folder(tmp_path):
+@pytest.mark.parametrize("backend", ["loky", "dask"])
+def test_a_plugin_next_to_its_grid_file_is_found_from_another_folder(tmp_path, backend):
     """`sortrl sweep grids/ranked.toml` from elsewhere: the plug-in beside the grid file is imported here and in
-    the loky workers."""
+    the loky workers or the local Dask cluster's."""
     grids = tmp_path / "grids"
     grids.mkdir()
     (grids / "plugin_beside_grid.py").write_text(PLUGIN)
@@ -271,7 +420,40 @@ def test_a_plugin_next_to_its_grid_file_is_found_from_another_folder(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     done = subprocess.run(
-        [SORTRL, "sweep", grids / "ranked.toml", "--results", "res", "--n-jobs", "2", "--chunk-size", "2"],
+        [SORTRL, "sweep", grids / "ranked.toml", "--results", "res", "--n-jobs", "2", "--chunk-size", "2",
+         "--backend", backend],
         cwd=elsewhere, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0 and "8 trained" in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+def test_a_report_leaves_out_only_the_experiment_whose_plugin_is_missing(tmp_path):
+    """`sortrl report` where one experiment's plug-in cannot be imported (the sweep found it beside its grid file,
+    the report runs elsewhere): that experiment is left out with one warning naming it and the plug-in, the others
+    are reported; given the grid file (`--grid`), the report finds the plug-in beside it and reports both."""
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    (grids / "plugin_beside_grid.py").write_text(PLUGIN)
+    (grids / "ranked.toml").write_text(GRID.replace("plugin_for_tests", "plugin_beside_grid"))
+    (grids / "plain.toml").write_text(
+        GRID.replace("ranked", "plain").replace('plugins = ["plugin_for_tests"]\n', "").replace("rank_test", "rewards")
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def sortrl(*args):
+        return subprocess.run([SORTRL, *args], cwd=elsewhere, capture_output=True, text=True, timeout=300)
+
+    for grid in ("ranked", "plain"):
+        assert sortrl("sweep", grids / f"{grid}.toml", "--results", "res", "--n-jobs", "1").returncode == 0
+    done = sortrl("report", "--results", "res")
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert warned[0].startswith("warning: ranked: left out of the report") and "'plugin_beside_grid'" in warned[0]
+    report = (elsewhere / "res" / "REPORT.md").read_text()
+    assert "figures/plain_" in report and "figures/ranked_" not in report
+    done = sortrl("report", "--results", "res", "--grid", grids / "ranked.toml")
+    assert done.returncode == 0 and "warning:" not in done.stderr, done.stderr
+    assert "figures/ranked_" in (elsewhere / "res" / "REPORT.md").read_text()

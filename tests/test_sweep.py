@@ -492,6 +492,60 @@ def test_ctrl_c_of_a_dask_sweep_is_one_line(tmp_path):
     assert settles(proc.pid, 15) == []
 
 
+START_A_CLUSTER = """
+import sys
+from sortrl.engine.registry import ConfigError
+from sortrl.study.sweep import _dask_client
+try:
+    with _dask_client(None, 2, timeout=5):
+        print("started")
+except ConfigError as err:
+    sys.exit(f"error: {err}")
+"""
+"""A local Dask cluster of two workers, given 5 s to start (the command gives it 30 s): `error: ...` otherwise."""
+
+
+def signal_a_starting_worker(proc: subprocess.Popen, how: int) -> int:
+    """Send `how` to the first Dask worker process of `proc`'s session as soon as it exists; return its pid."""
+    deadline = time.time() + 60
+    while proc.poll() is None and time.time() < deadline:
+        started = [pid for pid, command in session(proc.pid) if "spawn_main" in command]
+        if started:
+            os.kill(started[0], how)
+            return started[0]
+        time.sleep(0.005)
+    raise AssertionError("no worker process started")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "stopped"])
+def test_a_dask_worker_lost_while_the_local_cluster_starts_is_one_line(tmp_path, how):
+    """A worker process killed, or stopped, while a local Dask cluster starts: one line within the start timeout
+    (it was distributed's 92-line 'Nanny failed to start' traceback, or a wait for ever), no process left behind.
+    Killed: through `sortrl sweep`; stopped: a cluster with a 5 s timeout (the command's 30 s, in a test)."""
+    grid_file = tmp_path / "workers.toml"
+    grid_file.write_text(WORKER_GRID)
+    with (tmp_path / "stderr").open("w") as stderr:
+        if how == signal.SIGKILL:
+            command = [SORTRL, "sweep", grid_file, "--results", tmp_path / "results", "--backend", "dask"]
+        else:
+            command = [sys.executable, "-c", START_A_CLUSTER]
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        started = time.time()
+        worker = signal_a_starting_worker(proc, how)
+    try:
+        proc.wait(timeout=90)
+        lines = [line for line in (tmp_path / "stderr").read_text().splitlines() if not line.startswith("workers:")]
+        assert len(lines) == 1 and lines[0].startswith("error: backend: the local Dask cluster did not start"), lines
+        bound = 30 + 30 if how == signal.SIGKILL else 5 + 15  # the start-up timeout, and slack for a busy machine
+        assert proc.returncode in (1, 2) and time.time() - started < bound
+        assert settles(proc.pid, 10) == []
+    finally:  # a failed test leaves no process behind, stopped or waiting for a stopped one
+        for kill, pid in [(os.kill, worker), (os.killpg, proc.pid)]:
+            with contextlib.suppress(OSError):
+                kill(pid, signal.SIGKILL)
+
+
 class _ThreadExecutor(concurrent.futures.ThreadPoolExecutor):
     """Stands in for loky's executor: threads (cheap to start), with loky's `_flags` and `shutdown(kill_workers=)`."""
 
@@ -521,6 +575,32 @@ def test_n_jobs_is_capped_at_the_chunks_and_at_the_cores_with_a_warning(tmp_path
         outcome = run_sweep(grid, tmp_path, n_jobs=16, chunk_size=1)
     assert outcome.trained == chunks and asked == ([cores] if cores > 1 else [])  # one core: trained here
     assert read_manifest(runs_dir(tmp_path, "few"))["n_jobs"] == cores
+
+
+def test_a_local_dask_cluster_has_at_most_one_worker_per_core(monkeypatch):
+    """--n-jobs 16 --backend dask on 2 cores: 2 local workers, with the warning loky's cap gives (it started 16)."""
+    import distributed
+
+    started = []
+
+    class Cluster(contextlib.nullcontext):
+        def __init__(self, n_workers, **_):
+            super().__init__()
+            started.append(n_workers)
+
+    monkeypatch.setattr(distributed, "LocalCluster", Cluster)
+    monkeypatch.setattr(distributed, "Client", lambda cluster: contextlib.nullcontext())
+    monkeypatch.setattr(sweep_module.os, "cpu_count", lambda: 2)
+    with (
+        pytest.warns(sweep_module.SweepWarning, match="^n_jobs: 16 worker processes on 2 cores .*; using 2$"),
+        _dask_client(None, 16),
+    ):
+        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with _dask_client(None, 2):
+            pass
+    assert started == [2, 2]
 
 
 def test_chunks_trained_side_by_side_must_fit_in_memory_together(tmp_path, monkeypatch):

@@ -25,7 +25,7 @@ from einops import rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from sortrl.engine.registry import check_plugin_result
+from sortrl.engine.registry import checked
 from sortrl.engine.task import PAD, REWARDS, eos_masks
 
 
@@ -113,14 +113,13 @@ def per_run(
     `run_args` are tensors with a leading `run` axis, sliced to the runs of
     each name; `shared` arguments are passed to every call as they are.
     A plug-in's result (`kind`: the `RunConfig` field naming it) must have the
-    first `axes` axes of the first run argument (all of them when None):
-    `sortrl.engine.registry.check_plugin_result`.
+    first `axes` axes of the first run argument (all of them when None), and
+    treat each run alone: `sortrl.engine.registry.checked`.
     """
     unique = sorted(set(names))
 
     def call(name: str, args: dict[str, Tensor]) -> Tensor:
-        shape = next(iter(args.values())).shape[:axes]
-        return check_plugin_result(kind, name, registry[name], registry[name](**args, **shared), shape)
+        return checked(kind, name, registry[name], like=next(iter(args)), axes=axes, shared=shared)(**args, **shared)
 
     if len(unique) == 1:
         return call(unique[0], run_args)

@@ -57,7 +57,7 @@ from sortrl.engine.objective import (
     sft_targets,
 )
 from sortrl.engine.optim import Adam
-from sortrl.engine.registry import ConfigError, check_plugin_result
+from sortrl.engine.registry import ConfigError, checked
 from sortrl.engine.rollout import (
     Scorer,
     gather,
@@ -420,7 +420,7 @@ def _setup_epoch(state: _Batch, epoch: int, logits: Tensor) -> _Epoch:
             kind="loss_agg_mode",
             max_len=c0.response_length,
         )
-        estimator = KL_ESTIMATORS[c0.kl_estimator]
+        estimator = checked("kl_estimator", c0.kl_estimator, KL_ESTIMATORS[c0.kl_estimator])
         in_reward = (n["kl_penalty"] != 0) & n["kl_in_reward"]
         if bool(in_reward.any()):  # verl apply_kl_penalty: r -= beta * sum_t k(pi_old, pi_ref) over the response
             per_token = estimator(gather(old_log_probs, roll.responses), gather(ref_log_probs, roll.responses))
@@ -473,6 +473,7 @@ def _setup_epoch(state: _Batch, epoch: int, logits: Tensor) -> _Epoch:
         value_loss = ValueLoss(rewards, available["values"], clip, weights, n["critic_response_mean"])
 
     mode = LOSS_MODES[c0.loss_mode]
+    mode = mode._replace(fn=checked("loss_mode", c0.loss_mode, mode.fn))
     targets = sft_targets(prompts, len(state.runs), c0.num_tokens) if mode.supervised else None
     sequence_level = c0.importance_sampling_level == "sequence"
     policy = Policy(mode, sequence_level, roll, deltas, omega, mask, old_log_probs, targets)
@@ -521,8 +522,7 @@ def _deltas(names: list[str], rewards: Tensor, available: dict[str, Tensor]) -> 
         index = torch.tensor([r for r, m in enumerate(names) if m == name])
         whole = len(index) == len(names)
         args = {k: available[k] if whole else available[k][index] for k in extras(fn)}
-        mine = rewards if whole else rewards[index]
-        part = check_plugin_result("deltas_mode", name, fn, fn(mine, **args), mine.shape)
+        part = checked("deltas_mode", name, fn)(rewards if whole else rewards[index], **args)
         if whole:
             return part
         if out is None:

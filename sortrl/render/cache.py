@@ -24,7 +24,9 @@ mode 0600): a results folder from someone else (downloaded, shared) has
 caches signed with another key, which are ignored and recomputed, never
 loaded. When the key cannot be read or created, nothing is cached. A cache
 that is missing, stale, unsigned or unreadable is recomputed and rewritten;
-`sortrl report --no-cache` ignores them all. A cached report is byte for
+`sortrl report --no-cache` ignores them all. An experiment whose grid uses
+plug-ins is never cached (its runs depend on the plug-ins' code, which the key
+does not cover), nor one left out of a report. A cached report is byte for
 byte the report computed afresh (a test compares them).
 """
 

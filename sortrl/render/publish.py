@@ -46,7 +46,7 @@ from sortrl.analysis.claims import tests as claim_tests
 from sortrl.analysis.experiment import load_experiment, same_runs, summarize
 from sortrl.analysis.findings import Findings, findings, link_shared
 from sortrl.analysis.pilot import outcome as pilot_outcome
-from sortrl.engine.registry import ConfigError
+from sortrl.engine.registry import ConfigError, PluginImportError
 from sortrl.render import cache
 from sortrl.render.claim_figures import FIGURES as CLAIM_FIGURES
 from sortrl.render.claim_figures import curves_needed
@@ -57,7 +57,7 @@ from sortrl.render.figures import FIGURES, curve_metrics, png_bytes
 from sortrl.render.pilot_md import render as render_pilots
 from sortrl.render.readme import read_readme, readme_text
 from sortrl.render.report import render_report
-from sortrl.study.grid import Grid, check_claim_ids, parse_grid
+from sortrl.study.grid import Grid, check_claim_ids, parse_grid, search_for_plugins
 from sortrl.study.store import experiment_names, runs_dir, write_files
 from sortrl.study.sweep import worker_init
 
@@ -65,7 +65,8 @@ from sortrl.study.sweep import worker_init
 class Outputs(NamedTuple):
     """What one experiment gives the report: its analysis, its files' bytes, and what it saw."""
 
-    findings: Findings
+    findings: Findings | None
+    """None: the experiment is left out (a plug-in of its grid cannot be imported; a warning says so)."""
     tests: list[Test]
     """Its claims' tests, uncorrected (`ledger` corrects them over every grid)."""
     claim_figures: dict[str, Path]
@@ -85,7 +86,17 @@ def _experiment_outputs(results: Path, name: str, grid_file: tuple[Path, str] | 
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        exp = load_experiment(results, name, curve_metrics(), claim_curves=curves_needed, grid_file=grid_file)
+        try:
+            exp = load_experiment(results, name, curve_metrics(), claim_curves=curves_needed, grid_file=grid_file)
+        except PluginImportError as err:  # its runs cannot be matched (their ids hash the plug-in's code): the
+            # other experiments are still reported
+            warnings.warn(
+                f"{name}: left out of the report, {err}; make the plug-in importable here (on PYTHONPATH, or beside "
+                "a grid file given with --grid) to report it",
+                LeftOutWarning,
+                stacklevel=2,
+            )
+            return Outputs(None, [], {}, {}, [], caught)
         source = grid_file[0] if grid_file is not None else exp.folder / "grid.toml"
         check_metrics(exp.grid, source)  # before the claims' tests read them
         summary = summarize(exp)
@@ -124,7 +135,8 @@ def _outputs(results: Path, name: str, grid_file: tuple[Path, str] | None, key: 
     """`_experiment_outputs`, then stored in the experiment's report cache under `key` (`sortrl.render.cache`)."""
     start = time.perf_counter()
     out = _experiment_outputs(results, name, grid_file)
-    cache.store(results, name, key, out)
+    if out.findings is not None:  # a left-out experiment (its plug-in missing here) is tried again next time
+        cache.store(results, name, key, out)
     return out, Done(name, False, time.perf_counter() - start)
 
 
@@ -139,6 +151,8 @@ def _cached(results: Path, name: str, grid_file: tuple[Path, str] | None, use_ca
             grid = (runs_dir(results, name) / "grid.toml").read_text()
         except OSError:  # the uncached path says what is wrong
             return None, None
+    if "plugins" in grid:  # its runs depend on plug-in code the key does not cover: always computed afresh
+        return None, None
     key = cache.key(results, name, grid)
     return key, cache.load(results, name, key)
 
@@ -219,6 +233,10 @@ class StaleGridWarning(UserWarning):
     """A grid file differs from the copy its sweep stored, which the report reads."""
 
 
+class LeftOutWarning(UserWarning):
+    """An experiment is left out of the report: a plug-in its grid names cannot be imported."""
+
+
 def _grid_name(text: str) -> str | None:
     try:
         name = tomllib.loads(text).get("name")
@@ -240,6 +258,7 @@ def _given_grids(results: Path, grids: list[str | Path], names: list[str]) -> di
         if name not in names:
             stored = ", ".join(names) or "none"
             raise ConfigError(f"grid: {path} names experiment {name!r}, which has no stored runs (stored: {stored})")
+        search_for_plugins(path, text)
         copy = runs_dir(results, name) / "grid.toml"
         same_runs(parse_grid(text, path), parse_grid(copy.read_text(), copy), path)  # before any work
         out[name] = (path, text)
@@ -247,7 +266,8 @@ def _given_grids(results: Path, grids: list[str | Path], names: list[str]) -> di
 
 
 def _warn_stale(results: Path, names: list[str], given: dict, experiments: str | Path | None) -> None:
-    """Warn, per experiment, when a grid file of that name under `experiments` differs from the stored copy."""
+    """Warn, per experiment, when a grid file of that name under `experiments` differs from the stored copy; the
+    plug-ins those files name are found beside them."""
     if experiments is None or not Path(experiments).is_dir():
         return
     for path in sorted(Path(experiments).rglob("*.toml")):
@@ -258,6 +278,7 @@ def _warn_stale(results: Path, names: list[str], given: dict, experiments: str |
         name = _grid_name(text)
         if name not in names or name in given:
             continue
+        search_for_plugins(path, text)
         stored = runs_dir(results, name) / "grid.toml"
         if stored.is_file() and stored.read_text() != text:
             warnings.warn(
@@ -353,7 +374,8 @@ def write_report(
     `grids`: grid files to use instead of the copies their sweeps stored (their claims and figures, on the
     stored runs: the seeds and configurations must be the same); `ConfigError` for one whose experiment is
     not stored. Any other experiment whose grid file under `experiments` (a folder, searched recursively)
-    differs from its stored copy is warned about, naming both (`StaleGridWarning`).
+    differs from its stored copy is warned about, naming both (`StaleGridWarning`). The plug-ins of those grid
+    files are found beside them; an experiment whose plug-in cannot be imported is left out (`LeftOutWarning`).
     `use_cache`: reuse each experiment's outputs from its report cache while nothing they depend on changed
     (`sortrl.render.cache`; the files are the same bytes either way). `on_plan(cached, to_compute)` is called with
     the experiments' names once the caches are read, `on_experiment` with each experiment's `Done` as it is ready.
@@ -369,6 +391,8 @@ def write_report(
     for out in outputs:
         for warning in out.warnings:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    kept = [i for i, out in enumerate(outputs) if out.findings is not None]  # the others are left out (warned)
+    names, outputs = [names[i] for i in kept], [outputs[i] for i in kept]
     # across experiments: the runs they share and the ledger (Holm over every claim of every grid)
     sections = link_shared([out.findings for out in outputs])
     tests = ledger([t for out in outputs for t in out.tests])

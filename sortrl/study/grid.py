@@ -473,8 +473,8 @@ def parse_grid(text: str, path: str | Path = "<grid>") -> Grid:
     grid = Grid(name, seeds, tables["base"], axes, tables["baseline"], highlight, text)
     try:  # validate every value now, so a bad grid fails before any training
         configurations = grid.configurations()
-    except ConfigError as err:
-        raise _fail(path, str(err)) from None
+    except ConfigError as err:  # of its class (a `PluginImportError` stays one: a report leaves its experiment out)
+        raise type(err)(f"{path}: {err}") from None
     except TypeError as err:
         raise _fail(path, f"bad field value ({err})") from None
     _check_configurations(configurations, path)
@@ -844,13 +844,16 @@ def load_grid(path: str | Path) -> Grid:
         raise _fail(
             path, f"cannot read grid file ({err.__class__.__name__}: {getattr(err, 'strerror', err)})"
         ) from None
-    if "plugins" in text:
-        _search_for_plugins(Path(path).resolve().parent)
+    search_for_plugins(path, text)
     return parse_grid(text, path)
 
 
-def _search_for_plugins(folder: Path) -> None:
-    """Let this process and the ones it starts import modules from `folder` (searched last)."""
+def search_for_plugins(path: str | Path, text: str) -> None:
+    """If grid file `path` (whose content is `text`) names plug-ins, let this process and the ones it starts import
+    modules from its folder (searched last, after the installed packages)."""
+    if "plugins" not in text:
+        return
+    folder = Path(path).resolve().parent
     if str(folder) not in sys.path:
         sys.path.append(str(folder))
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]

@@ -1002,22 +1002,48 @@ DASK_MISSING = "backend: 'dask' needs the optional extra dask[distributed] (pip 
 
 @contextlib.contextmanager
 def _dask_client(scheduler: str | None, local_workers: int, timeout: float = 30) -> Iterator[Any]:
-    """A `distributed.Client` of the cluster at `scheduler`, or of a new `LocalCluster` (closed on exit)."""
+    """A `distributed.Client` of the cluster at `scheduler`, or of a new `LocalCluster` (closed on exit).
+
+    A new cluster has `local_workers` workers, at most one per core (a `SweepWarning` says when fewer). Within
+    `timeout` seconds a new cluster's workers are up, or a worker has joined `scheduler`; else, or when a
+    local worker process dies (or is stopped) while it starts, a `ConfigError` (one line), and no local worker
+    process is left behind.
+    """
     try:
         import distributed
     except ImportError:
         raise ConfigError(DASK_MISSING) from None
     if scheduler is None:
-        cluster = distributed.LocalCluster(
-            n_workers=local_workers,
-            threads_per_worker=1,
-            processes=True,
-            # any free port: with None this distributed still tries :8787 and warns when another cluster has it
-            dashboard_address=":0",
-            # a task's failure reaches us as its exception (one line); what the workers log at ERROR is their
-            # side of it ("Compute Failed") or comm noise, e.g. a heartbeat lost when Ctrl-C stops the scheduler
-            silence_logs=logging.CRITICAL,
-        )
+        import multiprocessing
+
+        cores = os.cpu_count() or 1
+        if local_workers > cores:  # as the loky pool caps its workers
+            warnings.warn(
+                f"n_jobs: {local_workers} worker processes on {cores} cores would compete for them (and for memory); "
+                f"using {cores}",
+                SweepWarning,
+                stacklevel=4,
+            )
+        before = set(multiprocessing.active_children())
+        try:
+            cluster = distributed.LocalCluster(
+                n_workers=min(local_workers, cores),
+                threads_per_worker=1,
+                processes=True,
+                # any free port: with None this distributed still tries :8787 and warns when another cluster has it
+                dashboard_address=":0",
+                # a task's failure reaches us as its exception (one line); what the workers log at ERROR is their
+                # side of it ("Compute Failed") or comm noise, e.g. a heartbeat lost when Ctrl-C stops the scheduler
+                silence_logs=logging.CRITICAL,
+                death_timeout=timeout,  # how long a worker may take to start (a stopped one: for ever)
+            )
+        except Exception as err:  # noqa: BLE001 -- whatever stopped the start (distributed's own clean-up may
+            # fail too, e.g. an AssertionError closing a worker that is still starting): one line
+            _end_workers(set(multiprocessing.active_children()) - before)
+            raise ConfigError(
+                f"backend: the local Dask cluster did not start: a worker process died, or did not start within "
+                f"{timeout:g} s ({_start_fault(err)}); run the sweep again, or use --backend loky"
+            ) from None
         with cluster, distributed.Client(cluster) as client:
             yield client
         return
@@ -1032,3 +1058,24 @@ def _dask_client(scheduler: str | None, local_workers: int, timeout: float = 30)
         except (TimeoutError, OSError):
             raise ConfigError(f"scheduler: no Dask worker joined {scheduler} within {timeout:g} s") from None
         yield client
+
+
+def _end_workers(processes: set[Any]) -> None:
+    """Kill the stopped ones (SIGSTOP) of `processes`, the workers a local Dask cluster started before it failed.
+
+    distributed asked them all to close; a stopped one cannot, and this process's exit would wait for it for ever.
+    distributed reaps them at exit: its log of that ("reaping stray process") is silenced, like its workers' logs.
+    """
+    import psutil  # a requirement of distributed's
+
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            if psutil.Process(process.pid).status() == psutil.STATUS_STOPPED:
+                process.kill()
+    logging.getLogger("distributed.process").setLevel(logging.CRITICAL)
+
+
+def _start_fault(err: BaseException) -> str:
+    """What stopped a local Dask cluster's start, in a few words: its error and the one that caused it."""
+    causes = [err, *([err.__cause__] if err.__cause__ is not None else [])]
+    return "; ".join(" ".join(f"{e.__class__.__name__}: {e}".split())[:160] for e in causes)
