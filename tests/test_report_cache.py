@@ -96,3 +96,18 @@ def test_a_chunk_that_fails_its_checksum_is_never_cached(copy):
     assert heard["tiny"] is False
     with pytest.warns(UserWarning, match="do not match the checksum"):
         assert _report(copy)[1]["tiny"] is False  # still recomputed: the uncached path warns every time
+
+
+def test_an_experiment_with_plug_ins_or_left_out_is_never_cached(copy, monkeypatch):
+    """A grid with plug-ins: its runs depend on the plug-ins' code, which the key does not cover. A left-out
+    experiment (its plug-in missing here) must be tried again next time, not served from a cache."""
+    from sortrl.render import publish
+
+    grid = (runs_dir(copy, "tiny") / "grid.toml").read_text()
+    assert publish._cached(copy, "tiny", (copy / "mine.toml", grid), True)[0] is not None
+    assert publish._cached(copy, "tiny", (copy / "mine.toml", grid + 'plugins = ["mine"]\n'), True) == (None, None)
+    left_out = publish.Outputs(None, [], {}, {}, [], [])
+    monkeypatch.setattr(publish, "_experiment_outputs", lambda *args: left_out)
+    key, _ = publish._cached(copy, "tiny", None, True)
+    publish._outputs(copy, "tiny", None, key)
+    assert not (runs_dir(copy, "tiny") / cache.CACHE_FILE).exists()
