@@ -42,6 +42,9 @@ DEFAULTS = {
 MIN_HEIGHT = 2.6
 """Inches a `paired` figure needs for its title, x label and legend around one row (at 1.65 the layout collapsed)."""
 
+XLABEL_CHARS = 60
+"""Characters per line of a `paired` panel's x label (a panel is 4.6 inches wide: longer lines ran into the next)."""
+
 REFERENCE = "sft"
 """The label part that marks the supervised reference configuration in a claim's figures."""
 
@@ -86,7 +89,7 @@ def paired(exp: Experiment, claim: Claim, tests: list[Test]) -> Figure:
     """Per-seed effects, their mean and 95% CI, zero and the margin band; one row per test, one panel per regime."""
 
     with style():
-        fig, panels = _panels(tests, height=max(MIN_HEIGHT, 1.2 + 0.45 * _rows(tests)))
+        fig, panels = _panels(tests, height=max(MIN_HEIGHT, 1.2 + 0.45 * _rows(tests)) + 0.2)
         for where, ax in panels:
             mine = [t for t in tests if _in(t, where)]
             rng = np.random.default_rng(SEED)
@@ -104,7 +107,8 @@ def paired(exp: Experiment, claim: Claim, tests: list[Test]) -> Figure:
             ax.set_yticks(range(len(mine)), [_row_label(t, where) for t in mine])
             ax.set_ylim(-0.6, len(mine) - 0.4)
             ax.set_title(where or exp.name)
-            ax.set_xlabel(f"effect per seed: {_effect_words(claim)}\n{metric_label(claim.metric)}")
+            words = textwrap.fill(f"effect per seed: {_effect_words(claim)}", XLABEL_CHARS)  # panels side by side
+            ax.set_xlabel(f"{words}\n{metric_label(claim.metric)}")
         handles = [
             Line2D([], [], marker="o", color="tab:blue", ls="", alpha=0.5, label="one seed"),
             Line2D([], [], marker="o", color="black", lw=2.2, label="mean, 95% CI"),
