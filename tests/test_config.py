@@ -260,23 +260,28 @@ print(json.dumps({"measured": size("VmHWM") - before, "estimated": sum(c.memory_
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("fields", "runs"),
-    [({}, 512), ({"embedding_dim": 500, "num_epochs": 5}, 1), ({"embedding_dim": 1500, "num_epochs": 5}, 1)],
+    ("fields", "runs", "times"),
+    [({}, 512, 1), ({"embedding_dim": 500, "num_epochs": 2}, 1, 3), ({"embedding_dim": 1500, "num_epochs": 2}, 1, 3)],
     ids=["default", "embedding_dim 500", "embedding_dim 1500"],
 )
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures with Linux's /proc")
-def test_the_memory_estimate_is_within_1_5x_of_a_measurement(fields, runs):
+def test_the_memory_estimate_is_within_1_5x_of_a_measurement(fields, runs, times):
     """`RunConfig.memory_bytes` against the peak resident memory training adds (a new process, after a warm-up):
     512 runs of the default config (the per-epoch table dominates), one run whose parameters dominate (500: 6 MB of
-    parameters; 1500: 54 MB). Was 0.68x, 0.50-0.80x and 0.46-0.53x (the issue's 309 MiB against 734)."""
-    done = subprocess.run(
-        [sys.executable, "-c", MEASURE_MEMORY, json.dumps(fields), str(runs)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    sizes = json.loads(done.stdout)
-    ratio = sizes["estimated"] / sizes["measured"]
-    assert 1 / 1.5 <= ratio <= 1.5, sizes
+    parameters; 1500: 54 MB), the mean of `times` processes: how much of what a large model frees the allocator
+    keeps varies from process to process (one 1500-dim run: 360-669 MiB over 20). Was 0.68x, 0.50-0.80x and
+    0.46-0.53x (the issue's 309 MiB estimated against 734 measured)."""
+    measured = []
+    for _ in range(times):
+        done = subprocess.run(
+            [sys.executable, "-c", MEASURE_MEMORY, json.dumps(fields), str(runs)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        sizes = json.loads(done.stdout)
+        measured.append(sizes["measured"])
+    ratio = sizes["estimated"] / (sum(measured) / times)
+    assert 1 / 1.5 <= ratio <= 1.5, (sizes["estimated"], measured)
 
 
 def test_train_refuses_a_batch_that_cannot_fit_and_duplicate_runs():
