@@ -6,6 +6,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -258,39 +259,48 @@ def test_memory_estimate_refuses_one_impossible_run():
 
 
 MEASURE_MEMORY = """
-import json, resource, sys
+import json, re, sys
+from pathlib import Path
 from sortrl import RunConfig, train
 
-def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+def size(key):  # bytes, from /proc/self/status
+    return int(re.search(rf"^{key}:\\s+(\\d+) kB", Path("/proc/self/status").read_text(), re.M)[1]) * 1024
 
 fields, runs = json.loads(sys.argv[1]), int(sys.argv[2])
 train([RunConfig(num_epochs=1, num_steps_per_epoch=1)], workers=1)  # imports, kernels, the allocator's first arenas
-before = peak()
+# the peak from here on (getrusage's ru_maxrss would start at the peak of the process that started this one)
+Path("/proc/self/clear_refs").write_text("5")
+before = size("VmRSS")
 configs = [RunConfig(**fields, seed=s) for s in range(runs)]
 train(configs, workers=1)
-print(json.dumps({"measured": peak() - before, "estimated": sum(c.memory_bytes for c in configs)}))
+print(json.dumps({"measured": size("VmHWM") - before, "estimated": sum(c.memory_bytes for c in configs)}))
 """
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("fields", "runs"),
-    [({}, 512), ({"embedding_dim": 500, "num_epochs": 5}, 1), ({"embedding_dim": 1500, "num_epochs": 5}, 1)],
+    ("fields", "runs", "times"),
+    [({}, 512, 1), ({"embedding_dim": 500, "num_epochs": 2}, 1, 3), ({"embedding_dim": 1500, "num_epochs": 2}, 1, 3)],
     ids=["default", "embedding_dim 500", "embedding_dim 1500"],
 )
-def test_the_memory_estimate_is_within_1_5x_of_a_measurement(fields, runs):
-    """`RunConfig.memory_bytes` against the peak resident memory training adds (a fresh process, after a warm-up):
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures with Linux's /proc")
+def test_the_memory_estimate_is_within_1_5x_of_a_measurement(fields, runs, times):
+    """`RunConfig.memory_bytes` against the peak resident memory training adds (a new process, after a warm-up):
     512 runs of the default config (the per-epoch table dominates), one run whose parameters dominate (500: 6 MB of
-    parameters; 1500: 54 MB). Was 0.68x, 0.50-0.80x and 0.46-0.53x (the issue's 309 MiB against 734)."""
-    done = subprocess.run(
-        [sys.executable, "-c", MEASURE_MEMORY, json.dumps(fields), str(runs)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    sizes = json.loads(done.stdout)
-    ratio = sizes["estimated"] / sizes["measured"]
-    assert 1 / 1.5 <= ratio <= 1.5, sizes
+    parameters; 1500: 54 MB), the mean of `times` processes: how much of what a large model frees the allocator
+    keeps varies from process to process (one 1500-dim run: 360-669 MiB over 20). Was 0.68x, 0.50-0.80x and
+    0.46-0.53x (the issue's 309 MiB estimated against 734 measured)."""
+    measured = []
+    for _ in range(times):
+        done = subprocess.run(
+            [sys.executable, "-c", MEASURE_MEMORY, json.dumps(fields), str(runs)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        sizes = json.loads(done.stdout)
+        measured.append(sizes["measured"])
+    ratio = sizes["estimated"] / (sum(measured) / times)
+    assert 1 / 1.5 <= ratio <= 1.5, (sizes["estimated"], measured)
 
 
 def test_train_refuses_a_batch_that_cannot_fit_and_duplicate_runs():

@@ -218,15 +218,16 @@ class RunConfig:
         - each sampled response (prompts x responses): 2 x length x vocab (its one-hot rows), 3 x length (tokens,
           masks, weights) and 30 (rewards, deltas, lengths and their like);
         - the epoch's log-probabilities (prompts x length x vocab): 7;
-        plus 1,100 B per epoch (the per-epoch history and the returned table's row). An estimate to refuse
-        impossible configs before allocating, not a promise.
+        plus the reward's comparisons of a response's tokens with its prompt's (length^2 B each, for a moment) and
+        1,100 B per epoch (the per-epoch history and the returned table's row). An estimate to refuse impossible
+        configs before allocating, not a promise.
         """
         vocab, dim, length = self.num_tokens, self.embedding_dim, self.response_length
         prompts = _prompts_per_epoch(self) + (self.num_eval_prompts if self.task == "random" else 0)
         responses = prompts * self.num_responses
         floats = 10 * (vocab * dim + 2 * length * dim * dim) + responses * (2 * length * vocab + 3 * length + 30)
         floats += 7 * prompts * length * vocab
-        return 4 * floats + 1_100 * self.num_epochs
+        return 4 * floats + responses * length * length + 1_100 * self.num_epochs
 
     @property
     def kl_description(self) -> str:
