@@ -37,11 +37,11 @@ test: $(STAMP) $(NOTEBOOKS_STAMP) ## Run the test suite (includes lecture parity
 	$(PY) -m pytest -n 2 --dist loadgroup -q
 
 ablations: $(STAMP) ## Sweep every grid in experiments/ (real training, all seeds), write the report, run the notebooks
-	@echo "== make ablations 1/3: training every grid of experiments/ (about 4 minutes on 2 cores) =="
+	@echo "== make ablations 1/3: training every grid of experiments/ in one queue (about 4 minutes on 2 cores) =="
 	$(VENV)/bin/sortrl sweep $(GRIDS) --results $(RESULTS)
-	@echo "== make ablations 2/3: the report (figures, REPORT.md, CLAIMS.md, README headline; about 40 s) =="
+	@echo "== make ablations 2/3: the report (figures, REPORT.md, CLAIMS.md, README headline; about 1 minute, seconds for experiments unchanged since the last report) =="
 	$(VENV)/bin/sortrl report --results $(RESULTS) --readme README.md
-	@echo "== make ablations 3/3: executing the notebooks into $(RESULTS)/notebooks/ (about 30 s) =="
+	@echo "== make ablations 3/3: executing the notebooks into $(RESULTS)/notebooks/ (about 15 s) =="
 	$(EXECUTE_NOTEBOOKS)
 
 verify: $(STAMP) ## Retrain 64 stored runs (seeded sample) and check they equal the stored ones bit for bit
