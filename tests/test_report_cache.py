@@ -47,6 +47,10 @@ def test_a_cached_report_is_the_uncached_report_byte_for_byte(copy, report_grids
     second, heard = _report(copy)
     assert heard == {"tiny": True, "lengths": True}
     assert first == fresh and second == fresh
+    # a sweep that trains nothing (make ablations sweeps every grid) rewrites the manifests: still cached, same bytes
+    run_sweep(parse_grid(report_grids["tiny"]), copy, n_jobs=1)
+    again, heard = _report(copy)
+    assert heard == {"tiny": True, "lengths": True} and again == fresh
     # a sweep that changes one experiment's runs recomputes that one only
     run_sweep(parse_grid(report_grids["tiny"].replace("seeds = 6", "seeds = 7")), copy, n_jobs=1)
     third, heard = _report(copy)

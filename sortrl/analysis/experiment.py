@@ -291,8 +291,7 @@ def load_experiment(
     if grid_file is not None:  # the user's file: its claims and figures, on the stored runs
         path, text = grid_file
         grid = same_runs(parse_grid(text, path), grid, path)
-    manifest = read_manifest(folder)
-    trained_by = next((m for m in reversed(read_history(folder)) if m.get("trained")), None)
+    manifest, trained_by = sweep_records(folder)
     chunks = read_chunks(folder)
     configurations = grid.configurations()
     scales = varying_labels(configurations, CHANCE_FIELDS)
@@ -454,6 +453,13 @@ def _in_grid_order(table: pd.DataFrame, order: dict[str, int]) -> pd.DataFrame:
     """`table` (a `configuration` and a `seed` column) sorted by configuration in grid order, then seed."""
     rank = table["configuration"].map(order).to_numpy()
     return table.iloc[np.lexsort([table["seed"].to_numpy(), rank])].reset_index(drop=True)
+
+
+def sweep_records(folder: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """An experiment folder's latest sweep manifest and the manifest of the latest sweep that trained runs
+    (`Experiment.manifest`, `Experiment.trained_by`)."""
+    trained_by = next((m for m in reversed(read_history(folder)) if m.get("trained")), None)
+    return read_manifest(folder), trained_by
 
 
 def same_runs(mine: Grid, stored: Grid, path: str | Path) -> Grid:

@@ -7,9 +7,12 @@ experiment's outputs (`sortrl.render.publish.Outputs`) are stored in
 `results/runs/<name>/report-cache.pkl` under a key that covers everything
 they are computed from:
 
-- the experiment's stored files (every file of its folder: chunks, grid copy,
+- the experiment's stored files (every file of its folder but the sweep
   manifests), by the SHA-256 of their bytes (a chunk whose bytes do not match
   the checksum in its name is never cached: the uncached path warns about it);
+  the manifests change at every sweep, even one that trains nothing, and only
+  REPORT.md's "Trained with" line reads them, so the report refreshes them in
+  a cached experiment instead (`sortrl.render.publish`);
 - the grid file the report uses (the stored copy or `--grid FILE`), and the
   results folder's path as given (the outputs name their files by it);
 - the source of every module of the installed `sortrl` package (not only its
@@ -44,12 +47,15 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from sortrl.study.store import REPORT_CACHE, atomic_write_bytes, checksum, runs_dir
+from sortrl.study.store import HISTORY, MANIFEST, REPORT_CACHE, atomic_write_bytes, checksum, runs_dir
 
 CACHE_FILE = REPORT_CACHE
 """The cache's file name in `results/runs/<name>/`."""
 
-FORMAT = b"sortrl report cache 1\n"
+SWEEP_RECORDS = (MANIFEST, HISTORY)
+"""The files of an experiment folder the key leaves out (the module docstring says why)."""
+
+FORMAT = b"sortrl report cache 2\n"
 """The file's first line: a changed layout changes it, and older caches are recomputed."""
 
 LIBRARIES = ("numpy", "pandas", "scipy", "statsmodels", "matplotlib", "seaborn", "pyarrow", "pillow")
@@ -110,7 +116,7 @@ def _key(results: Path, name: str, grid_text: str) -> bytes | None:
     try:
         files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != CACHE_FILE)
         for path in files:
-            if path.name.startswith("."):  # temporaries of a sweep or report still writing
+            if path.name.startswith(".") or path.name in SWEEP_RECORDS:  # temporaries; manifests (docstring)
                 continue
             data = path.read_bytes()
             chunk = path.name.startswith("chunk-") and path.suffix == ".parquet"

@@ -43,7 +43,7 @@ import pandas as pd
 from sortrl.analysis.claims import Test, check_metrics, ledger
 from sortrl.analysis.claims import table as claims_table
 from sortrl.analysis.claims import tests as claim_tests
-from sortrl.analysis.experiment import load_experiment, same_runs, summarize
+from sortrl.analysis.experiment import load_experiment, same_runs, summarize, sweep_records
 from sortrl.analysis.findings import Findings, findings, link_shared
 from sortrl.analysis.pilot import outcome as pilot_outcome
 from sortrl.engine.registry import ConfigError, PluginImportError
@@ -154,7 +154,13 @@ def _cached(results: Path, name: str, grid_file: tuple[Path, str] | None, use_ca
     if "plugins" in grid:  # its runs depend on plug-in code the key does not cover: always computed afresh
         return None, None
     key = cache.key(results, name, grid)
-    return key, cache.load(results, name, key)
+    out = cache.load(results, name, key)
+    if out is None:
+        return key, None
+    exp = out.findings.experiment  # the sweep records of now (a sweep that trained nothing rewrote them)
+    manifest, trained_by = sweep_records(exp.folder)
+    findings = replace(out.findings, experiment=replace(exp, manifest=manifest, trained_by=trained_by))
+    return key, out._replace(findings=findings)
 
 
 def _in_workers(
