@@ -88,16 +88,18 @@ def store(results: Path, name: str, key: bytes | None, value: Any) -> None:
 
 
 def _read(path: Path, key: bytes, secret: bytes) -> Any | None:
-    """The cached value at `path` if its key is `key` and its signature is ours, else None."""
+    """The cached value at `path` if its key is `key` and its signature is ours, else None (a stale cache is told
+    by its first bytes: the rest, up to tens of MB, is read only when the key matches)."""
+    head = len(FORMAT)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            header = handle.read(head + 64)
+            if header[:head] != FORMAT or header[head : head + 32] != key:
+                return None
+            payload = handle.read()
     except OSError:
         return None
-    head = len(FORMAT)
-    stored_key, signature = data[head : head + 32], data[head + 32 : head + 64]
-    payload = data[head + 64 :]
-    if not data.startswith(FORMAT) or stored_key != key:
-        return None
+    signature = header[head + 32 :]
     if not hmac.compare_digest(signature, hmac.new(secret, key + payload, hashlib.sha256).digest()):
         return None  # not signed by this user: never unpickled
     try:
