@@ -464,6 +464,8 @@ class _SweepProgress:
         self.who = grids[0].name if len(grids) == 1 else "sweep"
         self.stop = threading.Event()
         self.log = None if console.is_terminal else threading.Thread(target=self._log, daemon=True)
+        self.printing = threading.Lock()  # the log thread's lines fall between the plan lines and the outcome lines
+        self.finished: set[str] = set()
 
     def __enter__(self) -> _SweepProgress:
         if self.log is not None:
@@ -476,12 +478,13 @@ class _SweepProgress:
             self.log.join()
 
     def planned(self, name: str, plan: Plan) -> None:
-        self.stored[name] = plan.stored
-        self.steps_done[name] = 0
-        self.bar.reset(self.tasks[name], total=plan.run_steps, count=self._runs(name))
-        self.steps += plan.run_steps
-        self.bar.reset(self.overall, total=self.steps, count=f"0/{self.steps:,} run-steps")
-        console.print(f"{name}: {_plan_line(plan)}", soft_wrap=True)
+        with self.printing:
+            self.stored[name] = plan.stored
+            self.steps_done[name] = 0
+            self.bar.reset(self.tasks[name], total=plan.run_steps, count=self._runs(name))
+            self.steps += plan.run_steps
+            self.bar.reset(self.overall, total=self.steps, count=f"0/{self.steps:,} run-steps")
+            console.print(f"{name}: {_plan_line(plan)}", soft_wrap=True)
 
     def trained(self, name: str, steps: int) -> None:
         """`run_sweeps`' `on_steps`: the grid's run-steps trained so far (from its listening thread)."""
@@ -499,9 +502,12 @@ class _SweepProgress:
 
     def _log(self) -> None:
         while not self.stop.wait(self.every):
-            line = self.line()
-            if line is not None:
-                console.print(line, soft_wrap=True)
+            with self.printing:
+                if len(self.stored) < len(self.total) or len(self.finished) == len(self.total):
+                    continue  # not every grid planned yet (the total would be short), or every grid has said its end
+                line = self.line()
+                if line is not None:
+                    console.print(line, soft_wrap=True)
 
     def line(self) -> str | None:
         """The overall progress in a line, e.g. `sweep: 1,234,000 of 30,512,000 run-steps (4%), 0:00:21 elapsed,
@@ -516,11 +522,13 @@ class _SweepProgress:
         return line if left is None else f"{line}, about {timedelta(seconds=int(left))} left"
 
     def done(self, outcome: Any) -> None:
-        console.print(
-            f"{outcome.name}: {outcome.total} runs, {outcome.trained} trained, {outcome.skipped} already stored, "
-            f"{outcome.wall_seconds:.1f} s{self._cost(outcome)} -> {Path(self.results) / 'runs' / outcome.name}",
-            soft_wrap=True,
-        )
+        with self.printing:
+            self.finished.add(outcome.name)
+            console.print(
+                f"{outcome.name}: {outcome.total} runs, {outcome.trained} trained, {outcome.skipped} already stored, "
+                f"{outcome.wall_seconds:.1f} s{self._cost(outcome)} -> {Path(self.results) / 'runs' / outcome.name}",
+                soft_wrap=True,
+            )
 
     def _cost(self, outcome: Any) -> str:
         """The grid's own cost, when it was swept with others (its wall time is then the queue's, up to its end)."""
