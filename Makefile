@@ -14,7 +14,7 @@ JUPYTER_ARGS ?=
 EXECUTE_NOTEBOOKS := $(PY) tools/execute_notebooks.py --results $(RESULTS)
 export MPLBACKEND := Agg
 
-.PHONY: help install test ablations report verify notebooks lint bench lock clean
+.PHONY: help install test ablations report verify notebooks lint bench lock clean grids
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,10 @@ ablations: $(STAMP) ## Sweep every grid in experiments/ (real training, all seed
 	$(VENV)/bin/sortrl report --results $(RESULTS) --readme README.md
 	@echo "== make ablations 3/3: executing the notebooks into $(RESULTS)/notebooks/ (about 15 s) =="
 	$(EXECUTE_NOTEBOOKS)
+
+# the grid files make ablations sweeps, in its order (benchmarks/ablations_time.py reads them here)
+grids:
+	@echo $(GRIDS)
 
 verify: $(STAMP) ## Retrain 64 stored runs (seeded sample) and check they equal the stored ones bit for bit
 	$(VENV)/bin/sortrl verify $(RESULTS) --sample 64

@@ -3,7 +3,7 @@
 Runs what `make ablations` runs, into an empty temporary results folder (a fresh clone's case: nothing stored,
 no report cache), each phase a subprocess timed by its wall clock:
 
-1. `sortrl sweep` of every grid file of `experiments/` (the Makefile's order), in one queue; per grid, the
+1. `sortrl sweep` of every grid file of `experiments/` (the Makefile's `GRIDS`, in its order), in one queue; per grid, the
    workers' time on its chunks (`worker_seconds` of its manifest), its runs and run-steps;
 2. `sortrl report` (with a copy of the README for its generated block); per experiment, the seconds it reports;
 3. the notebooks' execution (`tools/execute_notebooks.py`); per notebook, its seconds;
@@ -29,12 +29,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-GRID_PATTERNS = ("experiments/pilot/*.toml", "experiments/*.toml", "experiments/claims/*.toml")
-"""The Makefile's GRIDS, in its order."""
 
 
 def grids() -> list[Path]:
-    return [path for pattern in GRID_PATTERNS for path in sorted(ROOT.glob(pattern))]
+    """The grid files `make ablations` sweeps, in its order (the Makefile's `GRIDS`, from `make grids`)."""
+    listed = subprocess.run(["make", "-s", "grids"], cwd=ROOT, capture_output=True, text=True, check=True)
+    return [ROOT / name for name in listed.stdout.split()]
 
 
 def timed(command: list[str | Path], log: Path) -> tuple[float, str]:

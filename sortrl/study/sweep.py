@@ -297,7 +297,9 @@ def _stamp(seconds: float) -> str:
 class _GridSweep:
     """One grid's part of a sweep: its runs, what is stored, its manifest, and what its chunks bring back."""
 
-    def __init__(self, grid: Grid, results: str | Path, start: float, settings: dict[str, Any]):
+    def __init__(
+        self, grid: Grid, results: str | Path, start: float, machine: dict[str, Any], settings: dict[str, Any]
+    ):
         self.grid, self.start = grid, start
         self.folder = runs_dir(results, grid.name)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -312,7 +314,7 @@ class _GridSweep:
         self.problem: str | None = None
         self.announced = False
         self.manifest: dict[str, Any] = {
-            **environment(),
+            **machine,  # `environment()`, read once per sweep (it asks git twice)
             "experiment": grid.name,
             "grid": grid.text,
             "runs": len(self.configs),
@@ -490,7 +492,8 @@ def run_sweeps(
         check_scheduler(scheduler, backend)
     start = time.time()
     settings = {"chunk_size": chunk_size, "threads": threads, "backend": backend, "scheduler": scheduler}
-    sweeps = [_GridSweep(grid, results, start, settings) for grid in grids]
+    machine = environment()
+    sweeps = [_GridSweep(grid, results, start, machine, settings) for grid in grids]
     outcomes: dict[int, SweepResult] = {}
 
     def done(g: int) -> None:
