@@ -128,6 +128,20 @@ def test_trend_is_its_steps_between_neighbouring_values():
     assert [s.label.split(" / ")[-1] for s in up.sides] == ["num_responses=10", "num_responses=2"]
 
 
+def test_a_trend_section_states_the_claims_margin_not_the_rank_correlations():
+    """A trend's monotone row tests rho against TREND_MARGIN; the section's prediction line states the margin the
+    grid declared for the steps, with its reason (it printed the rank correlation's 0.1 beside the steps' reason)."""
+    from sortrl.render import claims_md
+
+    def score(regime, deltas, group, seed):
+        return 0.01 * group + noise(seed)
+
+    found = claims.ledger(claims.tests(hand_experiment("trend", score)))
+    assert found[0].case == claims.MONOTONE and found[0].claim.margin == claims.TREND_MARGIN != 0.05
+    text = "\n".join(claims_md._section(found, None))
+    assert "; margin ±0.05 (" in text and "; margin ±0.1 (" not in text
+
+
 def test_a_non_monotone_trend_is_not_supported():
     """Up from G = 2 to 10, down from 10 to 50 on every one of 64 seeds: the claim "higher along G" is mixed, where a
     slope over the axis index, or a rank trend test alone, would have called it supported (0.4 up, 0.1 down)."""

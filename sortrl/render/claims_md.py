@@ -17,6 +17,7 @@ import numpy as np
 
 from sortrl.analysis.claims import (
     BINARY,
+    MONOTONE,
     TREND_MARGIN,
     Test,
     agreeing,
@@ -213,7 +214,8 @@ def _check_result(t: Test) -> str:
 
 
 def _section(tests: list[Test], figure: str | None) -> list[str]:
-    claim = tests[0].claim
+    # the claim as declared: a trend's monotone row carries its own margin (TREND_MARGIN, in rho), not the claim's
+    claim = next((t.claim for t in tests if t.case != MONOTONE), tests[0].claim)
     metric = claim.metric
     doc = "a per-epoch curve" if claim.kind == "within-run" else DERIVED.get(metric) or SCORES[metric].doc
     verdict_line = (
