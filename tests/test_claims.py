@@ -140,6 +140,7 @@ def test_a_trend_section_states_the_claims_margin_not_the_rank_correlations():
     assert found[0].case == claims.MONOTONE and found[0].claim.margin == claims.TREND_MARGIN != 0.05
     text = "\n".join(claims_md._section(found, None))
     assert "; margin ±0.05 (" in text and "; margin ±0.1 (" not in text
+    assert "as a trend, on" in text and claims_md._article("implementation check") == "an implementation check"
 
 
 def test_a_non_monotone_trend_is_not_supported():

@@ -227,7 +227,7 @@ def _section(tests: list[Test], figure: str | None) -> list[str]:
         f'<a id="{_anchor(claim.id)}"></a>',
         f"### {claim.id} · {claim.statement}",
         "",
-        f"Source: {claim.source}. Tested in grid `{tests[0].experiment}`, as a {test_kind(claim)}, on "
+        f"Source: {claim.source}. Tested in grid `{tests[0].experiment}`, as {_article(test_kind(claim))}, on "
         f"{metric_label(metric)}: {doc}. Prediction: {_prediction(claim)}"
         + (
             f"; tolerance ±{claim.tolerance:g}."
@@ -282,6 +282,11 @@ def _prediction(claim) -> str:
         "not higher": "not above the margin",
     }[claim.predicts]
     return f"{what} is {word}"
+
+
+def _article(noun: str) -> str:
+    """`a trend`, `an implementation check`."""
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
 def _one_sample(t: Test) -> str:
