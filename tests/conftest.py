@@ -16,6 +16,9 @@ import pytest
 os.environ.setdefault("MPLBACKEND", "Agg")
 # the report cache's signing key (sortrl.render.cache.key_file) lives under the temporary folder, not the user's
 # home; one folder for every test process of a run (and the CLI's subprocesses), so they read each other's caches
+# tests read the CLI's output line by line: no timed progress lines, which would come or not with the machine's load
+# (the test of those lines sets its own interval)
+os.environ["SORTRL_PROGRESS_SECONDS"] = "3600"
 os.environ["XDG_CACHE_HOME"] = os.path.join(tempfile.gettempdir(), f"sortrl-tests-{os.getuid()}", "cache")
 
 import torch  # noqa: E402

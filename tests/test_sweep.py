@@ -262,7 +262,7 @@ def start_sweep(grid_file: Path, results: Path, chunk_size: int, *options: str) 
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group, killed as a whole
         cwd=grid_file.parent,
-        env={**os.environ, "SORTRL_PROGRESS_SECONDS": "3600"},  # stderr is read line by line: no progress lines
+        env=os.environ,  # SORTRL_PROGRESS_SECONDS is 3600 (conftest): stderr is read line by line
     )
 
 
