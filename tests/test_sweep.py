@@ -788,12 +788,15 @@ def test_a_lost_chunks_progress_is_not_counted_twice(tmp_path, monkeypatch):
     import joblib.externals.loky
     from joblib.externals.loky.process_executor import TerminatedWorkerError
 
-    real, reports = sweep_module._train_chunk, []
+    real, reports, seen = sweep_module._train_chunk, [], []
 
     def chunk(configs, labels, threads, report=None):
         if configs[0].seed == 0 and not reports:  # the first attempt at seed 0: reports all of it, then is lost
             reports.append(report.tag)
             report.counter()(sum(c.run_steps for c in configs))
+            deadline = time.monotonic() + 10
+            while 20 not in seen and time.monotonic() < deadline:  # that report reaches the sweep before the loss
+                time.sleep(0.01)
             report.send((report.tag, 1))  # late news from the lost attempt arrives after the retry started
             raise TerminatedWorkerError("The exit codes of the workers are {SIGKILL(-9)}")
         return real(configs, labels, threads, report)
@@ -802,15 +805,17 @@ def test_a_lost_chunks_progress_is_not_counted_twice(tmp_path, monkeypatch):
     monkeypatch.setattr(joblib.externals.loky, "get_reusable_executor", lambda max_workers, **kw: _ThreadExecutor(1))
     monkeypatch.setattr(sweep_module, "_train_chunk", chunk)
     grid = parse_grid('name = "lost"\nseeds = 2\n[base]\nnum_epochs = 20\nnum_steps_per_epoch = 1\n')
-    seen: list[int] = []
     with pytest.warns(sweep_module.SweepWarning, match="a worker was lost"):
         (outcome,) = sweep_module.run_sweeps(
             [grid], tmp_path, n_jobs=2, chunk_size=1, on_steps=lambda name, steps: seen.append(steps)
         )
     assert outcome.trained == 2 and reports == [(0, 1)]
     assert max(seen) == seen[-1] == 40, seen
-    lost = seen.index(20)  # seed 0's first attempt reported its 20 run-steps ...
-    assert 0 in seen[lost:]  # ... which were taken back when its worker was lost
+    lost = seen.index(20)  # seed 0's first attempt reported its 20 run-steps, which were taken back later: the
+    # count falls at least once. Where it falls and to what is a race (seed 1's reports, the lost attempt's late
+    # news and the loss reach the main thread in any order); `_Steps` by hand, below, pins the exact sequence
+    after = seen[lost:]
+    assert any(now < before for before, now in zip(after, after[1:])), seen
 
 
 def test_steps_drop_a_lost_attempt_and_its_late_reports():
