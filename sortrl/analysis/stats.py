@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from sortrl.analysis.memo import by_value
+
 CONFIDENCE = 0.95
 """Level of every confidence interval."""
 
@@ -61,6 +63,7 @@ def mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray 
     return np.mean(x, axis=axis) - np.mean(y, axis=axis)
 
 
+@by_value
 def bootstrap_ci(
     samples: Sequence[np.ndarray],
     statistic: Callable[..., np.ndarray | float],
@@ -114,6 +117,7 @@ def _percentile_bootstrap(
     return result.confidence_interval
 
 
+@by_value
 def curve_ci(
     values: np.ndarray, statistic: Callable[..., np.ndarray | float], seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -36,6 +36,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 from scipy import stats
 
+from sortrl.analysis.memo import by_value
 from sortrl.analysis.stats import bootstrap_ci, mean
 
 ALPHA = 0.05
@@ -136,6 +137,7 @@ def holm(pvalues: list[float] | np.ndarray) -> np.ndarray:
     return out
 
 
+@by_value
 def signflip_p(
     differences: np.ndarray,
     alternative: Literal["two-sided", "greater", "less"] = "two-sided",
