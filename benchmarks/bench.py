@@ -11,6 +11,8 @@ Measures, each as the median of `--repeats` repetitions:
   and each engine row's ratio to it ("x plain loop");
 - what each new option costs when a batch uses it (1,024 default runs with one
   option on), and the default batch before (the last `bench.csv`) and now;
+- the opt-in fast path (`engine = "fast"`, `sortrl.engine.fast`) against the
+  exact one on 1,024 default runs, one worker, timed alternately, and the ratio;
 - wall time of `sortrl sweep experiments/ablations.toml` (a subprocess, into
   an empty temporary results folder) and its peak memory: RSS summed over the
   process tree, sampled every 20 ms with psutil (shared pages count once per
@@ -159,6 +161,39 @@ def feature_rows(args: argparse.Namespace, epochs: int, runs: int = 1024) -> lis
         row |= {"seconds": seconds, "run_steps_per_s": row["run_steps"] / seconds, "cpu_seconds": cpu}
         rows.append(row)
         print(f"  {row['benchmark']:<26} {runs:>5} runs  1 wkr  {row['run_steps_per_s']:>12,.0f} run-steps/s")
+    return rows
+
+
+def engine_path_rows(args: argparse.Namespace, epochs: int, runs: int = 1024) -> list[dict]:
+    """1,024 default runs on one worker, on the exact and the fast path (`engine`), timed alternately (so a change in
+    the machine's load hits both), and the fast path's speed-up over the exact one (issue 26: adopted by the ledger
+    only at 1.5x or more)."""
+    seconds: dict[str, list[float]] = {"exact": [], "fast": []}
+    cpu: dict[str, list[float]] = {"exact": [], "fast": []}
+    batches = {name: [dataclasses.replace(c, engine=name) for c in defaults(runs, epochs)] for name in seconds}
+    train(batches["fast"][:4], workers=1)  # warm-up of the fused kernel
+    for _ in range(args.repeats):
+        for name, configs in batches.items():
+            wall, used = timed(lambda configs=configs: train(configs, workers=1), 1)
+            seconds[name].append(wall)
+            cpu[name].append(used)
+    rows = []
+    for name, configs in batches.items():
+        wall = statistics.median(seconds[name])
+        row = {"benchmark": f"engine = {name}", "runs": runs, "workers": 1, "run_steps": run_steps(configs)}
+        row |= {
+            "seconds": wall,
+            "run_steps_per_s": row["run_steps"] / wall,
+            "cpu_seconds": statistics.median(cpu[name]),
+        }
+        rows.append(row)
+    ratios = [e / f for e, f in zip(seconds["exact"], seconds["fast"])]
+    rows[1]["vs_exact"] = statistics.median(ratios)
+    rows[1]["target"] = ">= 1.5x the exact path (for the ledger to adopt it)"
+    rows[1]["meets_target"] = rows[1]["vs_exact"] >= 1.5
+    for row in rows:
+        print(f"  {row['benchmark']:<26} {runs:>5} runs  1 wkr  {row['run_steps_per_s']:>12,.0f} run-steps/s")
+    print(f"  fast / exact: {rows[1]['vs_exact']:.2f}x (median of {len(ratios)} alternating pairs)")
     return rows
 
 
@@ -381,6 +416,8 @@ def main() -> None:
         rows += engine_rows(args, w, epochs, plain)
     print("options, each on in a default batch:")
     rows += feature_rows(args, epochs)
+    print("the exact and the fast training path (engine), alternately:")
+    rows += engine_path_rows(args, epochs)
     print("peak memory of one 4,096-run batch (child process) ...")
     rows.append(memory_row(workers[-1], epochs))
     print("sortrl sweep experiments/ablations.toml ...")

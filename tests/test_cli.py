@@ -261,6 +261,7 @@ OUT_OF_RANGE = {  # a bad value of every field that has a range or a registry
     "epsilon_high": "-1.0",
     "clip_ratio_c": "0.5",
     "importance_sampling_level": '"word"',
+    "engine": '"turbo"',
     "loss_agg_mode": '"mean"',
     "kl_penalty": "-1.0",
     "kl_estimator": '"k9"',

@@ -51,6 +51,7 @@ ALTERNATIVES = {
     "loss_agg_mode": "seq-mean-token-mean",
     "kl_penalty": 0.04,
     "kl_estimator": "k1",
+    "engine": "fast",
     "compute_ref_model_period": 0,
     "recipe": "grpo",
     "temperature": 1.5,

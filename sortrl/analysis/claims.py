@@ -111,6 +111,8 @@ class Test:
     """The effect `needed` assumes: `implied` (the claim's) or `observed` (this test's)."""
     setting: dict = field(compare=False, default_factory=dict)
     """The `across` axis value of this test as `Grid.select` takes it (`{"regime": "explore"}`)."""
+    engines: tuple[str, ...] = ("exact",)
+    """The training paths (`RunConfig.engine`) of its experiment's runs."""
 
     @property
     def label(self) -> str:
@@ -257,9 +259,11 @@ def _test(
     """A test of the per-seed effects `d`: their mean with its CI (or `effect`), and the prediction's p-values."""
     p = hypothesis_p(d, claim.prediction, claim.margin, SEED, binary)
     effect = effect if effect is not None else bootstrap_mean(d, SEED)
+    engines = tuple(sorted({c.config.engine for c in exp.grid.configurations()}))
     return Test(
-        claim, exp.name, where, case, sides, len(d), effect, p, math.nan, d, seeds, _seed_effect(claim, seeds, d)
-    )
+        claim, exp.name, where, case, sides, len(d), effect, p, math.nan, d, seeds, _seed_effect(claim, seeds, d),
+        engines=engines,
+    )  # fmt: skip
 
 
 def _pair(exp: Experiment, claim: Claim, new: Configuration, old: Configuration, where: str, case: str = "") -> Test:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sortrl.engine.deltas import DELTA_MODES, REWARD_TO_GO_MODES, extras
+from sortrl.engine.fast import ENGINES
 from sortrl.engine.losses import (
     CRITIC_LOSS_AGG_MODES,
     IMPORTANCE_SAMPLING_LEVELS,
@@ -159,6 +160,12 @@ class RunConfig:
     compute_ref_model_period: int = 10
     """Epochs between reference-policy refreshes; 0 keeps the initial policy as the reference."""
 
+    # --- the training path ------------------------------------------------
+    engine: str = "exact"
+    """`exact`: the lecture's arithmetic, bit for bit. `fast`: fused Adam and a log-sum-exp log-softmax, the same math
+    in another float order (statistically equivalent, not bit-identical; `sortrl.engine.fast`). Opt-in, never for
+    lecture parity; the ledger's grids use `exact`."""
+
     # --- bookkeeping ----------------------------------------------------
     recipe: str | None = None
     """Name of the preset (`sortrl.engine.recipes`) this config was built from, a label only."""
@@ -275,7 +282,7 @@ class RunConfig:
         return cls(**data)
 
 
-ADDED_FIELDS: dict[str, Any] = {"critic_loss_agg_mode": "response-mean", "cliprange_value": None}
+ADDED_FIELDS: dict[str, Any] = {"critic_loss_agg_mode": "response-mean", "cliprange_value": None, "engine": "exact"}
 """Fields added after results were stored, each with the value that keeps the behaviour from before it. At that value
 a field is left out of the run id, so every stored run keeps its id; at any other value it is hashed like the rest.
 A new field goes here with its default (which must keep the old behaviour); this value never changes."""
@@ -321,6 +328,7 @@ CHOICES: dict[str, dict[str, Any]] = {
     "kl_loss_agg_mode": KL_LOSS_AGG_MODES,
     "critic_loss_agg_mode": CRITIC_LOSS_AGG_MODES,
     "importance_sampling_level": IMPORTANCE_SAMPLING_LEVELS,
+    "engine": ENGINES,
 }
 """Fields whose value is a key of a registry, and that registry."""
 

@@ -33,9 +33,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from sortrl.engine import metrics
+from sortrl.engine import fast, metrics
 from sortrl.engine.config import FIELD_NAMES, RunConfig, load_plugins, peer_differences, physical_memory
 from sortrl.engine.deltas import DELTA_MODES, extras
+from sortrl.engine.fast import FusedAdam
 from sortrl.engine.losses import (
     CRITIC_LOSS_AGG_MODES,
     KL_ESTIMATORS,
@@ -91,6 +92,7 @@ BATCH_KEY = (
     "loss_mode",
     "importance_sampling_level",
     "kl_estimator",
+    "engine",
 )
 """Fields a batch must share: they fix tensor shapes or the per-step code path."""
 
@@ -246,7 +248,8 @@ class _Batch:
         self.eval_generators = [torch.Generator().manual_seed(c.seed + EVAL_SEED_OFFSET) for c in configs]
         width = c0.response_length
         self.params: Params = init_params(self.generators, c0.num_tokens, c0.embedding_dim, width, width)
-        self.optimizer = Adam(
+        self.fast = c0.engine == "fast"
+        self.optimizer = (FusedAdam if self.fast else Adam)(
             list(self.params.values()), torch.tensor([c.learning_rate for c in configs], dtype=torch.float64)
         )
 
@@ -539,7 +542,7 @@ def _inner_steps(state: _Batch, ep: _Epoch) -> dict[str, Tensor]:
     params = list(state.params.values())
     for _ in range(c0.num_steps_per_epoch):
         encoded = encode(state.params, ep.prompts, state.padded)
-        log_probs = torch.log_softmax(state.temper(decode(state.params, encoded)), dim=-1)
+        log_probs = fast.log_probs(state.temper(decode(state.params, encoded)), state.fast)
         run_loss, ratio = ep.policy.loss(log_probs, clip)
         if ep.entropy is not None:
             bonus = ep.entropy.value(log_probs)

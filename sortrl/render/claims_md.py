@@ -156,6 +156,7 @@ def render(all_tests: list[Test], figures: dict[str, str]) -> str:
         "(0 = chance, 1 = every response sorted); the random policy's reward is computed exactly by enumerating "
         "every response of each prompt. **Solved** = the greedy policy sorts every training prompt after the "
         f"last epoch (Wilson 95% intervals). Every test pairs at least {n_min} seeds.",
+        engine_line(all_tests),
         "",
         "## Verdicts",
         "",
@@ -170,6 +171,21 @@ def render(all_tests: list[Test], figures: dict[str, str]) -> str:
         mine = [t for t in all_tests if t.claim.id == claim_id]
         lines += _section(mine, figures.get(claim_id))
     return "\n".join(lines).rstrip() + "\n"
+
+
+def engine_line(tests: list[Test]) -> str:
+    """Which training path (`RunConfig.engine`) trained the runs each test compares."""
+    fast = sorted({t.claim.id for t in tests if "fast" in t.engines})
+    if not fast:
+        return (
+            '- Training path: every run was trained on the exact path (`engine = "exact"`: the lecture\'s '
+            "arithmetic, bit for bit, as `sortrl verify` checks); none on the opt-in fast path."
+        )
+    return (
+        f'- Training path: the runs of {", ".join(fast)} were trained on the opt-in fast path (`engine = "fast"`: '
+        "the same math in another float order, statistically equivalent to the exact path, not bit-identical); "
+        "every other run on the exact path."
+    )
 
 
 def check_table(checked: list[Test], link: str = "") -> list[str]:
