@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from sortrl.analysis import claims, experiment
-from sortrl.analysis.verdicts import holm, paired_effect, signflip_p, verdict
+from sortrl.analysis.verdicts import SIGNFLIP_RESAMPLES, holm, paired_effect, signflip_p, verdict
 from sortrl.render import readme
 from sortrl.study.grid import parse_grid
 
@@ -416,3 +416,18 @@ def test_a_score_undefined_for_every_run_of_a_configuration_is_warned_not_called
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a defined score warns nothing
         claims.tests(hand_experiment("pair", lambda regime, deltas, group, seed: 0.1 * seed))
+
+
+def test_p_values_print_no_more_precisely_than_their_test_resolves_them():
+    from sortrl.render.claims_md import fmt_p
+
+    drawn = SIGNFLIP_RESAMPLES
+    floor = 2 / (drawn + 1)  # two-sided, 128 seeds: 1e-5
+    assert fmt_p(floor, floor, drawn) == "≤1e-5"  # at the floor: a bound, not an estimate
+    assert fmt_p(119 * floor, floor, drawn, raw=floor) == "≤0.002"  # corrected from a p at the floor: rounded up
+    assert fmt_p(0.48, floor, drawn) == "0.48"  # Monte Carlo error 0.001: 3 digits, trailing zero dropped
+    assert fmt_p(3.1e-4, floor, drawn) == "0.00031"  # error 4e-5: 2 digits
+    assert fmt_p(2.2e-5, floor, drawn) == "2e-5"  # error 1e-5: 1 digit
+    assert fmt_p(0.0123, floor, drawn, raw=0.0123 / 50) == "0.012"  # corrected x50: its error (0.002) is x50 too
+    assert fmt_p(2 / 256) == "0.00781" and fmt_p(1e-9) == "<1e-6"  # exact (enumerated, McNemar)
+    assert fmt_p(1.0, floor, drawn) == "1" and fmt_p(math.nan) == "–"

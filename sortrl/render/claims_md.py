@@ -28,7 +28,19 @@ from sortrl.analysis.claims import (
 )
 from sortrl.analysis.findings import fmt_interval
 from sortrl.analysis.scores import DERIVED, SCORES
-from sortrl.analysis.verdicts import ALPHA, CLAIM_VERDICTS, N_RESAMPLES, POWER, VERDICTS, Interval, equal_share_bound
+from sortrl.analysis.verdicts import (
+    ALPHA,
+    CLAIM_VERDICTS,
+    N_RESAMPLES,
+    POWER,
+    SIGNFLIP_RESAMPLES,
+    VERDICTS,
+    Interval,
+    equal_share_bound,
+    hypothesis_resolution,
+    signflip_exact,
+    signflip_floor,
+)
 from sortrl.render.claim_figures import REFERENCE, metric_label
 from sortrl.render.sentences import plural
 
@@ -40,11 +52,48 @@ def fmt(x: float, digits: int = 3, sign: bool = False) -> str:
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
-def fmt_p(p: float) -> str:
-    """A p-value: 3 significant digits, `<1e-6` below that."""
-    if math.isnan(p):
+def fmt_p(p: float, floor: float = 0.0, resamples: int = 0, raw: float | None = None) -> str:
+    """A p-value printed no more precisely than it is known (`sortrl.analysis.verdicts.hypothesis_resolution`).
+
+    `floor`: the smallest p-value its test can give; `resamples`: the random sign patterns it drew (0: exact); `raw`:
+    for a corrected p-value, the uncorrected one it comes from (default: `p` itself). A p-value whose test found no
+    pattern as extreme as the observed one (`raw` at the floor) prints as `≤` its value rounded up to one digit
+    (`≤1e-5`; corrected, `≤0.002`): the floor is a bound, not an estimate. A drawn p-value prints with the
+    significant digits its Monte Carlo standard error, sqrt(raw (1 - raw) / resamples) scaled with the correction,
+    leaves (at most 3). An exact one: 3 significant digits, `<1e-6` below that.
+    """
+    if p is None or math.isnan(p):
         return "–"
+    raw = p if raw is None else raw
+    if floor > 0 and raw <= floor * (1 + 1e-9):
+        return f"≤{_round_up(p)}"
+    if resamples and 0 < raw < 1 and p < 1:
+        error = p * math.sqrt((1 - raw) / (raw * resamples))  # the corrected p scales the raw one's error
+        digits = max(1, min(3, math.floor(math.log10(p)) - math.floor(math.log10(error)) + 1))
+        return _short(p, digits)
     return "<1e-6" if p < 1e-6 else f"{p:.3g}"
+
+
+def _round_up(x: float) -> str:
+    """`x` rounded up to one significant digit: 1e-5 stays `1e-5`, 0.00119 is `0.002`."""
+    unit = 10.0 ** math.floor(math.log10(x))
+    return _short(math.ceil(x / unit - 1e-9) * unit, 1)
+
+
+def _short(x: float, digits: int) -> str:
+    """`x` to `digits` significant digits, exponents without a leading zero (`1e-5`, `0.0013`, `0.48`)."""
+    return f"{x:.{digits}g}".replace("e-0", "e-")
+
+
+def fmt_test_p(t: Test, adjusted: bool = False) -> str:
+    """A test's p-value (`adjusted`: its Holm-corrected one) at its test's resolution (`fmt_p`)."""
+    floor, resamples = hypothesis_resolution(t.n, t.claim.prediction, t.claim.metric in BINARY)
+    return fmt_p(t.p_adjusted if adjusted else t.p, floor, resamples, raw=t.p)
+
+
+def _p_is(text: str) -> str:
+    """`= 0.48`, `≤ 1e-5`, `< 1e-6`: a formatted p-value after `p`."""
+    return f"{text[0]} {text[1:]}" if text[:1] in "<≤" else f"= {text}"
 
 
 def fmt_effect(effect: Interval, digits: int = 3) -> str:
@@ -90,7 +139,7 @@ def verdict_table(tests: list[Test], link: str = "") -> list[str]:
         lines.append(
             f"| [{t.claim.id}]({link}#{_anchor(t.claim.id)}) | {_cell(t.claim.statement)} | {_cell(t.claim.source)} | "
             f"{test_kind(t.claim)} | {where} | "
-            f"{fmt_effect(t.effect)} | {fmt_p(t.p_adjusted)} | **{t.verdict}** | {t.n} |"
+            f"{fmt_effect(t.effect)} | {fmt_test_p(t, adjusted=True)} | **{t.verdict}** | {t.n} |"
         )
     return lines
 
@@ -142,8 +191,7 @@ def render(all_tests: list[Test], figures: dict[str, str]) -> str:
         "then each step between neighbouring values, a difference each), a **magnitude** (the "
         "size of a contrast at one setting minus at another) or a **within-run correlation** (Spearman rho over a "
         f"run's epochs). All {len(tests)} p-values are corrected together with Holm's method (family-wise error "
-        f"{ALPHA:g}); the contrary tests below with Bonferroni's, over the same family. A sign-flip test draws "
-        f"{N_RESAMPLES:,} sign patterns, so its smallest p-value is 1/{N_RESAMPLES + 1:,}.",
+        f"{ALPHA:g}); the contrary tests below with Bonferroni's, over the same family. {_resolution(tests)}",
         "- Verdicts: **supported** (the prediction's corrected test is significant, a difference in the predicted "
         "direction); **contradicted** (a difference the other way; for equivalence or non-inferiority, an effect "
         "significantly beyond the margin on the wrong side); **no effect** (a predicted difference that is "
@@ -170,6 +218,25 @@ def render(all_tests: list[Test], figures: dict[str, str]) -> str:
         mine = [t for t in all_tests if t.claim.id == claim_id]
         lines += _section(mine, figures.get(claim_id))
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _resolution(tests: list[Test]) -> str:
+    """The rules' sentence on how finely a sign-flip p-value is known, with the floor Holm's correction reaches."""
+    exact_up_to = int(math.log2(SIGNFLIP_RESAMPLES + 1))
+    drawn = [t.n for t in tests if t.n > 1 and not signflip_exact(t.n)]
+    text = (
+        f"A sign-flip test enumerates all 2^n sign patterns up to {exact_up_to} seeds (an exact p-value) and draws "
+        f"{SIGNFLIP_RESAMPLES:,} random ones beyond (seed 0)"
+    )
+    if not drawn:
+        return text + "."
+    one, two = signflip_floor(max(drawn), "greater"), signflip_floor(max(drawn))
+    return (
+        f"{text}, so with {max(drawn)} seeds its smallest p-value is {_short(one, 2)} one-sided, {_short(two, 2)} "
+        f"two-sided, and Holm's correction over the {len(tests)} tests can still reach {_short(len(tests) * two, 2)}, "
+        f"well below {ALPHA:g}. A p-value printed `≤x` is at that floor (no drawn pattern was as extreme as the "
+        "observed one); the others print with no more digits than their Monte Carlo error allows."
+    )
 
 
 def check_table(checked: list[Test], link: str = "") -> list[str]:
@@ -323,7 +390,7 @@ def _sentence(t: Test) -> str:
         return f"{head}no runs yet: no seed finished every configuration this test compares; it is **{t.verdict}**."
     compared = "; ".join(fmt_side(t, i) for i in range(len(t.sides)))
     body = f"over {t.n} seeds, effect {fmt_effect(t.effect)} ({compared})"
-    text = f"{head}{body}; p = {fmt_p(t.p)}, Holm-corrected {fmt_p(t.p_adjusted)}: **{t.verdict}**."
+    text = f"{head}{body}; p {_p_is(fmt_test_p(t))}, Holm-corrected {fmt_test_p(t, adjusted=True)}: **{t.verdict}**."
     text += _one_sample(t)
     if t.verdict == "contradicted" and t.claim.predicts == "same" and len(t.sides) == 2:
         text += f" The difference is real: `{t.sides[0].label}` scores {'higher' if t.effect.point > 0 else 'lower'}."
