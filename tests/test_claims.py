@@ -251,6 +251,8 @@ def test_inconclusive_tests_say_how_many_seeds_they_would_need():
 
 # --- what `sortrl report` writes for the tiny grid's claims (C1: centering helps; C2: normalising is the same) ---
 def test_claims_md_and_figures_for_the_tiny_grid(results, written):
+    from sortrl.render import claims_md
+
     exp = experiment.load_experiment(results, "tiny")
     ledger = claims.ledger(claims.tests(exp))
     assert [t.claim.id for t in ledger] == ["C1", "C2"]
@@ -261,7 +263,7 @@ def test_claims_md_and_figures_for_the_tiny_grid(results, written):
     text = (results / "CLAIMS.md").read_text()
     for t in ledger:
         assert f"| [{t.claim.id}](#claim-{t.claim.id.lower()}) | {t.claim.statement} |" in text
-        assert f"**{t.verdict}** | 6 |" in text
+        assert f"{claims_md.fmt_verdict(t)} | 6 |" in text  # with its flag where the sides sit at a bound
         assert (results / "figures" / f"claim_{t.claim.id}.png") in written
     assert "2 claims, 2 tests:" in text and "The source's single run (seed 5) alone shows" in text
     report = (results / "REPORT.md").read_text()
@@ -329,7 +331,7 @@ def test_a_bar_in_a_statement_does_not_split_the_ledger_tables_cells():
 
     claim = SimpleNamespace(id="D1", statement="weight (mean |advantage|) drifts", source="a | paper")
     effect = SimpleNamespace(point=0.5, low=0.4, high=0.6)
-    t = SimpleNamespace(claim=claim, where="", verdict="supported", effect=effect)
+    t = SimpleNamespace(claim=claim, where="", verdict="supported", effect=effect, bound="")
     (row,) = claims_md.compact_table([t], "CLAIMS.md")[2:]
     assert "mean \\|advantage\\|" in row and "a \\| paper" in row
     assert len(re.findall(r"(?<!\\)\|", row)) == 6  # the row's own separators: 5 cells
@@ -431,3 +433,47 @@ def test_p_values_print_no_more_precisely_than_their_test_resolves_them():
     assert fmt_p(0.0123, floor, drawn, raw=0.0123 / 50) == "0.012"  # corrected x50: its error (0.002) is x50 too
     assert fmt_p(2 / 256) == "0.00781" and fmt_p(1e-9) == "<1e-6"  # exact (enumerated, McNemar)
     assert fmt_p(1.0, floor, drawn) == "1" and fmt_p(math.nan) == "–"
+
+
+def test_a_no_difference_verdict_at_the_metrics_floor_is_flagged_and_one_above_it_is_not():
+    """Both sides within one margin (0.05) of the final score's floor (chance, 0): the equivalence that makes 'no effect'
+    is the floor's, flagged in the test's row, its section, the counts and the claim-level verdict. The same null
+    difference at 0.5, far from either bound, is a plain 'no effect'."""
+    from sortrl.render import claims_md
+
+    def floor(regime, deltas, group, seed):  # both deltas modes near chance, every seed alike
+        return 0.01 + 0.002 * seed
+
+    def middle(regime, deltas, group, seed):
+        return 0.5 + 0.002 * seed
+
+    flagged, plain = (claims.ledger(claims.tests(hand_experiment("pair", score))) for score in (floor, middle))
+    assert [t.verdict for t in flagged] == [t.verdict for t in plain] == ["no effect", "no effect"]
+    assert [t.bound for t in flagged] == ["floor", "floor"] and [t.bound for t in plain] == ["", ""]
+    assert [claims.bound_flag(t) for t in flagged] == ["at the floor"] * 2
+    assert [claims.bound_flag(t) for t in plain] == ["", ""]
+    assert claims.claim_bound_flags(flagged) == {"H": "at the floor"} and claims.claim_bound_flags(plain) == {"H": ""}
+    text = claims_md.render(flagged, {})
+    assert "2 no effect (2 at the floor)" in text and "1 not supported (1 at the floor)" in text
+    assert "| **no effect** (at the floor) |" in text
+    assert "cannot tell an absent effect from one the floor hides" in text
+    assert "**not supported** (at the floor: so is every one of its tests)" in text
+    plain_text = claims_md.render(plain, {})
+    assert "at the floor" not in plain_text.split("## Verdicts")[1] and "2 no effect," in plain_text
+
+
+@pytest.mark.parametrize(
+    ("metric", "means", "margin", "expected"),
+    [
+        ("final_exact_rate", [0.023, 0.021], 0.05, "floor"),  # D6: exact rates near 0
+        ("final_exact_rate", [0.023, 0.061], 0.05, ""),  # one side above floor + margin: it could show a difference
+        ("solved", [0.0, 0.0], 0.05, "floor"),  # 0 of 128 solved on both sides: the trap
+        ("solved", [1.0, 0.97], 0.05, "ceiling"),  # both solve nearly every seed
+        ("greedy_volatility", [0.0, 0.004], 0.05, "floor"),  # G4: policies that stopped moving
+        ("final_loss", [0.0, 0.001], 0.05, ""),  # a loss has no bound
+        ("final_score", [-0.01, 0.02], 0.05, "floor"),  # near chance (a score may dip below it)
+    ],
+)
+def test_at_bound_needs_every_side_within_one_margin_of_the_same_bound(metric, means, margin, expected):
+    sides = tuple(claims.Side(str(i), m, None) for i, m in enumerate(means))
+    assert claims.at_bound(sides, metric, margin) == expected
