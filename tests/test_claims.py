@@ -271,6 +271,10 @@ def test_claims_md_and_figures_for_the_tiny_grid(results, written):
     report = (results / "REPORT.md").read_text()
     tiny = report.split("## Experiment `tiny`")[1]
     assert "### Claims this grid tests" in tiny and f"- C1: centering helps **{c1.verdict}**" in tiny
+    # C2 (normalising is the same) on two epochs near chance: its supported equivalence is the floor's, and says so
+    c2 = ledger[1]
+    assert c2.claim.predicts == "same" and claims.bound_flag(c2) == "at the floor"
+    assert f"**{c2.verdict}** (at the floor) (effect" in tiny
     assert (
         "### Claims this grid tests" not in report.split("## Experiment `lengths`")[1].split("## Experiment `tiny`")[0]
     )
