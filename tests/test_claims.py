@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,7 +15,7 @@ import pandas as pd
 import pytest
 
 from sortrl.analysis import claims, experiment
-from sortrl.analysis.verdicts import holm, paired_effect, signflip_p, verdict
+from sortrl.analysis.verdicts import SIGNFLIP_RESAMPLES, holm, paired_effect, signflip_p, verdict
 from sortrl.render import readme
 from sortrl.study.grid import parse_grid
 
@@ -251,6 +253,8 @@ def test_inconclusive_tests_say_how_many_seeds_they_would_need():
 
 # --- what `sortrl report` writes for the tiny grid's claims (C1: centering helps; C2: normalising is the same) ---
 def test_claims_md_and_figures_for_the_tiny_grid(results, written):
+    from sortrl.render import claims_md
+
     exp = experiment.load_experiment(results, "tiny")
     ledger = claims.ledger(claims.tests(exp))
     assert [t.claim.id for t in ledger] == ["C1", "C2"]
@@ -261,12 +265,16 @@ def test_claims_md_and_figures_for_the_tiny_grid(results, written):
     text = (results / "CLAIMS.md").read_text()
     for t in ledger:
         assert f"| [{t.claim.id}](#claim-{t.claim.id.lower()}) | {t.claim.statement} |" in text
-        assert f"**{t.verdict}** | 6 |" in text
+        assert f"{claims_md.fmt_verdict(t)} | 6 |" in text  # with its flag where the sides sit at a bound
         assert (results / "figures" / f"claim_{t.claim.id}.png") in written
     assert "2 claims, 2 tests:" in text and "The source's single run (seed 5) alone shows" in text
     report = (results / "REPORT.md").read_text()
     tiny = report.split("## Experiment `tiny`")[1]
     assert "### Claims this grid tests" in tiny and f"- C1: centering helps **{c1.verdict}**" in tiny
+    # C2 (normalising is the same) on two epochs near chance: its supported equivalence is the floor's, and says so
+    c2 = ledger[1]
+    assert c2.claim.predicts == "same" and claims.bound_flag(c2) == "at the floor"
+    assert f"**{c2.verdict}** (at the floor) (effect" in tiny
     assert (
         "### Claims this grid tests" not in report.split("## Experiment `lengths`")[1].split("## Experiment `tiny`")[0]
     )
@@ -329,7 +337,7 @@ def test_a_bar_in_a_statement_does_not_split_the_ledger_tables_cells():
 
     claim = SimpleNamespace(id="D1", statement="weight (mean |advantage|) drifts", source="a | paper")
     effect = SimpleNamespace(point=0.5, low=0.4, high=0.6)
-    t = SimpleNamespace(claim=claim, where="", verdict="supported", effect=effect)
+    t = SimpleNamespace(claim=claim, where="", verdict="supported", effect=effect, bound="")
     (row,) = claims_md.compact_table([t], "CLAIMS.md")[2:]
     assert "mean \\|advantage\\|" in row and "a \\| paper" in row
     assert len(re.findall(r"(?<!\\)\|", row)) == 6  # the row's own separators: 5 cells
@@ -416,3 +424,108 @@ def test_a_score_undefined_for_every_run_of_a_configuration_is_warned_not_called
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a defined score warns nothing
         claims.tests(hand_experiment("pair", lambda regime, deltas, group, seed: 0.1 * seed))
+
+
+def test_p_values_print_no_more_precisely_than_their_test_resolves_them():
+    from sortrl.render.claims_md import fmt_p
+
+    drawn = SIGNFLIP_RESAMPLES
+    floor = 2 / (drawn + 1)  # two-sided, 128 seeds: 1e-5
+    assert fmt_p(floor, floor, drawn) == "≤1e-5"  # at the floor: a bound, not an estimate
+    assert fmt_p(119 * floor, floor, drawn, raw=floor) == "≤0.002"  # corrected from a p at the floor: rounded up
+    assert fmt_p(0.48, floor, drawn) == "0.48"  # Monte Carlo error 0.001: 3 digits, trailing zero dropped
+    assert fmt_p(3.1e-4, floor, drawn) == "0.00031"  # error 4e-5: 2 digits
+    assert fmt_p(2.2e-5, floor, drawn) == "2e-5"  # error 1e-5: 1 digit
+    assert fmt_p(0.0123, floor, drawn, raw=0.0123 / 50) == "0.012"  # corrected x50: its error (0.002) is x50 too
+    assert fmt_p(2 / 256) == "0.00781" and fmt_p(1e-9) == "<1e-6"  # exact (enumerated, McNemar)
+    assert fmt_p(1.0, floor, drawn) == "1" and fmt_p(math.nan) == "–"
+
+
+def test_a_no_difference_verdict_at_the_metrics_floor_is_flagged_and_one_above_it_is_not():
+    """Both sides within one margin (0.05) of the final score's floor (chance, 0): the equivalence that makes 'no effect'
+    is the floor's, flagged in the test's row, its section, the counts and the claim-level verdict. The same null
+    difference at 0.5, far from either bound, is a plain 'no effect'."""
+    from sortrl.render import claims_md
+
+    def floor(regime, deltas, group, seed):  # both deltas modes near chance, every seed alike
+        return 0.01 + 0.002 * seed
+
+    def middle(regime, deltas, group, seed):
+        return 0.5 + 0.002 * seed
+
+    flagged, plain = (claims.ledger(claims.tests(hand_experiment("pair", score))) for score in (floor, middle))
+    assert [t.verdict for t in flagged] == [t.verdict for t in plain] == ["no effect", "no effect"]
+    assert [t.bound for t in flagged] == ["floor", "floor"] and [t.bound for t in plain] == ["", ""]
+    assert [claims.bound_flag(t) for t in flagged] == ["at the floor"] * 2
+    assert [claims.bound_flag(t) for t in plain] == ["", ""]
+    assert claims.claim_bound_flags(flagged) == {"H": "at the floor"} and claims.claim_bound_flags(plain) == {"H": ""}
+    text = claims_md.render(flagged, {})
+    assert "2 no effect (2 at the floor)" in text and "1 not supported (1 at the floor)" in text
+    assert "| **no effect** (at the floor) |" in text
+    assert "cannot tell an absent effect from one the floor hides" in text
+    assert "**not supported** (at the floor: so is every one of its tests)" in text
+    plain_text = claims_md.render(plain, {})
+    assert "at the floor" not in plain_text.split("## Verdicts")[1] and "2 no effect," in plain_text
+
+
+@pytest.mark.parametrize(
+    ("metric", "means", "margin", "expected"),
+    [
+        ("final_exact_rate", [0.023, 0.021], 0.05, "floor"),  # D6: exact rates near 0
+        ("final_exact_rate", [0.023, 0.061], 0.05, ""),  # one side above floor + margin: it could show a difference
+        ("solved", [0.0, 0.0], 0.05, "floor"),  # 0 of 128 solved on both sides: the trap
+        ("solved", [1.0, 0.97], 0.05, "ceiling"),  # both solve nearly every seed
+        ("greedy_volatility", [0.0, 0.004], 0.05, "floor"),  # G4: policies that stopped moving
+        ("final_loss", [0.0, 0.001], 0.05, ""),  # a loss has no bound
+        ("final_score", [-0.01, 0.02], 0.05, "floor"),  # near chance (a score may dip below it)
+    ],
+)
+def test_at_bound_needs_every_side_within_one_margin_of_the_same_bound(metric, means, margin, expected):
+    sides = tuple(claims.Side(str(i), m, None) for i, m in enumerate(means))
+    assert claims.at_bound(sides, metric, margin) == expected
+
+
+# --- the committed ledger as a reader sees it (results/CLAIMS.md and the README headline, regenerated by the report)
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = (
+    "difference", "equivalence", "non-inferiority", "trend", "magnitude", "within-run correlation",
+    "level (one sample)", "implementation check",
+)  # fmt: skip
+
+
+def test_the_committed_ledger_names_each_sections_test_kind_and_prints_no_degenerate_interval():
+    text = (ROOT / "results" / "CLAIMS.md").read_text()
+    sections = re.findall(r'<a id="claim-[^"]+"></a>\n### .*\n\n(Source: .*)', text)
+    assert len(sections) == text.count('<a id="claim-') > 0
+    for line in sections:
+        kind = re.search(r"Tested in grid `[^`]+`, as an? (.+?), on ", line)
+        assert kind is not None and kind.group(1) in KINDS, line[:200]
+    table = [row for row in text.split("## Implementation checks")[0].splitlines() if row.startswith("| [")]
+    assert table and all(row.split(" | ")[3] in KINDS[:-1] for row in table)  # the verdict table's column *test*
+    # no interval whose two ends print alike, anywhere (effects, sides, checks)
+    same_ends = re.findall(r"\[([+-]?[0-9.e+-]+), \1\]", text)
+    assert same_ends == [], same_ends[:5]
+    # an effect equal in every seed prints the exact bound on the share of seeds that would differ, not "all n equal"
+    assert all("(all" not in row.split(" | ")[5] or "would differ" in row.split(" | ")[5] for row in table)
+
+
+def test_the_committed_readme_headline_counts_implementation_checks_apart():
+    ledger = (ROOT / "results" / "CLAIMS.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    checks = set(re.findall(r"^\| \[(\w+)\]\(#claim-\w+\) \| [^\n]*\*\*(?:holds|not in every seed)\*\*", ledger, re.M))
+    assert checks  # R3, R4, R5, G2b, D1 hold by construction
+    counts = re.search(r"^(\d+) claims, (\d+) tests: (.*)\. Claims: (.*)\.$", ledger, re.M)
+    headline = re.search(r"\*\*The claims ledger\*\* \(claims: (.*?); tests: (.*?); paired by seed", readme)
+    assert counts and headline
+    assert headline.group(1) == counts.group(4) and headline.group(2) == counts.group(3)  # the same counts
+    rows = re.findall(r"^\| \[(\w+)\]\(results/CLAIMS\.md#claim-\w+\) \|", readme, re.M)
+    assert len(rows) == int(counts.group(1)) and not checks & set(rows)  # one row per claim, no check among them
+    claim_level = re.findall(r"^\| \[\w+\]\(results/CLAIMS\.md#[^|]+\|[^|]+\|[^|]+\| \*\*([a-z ]+)\*\*", readme, re.M)
+    tally = Counter(claim_level)
+    assert sum(tally.values()) == len(rows)
+    for found, n in tally.items():  # the headline's claim counts are the rows' claim-level verdicts
+        assert re.search(rf"\b{n} {found}\b", headline.group(1)), (found, n, headline.group(1))
+    assert (
+        f"Implementation checks (claims that hold by construction, so not evidence: {', '.join(sorted(checks))})"
+        in readme
+    )

@@ -148,6 +148,10 @@ def test_intervals_are_never_printed_degenerate():
     assert findings.fmt_interval(0.99912, 0.99843, 0.99968, 2) == "0.999 [0.998, 1.000]"
     assert findings.fmt_interval(0.99912, 0.99903, 0.99948, 2) == "0.9991 [0.9990, 0.9995]"
     assert findings.fmt_interval(0.5, 0.4, 0.6, 2) == "0.50 [0.40, 0.60]"
+    # a spread of float rounding (R3's seq-mean-token-mean side, ~1e-9) printed alike even at 6 decimals:
+    # `-0.000000 [-0.000000, -0.000000]`; in significant digits its ends differ
+    assert findings.fmt_interval(-3.1e-9, -4.2e-9, -2.0e-9, 3, n=128) == "-3.1e-09 [-4.2e-09, -2.0e-09]"
+    assert findings.fmt_effect(Interval(1.5e-9, 1.21e-9, 1.24e-9, 128)) == "+1.50e-09 [+1.21e-09, +1.24e-09]"
     assert findings.fmt_improve(1.0, 1.0, 1.0) == "1.00 (every run above every reference run)"
     assert findings.fmt_improve(0.0, 0.0, 0.0) == "0.00 (every run below every reference run)"
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from sortrl.analysis.verdicts import (
+    ALPHA,
     N_RESAMPLES,
+    SIGNFLIP_RESAMPLES,
     Interval,
     bootstrap_mean,
     chance_normalised,
@@ -21,6 +23,8 @@ from sortrl.analysis.verdicts import (
     paired_binary_interval,
     paired_effect,
     seeds_needed,
+    signflip_exact,
+    signflip_floor,
     signflip_p,
     verdict,
     wilcoxon_p,
@@ -72,6 +76,24 @@ def test_signflip_test_of_the_mean_by_hand():
     # against a null of 3.5 the differences are -2.5 .. 2.5, symmetric: the mean 0 is in the middle of its null
     assert signflip_p(d, "greater", null=3.5) > 0.5
     assert signflip_p(np.zeros(20)) == 1.0 and math.isnan(signflip_p(np.ones(1)))
+
+
+def test_signflip_p_is_exact_where_the_seeds_allow_and_its_floor_lets_holm_reach_alpha():
+    # 8 positive differences: of the 2^8 = 256 sign patterns only the all-plus one reaches the observed sum
+    assert signflip_p(np.ones(8), "greater") == 1 / 256 and signflip_p(np.ones(8)) == 2 / 256
+    assert signflip_p(-np.arange(1.0, 9.0), "less") == 1 / 256 and signflip_p(np.ones(8), "less") == 1.0
+    # 17 seeds are still enumerated (2^17 = 131,072 patterns): exact, far below a drawn test's floor of 20,000 patterns
+    assert signflip_exact(17) and signflip_p(np.ones(17)) == 2 / 2**17 == signflip_floor(17)
+    # 128 seeds are drawn: no pattern beats all-plus, so p is the floor 2 / (B + 1), and Holm over a family of 132
+    # tests (the ledger's) at that floor is still well below alpha, where 20,000 patterns gave 0.0132
+    assert not signflip_exact(128)
+    floor = signflip_floor(128)
+    assert floor == 2 / (SIGNFLIP_RESAMPLES + 1) == signflip_p(np.ones(128))
+    assert signflip_floor(128, "greater") == 1 / (SIGNFLIP_RESAMPLES + 1) == signflip_p(np.ones(128), "greater")
+    assert holm([floor] * 132).max() < ALPHA / 10
+    # a drawn p-value is reproducible: every test of 128 seeds uses one seeded set of patterns
+    d = np.random.default_rng(5).normal(0.1, 1.0, 128)
+    assert signflip_p(d) == signflip_p(d.copy()) and 0 < signflip_p(d) < 1
 
 
 def test_the_test_matches_the_mean_not_the_median():

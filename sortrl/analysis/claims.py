@@ -21,6 +21,20 @@ makes (`test_kind`; `sortrl.analysis.verdicts.hypothesis_p`):
 | `within-run` | Spearman rho over a run's epochs between the curves `x` and `metric`, averaged over the test's configurations |
 
 The CI is a percentile bootstrap over seeds, or exact for 0/1 scores.
+
+Floor effects (`at_bound`, `bound_flag`, `claim_bound_flags`): a verdict of no
+difference is flagged *at the floor* (or *at the ceiling*) when every
+configuration it compares has a mean within the claim's margin of the same
+bound of the metric (`sortrl.analysis.scores.bounds`: 0 for a share, a spread,
+an entropy, a length or solved seeds; 1 for a share; chance for the final
+score). Such sides cannot differ by more than the margin whatever the
+configurations do, so "no effect", a supported equivalence or non-inferiority,
+or a claim "not supported" there cannot tell an absent effect from one the
+bound hides (a policy stuck in the trap, one that stopped moving, an exact
+rate near 0). The rule reads only what the report has (the sides' means, the
+declared margin, the metric's declared bounds); the verdict stands, flagged,
+and a claim-level verdict is flagged when every one of its tests sits at the
+same bound.
 """
 
 from __future__ import annotations
@@ -35,7 +49,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from sortrl.analysis.experiment import SEED, Experiment  # one bootstrap seed for the report and the ledger
-from sortrl.analysis.scores import DERIVED, SCORES
+from sortrl.analysis.scores import DERIVED, SCORES, bounds
 from sortrl.analysis.verdicts import (
     ALPHA,
     Interval,
@@ -111,6 +125,9 @@ class Test:
     """The effect `needed` assumes: `implied` (the claim's) or `observed` (this test's)."""
     setting: dict = field(compare=False, default_factory=dict)
     """The `across` axis value of this test as `Grid.select` takes it (`{"regime": "explore"}`)."""
+    bound: str = ""
+    """`floor` or `ceiling` when every side's mean sits within the claim's margin of that bound of its metric
+    (`at_bound`), else empty: a verdict of no difference here could be the bound's, not the configurations'."""
     engines: tuple[str, ...] = ("exact",)
     """The training paths (`RunConfig.engine`) of its experiment's runs."""
 
@@ -254,16 +271,72 @@ def _seed_effect(claim: Claim, seeds: np.ndarray, d: np.ndarray) -> float:
 
 def _test(
     exp: Experiment, claim: Claim, where: str, case: str, sides: tuple[Side, ...], d: np.ndarray, seeds: np.ndarray,
-    effect: Interval | None = None, binary: tuple | None = None,
+    effect: Interval | None = None, binary: tuple | None = None, margin: float | None = None,
 ) -> Test:  # fmt: skip
-    """A test of the per-seed effects `d`: their mean with its CI (or `effect`), and the prediction's p-values."""
+    """A test of the per-seed effects `d`: their mean with its CI (or `effect`), and the prediction's p-values.
+    `margin`: the claim's margin in the sides' units, for `at_bound` (default: `claim.margin`)."""
     p = hypothesis_p(d, claim.prediction, claim.margin, SEED, binary)
     effect = effect if effect is not None else bootstrap_mean(d, SEED)
+    bound = at_bound(sides, claim.metric, claim.margin if margin is None else margin) if len(d) else ""
     engines = tuple(sorted({c.config.engine for c in exp.grid.configurations()}))
     return Test(
         claim, exp.name, where, case, sides, len(d), effect, p, math.nan, d, seeds, _seed_effect(claim, seeds, d),
-        engines=engines,
+        bound=bound, engines=engines,
     )  # fmt: skip
+
+
+def at_bound(sides: tuple[Side, ...], metric: str, margin: float) -> str:
+    """`floor` when the mean of every side lies within `margin` of the lowest value `metric` can take, `ceiling` when
+    within `margin` of its highest (`sortrl.analysis.scores.bounds`), else empty.
+
+    The floor-effect rule: sides that all sit within one margin of the same bound of a metric cannot differ by more
+    than the margin however different the configurations are (a metric cannot go below its floor), so a verdict of
+    no difference between them (`no effect`, or a supported equivalence or non-inferiority: `bound_flag`) may be
+    the bound's doing: the score cannot register the effect, absent or not. Examples: a greedy policy's volatility
+    of 0.004 against 0.000 (margin 0.05; floor 0, a policy that stopped moving), exact rates of 0.02 (margin 0.05;
+    floor 0), 0 of 128 seeds solved on both sides (the trap). Uses only what the report has: the sides' means, the
+    claim's declared margin and the metric's declared bounds; a metric without a bound (a loss, a slope) or a side
+    without a mean (a within-run correlation's sides are correlations, not the metric) is never flagged.
+    """
+    low, high = bounds(metric)
+    means = [side.mean for side in sides]
+    if not means or any(math.isnan(m) for m in means) or not margin > 0:
+        return ""
+    if low is not None and all(abs(m - low) <= margin for m in means):
+        return "floor"
+    if high is not None and all(abs(high - m) <= margin for m in means):
+        return "ceiling"
+    return ""
+
+
+def bound_flag(test: Test) -> str:
+    """`at the floor` (or `at the ceiling`) for a verdict of no difference whose sides all sit at a bound of the
+    metric (`Test.bound`, `at_bound`): `no effect`, or `supported` for an equivalence or a non-inferiority
+    prediction; else empty. The verdict stands, with the flag: it cannot tell an absent effect from a hidden one."""
+    if not test.bound:
+        return ""
+    absent = test.verdict == "no effect" or (test.verdict == "supported" and test.claim.prediction in ("=", ">=", "<="))
+    return f"at the {test.bound}" if absent else ""
+
+
+def claim_bound_flags(all_tests: list[Test]) -> dict[str, str]:
+    """Per claim (ledger order): `at the floor` / `at the ceiling` when its claim-level verdict says no difference
+    (`not supported`; `supported` for an equivalence or non-inferiority claim) and every one of its tests has its
+    sides at that same bound (`Test.bound`), else empty."""
+    by_claim: dict[str, list[Test]] = {}
+    for t in all_tests:
+        by_claim.setdefault(t.claim.id, []).append(t)
+    verdicts = claim_verdicts(all_tests)
+    out = {}
+    for claim_id, mine in by_claim.items():
+        places = {t.bound for t in mine}
+        if len(places) != 1 or "" in places:
+            out[claim_id] = ""
+            continue
+        found, prediction = verdicts[claim_id], mine[0].claim.prediction
+        absent = found == "not supported" or (found == "supported" and prediction in ("=", ">=", "<="))
+        out[claim_id] = f"at the {places.pop()}" if absent else ""
+    return out
 
 
 def _pair(exp: Experiment, claim: Claim, new: Configuration, old: Configuration, where: str, case: str = "") -> Test:
@@ -303,7 +376,7 @@ def _monotone(exp: Experiment, claim: Claim, along: list[Configuration], where: 
     position = np.arange(len(labels), dtype=float)
     rho = np.array([_rank_correlation(position, row) for row in scores])
     sides = tuple(_side(exp, label, scores[:, i], claim.metric, seeds) for i, label in enumerate(labels))
-    return _test(exp, replace(claim, margin=TREND_MARGIN), where, MONOTONE, sides, rho, seeds)
+    return _test(exp, replace(claim, margin=TREND_MARGIN), where, MONOTONE, sides, rho, seeds, margin=claim.margin)
 
 
 def _rank_correlation(x: np.ndarray, y: np.ndarray) -> float:
@@ -353,7 +426,7 @@ def _within_run(exp: Experiment, claim: Claim, setting: dict, where: str) -> Tes
     table = table.reindex(columns=labels).dropna()
     d, seeds = table.to_numpy(float).mean(axis=1), table.index.to_numpy()
     sides = tuple(_side(exp, label, table[label].to_numpy(float), claim.metric, seeds) for label in labels)
-    return _test(exp, claim, where, "", sides, d, seeds)
+    return replace(_test(exp, claim, where, "", sides, d, seeds), bound="")  # its sides are correlations
 
 
 def within_run_rho(exp: Experiment, claim: Claim) -> pd.DataFrame:
@@ -510,6 +583,8 @@ def table(all_tests: list[Test]) -> pd.DataFrame:
             "p_contrary": t.p_contrary,
             "p_contrary_bonferroni": t.p_contrary_adjusted,
             "verdict": t.verdict,
+            "at_bound": t.bound,
+            "verdict_flag": bound_flag(t),
             "seeds_needed": t.needed,
             "seeds_needed_for": t.needed_for,
             "seed_effect": t.seed_effect,

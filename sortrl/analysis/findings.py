@@ -67,15 +67,29 @@ def fmt_interval(x: float, low: float, high: float, digits: int = 3, sign: bool 
     `n` values (the only way its bootstrap does not vary), `x (same in every resample)` without `n`.
 
     An interval whose ends differ but would print alike gets up to 3 more decimals, so that it never reads
-    as degenerate (`0.9991 [0.9990, 0.9995]`, not `1.00 [1.00, 1.00]`).
+    as degenerate (`0.9991 [0.9990, 0.9995]`, not `1.00 [1.00, 1.00]`); ends that still print alike (a spread of
+    float rounding, ~1e-9) print in significant digits, as many as tell them apart (`-3.1e-09 [-4.2e-09, -2.0e-09]`).
     """
     if not math.isnan(low) and low == high:
         return f"{fmt_num(x, digits, sign)} ({f'all {n} equal' if n else 'same in every resample'})"
     for more in range(4):
         if fmt_num(low, digits + more) != fmt_num(high, digits + more):
             break
+    else:
+        if not math.isnan(low):
+            return _fmt_significant(x, low, high, sign)
     digits += more if not math.isnan(low) else 0
     return f"{fmt_num(x, digits, sign)} [{fmt_num(low, digits, sign)}, {fmt_num(high, digits, sign)}]"
+
+
+def _fmt_significant(x: float, low: float, high: float, sign: bool) -> str:
+    """`x [low, high]` in scientific notation with the fewest significant digits (2 to 17) that tell the ends apart."""
+    plus = "+" if sign else ""
+    for places in range(1, 17):
+        ends = [f"{v:{plus}.{places}e}" for v in (low, high)]
+        if ends[0] != ends[1]:
+            break
+    return f"{x:{plus}.{places}e} [{ends[0]}, {ends[1]}]"
 
 
 def fmt_estimate(interval: Interval, digits: int = 3) -> str:

@@ -37,6 +37,11 @@ class Score(NamedTuple):
     unit: str
     optional: tuple[str, ...] = ()
     """Metric columns read when present (a run that lacks one has its default, as `reduce` says)."""
+    bounds: tuple[float | None, float | None] = (None, None)
+    """The lowest and highest value the score can take whatever the configuration (None: unbounded on that side, or
+    a bound that depends on the configuration, such as a reward's chance level): a share is in [0, 1], a spread or
+    an entropy is at least 0. The ledger flags a verdict of no difference between sides that all sit within one
+    margin of the same bound (`sortrl.analysis.claims.at_bound`)."""
 
 
 def _final(metric: str, fraction: float = stats.FINAL_FRACTION) -> Callable[[pd.DataFrame], pd.Series]:
@@ -138,13 +143,27 @@ def _spread_slope(rows: pd.DataFrame) -> pd.Series:
     return (sums["xy"] / sums["xx"].where(sums["xx"] > 0)).rename("spread_slope")
 
 
+SHARE = (0.0, 1.0)
+"""The bounds of a share (or a 0/1 score): 0 and 1."""
+
+POSITIVE = (0.0, None)
+"""The bounds of a score that cannot be negative (a spread, an entropy, a KL, a length): 0 and none above."""
+
 SCORES: dict[str, Score] = {
     "final_reward": Score(("mean_reward",), _final("mean_reward"), "mean reward over the last 10% of epochs", "reward"),
     "final_greedy_accuracy": Score(
-        ("greedy_accuracy",), _final("greedy_accuracy", 0), "share of training prompts the greedy policy sorts", "share"
+        ("greedy_accuracy",),
+        _final("greedy_accuracy", 0),
+        "share of training prompts the greedy policy sorts",
+        "share",
+        bounds=SHARE,
     ),
     "solved": Score(
-        ("solve_rate",), _final("solve_rate", 0), "1 if the greedy policy sorts every training prompt, else 0", "0/1"
+        ("solve_rate",),
+        _final("solve_rate", 0),
+        "1 if the greedy policy sorts every training prompt, else 0",
+        "0/1",
+        bounds=SHARE,
     ),
     "stuck": Score(
         ("greedy_accuracy", "entropy"),
@@ -152,21 +171,29 @@ SCORES: dict[str, Score] = {
         "1 if the run ends at a partial-credit fixed point (greedy accuracy below 1 and unchanged over the last 20% of "
         "epochs, entropy below 0.1 nats), else 0",
         "0/1",
+        bounds=SHARE,
     ),
     "final_exact_rate": Score(
-        ("exact_rate",), _final("exact_rate"), "share of sampled responses exactly sorted (last 10%)", "share"
+        ("exact_rate",),
+        _final("exact_rate"),
+        "share of sampled responses exactly sorted (last 10%)",
+        "share",
+        bounds=SHARE,
     ),
-    "final_entropy": Score(("entropy",), _final("entropy"), "entropy of the sampling policy (last 10%)", "nats"),
+    "final_entropy": Score(
+        ("entropy",), _final("entropy"), "entropy of the sampling policy (last 10%)", "nats", bounds=POSITIVE
+    ),
     "final_loss": Score(("loss",), _final("loss"), "the loss (last 10%)", "loss"),
-    "final_kl": Score(("kl",), _final("kl"), "KL to the reference (last 10%)", "nats"),
+    "final_kl": Score(("kl",), _final("kl"), "KL to the reference (last 10%)", "nats", bounds=POSITIVE),
     "final_response_length": Score(
-        ("response_length",), _final("response_length"), "response length (last 10%)", "tokens"
+        ("response_length",), _final("response_length"), "response length (last 10%)", "tokens", bounds=POSITIVE
     ),
     "initial_response_length": Score(
         ("response_length",),
         _initial("response_length"),
         "response length of the untrained policy (first epoch)",
         "tokens",
+        bounds=POSITIVE,
     ),
     "length_gap": Score(
         ("response_length/below_mean", "response_length/above_mean"),
@@ -185,6 +212,7 @@ SCORES: dict[str, Score] = {
         _late_std("mean_reward"),
         "std over the last 20% of epochs of the epoch's mean reward",
         "reward",
+        bounds=POSITIVE,
     ),
     "reward_per_sample": Score(
         ("mean_reward",),
@@ -199,6 +227,7 @@ SCORES: dict[str, Score] = {
         _late_std("greedy_accuracy"),
         "std over the last 20% of epochs of the greedy policy's accuracy (the policy itself, without sampling noise)",
         "share",
+        bounds=POSITIVE,
     ),
     "grad_norm_log": Score(
         ("grad_norm",),
@@ -222,7 +251,7 @@ SCORES: dict[str, Score] = {
         ("eval/mean_reward",), _final("eval/mean_reward"), "held-out mean reward (last 10% of evaluations)", "reward"
     ),
     "final_eval/greedy_accuracy": Score(
-        ("eval/greedy_accuracy",), _final("eval/greedy_accuracy", 0), "held-out greedy accuracy", "share"
+        ("eval/greedy_accuracy",), _final("eval/greedy_accuracy", 0), "held-out greedy accuracy", "share", bounds=SHARE
     ),
 }
 """Every per-run score, by name (also the names a claim's `metric` may use)."""
@@ -231,6 +260,17 @@ DERIVED = {
     "final_score": "final reward, chance-normalised: (final reward - uniform policy's) / (best - uniform policy's)"
 }
 """Scores `sortrl.analysis.experiment` derives from a score and the configuration (not from the rows alone)."""
+
+DERIVED_BOUNDS = {"final_score": (0.0, 1.0)}
+"""A derived score's bounds (as `Score.bounds`): the final score's 0 is chance (a policy that learned nothing; a run
+can score below it, rarely and by little) and its 1 the best possible."""
+
+
+def bounds(name: str) -> tuple[float | None, float | None]:
+    """The bounds of score `name` (`Score.bounds`, `DERIVED_BOUNDS`); `(None, None)` for any other name."""
+    if name in SCORES:
+        return SCORES[name].bounds
+    return DERIVED_BOUNDS.get(name, (None, None))
 
 
 def patterns(names: list[str]) -> list[str]:

@@ -11,7 +11,10 @@ seed). The conventions (DESIGN.md, "Statistics the reports follow"):
 - the test matches the effect (a mean): a sign-flip permutation test of the
   per-seed differences (`signflip_p`), or McNemar's exact test for 0/1
   outcomes such as solved / not solved (`mcnemar_p`); the report's own
-  comparisons (`sortrl.analysis.findings`) still use Wilcoxon (`wilcoxon_p`);
+  comparisons (`sortrl.analysis.findings`) still use Wilcoxon (`wilcoxon_p`). A sign-flip
+  p-value is exact (every sign pattern) up to 17 seeds and drawn from
+  `SIGNFLIP_RESAMPLES` patterns above, so it has a floor (`signflip_floor`) and a
+  Monte Carlo error, and the ledger prints it no more precisely than that;
 - each prediction is tested by the hypothesis it makes (`hypothesis_p`): a
   difference two-sided, "no difference" by TOST against the margin, "not
   lower" / "not higher" by a one-sided non-inferiority test against it;
@@ -29,6 +32,7 @@ Bootstraps use a fixed seed, so every number is reproducible bit for bit.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Literal, NamedTuple
@@ -48,6 +52,12 @@ CONFIDENCE = 0.95
 N_RESAMPLES = 20_000
 """Bootstrap resamples per interval: enough that the ends of a CI of 128 seeds move by less than 0.005 between
 bootstrap seeds (measured in `tests/test_verdicts.py`)."""
+
+SIGNFLIP_RESAMPLES = 199_999
+"""Random sign patterns of a sign-flip test (`signflip_p`) too many seeds to enumerate (n > 17): its smallest p-value
+is 1 / 200,000 (two-sided 1e-5), so Holm over a family of k tests can reach 1e-5 k, below ALPHA / 10 for every
+family up to 500 tests (CLAIMS.md states the floor its family reaches), and the Monte Carlo error of a p
+of 0.05 is 0.0005."""
 
 POWER = 0.8
 """Power at which `seeds_needed` sizes a paired test."""
@@ -143,33 +153,97 @@ def signflip_p(
     alternative: Literal["two-sided", "greater", "less"] = "two-sided",
     null: float = 0.0,
     seed: int = 0,
-    n_resamples: int = N_RESAMPLES,
+    n_resamples: int = SIGNFLIP_RESAMPLES,
 ) -> float:
     """Sign-flip permutation p-value of the mean of paired differences against `null`.
 
     H0: the per-seed differences are symmetric about `null` (their mean is `null`);
-    `greater`: the alternative is a mean above `null`. `scipy.stats.permutation_test`
-    with one sample and `permutation_type="samples"` flips the sign of each
-    `differences - null` at random (exactly, over all 2^n sign patterns, when
-    that is fewer than `n_resamples`); the statistic is the mean, so the test
-    is about the number the ledger reports. The smallest p-value of a random
-    test is 1 / (n_resamples + 1). 1.0 when every difference equals `null`;
-    NaN with fewer than 2 differences.
+    `greater`: the alternative is a mean above `null`. The null distribution of
+    the sum of `differences - null` is that of the sum with each sign flipped:
+
+    - exact, over all 2^n sign patterns, when 2^n <= `n_resamples` + 1 (n <= 17
+      seeds by default): p = (patterns at least as extreme) / 2^n, e.g. 1/256 for
+      8 positive differences (`greater`), 2/256 two-sided;
+    - else Monte Carlo, over `n_resamples` random patterns (seeded, the same for
+      every test of n seeds): p = (patterns at least as extreme + 1) /
+      (`n_resamples` + 1) (the observed pattern counts, as in
+      `scipy.stats.permutation_test`, so p is a valid p-value), never below
+      1 / (`n_resamples` + 1) (`signflip_floor`).
+
+    Two-sided: twice the smaller one-sided p (at most 1), as scipy. Sums equal
+    to the observed one up to float rounding (1e-12 of sum |d|) count as at least
+    as extreme. 1.0 when every difference equals `null`; NaN with fewer than 2
+    differences.
     """
     d = np.asarray(differences, dtype=float) - null
     if len(d) < 2:
         return math.nan
     if np.all(d == 0):
         return 1.0
-    result = stats.permutation_test(
-        (d,), _mean, permutation_type="samples", vectorized=True, n_resamples=n_resamples,
-        alternative=alternative, random_state=np.random.default_rng(seed), batch=1000,
-    )  # fmt: skip
-    return float(result.pvalue)
+    sums, exact = _flipped_sums(d, n_resamples, seed)
+    observed, tol = float(d.sum()), 1e-12 * float(np.abs(d).sum())
+    extra = 0 if exact else 1  # the observed pattern, for a Monte Carlo p-value
+    greater = (int(np.count_nonzero(sums >= observed - tol)) + extra) / (len(sums) + extra)
+    less = (int(np.count_nonzero(sums <= observed + tol)) + extra) / (len(sums) + extra)
+    if alternative == "greater":
+        return greater
+    if alternative == "less":
+        return less
+    return min(1.0, 2 * min(greater, less))
 
 
-def _mean(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean(x, axis=axis)
+def signflip_exact(n: int, n_resamples: int = SIGNFLIP_RESAMPLES) -> bool:
+    """Whether `signflip_p` of `n` differences enumerates every sign pattern (exact) rather than drawing them."""
+    return n < 63 and 2**n <= n_resamples + 1
+
+
+def signflip_floor(
+    n: int, alternative: Literal["two-sided", "greater", "less"] = "two-sided", n_resamples: int = SIGNFLIP_RESAMPLES
+) -> float:
+    """The smallest p-value `signflip_p` can give for `n` differences: 1 / 2^n exact, 1 / (`n_resamples` + 1) drawn;
+    twice that two-sided. Holm over k tests cannot go below k x this floor."""
+    one = 0.5**n if signflip_exact(n, n_resamples) else 1 / (n_resamples + 1)
+    return min(1.0, 2 * one) if alternative == "two-sided" else one
+
+
+def _flipped_sums(d: np.ndarray, n_resamples: int, seed: int) -> tuple[np.ndarray, bool]:
+    """The sum of `d` under each sign pattern (`[pattern]`) and whether the patterns are all 2^n of them.
+
+    A pattern is a row of bytes, bit k of byte j the sign of `d[8j + k]` (1: +). Per byte position j a table of
+    the 256 partial sums of `d[8j : 8j + 8]` is built once, so a pattern's sum is n / 8 table look-ups.
+    """
+    n = len(d)
+    exact = signflip_exact(n, n_resamples)
+    patterns = _exact_patterns(n) if exact else _random_patterns(n, n_resamples, seed)
+    padded = np.zeros(8 * patterns.shape[1])
+    padded[:n] = d
+    tables = _BYTE_SIGNS @ padded.reshape(-1, 8).T  # [256 byte value, byte position]
+    sums = np.zeros(len(patterns))
+    for j in range(patterns.shape[1]):
+        sums += tables[patterns[:, j], j]
+    return sums, exact
+
+
+_BYTE_SIGNS = np.where((np.arange(256)[:, None] >> np.arange(8)[None, :]) & 1, 1.0, -1.0)
+"""`[256, 8]`: the sign (+1 / -1) bit k of a byte value gives to the difference it covers."""
+
+
+@functools.lru_cache(maxsize=4)
+def _exact_patterns(n: int) -> np.ndarray:
+    """Every one of the 2^n sign patterns of `n` differences, as `[pattern byte]` uint8 (read-only)."""
+    count = 2**n
+    out = np.arange(count, dtype="<u8").view(np.uint8).reshape(count, 8)[:, : (n + 7) // 8].copy()
+    out.setflags(write=False)
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _random_patterns(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """`n_resamples` random sign patterns of `n` differences from `numpy.random.default_rng(seed)`, as `[pattern
+    byte]` uint8 (each bit +/- with probability 1/2, independently; read-only; the bits past `n` are unused)."""
+    out = np.random.default_rng(seed).integers(0, 256, size=(n_resamples, (n + 7) // 8), dtype=np.uint8)
+    out.setflags(write=False)
+    return out
 
 
 def hypothesis_p(
@@ -193,6 +267,21 @@ def hypothesis_p(
     if predicts in (">", "<"):
         return mcnemar_p(*binary) if binary is not None else signflip_p(differences, "two-sided", 0.0, seed)
     return _margin_p(differences, predicts, margin, seed, contrary=False)
+
+
+def hypothesis_resolution(n: int, predicts: Prediction, binary: bool = False) -> tuple[float, int]:
+    """How finely `hypothesis_p` of `n` differences is known: `(floor, resamples)`.
+
+    `floor`: the smallest p-value its test can give (`signflip_floor`: two-sided for `>` and `<`, one-sided for the
+    margin tests; 0 for McNemar's exact test of 0/1 outcomes). `resamples`: the random sign patterns it drew, 0 when
+    the p-value is exact (McNemar, or every sign pattern enumerated); a drawn p-value has a Monte Carlo standard error
+    of sqrt(p (1 - p) / resamples).
+    """
+    if predicts in (">", "<") and binary:
+        return 0.0, 0
+    alternative = "two-sided" if predicts in (">", "<") else "greater"
+    resamples = 0 if signflip_exact(n) else SIGNFLIP_RESAMPLES
+    return signflip_floor(n, alternative), resamples  # type: ignore[arg-type]
 
 
 def contrary_p(differences: np.ndarray, predicts: Prediction, margin: float, seed: int = 0) -> float:

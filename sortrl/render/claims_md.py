@@ -21,14 +21,28 @@ from sortrl.analysis.claims import (
     TREND_MARGIN,
     Test,
     agreeing,
+    bound_flag,
     checks,
+    claim_bound_flags,
     claim_verdicts,
     evidence,
     test_kind,
 )
 from sortrl.analysis.findings import fmt_interval
-from sortrl.analysis.scores import DERIVED, SCORES
-from sortrl.analysis.verdicts import ALPHA, CLAIM_VERDICTS, N_RESAMPLES, POWER, VERDICTS, Interval, equal_share_bound
+from sortrl.analysis.scores import DERIVED, SCORES, bounds
+from sortrl.analysis.verdicts import (
+    ALPHA,
+    CLAIM_VERDICTS,
+    N_RESAMPLES,
+    POWER,
+    SIGNFLIP_RESAMPLES,
+    VERDICTS,
+    Interval,
+    equal_share_bound,
+    hypothesis_resolution,
+    signflip_exact,
+    signflip_floor,
+)
 from sortrl.render.claim_figures import REFERENCE, metric_label
 from sortrl.render.sentences import plural
 
@@ -40,11 +54,48 @@ def fmt(x: float, digits: int = 3, sign: bool = False) -> str:
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
-def fmt_p(p: float) -> str:
-    """A p-value: 3 significant digits, `<1e-6` below that."""
-    if math.isnan(p):
+def fmt_p(p: float, floor: float = 0.0, resamples: int = 0, raw: float | None = None) -> str:
+    """A p-value printed no more precisely than it is known (`sortrl.analysis.verdicts.hypothesis_resolution`).
+
+    `floor`: the smallest p-value its test can give; `resamples`: the random sign patterns it drew (0: exact); `raw`:
+    for a corrected p-value, the uncorrected one it comes from (default: `p` itself). A p-value whose test found no
+    pattern as extreme as the observed one (`raw` at the floor) prints as `≤` its value rounded up to one digit
+    (`≤1e-5`; corrected, `≤0.002`): the floor is a bound, not an estimate. A drawn p-value prints with the
+    significant digits its Monte Carlo standard error, sqrt(raw (1 - raw) / resamples) scaled with the correction,
+    leaves (at most 3). An exact one: 3 significant digits, `<1e-6` below that.
+    """
+    if p is None or math.isnan(p):
         return "–"
+    raw = p if raw is None else raw
+    if floor > 0 and raw <= floor * (1 + 1e-9):
+        return f"≤{_round_up(p)}"
+    if resamples and 0 < raw < 1 and p < 1:
+        error = p * math.sqrt((1 - raw) / (raw * resamples))  # the corrected p scales the raw one's error
+        digits = max(1, min(3, math.floor(math.log10(p)) - math.floor(math.log10(error)) + 1))
+        return _short(p, digits)
     return "<1e-6" if p < 1e-6 else f"{p:.3g}"
+
+
+def _round_up(x: float) -> str:
+    """`x` rounded up to one significant digit: 1e-5 stays `1e-5`, 0.00119 is `0.002`."""
+    unit = 10.0 ** math.floor(math.log10(x))
+    return _short(math.ceil(x / unit - 1e-9) * unit, 1)
+
+
+def _short(x: float, digits: int) -> str:
+    """`x` to `digits` significant digits, exponents without a leading zero (`1e-5`, `0.0013`, `0.48`)."""
+    return f"{x:.{digits}g}".replace("e-0", "e-")
+
+
+def fmt_test_p(t: Test, adjusted: bool = False) -> str:
+    """A test's p-value (`adjusted`: its Holm-corrected one) at its test's resolution (`fmt_p`)."""
+    floor, resamples = hypothesis_resolution(t.n, t.claim.prediction, t.claim.metric in BINARY)
+    return fmt_p(t.p_adjusted if adjusted else t.p, floor, resamples, raw=t.p)
+
+
+def _p_is(text: str) -> str:
+    """`= 0.48`, `≤ 1e-5`, `< 1e-6`: a formatted p-value after `p`."""
+    return f"{text[0]} {text[1:]}" if text[:1] in "<≤" else f"= {text}"
 
 
 def fmt_effect(effect: Interval, digits: int = 3) -> str:
@@ -90,9 +141,15 @@ def verdict_table(tests: list[Test], link: str = "") -> list[str]:
         lines.append(
             f"| [{t.claim.id}]({link}#{_anchor(t.claim.id)}) | {_cell(t.claim.statement)} | {_cell(t.claim.source)} | "
             f"{test_kind(t.claim)} | {where} | "
-            f"{fmt_effect(t.effect)} | {fmt_p(t.p_adjusted)} | **{t.verdict}** | {t.n} |"
+            f"{fmt_effect(t.effect)} | {fmt_test_p(t, adjusted=True)} | {fmt_verdict(t)} | {t.n} |"
         )
     return lines
+
+
+def fmt_verdict(t: Test) -> str:
+    """`**no effect** (at the floor)`: a test's verdict in bold, with its bound flag (`claims.bound_flag`)."""
+    flag = bound_flag(t)
+    return f"**{t.verdict}**" + (f" ({flag})" if flag else "")
 
 
 def _where(t: Test) -> str:
@@ -105,15 +162,25 @@ def _anchor(claim_id: str) -> str:
 
 
 def counts(tests: list[Test]) -> str:
-    """`12 supported, 3 contradicted, ...` over the ledger's tests."""
+    """`12 supported, 3 contradicted, 40 no effect (30 at the floor), ...` over the ledger's tests."""
     found = Counter(t.verdict for t in tests)
-    return ", ".join(f"{found[v]} {v}" for v in VERDICTS)
+    flagged = Counter((t.verdict, bound_flag(t)) for t in tests if bound_flag(t))
+    return ", ".join(f"{found[v]} {v}{_flagged(flagged, v)}" for v in VERDICTS)
 
 
 def claim_counts(tests: list[Test]) -> str:
-    """`5 supported, 2 mixed, ...` over the ledger's claims (claim-level verdicts; those that occur)."""
-    found = Counter(claim_verdicts(tests).values())
-    return ", ".join(f"{found[v]} {v}" for v in CLAIM_VERDICTS if found[v])
+    """`5 supported, 2 mixed, 4 not supported (3 at the floor), ...` over the ledger's claims (claim-level verdicts;
+    those that occur)."""
+    verdicts, flags = claim_verdicts(tests), claim_bound_flags(tests)
+    found = Counter(verdicts.values())
+    flagged = Counter((verdicts[c], flag) for c, flag in flags.items() if flag)
+    return ", ".join(f"{found[v]} {v}{_flagged(flagged, v)}" for v in CLAIM_VERDICTS if found[v])
+
+
+def _flagged(flagged: Counter, verdict: str) -> str:
+    """` (30 at the floor)`: how many of a verdict's count carry each bound flag (empty when none does)."""
+    parts = [f"{n} {flag}" for (v, flag), n in sorted(flagged.items()) if v == verdict]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def render(all_tests: list[Test], figures: dict[str, str]) -> str:
@@ -142,8 +209,7 @@ def render(all_tests: list[Test], figures: dict[str, str]) -> str:
         "then each step between neighbouring values, a difference each), a **magnitude** (the "
         "size of a contrast at one setting minus at another) or a **within-run correlation** (Spearman rho over a "
         f"run's epochs). All {len(tests)} p-values are corrected together with Holm's method (family-wise error "
-        f"{ALPHA:g}); the contrary tests below with Bonferroni's, over the same family. A sign-flip test draws "
-        f"{N_RESAMPLES:,} sign patterns, so its smallest p-value is 1/{N_RESAMPLES + 1:,}.",
+        f"{ALPHA:g}); the contrary tests below with Bonferroni's, over the same family. {_resolution(tests)}",
         "- Verdicts: **supported** (the prediction's corrected test is significant, a difference in the predicted "
         "direction); **contradicted** (a difference the other way; for equivalence or non-inferiority, an effect "
         "significantly beyond the margin on the wrong side); **no effect** (a predicted difference that is "
@@ -151,6 +217,13 @@ def render(all_tests: list[Test], figures: dict[str, str]) -> str:
         f"seeds the test would need at {POWER:.0%} power at the corrected level). A claim tested more than once "
         "gets a claim-level verdict: supported (every test), supported in part (some, none against), mixed, "
         "contradicted, or not supported.",
+        "- **At the floor** (or ceiling): a verdict of no difference (no effect; a supported equivalence or "
+        "non-inferiority; a claim not supported) whose compared configurations all have a mean within one margin of "
+        "the same bound of the metric (the lowest or highest value it can take: 0 for a share, a spread, an entropy "
+        "or solved seeds; chance for the final score) carries the flag *at the floor*. Such sides cannot differ by "
+        "more than the margin whatever the configurations do, so the verdict cannot tell an absent effect from one "
+        "the floor hides (a policy stuck in the trap, one that stopped moving, an exact rate near 0); the verdict "
+        "stands, flagged, and a claim-level verdict is flagged when every test of the claim is.",
         "- Rewards are compared on a common scale, the **final score**: the final reward (mean over the last 10% "
         "of epochs) minus the uniform random policy's expected reward, divided by the best possible minus that "
         "(0 = chance, 1 = every response sorted); the random policy's reward is computed exactly by enumerating "
@@ -185,6 +258,25 @@ def engine_line(tests: list[Test]) -> str:
         f'- Training path: the runs of {", ".join(fast)} were trained on the opt-in fast path (`engine = "fast"`: '
         "the same math in another float order, statistically equivalent to the exact path, not bit-identical); "
         "every other run on the exact path."
+    )
+
+
+def _resolution(tests: list[Test]) -> str:
+    """The rules' sentence on how finely a sign-flip p-value is known, with the floor Holm's correction reaches."""
+    exact_up_to = int(math.log2(SIGNFLIP_RESAMPLES + 1))
+    drawn = [t.n for t in tests if t.n > 1 and not signflip_exact(t.n)]
+    text = (
+        f"A sign-flip test enumerates all 2^n sign patterns up to {exact_up_to} seeds (an exact p-value) and draws "
+        f"{SIGNFLIP_RESAMPLES:,} random ones beyond (seed 0)"
+    )
+    if not drawn:
+        return text + "."
+    one, two = signflip_floor(max(drawn), "greater"), signflip_floor(max(drawn))
+    return (
+        f"{text}, so with {max(drawn)} seeds its smallest p-value is {_short(one, 2)} one-sided, {_short(two, 2)} "
+        f"two-sided, and Holm's correction over the {len(tests)} tests can still reach {_short(len(tests) * two, 2)}, "
+        f"well below {ALPHA:g}. A p-value printed `≤x` is at that floor (no drawn pattern was as extreme as the "
+        "observed one); the others print with no more digits than their Monte Carlo error allows."
     )
 
 
@@ -234,8 +326,10 @@ def _section(tests: list[Test], figure: str | None) -> list[str]:
     claim = next((t.claim for t in tests if t.case != MONOTONE), tests[0].claim)
     metric = claim.metric
     doc = "a per-epoch curve" if claim.kind == "within-run" else DERIVED.get(metric) or SCORES[metric].doc
+    claim_flag = claim_bound_flags(tests)[claim.id]
     verdict_line = (
-        f"Claim-level verdict over its {len(tests)} tests: **{claim_verdicts(tests)[claim.id]}**."
+        f"Claim-level verdict over its {len(tests)} tests: **{claim_verdicts(tests)[claim.id]}**"
+        + (f" ({claim_flag}: so is every one of its tests)." if claim_flag else ".")
         if len(tests) > 1
         else ""
     )
@@ -339,7 +433,8 @@ def _sentence(t: Test) -> str:
         return f"{head}no runs yet: no seed finished every configuration this test compares; it is **{t.verdict}**."
     compared = "; ".join(fmt_side(t, i) for i in range(len(t.sides)))
     body = f"over {t.n} seeds, effect {fmt_effect(t.effect)} ({compared})"
-    text = f"{head}{body}; p = {fmt_p(t.p)}, Holm-corrected {fmt_p(t.p_adjusted)}: **{t.verdict}**."
+    text = f"{head}{body}; p {_p_is(fmt_test_p(t))}, Holm-corrected {fmt_test_p(t, adjusted=True)}: {fmt_verdict(t)}."
+    text += _bound_sentence(t)
     text += _one_sample(t)
     if t.verdict == "contradicted" and t.claim.predicts == "same" and len(t.sides) == 2:
         text += f" The difference is real: `{t.sides[0].label}` scores {'higher' if t.effect.point > 0 else 'lower'}."
@@ -356,6 +451,22 @@ def _sentence(t: Test) -> str:
     if t.claim.metric in BINARY and all(s.mean == 0 for s in t.sides):
         text += " No run of either configuration solved the task."
     return text
+
+
+def _bound_sentence(t: Test) -> str:
+    """Why a verdict is flagged at the floor (`claims.bound_flag`); empty when it is not."""
+    flag = bound_flag(t)
+    if not flag:
+        return ""
+    low, high = bounds(t.claim.metric)
+    value = low if t.bound == "floor" else high
+    # a trend's rank-correlation row carries a margin in rho; its sides were judged by the claim's (its steps')
+    within = "within the claim's margin" if t.case == MONOTONE else f"within the margin (±{t.claim.margin:g})"
+    return (
+        f" {flag[0].upper()}{flag[1:]}: every configuration's mean lies {within} of {value:g}, the {t.bound} of "
+        f"{metric_label(t.claim.metric)}, so no difference beyond the margin could show whatever the configurations "
+        f"do: this verdict cannot tell an absent effect from one the {t.bound} hides."
+    )
 
 
 def _learned_nothing(t: Test) -> str:
@@ -397,22 +508,29 @@ def _agrees(predicts: str, value: float, margin: float) -> bool:
 def compact_table(tests: list[Test], link: str) -> list[str]:
     """One row per claim: its statement, source and each setting's verdict (counted where a claim has many tests)."""
     lines = ["| claim | statement | source | verdict | tests |", "| --- | --- | --- | --- | --- |"]
-    overall = claim_verdicts(tests)
+    overall, flags = claim_verdicts(tests), claim_bound_flags(tests)
     for claim_id in dict.fromkeys(t.claim.id for t in tests):
         mine = [t for t in tests if t.claim.id == claim_id]
         cells = []
         for where in dict.fromkeys(t.where for t in mine):
             here = [t for t in mine if t.where == where]
             if len(here) == 1:
-                cells.append(f"{where or 'all'}: **{here[0].verdict}** ({fmt(here[0].effect.point, 3, True)})")
+                flag = bound_flag(here[0])
+                cells.append(
+                    f"{where or 'all'}: **{here[0].verdict}** ({fmt(here[0].effect.point, 3, True)}"
+                    + (f", {flag})" if flag else ")")
+                )
             else:
                 found = Counter(t.verdict for t in here)
+                flagged = Counter(bound_flag(t) for t in here if bound_flag(t))
                 listed = ", ".join(f"{found[v]} {v}" for v in VERDICTS if found[v])
-                cells.append(f"{where or 'all'}: {listed} (of {plural(len(here), 'test')})")
+                at = "".join(f"; {n} {flag}" for flag, n in sorted(flagged.items()))
+                cells.append(f"{where or 'all'}: {listed} (of {plural(len(here), 'test')}{at})")
         claim = mine[0].claim
+        flag = flags[claim_id]
         lines.append(
             f"| [{claim_id}]({link}#{_anchor(claim_id)}) | {_cell(claim.statement)} | {_cell(claim.source)} | "
-            f"**{overall[claim_id]}** | {'; '.join(cells)} |"
+            f"**{overall[claim_id]}**{f' ({flag})' if flag else ''} | {'; '.join(cells)} |"
         )
     return lines
 

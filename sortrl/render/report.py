@@ -23,7 +23,7 @@ import pandas as pd
 import seaborn as sns
 
 from sortrl.analysis import stats
-from sortrl.analysis.claims import Test
+from sortrl.analysis.claims import Test, bound_flag
 from sortrl.analysis.experiment import MARGIN, SEED, VERDICTS, Experiment
 from sortrl.analysis.findings import (
     Comparison,
@@ -130,7 +130,11 @@ def _claims(f: Findings, tests: list[Test]) -> list[str]:
         "Tested with paired, Holm-corrected statistics in [CLAIMS.md](CLAIMS.md):",
         "",
     ]
-    lines += [f"- {t.label}: {t.claim.statement} **{t.verdict}** (effect {fmt_claim_effect(t.effect)})." for t in mine]
+    lines += [
+        f"- {t.label}: {t.claim.statement} **{t.verdict}**{f' ({bound_flag(t)})' if bound_flag(t) else ''} "
+        f"(effect {fmt_claim_effect(t.effect)})."
+        for t in mine
+    ]
     return lines + [""]
 
 
