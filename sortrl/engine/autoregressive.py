@@ -248,7 +248,12 @@ def inner_steps(state: _Batch, ep: Epoch) -> dict[str, Tensor]:
             run_loss = run_loss.index_add(0, ep.kl.runs, ep.kl.coeff * kl)
             sums["kl"] = sums["kl"].index_add(0, ep.kl.runs, kl.detach())
         grads = torch.autograd.grad(run_loss.sum(), params)
-        sums["grad_norm"] += torch.stack([(r * r).sum(dim=1) for r in map(_memory_rows, grads)]).sum(dim=0).sqrt()
+        # per run, each tensor's sum of squares along its own row, added tensor by tensor: a sum over a stacked
+        # [tensor run] axis changes its order with the number of runs at this many tensors (the tests caught it)
+        squares = torch.zeros(len(state.runs))
+        for rows in map(_memory_rows, grads):
+            squares = squares + (rows * rows).sum(dim=1)
+        sums["grad_norm"] += squares.sqrt()
         state.optimizer.step(list(grads))
         sums["loss"] += run_loss.detach()
         if ratio is not None:
