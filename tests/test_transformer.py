@@ -340,3 +340,40 @@ def test_refused_variant_says_one_line(name):
     assert message.startswith(start) and "\n" not in message, message
     assert "transformer" in message or start == "n_heads:", message
     RunConfig(**fields)  # the linear model takes it
+
+
+# --- the command line -------------------------------------------------------------------------
+def test_cli_trains_the_transformer_with_a_recipe(tmp_path):
+    from typer.testing import CliRunner
+
+    from sortrl.cli import app
+
+    out = tmp_path / "t.csv"
+    args = ["train", "--model", "transformer", "--recipe", "grpo", "--seed", "0", "--num-epochs", "3", "--out", out]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    assert (table.model == "transformer").all() and (table.recipe == "grpo").all() and len(table) == 3
+    assert table.kl.notna().all()  # grpo's KL to the initial policy, on the transformer's prefixes
+    refused = CliRunner().invoke(app, ["train", "--model", "transformer", "--deltas-mode", "critic"])
+    assert refused.exit_code == 2
+    assert refused.stderr.strip().splitlines() == [refused.stderr.strip()]
+    assert refused.stderr.startswith("error: deltas_mode: 'critic' needs a value head")
+
+
+def test_cli_help_documents_the_model_fields():
+    from typer.testing import CliRunner
+
+    from sortrl.cli import app
+
+    shown = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0
+    text = " ".join(shown.output.split())
+    for option, words in (
+        ("--model", "transformer: a tiny causal transformer"),
+        ("--d-model", "width of the residual stream"),
+        ("--n-heads", "attention heads per layer"),
+        ("--n-layers", "pre-LayerNorm blocks"),
+        ("--init-scale", "std of the initial logits"),
+    ):
+        assert option in text and words in text, option
