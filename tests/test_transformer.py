@@ -377,3 +377,84 @@ def test_cli_help_documents_the_model_fields():
         ("--init-scale", "std of the initial logits"),
     ):
         assert option in text and words in text, option
+
+
+# --- a third family, from a plug-in -----------------------------------------------------------
+BAG_PLUGIN = '''
+"""A third model family for the tests: logits of token t = head . tanh(sum of the embeddings of the prompt and of
+the response tokens before t, plus position t's), autoregressive and tiny."""
+import torch
+
+from sortrl.engine.models import ModelFamily
+from sortrl.plugins import register
+
+
+def init(generators, configs):
+    c0 = configs[0]
+    d, v = c0.d_model, c0.num_tokens
+    rows = [(torch.randn(v, d, generator=g), torch.randn(c0.response_length, d, generator=g),
+             torch.randn(d, v, generator=g) * c.init_scale / d**0.5) for g, c in zip(generators, configs)]
+    return {name: torch.stack([r[i] for r in rows]).requires_grad_() for i, name in enumerate(("emb", "pos", "head"))}
+
+
+def logits(p, cfg, prompts, responses):
+    runs = p["emb"].shape[0]
+    prompts = prompts.expand(runs, -1, -1) if prompts.dim() == 3 else prompts[None].expand(runs, -1, -1)
+    index = torch.arange(runs)[:, None, None]
+    bag = (p["emb"][index, prompts.clamp(min=0)] * (prompts >= 0)[..., None]).sum(dim=2)  # [run batch d]
+    seen = p["emb"][index[..., None], responses].cumsum(dim=3) - p["emb"][index[..., None], responses]  # tokens < t
+    x = torch.tanh(bag[:, :, None, None] + seen + p["pos"][:, None, None])  # [run batch trial pos d]
+    return torch.einsum("rbtpd,rdv->rbtpv", x, p["head"])
+
+
+def generate(p, cfg, prompts, trials, choose):
+    runs, batch = p["emb"].shape[0], prompts.shape[-2]
+    out = torch.zeros(runs, batch, trials, cfg.response_length, dtype=torch.long)
+    for t in range(cfg.response_length):
+        out[..., t] = choose(t, logits(p, cfg, prompts, out)[..., t, :])
+    return out
+
+
+register("model", "bag_for_tests", ModelFamily(init, logits, generate, fields=("d_model", "init_scale")))
+'''
+
+
+@pytest.fixture
+def bag_plugin(tmp_path, monkeypatch):
+    """The plug-in family as module `bag_for_tests`; the registry restored afterwards."""
+    import sys
+
+    from sortrl.engine.models import MODELS
+
+    (tmp_path / "bag_for_tests.py").write_text(BAG_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    sys.modules.pop("bag_for_tests", None)
+    MODELS.pop("bag_for_tests", None)
+
+
+def test_a_plugin_adds_a_third_family(bag_plugin):
+    common = dict(model="bag_for_tests", plugins=("bag_for_tests",), num_epochs=20, deltas_mode="centered_rewards",
+                  learning_rate=1e-2, init_scale=1.0)  # fmt: skip
+    target = RunConfig(seed=3, **common)
+    together = train([RunConfig(seed=s, **common) for s in range(10, 18)] + [target])
+    alone = train([target])
+    inside = together[together.run_id == target.run_id].reset_index(drop=True)
+    pd.testing.assert_frame_equal(alone, inside, check_exact=True)
+    by_epoch = together.groupby("epoch").mean_reward.mean()
+    assert by_epoch.iloc[-1] - by_epoch.iloc[0] >= 0.3, (by_epoch.iloc[0], by_epoch.iloc[-1])
+    from sortrl.engine.config import ignored_fields
+
+    assert set(ignored_fields(RunConfig(**{**common, "n_heads": 4}))) == {"n_heads"}
+    with pytest.raises(ConfigError, match="^deltas_mode: 'critic' needs a value head"):
+        RunConfig(**{**common, "deltas_mode": "critic"})
+
+
+def test_a_plugin_family_must_be_autoregressive():
+    from sortrl.engine.models import MODELS
+    from sortrl.plugins import register
+
+    with pytest.raises(ValueError, match="prompt_only=False"):
+        register("model", "not_a_family", MODELS["transformer"].logits)
+    with pytest.raises(ValueError, match="prompt_only=False"):
+        register("model", "folded_family", MODELS["transformer"]._replace(prompt_only=True))
