@@ -31,9 +31,10 @@ def params_of(cfg: RunConfig, seeds: list[int]) -> dict[str, torch.Tensor]:
     [
         dict(),
         dict(n_layers=2, n_heads=4, d_model=8, eos=True),
+        dict(prompts=((1, 0, 1, 0),), num_responses=9),  # depths 0-3 enumerated (1, 2, 4, 8 nodes)
         dict(task="random", prompt_length=(2, 4), num_prompts=6, n_layers=2),  # padded prompts
     ],
-    ids=["default", "two-layers-eos", "padded"],
+    ids=["default", "two-layers-eos", "binary-enumerated", "padded"],
 )
 def test_teacher_forced_logits_equal_the_plain_computation(fields):
     """The shared-prompt, response-positions-only pass equals every position of [prompt SEP response] per response."""
@@ -43,16 +44,19 @@ def test_teacher_forced_logits_equal_the_plain_computation(fields):
     prompts = TASKS[cfg.task](cfg).train
     p = params_of(cfg, [0, 1, 2])
     g = torch.Generator().manual_seed(5)
-    responses = torch.randint(cfg.num_tokens, (3, len(prompts), 4, cfg.response_length), generator=g)
+    trials = (
+        cfg.num_responses if not fields or "num_responses" in fields else 4
+    )  # 10 responses of 5 tokens: every first token enumerated once
+    responses = torch.randint(cfg.num_tokens, (3, len(prompts), trials, cfg.response_length), generator=g)
     with torch.no_grad():
         fast = transformer.logits(p, cfg, prompts, responses)
         plain = transformer.full_logits(p, cfg, prompts, responses)
-    assert fast.shape == (3, len(prompts), 4, cfg.response_length, cfg.num_tokens)
+    assert fast.shape == (3, len(prompts), trials, cfg.response_length, cfg.num_tokens)
     assert torch.allclose(fast, plain, atol=1e-5, rtol=1e-5)
 
 
 def _gelu(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
 
 
 def _norm(v, w, b):
