@@ -200,63 +200,70 @@ def logits(
     """Teacher-forced logits of every response token, one pass: position t from the prompt and tokens before t.
 
     The logits of token t depend only on the prompt and the prefix y_1..y_{t-1}, so prefixes are computed once
-    per prompt where that is cheaper (`prefix_tree`: SEP once instead of once per trial; at the default G = 10 and
-    5 tokens every first token once: 16 rows per prompt instead of 30), and every trial reads its prefix's row.
-    Node n at depth s attends to the prompt's keys and to its ancestors at depths 0..s (one per depth, gathered).
-    Equal to `full_logits` up to rounding (tested).
+    per prompt where that is fewer rows (`prefix_tree`: SEP once instead of once per trial; at the default G = 10
+    and 5 tokens every first token once: 16 rows per prompt instead of 30), and each trial reads its prefix's row.
+    The enumerated prefixes' keys join the prompt's as keys shared by the prompt's rows (one batched matmul; a
+    mask keeps each row to its own ancestors), and a per-trial row adds its own trial's per-trial rows. Equal to
+    `full_logits` up to rounding (tested).
     """
     runs, batch, trials, steps = responses.shape
     h, d, vocab, width = cfg.n_heads, cfg.d_model, cfg.num_tokens, prompts.shape[-1]
+    e = d // h
     prompts = _with_run_axis(prompts, runs)
     layout = prefix_tree(vocab, trials, steps)
-    sizes = [trials if n is None else n for n in layout]
-    offsets = [sum(sizes[:s]) for s in range(steps)]
-    nodes = sum(sizes)
-    # each trial's node at each depth [run batch trial steps], each node's input token and its ancestors
+    shared = [n for n in layout if n is not None]  # enumerated depths 0 .. k-1 (depth 0 always)
+    k, m, own = len(shared), sum(shared), steps - len(shared)  # own: per-trial depths k .. steps-1
+    offsets = [sum(shared[:s]) for s in range(k)]
+    # each trial's row at each depth [run batch trial steps]: an enumerated prefix's, or its own
     code = torch.zeros(runs, batch, trials, dtype=torch.long)
-    node_of, tokens, ancestors, depth = [], [], [], []
-    for s, size in enumerate(sizes):
+    node_of = []
+    for s in range(steps):
         if s:
             code = code * vocab + responses[..., s - 1]
-        if layout[s] is not None:  # enumerated: every prefix of length s
-            node_of.append(offsets[s] + code)
-            index = torch.arange(size)
-            tokens.append((index % vocab if s else torch.full((size,), vocab)).expand(runs, batch, -1))
-            # ancestor at depth j <= s of prefix code c: its first j tokens, code c // V^(s - j)
-            up = torch.stack([offsets[min(j, s)] + index // vocab ** max(s - j, 0) for j in range(steps)], dim=-1)
-            ancestors.append(up.expand(runs, batch, -1, -1))
-        else:  # one node per trial
-            node_of.append(offsets[s] + torch.arange(trials).expand(runs, batch, -1))
-            tokens.append(responses[..., s - 1] if s else torch.full((runs, batch, trials), vocab))
-            ancestors.append(None)  # filled below: the trial's own nodes
-        depth += [s] * size
-    node_of = torch.stack(node_of, dim=-1)  # [run batch trial steps]
-    ancestors = torch.cat([node_of if a is None else a for a in ancestors], dim=2)  # [run batch nodes steps]
-    depth = torch.tensor(depth)
-    visible = torch.arange(steps)[None, :] <= depth[:, None]  # [nodes steps]: ancestors at depths 0..s
-
+        node_of.append(offsets[s] + code if s < k else m + torch.arange(trials) * own + (s - k))
+    node_of = torch.stack(torch.broadcast_tensors(*node_of), dim=-1)
+    # rows: the enumerated prefixes (static tokens), then each trial's own (its sampled tokens)
+    index = torch.arange(m)
+    depth = torch.cat([torch.full((n,), s) for s, n in enumerate(shared)] + [torch.arange(k, steps).repeat(trials)])
+    last = index - torch.tensor([offsets[s] for s in depth[:m].tolist()])  # code of the prefix within its depth
+    tokens = torch.where(depth[:m] == 0, vocab, last % vocab).expand(runs, batch, -1)
+    if own:
+        tokens = torch.cat([tokens, responses[..., k - 1 : steps - 1].flatten(2)], dim=-1)
+    x = p["wte"][torch.arange(runs)[:, None, None], tokens] + p["wpe"][:, None, width + depth]
+    # which shared keys each row sees: the prompt's real tokens, and its enumerated ancestors
+    # prefix i (depth s_i, code c_i) has ancestor j at depth s_j <= s_i iff c_j = c_i // V^(s_i - s_j)
+    ancestor = last[:, None] // vocab ** (depth[:m, None] - depth[None, :m]).clamp(min=0)
+    sees = (depth[None, :m] <= depth[:m, None]) & (ancestor == last[None, :])  # [m m]: query, key
+    sees = sees.expand(runs, batch, -1, -1)
+    if own:  # a trial's rows see the enumerated rows on its path
+        path = (node_of[..., :k, None] == index).any(dim=-2)  # [run batch trial m]
+        sees = torch.cat([sees, path[:, :, :, None].expand(-1, -1, -1, own, -1).flatten(2, 3)], dim=2)
+    bias = torch.cat([_prompt_bias(prompts)[:, :, 0].expand(-1, -1, m + own * trials, -1),
+                      torch.zeros(sees.shape).masked_fill(~sees, -math.inf)], dim=-1)[:, :, :, None]  # fmt: skip
+    causal = torch.ones(own, own, dtype=torch.bool).tril()
     keys = _prompt_keys(p, cfg, prompts)
-    bias = _prompt_bias(prompts)  # [run batch 1 1 pos]
-    x = p["wte"][torch.arange(runs)[:, None, None], torch.cat(tokens, dim=-1)] + p["wpe"][:, None, width + depth]
-    gather_at = ancestors.reshape(runs, batch, nodes * steps, 1).expand(-1, -1, -1, 2 * d)
-    scale = 1 / math.sqrt(d // h)
+    scale = 1 / math.sqrt(e)
     for i, (kp, vp) in enumerate(keys):
-        qkv = _linear(_norm(x, p[f"h{i}.ln1_w"], p[f"h{i}.ln1_b"]), p[f"h{i}.qkv"])  # [run batch nodes 3d]
-        up = qkv[..., d:].gather(2, gather_at).view(runs, batch, nodes, steps, 2, h, d // h)  # ancestors' k, v
-        q = _heads(qkv[..., :d], h)  # [run batch nodes head e]
-        on_prompt = torch.einsum("rbnhe,rbkhe->rbnhk", q, kp) * scale + bias
-        # the path's few keys per query: products and sums, not a batched matmul of 1 x e matrices
-        on_path = (q[:, :, :, None] * up[..., 0, :, :]).sum(dim=-1).transpose(
-            -1, -2
-        ) * scale  # [run batch nodes head j]
-        on_path = on_path.masked_fill(~visible[:, None, :], -math.inf)
-        weights = torch.softmax(torch.cat([on_prompt, on_path], dim=-1), dim=-1)
-        w_prompt, w_path = weights.split([width, steps], dim=-1)
-        on_up = (w_path.transpose(-1, -2)[..., None] * up[..., 1, :, :]).sum(dim=3)  # [run batch nodes head e]
-        att = torch.einsum("rbnhk,rbkhe->rbnhe", w_prompt, vp) + on_up
+        q, kn, vn = (
+            _heads(t, h) for t in _linear(_norm(x, p[f"h{i}.ln1_w"], p[f"h{i}.ln1_b"]), p[f"h{i}.qkv"]).split(d, -1)
+        )
+        k_shared, v_shared = torch.cat([kp, kn[:, :, :m]], dim=2), torch.cat([vp, vn[:, :, :m]], dim=2)
+        scores = torch.einsum("rbnhe,rbjhe->rbnhj", q, k_shared) * scale + bias  # [run batch rows head key]
+        if own:  # a per-trial row also sees its own trial's per-trial rows up to itself
+            q_own, k_own, v_own = (t[:, :, m:].unflatten(2, (trials, own)) for t in (q, kn, vn))
+            mine = (q_own[:, :, :, :, None] * k_own[:, :, :, None]).sum(-1) * scale  # [run batch trial s u head]
+            mine = mine.masked_fill(~causal[:, :, None], -math.inf).transpose(-1, -2).flatten(2, 3)
+            mine = torch.cat([torch.full((runs, batch, m, h, own), -math.inf), mine], dim=2)
+            scores = torch.cat([scores, mine], dim=-1)
+        weights = torch.softmax(scores, dim=-1)
+        att = torch.einsum("rbnhj,rbjhe->rbnhe", weights[..., : width + m], v_shared)
+        if own:
+            w_own = weights[:, :, m:, :, width + m :].unflatten(2, (trials, own))  # [run batch trial s head u]
+            from_own = (w_own.transpose(-1, -2)[..., None] * v_own[:, :, :, None]).sum(dim=4)  # [run batch trial s h e]
+            att = torch.cat([att[:, :, :m], att[:, :, m:] + from_own.flatten(2, 3)], dim=2)
         x = x + _linear(att.flatten(-2), p[f"h{i}.proj"])
         x = x + _mlp(p, i, x)
-    out = _linear(_norm(x, p["lnf_w"], p["lnf_b"]), p["head"])  # [run batch nodes vocab]
+    out = _linear(_norm(x, p["lnf_w"], p["lnf_b"]), p["head"])  # [run batch rows vocab]
     index = node_of.reshape(runs, batch, trials * steps, 1).expand(-1, -1, -1, vocab)
     return out.gather(2, index).view(runs, batch, trials, steps, vocab)
 
