@@ -93,9 +93,27 @@ def draw(state: _Batch, prompts: Tensor, u: Tensor, params=None, temperature=Non
     return state.family.generate(params, state.c0, prompts, trials, _sampler(temperature, u))
 
 
+def log_softmax(z: Tensor) -> Tensor:
+    """log softmax over the last axis, z - max - log sum exp(z - max), one vocabulary entry at a time.
+
+    For a vocabulary of a few tokens `torch.log_softmax` spends its time per row: on one inner step's log-probs of
+    1,024 transformer runs ([1024 30 3 5]) forward and backward took 10.6 ms CPU, these element-wise passes 6.0 ms
+    (equal within 5e-7). Batch-invariant by construction: each row's numbers come from that row alone.
+    """
+    columns = z.unbind(dim=-1)
+    top = columns[0]
+    for c in columns[1:]:
+        top = torch.maximum(top, c)
+    top = top.detach()  # the shift cancels in the value; no gradient through the max (as torch's own)
+    total = torch.exp(columns[0] - top)
+    for c in columns[1:]:
+        total = total + torch.exp(c - top)
+    return z - (top + torch.log(total))[..., None]
+
+
 def log_probs(state: _Batch, params, prompts: Tensor, responses: Tensor) -> Tensor:
     """log pi(. | prompt, prefix) of the tempered policy at every position, teacher-forced: [run (batch trial) pos vocab]."""
-    return torch.log_softmax(state.temper(state.family.logits(params, state.c0, prompts, responses).flatten(1, 2)), -1)
+    return log_softmax(state.temper(state.family.logits(params, state.c0, prompts, responses).flatten(1, 2)))
 
 
 def resample(state: _Batch, scorer: Scorer, roll: Rollout, prompts: Tensor) -> tuple[Rollout, Tensor]:
