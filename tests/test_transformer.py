@@ -273,6 +273,19 @@ def test_first_inner_step_has_ratio_exactly_one():
     assert (out.kl == 0.0).all()
 
 
+def test_a_diverged_transformer_run_is_dropped_and_its_mate_goes_on_unchanged():
+    common = dict(
+        **TF, num_epochs=5, num_steps_per_epoch=3, kl_penalty=1.0, kl_estimator="k2", kl_loss_agg_mode="lecture"
+    )
+    good, bad = RunConfig(seed=3, **common), RunConfig(seed=0, learning_rate=1e6, **common)
+    together = train([good, bad])
+    lost = together[together.run_id == bad.run_id]
+    assert lost.status.tolist() == ["diverged"] and lost.diverged_epoch.tolist() == [0]
+    kept = together[together.run_id == good.run_id].reset_index(drop=True)
+    assert (kept.status == "ok").all()
+    pd.testing.assert_frame_equal(train([good]), kept, check_exact=True)
+
+
 def test_dapo_resampling_draws_again_for_zero_std_groups():
     common = dict(**TF, num_epochs=4, num_steps_per_epoch=2, reward="exact_match", filter_zero_std_groups=True)
     with warnings.catch_warnings():
