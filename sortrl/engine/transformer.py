@@ -307,5 +307,5 @@ def full_logits(
         att = torch.einsum("rnhqk,rnkhe->rnqhe", torch.softmax(scores, dim=-1), v).flatten(-2)
         x = x + _linear(att, p[f"h{i}.proj"])
         x = x + _mlp(p, i, x)
-    out = _linear(_norm(x[:, :, width:], p["lnf_w"], p["lnf_b"]), p["head"])
+    out = _linear(_norm(x[:, :, prompts.shape[-1] :], p["lnf_w"], p["lnf_b"]), p["head"])
     return rearrange(out, "run (batch trial) pos vocab -> run batch trial pos vocab", batch=batch)
