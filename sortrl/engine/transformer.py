@@ -29,13 +29,16 @@ Positions: prompt 0 .. W-1, SEP W, response token j (1-based) W + j. Right-
 padded prompts (`PAD`) are masked as attention keys, so a short prompt is read
 as if the model had only its own positions before SEP.
 
-Speed (the `make bench` transformer rows): the prompt's hidden states do not
-depend on the response (causal attention), so the prompt stream is computed
-once per prompt and its keys and values are shared by the prompt's G responses
-(`trial` axis), and in the last block queries, the MLP and the logits are
-computed at response positions only. `full_logits` is the plain computation
-(every position of [prompt SEP response] per response), kept as the reference
-that tests and the benchmark compare against.
+Speed (the `make bench` transformer rows; docs/engine.md gives what each
+gave): the prompt's hidden states do not depend on the response (causal
+attention), so the prompt stream is computed once per prompt and its keys and
+values are shared by the prompt's G responses (`trial` axis), and in the last
+block queries, the MLP and the logits are computed at response positions only
+(`response_logits`); and the teacher-forced pass (`logits`, what training runs)
+computes each response prefix once per prompt where that is fewer rows
+(`prefix_tree`), its keys shared in one matmul. `full_logits` is the plain
+computation (every position of [prompt SEP response] per response), kept as the
+reference that tests and the benchmark compare against.
 """
 
 from __future__ import annotations
@@ -148,7 +151,8 @@ def _prompt_bias(prompts: Int[Tensor, "run batch pos"]) -> Float[Tensor, "run ba
 def response_logits(
     p: Params, cfg: Any, prompts: Int[Tensor, "batch pos"] | Int[Tensor, "run batch pos"], inputs: Tensor
 ) -> Float[Tensor, "run batch trial pos vocab"]:
-    """Logits of the next token at every input position of the response part, sharing the prompt's keys/values.
+    """Logits of the next token at every input position of the response part, sharing the prompt's keys/values
+    (one row per trial and position: the benchmark's middle lever; `logits` also shares prefixes).
 
     inputs [run batch trial S]: SEP then the response's first S-1 tokens (S <= W); returns [run batch trial S vocab],
     entry s the logits of response token s+1 given the prompt and tokens 1..s (positions W .. W+S-1).
