@@ -22,6 +22,11 @@ Measures, each as the median of `--repeats` repetitions:
   every core, against one `train()` call of 1,024 of its runs on one core
   (issue #14's target: at least 1.8x on 2 cores), the two timed alternately and
   the speed-up the median of each pair's ratio;
+- the `transformer` model family (issue 25): run-steps/s of 1,024 lecture runs on one core
+  beside the linear engine's default batch of the same size measured in the same run, and
+  their ratio (target: at least 1/10); and what each speed lever of its teacher-forced pass
+  gives (`transformer_lever_rows`: CPU seconds per forward+backward of 1,024 runs' log-probs,
+  plain, prompt shared, prefix tree; one and two intra-op threads);
 - peak memory of training 4,096 default runs in one batch: `ru_maxrss` of a
   fresh child process that does only that (kernel high-water mark, exact);
 - last, where `make ablations`' time goes (`benchmarks/ablations_time.py`: its
@@ -197,6 +202,84 @@ def engine_path_rows(args: argparse.Namespace, epochs: int, runs: int = 1024) ->
     return rows
 
 
+TARGET_TRANSFORMER_RATIO = 0.1
+"""The transformer's run-steps/s over the linear engine's, 1,024 lecture runs on one core (issue 25)."""
+
+
+def transformer_rows(args: argparse.Namespace, epochs: int, linear: dict | None, runs: int = 1024) -> list[dict]:
+    """1,024 lecture runs of the `transformer` family on one worker, against the linear engine's default batch of the
+    same size measured in this run (`linear`, or measured here when the engine rows did not include it)."""
+    measured = linear is None
+    if measured:
+        configs = defaults(runs, epochs)
+        seconds, cpu = timed(lambda: train(configs, workers=1), args.repeats)
+        linear = {"benchmark": "default batch", "runs": runs, "workers": 1, "run_steps": run_steps(configs)}
+        linear |= {"seconds": seconds, "run_steps_per_s": linear["run_steps"] / seconds, "cpu_seconds": cpu}
+        print(f"  {'default batch':<26} {runs:>5} runs  1 wkr  {linear['run_steps_per_s']:>12,.0f} run-steps/s")
+    configs = [dataclasses.replace(c, model="transformer") for c in defaults(runs, epochs)]
+    train(configs[:4], workers=1)  # warm-up
+    seconds, cpu = timed(lambda: train(configs, workers=1), args.repeats)
+    row = {"benchmark": "transformer batch", "runs": runs, "workers": 1, "run_steps": run_steps(configs)}
+    row |= {"seconds": seconds, "run_steps_per_s": row["run_steps"] / seconds, "cpu_seconds": cpu}
+    row["vs_linear"] = row["run_steps_per_s"] / linear["run_steps_per_s"]
+    row["target"] = f">= {TARGET_TRANSFORMER_RATIO:g} x the linear engine's (1,024 runs, 1 worker)"
+    row["meets_target"] = row["vs_linear"] >= TARGET_TRANSFORMER_RATIO
+    print(
+        f"  {row['benchmark']:<26} {runs:>5} runs  1 wkr  {row['run_steps_per_s']:>12,.0f} run-steps/s "
+        f"({row['vs_linear']:.3f} x the linear engine's {linear['run_steps_per_s']:,.0f}; CPU-time ratio "
+        f"{(linear['cpu_seconds'] / linear['run_steps']) / (cpu / row['run_steps']):.3f})"
+    )
+    return [linear, row] if measured else [row]
+
+
+def transformer_lever_rows(args: argparse.Namespace, runs: int = 1024) -> list[dict]:
+    """What each lever of the teacher-forced pass gives: CPU seconds per forward+backward of the log-probs of `runs`
+    lecture runs' responses (10 per prompt), each way (`sortrl.engine.transformer`), and the same with two threads.
+
+    plain: every position of [prompt SEP response] per response (`full_logits`); prompt shared: the prompt's keys
+    and values once per prompt, queries and the MLP at response positions only (`response_logits`); prefix tree:
+    each prefix once per prompt where that is fewer rows, its keys shared (`logits`, what training runs).
+    """
+    from sortrl.engine import transformer
+
+    cfg = RunConfig(model="transformer")
+    generators = [torch.Generator().manual_seed(s) for s in range(runs)]
+    params = transformer.init(generators, [cfg] * runs)
+    prompts = torch.tensor(cfg.prompts)
+    shape = (runs, len(prompts), cfg.num_responses, cfg.response_length)
+    responses = torch.randint(cfg.num_tokens, shape, generator=torch.Generator().manual_seed(0))
+    ways = {
+        "plain (every position, per response)": lambda: transformer.full_logits(params, cfg, prompts, responses),
+        "prompt shared, response positions only": lambda: transformer.response_logits(
+            params, cfg, prompts, transformer.sep_inputs(cfg, responses)
+        ),
+        "+ prefix tree, shared keys (trained)": lambda: transformer.logits(params, cfg, prompts, responses),
+    }
+    rows, before = [], torch.get_num_threads()
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            for name, fn in ways.items():
+                if threads == 2 and not name.startswith("+"):
+                    continue
+
+                def step(fn=fn) -> None:
+                    out = torch.log_softmax(fn(), dim=-1)
+                    torch.autograd.grad(out.sum(), list(params.values()))
+
+                step()
+                _, cpu = timed(step, max(3, args.repeats))
+                wall, _ = timed(step, max(3, args.repeats))
+                label = f"transformer log-probs: {name}" + (", 2 threads" if threads == 2 else "")
+                row = {"benchmark": label, "runs": runs, "workers": threads, "run_steps": runs}
+                row |= {"seconds": wall, "cpu_seconds": cpu, "run_steps_per_s": runs / wall}
+                rows.append(row)
+                print(f"  {label:<72} {wall * 1000:7.1f} ms wall, {cpu * 1000:7.1f} ms CPU per step")
+        finally:
+            torch.set_num_threads(before)
+    return rows
+
+
 def before(path: Path, epochs: int) -> dict | None:
     """The default 1,024-run batch on one worker from the last `bench.csv` (the same epochs), if there is one."""
     try:
@@ -354,7 +437,7 @@ def machine() -> dict:
 
 def show(rows: list[dict], facts: dict, args: argparse.Namespace, epochs: int) -> None:
     table = Table(title=f"sortrl bench: medians of {args.repeats}, {epochs} epochs x 10 steps per run")
-    columns = ("benchmark", "runs", "workers", "run-steps/s", "seconds", "CPU s", "x plain loop", "peak MB")
+    columns = ("benchmark", "runs", "workers", "run-steps/s", "seconds", "CPU s", "x plain loop", "x linear", "peak MB")
     for name in (*columns, "target", "ok"):
         table.add_column(name, justify="left" if name in ("benchmark", "target") else "right")
 
@@ -370,6 +453,7 @@ def show(rows: list[dict], facts: dict, args: argparse.Namespace, epochs: int) -
             number(r["seconds"], ".2f"),
             number(r.get("cpu_seconds"), ".2f"),
             number(r.get("vs_plain_loop"), ".0f"),
+            number(r.get("vs_linear"), ".3f"),
             number(r.get("peak_rss_mb"), ",.0f"),
             r.get("target") or "",
             {True: "yes", False: "NO"}.get(r.get("meets_target"), ""),
@@ -395,6 +479,12 @@ def main() -> None:
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="comma-separated batch sizes")
     parser.add_argument("--alone", type=int, default=16, help="runs of the plain one-at-a-time loop")
     parser.add_argument("--readme", type=Path, default=None, help="also rewrite this Markdown file's `speed` block")
+    parser.add_argument(
+        "--transformer-only",
+        action="store_true",
+        help="only the transformer rows and the linear default batch they are compared with (writes "
+        "<results>/bench-transformer.csv, not bench.csv)",
+    )
     parser.add_argument("--epochs", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-memory", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -407,6 +497,8 @@ def main() -> None:
     epochs = args.epochs or (10 if args.quick else 100)
     facts = machine()
 
+    if args.transformer_only:
+        return transformer_only(args, epochs, facts)
     previous = before(args.results / "bench.csv", epochs)
     print("the plain loop, one run at a time:")
     plain = plain_row(args, epochs)
@@ -418,6 +510,10 @@ def main() -> None:
     rows += feature_rows(args, epochs)
     print("the exact and the fast training path (engine), alternately:")
     rows += engine_path_rows(args, epochs)
+    print("the transformer family against the linear engine, 1,024 runs, one core:")
+    linear = [r for r in rows if r["benchmark"] == "default batch" and r["runs"] == 1024 and r["workers"] == 1]
+    rows += transformer_rows(args, epochs, linear[0] if linear else None)
+    rows += transformer_lever_rows(args)
     print("peak memory of one 4,096-run batch (child process) ...")
     rows.append(memory_row(workers[-1], epochs))
     print("sortrl sweep experiments/ablations.toml ...")
@@ -443,6 +539,19 @@ def main() -> None:
     if not args.quick:  # last: where `make ablations`' time goes (benchmarks/ablations_time.py; ~6 min)
         command = [sys.executable, str(Path(__file__).with_name("ablations_time.py"))]
         subprocess.run([*command, *(["--readme", str(args.readme)] if args.readme is not None else [])], check=True)
+
+
+def transformer_only(args: argparse.Namespace, epochs: int, facts: dict) -> None:
+    """`--transformer-only`: the linear default batch of 1,024 runs on one worker, the transformer's, their ratio and
+    the levers, into `<results>/bench-transformer.csv`."""
+    print("the transformer family against the linear engine, 1,024 runs, one core:")
+    rows = transformer_rows(args, epochs, None)
+    rows += transformer_lever_rows(args)
+    show(rows, facts, args, epochs)
+    table = pd.DataFrame(rows).assign(epochs=epochs, repeats=args.repeats, quick=args.quick, **facts)
+    out = args.results / "bench-transformer.csv"
+    atomic_write_text(out, table.to_csv(index=False))
+    print(f"wrote {out}")
 
 
 def write_speed_block(path: Path, rows: list[dict], facts: dict, repeats: int) -> None:

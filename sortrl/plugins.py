@@ -36,6 +36,36 @@ finite float tensor of the shape above, or that mixes the runs (a run's row
 differs from the plug-in's result on that run alone), stops training with one
 `ConfigError` line naming the plug-in and its function.
 
+A model family (`model`) is registered as a `sortrl.engine.models.ModelFamily`
+of three functions, all over a leading `run` axis, each run's weights its own:
+
+| function | signature |
+| --- | --- |
+| `init` | `init(generators, configs) -> params`: a dict of leaf tensors [run ...], run r's from `generators[r]` (its own `torch.Generator`, seeded with its seed) and `configs[r]` |
+| `logits` | `logits(params, cfg, prompts, responses [run batch trial pos]) -> [run batch trial pos vocab]`: teacher-forced, entry t from the prompt and `responses[..., :t]` |
+| `generate` | `generate(params, cfg, prompts, trials, choose) -> [run batch trial pos]`: token by token, token t = `choose(t, logits [run batch trial vocab])` |
+
+for example
+
+    # my_gru.py
+    from sortrl.engine.models import ModelFamily
+    from sortrl.plugins import register
+
+    register("model", "gru", ModelFamily(init, logits, generate, fields=("d_model", "n_layers", "init_scale")))
+
+and used as `model = "gru"` (with `plugins = ["my_gru"]`). `prompts` are
+[batch pos] or [run batch pos] token ids (right-padded with -1 when lengths
+mix); `cfg` is the batch's first config (vocab = `cfg.num_tokens`, response
+length = `cfg.response_length`; the `d_model`, `n_heads`, `n_layers` fields are
+shared by a batch, `init_scale` may differ per run). The engine owns every draw
+after `init` (`choose` inverts the run's own uniforms, or takes the argmax) and
+derives the rest from `logits`: log-probs and entropy at each sampled prefix,
+the KL to a reference, greedy decoding, the `sft` loss. `logits` must compute
+each run's row from its own parameters alone (a run's numbers must not change
+with its batch-mates). `fields` names the model fields the family reads (the
+others are reported as ignored). A plug-in family is autoregressive: the
+engine's folded path (`prompt_only`) is the lecture model's own.
+
 A loss mode declares `linear` (linear in the advantage A), `uses_ratio`
 (needs the old policy's log-probs), `clips` (log clip fractions) and, by
 default, `foldable=True`: positively homogeneous in A, f(lp, old, c*A) =
@@ -59,10 +89,11 @@ from sortrl.engine.losses import (
     LOSS_MODES,
     LossMode,
 )
+from sortrl.engine.models import MODELS, ModelFamily
 from sortrl.engine.registry import PLUGGED
 from sortrl.engine.task import REWARDS
 
-KINDS = ("deltas_mode", "loss_mode", "reward", "kl_estimator", "loss_agg_mode")
+KINDS = ("deltas_mode", "loss_mode", "reward", "kl_estimator", "loss_agg_mode", "model")
 """What a plug-in can register (the `RunConfig` field that names it)."""
 
 _REGISTRIES: dict[str, list[dict[str, Any]]] = {
@@ -71,6 +102,7 @@ _REGISTRIES: dict[str, list[dict[str, Any]]] = {
     "reward": [REWARDS],
     "kl_estimator": [KL_ESTIMATORS],
     "loss_agg_mode": [LOSS_AGG_MODES, KL_LOSS_AGG_MODES, CRITIC_LOSS_AGG_MODES],
+    "model": [MODELS],
 }
 BUILT_IN: dict[str, frozenset[str]] = {kind: frozenset().union(*r) for kind, r in _REGISTRIES.items()}
 """sortrl's own variants, by kind: a plug-in cannot replace one, whatever its function's `__module__` says."""
@@ -103,6 +135,11 @@ def register(kind: str, name: str, fn: Callable[..., Any] | None = None, **flags
             raise ValueError(f"register: loss mode {name!r} needs flags linear, uses_ratio, clips ({err})") from None
     if kind == "deltas_mode":
         extras(fn)  # raises ValueError for a parameter the engine cannot provide
+    if kind == "model" and not (isinstance(fn, ModelFamily) and not fn.prompt_only):
+        raise ValueError(
+            f"register: model {name!r} must be a ModelFamily(init, logits, generate) with prompt_only=False (the "
+            "folded path is the lecture model's own)"
+        )
     if name in BUILT_IN[kind]:
         raise ValueError(f"register: {kind} {name!r} is one of sortrl's own; choose another name")
     PLUGGED.setdefault(kind, set()).add(name)
@@ -115,5 +152,5 @@ def register(kind: str, name: str, fn: Callable[..., Any] | None = None, **flags
 
 
 def _origin(entry: Any) -> str:
-    fn = entry.fn if isinstance(entry, LossMode) else entry
+    fn = entry.fn if isinstance(entry, LossMode) else entry.logits if isinstance(entry, ModelFamily) else entry
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"

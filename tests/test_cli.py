@@ -276,6 +276,11 @@ OUT_OF_RANGE = {  # a bad value of every field that has a range or a registry
     "overlong_penalty_factor": "-1.0",
     "max_num_gen_batches": "0",
     "plugins": '["no_such_module_for_sortrl"]',
+    "model": '"gru"',
+    "d_model": "0",
+    "n_heads": "0",
+    "n_layers": "0",
+    "init_scale": "-1.0",
 }
 RANDOM_TASK_OUT_OF_RANGE = {"prompt_length": "1"}  # only the random task reads prompt_length
 

@@ -66,6 +66,11 @@ ALTERNATIVES = {
     "plugins": ("json",),
     "critic_loss_agg_mode": "actor",
     "cliprange_value": 0.5,
+    "model": "transformer",
+    "d_model": 8,
+    "n_heads": 1,
+    "n_layers": 2,
+    "init_scale": 1.0,
 }
 
 

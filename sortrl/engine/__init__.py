@@ -1,11 +1,13 @@
 """The engine: what one run is and how many runs train at once.
 
 A run is a `RunConfig` (`config`, presets in `recipes`); the task's prompts and
-rewards (`task`), the lecture's policy (`model`), sampling and rewarding
-(`rollout`), delta modes (`deltas`), policy losses and KL estimators
+rewards (`task`), the lecture's policy (`model`), the model families
+(`models`: the lecture's `linear` and a tiny causal `transformer`), sampling and
+rewarding (`rollout`), delta modes (`deltas`), policy losses and KL estimators
 (`losses`), the objective they make (`objective`), the optimiser (`optim`),
-per-epoch metrics (`metrics`), the trainer (`train`) and the lecture's own loop
-for parity checks (`reference`). Variants live in registries (`registry`).
+per-epoch metrics (`metrics`), the trainer (`train`; `autoregressive` is its
+second path, for families whose tokens depend on the tokens before them) and the
+lecture's own loop for parity checks (`reference`). Variants live in registries (`registry`).
 
 May import: `sortrl.engine` only. Nothing here knows about grids, the results
 folder or reports.

@@ -77,7 +77,12 @@ def greedy(lengths: tuple[int, ...], prompts: Tensor, logits: Tensor, prefix: st
     `lengths`: the task's prompt lengths (per-length columns when there are several). Without a `prefix`
     (the training prompts) also `solve_rate`: 1 when every prompt is sorted.
     """
-    solved = is_sorted_exactly(prompts, logits.argmax(dim=-1)).float()  # [run batch]
+    return greedy_of(lengths, prompts, logits.argmax(dim=-1), prefix)
+
+
+def greedy_of(lengths: tuple[int, ...], prompts: Tensor, responses: Tensor, prefix: str) -> dict[str, Tensor]:
+    """`greedy` of given greedy responses [run batch pos] (an autoregressive model's, decoded token by token)."""
+    solved = is_sorted_exactly(prompts, responses).float()  # [run batch]
     out = {f"{prefix}greedy_accuracy": solved.mean(dim=-1)}
     if len(lengths) > 1:
         size = (prompts != PAD).sum(dim=-1)
@@ -96,17 +101,26 @@ def _per_prompt(values: Tensor, picks: Tensor | None, num_prompts: int) -> Tenso
 
 
 def sampled(
-    first: Rollout, prompts: Tensor, picks: Tensor | None, old_log_probs: Tensor, num_prompts: int
+    first: Rollout,
+    prompts: Tensor,
+    picks: Tensor | None,
+    old_log_probs: Tensor,
+    num_prompts: int,
+    per_response: bool = False,
 ) -> dict[str, Tensor]:
     """Metrics of the epoch's sampled responses (the first draw, before any re-sampling) and of the sampling policy.
 
     `num_prompts`: training prompts of the task. `mean_reward` (and per prompt) report the task's reward; the spread, zero-std
-    and length-by-sign metrics describe the shaped reward training sees.
+    and length-by-sign metrics describe the shaped reward training sees. `old_log_probs` are [run batch pos vocab]
+    (one policy per prompt position), or with `per_response` [run batch trial pos vocab], the policy at each sampled
+    prefix (an autoregressive model): `entropy` is then the mean over the action tokens of the entropy there.
     """
     rewards, lengths = first.rewards, first.lengths
     probs = torch.exp(old_log_probs)
-    entropy = -(probs * old_log_probs).sum(dim=-1)  # [run batch pos], nats
-    reach = first.action.float().mean(dim=2)  # share of responses that act at each position
+    entropy = -(probs * old_log_probs).sum(dim=-1)  # [run batch pos] (or [run batch trial pos]), nats
+    # share of responses that act at each position, or per response whether it acts there
+    reach = first.action.float() if per_response else first.action.float().mean(dim=2)
+    sum_dims = (1, 2, 3) if per_response else (1, 2)
     centre = rewards.mean(dim=-1, keepdim=True)
     above, below = (rewards > centre).float(), (rewards < centre).float()
     out = {
@@ -119,7 +133,7 @@ def sampled(
         "response_length": lengths.mean(dim=(1, 2)),
         "response_length/above_mean": (lengths * above).sum(dim=(1, 2)) / above.sum(dim=(1, 2)),
         "response_length/below_mean": (lengths * below).sum(dim=(1, 2)) / below.sum(dim=(1, 2)),
-        "entropy": (entropy * reach).sum(dim=(1, 2)) / reach.sum(dim=(1, 2)),
+        "entropy": (entropy * reach).sum(dim=sum_dims) / reach.sum(dim=sum_dims),
         # a common scale for every reward: the share of sampled responses that are exactly sorted(prompt)
         "exact_rate": REWARDS["exact_match"](prompts, first.responses, first.content).mean(dim=(1, 2)),
     }

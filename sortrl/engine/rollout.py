@@ -95,6 +95,20 @@ def sample(
     return rearrange(index, "run (batch pos) trial -> run batch trial pos", batch=batch)
 
 
+def invert(probs: Float[Tensor, "... vocab"], u: Float[Tensor, "..."]) -> Int[Tensor, "..."]:
+    """One token per row of `probs`: the first category whose cumulative share is >= u (inverse-CDF sampling).
+
+    The float cumulative sum in category order over its total, searched in float64, as `sample` searches drawn-ahead
+    uniforms (and torch's multinomial kernel its own): a row's token depends on that row and its u alone. Used by
+    the autoregressive path (`sortrl.engine.autoregressive`), one position at a time, u from the run's generator.
+    """
+    cum = probs.clone()
+    for v in range(1, probs.shape[-1]):  # float adds in category order
+        cum[..., v] += cum[..., v - 1]
+    shares = (cum / cum[..., -1:]).double()
+    return torch.searchsorted(shares, u[..., None].contiguous()).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
 def with_run_axis(prompts: Tensor) -> Tensor:
     """Prompts as [run batch pos] (a view with a run axis of 1 if they are shared, [batch pos])."""
     return prompts if prompts.dim() == 3 else prompts[None]

@@ -47,6 +47,7 @@ from sortrl.engine.losses import (
 )
 from sortrl.engine.metrics import METRICS  # noqa: F401 -- part of the engine's interface (sortrl.engine.train.METRICS)
 from sortrl.engine.model import Params, decode, encode, forward, init_params, init_value_head, value
+from sortrl.engine.models import MODELS
 from sortrl.engine.objective import (
     Entropy,
     Kl,
@@ -84,7 +85,11 @@ BATCH_KEY = (
     "prompts_per_epoch",
     "eval_every",
     "eos",
+    "model",
     "embedding_dim",
+    "d_model",
+    "n_heads",
+    "n_layers",
     "num_epochs",
     "num_steps_per_epoch",
     "num_responses",
@@ -247,7 +252,11 @@ class _Batch:
         self.generators = [torch.Generator().manual_seed(c.seed) for c in configs]
         self.eval_generators = [torch.Generator().manual_seed(c.seed + EVAL_SEED_OFFSET) for c in configs]
         width = c0.response_length
-        self.params: Params = init_params(self.generators, c0.num_tokens, c0.embedding_dim, width, width)
+        self.family = MODELS[c0.model]
+        if self.family.prompt_only:
+            self.params: Params = init_params(self.generators, c0.num_tokens, c0.embedding_dim, width, width)
+        else:  # an autoregressive family (`sortrl.engine.autoregressive` trains it)
+            self.params = self.family.init(self.generators, configs)
         self.fast = c0.engine == "fast"
         self.optimizer = (FusedAdam if self.fast else Adam)(
             list(self.params.values()), torch.tensor([c.learning_rate for c in configs], dtype=torch.float64)
@@ -590,6 +599,10 @@ def _critic_step(state: _Batch, encoded: Tensor, target: ValueLoss) -> Tensor:
 def _train_batch(configs: list[RunConfig], progress: Progress | None, with_config: bool) -> pd.DataFrame:
     c0 = configs[0]
     state = _Batch(configs)
+    if not state.family.prompt_only:  # the engine's second path: a policy over the response so far
+        from sortrl.engine.autoregressive import train_batch  # imports this module's helpers
+
+        return train_batch(state, configs, progress, with_config)
     num_epochs, steps = c0.num_epochs, c0.num_steps_per_epoch
     train_prompts = state.task.train
     names = metrics.names(c0, state.task, state.resample, state.critic is not None)
