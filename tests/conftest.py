@@ -34,7 +34,7 @@ def tiny():
 
 @pytest.fixture
 def engine_spy(monkeypatch):
-    """Record what `sortrl.engine.train` feeds its optimizer and samples, without changing either.
+    """Record what `sortrl.engine.train` (with `sortrl.engine.batch`) feeds its optimizer and samples, without changing either.
 
     Returns a namespace with `steps` (one `(params_before, grads)` pair of
     `{"embedding","encode","decode"}` dicts per inner step), `responses` (each
@@ -49,7 +49,7 @@ def engine_spy(monkeypatch):
     log = SimpleNamespace(steps=[], responses=[], optimizers=[], critic_steps=[])
     names = ("embedding", "encode", "decode")
 
-    class SpyAdam(engine.Adam):
+    class SpyAdam(importlib.import_module("sortrl.engine.optim").Adam):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.policy = len(self.params) == len(names)  # not the critic's value head
@@ -80,7 +80,7 @@ def engine_spy(monkeypatch):
         log.responses[-1] = roll.responses.clone()
         return roll, rounds
 
-    monkeypatch.setattr(engine, "Adam", SpyAdam)
+    monkeypatch.setattr(importlib.import_module("sortrl.engine.batch"), "Adam", SpyAdam)  # a batch makes its optimisers
     monkeypatch.setattr(engine, "sample", spy_sample)
     monkeypatch.setattr(engine, "resample_zero_std", spy_resample)
     return log

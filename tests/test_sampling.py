@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sortrl import RunConfig, train
 from sortrl.engine.rollout import sample, uniforms
 
-ENGINE = sys.modules["sortrl.engine.train"]  # the module (`sortrl.train` is the function)
+BATCH = sys.modules["sortrl.engine.batch"]  # where a batch draws its uniforms ahead
 
 
 def _multinomial(probs: torch.Tensor, seeds: list[int], n: int) -> tuple[torch.Tensor, list[torch.Generator]]:
@@ -88,18 +88,18 @@ def test_drawing_ahead_changes_no_number(monkeypatch, extra):
     configs = [RunConfig(seed=s, **common) for s in range(5)]
     configs.insert(2, RunConfig(seed=9, learning_rate=1e6, kl_penalty=1.0, **common))
     calls = []
-    real = ENGINE.uniforms
-    monkeypatch.setattr(ENGINE, "uniforms", lambda gens, count: calls.append(count) or real(gens, count))
+    real = BATCH.uniforms
+    monkeypatch.setattr(BATCH, "uniforms", lambda gens, count: calls.append(count) or real(gens, count))
     drawn_ahead = train(configs, workers=1)
     assert drawn_ahead.status.tolist().count("diverged") == 1
     per_epoch = 3 * 3 * common.get("num_responses", 10)
     if not extra:
         assert calls == [10 * per_epoch, 3 * per_epoch]
-        monkeypatch.setattr(ENGINE, "DRAW_BUDGET", 6 * 4 * per_epoch)  # 6 runs x 4 epochs fit
+        monkeypatch.setattr(BATCH, "DRAW_BUDGET", 6 * 4 * per_epoch)  # 6 runs x 4 epochs fit
         calls.clear()
         pd.testing.assert_frame_equal(train(configs, workers=1), drawn_ahead, check_exact=True)
         assert calls == [4 * per_epoch] * 3 + [per_epoch]
     else:
         assert calls == []
-    monkeypatch.setattr(ENGINE, "DRAW_AHEAD", 1)
+    monkeypatch.setattr(BATCH, "DRAW_AHEAD", 1)
     pd.testing.assert_frame_equal(train(configs, workers=1), drawn_ahead, check_exact=True)

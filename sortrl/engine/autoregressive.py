@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sortrl.engine import metrics
+from sortrl.engine.batch import Batch, Progress, memory_rows, run_deltas, warn_empty_epoch
 from sortrl.engine.config import RunConfig
 from sortrl.engine.losses import KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES
 from sortrl.engine.objective import Entropy, Kl, Policy, SequenceTokens, fold, ratio_stats, sft_targets
@@ -55,7 +56,6 @@ from sortrl.engine.rollout import (
     zero_std,
 )
 from sortrl.engine.task import sorted_prompts
-from sortrl.engine.train import Progress, _Batch, _deltas, _memory_rows, _warn_empty_epoch
 
 
 def _rows(x: Tensor) -> Tensor:
@@ -79,12 +79,12 @@ def _argmax(t: int, logits: Tensor) -> Tensor:
     return logits.argmax(dim=-1)
 
 
-def greedy(state: _Batch, prompts: Tensor) -> Tensor:
+def greedy(state: Batch, prompts: Tensor) -> Tensor:
     """The argmax policy's response to each prompt, decoded token by token: [run batch pos]."""
     return state.family.generate(state.params, state.c0, prompts, 1, _argmax)[:, :, 0]
 
 
-def draw(state: _Batch, prompts: Tensor, u: Tensor, params=None, temperature=None) -> Tensor:
+def draw(state: Batch, prompts: Tensor, u: Tensor, params=None, temperature=None) -> Tensor:
     """`num_responses` sampled responses per prompt [run batch trial pos], from uniforms u [run (batch pos trial)]."""
     params = state.params if params is None else params
     temperature = state.numbers["temperature"] if temperature is None else temperature
@@ -111,12 +111,12 @@ def log_softmax(z: Tensor) -> Tensor:
     return z - (top + torch.log(total))[..., None]
 
 
-def log_probs(state: _Batch, params, prompts: Tensor, responses: Tensor) -> Tensor:
+def log_probs(state: Batch, params, prompts: Tensor, responses: Tensor) -> Tensor:
     """log pi(. | prompt, prefix) of the tempered policy at every position, teacher-forced: [run (batch trial) pos vocab]."""
     return log_softmax(state.temper(state.family.logits(params, state.c0, prompts, responses).flatten(1, 2)))
 
 
-def resample(state: _Batch, scorer: Scorer, roll: Rollout, prompts: Tensor) -> tuple[Rollout, Tensor]:
+def resample(state: Batch, scorer: Scorer, roll: Rollout, prompts: Tensor) -> tuple[Rollout, Tensor]:
     """DAPO re-sampling (`rollout.resample_zero_std`'s rule) for an autoregressive policy: each round, a run with a
     zero-std group (and rounds left) draws a fresh group for every prompt from its own generator (batch x pos x
     trial uniforms) and keeps it where its group was zero-std. Returns the new rollout and each run's rounds."""
@@ -152,7 +152,7 @@ class Epoch(NamedTuple):
     metrics: dict[str, Tensor]
 
 
-def setup_epoch(state: _Batch, epoch: int) -> Epoch:
+def setup_epoch(state: Batch, epoch: int) -> Epoch:
     """Sample and score the epoch's responses token by token, turn rewards into deltas, prepare every loss term."""
     c0, n = state.c0, state.numbers
     runs, vocab, width = len(state.runs), c0.num_tokens, c0.response_length
@@ -172,7 +172,7 @@ def setup_epoch(state: _Batch, epoch: int) -> Epoch:
         roll, rounds = resample(state, scorer, roll, prompts)
     kept = ~(zero_std(roll.rewards) & n["filter"][:, None])  # [run batch]
     if state.filtering:
-        _warn_empty_epoch(state, kept, epoch)
+        warn_empty_epoch(state, kept, epoch)
     mask = (roll.action & kept[:, :, None, None]).float()
     omega = per_run(state.names["loss_agg_mode"], LOSS_AGG_MODES, {"mask": mask}, kind="loss_agg_mode", max_len=width)
     old = log_probs(state, state.params, prompts, roll.responses)  # [run (batch trial) pos vocab]
@@ -225,7 +225,7 @@ def setup_epoch(state: _Batch, epoch: int) -> Epoch:
         available["grad_sq_norms"] = grad_sq_norms(torch.exp(old), rows.responses, rows.action).view_as(rewards)
     if "action_counts" in state.extras:
         available["action_counts"] = mask.sum(dim=-1)
-    deltas = _deltas(state.names["deltas_mode"], rewards, available)
+    deltas = run_deltas(state.names["deltas_mode"], rewards, available)
 
     mode = LOSS_MODES[c0.loss_mode]
     mode = mode._replace(fn=checked("loss_mode", c0.loss_mode, mode.fn))
@@ -251,7 +251,7 @@ def setup_epoch(state: _Batch, epoch: int) -> Epoch:
     return Epoch(prompts, inputs, policy, entropy, kl, found)
 
 
-def inner_steps(state: _Batch, ep: Epoch) -> dict[str, Tensor]:
+def inner_steps(state: Batch, ep: Epoch) -> dict[str, Tensor]:
     """`num_steps_per_epoch` Adam steps on the epoch's responses (as `train._inner_steps`, log-probs teacher-forced)."""
     clip = state.clip(ep.policy.clip_shape())
     sums: defaultdict[str, Tensor] = defaultdict(lambda: torch.zeros(len(state.runs)))
@@ -269,7 +269,7 @@ def inner_steps(state: _Batch, ep: Epoch) -> dict[str, Tensor]:
         # per run, each tensor's sum of squares along its own row, added tensor by tensor: a sum over a stacked
         # [tensor run] axis changes its order with the number of runs at this many tensors (the tests caught it)
         squares = torch.zeros(len(state.runs))
-        for rows in map(_memory_rows, grads):
+        for rows in map(memory_rows, grads):
             squares = squares + (rows * rows).sum(dim=1)
         sums["grad_norm"] += squares.sqrt()
         state.optimizer.step(list(grads))
@@ -279,7 +279,7 @@ def inner_steps(state: _Batch, ep: Epoch) -> dict[str, Tensor]:
     return sums
 
 
-def evaluate(state: _Batch) -> dict[str, Tensor]:
+def evaluate(state: Batch) -> dict[str, Tensor]:
     """Held-out metrics: sampled mean reward (the eval generators' uniforms) and greedy accuracy (argmax decoding)."""
     prompts, c0 = state.task.eval, state.c0
     u = uniforms(state.eval_generators, len(prompts) * c0.response_length * c0.num_responses)
@@ -289,7 +289,7 @@ def evaluate(state: _Batch) -> dict[str, Tensor]:
     return out
 
 
-def train_batch(state: _Batch, configs: list[RunConfig], progress: Progress | None, with_config: bool) -> pd.DataFrame:
+def train_batch(state: Batch, configs: list[RunConfig], progress: Progress | None, with_config: bool) -> pd.DataFrame:
     """Train one batch of an autoregressive family (the loop of `train._train_batch`); one row per (run, epoch)."""
     c0 = configs[0]
     num_epochs, steps = c0.num_epochs, c0.num_steps_per_epoch

@@ -24,7 +24,7 @@ import math
 import os
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
@@ -34,20 +34,27 @@ import torch
 from torch import Tensor
 
 from sortrl.engine import fast, metrics
+from sortrl.engine.autoregressive import train_batch
+from sortrl.engine.batch import (  # noqa: F401 -- the warnings and EVAL_SEED_OFFSET are part of the engine's interface
+    EVAL_SEED_OFFSET,
+    Batch,
+    EmptyEpochWarning,
+    PeerDifferenceWarning,
+    Progress,
+    memory_rows,
+    run_deltas,
+    warn_empty_epoch,
+)
 from sortrl.engine.config import FIELD_NAMES, RunConfig, load_plugins, peer_differences, physical_memory
-from sortrl.engine.deltas import DELTA_MODES, extras
-from sortrl.engine.fast import FusedAdam
 from sortrl.engine.losses import (
     CRITIC_LOSS_AGG_MODES,
     KL_ESTIMATORS,
     KL_LOSS_AGG_MODES,
     LOSS_AGG_MODES,
     LOSS_MODES,
-    ClipRange,
 )
 from sortrl.engine.metrics import METRICS  # noqa: F401 -- part of the engine's interface (sortrl.engine.train.METRICS)
-from sortrl.engine.model import Params, decode, encode, forward, init_params, init_value_head, value
-from sortrl.engine.models import MODELS
+from sortrl.engine.model import decode, encode, forward, value
 from sortrl.engine.objective import (
     Entropy,
     Kl,
@@ -58,20 +65,16 @@ from sortrl.engine.objective import (
     ratio_stats,
     sft_targets,
 )
-from sortrl.engine.optim import Adam
 from sortrl.engine.registry import ConfigError, checked
 from sortrl.engine.rollout import (
-    Scorer,
     gather,
     grad_sq_norms,
     greedy_scores,
     per_run,
     resample_zero_std,
     sample,
-    uniforms,
     zero_std,
 )
-from sortrl.engine.task import TASKS
 
 BATCH_KEY = (
     "task",
@@ -101,19 +104,8 @@ BATCH_KEY = (
 )
 """Fields a batch must share: they fix tensor shapes or the per-step code path."""
 
-EVAL_SEED_OFFSET = 1 << 40
-"""Held-out sampling uses a generator seeded `seed + EVAL_SEED_OFFSET`, never the training stream."""
-
 MIN_SHARD = 64
 """`train` splits a batch over workers only into shards of at least this many runs (smaller ones gain nothing)."""
-
-DRAW_AHEAD = 10
-"""Epochs of sampling draws taken from the runs' generators at once (`_Batch.sampling_draws`)."""
-
-DRAW_BUDGET = 1 << 21
-"""Most doubles a batch holds drawn ahead (16 MiB): fewer epochs ahead for big batches."""
-
-Progress = Callable[[int], None]
 
 
 def batch_key(cfg: RunConfig) -> tuple[Any, ...]:
@@ -240,136 +232,7 @@ def _train_shard(configs: list[RunConfig], indices: list[int], progress: Progres
     return table
 
 
-class _Batch:
-    """Everything one batch of runs (sharing `BATCH_KEY`) carries from epoch to epoch."""
-
-    def __init__(self, configs: list[RunConfig]):
-        c0 = configs[0]
-        self.c0 = c0
-        self.runs = torch.arange(len(configs))  # original index of each live run
-        self.task = TASKS[c0.task](c0)
-        self.padded = len(c0.lengths) > 1
-        self.generators = [torch.Generator().manual_seed(c.seed) for c in configs]
-        self.eval_generators = [torch.Generator().manual_seed(c.seed + EVAL_SEED_OFFSET) for c in configs]
-        width = c0.response_length
-        self.family = MODELS[c0.model]
-        if self.family.prompt_only:
-            self.params: Params = init_params(self.generators, c0.num_tokens, c0.embedding_dim, width, width)
-        else:  # an autoregressive family (`sortrl.engine.autoregressive` trains it)
-            self.params = self.family.init(self.generators, configs)
-        self.fast = c0.engine == "fast"
-        self.optimizer = (FusedAdam if self.fast else Adam)(
-            list(self.params.values()), torch.tensor([c.learning_rate for c in configs], dtype=torch.float64)
-        )
-
-        def numbers(values: list[float | None]) -> Tensor:
-            return torch.tensor([math.inf if v is None else v for v in values], dtype=torch.float32)
-
-        self.numbers = {
-            "kl_penalty": numbers([c.kl_penalty for c in configs]),
-            "length_penalty": numbers([c.length_penalty for c in configs]),
-            "eps_low": numbers([c.epsilon for c in configs]),
-            "eps_high": numbers([c.clip_high for c in configs]),
-            "dual": numbers([c.clip_ratio_c for c in configs]),
-            "temperature": numbers([c.temperature for c in configs]),
-            "entropy_coeff": numbers([c.entropy_coeff for c in configs]),
-            "overlong_buffer": numbers([c.overlong_buffer_len for c in configs]),
-            "overlong_factor": numbers([c.overlong_penalty_factor for c in configs]),
-            "filter": torch.tensor([c.filter_zero_std_groups for c in configs]),
-            "kl_in_reward": torch.tensor([c.use_kl_in_reward for c in configs]),
-            "kl_bias_correction": torch.tensor([c.use_bias_correction_kl for c in configs]),
-            # re-sampling is part of dynamic sampling: without the filter a run draws one group per prompt
-            "max_gen_batches": torch.tensor(
-                [c.max_num_gen_batches if c.filter_zero_std_groups else 1 for c in configs]
-            ),
-        }
-        self.filtering = any(c.filter_zero_std_groups for c in configs)
-        self.seeds = [c.seed for c in configs]
-        self.warned_empty: set[int] = set()  # runs already warned that an epoch kept no prompt
-        self.names = {
-            "reward": [c.reward for c in configs],
-            "deltas_mode": [c.deltas_mode for c in configs],
-            "loss_agg_mode": [c.loss_agg_mode for c in configs],
-            "kl_loss_agg_mode": [c.kl_loss_agg_mode or c.loss_agg_mode for c in configs],
-        }
-        # features, decided once per batch: a batch pays only for what some run of it uses
-        self.tempered = any(c.temperature != 1 for c in configs)
-        self.use_kl = any(c.kl_penalty != 0 for c in configs)
-        self.use_entropy = any(c.entropy_coeff != 0 for c in configs)
-        self.resample = bool((self.numbers["max_gen_batches"] > 1).any())
-        self.extras = sorted({e for c in configs for e in extras(DELTA_MODES[c.deltas_mode])})
-        self.critic = None
-        if "values" in self.extras:
-            self.critic = init_value_head(len(configs), c0.embedding_dim)
-            # every run has a head (one tensor program), but only critic runs train theirs or report its loss:
-            # a run's numbers must not depend on whether a critic run shares its batch
-            uses = ["values" in extras(DELTA_MODES[c.deltas_mode]) for c in configs]
-            self.numbers["uses_critic"] = torch.tensor(uses)
-            lr = torch.tensor([c.critic_learning_rate * u for c, u in zip(configs, uses)], dtype=torch.float64)
-            self.critic_optimizer = Adam(list(self.critic.values()), lr)
-            self.numbers["cliprange_value"] = numbers([c.cliprange_value for c in configs])
-            # `actor`: the run's own loss_agg_mode (verl's default)
-            agg = [c.loss_agg_mode if c.critic_loss_agg_mode == "actor" else c.critic_loss_agg_mode for c in configs]
-            self.names["critic_loss_agg_mode"] = agg
-            self.numbers["critic_response_mean"] = torch.tensor([a == "response-mean" for a in agg])
-        self.ref: Params | None = None
-        # The uniforms `sample` searches, drawn several epochs ahead when the runs' generators feed nothing else in
-        # between (no prompt minibatches, no re-sampling, no single-response draws): the same numbers in the same
-        # order as epoch by epoch, with a tenth of the per-run calls (which cost the most with threads: the GIL).
-        self.per_epoch = len(self.task.train) * width * c0.num_responses
-        subsample = c0.prompts_per_epoch is not None and c0.prompts_per_epoch < len(self.task.train)
-        fits = DRAW_BUDGET // (len(configs) * self.per_epoch)
-        epoch_by_epoch = subsample or self.resample or c0.num_responses == 1
-        self.draw_ahead = 1 if epoch_by_epoch else max(1, min(DRAW_AHEAD, fits))
-        self.draws: Tensor | None = None
-
-    def sampling_draws(self, epoch: int) -> Tensor | None:
-        """The training uniforms of `epoch`, [run (batch pos trial)], from the block drawn ahead (None: none drawn ahead)."""
-        if self.draw_ahead == 1:
-            return None
-        offset = epoch % self.draw_ahead
-        if offset == 0:
-            self.draws = uniforms(self.generators, min(self.draw_ahead, self.c0.num_epochs - epoch) * self.per_epoch)
-        return self.draws[:, offset * self.per_epoch : (offset + 1) * self.per_epoch]
-
-    def keep(self, alive: Tensor) -> None:
-        """Drop the runs where `alive` is False (they diverged)."""
-        index = alive.nonzero().flatten()
-        pick = index.tolist()
-        self.runs = self.runs[index]
-        self.generators = [self.generators[i] for i in pick]
-        self.eval_generators = [self.eval_generators[i] for i in pick]
-        self.params = {k: v.detach()[index].requires_grad_() for k, v in self.params.items()}
-        self.optimizer.keep(index, list(self.params.values()))
-        if self.critic is not None:
-            self.critic = {k: v.detach()[index].requires_grad_() for k, v in self.critic.items()}
-            self.critic_optimizer.keep(index, list(self.critic.values()))
-        self.numbers = {k: v[index] for k, v in self.numbers.items()}
-        self.names = {k: [v[i] for i in pick] for k, v in self.names.items()}
-        if self.ref is not None:
-            self.ref = {k: v[index] for k, v in self.ref.items()}
-        if self.draws is not None:
-            self.draws = self.draws[index]
-
-    def clip(self, ndim: int) -> ClipRange:
-        shape = (-1,) + (1,) * (ndim - 1)
-        n = self.numbers
-        return ClipRange(n["eps_low"].view(shape), n["eps_high"].view(shape), n["dual"].view(shape))
-
-    def scorer(self) -> Scorer:
-        n, c0 = self.numbers, self.c0
-        overlong = n["overlong_buffer"] if bool((n["overlong_buffer"] > 0).any()) else None
-        eos_id = c0.num_values if c0.eos else None
-        return Scorer(
-            self.names["reward"], n["length_penalty"], overlong, n["overlong_factor"], eos_id, c0.response_length
-        )
-
-    def temper(self, logits: Tensor) -> Tensor:
-        """Logits / T per run (TRL `temperature`); untouched when every run has T = 1 (bit-exact lecture path)."""
-        return logits / self.numbers["temperature"][:, None, None, None] if self.tempered else logits
-
-
-def _evaluate(state: _Batch) -> dict[str, Tensor]:
+def _evaluate(state: Batch) -> dict[str, Tensor]:
     """Held-out metrics: sampled mean reward (own generator, so training's stream is untouched) and greedy accuracy."""
     prompts = state.task.eval
     logits = forward(state.params, prompts, state.padded)
@@ -391,7 +254,7 @@ class _Epoch(NamedTuple):
     metrics: dict[str, Tensor]
 
 
-def _setup_epoch(state: _Batch, epoch: int, logits: Tensor) -> _Epoch:
+def _setup_epoch(state: Batch, epoch: int, logits: Tensor) -> _Epoch:
     """Sample and score the epoch's responses, turn rewards into deltas, and prepare every loss term."""
     c0, n = state.c0, state.numbers
     prompts, picks = state.task.train, None
@@ -413,7 +276,7 @@ def _setup_epoch(state: _Batch, epoch: int, logits: Tensor) -> _Epoch:
         roll, rounds = resample_zero_std(scorer, roll, prompts, probs, state.generators, n["max_gen_batches"])
     kept = ~(zero_std(roll.rewards) & n["filter"][:, None])  # [run batch]
     if state.filtering:
-        _warn_empty_epoch(state, kept, epoch)
+        warn_empty_epoch(state, kept, epoch)
     mask = (roll.action & kept[:, :, None, None]).float()  # tokens in the loss
     omega = per_run(
         state.names["loss_agg_mode"], LOSS_AGG_MODES, {"mask": mask}, kind="loss_agg_mode", max_len=c0.response_length
@@ -471,7 +334,7 @@ def _setup_epoch(state: _Batch, epoch: int, logits: Tensor) -> _Epoch:
         available["grad_sq_norms"] = grad_sq_norms(probs, roll.responses, roll.action)
     if "action_counts" in state.extras:
         available["action_counts"] = mask.sum(dim=-1)
-    deltas = _deltas(state.names["deltas_mode"], rewards, available)
+    deltas = run_deltas(state.names["deltas_mode"], rewards, available)
     value_loss = None
     if state.critic is not None:
         weights = None
@@ -503,47 +366,7 @@ def _setup_epoch(state: _Batch, epoch: int, logits: Tensor) -> _Epoch:
     return _Epoch(prompts, policy, entropy, kl, value_loss, found)
 
 
-class PeerDifferenceWarning(UserWarning):
-    """A config computes otherwise than the peer code its option is named after (`peer_differences`)."""
-
-
-class EmptyEpochWarning(UserWarning):
-    """An epoch of a run kept no prompt (DAPO's filter dropped them all): it trained on nothing."""
-
-
-def _warn_empty_epoch(state: _Batch, kept: Tensor, epoch: int) -> None:
-    """Warn, once per run, when the zero-std filter left a run's epoch without a prompt (verl's DAPO trainer
-    would draw more prompts; here the epoch trains on nothing, its loss is 0 and `frac_reward_zero_std` 1)."""
-    for r in (~kept.any(dim=1) & state.numbers["filter"]).nonzero().flatten().tolist():
-        run = int(state.runs[r])
-        if run not in state.warned_empty:
-            state.warned_empty.add(run)
-            warnings.warn(
-                f"seed {state.seeds[run]}: epoch {epoch} kept no prompt (every group's rewards were equal, even after "
-                "max_num_gen_batches draws), so it trained on nothing; warned once per run",
-                EmptyEpochWarning,
-                stacklevel=2,
-            )
-
-
-def _deltas(names: list[str], rewards: Tensor, available: dict[str, Tensor]) -> Tensor:
-    """Each run's deltas from its mode, passing each mode the extras it asks for (sliced to its runs)."""
-    out = None
-    for name in sorted(set(names)):
-        fn = DELTA_MODES[name]
-        index = torch.tensor([r for r, m in enumerate(names) if m == name])
-        whole = len(index) == len(names)
-        args = {k: available[k] if whole else available[k][index] for k in extras(fn)}
-        part = checked("deltas_mode", name, fn)(rewards if whole else rewards[index], **args)
-        if whole:
-            return part
-        if out is None:
-            out = part.new_empty(rewards.shape)
-        out[index] = part
-    return out
-
-
-def _inner_steps(state: _Batch, ep: _Epoch) -> dict[str, Tensor]:
+def _inner_steps(state: Batch, ep: _Epoch) -> dict[str, Tensor]:
     """`num_steps_per_epoch` Adam steps on the epoch's responses; returns each metric's sum over the steps."""
     c0 = state.c0
     clip = state.clip(ep.policy.clip_shape())
@@ -563,7 +386,7 @@ def _inner_steps(state: _Batch, ep: _Epoch) -> dict[str, Tensor]:
         grads = torch.autograd.grad(run_loss.sum(), params)
         # per run, the sum of squares along the run's own row: batch-invariant (a fused norm kernel and a
         # [1 n] @ [n 1] bmm both change their summation order with the batch size; the tests caught both)
-        sums["grad_norm"] += torch.stack([(r * r).sum(dim=1) for r in map(_memory_rows, grads)]).sum(dim=0).sqrt()
+        sums["grad_norm"] += torch.stack([(r * r).sum(dim=1) for r in map(memory_rows, grads)]).sum(dim=0).sqrt()
         state.optimizer.step(list(grads))
         sums["loss"] += run_loss.detach()
         if ratio is not None:
@@ -574,18 +397,7 @@ def _inner_steps(state: _Batch, ep: _Epoch) -> dict[str, Tensor]:
     return sums
 
 
-def _memory_rows(t: Tensor) -> Tensor:
-    """[run ...] -> [run n]: each run's elements in memory order, a view (no copy) of a dense tensor.
-
-    `decode` is a permuted view (see `sortrl.engine.model.init_params`), so its gradient is too; flattening it in
-    logical order would copy it at every step.
-    """
-    strides = t.stride()
-    order = sorted(range(1, len(strides)), key=lambda d: -strides[d])
-    return t.permute(0, *order).flatten(1)
-
-
-def _critic_step(state: _Batch, encoded: Tensor, target: ValueLoss) -> Tensor:
+def _critic_step(state: Batch, encoded: Tensor, target: ValueLoss) -> Tensor:
     """One Adam step of the value head on its value loss (`ValueLoss`: 0.5 (V(prompt) - r)^2, clipped and aggregated
     as the run says); returns that loss [run]."""
     with torch.enable_grad():
@@ -598,10 +410,8 @@ def _critic_step(state: _Batch, encoded: Tensor, target: ValueLoss) -> Tensor:
 
 def _train_batch(configs: list[RunConfig], progress: Progress | None, with_config: bool) -> pd.DataFrame:
     c0 = configs[0]
-    state = _Batch(configs)
+    state = Batch(configs)
     if not state.family.prompt_only:  # the engine's second path: a policy over the response so far
-        from sortrl.engine.autoregressive import train_batch  # imports this module's helpers
-
         return train_batch(state, configs, progress, with_config)
     num_epochs, steps = c0.num_epochs, c0.num_steps_per_epoch
     train_prompts = state.task.train
