@@ -722,6 +722,25 @@ def interrupt_cases() -> list[Case]:
             )
         )
 
+    for command in ("sweep", "report"):
+        for how, name in ((signal.SIGKILL, "kill -9"), (signal.SIGTERM, "SIGTERM")):
+            args = (
+                ["sweep", "s.toml", "--results", "res", "--n-jobs", "2", "--chunk-size", "2"]
+                if command == "sweep"
+                else ["report", "--results", "res", "--no-cache"]
+            )
+            cases.append(
+                Case(
+                    "interrupts",
+                    f"{name} of {command}'s main process alone, 6 s in: no process left",
+                    args,
+                    "killed" if how == signal.SIGKILL else "interrupt",
+                    files={"s.toml": SLOW, "g.toml": tiny(), "h.toml": tiny(name="other")},
+                    before=[] if command == "sweep" else [["sweep", "g.toml", "h.toml", "--results", "res"]],
+                    interrupt=(6.0, how),
+                )
+            )
+
     def resumed(work: Path, run: Run) -> str | None:
         return expect_runs(16)(work, run) or (None if "already stored" in run.stderr else "did not resume")
 
@@ -907,14 +926,15 @@ def dask_cases() -> list[Case]:
     return [
         Case(
             "dask workers",
-            "a local Dask worker stopped (SIGSTOP) after it joined",
+            f"a local Dask worker {what} after it joined",
             ["sweep", "s.toml", "--results", "res", "--n-jobs", "2", "--chunk-size", "2", "--backend", "dask"],
             "ok",
             files={"s.toml": SLOW},
-            interrupt=(-1, signal.SIGSTOP),  # -1: a Dask worker, once the first chunk is stored
+            interrupt=(-1, how),  # -1: a Dask worker, once the first chunk is stored
             check=expect_runs(16),
             timeout=300,
         )
+        for what, how in (("stopped (SIGSTOP)", signal.SIGSTOP), ("killed (SIGKILL)", signal.SIGKILL))
     ]
 
 
@@ -1057,6 +1077,8 @@ def classify(case: Case, run: Run, left: list[int], lost: list[str], escaped: li
     if case.trained_nothing and chunks(work) and case.expect == "error":
         return "silent wrong", f"trained before refusing: {len(chunks(work))} chunk(s) stored; {last[:120]}"
     problem = case.check(work, run) if case.check is not None else None
+    if case.expect == "killed":  # kill -9: nothing to say, nothing may be left running or lost
+        return ("silent wrong", problem) if problem else ("clean", f"exit {run.code}, nothing left running")
     if case.expect == "interrupt":
         said = [line for line in lines if re.match(r"(interrupted|stopped|aborted)\b", line)]
         if run.code == 0:
@@ -1144,6 +1166,8 @@ def main() -> None:
         print(f"{len(cases)} cases")
         return
 
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started with `&` or nohup: the commands would inherit it,
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # and sortrl keeps ignoring Ctrl-C when started so
     root = Path(tempfile.mkdtemp(prefix="sortrl-hostile-"))
     env = dict(os.environ)
     env.update(

@@ -932,6 +932,7 @@ class _DaskPool(_Pool):
         self.poll = max(0.2, min(5.0, timeout / 4))
         self.alone_since: float | None = None  # since when no worker has answered
         self.deaf_since: float | None = None  # since when the scheduler has not answered
+        self.handled: set[str] = set()  # workers killed or removed (one warning each, whatever the scheduler lists)
 
     def start(self, chunks: int) -> None:
         """A local cluster: at most as many chunks at once as it has workers (one a core), which the plan says."""
@@ -968,7 +969,10 @@ class _DaskPool(_Pool):
                 ) from None
             return []
         self.deaf_since = None
-        silent = {a: (age, pid) for a, (age, pid) in workers.items() if age >= self.timeout}
+        self.handled &= set(workers)  # gone from the scheduler's list: an address that joins again is a new worker
+        silent = {a: (age, pid) for a, (age, pid) in workers.items() if age >= self.timeout and a not in self.handled}
+        alive = [a for a in workers if a not in silent and a not in self.handled]
+        self.handled.update(silent)
         events = []
         if silent:
             if self.local:
@@ -981,7 +985,7 @@ class _DaskPool(_Pool):
                     "from the cluster; its chunks train on the other workers"
                     for a, (age, _) in silent.items()
                 ]
-        if len(workers) > len(silent) or self.local and silent:  # a local worker killed now starts again
+        if alive or self.local and silent:  # a local worker killed now starts again
             self.alone_since = None
         else:
             self.alone_since = self.alone_since or now
@@ -1075,7 +1079,8 @@ def _pool(
 
 @contextlib.contextmanager
 def _sigint_blocked() -> Iterator[None]:
-    """Block SIGINT in this thread meanwhile, so that the processes (and threads) started here inherit it blocked.
+    """Block SIGINT in this thread meanwhile, so that the processes (and threads) started here inherit it blocked;
+    hold a SIGTERM that a Python handler would raise on, until the end.
 
     A Ctrl-C at the terminal goes to every process of the foreground group;
     workers that never see it print nothing, and only this process reacts
@@ -1093,11 +1098,21 @@ def _sigint_blocked() -> Iterator[None]:
 
     resource_tracker.ensure_running()
     loky_tracker.ensure_running()
+    # SIGTERM is held too, by its Python handler (a mask would be inherited: Dask's nanny stops its workers by it):
+    # raised in the middle of starting a process, it left a half-started one that this process then waited for at
+    # exit, for ever (or a worker's traceback); it is raised here once they are up
+    handler, held = signal.getsignal(signal.SIGTERM), []
+    if callable(handler):
+        signal.signal(signal.SIGTERM, lambda signum, frame: held.append(signum))
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        if callable(handler):
+            signal.signal(signal.SIGTERM, handler)
+            if held:
+                handler(signal.SIGTERM, None)
 
 
 def worker_init(parent: int) -> None:
