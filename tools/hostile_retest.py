@@ -710,6 +710,18 @@ def interrupt_cases() -> list[Case]:
                     interrupt=(seconds, signal.SIGINT),
                 )
             )
+    for how, name in ((signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")):
+        cases.append(
+            Case(
+                "interrupts",
+                f"{name} once the sweep stored a chunk: the stored runs stay, whole",
+                ["sweep", "s.toml", "--results", "res", "--n-jobs", "2", "--chunk-size", "2"],
+                "interrupt",
+                files={"s.toml": SLOW},
+                interrupt=(-2, how),  # -2: once a chunk is stored
+                check=lambda work, run: None if stored_runs(work) >= 2 else "nothing stored",
+            )
+        )
     for seconds in (1.0, 4.0):
         cases.append(
             Case(
@@ -1024,7 +1036,11 @@ class Runner:
     @staticmethod
     def _disturb(proc: subprocess.Popen, cwd: Path, interrupt: tuple[float, int], stopped: list[int], end: float):
         seconds, how = interrupt
-        if seconds < 0:  # a Dask worker, once the first chunk is stored
+        if seconds == -2:  # the command, once the first chunk is stored
+            while not chunks(cwd) and proc.poll() is None and time.monotonic() < end:
+                time.sleep(0.01)
+            seconds = 0.0
+        elif seconds < 0:  # a Dask worker, once the first chunk is stored
             while not chunks(cwd) and proc.poll() is None and time.monotonic() < end:
                 time.sleep(0.02)
             workers = dask_workers(proc.pid)
