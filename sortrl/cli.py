@@ -9,6 +9,7 @@ exit code 2, never a traceback.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import gc
 import inspect
@@ -55,7 +56,7 @@ class _OneLineErrors(TyperGroup):
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _terminate_as_exit():
             warnings.showwarning = _one_line_warning
             self._run(*args, **kwargs)
 
@@ -76,7 +77,36 @@ class _OneLineErrors(TyperGroup):
             where = err.filename2 or err.filename
             print(f"error: {err.strerror or err}" + (f": {where}" if where else ""), file=sys.stderr)
             sys.exit(1)
+        except _Terminated:  # SIGTERM (`kill`, a batch system's limit): unwound like Ctrl-C, one line
+            print("stopped", file=sys.stderr)
+            sys.exit(143)
+        if code == 130:  # typer turns a Ctrl-C (KeyboardInterrupt) into exit code 130, without a word
+            print("interrupted", file=sys.stderr)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+class _Terminated(SystemExit):
+    """SIGTERM arrived: unwinds like Ctrl-C (finally blocks and atomic writes run), then one line and exit 143."""
+
+
+@contextlib.contextmanager
+def _terminate_as_exit() -> Any:
+    """Meanwhile SIGTERM raises `_Terminated` (where it still has the default action, in the main thread): a command
+    killed by `kill` says so in one line instead of vanishing (`sortrl sweep` has its own handler, and line)."""
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise _Terminated(143)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
+    if previous is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:

@@ -23,7 +23,7 @@ The contract of each kind (shapes use the axes `run batch trial pos vocab`):
 | --- | --- | --- |
 | `deltas_mode` | `fn(rewards [run batch trial], **extras) -> [run batch trial]` | extras by parameter name: `sortrl.engine.deltas.EXTRAS` |
 | `loss_mode` | `fn(log_probs, old_log_probs, advantages, clip: ClipRange) -> per-token loss` | flags below |
-| `reward` | `fn(prompts [batch pos] or [run batch pos], responses [run batch trial pos], content) -> [run batch trial]` | see `sortrl.engine.task` |
+| `reward` | `fn(prompts [batch pos] or [run batch pos], responses [run batch trial pos], content) -> [run batch trial]` | see `sortrl.engine.task`; optional flag `bounds=(low, high)` |
 | `kl_estimator` | `fn(log_probs, ref_log_probs) -> per-token KL estimate (same shape)` | must be >= 0 to be a divergence |
 | `loss_agg_mode` | `fn(mask [run batch trial pos], max_len) -> per-token weights omega (same shape)` | also a `kl_loss_agg_mode` and a `critic_loss_agg_mode` |
 
@@ -32,9 +32,16 @@ trained) and must compute each run's row from that run's inputs alone: the
 runs of a batch are independent experiments, and a run's numbers must not
 change with the runs trained beside it (the chunk size). The engine checks a
 plug-in's results (`sortrl.engine.registry.checked`): a result that is not a
-finite float tensor of the shape above, or that mixes the runs (a run's row
-differs from the plug-in's result on that run alone), stops training with one
-`ConfigError` line naming the plug-in and its function.
+finite float tensor (float32 or float64) of the shape above, or that mixes the
+runs (a run's row differs from the plug-in's result on that run alone), stops
+training with one `ConfigError` line naming the plug-in and its function. A
+reward may declare the range its values lie in, `bounds=(low, high)` (as
+sortrl's own rewards lie in 0 .. 2L-1, 0 .. L, 0 .. 1): a value outside it is
+refused the same way, in training and where the report computes the best and
+the uniform random policy's mean reward (`sortrl.engine.task.reward_bounds`).
+Functions are called with keyword arguments named as in the table (a reward's
+`prompts`, `responses`, `content`; an aggregation's `mask`, `max_len`):
+`register` refuses one whose parameters cannot take them.
 
 A model family (`model`) is registered as a `sortrl.engine.models.ModelFamily`
 of three functions, all over a leading `run` axis, each run's weights its own:
@@ -77,6 +84,8 @@ response's advantage (slower, but exact).
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -90,7 +99,7 @@ from sortrl.engine.losses import (
     LossMode,
 )
 from sortrl.engine.models import MODELS, ModelFamily
-from sortrl.engine.registry import PLUGGED
+from sortrl.engine.registry import BOUNDS, PLUGGED
 from sortrl.engine.task import REWARDS
 
 KINDS = ("deltas_mode", "loss_mode", "reward", "kl_estimator", "loss_agg_mode", "model")
@@ -112,12 +121,14 @@ def register(kind: str, name: str, fn: Callable[..., Any] | None = None, **flags
     """Add `fn` to the registry of `kind` under `name`; usable as a decorator (`@register(kind, name)`).
 
     `flags` are the `LossMode` fields of a loss mode (`linear`, `uses_ratio`,
-    `clips`, and optionally `supervised`, `foldable`); other kinds take none.
+    `clips`, and optionally `supervised`, `foldable`), or a reward's optional
+    `bounds=(low, high)` (finite, low <= high: every value it returns must lie in them); other kinds take none.
     Registering the same function again (a module imported twice, a notebook
     cell run again: same module and name) replaces it.
     Raises `ValueError` for an unknown kind, a taken name (one of sortrl's own, `BUILT_IN`, is never replaced,
     whatever the function's `__module__` claims), a delta mode asking
-    for an extra the engine does not provide, or flags that do not fit.
+    for an extra the engine does not provide, a reward or aggregation whose parameters cannot take the keyword
+    arguments the engine passes (`KEYWORDS`), or flags that do not fit.
     """
     if fn is None:
         return lambda f: register(kind, name, f, **flags)
@@ -125,8 +136,12 @@ def register(kind: str, name: str, fn: Callable[..., Any] | None = None, **flags
         raise ValueError(f"register: unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}")
     if not isinstance(name, str) or not name:
         raise ValueError(f"register: a {kind} needs a non-empty name, got {name!r}")
+    bounds = None
+    if kind == "reward" and "bounds" in flags:
+        bounds = _bounds(name, flags.pop("bounds"))
     if kind != "loss_mode" and flags:
-        raise ValueError(f"register: a {kind} takes no flags, got {', '.join(flags)}")
+        allowed = " but bounds" if kind == "reward" else ""
+        raise ValueError(f"register: a {kind} takes no flags{allowed}, got {', '.join(flags)}")
     entry: Any = fn
     if kind == "loss_mode":
         try:
@@ -142,13 +157,48 @@ def register(kind: str, name: str, fn: Callable[..., Any] | None = None, **flags
         )
     if name in BUILT_IN[kind]:
         raise ValueError(f"register: {kind} {name!r} is one of sortrl's own; choose another name")
+    if kind in KEYWORDS:
+        _check_keywords(kind, name, fn)
     PLUGGED.setdefault(kind, set()).add(name)
     for registry in _REGISTRIES[kind]:
         old = registry.get(name)
         if old is not None and old != entry and _origin(old) != _origin(entry):
             raise ValueError(f"register: {kind} {name!r} is already registered (by {_origin(old)})")
         registry[name] = entry  # a new definition of the same function (a notebook cell run again) replaces it
+    if bounds is None:
+        BOUNDS.pop((kind, name), None)
+    else:
+        BOUNDS[(kind, name)] = bounds
     return fn
+
+
+KEYWORDS = {"reward": ("prompts", "responses", "content"), "loss_agg_mode": ("mask", "max_len")}
+"""The keyword arguments the engine calls a plug-in of these kinds with (`sortrl.engine.rollout.per_run`)."""
+
+
+def _check_keywords(kind: str, name: str, fn: Callable[..., Any]) -> None:
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or C function without a signature: the call will tell
+        return
+    try:
+        signature.bind(**dict.fromkeys(KEYWORDS[kind]))
+    except TypeError:
+        raise ValueError(
+            f"register: {kind} {name!r} must take the keyword arguments {', '.join(KEYWORDS[kind])}; "
+            f"its parameters are {signature}"
+        ) from None
+
+
+def _bounds(name: str, bounds: Any) -> tuple[float, float]:
+    """A reward's declared `bounds`, checked: two finite numbers, low <= high."""
+    try:
+        low, high = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        low = high = math.nan
+    if isinstance(bounds, str) or not (math.isfinite(low) and math.isfinite(high) and low <= high):
+        raise ValueError(f"register: reward {name!r}: bounds must be two finite numbers (low, high), got {bounds!r}")
+    return low, high
 
 
 def _origin(entry: Any) -> str:

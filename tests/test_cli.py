@@ -674,6 +674,67 @@ def test_ctrl_c_while_the_command_starts_up_is_one_line():
     assert process.returncode == 130 and err.decode().strip() == "interrupted (while starting up)", (out, err)
 
 
+@pytest.mark.slow
+def test_sigterm_while_the_command_starts_up_is_one_line():
+    """SIGTERM (`kill`) during the imports: one line and exit code 143 (the process vanished, exit -15)."""
+    import signal
+
+    process = subprocess.Popen(
+        [Path(sys.executable).parent / "sortrl", "train", "--num-epochs", "50"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(0.3)  # still importing torch, pandas and typer
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 143 and err.decode().strip() == "stopped (while starting up)", (out, err)
+
+
+@pytest.mark.parametrize("command", ["train", "report"])
+def test_ctrl_c_after_start_up_is_one_line(tmp_path, monkeypatch, command):
+    """Ctrl-C while `sortrl train` trains or `sortrl report` reports: typer made it exit code 130 without a word."""
+    from sortrl.engine import train as engine
+    from sortrl.render import publish
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "train", interrupted)
+    monkeypatch.setattr(publish, "write_report", interrupted)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "x").mkdir()
+    args = ["train", "--num-epochs", "1"] if command == "train" else ["report", "--results", tmp_path]
+    result = invoke(*args)
+    assert result.exit_code == 130 and result.stderr.strip() == "interrupted", (result.stderr, result.exception)
+
+
+TERMINATED_WHILE_TRAINING = """
+import os, signal, sys, time
+from sortrl.engine import train as engine
+from sortrl.cli import main
+
+def terminated(*args, **kwargs):
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)  # the handler raises here
+    finally:
+        print("unwound", flush=True)
+
+engine.train = terminated
+sys.argv = ["sortrl", "train", "--num-epochs", "1"]
+main()
+"""
+
+
+def test_sigterm_after_start_up_is_one_line():
+    """SIGTERM while a command runs unwinds it (finally blocks run) and ends with one line and exit code 143 (the
+    process vanished, exit -15)."""
+    done = subprocess.run(
+        [sys.executable, "-c", TERMINATED_WHILE_TRAINING], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 143 and done.stderr.strip() == "stopped" and done.stdout == "unwound\n", done
+
+
 def test_a_big_grid_is_announced_before_it_is_planned(tmp_path, monkeypatch):
     """From BIG_GRID runs on, planning takes seconds: the grid's size is said first."""
     from sortrl import cli

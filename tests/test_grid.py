@@ -167,7 +167,7 @@ def test_bad_claims_are_one_line_errors(change, needle):
 
 
 @pytest.mark.parametrize(
-    "claim_id", ["../../../escaped", "/tmp/abs", "A\nB | x", "a.b", "with space", "x/y", ""], ids=repr
+    "claim_id", ["../../../escaped", "/tmp/abs", "A\nB | x", "a.b", "with space", "x/y", "", "x" * 65], ids=repr
 )
 def test_a_claim_id_is_a_safe_file_name(claim_id):
     """A claim id becomes `figures/claim_<id>.png`: no separator, dot, newline or space gets through."""
@@ -175,6 +175,21 @@ def test_a_claim_id_is_a_safe_file_name(claim_id):
         parse_grid(GRID + CLAIM.replace('id = "K1"', f"id = {json.dumps(claim_id)}"), "claims.toml")
     message = str(error.value)
     assert message.startswith("claims.toml: [[claim]] 1: id: ") and "\n" not in message
+
+
+def test_names_that_become_file_names_are_at_most_64_characters():
+    """A 300-character claim id passed the sweep's check and trained; its figure file's name was then too long to
+    write. Experiment names and claim ids are capped (64 characters), where they are declared."""
+    parse_grid(GRID.replace('name = "', 'name = "' + "n" * 60, 1) + CLAIM.replace('id = "K1"', f'id = "{"k" * 64}"'))
+    with pytest.raises(ConfigError, match="^claims.toml: name: required, a non-empty string of at most 64 letters"):
+        parse_grid(GRID.replace('name = "', 'name = "' + "n" * 80, 1), "claims.toml")
+    with pytest.raises(ConfigError, match="^claims.toml: \\[\\[claim\\]\\] 1: id: at most 64 letters"):
+        parse_grid(GRID + CLAIM.replace('id = "K1"', f'id = "{"k" * 65}"'), "claims.toml")
+
+
+def test_a_claim_naming_no_configuration_says_which_side():
+    with pytest.raises(ConfigError, match="K1: old: no configuration of the grid has {'kl_penalty': 0.5}"):
+        parse_grid(GRID + CLAIM.replace("old = { kl_penalty = 0.0 }", "old = { kl_penalty = 0.5 }"), "claims.toml")
 
 
 def test_an_interaction_within_two_equal_values_is_refused():

@@ -202,6 +202,94 @@ def test_a_plugin_reward_and_aggregation_are_checked_too(registries):
         train([RunConfig(loss_agg_mode="bad_agg_test", num_epochs=1, num_steps_per_epoch=1)])
 
 
+def _inclusion_ordering(prompts, responses, content):
+    return REWARDS["inclusion_ordering"](prompts, responses, content)
+
+
+BAD_REWARDS = {  # a plug-in reward (sortrl's own, through a change) and what the line says it returned
+    "nan": (lambda r: r * float("nan"), "a tensor with inf or nan values"),
+    "inf": (lambda r: r + float("inf"), "a tensor with inf or nan values"),
+    "nan at the sorted response": (lambda r: torch.where(r == 5, float("nan"), r), "a tensor with inf or nan values"),
+    "a [run batch] tensor": (lambda r: r[..., 0], "a tensor of shape"),
+    "a float": (lambda r: 0.5, "a float"),
+    "a list": (lambda r: r.tolist(), "a list"),
+    "a numpy array": (lambda r: r.numpy(), "a ndarray"),
+    "None": (lambda r: None, "a NoneType"),
+    "an integer tensor": (lambda r: r.long(), "a tensor of torch.int64"),
+    "a float16 tensor": (lambda r: r.half(), "a tensor of torch.float16"),
+    "above its bounds": (lambda r: r, "a tensor with values outside its declared bounds [0, 2] (from "),
+    "below its bounds": (lambda r: r - 10, "a tensor with values outside its declared bounds [0, 2] (from -"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REWARDS, ids=str)
+def test_a_plugin_rewards_results_are_checked_where_the_best_and_chance_rewards_come_from(registries, case):
+    """The report's and `sortrl train`'s summary's best and chance rewards (`reward_bounds`) called a plug-in reward
+    unchecked: NaN became a 'best possible nan' (or a chance of nan), a wrong type a traceback, a [run batch] result
+    broadcast silently, out-of-bounds values went unseen. Now one line naming the plug-in and what it returned."""
+    from sortrl.engine.task import reward_bounds
+
+    change, what = BAD_REWARDS[case]
+    register("reward", "bad_test", lambda prompts, responses, content: change(_inclusion_ordering(prompts, responses, content)),
+             bounds=(0, 2))  # fmt: skip
+    with pytest.raises(ConfigError) as error:
+        reward_bounds(RunConfig(reward="bad_test", prompts=[[1, 2, 3]]))  # no name in the cache of chances
+    message = str(error.value)
+    assert message.startswith("reward 'bad_test' (test_plugins.") and f"returned {what}" in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("case", ["a float16 tensor", "above its bounds", "below its bounds"])
+def test_a_plugin_reward_out_of_its_bounds_or_half_precision_stops_training_in_one_line(registries, case):
+    """In training too: a value outside the reward's declared bounds, or a half-precision result (which rounded the
+    rewards silently: 2.3 became 2.30078), is one line naming the plug-in."""
+    change, what = BAD_REWARDS[case]
+    register("reward", "bad_test", lambda prompts, responses, content: change(_inclusion_ordering(prompts, responses, content)),
+             bounds=(0, 2))  # fmt: skip
+    with pytest.raises(ConfigError) as error:
+        train([RunConfig(reward="bad_test", num_epochs=1, num_steps_per_epoch=1)])
+    message = str(error.value)
+    assert message.startswith("reward 'bad_test' (") and f"returned {what}" in message, message
+    assert "float tensor of shape [1, 3, 10] (float32 or float64)" in message and "\n" not in message
+
+
+def test_a_plugin_reward_within_its_bounds_trains_as_sortrls_own(registries):
+    register("reward", "same_test", _inclusion_ordering, bounds=(0, 5))
+    fields = {"num_epochs": 3, "num_steps_per_epoch": 2}
+    pd.testing.assert_frame_equal(
+        train([RunConfig(reward="same_test", **fields)]).drop(columns=["run_id", "reward"]),
+        train([RunConfig(**fields)]).drop(columns=["run_id", "reward"]),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "fn", "flags", "message"),
+    [
+        (
+            "reward",
+            lambda p, r, c: r.float().sum(-1),
+            {},
+            "must take the keyword arguments prompts, responses, content",
+        ),
+        ("loss_agg_mode", lambda m, n: m, {}, "must take the keyword arguments mask, max_len"),
+        (
+            "reward",
+            _inclusion_ordering,
+            {"bounds": (2, 1)},
+            "bounds must be two finite numbers (low, high), got (2, 1)",
+        ),
+        ("reward", _inclusion_ordering, {"bounds": (0, float("inf"))}, "bounds must be two finite numbers"),
+        ("reward", _inclusion_ordering, {"bounds": "01"}, "bounds must be two finite numbers"),
+    ],
+)
+def test_register_refuses_a_reward_the_engine_cannot_call_or_bound(registries, kind, fn, flags, message):
+    """The engine passes a reward and an aggregation keyword arguments: other names were a TypeError traceback at the
+    first call; bounds must be a real range."""
+    with pytest.raises(ValueError, match="^register: ") as error:
+        register(kind, "odd_test", fn, **flags)
+    assert message in str(error.value)
+
+
 def _loss_returning(change, loss=lambda lp, old, a: -a * lp, **flags):
     """Register loss mode `bad_test`: `loss` (the lecture's naive -A log pi), through `change`."""
     flags = {"linear": True, "uses_ratio": False, "clips": False, **flags}
@@ -343,6 +431,12 @@ WORKER_CASES = {  # what a grid's worker trains, and the line it ends with
         "loss_mode 'bad_test' (",
         "returned a float",
     ),
+    "reward": (
+        "register('reward', 'bad_test', lambda prompts, responses, content: content.float().sum(-1), bounds=(0, 1))",
+        'reward = ["bad_test"]',
+        "reward 'bad_test' (",
+        "returned a tensor with values outside its declared bounds [0, 1] (from ",
+    ),
     "mixing": (
         "register('kl_estimator', 'bad_test', lambda lp, ref: (lp - ref.mean(dim=0, keepdim=True)) ** 2)",
         'kl_estimator = ["bad_test"]\nkl_penalty = [0.1]',
@@ -354,7 +448,15 @@ WORKER_CASES = {  # what a grid's worker trains, and the line it ends with
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("backend", "case"), [("loky", "deltas_mode"), ("dask", "deltas_mode"), ("loky", "loss_mode"), ("loky", "mixing")]
+    ("backend", "case"),
+    [
+        ("loky", "deltas_mode"),
+        ("dask", "deltas_mode"),
+        ("loky", "loss_mode"),
+        ("loky", "mixing"),
+        ("loky", "reward"),
+        ("dask", "reward"),
+    ],
 )
 def test_a_plugin_returning_the_wrong_thing_in_a_sweep_worker_is_one_line(tmp_path, backend, case):
     """The same one line from loky worker processes or a local Dask cluster, not a remote traceback or worker logs."""

@@ -835,3 +835,140 @@ def test_steps_drop_a_lost_attempt_and_its_late_reports():
     steps.store(2)
     steps.report((retry, 90))  # after the chunk is stored: ignored
     assert told == [("a", 60), ("b", 10), ("a", 100), ("a", 0), ("a", 20), ("a", 100), ("b", 30)]
+
+
+# --- issue 23: a Dask worker stopped after it joined; the local plan counts the workers that run ------------------
+
+
+def new_dask_workers(before: set[int]) -> list[int]:
+    """This process's Dask worker processes (a local cluster's, spawned) started since `before` was listed."""
+    import psutil
+
+    return [
+        p.pid
+        for p in psutil.Process().children()
+        if p.pid not in before and "spawn_main" in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE
+    ]
+
+
+def stop_when_stored(folder: Path, pids, done, stopped: list[int], give_up: float = 120) -> None:
+    """Once `folder` holds a chunk, SIGSTOP the processes `pids()` lists; if the sweep is not `done` within
+    `give_up` s, SIGCONT them (a sweep that never notices would wait for ever: it then ends, and the test fails)."""
+    deadline = time.time() + 60
+    while chunk_count(folder) == 0 and time.time() < deadline:
+        time.sleep(0.01)
+    for pid in pids():
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+    if not done.wait(give_up):
+        for pid in stopped:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.slow
+def test_stopped_workers_of_a_local_dask_cluster_are_restarted_and_the_sweep_completes(tmp_path):
+    """A local cluster's workers all stopped (SIGSTOP) after they joined: the sweep waited for ever (it warned every
+    minute). Now each worker not heard from for `worker_timeout` s is killed, its nanny starts a new one, and the
+    chunks train again: every run is stored, once."""
+    import threading
+
+    before = {p.pid for p in __import__("psutil").Process().children()}
+    folder, done, stopped = runs_dir(tmp_path, "workers"), threading.Event(), []
+    helper = threading.Thread(
+        target=stop_when_stored, args=(folder, lambda: new_dask_workers(before), done, stopped), daemon=True
+    )
+    helper.start()
+    try:
+        with pytest.warns(sweep_module.SweepWarning) as caught:
+            outcome = run_sweep(
+                parse_grid(WORKER_GRID), tmp_path, n_jobs=2, chunk_size=2, backend="dask", worker_timeout=8
+            )
+    finally:
+        done.set()
+        helper.join()
+        for pid in stopped:  # killed by the sweep; a failed test leaves none behind either
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    messages = [str(w.message) for w in caught]
+    assert stopped and outcome.trained == 16 and outcome.problem is None, messages
+    assert any("has not answered for" in m and "killed it" in m for m in messages), messages
+    complete(tmp_path, "workers", 16, 60)
+
+
+@pytest.mark.slow
+def test_a_cluster_whose_only_worker_stopped_ends_the_sweep_in_one_line_keeping_what_is_stored(tmp_path):
+    """A scheduler's only worker stopped after it joined: the sweep waited for ever. Now the worker is removed from
+    the cluster once it has not answered for `worker_timeout` s, and with no worker left for as long the sweep
+    ends with one line (a `ConfigError`); the chunks stored before stay, whole, and the manifest says `failed`."""
+    import threading
+
+    from distributed import Client, LocalCluster
+
+    folder, done, stopped = runs_dir(tmp_path, "workers"), threading.Event(), []
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.CRITICAL
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        ((_, worker),) = client.run(os.getpid).items()
+        helper = threading.Thread(target=stop_when_stored, args=(folder, lambda: [worker], done, stopped))
+        helper.start()
+        started = time.time()
+        try:
+            with pytest.raises(ConfigError) as err, pytest.warns(sweep_module.SweepWarning) as caught:
+                run_sweep(
+                    parse_grid(WORKER_GRID),
+                    tmp_path,
+                    n_jobs=1,
+                    chunk_size=2,
+                    backend="dask",
+                    scheduler=cluster.scheduler_address,
+                    worker_timeout=6,
+                )
+        finally:
+            done.set()
+            helper.join()
+            with contextlib.suppress(OSError):
+                os.kill(worker, signal.SIGKILL)  # removed from the cluster already: closing it waits for no one
+    assert stopped == [worker]
+    assert str(err.value).startswith("scheduler: no Dask worker has answered for 6 s or more (")
+    assert "\n" not in str(err.value) and time.time() - started < 110
+    assert any("removed it from the cluster" in str(w.message) for w in caught)
+    stored = quiet_load(tmp_path)
+    assert stored.run_id.nunique() >= 2 and (stored.groupby("run_id").size() == 60).all()
+    manifest = read_manifest(folder)
+    assert manifest["status"] == "failed" and "no Dask worker has answered" in manifest["error"]
+
+
+@pytest.mark.slow
+def test_the_plan_of_a_local_dask_cluster_counts_the_workers_it_has(tmp_path, monkeypatch, capfd):
+    """--n-jobs 2 on one core: the local cluster has one worker (with the cap's warning), and the plan says 1 worker
+    (it said 2, handed out 2 chunks at once and estimated the time for 2); the manifest too."""
+    monkeypatch.setattr(sweep_module.os, "cpu_count", lambda: 1)
+    plans = []
+    grid = parse_grid('name = "one"\nseeds = 4\n[base]\nnum_epochs = 2\nnum_steps_per_epoch = 1\n')
+    with pytest.warns(sweep_module.SweepWarning, match="^n_jobs: 2 worker processes on 1 cores"):
+        outcome = run_sweep(grid, tmp_path, n_jobs=2, chunk_size=1, backend="dask", on_plan=plans.append)
+    assert [p.workers for p in plans] == [1] and outcome.trained == 4
+    assert read_manifest(runs_dir(tmp_path, "one"))["n_jobs"] == 1
+
+
+def test_sigterm_is_held_while_worker_processes_start():
+    """`sortrl sweep` raises on SIGTERM (to unwind); raised in the middle of starting a worker process (loky's, the
+    progress manager's) it left a half-started child the sweep then waited for at exit, for ever (2 of 16 SIGTERMs
+    sent just after the plan line hung, as a batch system's time limit or `kill` would). Now the signal is held
+    while processes start and handled at the end."""
+    calls = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append("handled"))
+    try:
+        with sweep_module._sigint_blocked():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # a handler that ran at once would have run by now
+            calls.append("started")
+        assert calls == ["started", "handled"]
+        assert signal.getsignal(signal.SIGTERM) is not None and calls.count("handled") == 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)

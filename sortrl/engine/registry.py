@@ -33,6 +33,14 @@ def lookup(field: str, value: str, registry: Mapping[str, Any]) -> Any:
 PLUGGED: dict[str, set[str]] = {}
 """Names registered by plug-ins (`sortrl.plugins.register`), by kind: the engine checks what these return."""
 
+BOUNDS: dict[tuple[str, str], tuple[float, float]] = {}
+"""The (lowest, highest) value a plug-in declared its results lie in, by (kind, name): a plug-in reward's
+`bounds` (`sortrl.plugins.register`); `checked` refuses a result outside them."""
+
+FLOATS = (torch.float32, torch.float64)
+"""The dtypes a plug-in may return: sortrl computes in float32 (float64 is exact there too); a half-precision result
+(float16, bfloat16) would round the numbers silently (2.3 became 2.30078)."""
+
 FINITE_ONCE = frozenset({"loss_mode", "kl_estimator"})
 """Kinds whose values are checked finite on their first call in a process only: they read the current policy's
 log-probs, and once a run diverges those are non-finite (or huge) and so are sortrl's own losses' values; the engine
@@ -54,8 +62,9 @@ def checked(
 ) -> F:
     """`fn`, the variant `name` of `kind`, itself if it is sortrl's own; if a plug-in's, `fn` with its result checked.
 
-    The result must be a float tensor whose shape is that of the argument `like` (a position or a keyword), cut to
-    its first `axes` axes (all when None), and finite (on the first call in a process for `FINITE_ONCE` kinds);
+    The result must be a float tensor (`FLOATS`) whose shape is that of the argument `like` (a position or a keyword),
+    cut to its first `axes` axes (all when None), finite (on the first call in a process for `FINITE_ONCE` kinds) and
+    within the plug-in's declared `BOUNDS`, if any;
     otherwise a `ConfigError`, one line naming the plug-in, its function and what came back (a worker process's
     failure reads as one line too; a wrong shape would otherwise broadcast and train silently, or fail deep
     inside the engine). Every argument but `shared` ones and non-tensors has a leading `run` axis: on calls with
@@ -66,6 +75,7 @@ def checked(
     """
     if name not in PLUGGED.get(kind, ()):
         return fn
+    bounds = BOUNDS.get((kind, name))
 
     def call(*args: Any, **kwargs: Any) -> Any:
         value = fn(*args, **kwargs)
@@ -73,7 +83,7 @@ def checked(
         _CALLED.add((kind, fn))
         template = args[like] if isinstance(like, int) else kwargs[like]
         shape = tuple(template.shape[:axes])
-        _check_result(kind, name, fn, value, shape, finite=first or kind not in FINITE_ONCE)
+        _check_result(kind, name, fn, value, shape, finite=first or kind not in FINITE_ONCE, bounds=bounds)
         if (kind, fn) not in _ALONE and len(template) > 1:
             with torch.no_grad():
                 alone = fn(*_last_run(args, ()), **_last_run(kwargs, shared))
@@ -95,20 +105,33 @@ def checked(
     return cast(F, call)
 
 
-def _check_result(kind: str, name: str, fn: Any, value: Any, shape: tuple[int, ...], finite: bool) -> None:
+def _check_result(
+    kind: str,
+    name: str,
+    fn: Any,
+    value: Any,
+    shape: tuple[int, ...],
+    finite: bool,
+    bounds: tuple[float, float] | None = None,
+) -> None:
+    within = "" if bounds is None else f" with values in its declared bounds [{bounds[0]:g}, {bounds[1]:g}]"
     if not isinstance(value, torch.Tensor):
         problem = f"a {type(value).__name__}"
-    elif not value.is_floating_point():
+    elif value.dtype not in FLOATS:
         problem = f"a tensor of {value.dtype}"
     elif tuple(value.shape) != tuple(shape):
         problem = f"a tensor of shape {list(value.shape)}"
     elif finite and not bool(torch.isfinite(value).all()):
         problem = "a tensor with inf or nan values"
+    elif bounds is not None and value.numel() and not bool(((value >= bounds[0]) & (value <= bounds[1])).all()):
+        seen = value.detach()[torch.isfinite(value.detach())]
+        span = f" (from {float(seen.min()):.4g} to {float(seen.max()):.4g})" if seen.numel() else ""
+        problem = f"a tensor with values outside its declared bounds [{bounds[0]:g}, {bounds[1]:g}]{span}"
     else:
         return
     raise ConfigError(
         f"{kind} {name!r} ({_origin(fn)}) returned {problem}; it must return a finite float tensor of shape "
-        f"{list(shape)}"
+        f"{list(shape)} (float32 or float64){within}"
     )
 
 

@@ -270,7 +270,7 @@ def best_mean_reward(cfg: RewardFields) -> float:
     task = TASKS[cfg.task](cfg)
     prompts = torch.cat([task.train, task.eval])
     best = sorted_prompts(prompts)[None, :, None, :]  # [run batch trial pos]
-    per_prompt = REWARDS[cfg.reward](prompts, best, best != PAD)[0, :, 0]  # [batch]
+    per_prompt = _checked_reward(cfg.reward)(prompts, best, best != PAD)[0, :, 0]  # [batch]
     if bool((per_prompt == per_prompt[0]).all()):
         return float(per_prompt[0])
     whole_batch = cfg.prompts_per_epoch is None or cfg.prompts_per_epoch >= len(task.train)
@@ -323,4 +323,12 @@ def chance_mean_reward(cfg: RewardFields, split: str = "train") -> float:
     if not len(prompts):
         return math.nan
     eos_id = cfg.num_values if cfg.eos else None
-    return float(chance_scores(prompts, REWARDS[cfg.reward], cfg.num_tokens, eos_id).mean())
+    return float(chance_scores(prompts, _checked_reward(cfg.reward), cfg.num_tokens, eos_id).mean())
+
+
+def _checked_reward(name: str) -> RewardFn:
+    """`REWARDS[name]`, its results checked if it is a plug-in's (`sortrl.engine.registry.checked`), as in training:
+    the best and chance scores of a report or a run's summary come from it too."""
+    from sortrl.engine.registry import checked
+
+    return checked("reward", name, REWARDS[name], like=1, axes=3)

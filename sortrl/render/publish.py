@@ -59,7 +59,7 @@ from sortrl.render.readme import read_readme, readme_text
 from sortrl.render.report import render_report
 from sortrl.study.grid import Grid, check_claim_ids, parse_grid, search_for_plugins
 from sortrl.study.store import experiment_names, runs_dir, write_files
-from sortrl.study.sweep import worker_init
+from sortrl.study.sweep import _sigint_blocked, worker_init
 
 
 class Outputs(NamedTuple):
@@ -178,14 +178,21 @@ def _in_workers(
     are handed out first, so no process is left with a long one at the end."""
     from joblib.externals.loky import get_reusable_executor
 
-    executor = get_reusable_executor(max_workers=jobs, timeout=30, initializer=worker_init, initargs=(os.getpid(),))
     order = sorted(range(len(names)), key=lambda i: -cost[i])
+    executor = None
     try:
-        futures = {executor.submit(_outputs, results, names[i], files[i], keys[i]): i for i in order}
+        # the processes start with Ctrl-C blocked, and a SIGTERM (`sortrl report`'s handler unwinds) meanwhile is
+        # handled once they are up: raised while one starts, it left a half-started process to wait for
+        with _sigint_blocked():
+            executor = get_reusable_executor(
+                max_workers=jobs, timeout=30, initializer=worker_init, initargs=(os.getpid(),)
+            )
+            futures = {executor.submit(_outputs, results, names[i], files[i], keys[i]): i for i in order}
         for future in concurrent.futures.as_completed(futures):
             heard(futures[future], *future.result())
     except BaseException:
-        executor.shutdown(wait=False, kill_workers=True)
+        if executor is not None:
+            executor.shutdown(wait=False, kill_workers=True)
         raise
 
 

@@ -434,7 +434,7 @@ def parse_grid(text: str, path: str | Path = "<grid>") -> Grid:
         raise _fail(path, f"unknown key {unknown[0]!r}; valid keys: {', '.join(GRID_KEYS)}")
     name = data.get("name")
     if not is_safe_name(name):
-        raise _fail(path, "name: required, a non-empty string of letters, digits, '-' or '_'")
+        raise _fail(path, f"name: required, a non-empty string of at most {MAX_NAME} letters, digits, '-' or '_'")
     seeds = _parse_seeds(data.get("seeds", 1), path)
     tables = {}
     for key in ("base", "grid", "baseline"):
@@ -611,10 +611,16 @@ def _check_baseline(grid: Grid, path: str | Path) -> None:
         raise _fail(path, "baseline: no configuration of the grid has all of these values together")
 
 
+MAX_NAME = 64
+"""Most characters in an experiment name or a claim id: they become parts of file names (`figures/<name>_<figure>.png`,
+`figures/claim_<id>.png`), which most file systems cap at 255 bytes (a 300-character claim id trained, then its
+figure could not be written)."""
+
+
 def is_safe_name(name: Any) -> bool:
-    """Whether `name` may become part of a file name: a non-empty string of letters, digits, '-' and '_' only
-    (no path separator, no dot, no newline). Experiment names and claim ids must be."""
-    return isinstance(name, str) and bool(name) and all(ch.isalnum() or ch in "-_" for ch in name)
+    """Whether `name` may become part of a file name: a non-empty string of at most `MAX_NAME` letters, digits, '-'
+    and '_' (no path separator, no dot, no newline). Experiment names and claim ids must be."""
+    return isinstance(name, str) and 0 < len(name) <= MAX_NAME and all(ch.isalnum() or ch in "-_" for ch in name)
 
 
 def check_claim_ids(grids: list[tuple[str | Path, Grid]]) -> None:
@@ -646,7 +652,10 @@ def _parse_claims(tables: Any, grid: Grid, path: str | Path) -> tuple[Claim, ...
             if not isinstance(table.get(key), str) or not table[key].strip():
                 raise fail(f"{key}: required, a non-empty string")
         if not is_safe_name(table["id"]):
-            raise fail(f"id: letters, digits, '-' or '_' only (it names the claim's figure file), got {table['id']!r}")
+            raise fail(
+                f"id: at most {MAX_NAME} letters, digits, '-' or '_' (it names the claim's figure file), "
+                f"got {table['id'][:80]!r}"
+            )
         for key in (
             "statement",
             "subject",
@@ -763,8 +772,10 @@ def _check_claim_configurations(claim: Claim, grid: Grid, fail: Any) -> None:
         chosen = [grid.select({**side, **test}) for side in sides]
         for side, found in zip(sides, chosen):
             if found is None:
+                which = "" if len(sides) > 2 or claim.kind != "pair" else ("new: " if side is sides[0] else "old: ")
                 raise fail(
-                    f"no configuration of the grid has {side} with {test or 'the baseline'} (other axes: baseline)"
+                    f"{which}no configuration of the grid has {side} with {test or 'the baseline'} "
+                    "(other axes: baseline)"
                 )
         if claim.kind == "pair" and chosen[0] is chosen[1]:
             raise fail(f"new and old are the same configuration ({chosen[0].label!r})")

@@ -15,6 +15,11 @@ What can go wrong, and what happens (each is a tested property):
   named in one line (`SweepResult.problem`), the manifest says `incomplete`;
 - a worker stops answering (a stopped Dask worker): every `heartbeat`
   seconds without a finished chunk, a `SweepWarning` says what is running;
+  a Dask worker the scheduler has not heard from for `worker_timeout` seconds
+  is restarted (a local cluster's) or removed from the cluster (another's),
+  with a `SweepWarning`, and its chunks train again on the other workers; a
+  cluster left with no worker that answers (or a scheduler that does not) for
+  `worker_timeout` seconds ends the sweep with one line, the stored chunks kept;
 - Ctrl-C, SIGTERM, an error: the workers are stopped (they ignore Ctrl-C
   themselves, so they print nothing), the stored chunks stay, and the manifest
   says `interrupted` or `failed`; the same command resumes;
@@ -67,6 +72,11 @@ MAX_ATTEMPTS = 3
 
 HEARTBEAT_SECONDS = 60.0
 """A `SweepWarning` is issued after this long without a finished chunk (and again after each such stretch)."""
+
+WORKER_TIMEOUT_SECONDS = 60.0
+"""A Dask worker whose scheduler has not heard from it for this long is stopped or gone (its heartbeats come every
+0.5-5 s whatever it trains, from a thread of its own): it is restarted or removed and its chunks train elsewhere; a
+cluster with no worker that answers for this long ends the sweep (Dask's own limit is 5 minutes, then it waits on)."""
 
 ASSUMED_RUN_STEPS_PER_S = 100_000
 """Run-steps per second one worker trains, for the estimate `sortrl sweep` prints before training: about what one
@@ -417,6 +427,7 @@ def run_sweep(
     threads: int = 1,
     on_plan: Callable[[Plan], None] | None = None,
     heartbeat: float = HEARTBEAT_SECONDS,
+    worker_timeout: float = WORKER_TIMEOUT_SECONDS,
 ) -> SweepResult:
     """Train every run of `grid` not already stored under `results/runs/<name>/`: `run_sweeps` of one grid.
 
@@ -434,6 +445,7 @@ def run_sweep(
         threads=threads,
         on_plan=None if on_plan is None else lambda _, plan: on_plan(plan),
         heartbeat=heartbeat,
+        worker_timeout=worker_timeout,
     )
     return outcome
 
@@ -451,6 +463,7 @@ def run_sweeps(
     heartbeat: float = HEARTBEAT_SECONDS,
     on_done: Callable[[SweepResult], None] | None = None,
     on_steps: Callable[[str, int], None] | None = None,
+    worker_timeout: float = WORKER_TIMEOUT_SECONDS,
 ) -> list[SweepResult]:
     """Train every run of each of `grids` not already stored under `results/runs/<name>/`, in one queue.
 
@@ -465,7 +478,11 @@ def run_sweeps(
     (-1: one per core; never more than there are chunks; a `SweepWarning` when
     more than the cores); `backend="dask"` uses the Dask cluster at
     `scheduler` (an address such as ``tcp://host:8786``), or a `LocalCluster`
-    of `n_jobs` one-thread workers on this machine if none is given. Each
+    of `n_jobs` one-thread workers on this machine if none is given (at most one
+    per core: the plan's `workers` counts those that run). A Dask worker not
+    heard from for `worker_timeout` seconds (stopped, or its machine gone) is
+    restarted (a local cluster's) or removed from the cluster, and its chunks
+    train on the others; no worker answering for that long is a `ConfigError`. Each
     chunk trains with `threads` torch threads (default 1: the tensors are too
     small for intra-op threads to pay, and two levels of threads would
     oversubscribe the cores; parallelism comes from chunks).
@@ -502,7 +519,8 @@ def run_sweeps(
             on_done(outcomes[g])
 
     try:
-        with _pool(backend, scheduler, n_jobs, threads, any(s.missing for s in sweeps)) as pool:
+        needed = any(s.missing for s in sweeps)
+        with _pool(backend, scheduler, n_jobs, threads, needed, worker_timeout) as pool:
             planned = [s.chunks(chunk_size, pool.parallel) for s in sweeps]
             owner = [g for g, chunks in enumerate(planned) for _ in chunks]
             chunks = [chunk for grid_chunks in planned for chunk in grid_chunks]
@@ -602,9 +620,18 @@ def _train_all(
             report = None if steps is None else pool.report(steps.start(i))
             running[pool.submit(chunks[i], labels[i], threads, report)] = i
 
+    next_check = time.monotonic() + pool.poll
     while todo or running:
         hand_out()
-        finished = pool.wait(list(running), max(0.0, quiet_since + heartbeat - time.monotonic()))
+        now = time.monotonic()
+        if now >= next_check:  # workers that stopped answering: restarted or removed (their chunks train elsewhere)
+            for event in pool.check(len(running) + len(todo)):
+                warnings.warn(f"{which(running.values())}: {event}", SweepWarning, stacklevel=2)
+            next_check = time.monotonic() + pool.poll
+        wake = min(quiet_since + heartbeat, next_check)
+        finished = pool.wait(list(running), max(0.0, wake - time.monotonic()))
+        if not finished and time.monotonic() < quiet_since + heartbeat:
+            continue  # time to check the workers, not yet to say so
         if not finished:
             waiting = f", {len(todo)} waiting" if todo else ""
             warnings.warn(
@@ -780,6 +807,16 @@ class _Pool:
         """Where `futures` run, for a heartbeat message (empty when there is nothing useful to say)."""
         return ""
 
+    poll = math.inf
+    """Seconds between two `check`s while chunks are out."""
+
+    def check(self, pending: int) -> list[str]:
+        """Deal with workers that stopped answering, `pending` chunks not yet trained; what was done, a line each.
+
+        Raises `ConfigError` when no worker is left to train them.
+        """
+        return []
+
     def stop(self) -> None:
         """Stop every worker now (an interrupt or an error): nothing keeps training."""
 
@@ -889,9 +926,93 @@ class _DaskPool(_Pool):
 
     background = True
 
-    def __init__(self, client: Any, parallel: int):
-        self.client, self.parallel = client, parallel
+    def __init__(self, client: Any, parallel: int, local: bool = False, timeout: float = WORKER_TIMEOUT_SECONDS):
+        self.client, self.parallel, self.local, self.timeout = client, parallel, local, timeout
         self.finished: queue.SimpleQueue = queue.SimpleQueue()  # futures as they finish (their callbacks put them)
+        self.poll = max(0.2, min(5.0, timeout / 4))
+        self.alone_since: float | None = None  # since when no worker has answered
+        self.deaf_since: float | None = None  # since when the scheduler has not answered
+        self.handled: set[str] = set()  # workers killed or removed (one warning each, whatever the scheduler lists)
+
+    def start(self, chunks: int) -> None:
+        """A local cluster: at most as many chunks at once as it has workers (one a core), which the plan says."""
+        super().start(chunks)
+        if self.local:
+            with contextlib.suppress(Exception):  # a count for the plan only: never fail a sweep over it
+                self.workers = max(1, min(self.workers, sum(self.client.nthreads().values())))
+
+    def check(self, pending: int) -> list[str]:
+        """Workers the scheduler has not heard from for `timeout` s: a local one is killed (its nanny starts a new
+        one), another is removed from the cluster (Dask retries its chunk elsewhere, or reports it lost after
+        `distributed.scheduler.allowed-failures`). `ConfigError` once no worker (or the scheduler) has answered for
+        `timeout` s."""
+
+        def heard(dask_scheduler: Any = None) -> dict[str, tuple[float, int]]:  # runs on the scheduler: pickled
+            from distributed.metrics import time as now  # by value (a nested function), it needs no sortrl there
+
+            return {a: (now() - ws.last_seen, ws.pid) for a, ws in dask_scheduler.workers.items()}
+
+        async def remove(addresses: list[str], dask_scheduler: Any = None) -> None:
+            for address in addresses:
+                await dask_scheduler.remove_worker(address=address, stimulus_id="sortrl-silent-worker", close=True)
+
+        now = time.monotonic()
+        try:
+            workers = self.client.run_on_scheduler(heard, callback_timeout=min(self.timeout, 10.0))
+        except Exception:  # noqa: BLE001 -- not answering, or gone: either way it trains nothing
+            self.deaf_since = self.deaf_since or now
+            if now - self.deaf_since >= self.timeout:
+                raise ConfigError(
+                    f"{'backend' if self.local else 'scheduler'}: the Dask scheduler has not answered for "
+                    f"{now - self.deaf_since:.0f} s ({pending} chunk(s) not trained); the stored chunks are kept: "
+                    "run the same command again once it is back"
+                ) from None
+            return []
+        self.deaf_since = None
+        self.handled &= set(workers)  # gone from the scheduler's list: an address that joins again is a new worker
+        silent = {a: (age, pid) for a, (age, pid) in workers.items() if age >= self.timeout and a not in self.handled}
+        alive = [a for a in workers if a not in silent and a not in self.handled]
+        self.handled.update(silent)
+        events = []
+        if silent:
+            if self.local:
+                events = [self._restart(a, age, pid) for a, (age, pid) in silent.items()]
+            else:
+                with contextlib.suppress(Exception):
+                    self.client.run_on_scheduler(remove, list(silent), callback_timeout=min(self.timeout, 10.0))
+                events = [
+                    f"Dask worker {a} has not answered for {age:.0f} s (stopped, or its machine is gone): removed it "
+                    "from the cluster; its chunks train on the other workers"
+                    for a, (age, _) in silent.items()
+                ]
+        if alive or self.local and silent:  # a local worker killed now starts again
+            self.alone_since = None
+        else:
+            self.alone_since = self.alone_since or now
+            if now - self.alone_since >= self.timeout:
+                raise ConfigError(
+                    f"{'backend' if self.local else 'scheduler'}: no Dask worker has answered for "
+                    f"{self.timeout:g} s or more ({pending} chunk(s) not trained); the stored chunks are kept: run the "
+                    "same command again once the cluster has workers"
+                )
+        return events
+
+    def _restart(self, address: str, age: float, pid: int) -> str:
+        """Kill the local worker `address` (process `pid`, one of ours) that stopped answering: its nanny starts a
+        new one."""
+        import psutil  # a requirement of distributed's
+
+        try:
+            process = psutil.Process(pid)
+            if process.ppid() != os.getpid():
+                raise psutil.NoSuchProcess(pid)
+            process.kill()
+        except psutil.Error:
+            return f"Dask worker {address} has not answered for {age:.0f} s; its process is gone"
+        return (
+            f"Dask worker {address} has not answered for {age:.0f} s (stopped?): killed it (process {pid}), a new "
+            "one starts; its chunks train again"
+        )
 
     def submit(self, configs: list[RunConfig], labels: list[str], threads: int, report: _Report | None = None) -> Any:
         future = self.client.submit(_train_chunk, configs, labels, threads, report, pure=False)
@@ -930,7 +1051,14 @@ class _DaskPool(_Pool):
 
 
 @contextlib.contextmanager
-def _pool(backend: str, scheduler: str | None, n_jobs: int, threads: int, needed: bool) -> Iterator[_Pool]:
+def _pool(
+    backend: str,
+    scheduler: str | None,
+    n_jobs: int,
+    threads: int,
+    needed: bool,
+    timeout: float = WORKER_TIMEOUT_SECONDS,
+) -> Iterator[_Pool]:
     """The pool a sweep trains on; stopped (workers killed) if the sweep ends by an exception or an interrupt."""
     cores = os.cpu_count() or 1
     parallel = cores if n_jobs < 1 else n_jobs
@@ -940,7 +1068,8 @@ def _pool(backend: str, scheduler: str | None, n_jobs: int, threads: int, needed
         else:
             with _sigint_blocked():  # a local cluster's processes start with SIGINT blocked: Ctrl-C is ours
                 client = stack.enter_context(_dask_client(scheduler, parallel))
-            pool = _DaskPool(client, n_jobs if n_jobs >= 1 else max(1, sum(client.nthreads().values())))
+            planned = n_jobs if n_jobs >= 1 else max(1, sum(client.nthreads().values()))
+            pool = _DaskPool(client, planned, local=scheduler is None, timeout=timeout)
         try:
             yield pool
         except BaseException:
@@ -950,7 +1079,8 @@ def _pool(backend: str, scheduler: str | None, n_jobs: int, threads: int, needed
 
 @contextlib.contextmanager
 def _sigint_blocked() -> Iterator[None]:
-    """Block SIGINT in this thread meanwhile, so that the processes (and threads) started here inherit it blocked.
+    """Block SIGINT in this thread meanwhile, so that the processes (and threads) started here inherit it blocked;
+    hold a SIGTERM that a Python handler would raise on, until the end.
 
     A Ctrl-C at the terminal goes to every process of the foreground group;
     workers that never see it print nothing, and only this process reacts
@@ -968,11 +1098,21 @@ def _sigint_blocked() -> Iterator[None]:
 
     resource_tracker.ensure_running()
     loky_tracker.ensure_running()
+    # SIGTERM is held too, by its Python handler (a mask would be inherited: Dask's nanny stops its workers by it):
+    # raised in the middle of starting a process, it left a half-started one that this process then waited for at
+    # exit, for ever (or a worker's traceback); it is raised here once they are up
+    handler, held = signal.getsignal(signal.SIGTERM), []
+    if callable(handler):
+        signal.signal(signal.SIGTERM, lambda signum, frame: held.append(signum))
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        if callable(handler):
+            signal.signal(signal.SIGTERM, handler)
+            if held:
+                handler(signal.SIGTERM, None)
 
 
 def worker_init(parent: int) -> None:
