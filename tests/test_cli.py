@@ -651,6 +651,26 @@ def test_sweep_default_chunk_size_is_the_librarys():
     assert inspect.signature(sweep.run_sweep).parameters["chunk_size"].default == sweep.CHUNK_SIZE
 
 
+def wait_for_start_up_handlers(pid: int, timeout: float = 60) -> None:
+    """Until `sortrl.__main__.main` has set its signal handlers (it sets SIGTERM's right after SIGINT's): Linux's
+    /proc/PID/status lists the signals a process catches. A signal before that (Python still reading `sortrl`'s
+    first module) is Python's to handle, not sortrl's; a fixed sleep raced that on a loaded machine (CI)."""
+    import signal
+
+    mask = 1 << (signal.SIGTERM - 1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            break
+        caught = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+        if int(caught, 16) & mask:
+            return
+        time.sleep(0.002)
+    pytest.fail(f"sortrl (pid {pid}) never set its start-up signal handlers")
+
+
 @pytest.mark.slow
 def test_ctrl_c_while_the_command_starts_up_is_one_line():
     """The imports take about a second: a Ctrl-C then ends with one line and exit code 130, no traceback."""
@@ -668,7 +688,7 @@ def test_ctrl_c_while_the_command_starts_up_is_one_line():
         stderr=subprocess.PIPE,
         preexec_fn=default_sigint,
     )
-    time.sleep(0.3)  # still importing torch, pandas and typer
+    wait_for_start_up_handlers(process.pid)  # then it is still importing torch, pandas and typer (about 2 s)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130 and err.decode().strip() == "interrupted (while starting up)", (out, err)
@@ -684,7 +704,7 @@ def test_sigterm_while_the_command_starts_up_is_one_line():
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    time.sleep(0.3)  # still importing torch, pandas and typer
+    wait_for_start_up_handlers(process.pid)  # then it is still importing torch, pandas and typer (about 2 s)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 143 and err.decode().strip() == "stopped (while starting up)", (out, err)

@@ -883,7 +883,14 @@ def test_stopped_workers_of_a_local_dask_cluster_are_restarted_and_the_sweep_com
     try:
         with pytest.warns(sweep_module.SweepWarning) as caught:
             outcome = run_sweep(
-                parse_grid(WORKER_GRID), tmp_path, n_jobs=2, chunk_size=2, backend="dask", worker_timeout=8
+                # chunks of about a second each: the workers are stopped while most are still to train (with
+                # 60 epochs a loaded machine finished them all before the stop, and nothing was left to notice)
+                parse_grid(WORKER_GRID.replace("num_epochs = 60", "num_epochs = 400")),
+                tmp_path,
+                n_jobs=2,
+                chunk_size=2,
+                backend="dask",
+                worker_timeout=8,
             )
     finally:
         done.set()
@@ -894,7 +901,7 @@ def test_stopped_workers_of_a_local_dask_cluster_are_restarted_and_the_sweep_com
     messages = [str(w.message) for w in caught]
     assert stopped and outcome.trained == 16 and outcome.problem is None, messages
     assert any("has not answered for" in m and "killed it" in m for m in messages), messages
-    complete(tmp_path, "workers", 16, 60)
+    complete(tmp_path, "workers", 16, 400)
 
 
 @pytest.mark.slow
