@@ -41,7 +41,7 @@ ablations: $(STAMP) ## Sweep every grid in experiments/ (real training, all seed
 	$(VENV)/bin/sortrl sweep $(GRIDS) --results $(RESULTS)
 	@echo "== make ablations 2/3: the report (figures, REPORT.md, CLAIMS.md, README headline; about 1 minute, seconds for experiments unchanged since the last report) =="
 	$(VENV)/bin/sortrl report --results $(RESULTS) --readme README.md
-	@echo "== make ablations 3/3: executing the notebooks into $(RESULTS)/notebooks/ (about 15 s) =="
+	@echo "== make ablations 3/3: executing the notebooks into $(RESULTS)/notebooks/ (about a minute) =="
 	$(EXECUTE_NOTEBOOKS)
 
 # the grid files make ablations sweeps, in its order (benchmarks/ablations_time.py reads them here)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -57,3 +58,26 @@ def test_check_a_claim_notebook_recomputes_a_verdict(results, monkeypatch):
     assert "test: C1; 6 seeds paired" in text
     assert "effect (mean over 6 seeds): " in text and "p-values in the family" in text
     assert "same bytes as " in text and ": True" in text.split("same bytes as ")[1]
+
+
+def test_two_model_families_notebook_shows_both_families_greedy_outputs():
+    """Trains both families itself (no stored runs): greedy responses per prompt side by side, the ledger's scores
+    per family and setting, and the prose's numbers printed from them."""
+    notebook = nbformat.read(NOTEBOOKS / "05-two-model-families.ipynb", as_version=4)
+    client = NotebookClient(
+        notebook, kernel_name="python3", timeout=180, resources={"metadata": {"path": str(NOTEBOOKS)}}
+    )
+    client.execute()
+    outputs = [o for cell in notebook.cells for o in cell.get("outputs", [])]
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 1, "the reward curves are shown"
+    assert "training prompts: ['102', '324', '123']" in text
+    assert "96 runs x 100 epochs = 9600 rows; diverged runs: 0" in text
+    for setting in ("lecture", "centered", "explore"):
+        assert f"setting '{setting}', seeds 0-7: greedy response per prompt" in text
+    assert "model  linear transformer linear transformer linear transformer" in text  # side by side, per prompt
+    lecture = re.search(r"at the lecture's settings (\d+) of 32 runs solve and (\d+) end stuck", text)
+    explore = re.search(r"exploring \(.*\): (\d+) of 32 runs solve", text)
+    assert lecture and explore, text[-2000:]
+    assert int(explore[1]) > int(lecture[1])  # exploring escapes the trap the lecture's settings fall into
+    assert int(lecture[2]) > 0

@@ -482,3 +482,30 @@ def test_with_config_false_leaves_out_only_the_config_columns():
     wide, narrow = train(configs), train(configs, with_config=False)
     assert not set(FIELD_NAMES) & set(narrow.columns)
     assert narrow.equals(wide[list(narrow.columns)])
+
+
+@pytest.mark.parametrize("model", ["linear", "transformer"])
+def test_train_with_greedy_returns_trains_table_and_the_final_argmax_responses(model):
+    """The table is `train`'s bit for bit; the responses are the policy the last row's `greedy_accuracy` measured
+    (an sft run sorts every prompt, so its responses are sorted(prompt)); a diverged run's are all PAD."""
+    from sortrl.engine.task import PAD, TASKS
+    from sortrl.engine.train import train_with_greedy
+
+    common = dict(model=model, num_epochs=6, num_steps_per_epoch=3)
+    sft = dict(model=model, num_epochs=30, loss_mode="sft", learning_rate=1e-2)
+    diverging = dict(**common, learning_rate=1e6, kl_penalty=1.0, kl_estimator="k2", kl_loss_agg_mode="lecture")
+    configs = [RunConfig(seed=s, **common) for s in range(3)] + [RunConfig(seed=0, **diverging)]
+    configs += [RunConfig(seed=5, **sft)]
+    table, responses = train_with_greedy(configs)
+    pd.testing.assert_frame_equal(table, train(configs), check_exact=True)
+    prompts = TASKS[configs[0].task](configs[0]).train  # [batch pos]
+    assert [tuple(r.shape) for r in responses] == [tuple(prompts.shape)] * len(configs)
+    last = table[table.epoch == table.groupby("run_id").epoch.transform("max")].set_index("run_id")
+    for cfg, got in zip(configs, responses, strict=True):
+        if last.loc[cfg.run_id, "status"] == "diverged":
+            assert (got == PAD).all()
+            continue
+        exact = (got == prompts.sort(dim=-1).values).all(dim=-1).float().mean().item()
+        assert exact == pytest.approx(last.loc[cfg.run_id, "greedy_accuracy"])
+    assert last.loc[configs[3].run_id, "status"] == "diverged"
+    assert last.loc[configs[-1].run_id, "solve_rate"] == 1 and torch.equal(responses[-1], prompts.sort(dim=-1).values)

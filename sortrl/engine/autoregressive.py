@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from typing import NamedTuple
 
 import pandas as pd
@@ -289,8 +290,16 @@ def evaluate(state: Batch) -> dict[str, Tensor]:
     return out
 
 
-def train_batch(state: Batch, configs: list[RunConfig], progress: Progress | None, with_config: bool) -> pd.DataFrame:
-    """Train one batch of an autoregressive family (the loop of `train._train_batch`); one row per (run, epoch)."""
+def train_batch(
+    state: Batch,
+    configs: list[RunConfig],
+    progress: Progress | None,
+    with_config: bool,
+    done: Callable[[Batch], None] | None = None,
+) -> pd.DataFrame:
+    """Train one batch of an autoregressive family (the loop of `train._train_batch`); one row per (run, epoch).
+
+    `done(state)`, if given, is called with the trained batch before its table is built."""
     c0 = configs[0]
     num_epochs, steps = c0.num_epochs, c0.num_steps_per_epoch
     train_prompts = state.task.train
@@ -331,4 +340,6 @@ def train_batch(state: Batch, configs: list[RunConfig], progress: Progress | Non
                 record(epoch, {"kl": sums.pop("kl") / steps}, runs=ep.kl.runs)
             record(epoch, {name: value_ / steps for name, value_ in sums.items()})
 
+    if done is not None:
+        done(state)
     return metrics.to_frame(configs, names, history, diverged_epoch, steps, with_config)

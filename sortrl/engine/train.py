@@ -24,17 +24,18 @@ import math
 import os
 import warnings
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Int
 from torch import Tensor
 
 from sortrl.engine import fast, metrics
-from sortrl.engine.autoregressive import train_batch
+from sortrl.engine.autoregressive import greedy, train_batch
 from sortrl.engine.batch import (  # noqa: F401 -- the warnings and EVAL_SEED_OFFSET are part of the engine's interface
     EVAL_SEED_OFFSET,
     Batch,
@@ -75,6 +76,7 @@ from sortrl.engine.rollout import (
     sample,
     zero_std,
 )
+from sortrl.engine.task import PAD
 
 BATCH_KEY = (
     "task",
@@ -170,6 +172,35 @@ def train(
     would split a run's matmuls by batch size and break that, so they are
     never used. The caller's torch thread count is restored afterwards.
     """
+    return _train(configs, progress, workers, with_config, None)
+
+
+def train_with_greedy(
+    configs: Sequence[RunConfig], progress: Progress | None = None, workers: int | None = None
+) -> tuple[pd.DataFrame, list[Int[Tensor, "batch pos"]]]:
+    """`train(configs)`'s table, and each run's greedy responses to its training prompts after the last epoch.
+
+    The responses are the argmax policy's (the policy `greedy_accuracy` and `solve_rate` measure at the last
+    epoch): for the lecture's `linear` model the argmax of each position's logits, for an autoregressive family
+    decoded token by token. One `[batch pos]` tensor per config, in `configs`' order: row i is the response to
+    training prompt i (`TASKS[cfg.task](cfg).train[i]`), pos runs over `response_length` (EOS included when
+    `eos` is on); a run that diverged gets `PAD` (-1) throughout. Training is `train`'s, bit for bit (the
+    responses are read off the final parameters, after the table's last row), so the table is `train`'s too.
+    """
+    configs = list(configs)
+    finals: list[Tensor | None] = [None] * len(configs)
+    table = _train(configs, progress, workers, True, finals)
+    return table, finals
+
+
+def _train(
+    configs: Sequence[RunConfig],
+    progress: Progress | None,
+    workers: int | None,
+    with_config: bool,
+    finals: list[Tensor | None] | None,
+) -> pd.DataFrame:
+    """`train`; with `finals` (one slot per config), also store each run's final greedy responses there."""
     configs = list(configs)
     load_plugins(sorted({m for c in configs for m in c.plugins}))
     workers = default_workers() if workers is None else workers
@@ -194,10 +225,10 @@ def train(
     torch.set_num_threads(1)
     try:
         if workers == 1 or len(shards) == 1:
-            tables = [_train_shard(configs, indices, progress, with_config) for indices in shards]
+            tables = [_train_shard(configs, indices, progress, with_config, finals) for indices in shards]
         else:
             with ThreadPoolExecutor(min(workers, len(shards)), thread_name_prefix="sortrl-train") as pool:
-                tables = list(pool.map(lambda ix: _train_shard(configs, ix, progress, with_config), shards))
+                tables = list(pool.map(lambda ix: _train_shard(configs, ix, progress, with_config, finals), shards))
     finally:
         torch.set_num_threads(callers)
     table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
@@ -226,8 +257,25 @@ def _shards(indices: list[int], workers: int) -> list[list[int]]:
     return [list(part) for part in np.array_split(np.asarray(indices), parts)]
 
 
-def _train_shard(configs: list[RunConfig], indices: list[int], progress: Progress | None, with_config: bool):
-    table = _train_batch([configs[i] for i in indices], progress, with_config)
+def _train_shard(
+    configs: list[RunConfig],
+    indices: list[int],
+    progress: Progress | None,
+    with_config: bool,
+    finals: list[Tensor | None] | None = None,
+):
+    done = None
+    if finals is not None:
+
+        def done(state: Batch) -> None:
+            """Store the batch's final greedy responses in `finals` (PAD for runs that diverged)."""
+            out = torch.full((len(indices), len(state.task.train), state.c0.response_length), PAD)
+            if len(state.runs):
+                out[state.runs] = greedy_responses(state)
+            for i, responses in zip(indices, out, strict=True):
+                finals[i] = responses
+
+    table = _train_batch([configs[i] for i in indices], progress, with_config, done)
     table["_run"] = np.asarray(indices)[table["_run"].to_numpy()]  # batch position -> config index
     return table
 
@@ -408,11 +456,22 @@ def _critic_step(state: Batch, encoded: Tensor, target: ValueLoss) -> Tensor:
     return loss.detach()
 
 
-def _train_batch(configs: list[RunConfig], progress: Progress | None, with_config: bool) -> pd.DataFrame:
+def greedy_responses(state: Batch) -> Int[Tensor, "run batch pos"]:
+    """The argmax policy's response to each training prompt, for each live run of `state` (either path)."""
+    with torch.no_grad():
+        if state.family.prompt_only:
+            return forward(state.params, state.task.train, state.padded).argmax(dim=-1)
+        return greedy(state, state.task.train)
+
+
+def _train_batch(
+    configs: list[RunConfig], progress: Progress | None, with_config: bool, done: Callable[[Batch], None] | None = None
+) -> pd.DataFrame:
+    """Train one batch; `done(state)`, if given, is called with the trained batch before its table is built."""
     c0 = configs[0]
     state = Batch(configs)
     if not state.family.prompt_only:  # the engine's second path: a policy over the response so far
-        return train_batch(state, configs, progress, with_config)
+        return train_batch(state, configs, progress, with_config, done)
     num_epochs, steps = c0.num_epochs, c0.num_steps_per_epoch
     train_prompts = state.task.train
     names = metrics.names(c0, state.task, state.resample, state.critic is not None)
@@ -457,4 +516,6 @@ def _train_batch(configs: list[RunConfig], progress: Progress | None, with_confi
                 record(epoch, {"kl": sums.pop("kl") / steps}, runs=ep.kl.runs)
             record(epoch, {name: value_ / steps for name, value_ in sums.items()})
 
+    if done is not None:
+        done(state)
     return metrics.to_frame(configs, names, history, diverged_epoch, steps, with_config)
