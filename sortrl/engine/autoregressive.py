@@ -36,14 +36,13 @@ from typing import NamedTuple
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from sortrl.engine import metrics
 from sortrl.engine.batch import Batch, Progress, memory_rows, run_deltas, warn_empty_epoch
 from sortrl.engine.config import RunConfig
 from sortrl.engine.losses import KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES
-from sortrl.engine.objective import Entropy, Kl, Policy, SequenceTokens, fold, ratio_stats, sft_targets
+from sortrl.engine.objective import Entropy, Kl, Policy, kl_in_loss, ratio_stats, sft_targets
 from sortrl.engine.registry import checked
 from sortrl.engine.rollout import (
     Rollout,
@@ -198,25 +197,9 @@ def setup_epoch(state: Batch, epoch: int) -> Epoch:
             kl_metric = torch.where(in_reward, (kl_omega * per_token).sum(dim=(1, 2, 3)), math.nan)
         in_loss = ((n["kl_penalty"] != 0) & ~n["kl_in_reward"]).nonzero().flatten()
         if len(in_loss):
-            kl_rows = _rows(kl_omega)
-            onehot = F.one_hot(rows.responses[in_loss], vocab).float()
-            corrected = n["kl_bias_correction"][in_loss]
-            sequence = None
-            if c0.importance_sampling_level == "sequence" and bool(corrected.any()):
-                index = corrected.nonzero().flatten()
-                chosen = in_loss[index]
-                action = rows.action[chosen]
-                count = action.sum(dim=-1).clamp(min=1)
-                sequence = SequenceTokens(index, rows.responses[chosen], action, count, kl_rows[chosen])
-            kl = Kl(
-                in_loss,
-                fold(kl_rows[in_loss], onehot),
-                ref[in_loss],
-                old[in_loss],
-                n["kl_penalty"][in_loss],
-                corrected,
-                estimator,
-                sequence,
+            sequence_level = c0.importance_sampling_level == "sequence"
+            kl = kl_in_loss(
+                in_loss, rows.responses, rows.action, _rows(kl_omega), ref, old, n, estimator, sequence_level, vocab
             )
 
     available: dict[str, Tensor] = {}

@@ -241,3 +241,44 @@ class ValueLoss(NamedTuple):
         if self.weights is not None:
             loss = torch.where(self.response_mean, loss, 0.5 * (self.weights * sq).sum(dim=(1, 2)))
         return loss
+
+
+def kl_in_loss(
+    runs: Tensor,
+    responses: Tensor,
+    action: Tensor,
+    weights: Tensor,
+    ref_log_probs: Tensor,
+    old_log_probs: Tensor,
+    numbers: dict[str, Tensor],
+    estimator: KlFn,
+    sequence_level: bool,
+    num_tokens: int,
+) -> Kl:
+    """The epoch's `Kl` term of the batch positions `runs` (those with a KL penalty in the loss), both engine paths.
+
+    `responses` [run batch trial pos] token ids and `action` their action tokens, on the units the log-probs are
+    folded to (the linear path's trials, or the autoregressive path's one row per response); `weights` the KL's
+    aggregation weights omega_kl [run batch trial pos]; `ref_log_probs`, `old_log_probs` [run batch pos vocab];
+    `numbers`: the batch's [run] tensors (`kl_penalty`, `kl_bias_correction`). At `sequence_level` the runs with
+    TRL's bias correction weigh their KL by GSPO's sequence ratio (`SequenceTokens`).
+    """
+    onehot = F.one_hot(responses[runs], num_tokens).float()
+    corrected = numbers["kl_bias_correction"][runs]
+    sequence = None
+    if sequence_level and bool(corrected.any()):  # TRL: the KL times the sequence ratio
+        index = corrected.nonzero().flatten()
+        chosen = runs[index]
+        chosen_action = action[chosen]
+        n_actions = chosen_action.sum(dim=-1).clamp(min=1)
+        sequence = SequenceTokens(index, responses[chosen], chosen_action, n_actions, weights[chosen])
+    return Kl(
+        runs,
+        fold(weights[runs], onehot),
+        ref_log_probs[runs],
+        old_log_probs[runs],
+        numbers["kl_penalty"][runs],
+        corrected,
+        estimator,
+        sequence,
+    )

@@ -60,9 +60,8 @@ from sortrl.engine.objective import (
     Entropy,
     Kl,
     Policy,
-    SequenceTokens,
     ValueLoss,
-    fold,
+    kl_in_loss,
     ratio_stats,
     sft_targets,
 )
@@ -353,25 +352,11 @@ def _setup_epoch(state: Batch, epoch: int, logits: Tensor) -> _Epoch:
             kl_metric = torch.where(in_reward, (kl_omega * per_token).sum(dim=(1, 2, 3)), math.nan)
         in_loss = ((n["kl_penalty"] != 0) & ~n["kl_in_reward"]).nonzero().flatten()
         if len(in_loss):  # only these runs: 0 * an infinite KL would make another run's loss NaN
-            onehot = torch.nn.functional.one_hot(roll.responses[in_loss], c0.num_tokens).float()
-            corrected = n["kl_bias_correction"][in_loss]
-            sequence = None
-            if c0.importance_sampling_level == "sequence" and bool(corrected.any()):  # TRL: KL x the sequence ratio
-                index = corrected.nonzero().flatten()
-                runs = in_loss[index]
-                action = roll.action[runs]
-                n_actions = action.sum(dim=-1).clamp(min=1)
-                sequence = SequenceTokens(index, roll.responses[runs], action, n_actions, kl_omega[runs])
-            kl = Kl(
-                in_loss,
-                fold(kl_omega[in_loss], onehot),
-                ref_log_probs[in_loss],
-                old_log_probs[in_loss],
-                n["kl_penalty"][in_loss],
-                corrected,
-                estimator,
-                sequence,
-            )
+            sequence_level = c0.importance_sampling_level == "sequence"
+            kl = kl_in_loss(
+                in_loss, roll.responses, roll.action, kl_omega, ref_log_probs, old_log_probs, n, estimator,
+                sequence_level, c0.num_tokens,
+            )  # fmt: skip
 
     available: dict[str, Tensor] = {}  # what the batch's delta modes ask for besides the rewards
     if "values" in state.extras:
