@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from sortrl.engine import metrics
-from sortrl.engine.batch import Batch, Progress, memory_rows, run_deltas, warn_empty_epoch
+from sortrl.engine.batch import Batch, History, Progress, memory_rows, run_deltas, warn_empty_epoch
 from sortrl.engine.config import RunConfig
 from sortrl.engine.losses import KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES
 from sortrl.engine.objective import Entropy, Kl, Policy, kl_in_loss, ratio_stats, sft_targets
@@ -286,24 +286,16 @@ def train_batch(
     c0 = configs[0]
     num_epochs, steps = c0.num_epochs, c0.num_steps_per_epoch
     train_prompts = state.task.train
-    names = metrics.names(c0, state.task, state.resample, False)
-    col = {name: i for i, name in enumerate(names)}
-    history = torch.full((num_epochs, len(names), len(configs)), math.nan)
-    diverged_epoch = torch.full((len(configs),), -1)
+    history = History(state, metrics.names(c0, state.task, state.resample, False), num_epochs)
+    record = history.record
     step_losses = torch.zeros(len(configs))
-
-    def record(epoch: int, values: dict[str, Tensor], runs: Tensor | None = None) -> None:
-        where = state.runs if runs is None else state.runs[runs]
-        for name, value_ in values.items():
-            history[epoch, col[name], where] = (value_ if runs is None else value_[runs]).float()
 
     for epoch in range(num_epochs + 1):
         with torch.no_grad():
             finite = [torch.isfinite(t).reshape(len(t), -1).all(dim=1) for t in state.params.values()]
             alive = torch.stack(finite).all(dim=0) & torch.isfinite(step_losses)
             if not bool(alive.all()):
-                diverged_epoch[state.runs[~alive]] = epoch - 1
-                state.keep(alive)
+                history.drop_diverged(alive, epoch)
                 if len(state.runs) == 0:
                     break
             if epoch > 0:
@@ -325,4 +317,4 @@ def train_batch(
 
     if done is not None:
         done(state)
-    return metrics.to_frame(configs, names, history, diverged_epoch, steps, with_config)
+    return history.frame(configs, steps, with_config)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from sortrl.engine import metrics
 from sortrl.engine.config import RunConfig
 from sortrl.engine.deltas import DELTA_MODES, extras
 from sortrl.engine.fast import FusedAdam
@@ -26,6 +28,9 @@ from sortrl.engine.optim import Adam
 from sortrl.engine.registry import checked
 from sortrl.engine.rollout import Scorer, uniforms
 from sortrl.engine.task import TASKS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 EVAL_SEED_OFFSET = 1 << 40
 """Held-out sampling uses a generator seeded `seed + EVAL_SEED_OFFSET`, never the training stream."""
@@ -167,6 +172,36 @@ class Batch:
     def temper(self, logits: Tensor) -> Tensor:
         """Logits / T per run (TRL `temperature`); untouched when every run has T = 1 (bit-exact lecture path)."""
         return logits / self.numbers["temperature"][:, None, None, None] if self.tempered else logits
+
+
+class History:
+    """A batch's per-run metrics as training records them: `values` [epoch metric run], NaN where not recorded, and
+    `diverged_epoch` [run] (-1 for a run that stayed finite), both over the batch's configs (not only the live runs).
+
+    Both training paths (`sortrl.engine.train`, `sortrl.engine.autoregressive`) fill one and turn it into the tidy
+    table `sortrl.engine.metrics.to_frame` builds.
+    """
+
+    def __init__(self, state: Batch, names: list[str], num_epochs: int) -> None:
+        self.state, self.names = state, names
+        self.col = {name: i for i, name in enumerate(names)}
+        self.values = torch.full((num_epochs, len(names), len(state.runs)), math.nan)
+        self.diverged_epoch = torch.full((len(state.runs),), -1)
+
+    def record(self, epoch: int, values: dict[str, Tensor], runs: Tensor | None = None) -> None:
+        """Store each metric [live run] (or only at live-batch positions `runs`) as the value of `epoch`."""
+        where = self.state.runs if runs is None else self.state.runs[runs]
+        for name, value_ in values.items():
+            self.values[epoch, self.col[name], where] = (value_ if runs is None else value_[runs]).float()
+
+    def drop_diverged(self, alive: Tensor, epoch: int) -> None:
+        """Mark the live runs not `alive` [live run] as diverged in the epoch before `epoch`, and drop them."""
+        self.diverged_epoch[self.state.runs[~alive]] = epoch - 1
+        self.state.keep(alive)
+
+    def frame(self, configs: list[RunConfig], steps: int, with_config: bool) -> pd.DataFrame:
+        """The tidy table (`sortrl.engine.metrics.to_frame`): one row per (run, epoch) the run lived through."""
+        return metrics.to_frame(configs, self.names, self.values, self.diverged_epoch, steps, with_config)
 
 
 class PeerDifferenceWarning(UserWarning):

@@ -40,6 +40,7 @@ from sortrl.engine.batch import (  # noqa: F401 -- the warnings and EVAL_SEED_OF
     EVAL_SEED_OFFSET,
     Batch,
     EmptyEpochWarning,
+    History,
     PeerDifferenceWarning,
     Progress,
     memory_rows,
@@ -459,17 +460,9 @@ def _train_batch(
         return train_batch(state, configs, progress, with_config, done)
     num_epochs, steps = c0.num_epochs, c0.num_steps_per_epoch
     train_prompts = state.task.train
-    names = metrics.names(c0, state.task, state.resample, state.critic is not None)
-    col = {name: i for i, name in enumerate(names)}
-    history = torch.full((num_epochs, len(names), len(configs)), math.nan)
-    diverged_epoch = torch.full((len(configs),), -1)
+    history = History(state, metrics.names(c0, state.task, state.resample, state.critic is not None), num_epochs)
+    record = history.record
     step_losses = torch.zeros(len(configs))
-
-    def record(epoch: int, values: dict[str, Tensor], runs: Tensor | None = None) -> None:
-        """Store each metric [run] (or only at batch positions `runs`) as the value of `epoch`."""
-        where = state.runs if runs is None else state.runs[runs]
-        for name, value_ in values.items():
-            history[epoch, col[name], where] = (value_ if runs is None else value_[runs]).float()
 
     for epoch in range(num_epochs + 1):
         with torch.no_grad():
@@ -479,8 +472,7 @@ def _train_batch(
             finite = [torch.isfinite(t).reshape(len(t), -1).all(dim=1) for t in tensors]
             alive = torch.stack(finite).all(dim=0) & torch.isfinite(step_losses)
             if not bool(alive.all()):
-                diverged_epoch[state.runs[~alive]] = epoch - 1
-                state.keep(alive)
+                history.drop_diverged(alive, epoch)
                 logits = logits[alive]
                 if len(state.runs) == 0:
                     break
@@ -503,4 +495,4 @@ def _train_batch(
 
     if done is not None:
         done(state)
-    return metrics.to_frame(configs, names, history, diverged_epoch, steps, with_config)
+    return history.frame(configs, steps, with_config)
