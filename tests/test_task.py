@@ -200,6 +200,23 @@ def test_chance_score_is_sampled_when_enumeration_is_too_big():
     assert got == pytest.approx(8 / 10, abs=0.01)  # each position matches sorted(prompt) with probability 1/10
 
 
+def test_chance_scores_of_a_prompt_set_are_each_prompts_own(monkeypatch):
+    """Prompts of a set are scored together (a few per reward call, grouped by their padding): each gets exactly the
+    score it gets alone, for mixed lengths (padded prompts), sampled responses and EOS, whatever the chunk size."""
+    from sortrl.engine import task
+    from sortrl.engine.task import PAD, REWARDS, chance_scores
+
+    prompts = torch.tensor([[3, 1, 4, 1, 5, 9], [2, 6, PAD, PAD, PAD, PAD], [5, 3, 5, PAD, PAD, PAD], [8, 9, 7, 9, 3, 2]])
+    for eos_id in (None, 10):
+        for name, reward in REWARDS.items():
+            alone = torch.stack([chance_scores(p[None], reward, 11, eos_id)[0] for p in prompts])
+            together = chance_scores(prompts, reward, 11, eos_id)
+            assert torch.equal(together, alone), (name, eos_id)
+    before = chance_scores(prompts, REWARDS["inclusion_ordering"], 11, 10)
+    monkeypatch.setattr(task, "CHANCE_CHUNK_BYTES", 1)  # one prompt per call
+    assert torch.equal(chance_scores(prompts, REWARDS["inclusion_ordering"], 11, 10), before)
+
+
 def test_reward_bounds_are_the_best_and_chance_rewards_cached_by_what_chance_depends_on():
     """Configurations that share the chance fields share the cached chances; any chance field changes them."""
     configs = [

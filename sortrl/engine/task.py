@@ -135,6 +135,9 @@ CHANCE_EXACT_LIMIT = 200_000
 CHANCE_SAMPLES = 200_000
 """Responses per prompt drawn (generator seed 0) when there are too many to enumerate."""
 
+CHANCE_CHUNK_BYTES = 1 << 26
+"""About the bytes of one [prompt response pos pos] comparison `chance_scores` lets a reward make per call."""
+
 
 def chance_scores(
     prompts: Int[Tensor, "batch pos"], reward: RewardFn, num_tokens: int, eos_id: int | None
@@ -155,14 +158,19 @@ def chance_scores(
         grid = torch.cartesian_prod(*[torch.arange(num_tokens)] * length).view(-1, length)
     else:
         grid = torch.randint(num_tokens, (CHANCE_SAMPLES, length), generator=torch.Generator().manual_seed(0))
-    out = []
-    for prompt in prompts:  # one prompt at a time bounds memory: [1 1 responses pos]
-        real = prompt != PAD
-        responses = grid[:, : int(real.sum())]
-        responses = torch.nn.functional.pad(responses, (0, length - responses.shape[1]), value=0)[None, None]
+    out = torch.empty(len(prompts))
+    reals, which = torch.unique(prompts != PAD, dim=0, return_inverse=True)
+    for i, real in enumerate(reals):  # the responses and their masks are shared by the prompts of one padding
+        index = (which == i).nonzero().flatten()
+        n = int(real.sum())
+        responses = torch.nn.functional.pad(grid[:, :n], (0, length - n), value=0)[None, None]  # [1 1 trial pos]
         content = eos_masks(responses, eos_id)[0] & real
-        out.append(reward(prompt[None], responses, content).mean())
-    return torch.stack(out)
+        # a few prompts per call bounds memory (a reward may compare every position pair: [1 k trial pos pos])
+        k = max(1, CHANCE_CHUNK_BYTES // (grid.shape[0] * length * length))
+        for part in index.split(k):
+            shape = (1, len(part), -1, -1)
+            out[part] = reward(prompts[part], responses.expand(shape), content.expand(shape))[0].mean(dim=-1)
+    return out
 
 
 # --- prompt sets ---------------------------------------------------------
