@@ -206,7 +206,9 @@ def test_chance_scores_of_a_prompt_set_are_each_prompts_own(monkeypatch):
     from sortrl.engine import task
     from sortrl.engine.task import PAD, REWARDS, chance_scores
 
-    prompts = torch.tensor([[3, 1, 4, 1, 5, 9], [2, 6, PAD, PAD, PAD, PAD], [5, 3, 5, PAD, PAD, PAD], [8, 9, 7, 9, 3, 2]])
+    prompts = torch.tensor(
+        [[3, 1, 4, 1, 5, 9], [2, 6, PAD, PAD, PAD, PAD], [5, 3, 5, PAD, PAD, PAD], [8, 9, 7, 9, 3, 2]]
+    )
     for eos_id in (None, 10):
         for name, reward in REWARDS.items():
             alone = torch.stack([chance_scores(p[None], reward, 11, eos_id)[0] for p in prompts])
