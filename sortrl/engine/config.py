@@ -243,18 +243,21 @@ class RunConfig:
         plus the reward's comparisons of a response's tokens with its prompt's (length^2 B each, for a moment) and
         1,100 B per epoch (the per-epoch history and the returned table's row). An estimate to refuse impossible
         configs before allocating, not a promise. An autoregressive model (`transformer`) counts its own parameters
-        and per-token activations instead: not calibrated yet, and on the safe side (1,024 default transformer runs,
-        2 epochs: 268 MiB measured, 547 MiB estimated).
+        (5 copies) and per-token activations instead, each fitted by least squares to the peak resident memory of five
+        trainings (1,024, 256 and 512 default runs, 64 runs of d_model 64 x 2 layers, one of d_model 128 x 4 layers:
+        both factors came out at 0.51 of the former guess, which was 1.5-2x high); `tests/test_config.py` keeps three
+        within 1.5x.
         """
         vocab, dim, length = self.num_tokens, self.embedding_dim, self.response_length
         prompts = _prompts_per_epoch(self) + (self.num_eval_prompts if self.task == "random" else 0)
         responses = prompts * self.num_responses
-        if not MODELS[self.model].prompt_only:  # uncalibrated: parameters as above, per response token the
-            # activations autograd keeps (~20 d + 4 heads x 2W floats per block, 3 copies) and ~10 log-prob rows
+        if not MODELS[self.model].prompt_only:  # 5 copies of the parameters (tensors, gradients, Adam's moments, a
+            # temporary), per response token the activations autograd keeps (~10 d + 4 heads x W floats per block, 3
+            # copies) and ~5 log-prob rows: fitted to five measurements (see the docstring)
             d, blocks = self.d_model, self.n_layers
             params = (vocab + 1) * d + 2 * length * d + blocks * (12 * d * d + 4 * d) + 2 * d + d * vocab
-            per_token = 3 * blocks * (20 * d + 8 * self.n_heads * length) + 10 * vocab
-            floats = 10 * params + responses * (length * per_token + 3 * length + 30)
+            per_token = 3 * blocks * (10 * d + 4 * self.n_heads * length) + 5 * vocab
+            floats = 5 * params + responses * (length * per_token + 3 * length + 30)
             return 4 * floats + responses * length * length + 1_100 * self.num_epochs
         floats = 10 * (vocab * dim + 2 * length * dim * dim) + responses * (2 * length * vocab + 3 * length + 30)
         floats += 7 * prompts * length * vocab
