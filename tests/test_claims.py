@@ -16,6 +16,7 @@ import pytest
 
 from sortrl.analysis import claims, experiment
 from sortrl.analysis.verdicts import SIGNFLIP_RESAMPLES, holm, paired_effect, signflip_p, verdict
+from sortrl.engine.registry import ConfigError
 from sortrl.render import readme
 from sortrl.study.grid import parse_grid
 
@@ -41,6 +42,9 @@ CLAIMS = {
     "each": 'kind = "each"\naxis = "num_responses"\nold = { num_responses = 10 }\npredicts = "higher"',
     "magnitude": 'kind = "magnitude"\nnew = { deltas_mode = "centered_rewards" }\nold = { deltas_mode = "rewards" }\n'
     'within = { num_responses = [50, 2] }\npredicts = "higher"',
+    "versus": 'kind = "magnitude"\nnew = { deltas_mode = "centered_rewards", num_responses = 50 }\n'
+    'old = { deltas_mode = "rewards", num_responses = 50 }\nversus = { new = { num_responses = 2 }, old = { num_responses = 50 } }\n'
+    'predicts = "higher"',
     "within-run": 'kind = "within-run"\nx = "loss"\nmetric = "mean_reward"\npredicts = "higher"\nmargin = 0.1',
     "level": 'kind = "level"\nnew = { deltas_mode = "centered_rewards", num_responses = 50 }\nagainst = 0.4\n'
     'predicts = "same"',
@@ -199,6 +203,53 @@ def test_magnitude_compares_the_sizes_of_two_contrasts():
     lecture, _ = claims.tests(hand_experiment("magnitude", score))
     assert lecture.effect.point == pytest.approx(0.2)
     assert lecture.differences == pytest.approx([0.2] * 6)
+
+
+def test_magnitude_versus_compares_the_sizes_of_two_different_contrasts():
+    # at G = 50 centering adds 0.1; with raw rewards, G = 2 scores 0.4 less than G = 50 (plus a seed's noise): sizes
+    # 0.1 and 0.4 + noise, so the magnitude is 0.1 - (0.4 - noise) per seed (the second contrast's mean is negative,
+    # so it is oriented by minus one: its size is 0.4 - noise)
+    def score(regime, deltas, group, seed):
+        base = seed * 0.0625 + (0.1 if deltas == "centered_rewards" and group == 50 else 0.0)
+        return base - (0.4 + noise(seed) if group == 2 else 0.0)
+
+    exp = hand_experiment("versus", score)
+    (claim,) = exp.grid.claims
+    assert claim.contrasts[2:] == [{"num_responses": 2}, {"num_responses": 50}]
+    lecture, explore = claims.tests(exp)
+    expected = [0.1 - (0.4 + noise(s)) for s in range(6)]
+    assert lecture.differences == pytest.approx(expected) and explore.differences == pytest.approx(expected)
+    assert [s.label for s in lecture.sides] == [
+        "lecture / centered_rewards / num_responses=50",
+        "lecture / rewards / num_responses=50",
+        "lecture / rewards / num_responses=2",
+        "lecture / rewards / num_responses=50",
+    ]
+    assert lecture.effect.point == pytest.approx(float(np.mean(expected)))
+
+
+@pytest.mark.parametrize(
+    "versus",
+    [
+        "{ new = { num_responses = 2 } }",  # no old
+        "{ new = { num_responses = 2 }, old = { num_responses = 50 }, other = {} }",
+        "{ new = { num_responses = 2 }, old = {} }",  # an empty side
+        "{ new = { num_responses = 2 }, old = { num_responses = 50 } }\nwithin = { num_responses = [50, 2] }",  # both
+    ],
+)
+def test_a_bad_versus_is_one_error_naming_the_field(versus):
+    claim = (
+        'kind = "magnitude"\nnew = { deltas_mode = "centered_rewards" }\nold = { deltas_mode = "rewards" }\n'
+        f'versus = {versus}\npredicts = "higher"'
+    )
+    with pytest.raises(ConfigError, match="versus: a magnitude claim's second contrast"):
+        parse_grid(GRID + f'\n[[claim]]\nid = "H"\nstatement = "s"\nsource = "a test"\n{claim}\n')
+    with pytest.raises(ConfigError, match=r"versus\.new: .* is not an axis"):
+        parse_grid(
+            GRID + '\n[[claim]]\nid = "H"\nstatement = "s"\nsource = "a test"\nkind = "magnitude"\n'
+            'new = { deltas_mode = "centered_rewards" }\nold = { deltas_mode = "rewards" }\n'
+            'versus = { new = { colour = 2 }, old = { num_responses = 50 } }\npredicts = "higher"\n'
+        )
 
 
 def test_within_run_correlation_of_loss_and_reward_over_epochs():

@@ -240,6 +240,23 @@ def test_reward_per_sample_is_at_the_budget_of_one_group_per_epoch():
     assert without["reward_per_sample"].tolist() == pytest.approx([2.5])  # no re-sampling column: one group an epoch
 
 
+def test_easy_minus_hard_accuracy_is_the_last_epochs_short_minus_long_greedy_accuracy():
+    # run 0 ends sorting 3 of 4 short prompts (0.75) and 1 of 4 long ones (0.25): gap 0.5; run 1 ends 0.5 and 1.0: -0.5.
+    # Lengths sort as numbers (len=10 is the longest, not len=3); a run with one length has no gap (NaN)
+    rows = pd.DataFrame(
+        {
+            "run": [0, 0, 1, 1],
+            "epoch": [0, 1, 0, 1],
+            "greedy_accuracy/len=3": [0.0, 0.75, 1.0, 0.5],
+            "greedy_accuracy/len=10": [0.0, 0.25, 0.0, 1.0],
+        }
+    )
+    got = scores.compute(["easy_minus_hard_accuracy"], rows)["easy_minus_hard_accuracy"]
+    assert got.tolist() == pytest.approx([0.5, -0.5])
+    one_length = pd.DataFrame({"run": [0], "epoch": [0], "greedy_accuracy/len=3": [1.0]})
+    assert scores.compute(["easy_minus_hard_accuracy"], one_length)["easy_minus_hard_accuracy"].isna().all()
+
+
 def test_shared_runs_are_named():
     def section(name, ids):
         return Findings(experiment=SimpleNamespace(name=name, final=pd.DataFrame({"run_id": ids})), summary=None)

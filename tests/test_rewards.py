@@ -153,3 +153,18 @@ def test_is_sorted_exactly():
     prompts = torch.tensor([[2, 0, 1], [3, 3, 1]])
     greedy = torch.tensor([[[0, 1, 2], [1, 3, 3]], [[0, 2, 1], [3, 3, 1]]])  # [run batch pos]
     assert is_sorted_exactly(prompts, greedy).tolist() == [[True, True], [False, False]]
+
+
+def test_partial_credit_shares_of_the_lecture_rewards_by_hand():
+    """How much a reward credits wrong answers (claim L4b): the uniform random policy's share of the best reward on
+    the lecture's prompts (3 numbers of 5 values). Distance: each position is right with probability 1/5, so 3 x 1/5 =
+    0.6 of 3 (20%); exact match: (1/5)^3 = 0.008 of 1; inclusion_ordering: 2.664 of 5 (53%, by enumeration)."""
+    from sortrl.engine.config import RunConfig
+    from sortrl.engine.task import reward_bounds
+
+    share = {}
+    for name in ("inclusion_ordering", "distance", "exact_match"):
+        bounds = reward_bounds(RunConfig(reward=name))
+        share[name] = bounds.chance / bounds.best
+    assert share == pytest.approx({"inclusion_ordering": 2.664 / 5, "distance": 0.2, "exact_match": 0.008}, abs=1e-6)
+    assert share["exact_match"] < share["distance"] < share["inclusion_ordering"]

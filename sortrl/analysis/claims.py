@@ -17,7 +17,7 @@ makes (`test_kind`; `sortrl.analysis.verdicts.hypothesis_p`):
 | `each` | as `pair`, for every value of `axis` against `old`'s |
 | `trend` | as `pair`, for each step between neighbouring values of `axis` (in file order): a trend is its steps |
 | `interaction` | (new - old) at `within`'s first value minus at its second |
-| `magnitude` | abs(new - old) at `within`'s first value minus at its second: each contrast oriented by the sign of its mean |
+| `magnitude` | abs(new - old) at `within`'s first value minus at its second (or minus abs(versus.new - versus.old)): each contrast oriented by the sign of its mean |
 | `within-run` | Spearman rho over a run's epochs between the curves `x` and `metric`, averaged over the test's configurations |
 
 The CI is a percentile bootstrap over seeds, or exact for 0/1 scores.
@@ -229,9 +229,7 @@ def _tests(exp: Experiment, claim: Claim, setting: dict, where: str) -> list[Tes
     if claim.kind == "trend":
         return _steps(exp, claim, setting, where)
     if claim.kind in ("interaction", "magnitude"):
-        axis, (first, second) = next(iter(claim.within.items()))
-        four = [grid.select({**side, axis: v, **setting}) for v in (first, second) for side in (claim.new, claim.old)]
-        return [_interaction(exp, claim, four, where)]
+        return [_interaction(exp, claim, [grid.select({**side, **setting}) for side in claim.contrasts], where)]
     return [_within_run(exp, claim, setting, where)]
 
 

@@ -143,6 +143,19 @@ def _spread_slope(rows: pd.DataFrame) -> pd.Series:
     return (sums["xy"] / sums["xx"].where(sums["xx"] > 0)).rename("spread_slope")
 
 
+def _easy_minus_hard(rows: pd.DataFrame) -> pd.Series:
+    """Per run of a mixed-length prompt set: final greedy accuracy on its shortest prompts minus on its longest.
+
+    Reads the per-length columns `greedy_accuracy/len=<n>` (the last epoch's, as `final_greedy_accuracy`); NaN for
+    a run with one prompt length. Paired by seed, config A's value minus config B's is A's gain over B on the short
+    (easy) prompts minus its gain on the long (hard) ones: where A puts its learning, prompt by difficulty.
+    """
+    columns = sorted((c for c in rows if c.startswith("greedy_accuracy/len=")), key=lambda c: int(c.split("=")[1]))
+    if len(columns) < 2:
+        return pd.Series(dtype=float)
+    return _final(columns[0], 0)(rows).sub(_final(columns[-1], 0)(rows)).rename("easy_minus_hard_accuracy")
+
+
 SHARE = (0.0, 1.0)
 """The bounds of a share (or a 0/1 score): 0 and 1."""
 
@@ -246,6 +259,13 @@ SCORES: dict[str, Score] = {
         _spread_slope,
         "slope of log mean |delta| on log reward std across prompts and epochs (1: weight follows spread; 0: none)",
         "slope",
+    ),
+    "easy_minus_hard_accuracy": Score(
+        ("greedy_accuracy/len=*",),
+        _easy_minus_hard,
+        "greedy accuracy on the shortest prompts minus on the longest (a mixed-length prompt set; last epoch)",
+        "share",
+        bounds=(-1.0, 1.0),
     ),
     "final_eval/mean_reward": Score(
         ("eval/mean_reward",), _final("eval/mean_reward"), "held-out mean reward (last 10% of evaluations)", "reward"

@@ -142,6 +142,9 @@ def _row_label(test: Test, where: str) -> str:
 def _effect_words(claim: Claim) -> str:
     new = ", ".join(f"{v}" for v in claim.new.values())
     old = ", ".join(f"{v}" for v in claim.old.values())
+    if claim.versus:
+        versus = [", ".join(f"{v}" for v in claim.versus[k].values()) for k in ("new", "old")]
+        return f"|{new} - {old}| minus |{versus[0]} - {versus[1]}|"
     if claim.kind in ("interaction", "magnitude"):
         axis, (a, b) = next(iter(claim.within.items()))
         bars = "|" if claim.kind == "magnitude" else ""

@@ -207,7 +207,7 @@ def render(all_tests: list[Test], figures: dict[str, str]) -> str:
         "both one-sided tests against the margin), **non-inferiority** (one-sided, against minus the margin), a "
         "**trend** (as a whole: the per-seed Spearman rho between the position along the axis and the score; "
         "then each step between neighbouring values, a difference each), a **magnitude** (the "
-        "size of a contrast at one setting minus at another) or a **within-run correlation** (Spearman rho over a "
+        "size of a contrast at one setting minus at another, or minus the size of another contrast) or a **within-run correlation** (Spearman rho over a "
         f"run's epochs). All {len(tests)} p-values are corrected together with Holm's method (family-wise error "
         f"{ALPHA:g}); the contrary tests below with Bonferroni's, over the same family. {_resolution(tests)}",
         "- Verdicts: **supported** (the prediction's corrected test is significant, a difference in the predicted "
@@ -373,6 +373,10 @@ def _prediction(claim) -> str:
             f"the per-seed rank correlation along `{claim.axis}` (margin ±{TREND_MARGIN:g} rho) and each step along "
             "it (a value minus the one before it)"
         )
+    elif claim.versus:
+        first = f"{_values(claim.new)} minus {_values(claim.old)}"
+        second = f"{_values(claim.versus['new'])} minus {_values(claim.versus['old'])}"
+        what = f"the size of ({first}) minus the size of ({second})"
     elif claim.kind in ("interaction", "magnitude"):
         axis, (a, b) = next(iter(claim.within.items()))
         contrast = f"{_values(claim.new)} minus {_values(claim.old)}"

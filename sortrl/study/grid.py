@@ -82,7 +82,7 @@ SHORT_NAMES = {"kl_penalty": "kl", "learning_rate": "lr"}
 CLAIM_KEYS = (
     "id", "statement", "subject", "source", "kind", "metric", "new", "old", "predicts", "margin",
     "axis", "within", "across", "seed", "implied", "figure", "x", "skip", "margin_reason", "identity", "tolerance",
-    "rationale", "against",
+    "rationale", "against", "versus",
 )  # fmt: skip
 KINDS = ("pair", "each", "trend", "interaction", "magnitude", "within-run", "level")
 """How a claim compares configurations (see `Claim`)."""
@@ -191,7 +191,8 @@ class Claim:
     | `each` | as `pair`, for every value of `axis` (at `new`'s other values) against `old` |
     | `trend` | each step along `axis` (a value minus the one before it, in file order), others at `new` |
     | `interaction` | (`new` - `old`) at the first value of `within`'s axis minus at its second |
-    | `magnitude` | abs(`new` - `old`) at the first value of `within`'s axis minus at its second |
+    | `magnitude` | abs(`new` - `old`) at the first value of `within`'s axis minus at its second; or, with `versus`, |
+    | | abs(`new` - `old`) minus abs(`versus.new` - `versus.old`): which of two contrasts is larger |
     | `within-run` | Spearman rho over a run's epochs between the curves `x` and `metric`, mean over configurations |
     | `level` | metric of `new` minus the constant `against` (a one-sample test: "the bias is gone" is a gap of 0) |
 
@@ -246,6 +247,18 @@ class Claim:
     """`each`: values of `axis` not compared with `old` (a reference drawn beside them, such as `sft`)."""
     against: float = 0.0
     """`level`: the constant the metric of `new` is compared with (metric units): what it is without the effect."""
+    versus: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """`magnitude` without `within`: the second contrast, `{ new = {...}, old = {...} }` (as `new` / `old`), whose
+    size the first one's is compared with (e.g. a change of reward against a change of algorithm)."""
+
+    @property
+    def contrasts(self) -> list[dict[str, Any]]:
+        """The four configurations an `interaction` or `magnitude` claim compares, as `Grid.select` takes them:
+        `new`, `old` at `within`'s first value, then at its second; or `new`, `old`, `versus.new`, `versus.old`."""
+        if self.versus:
+            return [self.new, self.old, self.versus["new"], self.versus["old"]]
+        axis, (first, second) = next(iter(self.within.items()))
+        return [{**side, axis: v} for v in (first, second) for side in (self.new, self.old)]
 
     @property
     def scores(self) -> tuple[str, ...]:
@@ -698,8 +711,23 @@ def _parse_claims(tables: Any, grid: Grid, path: str | Path) -> tuple[Claim, ...
         seed = values.get("seed")
         if seed is not None and seed not in grid.seeds:
             raise fail(f"seed: must be one of the grid's seeds, got {seed!r}")
-        for side in ("new", "old"):
-            chosen = values[side]
+        versus = values.get("versus", {})
+        if "versus" in values and (
+            values.get("kind") != "magnitude"
+            or "within" in values
+            or not isinstance(versus, dict)
+            or sorted(versus) != ["new", "old"]
+            or not all(isinstance(v, dict) and v for v in versus.values())
+        ):
+            raise fail(
+                "versus: a magnitude claim's second contrast (instead of within), "
+                'e.g. { new = { deltas_mode = "normalized_rewards" }, old = { deltas_mode = "centered_rewards" } }'
+            )
+        for side, chosen in (
+            ("new", values["new"]),
+            ("old", values["old"]),
+            *((f"versus.{k}", v) for k, v in versus.items()),
+        ):
             if not isinstance(chosen, dict):
                 raise fail(f"{side}: a table of axis or RunConfig values")
             bad = sorted(set(chosen) - {*FIELD_NAMES, "recipe", *grid.axes} | ({"seed"} & set(chosen)))
@@ -723,7 +751,7 @@ def _parse_claims(tables: Any, grid: Grid, path: str | Path) -> tuple[Claim, ...
         if kind == "each" and not values["old"]:
             raise fail("old: an each claim compares every value of its axis with one configuration; give it")
         within = values.get("within", {})
-        if kind in ("interaction", "magnitude"):
+        if kind == "interaction" or (kind == "magnitude" and not versus):
             ok = (
                 isinstance(within, dict)
                 and len(within) == 1
@@ -762,10 +790,9 @@ def _parse_claims(tables: Any, grid: Grid, path: str | Path) -> tuple[Claim, ...
 def _check_claim_configurations(claim: Claim, grid: Grid, fail: Any) -> None:
     """Every configuration `claim` compares exists, in every one of its tests."""
     for test in grid.tests(claim):
-        sides = [claim.new, claim.old] if claim.kind in ("pair", "interaction", "magnitude") else [claim.new]
+        sides = [claim.new, claim.old] if claim.kind == "pair" else [claim.new]
         if claim.kind in ("interaction", "magnitude"):
-            axis, pair = next(iter(claim.within.items()))
-            sides = [{**side, axis: v} for side in sides for v in pair]
+            sides = claim.contrasts
         if claim.kind in ("trend", "each"):
             sides = [{**claim.new, claim.axis: v} for v in grid.axis_values(claim.axis)]
             sides += [claim.old] if claim.kind == "each" else []
