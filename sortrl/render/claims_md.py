@@ -646,7 +646,8 @@ def transfer_sentence(all_tests: list[Test]) -> str:
     if not found:
         return ""
     counted = tally(found)
-    listed = ", ".join(f"{n} {key}" for key, n in sorted(counted.items(), key=lambda kv: (-kv[1], kv[0])))
+    ordered = sorted(counted.items(), key=lambda kv: (-kv[1], kv[0]))
+    listed = ", ".join(f"{n} {key if n == 1 else key.replace('holds', 'hold')}" for key, n in ordered)
     own = lecture(found)
     text = (
         f"Of the lecture's {plural(len(own), 'conclusion')} tested on both families "

@@ -667,21 +667,19 @@ def plot_generalisation(exp: Experiment) -> Figure | None:
     drawn = final.drop_duplicates("configuration").sort_values(NUM_PROMPTS, kind="stable")
     twins = twin_lines(exp, drawn.groupby("line", sort=False)["configuration"].agg(list).to_dict())
     chances = {chance_accuracy(exp, label) for label in trained.index}
-    panels = [
-        ("final_greedy_accuracy", "training prompts: greedy accuracy (share sorted exactly)"),
-        (f"final_{EVAL_ACCURACY}", "held-out prompts: greedy accuracy (share sorted exactly)"),
-    ]
+    panels = [("final_greedy_accuracy", "training prompts"), (f"final_{EVAL_ACCURACY}", "held-out prompts")]
     with style():
         fig, axes = subplots(1, 2, (11, 4), sharey=True)
-        for ax, (column, ylabel) in zip(axes[0], panels):
+        for ax, (column, title) in zip(axes[0], panels):
             _lines_along(ax, final, NUM_PROMPTS, column, palette, twins)
+            ax.set_title(title)
             if len(chances) == 1 and None not in chances:
                 ax.axhline(next(iter(chances)), color="black", lw=0.8, ls=":")
             ax.set_xscale("log")
             ax.set_xticks(sorted(final[NUM_PROMPTS].unique()), [str(n) for n in sorted(final[NUM_PROMPTS].unique())])
             ax.minorticks_off()
             ax.set_xlabel("training prompts (log scale)")
-            ax.set_ylabel(ylabel)
+        axes[0][0].set_ylabel("greedy accuracy (share of prompts sorted exactly)")
         handles = [Line2D([], [], color=palette[k], lw=2, label=k) for k in dict.fromkeys(final["line"])]
         if len(chances) == 1 and None not in chances:
             handles.append(Line2D([], [], color="black", lw=0.8, ls=":", label=f"chance: {next(iter(chances)):.2g}"))
