@@ -57,6 +57,8 @@ def test_the_ledger_tests_in_the_regime_the_pilot_declares_it_chooses():
     for grid in _grids("claims"):
         if grid.name == "claims-trap":  # its regimes are epochs (100, 200), not exploration
             continue
+        if _transfer(grid):  # tested in the lecture's regime only, once per model family (issue 25's time budget)
+            continue
         explore = [pilot._fields(v) for v in grid.axes["regime"] if v["name"] == "explore"]
         assert explore and explore[0] in candidates, f"{grid.name}: its explore regime is no pilot candidate"
         assert "entropy_coeff" not in explore[0], "no unscaled entropy bonus in the second regime"
@@ -170,3 +172,35 @@ def test_every_ledger_claim_says_why_its_test_and_its_margin():
                 continue
             assert claim.rationale, f"{grid.name}: {claim.id} has no rationale"
             assert claim.margin_reason, f"{grid.name}: {claim.id} has no margin_reason"
+
+
+def _transfer(grid) -> bool:
+    """Whether `grid` is a transfer grid: a `model` axis, no `regime` axis, every claim tested across `model`."""
+    return (
+        "model" in grid.axes
+        and "regime" not in grid.axes
+        and all(c.across == "model" or not c.across for c in grid.claims)
+    )
+
+
+def test_the_transfer_grids_repeat_the_pilots_pick_and_match_the_initial_entropy():
+    """The transfer grids test their claims on both families, with the trap pilot's pick as E1's escape (not picked
+    again on ledger seeds) and a check that the families start at the same entropy."""
+    transfer = [g for g in _grids("claims") if _transfer(g)]
+    assert {g.name for g in transfer} == {"claims-transfer", "claims-transfer-groups"}
+    for grid in transfer:
+        assert grid.axes["model"] == ["linear", "transformer"]
+        assert all(c.across == "model" for c in grid.claims if c.id != "T0")
+    (main,) = [g for g in transfer if g.name == "claims-transfer"]
+    (trap,) = [g for g in _grids("pilot") if g.name == "pilot-trap"]
+    escape = next(v for v in main.axes["arm"] if v["name"] == "escape")
+    # the pilot's candidate with the highest mean final score (PILOT.md's pilot-trap table: 0.829, 10 of 16 solved)
+    picked = next(v for v in trap.axes["choice"] if v["name"] == "centered, T 2, entropy 0.3")
+    assert pilot._fields(escape) == pilot._fields(picked)
+    (t0,) = [c for c in main.claims if c.id == "T0"]
+    assert (t0.metric, t0.predicts, t0.new["model"], t0.old["model"]) == (
+        "initial_entropy",
+        "same",
+        "transformer",
+        "linear",
+    )

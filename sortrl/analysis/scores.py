@@ -196,6 +196,13 @@ SCORES: dict[str, Score] = {
     "final_entropy": Score(
         ("entropy",), _final("entropy"), "entropy of the sampling policy (last 10%)", "nats", bounds=POSITIVE
     ),
+    "initial_entropy": Score(
+        ("entropy",),
+        _initial("entropy"),
+        "entropy of the untrained sampling policy (first epoch), per response token",
+        "nats",
+        bounds=POSITIVE,
+    ),
     "final_loss": Score(("loss",), _final("loss"), "the loss (last 10%)", "loss"),
     "final_kl": Score(("kl",), _final("kl"), "KL to the reference (last 10%)", "nats", bounds=POSITIVE),
     "final_response_length": Score(

@@ -30,6 +30,7 @@ from sortrl.analysis.claims import (
 )
 from sortrl.analysis.findings import fmt_interval
 from sortrl.analysis.scores import DERIVED, SCORES, bounds
+from sortrl.analysis.transfer import Transfer, lecture, matched_entropy, tally, transfers
 from sortrl.analysis.verdicts import (
     ALPHA,
     CLAIM_VERDICTS,
@@ -238,6 +239,7 @@ def render(all_tests: list[Test], figures: dict[str, str]) -> str:
         "",
         *verdict_table(tests),
         "",
+        *transfer_section(all_tests),
         *check_table(checked),
     ]
     for claim_id in dict.fromkeys(t.claim.id for t in all_tests):
@@ -552,6 +554,13 @@ def readme_block(all_tests: list[Test], figure: Path | None, claims_link: str, c
         "",
         *compact_table(tests, claims_link),
     ]
+    if transfers(all_tests):
+        anchor = TRANSFER_HEADING.lower().replace(" ", "-")
+        lines += [
+            "",
+            f"**Do the verdicts survive a change of model?** {transfer_sentence(all_tests)} Per claim: "
+            f"[{claims_link}]({claims_link}#{anchor}).",
+        ]
     if checked:
         ids = ", ".join(dict.fromkeys(t.claim.id for t in checked))
         failed = [t.label for t in checked if t.verdict != "holds"]
@@ -601,3 +610,66 @@ def headline_claim(tests: list[Test]) -> str | None:
 def _cell(text: str) -> str:
     """`text` in a Markdown table cell: a `|` of its own (`mean |advantage|`) escaped, so it does not split the cell."""
     return text.replace("|", "\\|")
+
+
+TRANSFER_HEADING = "Transfer to a second model family"
+
+
+def transfer_section(all_tests: list[Test], link: str = "") -> list[str]:
+    """CLAIMS.md's section on the claims tested on each model family (`sortrl.analysis.transfer`): the rule, the
+    families' initial entropies and one row per claim with its verdict per family and the column *holds on*; no
+    lines when no claim is tested across families."""
+    found = transfers(all_tests)
+    if not found:
+        return []
+    families = list(found[0].verdicts)
+    lines = [
+        f"## {TRANSFER_HEADING}",
+        "",
+        f"Claims tested once per model family ({', '.join(f'`{f}`' for f in families)}). A claim **holds** on a "
+        "family when its claim-level verdict over that family's tests is supported or supported in part (some test "
+        "supports it and none contradicts it); an implementation check holds when it holds in every seed. Column "
+        f"*holds on*: where it holds. {transfer_sentence(all_tests)}",
+        "",
+        f"| claim | statement | {' | '.join(families)} | holds on |",
+        f"| --- | --- | {' | '.join('---' for _ in families)} | --- |",
+    ]
+    for t in found:
+        cells = " | ".join(t.verdicts[f] for f in families)
+        lines.append(
+            f"| [{t.claim.id}]({link}#{_anchor(t.claim.id)}) | {_cell(t.claim.statement)} | {cells} | "
+            f"**{t.holds_on}** |"
+        )
+    return [*lines, ""]
+
+
+def transfer_sentence(all_tests: list[Test]) -> str:
+    """`Of the lecture's 3 conclusions tested on both families (T-L1, ...), 2 hold on both; of all 8 claims: ...`,
+    with the families' initial entropies when a claim checks them (empty without transferred claims)."""
+    found = transfers(all_tests)
+    if not found:
+        return ""
+    counted = tally(found)
+    ordered = sorted(counted.items(), key=lambda kv: (-kv[1], kv[0]))
+    listed = ", ".join(f"{n} {key if n == 1 else key.replace('holds', 'hold')}" for key, n in ordered)
+    own = lecture(found)
+    text = (
+        f"Of the lecture's {plural(len(own), 'conclusion')} tested on both families "
+        f"({', '.join(t.claim.id for t in own)}), {_holding(own)} {'holds' if _holding(own) == 1 else 'hold'} "
+        "on both; of all "
+        f"{plural(len(found), 'transferred claim')}: {listed}."
+        if own
+        else f"Of {plural(len(found), 'transferred claim')}: {listed}."
+    )
+    entropy = matched_entropy(all_tests)
+    if entropy is not None:
+        starts = ", ".join(f"`{side.label}` {fmt(side.mean, 2)}" for side in reversed(entropy.sides))
+        text += (
+            f" Initial entropy per response token (first epoch, mean over {entropy.n} seeds): {starts} nats "
+            f"({entropy.claim.id}: {entropy.verdict} within {entropy.claim.margin:g} nats)."
+        )
+    return text
+
+
+def _holding(found: list[Transfer]) -> int:
+    return sum(t.holds_on == "holds on both" for t in found)

@@ -547,9 +547,10 @@ def plot_heatmap(exp: Experiment, summary: pd.DataFrame) -> Figure | None:
     return fig
 
 
-def _length_axes(exp: Experiment) -> list[str]:
-    """Axes that decide the prompt length: grouping runs by the other axes leaves several lengths together."""
-    configs = exp.configs.assign(lengths=[exp.config(label).prompt_length for label in exp.labels])
+def _setting_axes(exp: Experiment, field: str = PROMPT_LENGTH) -> list[str]:
+    """Axes that decide the RunConfig `field` (the prompt length): grouping runs by the other axes leaves several of
+    its values together."""
+    configs = exp.configs.assign(lengths=[repr(getattr(exp.config(label), field)) for label in exp.labels])
     found = []
     for axis in exp.axes:
         others = [a for a in exp.axes if a != axis]
@@ -557,6 +558,18 @@ def _length_axes(exp: Experiment) -> list[str]:
         if any(part["lengths"].nunique() > 1 for _, part in groups):
             found.append(axis)
     return found
+
+
+def _lines_along(ax: Any, final: pd.DataFrame, x: str, column: str, palette: Any, twins: dict[str, Twin]) -> None:
+    """One line per `line` of `final` (a run per row): the mean of `column` at each value of `x` with its 95%
+    bootstrap CI band."""
+    for line, part in final.groupby("line", sort=False):
+        values = part.dropna(subset=[column]).groupby(x, sort=True)[column].agg(list)
+        means = np.array([np.mean(v) for v in values])
+        cis = np.array([stats.bootstrap_ci([v], stats.mean, SEED) for v in values]).reshape(-1, 2)
+        over = {**twin_style(twins[line]), "markevery": None} if line in twins else {"marker": "o"}
+        ax.plot(values.index, means, color=palette[line], lw=1.6, **over)
+        ax.fill_between(values.index, cis[:, 0], cis[:, 1], color=palette[line], alpha=0.2, lw=0)
 
 
 def plot_prompt_length(exp: Experiment) -> Figure | None:
@@ -577,7 +590,7 @@ def plot_prompt_length(exp: Experiment) -> Figure | None:
         return None
     if not all(isinstance(v, int) for v in trained) or trained.nunique() < 2:
         return None
-    length_axes = _length_axes(exp)
+    length_axes = _setting_axes(exp)
     line_axes = [a for a in exp.axes if a not in length_axes]
     lines = {
         label: join_labels([value_label(a, c[a]) for a in line_axes], "all runs") for label, c in exp.configs.iterrows()
@@ -604,13 +617,7 @@ def plot_prompt_length(exp: Experiment) -> Figure | None:
     with style():
         fig, axes = subplots(1, 3, (14, 4))
         for ax, (column, ylabel) in zip(axes[0], panels):
-            for line, part in final.groupby("line", sort=False):
-                values = part.dropna(subset=[column]).groupby(PROMPT_LENGTH, sort=True)[column].agg(list)
-                means = np.array([np.mean(v) for v in values])
-                cis = np.array([stats.bootstrap_ci([v], stats.mean, SEED) for v in values]).reshape(-1, 2)
-                over = {**twin_style(twins[line]), "markevery": None} if line in twins else {"marker": "o"}
-                ax.plot(values.index, means, color=palette[line], lw=1.6, **over)
-                ax.fill_between(values.index, cis[:, 0], cis[:, 1], color=palette[line], alpha=0.2, lw=0)
+            _lines_along(ax, final, PROMPT_LENGTH, column, palette, twins)
             ax.set_xlabel("prompt length (numbers per prompt)")
             ax.set_ylabel(ylabel)
             ax.set_xticks(sorted(final[PROMPT_LENGTH].unique()))
@@ -619,6 +626,66 @@ def plot_prompt_length(exp: Experiment) -> Figure | None:
         handles += twin_handles(twins, palette.get)
         fig.legend(handles=handles, loc="outside right center", frameon=False)
         fig.suptitle(f"{exp.name}: final held-out performance vs prompt length (mean over runs, 95% CI)")
+    return fig
+
+
+def chance_accuracy(exp: Experiment, label: str) -> float | None:
+    """Greedy accuracy of a policy that guesses: the probability that a uniformly random response (every token of
+    the model's vocabulary equally likely at each of the L positions) is the sorted prompt, 1 / V^L; None with EOS or
+    mixed prompt lengths (no one L)."""
+    cfg = exp.config(label)
+    if cfg.eos or len(cfg.lengths) > 1:
+        return None
+    return float(cfg.num_tokens) ** -cfg.response_length
+
+
+NUM_PROMPTS = "num_prompts"
+
+
+def plot_generalisation(exp: Experiment) -> Figure | None:
+    """Final greedy accuracy on the training prompts and on held-out prompts vs the number of training prompts.
+
+    Drawn only when the runs have `eval/greedy_accuracy` (held-out prompts,
+    `task = "random"`) and `num_prompts` takes at least two values. One line
+    per configuration of the axes that do not set `num_prompts` (model family x
+    method, say), mean over seeds with a 95% bootstrap CI band; the x axis is
+    logarithmic. Chance (`chance_accuracy`, 1 / V^L) is drawn as a dotted line.
+    """
+    sizes = pd.Series({label: exp.config(label).num_prompts for label in exp.labels})
+    trained = sizes[sizes.index.isin(exp.final["configuration"])]
+    if trained.nunique() < 2 or f"final_{EVAL_ACCURACY}" not in exp.final:
+        return None
+    line_axes = [a for a in exp.axes if a not in _setting_axes(exp, NUM_PROMPTS)]
+    lines = {
+        label: join_labels([value_label(a, c[a]) for a in line_axes], "all runs") for label, c in exp.configs.iterrows()
+    }
+    final = exp.final.assign(
+        **{NUM_PROMPTS: exp.final["configuration"].map(sizes).astype(int)},
+        line=exp.final["configuration"].map(lines),
+    )
+    palette = exp.palette if set(lines.values()) <= set(exp.palette) else make_palette(list(lines.values()), "dark")
+    drawn = final.drop_duplicates("configuration").sort_values(NUM_PROMPTS, kind="stable")
+    twins = twin_lines(exp, drawn.groupby("line", sort=False)["configuration"].agg(list).to_dict())
+    chances = {chance_accuracy(exp, label) for label in trained.index}
+    panels = [("final_greedy_accuracy", "training prompts"), (f"final_{EVAL_ACCURACY}", "held-out prompts")]
+    with style():
+        fig, axes = subplots(1, 2, (11, 4), sharey=True)
+        for ax, (column, title) in zip(axes[0], panels):
+            _lines_along(ax, final, NUM_PROMPTS, column, palette, twins)
+            ax.set_title(title)
+            if len(chances) == 1 and None not in chances:
+                ax.axhline(next(iter(chances)), color="black", lw=0.8, ls=":")
+            ax.set_xscale("log")
+            ax.set_xticks(sorted(final[NUM_PROMPTS].unique()), [str(n) for n in sorted(final[NUM_PROMPTS].unique())])
+            ax.minorticks_off()
+            ax.set_xlabel("training prompts (log scale)")
+        axes[0][0].set_ylabel("greedy accuracy (share of prompts sorted exactly)")
+        handles = [Line2D([], [], color=palette[k], lw=2, label=k) for k in dict.fromkeys(final["line"])]
+        if len(chances) == 1 and None not in chances:
+            handles.append(Line2D([], [], color="black", lw=0.8, ls=":", label=f"chance: {next(iter(chances)):.2g}"))
+        handles += twin_handles(twins, palette.get)
+        fig.legend(handles=handles, loc="outside right center", frameon=False)
+        fig.suptitle(f"{exp.name}: final greedy accuracy vs training prompts (mean over seeds, 95% CI)")
     return fig
 
 
@@ -671,6 +738,11 @@ FIGURES: dict[str, FigureSpec] = {
     "prompt_length": FigureSpec(
         lambda e, s: plot_prompt_length(e),
         "Final held-out greedy accuracy, mean reward and train/held-out gap vs prompt length",
+    ),
+    "generalisation": FigureSpec(
+        lambda e, s: plot_generalisation(e),
+        "Final greedy accuracy on the training and on held-out prompts vs the number of training prompts; dotted: "
+        "chance (a uniformly random response is sorted)",
     ),
 }
 """Report figures: name -> how to draw it (None when it does not apply), its caption, the curves it draws."""
