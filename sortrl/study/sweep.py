@@ -23,8 +23,8 @@ What can go wrong, and what happens (each is a tested property):
 - Ctrl-C, SIGTERM, an error: the workers are stopped (they ignore Ctrl-C
   themselves, so they print nothing), the stored chunks stay, and the manifest
   says `interrupted` or `failed`; the same command resumes;
-- this process is killed (`kill -9`): loky workers notice within a second
-  (`WATCH_SECONDS`) and exit, so nothing keeps running.
+- this process is killed (`kill -9`): loky workers notice within a second,
+  also while they start (`sortrl.study.lifeline`), and exit, so nothing keeps running.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from typing import Any, NamedTuple
 from sortrl.engine.config import RunConfig
 from sortrl.engine.registry import ConfigError, check_choice
 from sortrl.engine.train import EmptyEpochWarning, PeerDifferenceWarning, batch_key, check_memory, train
+from sortrl.study import lifeline
 from sortrl.study.grid import Grid
 from sortrl.study.store import (
     atomic_write_text,
@@ -81,9 +82,6 @@ cluster with no worker that answers for this long ends the sweep (Dask's own lim
 ASSUMED_RUN_STEPS_PER_S = 100_000
 """Run-steps per second one worker trains, for the estimate `sortrl sweep` prints before training: about what one
 core of a 2020s machine does on the default model (`make bench`); bigger models are slower."""
-
-WATCH_SECONDS = 0.5
-"""How often a loky worker checks that the process that started it is still alive."""
 
 REPORT_SECONDS = 0.5
 """Most often a worker tells the client how far its chunk is (`train` counts run-steps once per epoch): two
@@ -845,12 +843,8 @@ class _LokyPool(_Pool):
         self.renew()
 
     def renew(self) -> None:
-        from joblib.externals.loky import get_reusable_executor
-
         with _sigint_blocked():  # workers start with SIGINT blocked (inherited): Ctrl-C is ours to handle
-            self.executor = get_reusable_executor(
-                max_workers=self.workers, timeout=300, initializer=worker_init, initargs=(os.getpid(),)
-            )
+            self.executor = worker_executor(self.workers, idle_seconds=300)
         _EXECUTORS.append(self.executor)
 
     @contextlib.contextmanager
@@ -1115,21 +1109,33 @@ def _sigint_blocked() -> Iterator[None]:
                 handler(signal.SIGTERM, None)
 
 
+def worker_executor(workers: int, idle_seconds: float) -> Any:
+    """loky's reusable executor of `workers` processes (a sweep's, a report's), which exit after `idle_seconds` idle.
+
+    Each worker runs `worker_init` and watches this process from its first
+    `import sortrl` (`sortrl.study.lifeline`), so that it exits within a
+    second of this process's death even while it imports torch. Call it
+    within `_sigint_blocked`: loky may start processes here.
+    """
+    from joblib.externals.loky import get_reusable_executor
+
+    return get_reusable_executor(
+        max_workers=workers,
+        timeout=idle_seconds,
+        initializer=worker_init,
+        initargs=(os.getpid(),),
+        env=lifeline.child_environment(),
+    )
+
+
 def worker_init(parent: int) -> None:
-    """Set up a loky worker (a sweep's, a report's): ignore Ctrl-C (the client handles it) and exit soon after
-    `parent` dies (`WATCH_SECONDS`), so that a killed client leaves no process behind."""
+    """Set up a loky worker (a sweep's, a report's) or a forked helper process: ignore Ctrl-C (the client handles it)
+    and exit soon after `parent` dies (`sortrl.study.lifeline`), so that a killed client leaves no process behind."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # the imports' objects (torch's, pandas') live as long as the worker: out of every collection,
     # including the one at exit, which took ~0.5 s of each worker's shutdown at the end of a sweep
     gc.freeze()
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="sortrl-watch-parent").start()
-
-
-def _watch_parent(parent: int) -> None:
-    """Exit this process once `parent` is gone (it was killed: nobody will read our results)."""
-    while os.getppid() == parent:
-        time.sleep(WATCH_SECONDS)
-    os._exit(1)
+    lifeline.watch_parent(parent)  # a loky worker watches it already; a forked process starts here
 
 
 def check_scheduler(scheduler: str, backend: str = "dask") -> None:
