@@ -963,6 +963,34 @@ def test_the_plan_of_a_local_dask_cluster_counts_the_workers_it_has(tmp_path, mo
     assert read_manifest(runs_dir(tmp_path, "one"))["n_jobs"] == 1
 
 
+def test_the_plan_of_a_scheduler_counts_its_workers_not_n_jobs(tmp_path, monkeypatch):
+    """Issue 23: a sweep on a Dask scheduler's cluster (a LocalCluster stands in) with 3 worker threads and
+    --n-jobs 1 said "on 1 worker" and handed out one chunk at a time; now it counts the cluster's 3 threads (the
+    plan, the chunks handed out at once, the manifest), while the chunk plan (which sets the bytes) still follows
+    --n-jobs. A scheduler that does not say how many workers it has: the plan says so, and chunks go out --n-jobs at
+    a time."""
+    from distributed import Client, LocalCluster
+
+    grid = parse_grid('name = "far"\nseeds = 6\n[base]\nnum_epochs = 2\nnum_steps_per_epoch = 1\n')
+    plans = []
+    with LocalCluster(
+        n_workers=1, threads_per_worker=3, processes=False, dashboard_address=":0", silence_logs=logging.ERROR
+    ) as cluster:
+        address = cluster.scheduler_address
+        outcome = run_sweep(grid, tmp_path / "a", n_jobs=1, chunk_size=2, backend="dask", scheduler=address,
+                            on_plan=plans.append)  # fmt: skip
+        monkeypatch.setattr(Client, "nthreads", lambda self: (_ for _ in ()).throw(OSError("no answer")))
+        silent = run_sweep(grid, tmp_path / "b", n_jobs=1, chunk_size=2, backend="dask", scheduler=address,
+                           on_plan=plans.append)  # fmt: skip
+    assert [p.workers for p in plans] == [3, None] and outcome.trained == silent.trained == 6
+    assert read_manifest(runs_dir(tmp_path / "a", "far"))["n_jobs"] == 3
+    assert quiet_load(tmp_path / "a").equals(quiet_load(tmp_path / "b"))  # 3 chunks of 2 either way
+    from sortrl.cli import _plan_line
+
+    assert _plan_line(plans[0]) == "6 runs, 0 already stored, 6 to train (12 run-steps) on 3 workers"
+    assert _plan_line(plans[1]).endswith("on the Dask scheduler's workers (it did not say how many)")
+
+
 def test_sigterm_is_held_while_worker_processes_start():
     """`sortrl sweep` raises on SIGTERM (to unwind); raised in the middle of starting a worker process (loky's, the
     progress manager's) it left a half-started child the sweep then waited for at exit, for ever (2 of 16 SIGTERMs

@@ -291,7 +291,9 @@ class Plan(NamedTuple):
     to_train: int
     run_steps: int
     """Inner steps summed over the runs to train (one run's: num_epochs x num_steps_per_epoch)."""
-    workers: int
+    workers: int | None
+    """Chunks that train at once: loky processes, or a Dask cluster's worker threads (None: its scheduler did not
+    say how many)."""
 
 
 BACKENDS = ("loky", "dask")
@@ -347,7 +349,7 @@ class _GridSweep:
         planned = plan_chunks(self.configs, chunk_size, parallel)
         return [chunk for chunk in ([c for c in chunk if c.run_id in missing] for chunk in planned) if chunk]
 
-    def announce(self, workers: int, chunks: int, grids: list[str]) -> Plan:
+    def announce(self, workers: int | None, chunks: int, grids: list[str]) -> Plan:
         """Write the grid file's copy and the `running` manifest; the `Plan` for the caller's progress line."""
         self.open = chunks
         self.manifest.update(n_jobs=workers, queue=grids)
@@ -477,7 +479,9 @@ def run_sweeps(
     more than the cores); `backend="dask"` uses the Dask cluster at
     `scheduler` (an address such as ``tcp://host:8786``), or a `LocalCluster`
     of `n_jobs` one-thread workers on this machine if none is given (at most one
-    per core: the plan's `workers` counts those that run). A Dask worker not
+    per core); the plan's `workers` counts the cluster's worker threads (with a
+    `scheduler`, those that joined it, whatever `n_jobs`, which shapes only the
+    chunk plan; None if it does not say). A Dask worker not
     heard from for `worker_timeout` seconds (stopped, or its machine gone) is
     restarted (a local cluster's) or removed from the cluster, and its chunks
     train on the others; no worker answering for that long is a `ConfigError`. Each
@@ -532,7 +536,7 @@ def run_sweeps(
                 check_memory(configs, shards, pool.workers)
             names = [s.grid.name for s in sweeps]
             for g, s in enumerate(sweeps):
-                plan = s.announce(pool.workers, len(planned[g]), names)
+                plan = s.announce(pool.workers if pool.counted else None, len(planned[g]), names)
                 if on_plan is not None:
                     on_plan(s.grid.name, plan)
             for g, s in enumerate(sweeps):
@@ -746,6 +750,8 @@ class _Pool:
     """Parallel slots the chunk plan is made for (`plan_chunks`'s `n_jobs`)."""
     workers = 1
     """Chunks handed out at once (`parallel`, capped at the number of chunks)."""
+    counted = True
+    """Whether `workers` counts the workers that train (False: a Dask scheduler did not say how many it has)."""
     background = False
     """Whether chunks train elsewhere while this process stores results (else `submit` trains them here)."""
 
@@ -929,11 +935,17 @@ class _DaskPool(_Pool):
         self.handled: set[str] = set()  # workers killed or removed (one warning each, whatever the scheduler lists)
 
     def start(self, chunks: int) -> None:
-        """A local cluster: at most as many chunks at once as it has workers (one a core), which the plan says."""
+        """At most as many chunks at once as the cluster has worker threads now (a local cluster: one a core; another:
+        whatever joined its scheduler, more or fewer than `--n-jobs`, which only shapes the chunk plan), which the
+        plan says. A scheduler that does not say how many: `parallel` at a time, and the plan says it does not know."""
         super().start(chunks)
-        if self.local:
-            with contextlib.suppress(Exception):  # a count for the plan only: never fail a sweep over it
-                self.workers = max(1, min(self.workers, sum(self.client.nthreads().values())))
+        try:
+            slots = sum(self.client.nthreads().values())
+        except Exception:  # noqa: BLE001 -- a count for the plan only: never fail a sweep over it
+            slots = 0
+        self.counted = slots > 0
+        if self.counted:
+            self.workers = max(1, min(chunks, slots))
 
     def check(self, pending: int) -> list[str]:
         """Workers the scheduler has not heard from for `timeout` s: a local one is killed (its nanny starts a new
