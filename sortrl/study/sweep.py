@@ -13,8 +13,10 @@ What can go wrong, and what happens (each is a tested property):
 - a worker process dies (the OOM killer, `kill -9`): its chunk is trained
   again, at most `MAX_ATTEMPTS` times; chunks that still fail are left out and
   named in one line (`SweepResult.problem`), the manifest says `incomplete`;
-- a worker stops answering (a stopped Dask worker): every `heartbeat`
-  seconds without a finished chunk, a `SweepWarning` says what is running;
+- a worker stops answering (a stopped Dask worker), or a chunk never ends
+  (a plug-in stuck in a loop): every `heartbeat` seconds without a finished
+  chunk, a `SweepWarning` says what is running, and which chunk has run
+  longest, for how long, where, and how long it should take;
   a Dask worker the scheduler has not heard from for `worker_timeout` seconds
   is restarted (a local cluster's) or removed from the cluster (another's),
   with a `SweepWarning`, and its chunks train again on the other workers; a
@@ -611,6 +613,7 @@ def _train_all(
     attempts: collections.Counter[int] = collections.Counter()
     given_up: dict[int, str] = {}
     running: dict[Any, int] = {}
+    since: dict[Any, float] = {}  # when each running chunk was handed out
     quiet_since = time.monotonic()
 
     def which(indices: Iterable[int]) -> str:
@@ -620,7 +623,8 @@ def _train_all(
         while todo and len(running) < pool.workers:
             i = todo.popleft()
             report = None if steps is None else pool.report(steps.start(i))
-            running[pool.submit(chunks[i], labels[i], threads, report)] = i
+            future = pool.submit(chunks[i], labels[i], threads, report)
+            running[future], since[future] = i, time.monotonic()
 
     next_check = time.monotonic() + pool.poll
     while todo or running:
@@ -636,10 +640,13 @@ def _train_all(
             continue  # time to check the workers, not yet to say so
         if not finished:
             waiting = f", {len(todo)} waiting" if todo else ""
+            oldest = min(running, key=since.__getitem__)
             warnings.warn(
                 f"{which(running.values())}: no chunk finished in the last {time.monotonic() - quiet_since:.0f} s "
-                f"({len(running)} running{pool.where(list(running))}{waiting}); a worker may be stopped or "
-                "overloaded; still waiting",
+                f"({len(running)} running{pool.where(list(running))}{waiting}); "
+                f"{_overdue(running[oldest], len(chunks), len(chunks[running[oldest]]), cost[running[oldest]])} has "
+                f"run {time.monotonic() - since[oldest]:.0f} s{pool.where([oldest])}; a worker may be stopped, "
+                "overloaded or stuck (in a plug-in?); still waiting (stop and rerun: the stored chunks stay)",
                 SweepWarning,
                 stacklevel=2,
             )
@@ -650,6 +657,7 @@ def _train_all(
         while finished:
             for future in finished:
                 i = running.pop(future)
+                since.pop(future, None)
                 try:
                     arrived.append((i, pool.result(future)))
                 except Exception as err:  # noqa: BLE001 -- a lost worker is retried; anything else is re-raised
@@ -683,6 +691,17 @@ def _train_all(
             yield from arrived
     for i, reason in given_up.items():
         yield i, _GaveUp(len(chunks[i]), reason)
+
+
+def _overdue(i: int, chunks: int, runs: int, run_steps: int) -> str:
+    """The chunk that has run longest, named for a heartbeat warning, with the time it should take (at
+    `ASSUMED_RUN_STEPS_PER_S`), so that a user can tell a stuck chunk from a slow one."""
+    expected = run_steps / ASSUMED_RUN_STEPS_PER_S
+    about = "under a second" if expected < 1 else f"about {round(expected):,} s"
+    return (
+        f"the longest running, chunk {i + 1} of {chunks} ({runs:,} runs, {run_steps:,} run-steps: {about} at "
+        f"{ASSUMED_RUN_STEPS_PER_S:,} run-steps/s),"
+    )
 
 
 class _Steps:
