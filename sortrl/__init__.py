@@ -15,6 +15,12 @@ from typing import Any
 # exact; it must be set before the process's first matmul, hence before torch is imported (sortrl.engine).
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
+# A sweep's or a report's worker process watches its parent from here, before its slow imports (torch, pandas):
+# a parent killed meanwhile then leaves nothing running (sortrl.study.lifeline)
+from sortrl.study.lifeline import watch_from_environment  # noqa: E402 -- after the environment it must precede
+
+watch_from_environment()
+
 _API = {"RunConfig": "sortrl.engine.config", "ConfigError": "sortrl.engine.registry", "train": "sortrl.engine.train"}
 
 __all__ = ["ConfigError", "RunConfig", "train"]

@@ -647,6 +647,8 @@ def _plan_line(plan: Plan) -> str:
     line = f"{plan.total:,} runs, {plan.stored:,} already stored, {plan.to_train:,} to train"
     if not plan.to_train:
         return line
+    if plan.workers is None:  # a Dask scheduler that did not say how many workers it has
+        return f"{line} ({plan.run_steps:,} run-steps) on the Dask scheduler's workers (it did not say how many)"
     workers = f"{plan.workers} worker{'s' if plan.workers > 1 else ''}"
     line += f" ({plan.run_steps:,} run-steps) on {workers}"
     seconds = plan.run_steps / (ASSUMED_RUN_STEPS_PER_S * plan.workers)

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -577,6 +578,44 @@ def test_n_jobs_is_capped_at_the_chunks_and_at_the_cores_with_a_warning(tmp_path
     assert read_manifest(runs_dir(tmp_path, "few"))["n_jobs"] == cores
 
 
+def test_a_chunk_that_never_ends_is_named_in_the_heartbeat(tmp_path, monkeypatch):
+    """Issue 23: a worker that answers but never finishes its chunk (a plug-in stuck in a loop) got only "no chunk
+    finished in the last 60 s"; now each heartbeat names the chunk that has run longest, its size, how long it
+    should take and how long it has run, so a stuck chunk is told from a slow one. Worker threads stand in for loky's
+    processes; chunk 1 (the first handed out) waits until the warning has been given."""
+    import threading
+
+    import joblib.externals.loky
+
+    monkeypatch.setattr(joblib.externals.loky, "get_reusable_executor", lambda max_workers, **kw: _ThreadExecutor(2))
+    monkeypatch.setattr(sweep_module.os, "cpu_count", lambda: 2)
+    heard, real_chunk, real_warn = threading.Event(), sweep_module._train_chunk, warnings.warn
+
+    def stuck(configs, labels, threads, report=None):
+        if configs[0].seed == 0:
+            heard.wait(60)  # released by the warning, not by time
+        return real_chunk(configs, labels, threads, report)
+
+    def warn(message, *args, **kwargs):
+        if "no chunk finished" in str(message):
+            heard.set()
+        real_warn(message, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "_train_chunk", stuck)
+    monkeypatch.setattr(sweep_module.warnings, "warn", warn)
+    grid = parse_grid('name = "stuck"\nseeds = 4\n[base]\nnum_epochs = 2\nnum_steps_per_epoch = 1\n')
+    with pytest.warns(sweep_module.SweepWarning, match="no chunk finished") as caught:
+        outcome = run_sweep(grid, tmp_path, n_jobs=2, chunk_size=2, heartbeat=0.2)
+    assert outcome.trained == 4 and heard.is_set()
+    (line,) = [str(w.message) for w in caught if "no chunk finished" in str(w.message)][:1]
+    assert re.search(
+        r"^stuck: no chunk finished in the last \d+ s \([12] running\); the longest running, chunk 1 of 2 \(2 runs, "
+        r"4 run-steps: under a second at 100,000 run-steps/s\), has run \d+ s; a worker may be stopped, overloaded "
+        r"or stuck \(in a plug-in\?\); still waiting \(stop and rerun: the stored chunks stay\)$",
+        line,
+    ), line
+
+
 def test_a_local_dask_cluster_has_at_most_one_worker_per_core(monkeypatch):
     """--n-jobs 16 --backend dask on 2 cores: 2 local workers, with the warning loky's cap gives (it started 16)."""
     import distributed
@@ -961,6 +1000,34 @@ def test_the_plan_of_a_local_dask_cluster_counts_the_workers_it_has(tmp_path, mo
         outcome = run_sweep(grid, tmp_path, n_jobs=2, chunk_size=1, backend="dask", on_plan=plans.append)
     assert [p.workers for p in plans] == [1] and outcome.trained == 4
     assert read_manifest(runs_dir(tmp_path, "one"))["n_jobs"] == 1
+
+
+def test_the_plan_of_a_scheduler_counts_its_workers_not_n_jobs(tmp_path, monkeypatch):
+    """Issue 23: a sweep on a Dask scheduler's cluster (a LocalCluster stands in) with 3 worker threads and
+    --n-jobs 1 said "on 1 worker" and handed out one chunk at a time; now it counts the cluster's 3 threads (the
+    plan, the chunks handed out at once, the manifest), while the chunk plan (which sets the bytes) still follows
+    --n-jobs. A scheduler that does not say how many workers it has: the plan says so, and chunks go out --n-jobs at
+    a time."""
+    from distributed import Client, LocalCluster
+
+    grid = parse_grid('name = "far"\nseeds = 6\n[base]\nnum_epochs = 2\nnum_steps_per_epoch = 1\n')
+    plans = []
+    with LocalCluster(
+        n_workers=1, threads_per_worker=3, processes=False, dashboard_address=":0", silence_logs=logging.ERROR
+    ) as cluster:
+        address = cluster.scheduler_address
+        outcome = run_sweep(grid, tmp_path / "a", n_jobs=1, chunk_size=2, backend="dask", scheduler=address,
+                            on_plan=plans.append)  # fmt: skip
+        monkeypatch.setattr(Client, "nthreads", lambda self: (_ for _ in ()).throw(OSError("no answer")))
+        silent = run_sweep(grid, tmp_path / "b", n_jobs=1, chunk_size=2, backend="dask", scheduler=address,
+                           on_plan=plans.append)  # fmt: skip
+    assert [p.workers for p in plans] == [3, None] and outcome.trained == silent.trained == 6
+    assert read_manifest(runs_dir(tmp_path / "a", "far"))["n_jobs"] == 3
+    assert quiet_load(tmp_path / "a").equals(quiet_load(tmp_path / "b"))  # 3 chunks of 2 either way
+    from sortrl.cli import _plan_line
+
+    assert _plan_line(plans[0]) == "6 runs, 0 already stored, 6 to train (12 run-steps) on 3 workers"
+    assert _plan_line(plans[1]).endswith("on the Dask scheduler's workers (it did not say how many)")
 
 
 def test_sigterm_is_held_while_worker_processes_start():

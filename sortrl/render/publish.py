@@ -59,7 +59,7 @@ from sortrl.render.readme import read_readme, readme_text
 from sortrl.render.report import render_report
 from sortrl.study.grid import Grid, check_claim_ids, parse_grid, search_for_plugins
 from sortrl.study.store import experiment_names, runs_dir, write_files
-from sortrl.study.sweep import _sigint_blocked, worker_init
+from sortrl.study.sweep import _sigint_blocked, worker_executor
 
 
 class Outputs(NamedTuple):
@@ -173,20 +173,16 @@ def _in_workers(
     heard: Callable[[int, Outputs, Done], None],
 ) -> None:
     """`_outputs` of each experiment in `jobs` loky processes, which ignore Ctrl-C and exit within a second of this
-    process's death (`sortrl.study.sweep.worker_init`); stopped at once if this process is interrupted or fails.
+    process's death, also while they start (`sortrl.study.sweep.worker_executor`); stopped at once if this process is interrupted or fails.
     `heard(i, outputs, done)` as experiment i is ready. The costliest experiments (`cost`, e.g. their stored bytes)
     are handed out first, so no process is left with a long one at the end."""
-    from joblib.externals.loky import get_reusable_executor
-
     order = sorted(range(len(names)), key=lambda i: -cost[i])
     executor = None
     try:
         # the processes start with Ctrl-C blocked, and a SIGTERM (`sortrl report`'s handler unwinds) meanwhile is
         # handled once they are up: raised while one starts, it left a half-started process to wait for
         with _sigint_blocked():
-            executor = get_reusable_executor(
-                max_workers=jobs, timeout=30, initializer=worker_init, initargs=(os.getpid(),)
-            )
+            executor = worker_executor(jobs, idle_seconds=30)
             futures = {executor.submit(_outputs, results, names[i], files[i], keys[i]): i for i in order}
         for future in concurrent.futures.as_completed(futures):
             heard(futures[future], *future.result())

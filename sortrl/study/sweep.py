@@ -13,8 +13,10 @@ What can go wrong, and what happens (each is a tested property):
 - a worker process dies (the OOM killer, `kill -9`): its chunk is trained
   again, at most `MAX_ATTEMPTS` times; chunks that still fail are left out and
   named in one line (`SweepResult.problem`), the manifest says `incomplete`;
-- a worker stops answering (a stopped Dask worker): every `heartbeat`
-  seconds without a finished chunk, a `SweepWarning` says what is running;
+- a worker stops answering (a stopped Dask worker), or a chunk never ends
+  (a plug-in stuck in a loop): every `heartbeat` seconds without a finished
+  chunk, a `SweepWarning` says what is running, and which chunk has run
+  longest, for how long, where, and how long it should take;
   a Dask worker the scheduler has not heard from for `worker_timeout` seconds
   is restarted (a local cluster's) or removed from the cluster (another's),
   with a `SweepWarning`, and its chunks train again on the other workers; a
@@ -23,8 +25,8 @@ What can go wrong, and what happens (each is a tested property):
 - Ctrl-C, SIGTERM, an error: the workers are stopped (they ignore Ctrl-C
   themselves, so they print nothing), the stored chunks stay, and the manifest
   says `interrupted` or `failed`; the same command resumes;
-- this process is killed (`kill -9`): loky workers notice within a second
-  (`WATCH_SECONDS`) and exit, so nothing keeps running.
+- this process is killed (`kill -9`): loky workers notice within a second,
+  also while they start (`sortrl.study.lifeline`), and exit, so nothing keeps running.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from typing import Any, NamedTuple
 from sortrl.engine.config import RunConfig
 from sortrl.engine.registry import ConfigError, check_choice
 from sortrl.engine.train import EmptyEpochWarning, PeerDifferenceWarning, batch_key, check_memory, train
+from sortrl.study import lifeline
 from sortrl.study.grid import Grid
 from sortrl.study.store import (
     atomic_write_text,
@@ -81,9 +84,6 @@ cluster with no worker that answers for this long ends the sweep (Dask's own lim
 ASSUMED_RUN_STEPS_PER_S = 100_000
 """Run-steps per second one worker trains, for the estimate `sortrl sweep` prints before training: about what one
 core of a 2020s machine does on the default model (`make bench`); bigger models are slower."""
-
-WATCH_SECONDS = 0.5
-"""How often a loky worker checks that the process that started it is still alive."""
 
 REPORT_SECONDS = 0.5
 """Most often a worker tells the client how far its chunk is (`train` counts run-steps once per epoch): two
@@ -293,7 +293,9 @@ class Plan(NamedTuple):
     to_train: int
     run_steps: int
     """Inner steps summed over the runs to train (one run's: num_epochs x num_steps_per_epoch)."""
-    workers: int
+    workers: int | None
+    """Chunks that train at once: loky processes, or a Dask cluster's worker threads (None: its scheduler did not
+    say how many)."""
 
 
 BACKENDS = ("loky", "dask")
@@ -349,7 +351,7 @@ class _GridSweep:
         planned = plan_chunks(self.configs, chunk_size, parallel)
         return [chunk for chunk in ([c for c in chunk if c.run_id in missing] for chunk in planned) if chunk]
 
-    def announce(self, workers: int, chunks: int, grids: list[str]) -> Plan:
+    def announce(self, workers: int | None, chunks: int, grids: list[str]) -> Plan:
         """Write the grid file's copy and the `running` manifest; the `Plan` for the caller's progress line."""
         self.open = chunks
         self.manifest.update(n_jobs=workers, queue=grids)
@@ -479,7 +481,9 @@ def run_sweeps(
     more than the cores); `backend="dask"` uses the Dask cluster at
     `scheduler` (an address such as ``tcp://host:8786``), or a `LocalCluster`
     of `n_jobs` one-thread workers on this machine if none is given (at most one
-    per core: the plan's `workers` counts those that run). A Dask worker not
+    per core); the plan's `workers` counts the cluster's worker threads (with a
+    `scheduler`, those that joined it, whatever `n_jobs`, which shapes only the
+    chunk plan; None if it does not say). A Dask worker not
     heard from for `worker_timeout` seconds (stopped, or its machine gone) is
     restarted (a local cluster's) or removed from the cluster, and its chunks
     train on the others; no worker answering for that long is a `ConfigError`. Each
@@ -534,7 +538,7 @@ def run_sweeps(
                 check_memory(configs, shards, pool.workers)
             names = [s.grid.name for s in sweeps]
             for g, s in enumerate(sweeps):
-                plan = s.announce(pool.workers, len(planned[g]), names)
+                plan = s.announce(pool.workers if pool.counted else None, len(planned[g]), names)
                 if on_plan is not None:
                     on_plan(s.grid.name, plan)
             for g, s in enumerate(sweeps):
@@ -609,6 +613,7 @@ def _train_all(
     attempts: collections.Counter[int] = collections.Counter()
     given_up: dict[int, str] = {}
     running: dict[Any, int] = {}
+    since: dict[Any, float] = {}  # when each running chunk was handed out
     quiet_since = time.monotonic()
 
     def which(indices: Iterable[int]) -> str:
@@ -618,7 +623,8 @@ def _train_all(
         while todo and len(running) < pool.workers:
             i = todo.popleft()
             report = None if steps is None else pool.report(steps.start(i))
-            running[pool.submit(chunks[i], labels[i], threads, report)] = i
+            future = pool.submit(chunks[i], labels[i], threads, report)
+            running[future], since[future] = i, time.monotonic()
 
     next_check = time.monotonic() + pool.poll
     while todo or running:
@@ -634,10 +640,13 @@ def _train_all(
             continue  # time to check the workers, not yet to say so
         if not finished:
             waiting = f", {len(todo)} waiting" if todo else ""
+            oldest = min(running, key=since.__getitem__)
             warnings.warn(
                 f"{which(running.values())}: no chunk finished in the last {time.monotonic() - quiet_since:.0f} s "
-                f"({len(running)} running{pool.where(list(running))}{waiting}); a worker may be stopped or "
-                "overloaded; still waiting",
+                f"({len(running)} running{pool.where(list(running))}{waiting}); "
+                f"{_overdue(running[oldest], len(chunks), len(chunks[running[oldest]]), cost[running[oldest]])} has "
+                f"run {time.monotonic() - since[oldest]:.0f} s{pool.where([oldest])}; a worker may be stopped, "
+                "overloaded or stuck (in a plug-in?); still waiting (stop and rerun: the stored chunks stay)",
                 SweepWarning,
                 stacklevel=2,
             )
@@ -648,6 +657,7 @@ def _train_all(
         while finished:
             for future in finished:
                 i = running.pop(future)
+                since.pop(future, None)
                 try:
                     arrived.append((i, pool.result(future)))
                 except Exception as err:  # noqa: BLE001 -- a lost worker is retried; anything else is re-raised
@@ -681,6 +691,17 @@ def _train_all(
             yield from arrived
     for i, reason in given_up.items():
         yield i, _GaveUp(len(chunks[i]), reason)
+
+
+def _overdue(i: int, chunks: int, runs: int, run_steps: int) -> str:
+    """The chunk that has run longest, named for a heartbeat warning, with the time it should take (at
+    `ASSUMED_RUN_STEPS_PER_S`), so that a user can tell a stuck chunk from a slow one."""
+    expected = run_steps / ASSUMED_RUN_STEPS_PER_S
+    about = "under a second" if expected < 1 else f"about {round(expected):,} s"
+    return (
+        f"the longest running, chunk {i + 1} of {chunks} ({runs:,} runs, {run_steps:,} run-steps: {about} at "
+        f"{ASSUMED_RUN_STEPS_PER_S:,} run-steps/s),"
+    )
 
 
 class _Steps:
@@ -748,6 +769,8 @@ class _Pool:
     """Parallel slots the chunk plan is made for (`plan_chunks`'s `n_jobs`)."""
     workers = 1
     """Chunks handed out at once (`parallel`, capped at the number of chunks)."""
+    counted = True
+    """Whether `workers` counts the workers that train (False: a Dask scheduler did not say how many it has)."""
     background = False
     """Whether chunks train elsewhere while this process stores results (else `submit` trains them here)."""
 
@@ -845,12 +868,8 @@ class _LokyPool(_Pool):
         self.renew()
 
     def renew(self) -> None:
-        from joblib.externals.loky import get_reusable_executor
-
         with _sigint_blocked():  # workers start with SIGINT blocked (inherited): Ctrl-C is ours to handle
-            self.executor = get_reusable_executor(
-                max_workers=self.workers, timeout=300, initializer=worker_init, initargs=(os.getpid(),)
-            )
+            self.executor = worker_executor(self.workers, idle_seconds=300)
         _EXECUTORS.append(self.executor)
 
     @contextlib.contextmanager
@@ -935,11 +954,17 @@ class _DaskPool(_Pool):
         self.handled: set[str] = set()  # workers killed or removed (one warning each, whatever the scheduler lists)
 
     def start(self, chunks: int) -> None:
-        """A local cluster: at most as many chunks at once as it has workers (one a core), which the plan says."""
+        """At most as many chunks at once as the cluster has worker threads now (a local cluster: one a core; another:
+        whatever joined its scheduler, more or fewer than `--n-jobs`, which only shapes the chunk plan), which the
+        plan says. A scheduler that does not say how many: `parallel` at a time, and the plan says it does not know."""
         super().start(chunks)
-        if self.local:
-            with contextlib.suppress(Exception):  # a count for the plan only: never fail a sweep over it
-                self.workers = max(1, min(self.workers, sum(self.client.nthreads().values())))
+        try:
+            slots = sum(self.client.nthreads().values())
+        except Exception:  # noqa: BLE001 -- a count for the plan only: never fail a sweep over it
+            slots = 0
+        self.counted = slots > 0
+        if self.counted:
+            self.workers = max(1, min(chunks, slots))
 
     def check(self, pending: int) -> list[str]:
         """Workers the scheduler has not heard from for `timeout` s: a local one is killed (its nanny starts a new
@@ -1115,21 +1140,33 @@ def _sigint_blocked() -> Iterator[None]:
                 handler(signal.SIGTERM, None)
 
 
+def worker_executor(workers: int, idle_seconds: float) -> Any:
+    """loky's reusable executor of `workers` processes (a sweep's, a report's), which exit after `idle_seconds` idle.
+
+    Each worker runs `worker_init` and watches this process from its first
+    `import sortrl` (`sortrl.study.lifeline`), so that it exits within a
+    second of this process's death even while it imports torch. Call it
+    within `_sigint_blocked`: loky may start processes here.
+    """
+    from joblib.externals.loky import get_reusable_executor
+
+    return get_reusable_executor(
+        max_workers=workers,
+        timeout=idle_seconds,
+        initializer=worker_init,
+        initargs=(os.getpid(),),
+        env=lifeline.child_environment(),
+    )
+
+
 def worker_init(parent: int) -> None:
-    """Set up a loky worker (a sweep's, a report's): ignore Ctrl-C (the client handles it) and exit soon after
-    `parent` dies (`WATCH_SECONDS`), so that a killed client leaves no process behind."""
+    """Set up a loky worker (a sweep's, a report's) or a forked helper process: ignore Ctrl-C (the client handles it)
+    and exit soon after `parent` dies (`sortrl.study.lifeline`), so that a killed client leaves no process behind."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # the imports' objects (torch's, pandas') live as long as the worker: out of every collection,
     # including the one at exit, which took ~0.5 s of each worker's shutdown at the end of a sweep
     gc.freeze()
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="sortrl-watch-parent").start()
-
-
-def _watch_parent(parent: int) -> None:
-    """Exit this process once `parent` is gone (it was killed: nobody will read our results)."""
-    while os.getppid() == parent:
-        time.sleep(WATCH_SECONDS)
-    os._exit(1)
+    lifeline.watch_parent(parent)  # a loky worker watches it already; a forked process starts here
 
 
 def check_scheduler(scheduler: str, backend: str = "dask") -> None:
