@@ -356,7 +356,7 @@ def test_readme_headline_is_the_ledger(results, sections, tmp_path):
     ledger = claims.ledger(claims.tests(exp))
     readme.write_readme(path, sections, results, ledger)
     text = path.read_text()
-    assert "**The claims ledger**" in text and "| claim | statement | source |" in text
+    assert "**The claims ledger**" in text and "| claim | statement | verdict | tests |" in text
     assert "centering helps" in text and not math.isnan(ledger[0].p_adjusted)
 
 
@@ -390,8 +390,8 @@ def test_a_bar_in_a_statement_does_not_split_the_ledger_tables_cells():
     effect = SimpleNamespace(point=0.5, low=0.4, high=0.6)
     t = SimpleNamespace(claim=claim, where="", verdict="supported", effect=effect, bound="")
     (row,) = claims_md.compact_table([t], "CLAIMS.md")[2:]
-    assert "mean \\|advantage\\|" in row and "a \\| paper" in row
-    assert len(re.findall(r"(?<!\\)\|", row)) == 6  # the row's own separators: 5 cells
+    assert "mean \\|advantage\\|" in row and "paper" not in row  # the source is in the claim's section
+    assert len(re.findall(r"(?<!\\)\|", row)) == 5  # the row's own separators: 4 cells
 
 
 def test_an_identity_is_an_implementation_check_outside_the_family_and_the_counts():
@@ -551,7 +551,8 @@ def test_the_committed_ledger_names_each_sections_test_kind_and_prints_no_degene
     for line in sections:
         kind = re.search(r"Tested in grid `[^`]+`, as an? (.+?), on ", line)
         assert kind is not None and kind.group(1) in KINDS, line[:200]
-    table = [row for row in text.split("## Implementation checks")[0].splitlines() if row.startswith("| [")]
+    verdicts = text.split("## Verdicts", 1)[1].split("\n## ", 1)[0]  # the verdict table's section only
+    table = [row for row in verdicts.splitlines() if row.startswith("| [")]
     assert table and all(row.split(" | ")[3] in KINDS[:-1] for row in table)  # the verdict table's column *test*
     # no interval whose two ends print alike, anywhere (effects, sides, checks)
     same_ends = re.findall(r"\[([+-]?[0-9.e+-]+), \1\]", text)
@@ -563,15 +564,18 @@ def test_the_committed_ledger_names_each_sections_test_kind_and_prints_no_degene
 def test_the_committed_readme_headline_counts_implementation_checks_apart():
     ledger = (ROOT / "results" / "CLAIMS.md").read_text()
     readme = (ROOT / "README.md").read_text()
-    checks = set(re.findall(r"^\| \[(\w+)\]\(#claim-\w+\) \| [^\n]*\*\*(?:holds|not in every seed)\*\*", ledger, re.M))
+    checks = set(
+        re.findall(r"^\| \[([\w-]+)\]\(#claim-[\w-]+\) \| [^\n]*\*\*(?:holds|not in every seed)\*\*", ledger, re.M)
+    )
     assert checks  # R3, R4, R5, G2b, D1 hold by construction
     counts = re.search(r"^(\d+) claims, (\d+) tests: (.*)\. Claims: (.*)\.$", ledger, re.M)
     headline = re.search(r"\*\*The claims ledger\*\* \(claims: (.*?); tests: (.*?); paired by seed", readme)
     assert counts and headline
     assert headline.group(1) == counts.group(4) and headline.group(2) == counts.group(3)  # the same counts
-    rows = re.findall(r"^\| \[(\w+)\]\(results/CLAIMS\.md#claim-\w+\) \|", readme, re.M)
+    rows = re.findall(r"^\| \[([\w-]+)\]\(results/CLAIMS\.md#claim-[\w-]+\) \|", readme, re.M)
     assert len(rows) == int(counts.group(1)) and not checks & set(rows)  # one row per claim, no check among them
-    claim_level = re.findall(r"^\| \[\w+\]\(results/CLAIMS\.md#[^|]+\|[^|]+\|[^|]+\| \*\*([a-z ]+)\*\*", readme, re.M)
+    cells = [re.split(r"(?<!\\)\|", row) for row in readme.splitlines() if row.startswith("| [")]
+    claim_level = [re.match(r" \*\*([a-z ]+)\*\*", row[3])[1] for row in cells]  # claim | statement | verdict
     tally = Counter(claim_level)
     assert sum(tally.values()) == len(rows)
     for found, n in tally.items():  # the headline's claim counts are the rows' claim-level verdicts

@@ -37,3 +37,11 @@ def test_the_quickstart_runs_as_written(tmp_path):
         done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, (command, done.stdout[-2000:], done.stderr[-2000:])
     assert (tmp_path / "mine" / "REPORT.md").is_file() and list((tmp_path / "mine" / "figures").glob("*.png"))
+
+
+def test_the_readme_starts_small():
+    """Issue 24's README: under ~250 lines and no line over 400 characters (the generated headline included: its
+    table rows leave the source to the claim's section, its prose is broken into lines)."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 250
+    assert max(len(line) for line in lines) <= 400, max(lines, key=len)[:120]

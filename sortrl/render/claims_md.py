@@ -10,6 +10,7 @@ inconclusive test, how many seeds a paired test would need.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -512,8 +513,9 @@ def _agrees(predicts: str, value: float, margin: float) -> bool:
 
 
 def compact_table(tests: list[Test], link: str) -> list[str]:
-    """One row per claim: its statement, source and each setting's verdict (counted where a claim has many tests)."""
-    lines = ["| claim | statement | source | verdict | tests |", "| --- | --- | --- | --- | --- |"]
+    """One row per claim: its statement and each setting's verdict (counted where a claim has many tests); its source
+    is in its section, one click away (the README keeps every line under `README_LINE` characters)."""
+    lines = ["| claim | statement | verdict | tests |", "| --- | --- | --- | --- |"]
     overall, flags = claim_verdicts(tests), claim_bound_flags(tests)
     for claim_id in dict.fromkeys(t.claim.id for t in tests):
         mine = [t for t in tests if t.claim.id == claim_id]
@@ -535,7 +537,7 @@ def compact_table(tests: list[Test], link: str) -> list[str]:
         claim = mine[0].claim
         flag = flags[claim_id]
         lines.append(
-            f"| [{claim_id}]({link}#{_anchor(claim_id)}) | {_cell(claim.statement)} | {_cell(claim.source)} | "
+            f"| [{claim_id}]({link}#{_anchor(claim_id)}) | {_cell(claim.statement)} | "
             f"**{overall[claim_id]}**{f' ({flag})' if flag else ''} | {'; '.join(cells)} |"
         )
     return lines
@@ -547,10 +549,11 @@ def readme_block(all_tests: list[Test], figure: Path | None, claims_link: str, c
     lines = []
     if figure is not None:
         lines += [f"![the partial-credit trap: solve rate by choice]({figure.as_posix()})", "", f"*{caption}*", ""]
-    lines += [
+    lines += [  # a paragraph over two lines (Markdown joins them), each under README_LINE characters
         f"**The claims ledger** (claims: {claim_counts(tests)}; tests: {counts(tests)}; paired by seed, "
-        "Holm-corrected over the whole ledger; effects on the chance-normalised final score "
-        f"unless the claim says otherwise; every test, figure and number: [{claims_link}]({claims_link})):",
+        "Holm-corrected over the whole ledger;",
+        "effects on the chance-normalised final score unless the claim says otherwise; every test, figure and number: "
+        f"[{claims_link}]({claims_link})):",
         "",
         *compact_table(tests, claims_link),
     ]
@@ -558,19 +561,32 @@ def readme_block(all_tests: list[Test], figure: Path | None, claims_link: str, c
         anchor = TRANSFER_HEADING.lower().replace(" ", "-")
         lines += [
             "",
-            f"**Do the verdicts survive a change of model?** {transfer_sentence(all_tests)} Per claim: "
-            f"[{claims_link}]({claims_link}#{anchor}).",
+            *_prose(
+                f"**Do the verdicts survive a change of model?** {transfer_sentence(all_tests)} Per claim: "
+                f"[{claims_link}]({claims_link}#{anchor})."
+            ),
         ]
     if checked:
         ids = ", ".join(dict.fromkeys(t.claim.id for t in checked))
         failed = [t.label for t in checked if t.verdict != "holds"]
         lines += [
             "",
-            f"Implementation checks (claims that hold by construction, so not evidence: {ids}): "
-            f"{sum(t.verdict == 'holds' for t in checked)} of {plural(len(checked), 'check')} hold in every seed"
-            + (f"; not in every seed: {', '.join(failed)}." if failed else "."),
+            *_prose(
+                f"Implementation checks (claims that hold by construction, so not evidence: {ids}): "
+                f"{sum(t.verdict == 'holds' for t in checked)} of {plural(len(checked), 'check')} hold in every seed"
+                + (f"; not in every seed: {', '.join(failed)}." if failed else ".")
+            ),
         ]
     return "\n".join(lines)
+
+
+README_LINE = 300
+"""The longest line the README's generated prose has (its table rows are one line each and stay under 400)."""
+
+
+def _prose(text: str) -> list[str]:
+    """A paragraph as lines of at most `README_LINE` characters, broken at spaces only (Markdown joins them)."""
+    return textwrap.wrap(text, README_LINE, break_long_words=False, break_on_hyphens=False)
 
 
 def trap_caption(tests: list[Test]) -> str:
