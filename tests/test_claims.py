@@ -557,3 +557,26 @@ def test_a_level_claim_on_solved_seeds_is_an_exact_binomial_test_of_the_share():
     lecture, explore = claims.ledger(claims.tests(exp))
     assert lecture.p == pytest.approx(0.95**128) and lecture.effect.high == pytest.approx(interval.high)
     assert lecture.verdict == "supported" and lecture.bound == "" and claims.bound_flag(lecture) == ""
+
+
+def test_a_figure_marks_the_panels_whose_tests_sit_at_the_floor():
+    """The floor flag on a claim's figure: a panel whose compared means all sit within the margin of the metric's
+    bound says so in a box (and the row label), and the PNG differs from the same figure without the flag; drawing
+    it twice gives the same bytes."""
+    from sortrl.render import claim_figures
+    from sortrl.render.figures import png_bytes
+
+    def floor(regime, deltas, group, seed):
+        return 0.01 + 0.002 * seed
+
+    exp = hand_experiment("pair", floor)
+    found = claims.ledger(claims.tests(exp))
+    assert [t.bound for t in found] == ["floor", "floor"]
+    claim = found[0].claim
+    assert claim_figures.bound_note(claim, found[:1]) == "at the floor: every mean within ±0.05 of 0"
+    assert claim_figures.bound_note(claim, [found[0], replace(found[1], bound="")]) == "1 of 2 tests at the floor"
+    assert claim_figures.bound_note(claim, [replace(t, bound="") for t in found]) == ""
+    flagged = png_bytes(claim_figures.draw(exp, claim, found))
+    assert flagged == png_bytes(claim_figures.draw(exp, claim, found))  # byte-reproducible
+    assert flagged != png_bytes(claim_figures.draw(exp, claim, [replace(t, bound="") for t in found]))
+    assert claim_figures._row_label(found[0], "regime=lecture") == "6 seeds\n(at the floor)"
