@@ -7,6 +7,7 @@ import math
 import re
 import warnings
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -584,3 +585,53 @@ def test_the_committed_readme_headline_counts_implementation_checks_apart():
         f"Implementation checks (claims that hold by construction, so not evidence: {', '.join(sorted(checks))})"
         in readme
     )
+
+
+def test_a_level_claim_on_solved_seeds_is_an_exact_binomial_test_of_the_share():
+    """L3 as a one-sample result: 0 of 128 seeds solved is a share whose exact interval is [0, 0.028] (Clopper-Pearson,
+    1 - 0.025^(1/128)), and 'not above 0 + 0.05' has the exact binomial p 0.95^128 (no sign flip of 0/1 values,
+    whose floor would be the resampling's); 128 of 128 stuck against 1 - 0.05 mirrors it. A level is not two sides a
+    bound could hide a difference between, so it is never flagged at the floor."""
+    from sortrl.analysis.verdicts import share_interval, share_level_p
+
+    assert share_level_p(0, 128, "<=", 0.0, 0.05) == pytest.approx(0.95**128)
+    assert share_level_p(128, 128, ">=", 1.0, 0.05) == pytest.approx(0.95**128)
+    assert share_level_p(0, 128, "<=", 0.0, 0.05, contrary=True) == 1.0  # 'above 0.05' is as far from 0/128 as can be
+    # TOST of 3/10 within 0.3 +- 0.5: the null 'share <= -0.2' cannot hold (p 0), so p is P(X <= 3 | 0.8)
+    by_hand = sum(math.comb(10, k) * 0.8**k * 0.2 ** (10 - k) for k in range(4))
+    assert share_level_p(3, 10, "=", 0.3, 0.5) == pytest.approx(by_hand)
+    interval = share_interval(0, 128)
+    assert (interval.low, interval.point) == (0.0, 0.0) and interval.high == pytest.approx(1 - 0.025 ** (1 / 128))
+    text = GRID.replace("seeds = 6", "seeds = 128") + (
+        '\n[[claim]]\nid = "T"\nstatement = "s"\nsource = "a test"\nkind = "level"\nmetric = "solved"\n'
+        'new = { deltas_mode = "rewards", num_responses = 10 }\nagainst = 0.0\npredicts = "not higher"\n'
+    )
+    grid = parse_grid(text)
+    rows = [{"configuration": c.label, "seed": s, "solved": 0.0} for c in grid.configurations() for s in grid.seeds]
+    exp = SimpleNamespace(name="hand", grid=grid, final=pd.DataFrame(rows), curves=pd.DataFrame())
+    lecture, explore = claims.ledger(claims.tests(exp))
+    assert lecture.p == pytest.approx(0.95**128) and lecture.effect.high == pytest.approx(interval.high)
+    assert lecture.verdict == "supported" and lecture.bound == "" and claims.bound_flag(lecture) == ""
+
+
+def test_a_figure_marks_the_panels_whose_tests_sit_at_the_floor():
+    """The floor flag on a claim's figure: a panel whose compared means all sit within the margin of the metric's
+    bound says so in a box (and the row label), and the PNG differs from the same figure without the flag; drawing
+    it twice gives the same bytes."""
+    from sortrl.render import claim_figures
+    from sortrl.render.figures import png_bytes
+
+    def floor(regime, deltas, group, seed):
+        return 0.01 + 0.002 * seed
+
+    exp = hand_experiment("pair", floor)
+    found = claims.ledger(claims.tests(exp))
+    assert [t.bound for t in found] == ["floor", "floor"]
+    claim = found[0].claim
+    assert claim_figures.bound_note(claim, found[:1]) == "at the floor: every mean within ±0.05 of 0"
+    assert claim_figures.bound_note(claim, [found[0], replace(found[1], bound="")]) == "1 of 2 tests at the floor"
+    assert claim_figures.bound_note(claim, [replace(t, bound="") for t in found]) == ""
+    flagged = png_bytes(claim_figures.draw(exp, claim, found))
+    assert flagged == png_bytes(claim_figures.draw(exp, claim, found))  # byte-reproducible
+    assert flagged != png_bytes(claim_figures.draw(exp, claim, [replace(t, bound="") for t in found]))
+    assert claim_figures._row_label(found[0], "regime=lecture") == "6 seeds\n(at the floor)"

@@ -61,12 +61,15 @@ from sortrl.analysis.verdicts import (
     paired_binary_interval,
     paired_effect,
     seeds_needed,
+    share_interval,
+    share_level_p,
     verdict,
     wilson,
 )
 from sortrl.engine.metrics import METRICS as CURVE_METRICS
+from sortrl.engine.paired import Gradients, paired_gradients
 from sortrl.engine.registry import ConfigError
-from sortrl.study.grid import SHORT_NAMES, Claim, Configuration, Grid, value_label
+from sortrl.study.grid import SHORT_NAMES, Claim, Configuration, Grid, value_label, with_seed
 
 MONOTONE = "monotone (rank correlation)"
 """The `case` of a trend's test as a whole (its other tests are its steps)."""
@@ -130,6 +133,11 @@ class Test:
     (`at_bound`), else empty: a verdict of no difference here could be the bound's, not the configurations'."""
     engines: tuple[str, ...] = ("exact",)
     """The training paths (`RunConfig.engine`) of its experiment's runs."""
+    gradient: np.ndarray = field(repr=False, compare=False, default_factory=lambda: np.zeros(0))
+    """A `gradient` check's per-seed result (`gradient_ulps`): the largest difference between the two sides'
+    gradients, in units of float32's eps times the run's largest gradient element; empty for other tests."""
+    gradient_tolerance: float = math.nan
+    """A `gradient` check's bound in the same units (`gradient_bound`): float32's rounding of its longest sum."""
 
     @property
     def label(self) -> str:
@@ -181,7 +189,47 @@ def tests(exp: Experiment) -> list[Test]:
             where = ", ".join(f"{k}={v}" for k, v in setting.items())
             out += [replace(t, setting=setting) for t in _tests(exp, claim, setting, where)]
     _warn_undefined(exp, out)
+    out = [_with_gradients(exp, t) if t.claim.check == "gradient" else t for t in out]
     return [_with_contrary(t, t.p) if not t.claim.identity else t for t in out]  # corrected p >= p
+
+
+EPS32 = float(np.finfo(np.float32).eps)
+"""float32's machine epsilon, 2^-23: the gap between 1 and the next float32 (twice the unit roundoff u)."""
+
+
+def _with_gradients(exp: Experiment, test: Test) -> Test:
+    """`test` (a `gradient` check) with both sides' gradients compared on each of its seeds
+    (`sortrl.engine.paired.paired_gradients`: the old side's parameters and batch at its first epochs)."""
+    new, old = (exp.grid.select({**side, **test.setting}) for side in (test.claim.new, test.claim.old))
+    if len(test.seeds) == 0:
+        return test
+
+    def runs(c: Configuration) -> list:
+        fields = c.config.to_dict()
+        return [with_seed(c.config, int(s), fields) for s in test.seeds]
+
+    found = paired_gradients(runs(new), runs(old))
+    return replace(test, gradient=gradient_ulps(found), gradient_tolerance=gradient_bound(found.terms))
+
+
+def gradient_ulps(found: Gradients) -> np.ndarray:
+    """Per run: max |g_new - g_old| / (eps * max |g_old|) (float32's eps, `EPS32`) -> `[run]`; 0 where the gradients
+    are equal, inf where they differ but the old side's gradient is 0 (no rounding explains that)."""
+    difference, scale = found.difference, found.scale
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ulps = difference / (EPS32 * scale)
+    return np.where(difference == 0, 0.0, np.where(scale > 0, ulps, math.inf))
+
+
+def gradient_bound(terms: int) -> float:
+    """The largest difference float rounding explains between two float32 computations of one gradient that sum its
+    `terms` contributions in different orders, in units of eps x the gradient's largest element: `terms`.
+
+    Recursive summation of n float32 terms errs by at most gamma_(n-1) sum|x_i| ~ (n - 1) u sum|x_i|, u = eps / 2
+    (Higham 2002, Accuracy and Stability of Numerical Algorithms, section 4.2); two orders differ by at most twice
+    that, n eps, taken here normwise against the run's largest gradient element. Not a tuned number: a gradient
+    that differs by more than this is a different gradient."""
+    return float(terms)
 
 
 class UndefinedScoreWarning(UserWarning):
@@ -350,7 +398,18 @@ def _level(exp: Experiment, claim: Claim, new: Configuration, where: str) -> Tes
     """A one-sample test: per seed, the metric of `new` minus the constant `claim.against`."""
     scores, seeds = _matrix(exp, [new.label], claim.metric)
     a = scores[:, 0]
-    return _test(exp, claim, where, "", (_side(exp, new.label, a, claim.metric, seeds),), a - claim.against, seeds)
+    side = _side(exp, new.label, a, claim.metric, seeds)
+    found = _test(exp, claim, where, "", (side,), a - claim.against, seeds)
+    # a level is not two sides that a bound could hide a difference between: the bound is part of what it states
+    found = replace(found, bound="")
+    if claim.metric not in BINARY or len(a) == 0:
+        return found
+    # a share of 0/1 outcomes: an exact binomial test and a Clopper-Pearson interval, not a sign flip of 0/1 values
+    k, n = int(a.sum()), len(a)
+    share = share_interval(k, n)
+    p, contrary = (share_level_p(k, n, claim.prediction, claim.against, claim.margin, c) for c in (False, True))
+    effect = Interval(share.point - claim.against, share.low - claim.against, share.high - claim.against, n)
+    return replace(found, effect=effect, p=p, p_contrary=contrary)
 
 
 def _steps(exp: Experiment, claim: Claim, setting: dict, where: str) -> list[Test]:
@@ -505,16 +564,19 @@ CHECKS = ("holds", "not in every seed", "no runs yet")
 def check(test: Test) -> str:
     """An implementation check (a claim with `identity`): `holds` when every seed's effect agrees with the prediction
     within the claim's `tolerance` (`same`: |effect| <= tolerance; `higher`: effect > -tolerance ... and so on, 0
-    itself agreeing with `not lower` / `not higher` only), `not in every seed` otherwise. No statistics: a
-    construction holds in every seed or it does not."""
-    if len(test.differences) == 0:
+    itself agreeing with `not lower` / `not higher` only), `not in every seed` otherwise; a `gradient` check holds
+    when every seed's two gradients agree within float32's rounding bound (`gradient_bound`), whatever the runs'
+    metric does. No statistics: a construction holds in every seed or it does not."""
+    if len(test.differences) == 0 or (test.claim.check == "gradient" and len(test.gradient) == 0):
         return "no runs yet"
     return "holds" if bool(np.all(agreeing(test))) else "not in every seed"
 
 
 def agreeing(test: Test) -> np.ndarray:
     """Per seed of an implementation check: whether its effect agrees with the prediction within the tolerance
-    (`check`'s rule) -> `[seed]` bool."""
+    (`check`'s rule; for a `gradient` check, its gradients' difference within `gradient_bound`) -> `[seed]` bool."""
+    if test.claim.check == "gradient":
+        return test.gradient <= test.gradient_tolerance
     d, tol = test.differences, test.claim.tolerance
     return {
         "same": np.abs(d) <= tol,

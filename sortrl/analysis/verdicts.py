@@ -432,6 +432,44 @@ def paired_binary_interval(a: np.ndarray, b: np.ndarray, confidence: float = CON
     return Interval((only_a - only_b) / n, float(min(corners)), float(max(corners)), n)
 
 
+def share_level_p(successes: int, n: int, predicts: Prediction, against: float, margin: float, contrary: bool = False):
+    """Exact binomial p-value (`scipy.stats.binomtest`) of what `predicts` says of a share of `n` 0/1 outcomes against
+    the constant `against` (a level claim on solved seeds), H1 the prediction (`contrary`: its contrary), as
+    `hypothesis_p`'s table says for a mean: `>` / `<` two-sided against `against`; `=` TOST within +-`margin`
+    (contrary: beyond it, 2 x the smaller one-sided p); `>=` above `against - margin` (contrary: below it); `<=`
+    below `against + margin` (contrary: above it). A one-sided null outside [0, 1] cannot hold: its p is 0 (or 1
+    for its contrary's side). `ValueError` for an unknown `predicts`."""
+
+    def one(alternative: str, null: float) -> float:
+        if not 0 <= null <= 1:  # H1 "share > -0.05" holds for every share: its null is impossible
+            return 0.0 if (alternative == "greater") == (null < 0) else 1.0
+        return float(stats.binomtest(successes, n, null, alternative=alternative).pvalue)
+
+    low, high = against - margin, against + margin
+    if predicts in (">", "<"):
+        if contrary:
+            return max(one("less", high), one("greater", low))
+        return float(stats.binomtest(successes, n, min(1.0, max(0.0, against))).pvalue)
+    tests = {
+        "=": (lambda: max(one("less", high), one("greater", low)),
+              lambda: min(1.0, 2 * min(one("greater", high), one("less", low)))),
+        ">=": (lambda: one("greater", low), lambda: one("less", low)),
+        "<=": (lambda: one("less", high), lambda: one("greater", high)),
+    }  # fmt: skip
+    if predicts not in tests:
+        raise ValueError(f"predicts: unknown value {predicts!r}; valid choices: >, <, =, >=, <=")
+    return tests[predicts][1 if contrary else 0]()
+
+
+def share_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> Interval:
+    """A share of `n` 0/1 outcomes with its exact (Clopper-Pearson) interval: never degenerate, [0, 0.028] for 0 of
+    128 at 95%."""
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    ci = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="exact")
+    return Interval(successes / n, float(ci.low), float(ci.high), n)
+
+
 def equal_share_bound(n: int, confidence: float = CONFIDENCE) -> float:
     """Upper `confidence` bound on the share of seeds that would differ when all `n` seeds gave the same value.
 

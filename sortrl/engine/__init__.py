@@ -6,7 +6,8 @@ rewards (`task`), the lecture's policy (`model`), the model families
 rewarding (`rollout`), delta modes (`deltas`), policy losses and KL estimators
 (`losses`), the objective they make (`objective`), the optimiser (`optim`),
 per-epoch metrics (`metrics`), the trainer (`train`; `autoregressive` is its
-second path, for families whose tokens depend on the tokens before them) and the
+second path, for families whose tokens depend on the tokens before them), two
+configurations' gradients on one batch for the implementation checks (`paired`) and the
 lecture's own loop for parity checks (`reference`). Variants live in registries (`registry`).
 
 May import: `sortrl.engine` only. Nothing here knows about grids, the results

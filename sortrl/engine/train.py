@@ -54,6 +54,7 @@ from sortrl.engine.losses import (
     KL_LOSS_AGG_MODES,
     LOSS_AGG_MODES,
     LOSS_MODES,
+    ClipRange,
 )
 from sortrl.engine.metrics import METRICS  # noqa: F401 -- part of the engine's interface (sortrl.engine.train.METRICS)
 from sortrl.engine.model import decode, encode, forward, value
@@ -291,8 +292,8 @@ def _evaluate(state: Batch) -> dict[str, Tensor]:
     return out
 
 
-class _Epoch(NamedTuple):
-    """One epoch's prompts, responses, deltas and loss terms (`_setup_epoch` makes it)."""
+class Epoch(NamedTuple):
+    """One epoch's prompts, responses, deltas and loss terms (`setup_epoch` makes it)."""
 
     prompts: Tensor  # [batch pos] shared, or [run batch pos] per-run minibatches
     policy: Policy
@@ -302,7 +303,7 @@ class _Epoch(NamedTuple):
     metrics: dict[str, Tensor]
 
 
-def _setup_epoch(state: Batch, epoch: int, logits: Tensor) -> _Epoch:
+def setup_epoch(state: Batch, epoch: int, logits: Tensor) -> Epoch:
     """Sample and score the epoch's responses, turn rewards into deltas, and prepare every loss term."""
     c0, n = state.c0, state.numbers
     prompts, picks = state.task.train, None
@@ -397,25 +398,18 @@ def _setup_epoch(state: Batch, epoch: int, logits: Tensor) -> _Epoch:
     if rounds is not None:
         # only runs that re-sample report it (as alone; a batch-mate's re-sampling says nothing of this run)
         found["num_gen_batches"] = rounds.float().where(n["max_gen_batches"] > 1, math.nan)
-    return _Epoch(prompts, policy, entropy, kl, value_loss, found)
+    return Epoch(prompts, policy, entropy, kl, value_loss, found)
 
 
-def _inner_steps(state: Batch, ep: _Epoch) -> dict[str, Tensor]:
+def _inner_steps(state: Batch, ep: Epoch) -> dict[str, Tensor]:
     """`num_steps_per_epoch` Adam steps on the epoch's responses; returns each metric's sum over the steps."""
     c0 = state.c0
     clip = state.clip(ep.policy.clip_shape())
     sums: defaultdict[str, Tensor] = defaultdict(lambda: torch.zeros(len(state.runs)))
     params = list(state.params.values())
     for _ in range(c0.num_steps_per_epoch):
-        encoded = encode(state.params, ep.prompts, state.padded)
-        log_probs = fast.log_probs(state.temper(decode(state.params, encoded)), state.fast)
-        run_loss, ratio = ep.policy.loss(log_probs, clip)
-        if ep.entropy is not None:
-            bonus = ep.entropy.value(log_probs)
-            run_loss = run_loss.index_add(0, ep.entropy.runs, -ep.entropy.coeff * bonus)
-        if ep.kl is not None:
-            kl = ep.kl.value(log_probs)
-            run_loss = run_loss.index_add(0, ep.kl.runs, ep.kl.coeff * kl)
+        encoded, run_loss, ratio, kl = step_loss(state, ep, clip)
+        if kl is not None:
             sums["kl"] = sums["kl"].index_add(0, ep.kl.runs, kl.detach())  # read only for ep.kl.runs
         grads = torch.autograd.grad(run_loss.sum(), params)
         # per run, the sum of squares along the run's own row: batch-invariant (a fused norm kernel and a
@@ -429,6 +423,23 @@ def _inner_steps(state: Batch, ep: _Epoch) -> dict[str, Tensor]:
             loss = _critic_step(state, encoded.detach(), ep.value_loss)
             sums["critic/vf_loss"] += loss.where(state.numbers["uses_critic"], math.nan)
     return sums
+
+
+def step_loss(state: Batch, ep: Epoch, clip: ClipRange) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """One inner step's loss on the current parameters: (the encoded prompts, the run's loss [run] = policy term
+    - entropy bonus + KL term, the importance ratio or None, the KL of `ep.kl.runs` or None). The one construction
+    of the loss that training (`_inner_steps`) and the implementation checks (`sortrl.engine.paired`) share."""
+    encoded = encode(state.params, ep.prompts, state.padded)
+    log_probs = fast.log_probs(state.temper(decode(state.params, encoded)), state.fast)
+    run_loss, ratio = ep.policy.loss(log_probs, clip)
+    if ep.entropy is not None:
+        bonus = ep.entropy.value(log_probs)
+        run_loss = run_loss.index_add(0, ep.entropy.runs, -ep.entropy.coeff * bonus)
+    kl = None
+    if ep.kl is not None:
+        kl = ep.kl.value(log_probs)
+        run_loss = run_loss.index_add(0, ep.kl.runs, ep.kl.coeff * kl)
+    return encoded, run_loss, ratio, kl
 
 
 def _critic_step(state: Batch, encoded: Tensor, target: ValueLoss) -> Tensor:
@@ -482,7 +493,7 @@ def _train_batch(
                     record(epoch - 1, _evaluate(state))
             if epoch == num_epochs:
                 break
-            ep = _setup_epoch(state, epoch, logits)
+            ep = setup_epoch(state, epoch, logits)
             record(epoch, ep.metrics)
         sums = _inner_steps(state, ep)
         step_losses = sums["loss"]

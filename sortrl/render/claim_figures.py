@@ -13,6 +13,10 @@ byte-identical PNGs (`sortrl.render.figures.png_bytes`).
 | `solve_bars` | solve rate with its Wilson 95% CI per configuration of the claim's axis, the `sft` reference dashed |
 | `curves:<metric>` | the metric per epoch of the compared configurations, mean over seeds with a 95% CI band |
 | `length_by_sign` | response length of responses below (solid) and above (dashed) their group's mean reward, per epoch |
+
+A panel whose tests compare configurations that all sit at a bound of the metric (`Test.bound`: the floor-effect
+rule of `sortrl.analysis.claims.at_bound`) says so in a red box (`bound_note`), and where the metric is on an axis
+(`trend`, `solve_bars`) the bound is drawn as a dotted line: a tie at the floor is not evidence of no difference.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from matplotlib.lines import Line2D
 from sortrl.analysis import stats
 from sortrl.analysis.claims import MONOTONE, SEED, Test
 from sortrl.analysis.experiment import Experiment, make_palette
-from sortrl.analysis.scores import DERIVED, SCORES
+from sortrl.analysis.scores import DERIVED, SCORES, bounds
 from sortrl.analysis.verdicts import wilson
 from sortrl.render.figures import Twin, style, subplots, twin_handles, twin_lines, twin_style
 from sortrl.study.grid import Claim
@@ -78,6 +82,39 @@ def _title(claim: Claim) -> str:
     return "\n".join(textwrap.wrap(f"{claim.id}: {claim.statement}", 90))
 
 
+def bound_note(claim: Claim, tests: list[Test]) -> str:
+    """What a panel says of its tests' bound flags (`Test.bound`, `sortrl.analysis.claims.at_bound`): `at the floor:
+    every mean within ±0.05 of 0` when all of them sit at one bound of the metric, `2 of 3 tests at the floor` when
+    some do, empty when none does. Drawn on the panel so that a reader of the figure alone does not take a tie at a
+    bound (sides that cannot differ by more than the margin) for evidence of no difference."""
+    flagged = [t.bound for t in tests if t.bound]
+    if not flagged:
+        return ""
+    places = sorted(set(flagged))
+    if len(flagged) == len(tests) and len(places) == 1:
+        low, high = bounds(claim.metric)
+        value = low if places[0] == "floor" else high
+        return f"at the {places[0]}: every mean within ±{claim.margin:g} of {value:g}"
+    return "; ".join(f"{flagged.count(p)} of {len(tests)} tests at the {p}" for p in places)
+
+
+def _mark_bound(ax, claim: Claim, tests: list[Test], axis: str = "") -> None:
+    """`bound_note` in a box on the panel, and with `axis` (`x` or `y`: the one the metric is drawn on) the bound
+    itself as a dotted line; nothing when no test of the panel is flagged."""
+    note = bound_note(claim, tests)
+    if not note:
+        return
+    if axis:
+        low, high = bounds(claim.metric)
+        for place, value in (("floor", low), ("ceiling", high)):
+            if value is not None and any(t.bound == place for t in tests):
+                (ax.axhline if axis == "y" else ax.axvline)(value, color="tab:red", ls=":", lw=1.2)
+    ax.text(
+        0.02, 0.97, note, transform=ax.transAxes, ha="left", va="top", fontsize=7, color="tab:red",
+        bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "tab:red", "alpha": 0.85},
+    )  # fmt: skip
+
+
 def _panels(tests: list[Test], width: float = 4.6, height: float = 3.4) -> tuple[Figure, list]:
 
     wheres = list(dict.fromkeys(t.where for t in tests)) or [""]
@@ -107,6 +144,7 @@ def paired(exp: Experiment, claim: Claim, tests: list[Test]) -> Figure:
             ax.set_yticks(range(len(mine)), [_row_label(t, where) for t in mine])
             ax.set_ylim(-0.6, len(mine) - 0.4)
             ax.set_title(where or exp.name)
+            _mark_bound(ax, claim, mine)
             words = textwrap.fill(f"effect per seed: {_effect_words(claim)}", XLABEL_CHARS)  # panels side by side
             ax.set_xlabel(f"{words}\n{metric_label(claim.metric)}")
         handles = [
@@ -136,6 +174,8 @@ def _row_label(test: Test, where: str) -> str:
     label = test.case or f"{test.n} seeds"
     if any(side.uniform > test.n / 2 for side in test.sides):  # most of a side's runs end near uniform
         label += "\n(learned nothing)"
+    if test.bound:
+        label += f"\n(at the {test.bound})"
     return label
 
 
@@ -184,6 +224,7 @@ def trend(exp: Experiment, claim: Claim, tests: list[Test]) -> Figure:
             ax.set_title(f"{where or exp.name}{rho}")
             ax.set_xlabel(claim.axis)
             ax.set_ylabel(metric_label(claim.metric))
+            _mark_bound(ax, claim, mine, axis="y")
         fig.suptitle(_title(claim))
         fig.text(0.5, 0.0, "step verdicts: + supported, x contradicted, = no effect, ? inconclusive", ha="center",
                  fontsize=8)  # fmt: skip
@@ -203,21 +244,26 @@ def solve_bars(exp: Experiment, claim: Claim, tests: list[Test]) -> Figure:
         fig, panels = _panels(tests, width=5.2, height=0.9 + 0.32 * len(values))
         for where, ax in panels:
             setting = next((t.setting for t in tests if t.where == where), {})
+            # the configurations whose test (this claim's, on solved seeds) sits at a bound: marked on their bar
+            at = {t.sides[0].label: t.bound for t in tests if t.where == where and t.bound and claim.metric == "solved"}
             rows = []
             for v in values:
                 found = grid.select({**claim.new, **setting, axis: v})
                 solved = exp.final.loc[exp.final["configuration"] == found.label, "solved"].to_numpy(float)
-                rows.append((str(v), wilson(int(np.nansum(solved)), int(np.isfinite(solved).sum()))))
+                rows.append(
+                    (str(v), wilson(int(np.nansum(solved)), int(np.isfinite(solved).sum())), at.get(found.label))
+                )
             y = np.arange(len(rows))[::-1]
-            for yi, (name, ci) in zip(y, rows, strict=True):
+            for yi, (name, ci, bound) in zip(y, rows, strict=True):
                 colour = "tab:green" if name == REFERENCE else "tab:blue"
                 ax.barh(yi, ci.point, color=colour, alpha=0.6)
                 ax.plot([ci.low, ci.high], [yi, yi], color="black", lw=1.2)
-                ax.text(1.04, yi, f"{round(ci.point * ci.n)}/{ci.n}", va="center", fontsize=7)
-            reference = next((ci for name, ci in rows if name == REFERENCE), None)
+                count = f"{round(ci.point * ci.n)}/{ci.n}" + (f" ({bound})" if bound else "")
+                ax.text(1.04, yi, count, va="center", fontsize=7, color="tab:red" if bound else "black")
+            reference = next((ci for name, ci, _ in rows if name == REFERENCE), None)
             if reference is not None:
                 ax.axvline(reference.point, color="tab:green", ls="--", lw=1)
-            ax.set_yticks(y, [name for name, _ in rows])
+            ax.set_yticks(y, [name for name, _, _ in rows])
             ax.set_xlim(0, 1.02)
             ax.set_xlabel("solve rate: share of seeds whose greedy policy sorts every prompt (Wilson 95% CI)")
             if reference is not None:
@@ -225,6 +271,8 @@ def solve_bars(exp: Experiment, claim: Claim, tests: list[Test]) -> Figure:
                     reference.point, len(rows) - 0.3, " supervised (sft)", color="tab:green", fontsize=7, ha="right"
                 )
             ax.set_title(where or exp.name)
+            if claim.metric == "solved":  # the panel's tests compare these bars (a level or reference claim: none)
+                _mark_bound(ax, claim, [t for t in tests if t.where == where], axis="x")
         fig.suptitle(_title(claim))
     return fig
 
@@ -280,6 +328,7 @@ def _curve_panels(
                             low, high = stats.curve_ci(values[complete], stats.mean, SEED)
                             ax.fill_between(wide.index[complete], low, high, color=colour, alpha=0.15, lw=0)
             ax.set_title(where or exp.name)
+            _mark_bound(ax, claim, mine)
             ax.set_xlabel("epoch")
             ax.set_ylabel(ylabel)
         handles = [Line2D([], [], color=c, lw=1.4, label=name) for name, c in palette.items()]

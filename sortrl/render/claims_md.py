@@ -45,6 +45,7 @@ from sortrl.analysis.verdicts import (
     signflip_exact,
     signflip_floor,
 )
+from sortrl.engine.paired import EPOCHS as PAIRED_EPOCHS
 from sortrl.render.claim_figures import REFERENCE, metric_label
 from sortrl.render.sentences import plural
 
@@ -91,7 +92,10 @@ def _short(x: float, digits: int) -> str:
 
 def fmt_test_p(t: Test, adjusted: bool = False) -> str:
     """A test's p-value (`adjusted`: its Holm-corrected one) at its test's resolution (`fmt_p`)."""
-    floor, resamples = hypothesis_resolution(t.n, t.claim.prediction, t.claim.metric in BINARY)
+    if t.claim.kind == "level" and t.claim.metric in BINARY:  # an exact binomial test (`claims._level`)
+        floor, resamples = 0.0, 0
+    else:
+        floor, resamples = hypothesis_resolution(t.n, t.claim.prediction, t.claim.metric in BINARY)
     return fmt_p(t.p_adjusted if adjusted else t.p, floor, resamples, raw=t.p)
 
 
@@ -291,8 +295,13 @@ def check_table(checked: list[Test], link: str = "") -> list[str]:
         "## Implementation checks",
         "",
         "These claims hold by construction (the column *why* says how), so their runs are no evidence for them: "
-        "they check that the implementation does what the construction says. Each must hold in every seed (within "
-        "its stated tolerance, for float rounding); they are outside the Holm family and the counts above.",
+        "they check that the implementation does what the construction says, at the level where the construction is "
+        "exact. Each must hold in every seed (within its stated tolerance, for float rounding); they are outside the "
+        "Holm family and the counts above. An identity about one step's gradient (on-policy, every importance ratio "
+        "is exactly 1) is checked on that gradient: both configurations' losses, built by the engine's own code on "
+        "the same parameters and sampled batch, must give the same gradient within float32's rounding bound; whole "
+        "runs are shown beside it as context, since a last-bit difference in one step can change a later sample and "
+        "training amplifies it.",
         "",
         "| claim | statement | why it holds by construction | tested in | result |",
         "| --- | --- | --- | --- | --- |",
@@ -311,17 +320,56 @@ def _check_result(t: Test) -> str:
     d, claim = t.differences, t.claim
     if len(d) == 0:
         return "no seed finished both configurations"
+    if claim.check == "gradient":
+        return f"{_gradient_result(t)}; {_runs_context(t)}"
+    if claim.kind == "level" and claim.predicts == "same" and claim.tolerance == 0:
+        return f"{metric_label(claim.metric)} is {claim.against:g} in {int((d == 0).sum())} of {len(d)} seeds"
     if claim.predicts == "same":
-        exact = int((d == 0).sum())
-        text = f"{exact} of {len(d)} seeds identical to the last bit"
-        rest = d[d != 0]
-        if len(rest):
-            text += f", the others within {float(np.abs(rest).max()):.2g} (tolerance {claim.tolerance:g})"
-        return text
+        return _identical(d) + (
+            f", the others within {float(np.abs(d[d != 0]).max()):.2g} (tolerance {claim.tolerance:g})"
+            if np.any(d != 0)
+            else ""
+        )
     sign = {"higher": 1, "not lower": 1, "lower": -1, "not higher": -1}[claim.predicts]
     agree = int(agreeing(t).sum())  # the seeds `check` counts as agreeing
     worst = float(np.min(sign * d)) * sign
     return f"{claim.predicts} in {agree} of {len(d)} seeds (least: {worst:+.2g})"
+
+
+def _identical(d: np.ndarray) -> str:
+    """`123 of 128 seeds identical to the last bit`."""
+    return f"{int((d == 0).sum())} of {len(d)} seeds identical to the last bit"
+
+
+def _gradient_result(t: Test) -> str:
+    """A `gradient` check's result: how many seeds' two gradients agree within float32's rounding bound, the largest
+    difference, and how many are bit-identical (none when the engine sums the two losses in different orders)."""
+    g, bound = t.gradient, t.gradient_tolerance
+    if len(g) == 0:
+        return "gradients not compared (no seed)"
+    exact = int((g == 0).sum())
+    order = (
+        "the engine builds the two losses in different float orders, so they cannot be bit-identical"
+        if exact == 0
+        else f"{exact} bit-identical"
+    )
+    return (
+        f"one step's gradient agrees within float32 rounding in {int(np.sum(g <= bound))} of {len(g)} seeds "
+        f"(largest difference {float(g.max()):.2g} eps x the run's largest gradient element; bound {bound:g}, "
+        f"n eps for the n = {bound:g} sampled tokens one element sums; {order})"
+    )
+
+
+def _runs_context(t: Test) -> str:
+    """What the stored runs show of a `gradient` check (context, not its verdict): float order amplified by training."""
+    d = t.differences
+    text = f"whole runs (context, not the verdict): {_identical(d)} on {metric_label(t.claim.metric)}"
+    if np.any(d != 0):
+        text += (
+            f", the others within {float(np.abs(d[d != 0]).max()):.2g}: a last-bit difference in one step's gradient "
+            "can change a later sample, and training amplifies it"
+        )
+    return text
 
 
 def _section(tests: list[Test], figure: str | None) -> list[str]:
@@ -343,7 +391,11 @@ def _section(tests: list[Test], figure: str | None) -> list[str]:
         f"Source: {claim.source}. Tested in grid `{tests[0].experiment}`, as {_article(test_kind(claim))}, on "
         f"{metric_label(metric)}: {doc}. Prediction: {_prediction(claim)}"
         + (
-            f"; tolerance ±{claim.tolerance:g}."
+            f"; checked on one step's loss gradient at each of the first {PAIRED_EPOCHS} epochs of `old`'s runs, "
+            "both sides on the same parameters and sampled batch, within float32's rounding bound (n eps x the run's "
+            "largest gradient element, n the sampled tokens one element sums; Higham 2002, section 4.2)."
+            if claim.check == "gradient"
+            else f"; tolerance ±{claim.tolerance:g}."
             if claim.identity
             else f"; margin ±{claim.margin:g} ({claim.margin_reason or 'no reason given in the grid file'}). "
             f"{verdict_line}"
@@ -567,7 +619,7 @@ def readme_block(all_tests: list[Test], figure: Path | None, claims_link: str, c
             ),
         ]
     if checked:
-        ids = ", ".join(dict.fromkeys(t.claim.id for t in checked))
+        ids = ", ".join(sorted({t.claim.id for t in checked}))
         failed = [t.label for t in checked if t.verdict != "holds"]
         lines += [
             "",

@@ -82,8 +82,10 @@ SHORT_NAMES = {"kl_penalty": "kl", "learning_rate": "lr"}
 CLAIM_KEYS = (
     "id", "statement", "subject", "source", "kind", "metric", "new", "old", "predicts", "margin",
     "axis", "within", "across", "seed", "implied", "figure", "x", "skip", "margin_reason", "identity", "tolerance",
-    "rationale", "against", "versus",
+    "rationale", "against", "versus", "check",
 )  # fmt: skip
+CHECK_LEVELS = ("runs", "gradient")
+"""Where an implementation check is checked (`Claim.check`): on the stored runs' metric, or on one step's gradient."""
 KINDS = ("pair", "each", "trend", "interaction", "magnitude", "within-run", "level")
 """How a claim compares configurations (see `Claim`)."""
 PREDICTIONS = {"higher": ">", "lower": "<", "same": "=", "not lower": ">=", "not higher": "<="}
@@ -231,6 +233,10 @@ class Claim:
     with the prediction, within `tolerance`), outside the ledger's tests and counts."""
     tolerance: float = 0.0
     """An implementation check's allowance per seed (metric units): float rounding of two orders of summation."""
+    check: str = "runs"
+    """Where an implementation check is checked: `runs` (the stored runs' `metric`, seed by seed) or `gradient`
+    (for an identity about one step's gradient: both configurations' loss gradients on the same parameters and
+    sampled batch, `sortrl.engine.paired`, within float32's rounding bound; the runs' metric stays as context)."""
     axis: str | None = None
     """`trend`: the axis along which each step is tested."""
     within: dict[str, list[Any]] = field(default_factory=dict)
@@ -708,6 +714,20 @@ def _parse_claims(tables: Any, grid: Grid, path: str | Path) -> tuple[Claim, ...
             raise fail(f"tolerance: must be a finite number >= 0, got {tolerance!r}")
         if "tolerance" in values and not values.get("identity"):
             raise fail("tolerance: only an implementation check (a claim with `identity`) has one")
+        if "check" in values:
+            try:
+                check_choice("check", values["check"], dict.fromkeys(CHECK_LEVELS))
+            except ConfigError as err:
+                raise fail(str(err)) from None
+            if not values.get("identity"):
+                raise fail("check: only an implementation check (a claim with `identity`) has one")
+        if values.get("check") == "gradient":
+            if values["kind"] != "pair" or values.get("predicts") != "same":
+                raise fail(
+                    'check: "gradient" checks that two configurations\' gradients agree: a pair claim, predicts "same"'
+                )
+            if "tolerance" in values:
+                raise fail("tolerance: a \"gradient\" check's allowance is float32's rounding bound, not declared")
         seed = values.get("seed")
         if seed is not None and seed not in grid.seeds:
             raise fail(f"seed: must be one of the grid's seeds, got {seed!r}")
