@@ -101,12 +101,18 @@ def test_transfers_computed_per_family_from_hand_made_verdicts():
     assert found["D"].holds_on == "linear only"
     assert tally(list(found.values())) == {"holds on both": 1, "linear only": 2, "transformer only": 1}
     assert [t.claim.id for t in lecture(list(found.values()))] == ["A", "C"]
+    lectures_check = (
+        _test("F", "linear", "holds", identity="the reference"),
+        _test("F", "transformer", "holds", identity="x"),
+    )
+    assert [t.claim.id for t in lecture(transfers([*HAND, *lectures_check]))] == ["A", "C"]  # a check is no conclusion
 
 
 def test_the_transfer_section_and_sentence_count_from_the_column():
     assert transfer_sentence(HAND) == (
-        "Of the lecture's 2 conclusions tested on both families (A, C), 1 holds on both; of all 4 transferred "
-        "claims: 2 linear only, 1 holds on both, 1 transformer only."
+        "Of the lecture's 2 conclusions tested on both families (A, C), 1 holds on both; of all 3 transferred "
+        "claims: 1 holds on both, 1 linear only, 1 transformer only. Implementation checks on both families (D; not "
+        "evidence): 1 linear only."
     )
     lines = transfer_section(HAND)
     assert lines[0] == "## Transfer to a second model family"

@@ -94,8 +94,9 @@ def tally(found: list[Transfer]) -> Counter:
 
 
 def lecture(found: list[Transfer]) -> list[Transfer]:
-    """The transferred claims that are the lecture's own conclusions (their source starts with `LECTURE`)."""
-    return [t for t in found if t.claim.source.startswith(LECTURE)]
+    """The transferred claims that are the lecture's own conclusions (their source starts with `LECTURE`; not its
+    implementation checks, such as the supervised reference's)."""
+    return [t for t in found if t.claim.source.startswith(LECTURE) and not t.claim.identity]
 
 
 def matched_entropy(all_tests: list[Test]) -> Test | None:

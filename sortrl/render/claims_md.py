@@ -714,21 +714,25 @@ def transfer_section(all_tests: list[Test], link: str = "") -> list[str]:
 def transfer_sentence(all_tests: list[Test]) -> str:
     """`Of the lecture's 3 conclusions tested on both families (T-L1, ...), 2 hold on both; of all 8 claims: ...`,
     with the families' initial entropies when a claim checks them (empty without transferred claims)."""
-    found = transfers(all_tests)
-    if not found:
+    every = transfers(all_tests)
+    if not every:
         return ""
-    counted = tally(found)
-    ordered = sorted(counted.items(), key=lambda kv: (-kv[1], kv[0]))
-    listed = ", ".join(f"{n} {key if n == 1 else key.replace('holds', 'hold')}" for key, n in ordered)
+    found = [t for t in every if not t.claim.identity]  # claims; the implementation checks are counted apart
     own = lecture(found)
     text = (
         f"Of the lecture's {plural(len(own), 'conclusion')} tested on both families "
         f"({', '.join(t.claim.id for t in own)}), {_holding(own)} {'holds' if _holding(own) == 1 else 'hold'} "
-        "on both; of all "
-        f"{plural(len(found), 'transferred claim')}: {listed}."
+        f"on both; of all {plural(len(found), 'transferred claim')}: {_listed(found)}."
         if own
-        else f"Of {plural(len(found), 'transferred claim')}: {listed}."
+        else f"Of {plural(len(found), 'transferred claim')}: {_listed(found)}."
+        if found
+        else ""
     )
+    checked = [t for t in every if t.claim.identity]
+    if checked:
+        ids = ", ".join(t.claim.id for t in checked)
+        text += f" Implementation checks on both families ({ids}; not evidence): {_listed(checked)}."
+    text = text.strip()
     entropy = matched_entropy(all_tests)
     if entropy is not None:
         starts = ", ".join(f"`{side.label}` {fmt(side.mean, 2)}" for side in reversed(entropy.sides))
@@ -737,6 +741,12 @@ def transfer_sentence(all_tests: list[Test]) -> str:
             f"({entropy.claim.id}: {entropy.verdict} within {entropy.claim.margin:g} nats)."
         )
     return text
+
+
+def _listed(found: list[Transfer]) -> str:
+    """`2 hold on both, 1 linear only`: the transfer column's values by count, most first."""
+    ordered = sorted(tally(found).items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{n} {key if n == 1 else key.replace('holds', 'hold')}" for key, n in ordered)
 
 
 def _holding(found: list[Transfer]) -> int:
