@@ -37,7 +37,7 @@ test: $(STAMP) $(NOTEBOOKS_STAMP) ## Run the test suite (includes lecture parity
 	$(PY) -m pytest -n 2 --dist loadgroup -q
 
 ablations: $(STAMP) ## Sweep every grid in experiments/ (real training, all seeds), write the report, run the notebooks
-	@echo "== make ablations 1/3: training every grid of experiments/ in one queue (about 4 minutes on 2 cores) =="
+	@echo "== make ablations 1/3: training every grid of experiments/ in one queue (about 7 minutes on 2 cores) =="
 	$(VENV)/bin/sortrl sweep $(GRIDS) --results $(RESULTS)
 	@echo "== make ablations 2/3: the report (figures, REPORT.md, CLAIMS.md, README headline; about 1 minute, seconds for experiments unchanged since the last report) =="
 	$(VENV)/bin/sortrl report --results $(RESULTS) --readme README.md
