@@ -799,3 +799,51 @@ def test_distinct_configurations_are_drawn_as_before(results):
         fig._suptitle.get_text()
         == "tiny: sample efficiency, IQM over seeds of the mean reward, 6 seeds per configuration"
     )
+
+
+TREND = """
+name = "trendy"
+seeds = 4
+baseline = { num_responses = 2 }
+
+[base]
+num_epochs = 4
+num_steps_per_epoch = 2
+deltas_mode = "centered_rewards"
+
+[grid]
+num_responses = [2, 4, 8]
+
+[[claim]]
+id = "TR"
+statement = "larger groups help"
+subject = "group size"
+source = "a test"
+kind = "trend"
+axis = "num_responses"
+new = {}
+predicts = "higher"
+"""
+
+
+def test_a_trend_figure_is_drawn_from_the_ledgers_verdicts(tmp_path, monkeypatch):
+    """A trend figure marks each step's verdict, which the ledger's Holm correction over every grid decides: it is
+    drawn once the ledger has run, with every test's verdict (it was drawn with the experiment's uncorrected tests,
+    so every step printed '?' and the rank correlation '()'); its ticks are the axis's values."""
+    from sortrl.study.sweep import run_sweep
+
+    run_sweep(parse_grid(TREND), tmp_path, n_jobs=1)
+    seen = []
+    drawn = claim_figures.FIGURES["trend"]
+
+    def spy(exp, claim, tests):
+        seen.append([t.verdict for t in tests])
+        fig = drawn(exp, claim, tests)
+        seen.append([tick.get_text() for tick in fig.axes[0].get_xticklabels()])
+        return fig
+
+    monkeypatch.setitem(claim_figures.FIGURES, "trend", spy)
+    write_report(tmp_path, use_cache=False)
+    assert len(seen) == 2 and seen[0] and all(v in verdicts.VERDICTS for v in seen[0]), seen
+    assert seen[1] == ["2", "4", "8"]
+    assert (tmp_path / "figures" / "claim_TR.png").is_file()

@@ -214,7 +214,8 @@ def trend(exp: Experiment, claim: Claim, tests: list[Test]) -> Figure:
             ax.fill_between(
                 x, [s.interval.low for s in sides], [s.interval.high for s in sides], color="tab:blue", alpha=0.2, lw=0
             )
-            ax.set_xticks(x, [by_label[side.label].labels[claim.axis] for side in sides])
+            ticks = [by_label[side.label].labels[claim.axis] for side in sides]  # the value: the x label names the axis
+            ax.set_xticks(x, [t.removeprefix(f"{claim.axis}=") for t in ticks])
             for i, step in enumerate(steps):  # each step's verdict between its two points
                 ax.annotate(
                     _STEP_MARK.get(step.verdict, "?"), (i + 0.5, np.mean([sides[i].mean, sides[i + 1].mean])),
@@ -226,8 +227,9 @@ def trend(exp: Experiment, claim: Claim, tests: list[Test]) -> Figure:
             ax.set_ylabel(metric_label(claim.metric))
             _mark_bound(ax, claim, mine, axis="y")
         fig.suptitle(_title(claim))
-        fig.text(0.5, 0.0, "step verdicts: + supported, x contradicted, = no effect, ? inconclusive", ha="center",
-                 fontsize=8)  # fmt: skip
+        # below the axes' labels (the PNG's tight bounding box takes it in)
+        fig.text(0.5, -0.01, "step verdicts: + supported, x contradicted, = no effect, ? inconclusive", ha="center",
+                 va="top", fontsize=8)  # fmt: skip
     return fig
 
 
@@ -346,6 +348,10 @@ def _short(label: str, test: Test) -> str:
     drop = {str(v) for v in test.setting.values()}
     return " / ".join(p for p in label.split(" / ") if p not in drop) or label
 
+
+AFTER_LEDGER = ("trend",)
+"""Claim figures that print their tests' verdicts: drawn once the ledger has corrected every test (`sortrl report`
+draws them in its main process), not with an experiment's other figures."""
 
 FIGURES: dict[str, Callable[[Experiment, Claim, list[Test]], Figure]] = {
     "paired": paired,

@@ -48,8 +48,8 @@ from sortrl.analysis.findings import Findings, findings, link_shared
 from sortrl.analysis.pilot import outcome as pilot_outcome
 from sortrl.engine.registry import ConfigError, PluginImportError
 from sortrl.render import cache
+from sortrl.render.claim_figures import AFTER_LEDGER, curves_needed, figure_name
 from sortrl.render.claim_figures import FIGURES as CLAIM_FIGURES
-from sortrl.render.claim_figures import curves_needed
 from sortrl.render.claim_figures import draw as draw_claim
 from sortrl.render.claims_md import headline_claim
 from sortrl.render.claims_md import render as render_claims
@@ -117,8 +117,22 @@ def _experiment_outputs(results: Path, name: str, grid_file: tuple[Path, str] | 
         claim_figures = {}
         for claim in exp.grid.claims:
             path = claim_figures[claim.id] = results / claim_figure_file(claim.id)
-            files[path] = png_bytes(draw_claim(exp, claim, [t for t in tests if t.claim.id == claim.id]))
+            if figure_name(claim) not in AFTER_LEDGER:  # the others print verdicts: `_after_ledger` draws them
+                files[path] = png_bytes(draw_claim(exp, claim, [t for t in tests if t.claim.id == claim.id]))
     return Outputs(replace(found, figures=drawn), tests, claim_figures, files, stale, caught)
+
+
+def _after_ledger(outputs: list[Outputs], tests: list[Test]) -> dict[Path, bytes]:
+    """The claim figures that print their tests' verdicts (`AFTER_LEDGER`), from the ledger's corrected `tests`: a
+    step's verdict depends on every grid's tests (Holm), so no experiment can draw it alone."""
+    files = {}
+    for out in outputs:
+        exp = out.findings.experiment
+        for claim in exp.grid.claims:
+            if figure_name(claim) in AFTER_LEDGER:
+                mine = [t for t in tests if t.claim.id == claim.id]
+                files[out.claim_figures[claim.id]] = png_bytes(draw_claim(exp, claim, mine))
+    return files
 
 
 class Done(NamedTuple):
@@ -409,6 +423,7 @@ def write_report(
     check_outputs([(name, out.findings.experiment.grid) for name, out in zip(names, outputs)])
     figures = {claim_id: path for out in outputs for claim_id, path in out.claim_figures.items()}
     files = {path: data for out in outputs for path, data in out.files.items()}
+    files.update(_after_ledger(outputs, tests))
     stale = [path for out in outputs for path in out.stale]
     pilots = [out.findings.experiment for out in outputs if out.findings.experiment.grid.pilot is not None]
     ledger_grids = [out.findings.experiment.grid for out in outputs if out.findings.experiment.grid.claims]
