@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from sortrl.engine import metrics
-from sortrl.engine.batch import Batch, History, Progress, memory_rows, run_deltas, warn_empty_epoch
+from sortrl.engine.batch import Batch, History, Progress, epoch_metrics, memory_rows, run_deltas, warn_empty_epoch
 from sortrl.engine.config import RunConfig
 from sortrl.engine.losses import KL_ESTIMATORS, KL_LOSS_AGG_MODES, LOSS_AGG_MODES, LOSS_MODES
 from sortrl.engine.objective import Entropy, Kl, Policy, kl_in_loss, ratio_stats, sft_targets
@@ -226,12 +226,8 @@ def setup_epoch(state: Batch, epoch: int) -> Epoch:
         entropy = Entropy(chosen, _rows(omega)[chosen].sum(dim=2), n["entropy_coeff"][chosen])
     first_lp = old if rounds is None else log_probs(state, state.params, prompts, first.responses)
     first_lp = first_lp.view(*first.responses.shape, vocab)
-    found = metrics.sampled(first, prompts, picks, first_lp, len(state.task.train), per_response=True)
-    found.update(metrics.signal(roll, deltas, omega, picks, len(state.task.train)))
-    if kl_metric is not None:
-        found["kl"] = kl_metric
-    if rounds is not None:
-        found["num_gen_batches"] = rounds.float().where(n["max_gen_batches"] > 1, math.nan)
+    sampled = metrics.sampled(first, prompts, picks, first_lp, len(state.task.train), per_response=True)
+    found = epoch_metrics(state, sampled, roll, deltas, omega, picks, kl_metric, rounds)
     return Epoch(prompts, inputs, policy, entropy, kl, found)
 
 

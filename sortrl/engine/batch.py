@@ -26,7 +26,7 @@ from sortrl.engine.model import Params, init_params, init_value_head
 from sortrl.engine.models import MODELS
 from sortrl.engine.optim import Adam
 from sortrl.engine.registry import checked
-from sortrl.engine.rollout import Scorer, uniforms
+from sortrl.engine.rollout import Rollout, Scorer, uniforms
 from sortrl.engine.task import TASKS
 
 if TYPE_CHECKING:
@@ -202,6 +202,27 @@ class History:
     def frame(self, configs: list[RunConfig], steps: int, with_config: bool) -> pd.DataFrame:
         """The tidy table (`sortrl.engine.metrics.to_frame`): one row per (run, epoch) the run lived through."""
         return metrics.to_frame(configs, self.names, self.values, self.diverged_epoch, steps, with_config)
+
+
+def epoch_metrics(
+    state: Batch,
+    sampled: dict[str, Tensor],
+    roll: Rollout,
+    deltas: Tensor,
+    omega: Tensor,
+    picks: Tensor,
+    kl_metric: Tensor | None,
+    rounds: Tensor | None,
+) -> dict[str, Tensor]:
+    """An epoch's per-run metrics [run], both paths: the sampled responses' (`sampled`, `metrics.sampled`), the
+    learning signal's (`metrics.signal`), the in-reward KL (`kl_metric`) and DAPO's generation rounds (`rounds`)."""
+    found = {**sampled, **metrics.signal(roll, deltas, omega, picks, len(state.task.train))}
+    if kl_metric is not None:
+        found["kl"] = kl_metric
+    if rounds is not None:
+        # only runs that re-sample report it (as alone; a batch-mate's re-sampling says nothing of this run)
+        found["num_gen_batches"] = rounds.float().where(state.numbers["max_gen_batches"] > 1, math.nan)
+    return found
 
 
 class PeerDifferenceWarning(UserWarning):

@@ -43,6 +43,7 @@ from sortrl.engine.batch import (  # noqa: F401 -- the warnings and EVAL_SEED_OF
     History,
     PeerDifferenceWarning,
     Progress,
+    epoch_metrics,
     memory_rows,
     run_deltas,
     warn_empty_epoch,
@@ -391,13 +392,8 @@ def setup_epoch(state: Batch, epoch: int, logits: Tensor) -> Epoch:
     if state.use_entropy:
         runs = (n["entropy_coeff"] != 0).nonzero().flatten()
         entropy = Entropy(runs, omega[runs].sum(dim=2), n["entropy_coeff"][runs])
-    found = metrics.sampled(first, prompts, picks, old_log_probs, len(state.task.train))
-    found.update(metrics.signal(roll, deltas, omega, picks, len(state.task.train)))
-    if kl_metric is not None:
-        found["kl"] = kl_metric
-    if rounds is not None:
-        # only runs that re-sample report it (as alone; a batch-mate's re-sampling says nothing of this run)
-        found["num_gen_batches"] = rounds.float().where(n["max_gen_batches"] > 1, math.nan)
+    sampled = metrics.sampled(first, prompts, picks, old_log_probs, len(state.task.train))
+    found = epoch_metrics(state, sampled, roll, deltas, omega, picks, kl_metric, rounds)
     return Epoch(prompts, policy, entropy, kl, value_loss, found)
 
 
