@@ -237,8 +237,10 @@ def transformer_lever_rows(args: argparse.Namespace, runs: int = 1024) -> list[d
     lecture runs' responses (10 per prompt), each way (`sortrl.engine.transformer`), and the same with two threads.
 
     plain: every position of [prompt SEP response] per response (`full_logits`); prompt shared: the prompt's keys
-    and values once per prompt, queries and the MLP at response positions only (`response_logits`); prefix tree:
-    each prefix once per prompt where that is fewer rows, its keys shared (`logits`, what training runs).
+    and values once per prompt, queries and the MLP at response positions only (`response_logits`); folded: each
+    distinct prefix once per prompt (`logits`, what training runs), on random responses (every sampled prefix
+    differs: the fold's worst case, 16 rows per prompt at G = 10) and on a converged policy's (a group's 10 responses
+    all one: 3 rows).
     """
     from sortrl.engine import transformer
 
@@ -248,12 +250,16 @@ def transformer_lever_rows(args: argparse.Namespace, runs: int = 1024) -> list[d
     prompts = torch.tensor(cfg.prompts)
     shape = (runs, len(prompts), cfg.num_responses, cfg.response_length)
     responses = torch.randint(cfg.num_tokens, shape, generator=torch.Generator().manual_seed(0))
+    converged = responses[:, :, :1].expand(shape).clone()
     ways = {
         "plain (every position, per response)": lambda: transformer.full_logits(params, cfg, prompts, responses),
         "prompt shared, response positions only": lambda: transformer.response_logits(
             params, cfg, prompts, transformer.sep_inputs(cfg, responses)
         ),
-        "+ prefix tree, shared keys (trained)": lambda: transformer.logits(params, cfg, prompts, responses),
+        "+ prefixes folded, random responses (trained)": lambda: transformer.logits(params, cfg, prompts, responses),
+        "+ prefixes folded, a converged policy's (trained)": lambda: transformer.logits(
+            params, cfg, prompts, converged
+        ),
     }
     rows, before = [], torch.get_num_threads()
     for threads in (1, 2):

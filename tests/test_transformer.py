@@ -31,27 +31,86 @@ def params_of(cfg: RunConfig, seeds: list[int]) -> dict[str, torch.Tensor]:
     [
         dict(),
         dict(n_layers=2, n_heads=4, d_model=8, eos=True),
-        dict(prompts=((1, 0, 1, 0),), num_responses=9),  # depths 0-3 enumerated (1, 2, 4, 8 nodes)
+        dict(prompts=((1, 0, 1, 0),), num_responses=9),  # a binary vocabulary: depths 1-3 fold to 2, 4, 8 prefixes
         dict(task="random", prompt_length=(2, 4), num_prompts=6, n_layers=2),  # padded prompts
     ],
-    ids=["default", "two-layers-eos", "binary-enumerated", "padded"],
+    ids=["default", "two-layers-eos", "binary", "padded"],
 )
-def test_teacher_forced_logits_equal_the_plain_computation(fields):
-    """The shared-prompt, response-positions-only pass equals every position of [prompt SEP response] per response."""
+@pytest.mark.parametrize("distinct", [None, 1, 3], ids=["random", "one-response", "three-responses"])
+def test_teacher_forced_logits_equal_the_plain_computation(fields, distinct):
+    """The folded pass (each distinct prefix once, runs grouped by row count) equals every position of
+    [prompt SEP response] per response; with random responses, a group's G responses all one (the fold's best
+    case), or each run with its own number of distinct responses (several groups in one batch)."""
     cfg = RunConfig(**TF, **fields)
     from sortrl.engine.task import TASKS
 
     prompts = TASKS[cfg.task](cfg).train
-    p = params_of(cfg, [0, 1, 2])
+    runs = 4
+    p = params_of(cfg, list(range(runs)))
     g = torch.Generator().manual_seed(5)
-    trials = (
-        cfg.num_responses if not fields or "num_responses" in fields else 4
-    )  # 10 responses of 5 tokens: every first token enumerated once
-    responses = torch.randint(cfg.num_tokens, (3, len(prompts), trials, cfg.response_length), generator=g)
+    trials = cfg.num_responses if not fields or "num_responses" in fields else 4
+    responses = torch.randint(cfg.num_tokens, (runs, len(prompts), trials, cfg.response_length), generator=g)
+    if distinct is not None:  # run r draws from min(distinct + r, trials) responses per prompt
+        pick = torch.stack([torch.arange(trials) % min(distinct + r, trials) for r in range(runs)])
+        responses = torch.stack([responses[r][:, pick[r]] for r in range(runs)])
     with torch.no_grad():
         fast = transformer.logits(p, cfg, prompts, responses)
         plain = transformer.full_logits(p, cfg, prompts, responses)
-    assert fast.shape == (3, len(prompts), trials, cfg.response_length, cfg.num_tokens)
+    assert fast.shape == (runs, len(prompts), trials, cfg.response_length, cfg.num_tokens)
+    assert torch.allclose(fast, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_the_fold_keeps_each_distinct_prefix_once_and_sizes_a_run_by_its_own_responses():
+    """Three responses of 3 tokens, (0 1 x), (0 1 y), (2 0 z): prefixes SEP, 0, 2, 01, 20 (5 rows, SEP first, codes
+    in order). A run's row count is its own prompts' widest (padded per `FOLD_SIZES`), whatever its batch-mates."""
+    responses = torch.tensor([[0, 1, 4], [0, 1, 3], [2, 0, 0]])[None, None]  # [run batch trial pos]
+    folded = transformer.fold(responses, 5)
+    # codes: SEP 0; depth 1: 1 + y1 (0 -> 1, 2 -> 3); depth 2: 6 + 5 y1 + y2 (01 -> 7, 20 -> 16)
+    assert folded.code.tolist() == [[[0, 1, 3, 7, 16]]]
+    assert folded.node_of.tolist() == [[[[0, 1, 3], [0, 1, 3], [0, 2, 4]]]]
+    assert folded.size.tolist() == [5]
+    same = responses[:, :, :1].expand(-1, -1, 3, -1)  # one response three times: 3 rows (SEP, 0, 01)
+    together = transformer.fold(torch.cat([same, responses, same]), 5)
+    assert together.size.tolist() == [3, 5, 3]
+    assert transformer.fold_size(7, 100) == 8 and transformer.fold_size(7, 6) == 6  # padded, capped at the most
+
+
+def test_a_runs_logits_and_gradient_do_not_depend_on_its_batch_mates_rows():
+    """Run 0 alone (one group) and beside mates that need more rows (three groups: split, computed, merged back):
+    the same logits and the same gradient, bit for bit (the sign of a zero included)."""
+    cfg = RunConfig(**TF)
+    prompts = torch.tensor(cfg.prompts)
+    p = params_of(cfg, [0, 1, 2])
+    g = torch.Generator().manual_seed(1)
+    responses = torch.randint(cfg.num_tokens, (3, 3, cfg.num_responses, cfg.response_length), generator=g)
+    responses[0] = responses[0, :, :1]  # run 0: one response per prompt (3 rows); runs 1, 2: more
+    responses[1, :, 5:] = responses[1, :, :1]
+    assert len(transformer.fold(responses, cfg.num_tokens).size.unique()) == 3
+
+    def logits_and_grads(params, resp):
+        out = transformer.logits(params, cfg, prompts, resp)
+        weights = torch.linspace(-1, 1, out[0].numel()).view_as(out[0])
+        return out[0].detach(), torch.autograd.grad((out[0] * weights).sum(), list(params.values()))
+
+    alone = logits_and_grads({k: v[:1].detach().clone().requires_grad_() for k, v in p.items()}, responses[:1])
+    mixed = logits_and_grads(p, responses)
+    assert torch.equal(alone[0].view(torch.int32), mixed[0].view(torch.int32))
+    for name, a, m in zip(p, alone[1], mixed[1], strict=True):
+        assert torch.equal(a[0].view(torch.int32), m[0].view(torch.int32)), name
+        assert not m[1:].any(), name  # the mates' rows get nothing from run 0's logits
+
+
+def test_the_layout_is_reused_only_for_the_same_unchanged_responses():
+    """The inner steps reuse the fold of the same responses tensor; a response changed in place is folded again."""
+    cfg = RunConfig(**TF)
+    prompts = torch.tensor(cfg.prompts)
+    p = params_of(cfg, [0, 1])
+    responses = torch.zeros(2, 3, cfg.num_responses, cfg.response_length, dtype=torch.long)
+    with torch.no_grad():
+        transformer.logits(p, cfg, prompts, responses)
+        responses[:, :, 0] = torch.tensor([3, 1, 2])  # in place: a new prefix to fold
+        fast = transformer.logits(p, cfg, prompts, responses)
+        plain = transformer.full_logits(p, cfg, prompts, responses)
     assert torch.allclose(fast, plain, atol=1e-5, rtol=1e-5)
 
 

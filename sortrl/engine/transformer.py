@@ -30,22 +30,26 @@ padded prompts (`PAD`) are masked as attention keys, so a short prompt is read
 as if the model had only its own positions before SEP.
 
 Speed (the `make bench` transformer rows; docs/engine.md gives what each
-gave): the prompt's hidden states do not depend on the response (causal
-attention), so the prompt stream is computed once per prompt and its keys and
-values are shared by the prompt's G responses (`trial` axis), and in the last
-block queries, the MLP and the logits are computed at response positions only
-(`response_logits`); and the teacher-forced pass (`logits`, what training runs)
-computes each response prefix once per prompt where that is fewer rows
-(`prefix_tree`), its keys shared in one matmul. `full_logits` is the plain
-computation (every position of [prompt SEP response] per response), kept as the
-reference that tests and the benchmark compare against.
+gave): the logits of response token t depend only on the prompt and the prefix
+y_1..y_{t-1}, so the teacher-forced pass (`logits`, what training runs)
+computes each distinct prefix of a prompt's G responses once (`fold`, a trie:
+late in training a group's responses are mostly one, and its 1 + G (W-1)
+prefixes fold to W rows), with the prompt's positions in the same sequence (the
+mask keeps their states independent of the rows) and, in the last block,
+queries, the MLP and the logits at the rows only. Row counts differ by run, so
+runs are computed in groups of equal count, each set by the run's own responses
+(a run's numbers never depend on its batch-mates). `response_logits` (the
+prompt shared, response positions only, no fold) and `full_logits` (every
+position of [prompt SEP response] per response) are the earlier ways, kept as
+the benchmark's levers and the tests' reference.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -185,17 +189,186 @@ def sep_inputs(cfg: Any, responses: Int[Tensor, "run batch trial pos"]) -> Int[T
     return torch.cat([sep, responses[..., :-1]], dim=-1)
 
 
-def prefix_tree(vocab: int, trials: int, steps: int) -> list[int | None]:
-    """How the teacher-forced pass lays out each input depth s = 0 .. steps-1 per prompt: V^s nodes when V^s is at
-    most the number of trials (every prefix y_1..y_s enumerated once, shared by the trials that sampled it), None
-    for one node per trial (deeper depths too). Depth 0 (SEP) is one node per prompt. Fixed by the config, so
-    shapes never depend on what was sampled."""
-    out: list[int | None] = []
-    count = 1
-    for _ in range(steps):
-        out.append(count if count is not None and count <= trials else None)
-        count = count * vocab if out[-1] is not None else None
-    return out
+FOLD_SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32)
+"""The row counts a prompt's folded prefixes are padded to (`fold`): exact up to 6, then steps of a quarter or
+so, so a batch splits into few groups (a group's fixed cost, about 300 small kernels per forward+backward, is paid
+per group) while padding stays under a third of the rows. Above 32, multiples of 16."""
+
+
+def fold_size(rows: int, most: int) -> int:
+    """The padded row count of a run whose prompts need at most `rows` rows (`FOLD_SIZES`), capped at `most`."""
+    size = next((s for s in FOLD_SIZES if s >= rows), -(-rows // 16) * 16)
+    return min(size, most)
+
+
+class Fold(NamedTuple):
+    """Each prompt's distinct response prefixes, one row each (a trie), for the teacher-forced pass.
+
+    A prefix y_1..y_s (depth s; depth 0 is SEP alone) is coded offset_s + sum_j y_j V^(s-j), offset_s = sum_{t<s}
+    V^t, so codes of different depths differ and a prefix's ancestors are found by integer division. Rows are in
+    code order (SEP first), then padding (code -1).
+    """
+
+    code: Int[Tensor, "run batch row"]  # the prefix of each row, -1 for padding (up to the batch's widest run)
+    node_of: Int[Tensor, "run batch trial pos"]  # the row holding response position t's prefix y_1..y_{t-1}
+    size: Int[Tensor, " run"]  # each run's row count: its own prompts' widest, padded (`fold_size`)
+
+
+def _offsets(vocab: int, steps: int) -> Tensor:
+    return torch.tensor([sum(vocab**t for t in range(s)) for s in range(steps)])
+
+
+def fold(responses: Int[Tensor, "run batch trial pos"], vocab: int) -> Fold:
+    """The distinct prefixes of each prompt's responses (`Fold`). A run's row count depends on its own responses
+    alone: it is the padded maximum over its own prompts, never over its batch-mates'."""
+    runs, batch, trials, steps = responses.shape
+    offsets = _offsets(vocab, steps)
+    code, codes = torch.zeros(runs, batch, trials, dtype=torch.long), []
+    for s in range(steps):
+        if s:
+            code = code * vocab + responses[..., s - 1]
+        codes.append(offsets[s] + code)
+    flat = torch.stack(codes, dim=-1).flatten(2)  # [run batch (trial pos)]
+    ordered, order = flat.sort(dim=-1)
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[..., 1:] = ordered[..., 1:] != ordered[..., :-1]
+    rank = first.cumsum(dim=-1) - 1  # the row of each sorted entry
+    node_of = torch.empty_like(rank).scatter_(-1, order, rank).view(runs, batch, trials, steps)
+    most = 1 + sum(min(trials, vocab**s) for s in range(1, steps))
+    size = torch.tensor([fold_size(int(n), most) for n in (rank[..., -1] + 1).amax(dim=1).tolist()])
+    row_code = torch.full((runs, batch, int(size.max())), -1, dtype=torch.long)
+    row_code.scatter_(-1, rank, ordered)  # every entry of a row writes the same code
+    return Fold(row_code, node_of, size)
+
+
+class Group(NamedTuple):
+    """The runs of one row count and what their pass reads (`_layout`)."""
+
+    runs: Int[Tensor, " run"]  # their places in the batch
+    token: Int[Tensor, "run batch row"]  # each row's input: its prefix's last token (SEP at depth 0 and for padding)
+    position: Int[Tensor, "run batch row"]  # W + the prefix's depth
+    bias: Float[Tensor, "run batch query 1 key"]  # 0 where a position attends, -inf elsewhere (`_attention_bias`)
+    at: Int[Tensor, "run batch tokens vocab"]  # the row of each response position (trial, pos), for `gather`
+
+
+def _attention_bias(cfg: Any, prompts: Tensor, code: Int[Tensor, "run batch row"]) -> Tensor:
+    """The additive mask [run batch query 1 key] (0 / -inf) over the prompt's W positions then the rows, as queries
+    and as keys: a prompt position attends to the real prompt tokens up to itself (causal); a row to every real
+    prompt token, its own ancestors and itself (padding rows to themselves, so no softmax is empty)."""
+    vocab, steps, width = cfg.num_tokens, cfg.response_length, prompts.shape[-1]
+    runs, batch, rows = code.shape
+    offsets = _offsets(vocab, steps)
+    real = code >= 0
+    depth = torch.where(real, torch.searchsorted(offsets, code.clamp(min=0), right=True) - 1, 0)
+    last = code.clamp(min=0) - offsets[depth]  # the prefix's code within its depth
+    gap = (depth[..., :, None] - depth[..., None, :]).clamp(min=0)  # query's depth - key's
+    ancestor = offsets[depth][..., None, :] + last[..., :, None] // vocab**gap  # query's ancestor at key's depth
+    sees = (depth[..., None, :] <= depth[..., :, None]) & (ancestor == code[..., None, :]) & real[..., None, :]
+    sees = sees | torch.eye(rows, dtype=torch.bool)  # [run batch row row]: query, key
+    token = (prompts != PAD)[:, :, None, :]  # [run batch 1 pos]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    on_prompt = torch.cat([token & causal, torch.zeros(runs, batch, width, rows, dtype=torch.bool)], dim=-1)
+    on_rows = torch.cat([token.expand(-1, -1, rows, -1), sees], dim=-1)
+    attends = torch.cat([on_prompt, on_rows], dim=2)  # [run batch (W + row) (W + row)]
+    return torch.zeros(attends.shape).masked_fill(~attends, -math.inf)[:, :, :, None]
+
+
+_CACHE = threading.local()
+
+
+def _layout(cfg: Any, given: Tensor, prompts: Tensor, responses: Tensor) -> list[Group]:
+    """The groups of a teacher-forced pass (`logits`): runs of equal row count, each with its rows' tokens,
+    positions, attention mask and read-back index. Kept per thread for the last (prompts, responses) seen, as the
+    inner steps of an epoch read the same responses again and again (`given`: the prompts as the caller passed
+    them, `prompts` with their run axis)."""
+    key = (given, given._version, responses, responses._version, cfg.num_tokens)
+    last = getattr(_CACHE, "last", None)
+    if last is not None and all(a is b if isinstance(a, Tensor) else a == b for a, b in zip(last[0], key)):
+        return last[1]
+    runs, batch, trials, steps = responses.shape
+    vocab, width = cfg.num_tokens, prompts.shape[-1]
+    folded = fold(responses, vocab)
+    offsets = _offsets(vocab, steps)
+    groups = []
+    for size in folded.size.unique().tolist():
+        idx = (folded.size == size).nonzero().flatten()
+        code = folded.code[idx, :, :size]
+        depth = torch.where(code >= 0, torch.searchsorted(offsets, code.clamp(min=0), right=True) - 1, 0)
+        token = torch.where((depth > 0) & (code >= 0), (code.clamp(min=0) - offsets[depth]) % vocab, vocab)
+        at = folded.node_of[idx].reshape(len(idx), batch, trials * steps, 1).expand(-1, -1, -1, vocab)
+        groups.append(Group(idx, token, width + depth, _attention_bias(cfg, prompts[idx], code), at))
+    _CACHE.last = (key, groups)
+    return groups
+
+
+def _folded_logits(p: Params, cfg: Any, prompts: Tensor, group: Group) -> Float[Tensor, "run batch row vocab"]:
+    """The next-token logits at every row of one group (its runs' parameters `p`, prompts [run batch pos]).
+
+    The prompt's positions and the rows are one sequence axis (prompt first): the prompt's states never depend on
+    the rows (the mask), and the last block computes queries, the MLP and the logits at the rows only."""
+    runs, width = group.token.shape[0], prompts.shape[-1]
+    h, d = cfg.n_heads, cfg.d_model
+    at = torch.arange(runs)[:, None, None]
+    tokens = torch.cat([prompts.clamp(min=0), group.token], dim=-1)  # [run batch (W + row)]
+    positions = torch.cat([torch.arange(width).expand_as(prompts), group.position], dim=-1)
+    x = p["wte"][at, tokens] + p["wpe"][at, positions]  # [run batch (W + row) dim]
+    bias, scale = group.bias, 1 / math.sqrt(d // h)
+    for i in range(cfg.n_layers):
+        qkv = _linear(_norm(x, p[f"h{i}.ln1_w"], p[f"h{i}.ln1_b"]), p[f"h{i}.qkv"])
+        if i == cfg.n_layers - 1:  # the last block: the rows' queries only
+            x, bias = x[:, :, width:], bias[:, :, width:]
+            q = _heads(qkv[:, :, width:, :d], h)
+        else:
+            q = _heads(qkv[..., :d], h)
+        k, v = _heads(qkv[..., d : 2 * d], h), _heads(qkv[..., 2 * d :], h)
+        scores = torch.einsum("rbnhe,rbjhe->rbnhj", q, k) * scale + bias  # [run batch query head key]
+        att = torch.einsum("rbnhj,rbjhe->rbnhe", torch.softmax(scores, dim=-1), v)
+        x = x + _linear(att.flatten(-2), p[f"h{i}.proj"])
+        x = x + _mlp(p, i, x)
+    return _linear(_norm(x, p["lnf_w"], p["lnf_b"]), p["head"])
+
+
+class _Split(torch.autograd.Function):
+    """Each group's rows of every parameter, and back: the groups partition the runs, so a run's gradient is the
+    one its group computed, copied (`index_select`, row by row), never added to zeros (an indexing's own backward
+    would add it, turning -0.0 into +0.0, and index element by element, several times slower)."""
+
+    @staticmethod
+    def forward(ctx, groups: list[Tensor], *tensors: Tensor) -> tuple[Tensor, ...]:
+        ctx.groups, ctx.n = groups, len(tensors)
+        return tuple(t.index_select(0, idx) for idx in groups for t in tensors)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> tuple[Tensor | None, ...]:
+        back = _unsort(ctx.groups)
+        n, sizes = ctx.n, [len(idx) for idx in ctx.groups]
+        out = []
+        for i in range(n):
+            parts = [grads[g * n + i] for g in range(len(sizes))]
+            shape = next(t for t in parts if t is not None).shape[1:]
+            parts = [t if t is not None else torch.zeros(size, *shape) for t, size in zip(parts, sizes, strict=True)]
+            out.append(torch.cat(parts).index_select(0, back))
+        return (None, *out)
+
+
+class _Merge(torch.autograd.Function):
+    """The groups' outputs put back in the batch's run order (the inverse of `_Split`), exactly both ways."""
+
+    @staticmethod
+    def forward(ctx, groups: list[Tensor], *parts: Tensor) -> Tensor:
+        ctx.groups = groups
+        return torch.cat(parts).index_select(0, _unsort(groups))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        ordered = grad.index_select(0, torch.cat(ctx.groups))
+        return (None, *ordered.split([len(idx) for idx in ctx.groups]))
+
+
+def _unsort(groups: list[Tensor]) -> Tensor:
+    """Where each run of the batch sits in the groups' concatenation."""
+    order = torch.cat(groups)
+    return torch.empty_like(order).scatter_(0, order, torch.arange(len(order)))
 
 
 def logits(
@@ -203,73 +376,29 @@ def logits(
 ) -> Float[Tensor, "run batch trial pos vocab"]:
     """Teacher-forced logits of every response token, one pass: position t from the prompt and tokens before t.
 
-    The logits of token t depend only on the prompt and the prefix y_1..y_{t-1}, so prefixes are computed once
-    per prompt where that is fewer rows (`prefix_tree`: SEP once instead of once per trial; at the default G = 10
-    and 5 tokens every first token once: 16 rows per prompt instead of 30), and each trial reads its prefix's row.
-    The enumerated prefixes' keys join the prompt's as keys shared by the prompt's rows (one batched matmul; a
-    mask keeps each row to its own ancestors), and a per-trial row adds its own trial's per-trial rows. Equal to
-    `full_logits` up to rounding (tested).
+    The logits of token t depend only on the prompt and the prefix y_1..y_{t-1}, so each distinct prefix of a
+    prompt's responses is computed once (`fold`: late in training a group's G responses are mostly one, and its
+    1 + G (W-1) prefixes fold to W rows) and each response position reads its prefix's row. A row attends to the
+    prompt's keys (computed once per prompt) and to its own ancestors' and its own keys (a mask).
+
+    Runs are computed in groups of equal row count (`Fold.size`, set by each run's own responses), so a run's
+    numbers never depend on its batch-mates: each group is an ordinary batch of runs, and every op here is
+    batch-invariant along the run axis (tested bit for bit). Equal to `full_logits` up to rounding (tested).
     """
     runs, batch, trials, steps = responses.shape
-    h, d, vocab, width = cfg.n_heads, cfg.d_model, cfg.num_tokens, prompts.shape[-1]
-    e = d // h
-    prompts = _with_run_axis(prompts, runs)
-    layout = prefix_tree(vocab, trials, steps)
-    shared = [n for n in layout if n is not None]  # enumerated depths 0 .. k-1 (depth 0 always)
-    k, m, own = len(shared), sum(shared), steps - len(shared)  # own: per-trial depths k .. steps-1
-    offsets = [sum(shared[:s]) for s in range(k)]
-    # each trial's row at each depth [run batch trial steps]: an enumerated prefix's, or its own
-    code = torch.zeros(runs, batch, trials, dtype=torch.long)
-    node_of = []
-    for s in range(steps):
-        if s:
-            code = code * vocab + responses[..., s - 1]
-        node_of.append(offsets[s] + code if s < k else m + torch.arange(trials) * own + (s - k))
-    node_of = torch.stack(torch.broadcast_tensors(*node_of), dim=-1)
-    # rows: the enumerated prefixes (static tokens), then each trial's own (its sampled tokens)
-    index = torch.arange(m)
-    depth = torch.cat([torch.full((n,), s) for s, n in enumerate(shared)] + [torch.arange(k, steps).repeat(trials)])
-    last = index - torch.tensor([offsets[s] for s in depth[:m].tolist()])  # code of the prefix within its depth
-    tokens = torch.where(depth[:m] == 0, vocab, last % vocab).expand(runs, batch, -1)
-    if own:
-        tokens = torch.cat([tokens, responses[..., k - 1 : steps - 1].flatten(2)], dim=-1)
-    x = p["wte"][torch.arange(runs)[:, None, None], tokens] + p["wpe"][:, None, width + depth]
-    # which shared keys each row sees: the prompt's real tokens, and its enumerated ancestors
-    # prefix i (depth s_i, code c_i) has ancestor j at depth s_j <= s_i iff c_j = c_i // V^(s_i - s_j)
-    ancestor = last[:, None] // vocab ** (depth[:m, None] - depth[None, :m]).clamp(min=0)
-    sees = (depth[None, :m] <= depth[:m, None]) & (ancestor == last[None, :])  # [m m]: query, key
-    sees = sees.expand(runs, batch, -1, -1)
-    if own:  # a trial's rows see the enumerated rows on its path
-        path = (node_of[..., :k, None] == index).any(dim=-2)  # [run batch trial m]
-        sees = torch.cat([sees, path[:, :, :, None].expand(-1, -1, -1, own, -1).flatten(2, 3)], dim=2)
-    bias = torch.cat([_prompt_bias(prompts)[:, :, 0].expand(-1, -1, m + own * trials, -1),
-                      torch.zeros(sees.shape).masked_fill(~sees, -math.inf)], dim=-1)[:, :, :, None]  # fmt: skip
-    causal = torch.ones(own, own, dtype=torch.bool).tril()
-    keys = _prompt_keys(p, cfg, prompts)
-    scale = 1 / math.sqrt(e)
-    for i, (kp, vp) in enumerate(keys):
-        q, kn, vn = (
-            _heads(t, h) for t in _linear(_norm(x, p[f"h{i}.ln1_w"], p[f"h{i}.ln1_b"]), p[f"h{i}.qkv"]).split(d, -1)
-        )
-        k_shared, v_shared = torch.cat([kp, kn[:, :, :m]], dim=2), torch.cat([vp, vn[:, :, :m]], dim=2)
-        scores = torch.einsum("rbnhe,rbjhe->rbnhj", q, k_shared) * scale + bias  # [run batch rows head key]
-        if own:  # a per-trial row also sees its own trial's per-trial rows up to itself
-            q_own, k_own, v_own = (t[:, :, m:].unflatten(2, (trials, own)) for t in (q, kn, vn))
-            mine = (q_own[:, :, :, :, None] * k_own[:, :, :, None]).sum(-1) * scale  # [run batch trial s u head]
-            mine = mine.masked_fill(~causal[:, :, None], -math.inf).transpose(-1, -2).flatten(2, 3)
-            mine = torch.cat([torch.full((runs, batch, m, h, own), -math.inf), mine], dim=2)
-            scores = torch.cat([scores, mine], dim=-1)
-        weights = torch.softmax(scores, dim=-1)
-        att = torch.einsum("rbnhj,rbjhe->rbnhe", weights[..., : width + m], v_shared)
-        if own:
-            w_own = weights[:, :, m:, :, width + m :].unflatten(2, (trials, own))  # [run batch trial s head u]
-            from_own = (w_own.transpose(-1, -2)[..., None] * v_own[:, :, :, None]).sum(dim=4)  # [run batch trial s h e]
-            att = torch.cat([att[:, :, :m], att[:, :, m:] + from_own.flatten(2, 3)], dim=2)
-        x = x + _linear(att.flatten(-2), p[f"h{i}.proj"])
-        x = x + _mlp(p, i, x)
-    out = _linear(_norm(x, p["lnf_w"], p["lnf_b"]), p["head"])  # [run batch rows vocab]
-    index = node_of.reshape(runs, batch, trials * steps, 1).expand(-1, -1, -1, vocab)
-    return out.gather(2, index).view(runs, batch, trials, steps, vocab)
+    given, prompts = prompts, _with_run_axis(prompts, runs)
+    groups = _layout(cfg, given, prompts, responses)
+    if len(groups) == 1:
+        out = _folded_logits(p, cfg, prompts, groups[0]).gather(2, groups[0].at)
+    else:
+        runs_of = [g.runs for g in groups]
+        split, n = _Split.apply(runs_of, *p.values()), len(p)
+        parts = []
+        for k, group in enumerate(groups):
+            sub = dict(zip(p, split[k * n : (k + 1) * n], strict=True))
+            parts.append(_folded_logits(sub, cfg, prompts.index_select(0, group.runs), group).gather(2, group.at))
+        out = _Merge.apply(runs_of, *parts)
+    return out.view(runs, batch, trials, steps, -1)
 
 
 def generate(p: Params, cfg: Any, prompts: Tensor, trials: int, choose: Choose) -> Int[Tensor, "run batch trial pos"]:
