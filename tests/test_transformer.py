@@ -62,17 +62,17 @@ def test_teacher_forced_logits_equal_the_plain_computation(fields, distinct):
 
 def test_the_fold_keeps_each_distinct_prefix_once_and_sizes_a_run_by_its_own_responses():
     """Three responses of 3 tokens, (0 1 x), (0 1 y), (2 0 z): prefixes SEP, 0, 2, 01, 20 (5 rows, SEP first, codes
-    in order). A run's row count is its own prompts' widest (padded per `FOLD_SIZES`), whatever its batch-mates."""
+    in order). A run's row count is its own prompts' widest (padded per `fold_size`), whatever its batch-mates."""
     responses = torch.tensor([[0, 1, 4], [0, 1, 3], [2, 0, 0]])[None, None]  # [run batch trial pos]
     folded = transformer.fold(responses, 5)
     # codes: SEP 0; depth 1: 1 + y1 (0 -> 1, 2 -> 3); depth 2: 6 + 5 y1 + y2 (01 -> 7, 20 -> 16)
-    assert folded.code.tolist() == [[[0, 1, 3, 7, 16]]]
+    assert folded.code.tolist() == [[[0, 1, 3, 7, 16, -1, -1]]]  # padding rows: code -1
     assert folded.node_of.tolist() == [[[[0, 1, 3], [0, 1, 3], [0, 2, 4]]]]
-    assert folded.size.tolist() == [5]
+    assert folded.size.tolist() == [7]  # 5 rows padded to 7: sizes 3 (one response), 4 (half of 7), 7 (the most)
     same = responses[:, :, :1].expand(-1, -1, 3, -1)  # one response three times: 3 rows (SEP, 0, 01)
     together = transformer.fold(torch.cat([same, responses, same]), 5)
-    assert together.size.tolist() == [3, 5, 3]
-    assert transformer.fold_size(7, 100) == 8 and transformer.fold_size(7, 6) == 6  # padded, capped at the most
+    assert together.size.tolist() == [3, 7, 3]
+    assert [transformer.fold_size(n, 3, 16) for n in (3, 4, 8, 9, 16)] == [3, 8, 8, 16, 16]
 
 
 def test_a_runs_logits_and_gradient_do_not_depend_on_its_batch_mates_rows():
@@ -84,7 +84,7 @@ def test_a_runs_logits_and_gradient_do_not_depend_on_its_batch_mates_rows():
     g = torch.Generator().manual_seed(1)
     responses = torch.randint(cfg.num_tokens, (3, 3, cfg.num_responses, cfg.response_length), generator=g)
     responses[0] = responses[0, :, :1]  # run 0: one response per prompt (3 rows); runs 1, 2: more
-    responses[1, :, 5:] = responses[1, :, :1]
+    responses[1, :, 2:] = responses[1, :, :1]  # run 1: at most two responses per prompt (8 rows, half of 16)
     assert len(transformer.fold(responses, cfg.num_tokens).size.unique()) == 3
 
     def logits_and_grads(params, resp):
