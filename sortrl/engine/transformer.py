@@ -248,6 +248,12 @@ class Group(NamedTuple):
     at: Int[Tensor, "run batch tokens vocab"]  # the row of each response position (trial, pos), for `gather`
 
 
+def _depth(code: Int[Tensor, "run batch row"], offsets: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's prefix depth (0 for SEP and for padding) and its code within that depth (`Fold`)."""
+    depth = torch.where(code >= 0, torch.searchsorted(offsets, code.clamp(min=0), right=True) - 1, 0)
+    return depth, code.clamp(min=0) - offsets[depth]
+
+
 def _attention_bias(cfg: Any, prompts: Tensor, code: Int[Tensor, "run batch row"]) -> Tensor:
     """The additive mask [run batch query 1 key] (0 / -inf) over the prompt's W positions then the rows, as queries
     and as keys: a prompt position attends to the real prompt tokens up to itself (causal); a row to every real
@@ -256,8 +262,7 @@ def _attention_bias(cfg: Any, prompts: Tensor, code: Int[Tensor, "run batch row"
     runs, batch, rows = code.shape
     offsets = _offsets(vocab, steps)
     real = code >= 0
-    depth = torch.where(real, torch.searchsorted(offsets, code.clamp(min=0), right=True) - 1, 0)
-    last = code.clamp(min=0) - offsets[depth]  # the prefix's code within its depth
+    depth, last = _depth(code, offsets)
     gap = (depth[..., :, None] - depth[..., None, :]).clamp(min=0)  # query's depth - key's
     ancestor = offsets[depth][..., None, :] + last[..., :, None] // vocab**gap  # query's ancestor at key's depth
     sees = (depth[..., None, :] <= depth[..., :, None]) & (ancestor == code[..., None, :]) & real[..., None, :]
@@ -290,8 +295,8 @@ def _layout(cfg: Any, given: Tensor, prompts: Tensor, responses: Tensor) -> list
     for size in folded.size.unique().tolist():
         idx = (folded.size == size).nonzero().flatten()
         code = folded.code[idx, :, :size]
-        depth = torch.where(code >= 0, torch.searchsorted(offsets, code.clamp(min=0), right=True) - 1, 0)
-        token = torch.where((depth > 0) & (code >= 0), (code.clamp(min=0) - offsets[depth]) % vocab, vocab)
+        depth, last = _depth(code, offsets)
+        token = torch.where((depth > 0) & (code >= 0), last % vocab, vocab)
         at = folded.node_of[idx].reshape(len(idx), batch, trials * steps, 1).expand(-1, -1, -1, vocab)
         groups.append(Group(idx, token, width + depth, _attention_bias(cfg, prompts[idx], code), at))
     _CACHE.last = (key, groups)
@@ -402,8 +407,8 @@ def generate(p: Params, cfg: Any, prompts: Tensor, trials: int, choose: Choose) 
     """`trials` responses per prompt, token by token: token t = choose(t, logits given the prompt and tokens < t).
 
     Step t runs the teacher-forced pass (`logits`) on the first t+1 positions (the last one's token is not read),
-    so shared prefixes are computed once per prompt here too: 1 + 6 + 16 rows per prompt at the default G = 10
-    against 10 + 20 + 30 re-running every trial's prefix (`response_logits`).
+    so each distinct prefix is computed once per prompt here too (`fold`: at most 1 + 5 + 10 rows per prompt at the
+    default G = 10, W rows for a converged policy, against 10 + 20 + 30 re-running every trial's prefix).
     """
     runs = p["wte"].shape[0]
     prompts = _with_run_axis(prompts, runs)
