@@ -26,7 +26,7 @@ Measures, each as the median of `--repeats` repetitions:
   beside the linear engine's default batch of the same size measured in the same run, and
   their ratio (target: at least 1/10); and what each speed lever of its teacher-forced pass
   gives (`transformer_lever_rows`: CPU seconds per forward+backward of 1,024 runs' log-probs,
-  plain, prompt shared, prefix tree; one and two intra-op threads);
+  plain, prompt shared, prefixes folded on random and on converged responses; one and two intra-op threads);
 - peak memory of training 4,096 default runs in one batch: `ru_maxrss` of a
   fresh child process that does only that (kernel high-water mark, exact);
 - last, where `make ablations`' time goes (`benchmarks/ablations_time.py`: its
@@ -240,7 +240,7 @@ def transformer_lever_rows(args: argparse.Namespace, runs: int = 1024) -> list[d
     and values once per prompt, queries and the MLP at response positions only (`response_logits`); folded: each
     distinct prefix once per prompt (`logits`, what training runs), on random responses (every sampled prefix
     differs: the fold's worst case, 16 rows per prompt at G = 10) and on a converged policy's (a group's 10 responses
-    all one: 3 rows).
+    all one: 3 rows); the fold's layout is computed on the first call and reused, as in an epoch's inner steps.
     """
     from sortrl.engine import transformer
 
