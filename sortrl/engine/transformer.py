@@ -254,13 +254,12 @@ def _depth(code: Int[Tensor, "run batch row"], offsets: Tensor) -> tuple[Tensor,
     return depth, code.clamp(min=0) - offsets[depth]
 
 
-def _attention_bias(cfg: Any, prompts: Tensor, code: Int[Tensor, "run batch row"]) -> Tensor:
+def _attention_bias(vocab: int, offsets: Tensor, prompts: Tensor, code: Int[Tensor, "run batch row"]) -> Tensor:
     """The additive mask [run batch query 1 key] (0 / -inf) over the prompt's W positions then the rows, as queries
     and as keys: a prompt position attends to the real prompt tokens up to itself (causal); a row to every real
     prompt token, its own ancestors and itself (padding rows to themselves, so no softmax is empty)."""
-    vocab, steps, width = cfg.num_tokens, cfg.response_length, prompts.shape[-1]
+    width = prompts.shape[-1]
     runs, batch, rows = code.shape
-    offsets = _offsets(vocab, steps)
     real = code >= 0
     depth, last = _depth(code, offsets)
     gap = (depth[..., :, None] - depth[..., None, :]).clamp(min=0)  # query's depth - key's
@@ -298,7 +297,7 @@ def _layout(cfg: Any, given: Tensor, prompts: Tensor, responses: Tensor) -> list
         depth, last = _depth(code, offsets)
         token = torch.where((depth > 0) & (code >= 0), last % vocab, vocab)
         at = folded.node_of[idx].reshape(len(idx), batch, trials * steps, 1).expand(-1, -1, -1, vocab)
-        groups.append(Group(idx, token, width + depth, _attention_bias(cfg, prompts[idx], code), at))
+        groups.append(Group(idx, token, width + depth, _attention_bias(vocab, offsets, prompts[idx], code), at))
     _CACHE.last = (key, groups)
     return groups
 
