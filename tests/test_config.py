@@ -337,3 +337,4 @@ def test_ignored_fields_name_what_has_no_effect():
         "kl_estimator": "kl_penalty is 0",
     }
     assert ignored_fields(RunConfig(loss_mode="clipped", epsilon=0.1, kl_penalty=0.1, kl_estimator="k1")) == {}
+    assert set(ignored_fields(RunConfig(model="transformer", engine="fast"))) == {"engine"}

@@ -15,6 +15,7 @@ from sortrl import RunConfig, train
 from sortrl.engine import autoregressive, transformer
 from sortrl.engine.losses import LOSS_MODES, ClipRange
 from sortrl.engine.objective import Policy
+from sortrl.engine.optim import ALIGN, RunFusedAdam
 from sortrl.engine.registry import ConfigError
 from sortrl.engine.rollout import Rollout, invert, sample, uniforms
 
@@ -308,6 +309,47 @@ def test_batch_invariance_exact(case):
     inside = together[together.run_id == target.run_id].reset_index(drop=True)
     assert len(inside) == common["num_epochs"]
     pd.testing.assert_frame_equal(alone, inside, check_exact=True)
+
+
+def test_a_runs_training_does_not_depend_on_its_mates_learning_rates():
+    """The fused Adam steps each block of runs sharing a learning rate: a run alone equals the same run among mates
+    of other learning rates (before and after it), bit for bit."""
+    common = {**TF, "num_epochs": 3, "num_steps_per_epoch": 2}
+    target = RunConfig(seed=3, learning_rate=0.01, **common)
+    mates = [RunConfig(seed=100 + i, learning_rate=(0.02, 0.01, 0.005)[i % 3], **common) for i in range(7)]
+    together = train(mates[:4] + [target] + mates[4:])
+    inside = together[together.run_id == target.run_id].reset_index(drop=True)
+    pd.testing.assert_frame_equal(train([target]), inside, check_exact=True)
+
+
+def test_run_fused_adam_is_torchs_fused_adam_on_each_run_alone():
+    """`RunFusedAdam` over 5 stacked runs with three learning rates equals `torch.optim.Adam(fused=True)` on each run
+    alone, bit for bit, for a tensor whose per-run size is a multiple of `ALIGN`; a tensor whose size is not takes
+    torch's single-tensor step (the fused kernel's scalar tail rounds otherwise), equal to `Adam(foreach=False)`."""
+    gen = torch.Generator().manual_seed(0)
+    lrs = [1e-2, 1e-2, 3e-3, 1e-2, 5e-4]
+    aligned, odd = torch.randn(5, 2, ALIGN, generator=gen), torch.randn(5, 7, generator=gen)
+    assert odd[0].numel() % ALIGN
+    grads = [
+        [torch.randn(5, 2, ALIGN, generator=gen) * 10.0**k, torch.randn(5, 7, generator=gen)] for k in range(-4, 3)
+    ]
+    stacked = [aligned.clone(), odd.clone()]
+    ours = RunFusedAdam(stacked, torch.tensor(lrs, dtype=torch.float64))
+    singles = [[aligned[r].clone().requires_grad_(), odd[r].clone().requires_grad_()] for r in range(5)]
+    theirs = [
+        (torch.optim.Adam([a], lr=lr, fused=True), torch.optim.Adam([o], lr=lr, foreach=False))
+        for (a, o), lr in zip(singles, lrs, strict=True)
+    ]
+    for g in grads:
+        ours.step(g)
+        for r in range(5):
+            for p, grad in zip(singles[r], g, strict=True):
+                p.grad = grad[r].clone()
+            for opt in theirs[r]:
+                opt.step()
+    for r in range(5):
+        for mine, single in zip(stacked, singles[r], strict=True):
+            assert torch.equal(mine[r].view(torch.int32), single.detach().view(torch.int32))
 
 
 # --- the engine's second path -----------------------------------------------------------------

@@ -12,6 +12,8 @@ What differs is where the policy lives:
   the same float64 search as the folded path's drawn-ahead sampling, in the same
   [(batch pos trial)] order), so a run's trajectory never depends on its
   batch-mates;
+- the old log-probs are the first inner step's own pass (the same parameters and responses), computed once with
+  its graph, so the first step does not repeat it;
 - log-probs come from one teacher-forced pass over the sampled responses
   (`ModelFamily.logits`), giving pi(. | prefix) at every sampled prefix:
   [run (batch trial) pos vocab]. Every response is its own row, so the folded
@@ -150,6 +152,7 @@ class Epoch(NamedTuple):
     entropy: Entropy | None
     kl: Kl | None
     metrics: dict[str, Tensor]
+    first: Tensor | None  # the first inner step's log-probs, graph kept: the pass `old` came from (None for `sft`)
 
 
 def setup_epoch(state: Batch, epoch: int) -> Epoch:
@@ -175,7 +178,13 @@ def setup_epoch(state: Batch, epoch: int) -> Epoch:
         warn_empty_epoch(state, kept, epoch)
     mask = (roll.action & kept[:, :, None, None]).float()
     omega = per_run(state.names["loss_agg_mode"], LOSS_AGG_MODES, {"mask": mask}, kind="loss_agg_mode", max_len=width)
-    old = log_probs(state, state.params, prompts, roll.responses)  # [run (batch trial) pos vocab]
+    mode = LOSS_MODES[c0.loss_mode]
+    mode = mode._replace(fn=checked("loss_mode", c0.loss_mode, mode.fn))
+    # the old log-probs are the first inner step's own pass (same parameters, same responses): computed once, with
+    # its graph, so the first step does not repeat it (bit for bit the same numbers; `sft` reads other inputs)
+    with torch.set_grad_enabled(not mode.supervised):
+        first_step = log_probs(state, state.params, prompts, roll.responses)  # [run (batch trial) pos vocab]
+    old = first_step.detach()
     rows = Rollout(*map(_rows, roll))  # [run (batch trial) 1 ...]
 
     rewards, kl, kl_metric = roll.rewards, None, None
@@ -211,8 +220,6 @@ def setup_epoch(state: Batch, epoch: int) -> Epoch:
         available["action_counts"] = mask.sum(dim=-1)
     deltas = run_deltas(state.names["deltas_mode"], rewards, available)
 
-    mode = LOSS_MODES[c0.loss_mode]
-    mode = mode._replace(fn=checked("loss_mode", c0.loss_mode, mode.fn))
     inputs, targets = roll.responses, None
     if mode.supervised:  # teacher-forced on the sorted answers (padding read as token 0; it has no weight)
         answers = sorted_prompts(with_run_axis(prompts)).clamp(min=0)
@@ -228,7 +235,7 @@ def setup_epoch(state: Batch, epoch: int) -> Epoch:
     first_lp = first_lp.view(*first.responses.shape, vocab)
     sampled = metrics.sampled(first, prompts, picks, first_lp, len(state.task.train), per_response=True)
     found = epoch_metrics(state, sampled, roll, deltas, omega, picks, kl_metric, rounds)
-    return Epoch(prompts, inputs, policy, entropy, kl, found)
+    return Epoch(prompts, inputs, policy, entropy, kl, found, None if mode.supervised else first_step)
 
 
 def inner_steps(state: Batch, ep: Epoch) -> dict[str, Tensor]:
@@ -236,8 +243,8 @@ def inner_steps(state: Batch, ep: Epoch) -> dict[str, Tensor]:
     clip = state.clip(ep.policy.clip_shape())
     sums: defaultdict[str, Tensor] = defaultdict(lambda: torch.zeros(len(state.runs)))
     params = list(state.params.values())
-    for _ in range(state.c0.num_steps_per_epoch):
-        lp = log_probs(state, state.params, ep.prompts, ep.inputs)
+    for k in range(state.c0.num_steps_per_epoch):
+        lp = ep.first if k == 0 and ep.first is not None else log_probs(state, state.params, ep.prompts, ep.inputs)
         run_loss, ratio = ep.policy.loss(lp, clip)
         if ep.entropy is not None:
             run_loss = run_loss.index_add(0, ep.entropy.runs, -ep.entropy.coeff * ep.entropy.value(lp))

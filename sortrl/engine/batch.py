@@ -24,7 +24,7 @@ from sortrl.engine.fast import FusedAdam
 from sortrl.engine.losses import ClipRange
 from sortrl.engine.model import Params, init_params, init_value_head
 from sortrl.engine.models import MODELS
-from sortrl.engine.optim import Adam
+from sortrl.engine.optim import Adam, RunFusedAdam
 from sortrl.engine.registry import checked
 from sortrl.engine.rollout import Rollout, Scorer, uniforms
 from sortrl.engine.task import TASKS
@@ -63,7 +63,9 @@ class Batch:
         else:  # an autoregressive family (`sortrl.engine.autoregressive` trains it)
             self.params = self.family.init(self.generators, configs)
         self.fast = c0.engine == "fast"
-        self.optimizer = (FusedAdam if self.fast else Adam)(
+        # the autoregressive families step with torch's fused kernel on both engines (no lecture bits to keep there)
+        optimizer = (FusedAdam if self.fast else Adam) if self.family.prompt_only else RunFusedAdam
+        self.optimizer = optimizer(
             list(self.params.values()), torch.tensor([c.learning_rate for c in configs], dtype=torch.float64)
         )
 

@@ -179,7 +179,8 @@ class RunConfig:
     engine: str = "exact"
     """`exact`: the lecture's arithmetic, bit for bit. `fast`: fused Adam and a log-sum-exp log-softmax, the same math
     in another float order (statistically equivalent, not bit-identical; `sortrl.engine.fast`). Opt-in, never for
-    lecture parity; the ledger's grids use `exact`."""
+    lecture parity; the ledger's grids use `exact`. The linear model's choice: an autoregressive family has no lecture
+    number to match and always steps with torch's fused Adam (`sortrl.engine.optim.RunFusedAdam`)."""
 
     # --- bookkeeping ----------------------------------------------------
     recipe: str | None = None
@@ -657,6 +658,11 @@ def ignored_fields(cfg: RunConfig) -> dict[str, str]:
             for name in MODEL_FIELDS
         ],
         (("deltas_mode", "filter_zero_std_groups"), LOSS_MODES[cfg.loss_mode].supervised, "sft ignores rewards"),
+        (
+            ("engine",),
+            not MODELS[cfg.model].prompt_only,
+            f"model {cfg.model!r} steps with torch's fused Adam on either engine (sortrl.engine.optim.RunFusedAdam)",
+        ),
     ]
     out = {}
     for names, unused, why in rules:

@@ -20,7 +20,7 @@ sampling policy's log-probs and entropy at each sampled prefix (log-softmax of
 `logits`, tempered), greedy decoding (`generate` with argmax), the KL to a
 reference (the reference's `logits` on the same responses), the `sft` loss
 (`logits` on the sorted answers). Parameters are trained by one Adam over the
-stacked tensors; the loss is a sum over runs, so `logits` must compute each
+stacked tensors (torch's fused kernel, run by run: `sortrl.engine.optim.RunFusedAdam`); the loss is a sum over runs, so `logits` must compute each
 run's row from that run's parameters and inputs alone (the batch-invariance
 tests check sortrl's own families bit for bit).
 

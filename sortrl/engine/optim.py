@@ -6,6 +6,9 @@ exactly each run's own update. This follows torch's single-tensor
 run matches the lecture's `torch.optim.Adam(model.parameters(), lr)` bit for
 bit; the only change is that the step size is a `[run]` tensor (torch's
 `addcdiv_` takes one Python number).
+
+`RunFusedAdam` is the same Adam stepped by torch's fused CPU kernel, kept
+independent of a run's batch-mates; the autoregressive model families use it.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ class Adam:
     def step(self, grads: list[Tensor]) -> None:
         """Apply one update given each parameter's gradient (same shapes as the params; any strides)."""
         self.step_count += 1
+        self._update(range(len(self.params)), grads)
+
+    def _update(self, which: range | list[int], grads: list[Tensor]) -> None:
+        """torch's single-tensor step on the tensors at `which` (this step's `step_count`)."""
         t = self.step_count
         bias_correction1 = 1 - self.beta1**t
         bias_correction2_sqrt = (1 - self.beta2**t) ** 0.5
@@ -47,7 +54,8 @@ class Adam:
             neg_step_size, value = None, -(self.uniform_lr / bias_correction1)
         else:
             neg_step_size, value = (-(self.lr / bias_correction1)).to(torch.float32), 1.0
-        for p, stride, g, m, v in zip(self.params, self.strides, grads, self.exp_avg, self.exp_avg_sq):
+        for i in which:
+            p, stride, g, m, v = self.params[i], self.strides[i], grads[i], self.exp_avg[i], self.exp_avg_sq[i]
             if g.stride() != stride:  # element-wise ops over mixed layouts are several times slower
                 g = torch.empty_like(p).copy_(g)
             m.lerp_(g, 1 - self.beta1)
@@ -62,3 +70,46 @@ class Adam:
         self._set(params, self.lr[index])
         self.exp_avg = [m[index] for m in self.exp_avg]
         self.exp_avg_sq = [v[index] for v in self.exp_avg_sq]
+
+
+ALIGN = 16
+"""Floats: the widest vector of torch's CPU kernels (AVX-512's 16; a multiple of AVX2's 8)."""
+
+
+class RunFusedAdam(Adam):
+    """The same Adam, stepped by torch's fused CPU kernel (`torch.optim.Adam(fused=True)`'s `torch._fused_adam_`, one
+    pass over memory instead of seven): the per-element formula of Kingma & Ba (2015) in torch's fused rounding, not
+    the single-tensor path's bits. The autoregressive families train with it (no lecture number to match there).
+
+    A run's update never depends on its batch-mates, as the engine requires. The kernel rounds its vector loop and its
+    scalar tail differently, and its tail is the last `numel % vector` elements of the tensor it is given, so:
+
+    - it steps a tensor only when each run's slice holds a multiple of `ALIGN` floats (then every element takes the
+      vector loop, wherever its run sits); other tensors take the single-tensor step (`Adam`);
+    - with per-run learning rates it steps each maximal block of adjacent runs sharing one (a contiguous slice),
+      as the kernel takes one learning rate.
+
+    Tested: a run trained alone, or beside mates of other learning rates, is bit-identical
+    (tests/test_transformer.py); one step equals torch's own `Adam(fused=True)` (tests/test_optim.py).
+    """
+
+    def _set(self, params: list[Tensor], lr: Tensor) -> None:
+        super()._set(params, lr)
+        starts = [0, *((lr[1:] != lr[:-1]).nonzero().flatten() + 1).tolist(), len(lr)]
+        self.blocks = [(a, b, float(lr[a])) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+        self.fused = [i for i, p in enumerate(params) if p[0].numel() % ALIGN == 0 and p.is_contiguous()]
+        self.rest = [i for i in range(len(params)) if i not in self.fused]
+
+    @torch.no_grad()
+    def step(self, grads: list[Tensor]) -> None:
+        self.step_count += 1
+        self._update(self.rest, grads)
+        steps = [torch.tensor(float(self.step_count))] * len(self.fused)
+        params, moments = [self.params[i] for i in self.fused], [self.exp_avg[i] for i in self.fused]
+        squares, fused_grads = [self.exp_avg_sq[i] for i in self.fused], [grads[i] for i in self.fused]
+        for a, b, lr in self.blocks:
+            torch._fused_adam_(
+                [p[a:b] for p in params], [g[a:b] for g in fused_grads], [m[a:b] for m in moments],
+                [v[a:b] for v in squares], [], steps, lr=lr, beta1=self.beta1, beta2=self.beta2, weight_decay=0.0,
+                eps=self.eps, amsgrad=False, maximize=False,
+            )  # fmt: skip

@@ -316,12 +316,11 @@ def _folded_logits(p: Params, cfg: Any, prompts: Tensor, group: Group) -> Float[
     bias, scale = group.bias, 1 / math.sqrt(d // h)
     for i in range(cfg.n_layers):
         qkv = _linear(_norm(x, p[f"h{i}.ln1_w"], p[f"h{i}.ln1_b"]), p[f"h{i}.qkv"])
+        # splits, not slices: a split's backward is one concatenation, a slice's a zero-filled copy of the whole
+        q, k, v = (_heads(t, h) for t in qkv.split(d, dim=-1))
         if i == cfg.n_layers - 1:  # the last block: the rows' queries only
-            x, bias = x[:, :, width:], bias[:, :, width:]
-            q = _heads(qkv[:, :, width:, :d], h)
-        else:
-            q = _heads(qkv[..., :d], h)
-        k, v = _heads(qkv[..., d : 2 * d], h), _heads(qkv[..., 2 * d :], h)
+            rows = [width, x.shape[2] - width]
+            x, bias, q = x.split(rows, dim=2)[1], bias[:, :, width:], q.split(rows, dim=2)[1]
         scores = torch.einsum("rbnhe,rbjhe->rbnhj", q, k) * scale + bias  # [run batch query head key]
         att = torch.einsum("rbnhj,rbjhe->rbnhe", torch.softmax(scores, dim=-1), v)
         x = x + _linear(att.flatten(-2), p[f"h{i}.proj"])
@@ -331,8 +330,9 @@ def _folded_logits(p: Params, cfg: Any, prompts: Tensor, group: Group) -> Float[
 
 class _Split(torch.autograd.Function):
     """Each group's rows of every parameter, and back: the groups partition the runs, so a run's gradient is the
-    one its group computed, copied (`index_select`, row by row), never added to zeros (an indexing's own backward
-    would add it, turning -0.0 into +0.0, and index element by element, several times slower)."""
+    one its group computed, copied (`index_select` forward, `index_copy_` back, one copy per group), never added to
+    zeros (an indexing's own backward would add it, turning -0.0 into +0.0, and index element by element, several
+    times slower)."""
 
     @staticmethod
     def forward(ctx, groups: list[Tensor], *tensors: Tensor) -> tuple[Tensor, ...]:
@@ -341,14 +341,18 @@ class _Split(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads: Tensor) -> tuple[Tensor | None, ...]:
-        back = _unsort(ctx.groups)
-        n, sizes = ctx.n, [len(idx) for idx in ctx.groups]
+        n, runs = ctx.n, sum(len(idx) for idx in ctx.groups)
         out = []
         for i in range(n):
-            parts = [grads[g * n + i] for g in range(len(sizes))]
+            parts = [grads[g * n + i] for g in range(len(ctx.groups))]
             shape = next(t for t in parts if t is not None).shape[1:]
-            parts = [t if t is not None else torch.zeros(size, *shape) for t, size in zip(parts, sizes, strict=True)]
-            out.append(torch.cat(parts).index_select(0, back))
+            full = torch.empty(runs, *shape)
+            for idx, part in zip(ctx.groups, parts, strict=True):  # one copy per group, into place
+                if part is None:
+                    full.index_fill_(0, idx, 0.0)
+                else:
+                    full.index_copy_(0, idx, part)
+            out.append(full)
         return (None, *out)
 
 
