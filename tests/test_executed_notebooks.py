@@ -190,6 +190,14 @@ def _lines(stream, into: queue.Queue) -> None:
         into.put(line)
 
 
+def _cmdline(process: psutil.Process) -> str:
+    """A process's command line, or "" for one that exited (a short-lived helper can turn zombie mid-listing)."""
+    try:
+        return " ".join(process.cmdline())
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):
+        return ""
+
+
 @pytest.mark.slow
 def test_make_notebooks_serves_the_notebooks_over_http(tmp_path):
     """`make notebooks` starts JupyterLab on notebooks/ and prints its URL; the token guards it; it stops cleanly."""
@@ -220,7 +228,7 @@ def test_make_notebooks_serves_the_notebooks_over_http(tmp_path):
             urllib.request.urlopen(f"{base}/api/contents", timeout=30)
         assert refused.value.code == 403
         server = [
-            p for p in psutil.Process(make.pid).children(recursive=True) if "jupyter-lab" in " ".join(p.cmdline())
+            p for p in psutil.Process(make.pid).children(recursive=True) if "jupyter-lab" in _cmdline(p)
         ]
         assert [p.environ()["SORTRL_RESULTS"] for p in server] == [str(ROOT / "results")]
         urllib.request.urlopen(urllib.request.Request(f"{base}/api/shutdown?token={token}", method="POST"), timeout=30)

@@ -13,6 +13,8 @@ independent of a run's batch-mates; the autoregressive model families use it.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -89,15 +91,15 @@ class RunFusedAdam(Adam):
     - with per-run learning rates it steps each maximal block of adjacent runs sharing one (a contiguous slice),
       as the kernel takes one learning rate.
 
-    Tested: a run trained alone, or beside mates of other learning rates, is bit-identical
-    (tests/test_transformer.py); one step equals torch's own `Adam(fused=True)` (tests/test_optim.py).
+    Tested (tests/test_transformer.py): each run's steps equal torch's own `Adam(fused=True)` on that run alone, bit
+    for bit, whatever its mates' learning rates; a transformer run trains bit-identically alone and among mates.
     """
 
     def _set(self, params: list[Tensor], lr: Tensor) -> None:
         super()._set(params, lr)
         starts = [0, *((lr[1:] != lr[:-1]).nonzero().flatten() + 1).tolist(), len(lr)]
-        self.blocks = [(a, b, float(lr[a])) for a, b in zip(starts[:-1], starts[1:], strict=True)]
-        self.fused = [i for i, p in enumerate(params) if p[0].numel() % ALIGN == 0 and p.is_contiguous()]
+        self.blocks = [(a, b, float(lr[a])) for a, b in zip(starts[:-1], starts[1:], strict=True) if b > a]
+        self.fused = [i for i, p in enumerate(params) if math.prod(p.shape[1:]) % ALIGN == 0 and p.is_contiguous()]
         self.rest = [i for i in range(len(params)) if i not in self.fused]
 
     @torch.no_grad()
