@@ -227,9 +227,7 @@ def test_make_notebooks_serves_the_notebooks_over_http(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{base}/api/contents", timeout=30)
         assert refused.value.code == 403
-        server = [
-            p for p in psutil.Process(make.pid).children(recursive=True) if "jupyter-lab" in _cmdline(p)
-        ]
+        server = [p for p in psutil.Process(make.pid).children(recursive=True) if "jupyter-lab" in _cmdline(p)]
         assert [p.environ()["SORTRL_RESULTS"] for p in server] == [str(ROOT / "results")]
         urllib.request.urlopen(urllib.request.Request(f"{base}/api/shutdown?token={token}", method="POST"), timeout=30)
         assert make.wait(timeout=60) == 0
