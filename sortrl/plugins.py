@@ -71,7 +71,10 @@ the KL to a reference, greedy decoding, the `sft` loss. `logits` must compute
 each run's row from its own parameters alone (a run's numbers must not change
 with its batch-mates). `fields` names the model fields the family reads (the
 others are reported as ignored). A plug-in family is autoregressive: the
-engine's folded path (`prompt_only`) is the lecture model's own.
+engine's folded path (`prompt_only`) is the lecture model's own. Optional, for
+speed only: `order(cfg, responses) -> [run]`, a run order that makes `logits`
+on those responses cheaper (the engine reorders its batch by it before an
+epoch's inner steps; the transformer puts runs of one prefix layout together).
 
 A loss mode declares `linear` (linear in the advantage A), `uses_ratio`
 (needs the old policy's log-probs), `clips` (log clip fractions) and, by

@@ -101,6 +101,70 @@ def test_a_runs_logits_and_gradient_do_not_depend_on_its_batch_mates_rows():
         assert not m[1:].any(), name  # the mates' rows get nothing from run 0's logits
 
 
+def test_runs_in_layout_order_give_the_same_logits_and_gradients_as_scattered():
+    """`order` puts runs of one row count next to each other; `logits` then takes each group as a view of the
+    parameters (`_in_order`) instead of a copy. The logits and gradients are the scattered batch's, permuted, bit for
+    bit."""
+    cfg = RunConfig(**TF)
+    prompts = torch.tensor(cfg.prompts)
+    p = params_of(cfg, list(range(6)))
+    g = torch.Generator().manual_seed(2)
+    responses = torch.randint(cfg.num_tokens, (6, 3, cfg.num_responses, cfg.response_length), generator=g)
+    responses[::2] = responses[::2, :, :1]  # runs 0, 2, 4: one response per prompt (3 rows); 1, 3, 5: 16 rows
+    index = transformer.order(cfg, responses)
+    assert index.tolist() == [0, 2, 4, 1, 3, 5]
+
+    def logits_and_grads(params, resp, weights):
+        out = transformer.logits(params, cfg, prompts, resp)
+        return out.detach(), torch.autograd.grad((out * weights).sum(), list(params.values()))
+
+    weights = torch.linspace(-1, 1, 6 * 3 * cfg.num_responses * cfg.response_length * cfg.num_tokens)
+    weights = weights.view(6, 3, cfg.num_responses, cfg.response_length, cfg.num_tokens)
+    scattered = logits_and_grads(p, responses, weights)
+    ordered_p = {k: v.detach()[index].requires_grad_() for k, v in p.items()}
+    layout = transformer._layout(cfg, prompts, prompts[None].expand(6, -1, -1), responses[index])
+    groups = [group.runs for group in layout]
+    assert transformer._in_order(groups) and not transformer._in_order([gr.flip(0) for gr in groups])
+    ordered = logits_and_grads(ordered_p, responses[index], weights[index])
+    assert torch.equal(scattered[0][index].view(torch.int32), ordered[0].view(torch.int32))
+    for name, a, b in zip(p, scattered[1], ordered[1], strict=True):
+        assert torch.equal(a[index].view(torch.int32), b.view(torch.int32)), name
+
+
+def test_the_engine_reordering_its_runs_changes_no_number(monkeypatch):
+    """Before an epoch's inner steps the engine reorders its batch by the family's `order` (speed only): the table
+    is the one trained without reordering, bit for bit, with KL, entropy, temperature, per-run learning rates and
+    DAPO re-sampling in the batch."""
+    from sortrl.engine import models
+
+    common = {**TF, "num_epochs": 4, "num_steps_per_epoch": 2, "loss_mode": "clipped"}
+    configs = [
+        RunConfig(
+            seed=s,
+            kl_penalty=(0, 0.1)[s % 2],
+            entropy_coeff=0.05 * (s % 3),
+            temperature=(1, 1.5)[s % 2],
+            learning_rate=(0.01, 0.02, 0.005)[s % 3],
+            filter_zero_std_groups=s % 4 == 0,
+            max_num_gen_batches=2,
+            **common,
+        )  # fmt: skip
+        for s in range(8)
+    ]
+    calls = []
+    real = models.MODELS["transformer"].order
+    monkeypatch.setitem(models.MODELS, "transformer", models.MODELS["transformer"]._replace(
+        order=lambda cfg, responses: calls.append(1) or real(cfg, responses)[torch.randperm(len(responses))]
+    ))  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reordered = train(configs)
+        assert len(calls) == common["num_epochs"]
+        monkeypatch.setitem(models.MODELS, "transformer", models.MODELS["transformer"]._replace(order=None))
+        plain = train(configs)
+    pd.testing.assert_frame_equal(plain, reordered, check_exact=True)
+
+
 def test_the_layout_is_reused_only_for_the_same_unchanged_responses():
     """The inner steps reuse the fold of the same responses tensor; a response changed in place is folded again."""
     cfg = RunConfig(**TF)

@@ -155,24 +155,58 @@ class Epoch(NamedTuple):
     first: Tensor | None  # the first inner step's log-probs, graph kept: the pass `old` came from (None for `sft`)
 
 
-def setup_epoch(state: Batch, epoch: int) -> Epoch:
-    """Sample and score the epoch's responses token by token, turn rewards into deltas, prepare every loss term."""
-    c0, n = state.c0, state.numbers
-    runs, vocab, width = len(state.runs), c0.num_tokens, c0.response_length
+class Sampled(NamedTuple):
+    """An epoch's prompts and sampled responses (`sample_epoch`)."""
+
+    prompts: Tensor  # [batch pos] shared, or [run batch pos] (per-run minibatches)
+    picks: Tensor | None  # [run batch] each run's minibatch of prompt indices, or None (every prompt)
+    first: Rollout  # the first draw (what the sampled-response metrics describe)
+    roll: Rollout  # what training uses: the first draw, or DAPO's re-sampled one
+    rounds: Tensor | None  # [run] DAPO's generation rounds, or None (no re-sampling)
+
+    def reordered(self, index: Tensor) -> Sampled:
+        """The same epoch for a batch whose runs are reordered by `index` (`Batch.reorder`)."""
+
+        def pick(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[index]
+
+        prompts = self.prompts[index] if self.prompts.dim() == 3 else self.prompts
+        first, roll = (Rollout(*(t[index] for t in r)) for r in (self.first, self.roll))
+        return Sampled(prompts, pick(self.picks), first, roll, pick(self.rounds))
+
+
+def sample_epoch(state: Batch, epoch: int) -> Sampled:
+    """The epoch's prompts (a per-run minibatch when `prompts_per_epoch` is set) and responses, sampled token by token
+    and scored (DAPO re-sampling included). Then, for speed only, the batch's runs are reordered by the family's
+    `order` (`sortrl.engine.models`), so the inner steps' passes read each group of runs as one block."""
+    c0 = state.c0
     prompts, picks = state.task.train, None
     if c0.prompts_per_epoch is not None and c0.prompts_per_epoch < len(prompts):
         size, k = len(prompts), c0.prompts_per_epoch  # per-run minibatch, drawn before the epoch's responses
         picks = torch.stack([torch.randperm(size, generator=g)[:k] for g in state.generators])
         prompts = prompts[picks]  # [run batch pos]
-    batch = prompts.shape[-2]
     u = state.sampling_draws(epoch)
     if u is None:
-        u = uniforms(state.generators, batch * width * c0.num_responses)
+        u = uniforms(state.generators, prompts.shape[-2] * c0.response_length * c0.num_responses)
     scorer = state.scorer()
     first = roll = scorer.score(prompts, draw(state, prompts, u))
     rounds = None
     if state.resample:
         roll, rounds = resample(state, scorer, roll, prompts)
+    out = Sampled(prompts, picks, first, roll, rounds)
+    if state.family.order is not None:
+        index = state.family.order(c0, roll.responses)
+        if not torch.equal(index, torch.arange(len(index))):
+            state.reorder(index)
+            out = out.reordered(index)
+    return out
+
+
+def setup_epoch(state: Batch, epoch: int) -> Epoch:
+    """Sample and score the epoch's responses token by token, turn rewards into deltas, prepare every loss term."""
+    prompts, picks, first, roll, rounds = sample_epoch(state, epoch)
+    c0, n, scorer = state.c0, state.numbers, state.scorer()  # after `sample_epoch`, which may reorder the runs
+    runs, vocab, width = len(state.runs), c0.num_tokens, c0.response_length
     kept = ~(zero_std(roll.rewards) & n["filter"][:, None])  # [run batch]
     if state.filtering:
         warn_empty_epoch(state, kept, epoch)

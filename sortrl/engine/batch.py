@@ -141,22 +141,27 @@ class Batch:
 
     def keep(self, alive: Tensor) -> None:
         """Drop the runs where `alive` is False (they diverged)."""
-        index = alive.nonzero().flatten()
+        self.reorder(alive.nonzero().flatten())
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep the runs at positions `index`, in that order (a subset drops runs; a permutation reorders them). Every
+        per-run state follows (`index_select`, twice as fast as indexing here); `runs` maps each position to its run,
+        so the history stays in the configs' order."""
         pick = index.tolist()
-        self.runs = self.runs[index]
+        self.runs = self.runs.index_select(0, index)
         self.generators = [self.generators[i] for i in pick]
         self.eval_generators = [self.eval_generators[i] for i in pick]
-        self.params = {k: v.detach()[index].requires_grad_() for k, v in self.params.items()}
+        self.params = {k: v.detach().index_select(0, index).requires_grad_() for k, v in self.params.items()}
         self.optimizer.keep(index, list(self.params.values()))
         if self.critic is not None:
-            self.critic = {k: v.detach()[index].requires_grad_() for k, v in self.critic.items()}
+            self.critic = {k: v.detach().index_select(0, index).requires_grad_() for k, v in self.critic.items()}
             self.critic_optimizer.keep(index, list(self.critic.values()))
-        self.numbers = {k: v[index] for k, v in self.numbers.items()}
+        self.numbers = {k: v.index_select(0, index) for k, v in self.numbers.items()}
         self.names = {k: [v[i] for i in pick] for k, v in self.names.items()}
         if self.ref is not None:
-            self.ref = {k: v[index] for k, v in self.ref.items()}
+            self.ref = {k: v.index_select(0, index) for k, v in self.ref.items()}
         if self.draws is not None:
-            self.draws = self.draws[index]
+            self.draws = self.draws.index_select(0, index)
 
     def clip(self, ndim: int) -> ClipRange:
         shape = (-1,) + (1,) * (ndim - 1)

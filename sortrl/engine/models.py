@@ -1,6 +1,6 @@
 """Model families (the `model` field): a registry of policies the engine can train, each a small interface.
 
-A family is a `ModelFamily` of three functions over a leading `run` axis (one
+A family is a `ModelFamily` of three functions (and an optional fourth) over a leading `run` axis (one
 row per run of the batch, each run's weights its own):
 
 | function | signature | what |
@@ -8,6 +8,7 @@ row per run of the batch, each run's weights its own):
 | `init` | `init(generators, configs) -> Params` | each run's parameters from its own `torch.Generator` (and its config), stacked on a leading `run` axis: a dict of leaf tensors |
 | `logits` | `logits(params, cfg, prompts, responses) -> [run batch trial pos vocab]` | teacher-forced: the logits of response token t given the prompt and tokens < t, for every t, in one pass |
 | `generate` | `generate(params, cfg, prompts, trials, choose) -> [run batch trial pos]` | token by token: token t = `choose(t, logits [run batch trial vocab])` given the prompt and the tokens before t |
+| `order` (optional) | `order(cfg, responses) -> [run]` | a run order that makes `logits` on these responses cheaper (the engine reorders its batch by it; speed only) |
 
 `prompts` are `[batch pos]` (shared by the runs) or `[run batch pos]` token ids,
 right-padded with `PAD` (-1) when prompt lengths are mixed; `cfg` is the
@@ -52,6 +53,10 @@ class ModelFamily(NamedTuple):
     generate: Callable[[Params, Any, Tensor, int, transformer.Choose], Tensor]
     prompt_only: bool = False
     """The policy at a response position depends on the prompt only (the lecture's model): the engine's folded path."""
+    order: Callable[[Any, Tensor], Tensor] | None = None
+    """Optional, for speed only: `order(cfg, responses) -> [run]`, a permutation of the batch's runs that makes
+    `logits` on these responses cheaper; the engine reorders its batch by it before an epoch's inner steps (a run's
+    numbers do not depend on where it sits, so the results are the same)."""
     fields: tuple[str, ...] = ()
     """The `RunConfig` fields of the model section it reads (the others are reported as ignored)."""
     doc: str = ""
@@ -90,6 +95,7 @@ MODELS: dict[str, ModelFamily] = {
         transformer.init,
         transformer.logits,
         transformer.generate,
+        order=transformer.order,
         fields=("d_model", "n_heads", "n_layers", "init_scale"),
         doc="a tiny causal transformer over [prompt, SEP, response so far], pre-LayerNorm GPT blocks "
         "(sortrl.engine.transformer)",

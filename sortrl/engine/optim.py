@@ -68,10 +68,11 @@ class Adam:
             p.addcdiv_(step, denom, value=value)
 
     def keep(self, index: Tensor, params: list[Tensor]) -> None:
-        """Restrict the state to the runs at `index` (used to drop diverged runs); `params` are the new leaves."""
+        """Restrict the state to the runs at `index`, in that order (to drop diverged runs, or reorder the batch);
+        `params` are the new leaves."""
         self._set(params, self.lr[index])
-        self.exp_avg = [m[index] for m in self.exp_avg]
-        self.exp_avg_sq = [v[index] for v in self.exp_avg_sq]
+        self.exp_avg = [m.index_select(0, index) for m in self.exp_avg]
+        self.exp_avg_sq = [v.index_select(0, index) for v in self.exp_avg_sq]
 
 
 ALIGN = 16
