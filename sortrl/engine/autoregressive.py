@@ -58,6 +58,7 @@ from sortrl.engine.rollout import (
     zero_std,
 )
 from sortrl.engine.task import sorted_prompts
+from sortrl.engine.transformer import Choose
 
 
 def _rows(x: Tensor) -> Tensor:
@@ -86,13 +87,28 @@ def greedy(state: Batch, prompts: Tensor) -> Tensor:
     return state.family.generate(state.params, state.c0, prompts, 1, _argmax)[:, :, 0]
 
 
-def draw(state: Batch, prompts: Tensor, u: Tensor, params=None, temperature=None) -> Tensor:
-    """`num_responses` sampled responses per prompt [run batch trial pos], from uniforms u [run (batch pos trial)]."""
+def _and_argmax(choose: Choose, trials: int) -> Choose:
+    """`choose` for `trials` + 1 responses per prompt: the first `trials` by `choose`, the last the argmax (greedy)."""
+
+    def both(t: int, logits: Tensor) -> Tensor:
+        return torch.cat([choose(t, logits[:, :, :trials]), logits[:, :, trials:].argmax(dim=-1)], dim=2)
+
+    return both
+
+
+def draw(state: Batch, prompts: Tensor, u: Tensor, params=None, temperature=None, with_greedy=False) -> Tensor:
+    """`num_responses` sampled responses per prompt [run batch trial pos], from uniforms u [run (batch pos trial)].
+
+    `with_greedy`: one more response per prompt, last, the argmax policy's (decoded in the same passes: its prefixes
+    are mostly the sampled ones, so it costs few rows): [run batch trial+1 pos]."""
     params = state.params if params is None else params
     temperature = state.numbers["temperature"] if temperature is None else temperature
     runs, batch, width, trials = len(u), prompts.shape[-2], state.c0.response_length, state.c0.num_responses
     u = u.reshape(runs, batch, width, trials).transpose(2, 3)  # [run batch trial pos]
-    return state.family.generate(params, state.c0, prompts, trials, _sampler(temperature, u))
+    choose = _sampler(temperature, u)
+    if with_greedy:
+        return state.family.generate(params, state.c0, prompts, trials + 1, _and_argmax(choose, trials))
+    return state.family.generate(params, state.c0, prompts, trials, choose)
 
 
 def log_softmax(z: Tensor) -> Tensor:
@@ -153,6 +169,7 @@ class Epoch(NamedTuple):
     kl: Kl | None
     metrics: dict[str, Tensor]
     first: Tensor | None  # the first inner step's log-probs, graph kept: the pass `old` came from (None for `sft`)
+    greedy: Tensor | None  # [run batch pos] the argmax policy's answers to the training prompts before the steps
 
 
 class Sampled(NamedTuple):
@@ -163,6 +180,7 @@ class Sampled(NamedTuple):
     first: Rollout  # the first draw (what the sampled-response metrics describe)
     roll: Rollout  # what training uses: the first draw, or DAPO's re-sampled one
     rounds: Tensor | None  # [run] DAPO's generation rounds, or None (no re-sampling)
+    greedy: Tensor | None  # [run batch pos] the argmax policy's responses, decoded beside the first draw, or None
 
     def reordered(self, index: Tensor) -> Sampled:
         """The same epoch for a batch whose runs are reordered by `index` (`Batch.reorder`)."""
@@ -172,13 +190,14 @@ class Sampled(NamedTuple):
 
         prompts = self.prompts[index] if self.prompts.dim() == 3 else self.prompts
         first, roll = (Rollout(*(t[index] for t in r)) for r in (self.first, self.roll))
-        return Sampled(prompts, pick(self.picks), first, roll, pick(self.rounds))
+        return Sampled(prompts, pick(self.picks), first, roll, pick(self.rounds), pick(self.greedy))
 
 
-def sample_epoch(state: Batch, epoch: int) -> Sampled:
+def sample_epoch(state: Batch, epoch: int, with_greedy: bool = False) -> Sampled:
     """The epoch's prompts (a per-run minibatch when `prompts_per_epoch` is set) and responses, sampled token by token
-    and scored (DAPO re-sampling included). Then, for speed only, the batch's runs are reordered by the family's
-    `order` (`sortrl.engine.models`), so the inner steps' passes read each group of runs as one block."""
+    and scored (DAPO re-sampling included); `with_greedy` and every training prompt in the epoch: the argmax
+    policy's responses too, decoded in the same passes. Then, for speed only, the batch's runs are reordered by the
+    family's `order` (`sortrl.engine.models`), so the inner steps' passes read each group of runs as one block."""
     c0 = state.c0
     prompts, picks = state.task.train, None
     if c0.prompts_per_epoch is not None and c0.prompts_per_epoch < len(prompts):
@@ -189,11 +208,14 @@ def sample_epoch(state: Batch, epoch: int) -> Sampled:
     if u is None:
         u = uniforms(state.generators, prompts.shape[-2] * c0.response_length * c0.num_responses)
     scorer = state.scorer()
-    first = roll = scorer.score(prompts, draw(state, prompts, u))
+    with_greedy = with_greedy and picks is None
+    drawn = draw(state, prompts, u, with_greedy=with_greedy)  # [run batch trial(+1) pos]
+    greedy_responses = drawn[:, :, -1] if with_greedy else None
+    first = roll = scorer.score(prompts, drawn[:, :, : c0.num_responses].contiguous())
     rounds = None
     if state.resample:
         roll, rounds = resample(state, scorer, roll, prompts)
-    out = Sampled(prompts, picks, first, roll, rounds)
+    out = Sampled(prompts, picks, first, roll, rounds, greedy_responses)
     if state.family.order is not None:
         index = state.family.order(c0, roll.responses)
         if not torch.equal(index, torch.arange(len(index))):
@@ -202,10 +224,13 @@ def sample_epoch(state: Batch, epoch: int) -> Sampled:
     return out
 
 
-def setup_epoch(state: Batch, epoch: int) -> Epoch:
-    """Sample and score the epoch's responses token by token, turn rewards into deltas, prepare every loss term."""
-    prompts, picks, first, roll, rounds = sample_epoch(state, epoch)
+def setup_epoch(state: Batch, epoch: int, with_greedy: bool = False) -> Epoch:
+    """Sample and score the epoch's responses token by token, turn rewards into deltas, prepare every loss term.
+    `with_greedy`: `Epoch.greedy` too (the argmax policy's responses to the training prompts, before the steps)."""
+    prompts, picks, first, roll, rounds, greedy_responses = sample_epoch(state, epoch, with_greedy)
     c0, n, scorer = state.c0, state.numbers, state.scorer()  # after `sample_epoch`, which may reorder the runs
+    if with_greedy and greedy_responses is None:  # a per-run minibatch was sampled: decoded on its own
+        greedy_responses = greedy(state, state.task.train)
     runs, vocab, width = len(state.runs), c0.num_tokens, c0.response_length
     kept = ~(zero_std(roll.rewards) & n["filter"][:, None])  # [run batch]
     if state.filtering:
@@ -247,7 +272,8 @@ def setup_epoch(state: Batch, epoch: int) -> Epoch:
 
     available: dict[str, Tensor] = {}
     if "greedy_rewards" in state.extras:
-        available["greedy_rewards"] = scorer.score(prompts, greedy(state, prompts)[:, :, None]).rewards
+        on_prompts = greedy_responses if greedy_responses is not None and picks is None else greedy(state, prompts)
+        available["greedy_rewards"] = scorer.score(prompts, on_prompts[:, :, None]).rewards
     if "grad_sq_norms" in state.extras:
         available["grad_sq_norms"] = grad_sq_norms(torch.exp(old), rows.responses, rows.action).view_as(rewards)
     if "action_counts" in state.extras:
@@ -269,7 +295,8 @@ def setup_epoch(state: Batch, epoch: int) -> Epoch:
     first_lp = first_lp.view(*first.responses.shape, vocab)
     sampled = metrics.sampled(first, prompts, picks, first_lp, len(state.task.train), per_response=True)
     found = epoch_metrics(state, sampled, roll, deltas, omega, picks, kl_metric, rounds)
-    return Epoch(prompts, inputs, policy, entropy, kl, found, None if mode.supervised else first_step)
+    first_step = None if mode.supervised else first_step
+    return Epoch(prompts, inputs, policy, entropy, kl, found, first_step, greedy_responses)
 
 
 def inner_steps(state: Batch, ep: Epoch) -> dict[str, Tensor]:
@@ -335,13 +362,16 @@ def train_batch(
                 history.drop_diverged(alive, epoch)
                 if len(state.runs) == 0:
                     break
-            if epoch > 0:
-                record(epoch - 1, metrics.greedy_of(c0.lengths, train_prompts, greedy(state, train_prompts), ""))
-                if len(state.task.eval) and (epoch % c0.eval_every == 0 or epoch == num_epochs):
-                    record(epoch - 1, evaluate(state))
+            if epoch > 0 and len(state.task.eval) and (epoch % c0.eval_every == 0 or epoch == num_epochs):
+                record(epoch - 1, evaluate(state))
             if epoch == num_epochs:
+                if epoch > 0:
+                    record(epoch - 1, metrics.greedy_of(c0.lengths, train_prompts, greedy(state, train_prompts), ""))
                 break
-            ep = setup_epoch(state, epoch)
+            # the previous epoch's greedy accuracy: the same parameters as this epoch's sampling, decoded with it
+            ep = setup_epoch(state, epoch, with_greedy=epoch > 0)
+            if ep.greedy is not None:
+                record(epoch - 1, metrics.greedy_of(c0.lengths, train_prompts, ep.greedy, ""))
             record(epoch, ep.metrics)
         sums = inner_steps(state, ep)
         step_losses = sums["loss"]
