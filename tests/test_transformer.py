@@ -73,7 +73,7 @@ def test_the_fold_keeps_each_distinct_prefix_once_and_sizes_a_run_by_its_own_res
     same = responses[:, :, :1].expand(-1, -1, 3, -1)  # one response three times: 3 rows (SEP, 0, 01)
     together = transformer.fold(torch.cat([same, responses, same]), 5)
     assert together.size.tolist() == [3, 7, 3]
-    assert [transformer.fold_size(n, 3, 16) for n in (3, 4, 8, 9, 16)] == [3, 8, 8, 16, 16]
+    assert transformer.fold_size(torch.tensor([3, 4, 8, 9, 16, 1]), 3, 16).tolist() == [3, 8, 8, 16, 16, 3]
 
 
 def test_a_runs_logits_and_gradient_do_not_depend_on_its_batch_mates_rows():

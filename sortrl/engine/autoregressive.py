@@ -356,8 +356,10 @@ def train_batch(
 
     for epoch in range(num_epochs + 1):
         with torch.no_grad():
-            finite = [torch.isfinite(t).reshape(len(t), -1).all(dim=1) for t in state.params.values()]
-            alive = torch.stack(finite).all(dim=0) & torch.isfinite(step_losses)
+            alive = torch.isfinite(step_losses)
+            for t in state.params.values():  # one pass each: the extremes are finite iff every entry is (NaN spreads)
+                low, high = torch.aminmax(t.reshape(len(t), -1), dim=1)
+                alive &= torch.isfinite(low) & torch.isfinite(high)
             if not bool(alive.all()):
                 history.drop_diverged(alive, epoch)
                 if len(state.runs) == 0:

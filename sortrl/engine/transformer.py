@@ -189,13 +189,14 @@ def sep_inputs(cfg: Any, responses: Int[Tensor, "run batch trial pos"]) -> Int[T
     return torch.cat([sep, responses[..., :-1]], dim=-1)
 
 
-def fold_size(rows: int, least: int, most: int) -> int:
-    """The padded row count of a run whose prompts need at most `rows` rows: `least` (every prompt's responses one
-    response: W rows), half of `most`, or `most` (no two sampled prefixes alike). Three sizes at most, so a batch
-    splits into at most three groups: each group pays the pass's fixed cost (about 300 small kernels per forward
-    and backward), which outweighs finer padding at the batch sizes sweeps train (16-1,024 runs; measured on the
-    lecture's runs, the transfer grids and the generalisation grid)."""
-    return next(size for size in (least, max(least, -(-most // 2)), most) if rows <= size)
+def fold_size(rows: Tensor, least: int, most: int) -> Tensor:
+    """The padded row count of each run whose prompts need at most `rows` [run] rows: `least` (every prompt's
+    responses one response: W rows), half of `most`, or `most` (no two sampled prefixes alike). Three sizes at most,
+    so a batch splits into at most three groups: each group pays the pass's fixed cost (about 300 small kernels per
+    forward and backward), which outweighs finer padding at the batch sizes sweeps train (16-1,024 runs; measured on
+    the lecture's runs, the transfer grids and the generalisation grid)."""
+    half = max(least, -(-most // 2))
+    return torch.where(rows <= least, least, torch.where(rows <= half, half, most))
 
 
 class Fold(NamedTuple):
@@ -232,7 +233,7 @@ def fold(responses: Int[Tensor, "run batch trial pos"], vocab: int) -> Fold:
     rank = first.cumsum(dim=-1) - 1  # the row of each sorted entry
     node_of = torch.empty_like(rank).scatter_(-1, order, rank).view(runs, batch, trials, steps)
     most = 1 + sum(min(trials, vocab**s) for s in range(1, steps))
-    size = torch.tensor([fold_size(int(n), steps, most) for n in (rank[..., -1] + 1).amax(dim=1).tolist()])
+    size = fold_size((rank[..., -1] + 1).amax(dim=1), steps, most)
     row_code = torch.full((runs, batch, int(size.max())), -1, dtype=torch.long)
     row_code.scatter_(-1, rank, ordered)  # every entry of a row writes the same code
     return Fold(row_code, node_of, size)
