@@ -23,8 +23,8 @@ Measures, each as the median of `--repeats` repetitions:
   (issue #14's target: at least 1.8x on 2 cores), the two timed alternately and
   the speed-up the median of each pair's ratio;
 - the `transformer` model family (issue 25): run-steps/s of 1,024 lecture runs on one core
-  beside the linear engine's default batch of the same size measured in the same run, and
-  their ratio (target: at least 1/10); and what each speed lever of its teacher-forced pass
+  and of the linear engine's default batch of the same size, timed alternately, and their
+  ratio, the median of each pair's (target: at least 1/10); and what each speed lever of its teacher-forced pass
   gives (`transformer_lever_rows`: CPU seconds per forward+backward of 1,024 runs' log-probs,
   plain, prompt shared, prefixes folded on random and on converged responses; one and two intra-op threads);
 - peak memory of training 4,096 default runs in one batch: `ru_maxrss` of a
@@ -206,30 +206,43 @@ TARGET_TRANSFORMER_RATIO = 0.1
 """The transformer's run-steps/s over the linear engine's, 1,024 lecture runs on one core (issue 25)."""
 
 
-def transformer_rows(args: argparse.Namespace, epochs: int, linear: dict | None, runs: int = 1024) -> list[dict]:
-    """1,024 lecture runs of the `transformer` family on one worker, against the linear engine's default batch of the
-    same size measured in this run (`linear`, or measured here when the engine rows did not include it)."""
-    measured = linear is None
-    if measured:
-        configs = defaults(runs, epochs)
-        seconds, cpu = timed(lambda: train(configs, workers=1), args.repeats)
-        linear = {"benchmark": "default batch", "runs": runs, "workers": 1, "run_steps": run_steps(configs)}
-        linear |= {"seconds": seconds, "run_steps_per_s": linear["run_steps"] / seconds, "cpu_seconds": cpu}
-        print(f"  {'default batch':<26} {runs:>5} runs  1 wkr  {linear['run_steps_per_s']:>12,.0f} run-steps/s")
-    configs = [dataclasses.replace(c, model="transformer") for c in defaults(runs, epochs)]
-    train(configs[:4], workers=1)  # warm-up
-    seconds, cpu = timed(lambda: train(configs, workers=1), args.repeats)
-    row = {"benchmark": "transformer batch", "runs": runs, "workers": 1, "run_steps": run_steps(configs)}
-    row |= {"seconds": seconds, "run_steps_per_s": row["run_steps"] / seconds, "cpu_seconds": cpu}
-    row["vs_linear"] = row["run_steps_per_s"] / linear["run_steps_per_s"]
+def transformer_rows(args: argparse.Namespace, epochs: int, runs: int = 1024) -> list[dict]:
+    """1,024 lecture runs of the `transformer` family on one worker against the linear engine's default batch of the
+    same size, timed alternately (linear, then transformer, `--repeats` pairs: a change in the machine's speed hits
+    both; on the 2-core machine the linear batch's rate moved between 105k and 136k run-steps/s from one bench run to
+    the next in one day), and their ratio the median of each pair's (issue 25's target: at least 1/10)."""
+    batches = {"linear batch (paired)": defaults(runs, epochs)}
+    batches["transformer batch"] = [
+        dataclasses.replace(c, model="transformer") for c in batches["linear batch (paired)"]
+    ]
+    train(batches["transformer batch"][:4], workers=1)  # warm-up
+    seconds: dict[str, list[float]] = {name: [] for name in batches}
+    cpu: dict[str, list[float]] = {name: [] for name in batches}
+    for _ in range(args.repeats):
+        for name, configs in batches.items():
+            wall, used = timed(lambda configs=configs: train(configs, workers=1), 1)
+            seconds[name].append(wall)
+            cpu[name].append(used)
+    rows = []
+    for name, configs in batches.items():
+        wall = statistics.median(seconds[name])
+        row = {"benchmark": name, "runs": runs, "workers": 1, "run_steps": run_steps(configs), "seconds": wall}
+        row |= {"run_steps_per_s": row["run_steps"] / wall, "cpu_seconds": statistics.median(cpu[name])}
+        rows.append(row)
+    linear, row = rows
+    # the same run-steps on both sides: the rate ratio is the inverse time ratio, pair by pair
+    pairs = [lin / tf for lin, tf in zip(seconds["linear batch (paired)"], seconds["transformer batch"], strict=True)]
+    row["vs_linear"] = statistics.median(pairs)
     row["target"] = f">= {TARGET_TRANSFORMER_RATIO:g} x the linear engine's (1,024 runs, 1 worker)"
     row["meets_target"] = row["vs_linear"] >= TARGET_TRANSFORMER_RATIO
+    cpu_ratio = statistics.median(lin / tf for lin, tf in zip(cpu["linear batch (paired)"], cpu["transformer batch"]))
+    for r in rows:
+        print(f"  {r['benchmark']:<26} {runs:>5} runs  1 wkr  {r['run_steps_per_s']:>12,.0f} run-steps/s")
     print(
-        f"  {row['benchmark']:<26} {runs:>5} runs  1 wkr  {row['run_steps_per_s']:>12,.0f} run-steps/s "
-        f"({row['vs_linear']:.3f} x the linear engine's {linear['run_steps_per_s']:,.0f}; CPU-time ratio "
-        f"{(linear['cpu_seconds'] / linear['run_steps']) / (cpu / row['run_steps']):.3f})"
+        f"  transformer / linear: {row['vs_linear']:.3f} (median of {len(pairs)} alternating pairs: "
+        f"{', '.join(f'{p:.3f}' for p in pairs)}; CPU time {cpu_ratio:.3f})"
     )
-    return [linear, row] if measured else [row]
+    return rows
 
 
 def transformer_lever_rows(args: argparse.Namespace, runs: int = 1024) -> list[dict]:
@@ -517,8 +530,7 @@ def main() -> None:
     print("the exact and the fast training path (engine), alternately:")
     rows += engine_path_rows(args, epochs)
     print("the transformer family against the linear engine, 1,024 runs, one core:")
-    linear = [r for r in rows if r["benchmark"] == "default batch" and r["runs"] == 1024 and r["workers"] == 1]
-    rows += transformer_rows(args, epochs, linear[0] if linear else None)
+    rows += transformer_rows(args, epochs)
     rows += transformer_lever_rows(args)
     print("peak memory of one 4,096-run batch (child process) ...")
     rows.append(memory_row(workers[-1], epochs))
@@ -551,7 +563,7 @@ def transformer_only(args: argparse.Namespace, epochs: int, facts: dict) -> None
     """`--transformer-only`: the linear default batch of 1,024 runs on one worker, the transformer's, their ratio and
     the levers, into `<results>/bench-transformer.csv`."""
     print("the transformer family against the linear engine, 1,024 runs, one core:")
-    rows = transformer_rows(args, epochs, None)
+    rows = transformer_rows(args, epochs)
     rows += transformer_lever_rows(args)
     show(rows, facts, args, epochs)
     table = pd.DataFrame(rows).assign(epochs=epochs, repeats=args.repeats, quick=args.quick, **facts)
