@@ -1,7 +1,7 @@
 """Model families (the `model` field): a registry of policies the engine can train, each a small interface.
 
-A family is a `ModelFamily` of three functions (and an optional fourth) over a leading `run` axis (one
-row per run of the batch, each run's weights its own):
+A family is a `ModelFamily` of three functions (and an optional fourth) over a
+leading `run` axis (one row per run of the batch, each run's weights its own):
 
 | function | signature | what |
 | --- | --- | --- |
@@ -21,9 +21,10 @@ sampling policy's log-probs and entropy at each sampled prefix (log-softmax of
 `logits`, tempered), greedy decoding (`generate` with argmax), the KL to a
 reference (the reference's `logits` on the same responses), the `sft` loss
 (`logits` on the sorted answers). Parameters are trained by one Adam over the
-stacked tensors (torch's fused kernel, run by run: `sortrl.engine.optim.RunFusedAdam`); the loss is a sum over runs, so `logits` must compute each
-run's row from that run's parameters and inputs alone (the batch-invariance
-tests check sortrl's own families bit for bit).
+stacked tensors (torch's fused kernel, run by run: `sortrl.engine.optim.RunFusedAdam`);
+the loss is a sum over runs, so `logits` must compute each run's row from that
+run's parameters and inputs alone (the batch-invariance tests check sortrl's own
+families bit for bit).
 
 `prompt_only` families (the lecture's `linear`: every response position is
 decoded from the prompt alone) are trained by the engine's folded path
