@@ -169,15 +169,13 @@ def feature_rows(args: argparse.Namespace, epochs: int, runs: int = 1024) -> lis
     return rows
 
 
-def engine_path_rows(args: argparse.Namespace, epochs: int, runs: int = 1024) -> list[dict]:
-    """1,024 default runs on one worker, on the exact and the fast path (`engine`), timed alternately (so a change in
-    the machine's load hits both), and the fast path's speed-up over the exact one (issue 26: adopted by the ledger
-    only at 1.5x or more)."""
-    seconds: dict[str, list[float]] = {"exact": [], "fast": []}
-    cpu: dict[str, list[float]] = {"exact": [], "fast": []}
-    batches = {name: [dataclasses.replace(c, engine=name) for c in defaults(runs, epochs)] for name in seconds}
-    train(batches["fast"][:4], workers=1)  # warm-up of the fused kernel
-    for _ in range(args.repeats):
+def alternating(batches: dict[str, list[RunConfig]], repeats: int, runs: int) -> tuple[list[dict], dict, dict]:
+    """Each batch (name -> configs) trained on one worker, the batches in turn for `repeats` rounds, so a change in the
+    machine's speed hits all of them: one row per batch (median wall and CPU seconds; `benchmark` is its name), and
+    each batch's wall and CPU seconds round by round, for ratios taken pair by pair."""
+    seconds: dict[str, list[float]] = {name: [] for name in batches}
+    cpu: dict[str, list[float]] = {name: [] for name in batches}
+    for _ in range(repeats):
         for name, configs in batches.items():
             wall, used = timed(lambda configs=configs: train(configs, workers=1), 1)
             seconds[name].append(wall)
@@ -185,19 +183,26 @@ def engine_path_rows(args: argparse.Namespace, epochs: int, runs: int = 1024) ->
     rows = []
     for name, configs in batches.items():
         wall = statistics.median(seconds[name])
-        row = {"benchmark": f"engine = {name}", "runs": runs, "workers": 1, "run_steps": run_steps(configs)}
-        row |= {
-            "seconds": wall,
-            "run_steps_per_s": row["run_steps"] / wall,
-            "cpu_seconds": statistics.median(cpu[name]),
-        }
+        row = {"benchmark": name, "runs": runs, "workers": 1, "run_steps": run_steps(configs), "seconds": wall}
+        row |= {"run_steps_per_s": row["run_steps"] / wall, "cpu_seconds": statistics.median(cpu[name])}
         rows.append(row)
-    ratios = [e / f for e, f in zip(seconds["exact"], seconds["fast"])]
+    for row in rows:
+        print(f"  {row['benchmark']:<26} {runs:>5} runs  1 wkr  {row['run_steps_per_s']:>12,.0f} run-steps/s")
+    return rows, seconds, cpu
+
+
+def engine_path_rows(args: argparse.Namespace, epochs: int, runs: int = 1024) -> list[dict]:
+    """1,024 default runs on one worker, on the exact and the fast path (`engine`), timed alternately (so a change in
+    the machine's load hits both), and the fast path's speed-up over the exact one (issue 26: adopted by the ledger
+    only at 1.5x or more)."""
+    configs = defaults(runs, epochs)
+    batches = {f"engine = {name}": [dataclasses.replace(c, engine=name) for c in configs] for name in ("exact", "fast")}
+    train(batches["engine = fast"][:4], workers=1)  # warm-up of the fused kernel
+    rows, seconds, _ = alternating(batches, args.repeats, runs)
+    ratios = [e / f for e, f in zip(seconds["engine = exact"], seconds["engine = fast"], strict=True)]
     rows[1]["vs_exact"] = statistics.median(ratios)
     rows[1]["target"] = ">= 1.5x the exact path (for the ledger to adopt it)"
     rows[1]["meets_target"] = rows[1]["vs_exact"] >= 1.5
-    for row in rows:
-        print(f"  {row['benchmark']:<26} {runs:>5} runs  1 wkr  {row['run_steps_per_s']:>12,.0f} run-steps/s")
     print(f"  fast / exact: {rows[1]['vs_exact']:.2f}x (median of {len(ratios)} alternating pairs)")
     return rows
 
@@ -211,33 +216,18 @@ def transformer_rows(args: argparse.Namespace, epochs: int, runs: int = 1024) ->
     same size, timed alternately (linear, then transformer, `--repeats` pairs: a change in the machine's speed hits
     both; on the 2-core machine the linear batch's rate moved between 105k and 136k run-steps/s from one bench run to
     the next in one day), and their ratio the median of each pair's (issue 25's target: at least 1/10)."""
-    batches = {"linear batch (paired)": defaults(runs, epochs)}
-    batches["transformer batch"] = [
-        dataclasses.replace(c, model="transformer") for c in batches["linear batch (paired)"]
-    ]
-    train(batches["transformer batch"][:4], workers=1)  # warm-up
-    seconds: dict[str, list[float]] = {name: [] for name in batches}
-    cpu: dict[str, list[float]] = {name: [] for name in batches}
-    for _ in range(args.repeats):
-        for name, configs in batches.items():
-            wall, used = timed(lambda configs=configs: train(configs, workers=1), 1)
-            seconds[name].append(wall)
-            cpu[name].append(used)
-    rows = []
-    for name, configs in batches.items():
-        wall = statistics.median(seconds[name])
-        row = {"benchmark": name, "runs": runs, "workers": 1, "run_steps": run_steps(configs), "seconds": wall}
-        row |= {"run_steps_per_s": row["run_steps"] / wall, "cpu_seconds": statistics.median(cpu[name])}
-        rows.append(row)
-    linear, row = rows
+    linear, transformer = "linear batch (paired)", "transformer batch"
+    batches = {linear: defaults(runs, epochs)}
+    batches[transformer] = [dataclasses.replace(c, model="transformer") for c in batches[linear]]
+    train(batches[transformer][:4], workers=1)  # warm-up
+    rows, seconds, cpu = alternating(batches, args.repeats, runs)
+    row = rows[1]
     # the same run-steps on both sides: the rate ratio is the inverse time ratio, pair by pair
-    pairs = [lin / tf for lin, tf in zip(seconds["linear batch (paired)"], seconds["transformer batch"], strict=True)]
+    pairs = [lin / tf for lin, tf in zip(seconds[linear], seconds[transformer], strict=True)]
     row["vs_linear"] = statistics.median(pairs)
     row["target"] = f">= {TARGET_TRANSFORMER_RATIO:g} x the linear engine's (1,024 runs, 1 worker)"
     row["meets_target"] = row["vs_linear"] >= TARGET_TRANSFORMER_RATIO
-    cpu_ratio = statistics.median(lin / tf for lin, tf in zip(cpu["linear batch (paired)"], cpu["transformer batch"]))
-    for r in rows:
-        print(f"  {r['benchmark']:<26} {runs:>5} runs  1 wkr  {r['run_steps_per_s']:>12,.0f} run-steps/s")
+    cpu_ratio = statistics.median(lin / tf for lin, tf in zip(cpu[linear], cpu[transformer], strict=True))
     print(
         f"  transformer / linear: {row['vs_linear']:.3f} (median of {len(pairs)} alternating pairs: "
         f"{', '.join(f'{p:.3f}' for p in pairs)}; CPU time {cpu_ratio:.3f})"

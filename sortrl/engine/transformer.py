@@ -341,8 +341,8 @@ class _Split(torch.autograd.Function):
     forward and one concatenation back; others are copied (`index_select`) and copied back into place."""
 
     @staticmethod
-    def forward(ctx, groups: list[Tensor], *tensors: Tensor) -> tuple[Tensor, ...]:
-        ctx.groups, ctx.n, ctx.in_order = groups, len(tensors), _in_order(groups)
+    def forward(ctx, groups: list[Tensor], in_order: bool, *tensors: Tensor) -> tuple[Tensor, ...]:
+        ctx.groups, ctx.n, ctx.in_order = groups, len(tensors), in_order
         if ctx.in_order:
             starts = torch.cat([torch.zeros(1, dtype=torch.long), torch.tensor([len(i) for i in groups]).cumsum(0)])
             return tuple(t.narrow(0, int(a), len(idx)) for a, idx in zip(starts, groups) for t in tensors)
@@ -366,21 +366,21 @@ class _Split(torch.autograd.Function):
                 else:
                     full.index_copy_(0, idx, part)
             out.append(full)
-        return (None, *out)
+        return (None, None, *out)
 
 
 class _Merge(torch.autograd.Function):
     """The groups' outputs put back in the batch's run order (the inverse of `_Split`), exactly both ways."""
 
     @staticmethod
-    def forward(ctx, groups: list[Tensor], *parts: Tensor) -> Tensor:
-        ctx.groups, ctx.in_order = groups, _in_order(groups)
+    def forward(ctx, groups: list[Tensor], in_order: bool, *parts: Tensor) -> Tensor:
+        ctx.groups, ctx.in_order = groups, in_order
         return torch.cat(parts) if ctx.in_order else torch.cat(parts).index_select(0, _unsort(groups))
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         ordered = grad if ctx.in_order else grad.index_select(0, torch.cat(ctx.groups))
-        return (None, *ordered.split([len(idx) for idx in ctx.groups]))
+        return (None, None, *ordered.split([len(idx) for idx in ctx.groups]))
 
 
 def _unsort(groups: list[Tensor]) -> Tensor:
@@ -417,12 +417,13 @@ def logits(
         out = _folded_logits(p, cfg, prompts, groups[0]).gather(2, groups[0].at)
     else:
         runs_of = [g.runs for g in groups]
-        split, n = _Split.apply(runs_of, *p.values()), len(p)
+        in_order = _in_order(runs_of)  # one check for the split and the merge
+        split, n = _Split.apply(runs_of, in_order, *p.values()), len(p)
         parts = []
         for k, group in enumerate(groups):
             sub = dict(zip(p, split[k * n : (k + 1) * n], strict=True))
             parts.append(_folded_logits(sub, cfg, prompts.index_select(0, group.runs), group).gather(2, group.at))
-        out = _Merge.apply(runs_of, *parts)
+        out = _Merge.apply(runs_of, in_order, *parts)
     return out.view(runs, batch, trials, steps, -1)
 
 
